@@ -1,0 +1,519 @@
+package bus
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/duet-dm/duet/pkg/devicemodel"
+	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
+)
+
+// Options configure a Bus.
+type Options struct {
+	// URL of the NATS server(s), comma separated. Required.
+	URL string
+	// Name identifies this connection in NATS monitoring.
+	Name string
+	// EventMaxAge is how long the event stream keeps events. Default 7 days.
+	EventMaxAge time.Duration
+	// EventMaxBytes bounds the event stream's size. Default 1 GiB.
+	EventMaxBytes int64
+	// Replicas of the event stream on a clustered JetStream. Default 1.
+	Replicas int
+	// DefaultTimeout applies to requests whose context has no deadline.
+	// Default 30 s.
+	DefaultTimeout time.Duration
+	// MaxConcurrentHandlers bounds the handlers a Serve* subscription runs
+	// at once; past it messages wait in the subscription's bounded pending
+	// buffer and NATS drops (slow consumer) beyond that. Default 256.
+	MaxConcurrentHandlers int
+	Logger                *slog.Logger
+}
+
+func (o *Options) setDefaults() error {
+	if o.URL == "" {
+		return errors.New("bus: URL is required")
+	}
+	if o.Name == "" {
+		o.Name = "duet"
+	}
+	if o.EventMaxAge == 0 {
+		o.EventMaxAge = 7 * 24 * time.Hour
+	}
+	if o.EventMaxAge < time.Minute {
+		return fmt.Errorf("bus: EventMaxAge %s is below one minute", o.EventMaxAge)
+	}
+	if o.EventMaxBytes == 0 {
+		o.EventMaxBytes = 1 << 30
+	}
+	if o.Replicas == 0 {
+		o.Replicas = 1
+	}
+	if o.DefaultTimeout == 0 {
+		o.DefaultTimeout = 30 * time.Second
+	}
+	if o.MaxConcurrentHandlers == 0 {
+		o.MaxConcurrentHandlers = 256
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Bus is a connection to the NATS bus with Duet's contract on top.
+type Bus struct {
+	opts Options
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	log  *slog.Logger
+
+	mu     sync.Mutex
+	subs   []*Subscription
+	closed bool
+}
+
+// Connect dials NATS and makes sure the event stream exists (idempotently:
+// concurrent starts and restarts are fine).
+func Connect(ctx context.Context, opts Options) (*Bus, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	log := opts.Logger.With("component", "bus")
+	nc, err := nats.Connect(opts.URL,
+		nats.Name(opts.Name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(500*time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("nats disconnected", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrl()) }),
+		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
+			subj := ""
+			if s != nil {
+				subj = s.Subject
+			}
+			metricBusErrors.WithLabelValues("async").Inc()
+			log.Error("nats async error", "subject", subj, "err", err)
+		}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("bus: connect to %s: %w", opts.URL, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("bus: jetstream: %w", err)
+	}
+	b := &Bus{opts: opts, nc: nc, js: js, log: log}
+	if err := b.ensureStreams(ctx); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+// EventStreamConfig is the configuration of the DUET_EVENTS stream.
+func (b *Bus) EventStreamConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        EventStream,
+		Description: "Duet device events (docs/bus.md)",
+		Subjects:    []string{EventPrefix + ".>"},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		MaxAge:      b.opts.EventMaxAge,
+		MaxBytes:    b.opts.EventMaxBytes,
+		Discard:     jetstream.DiscardOld,
+		Replicas:    b.opts.Replicas,
+		// Publishers set Nats-Msg-Id to the event ID, so an adapter that
+		// retries a publish after a lost ack stores the event once.
+		Duplicates: 2 * time.Minute,
+	}
+}
+
+func (b *Bus) ensureStreams(ctx context.Context) error {
+	cfg := b.EventStreamConfig()
+	if _, err := b.js.CreateOrUpdateStream(ctx, cfg); err != nil {
+		return fmt.Errorf("bus: create stream %s: %w", cfg.Name, err)
+	}
+	return nil
+}
+
+// Conn is the underlying NATS connection.
+func (b *Bus) Conn() *nats.Conn { return b.nc }
+
+// JetStream is the JetStream context.
+func (b *Bus) JetStream() jetstream.JetStream { return b.js }
+
+// Ping checks that the server answers (used by /readyz).
+func (b *Bus) Ping(ctx context.Context) error {
+	if b.nc.Status() != nats.CONNECTED {
+		return fmt.Errorf("bus: nats %s", b.nc.Status())
+	}
+	d := 2 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		d = time.Until(dl)
+	}
+	return b.nc.FlushTimeout(d)
+}
+
+// Close unsubscribes every Serve* subscription, drains and closes the
+// connection. Safe to call more than once.
+func (b *Bus) Close() {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return
+	}
+	b.closed = true
+	subs := b.subs
+	b.subs = nil
+	b.mu.Unlock()
+	for _, s := range subs {
+		s.Stop()
+	}
+	_ = b.nc.Drain()
+	// Drain is asynchronous; wait for it so callers can rely on Close.
+	deadline := time.Now().Add(5 * time.Second)
+	for !b.nc.IsClosed() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	b.nc.Close()
+}
+
+// NewID returns a random 128-bit identifier in hex, for events and commands.
+func NewID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand never fails on supported platforms
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// ProtocolOf converts the wire enum.
+func ProtocolOf(p duetv1.Protocol) (devicemodel.Protocol, error) {
+	switch p {
+	case duetv1.Protocol_PROTOCOL_CWMP:
+		return devicemodel.ProtocolCWMP, nil
+	case duetv1.Protocol_PROTOCOL_USP:
+		return devicemodel.ProtocolUSP, nil
+	}
+	return "", devicemodel.Errorf(devicemodel.CodeInvalidArgument, "unknown protocol %v", p)
+}
+
+// ProtocolToProto converts to the wire enum.
+func ProtocolToProto(p devicemodel.Protocol) duetv1.Protocol {
+	switch p {
+	case devicemodel.ProtocolCWMP:
+		return duetv1.Protocol_PROTOCOL_CWMP
+	case devicemodel.ProtocolUSP:
+		return duetv1.Protocol_PROTOCOL_USP
+	}
+	return duetv1.Protocol_PROTOCOL_UNSPECIFIED
+}
+
+// EventKind returns the snake_case name of the event's kind, the last token
+// of its subject, or "" if no kind is set.
+func EventKind(ev *duetv1.Event) string {
+	m := ev.ProtoReflect()
+	od := m.Descriptor().Oneofs().ByName("kind")
+	fd := m.WhichOneof(od)
+	if fd == nil {
+		return ""
+	}
+	return string(fd.Name())
+}
+
+// PublishEvent stores a device event in the event stream and waits for the
+// stream's acknowledgement. It fills in ID and Time when empty. The event's
+// device must have an ID and a protocol, and a kind must be set.
+func (b *Bus) PublishEvent(ctx context.Context, ev *duetv1.Event) error {
+	if ev.GetDevice().GetId() == "" {
+		return devicemodel.Errorf(devicemodel.CodeInvalidArgument, "event without device id")
+	}
+	if err := devicemodel.ValidateDeviceID(ev.GetDevice().GetId()); err != nil {
+		return err
+	}
+	p, err := ProtocolOf(ev.GetDevice().GetProtocol())
+	if err != nil {
+		return err
+	}
+	kind := EventKind(ev)
+	if kind == "" {
+		return devicemodel.Errorf(devicemodel.CodeInvalidArgument, "event without kind")
+	}
+	if ev.Id == "" {
+		ev.Id = NewID()
+	}
+	if ev.Time == nil {
+		ev.Time = timestamppb.Now()
+	}
+	data, err := proto.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("bus: marshal event: %w", err)
+	}
+	ctx, cancel := b.withTimeout(ctx)
+	defer cancel()
+	subject := EventSubject(p, ev.Device.Id, kind)
+	start := time.Now()
+	_, err = b.js.PublishMsg(ctx, &nats.Msg{
+		Subject: subject,
+		Data:    data,
+		Header:  nats.Header{jetstream.MsgIDHeader: []string{ev.Id}, "Content-Type": []string{ContentTypeEvent}},
+	})
+	metricPublishSeconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		metricBusErrors.WithLabelValues("publish").Inc()
+		return devicemodel.Errorf(devicemodel.CodeUnavailable, "publish %s: %v", subject, err)
+	}
+	metricEventsPublished.WithLabelValues(string(p), kind).Inc()
+	return nil
+}
+
+// Content types carried in the Content-Type header of bus messages.
+const (
+	ContentTypeEvent   = "application/x-protobuf; proto=duet.v1.Event"
+	ContentTypeCommand = "application/x-protobuf; proto=duet.v1.Command"
+	ContentTypeResult  = "application/x-protobuf; proto=duet.v1.CommandResult"
+)
+
+func (b *Bus) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, b.opts.DefaultTimeout)
+}
+
+// request does a protobuf request/reply and maps NATS failures to domain
+// errors: no responders -> CodeUnavailable, timeout -> CodeTimeout.
+func (b *Bus) request(ctx context.Context, subject string, req, resp proto.Message) error {
+	data, err := proto.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("bus: marshal request: %w", err)
+	}
+	ctx, cancel := b.withTimeout(ctx)
+	defer cancel()
+	msg, err := b.nc.RequestWithContext(ctx, subject, data)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return devicemodel.Errorf(devicemodel.CodeUnavailable, "nobody serves %s", subject)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return devicemodel.Errorf(devicemodel.CodeTimeout, "no reply on %s in time", subject)
+	case err != nil:
+		return devicemodel.Errorf(devicemodel.CodeUnavailable, "request %s: %v", subject, err)
+	}
+	if e := msg.Header.Get(HeaderError); e != "" {
+		return devicemodel.Errorf(devicemodel.CodeInternal, "%s: %s", subject, e)
+	}
+	if err := proto.Unmarshal(msg.Data, resp); err != nil {
+		return devicemodel.Errorf(devicemodel.CodeInternal, "bad reply on %s: %v", subject, err)
+	}
+	return nil
+}
+
+// HeaderError is set on a reply when the responder could not decode the
+// request; the body is then empty.
+const HeaderError = "Duet-Error"
+
+// Request sends a command to whichever adapter serves the device and waits
+// for its result. The context deadline (or the command's timeout plus a
+// margin) bounds the wait. A device nobody serves gives CodeUnavailable.
+func (b *Bus) Request(ctx context.Context, p devicemodel.Protocol, cmd *duetv1.Command) (*duetv1.CommandResult, error) {
+	if err := devicemodel.ValidateDeviceID(cmd.GetDeviceId()); err != nil {
+		return nil, err
+	}
+	if cmd.Id == "" {
+		cmd.Id = NewID()
+	}
+	if _, ok := ctx.Deadline(); !ok && cmd.Timeout != nil {
+		var cancel context.CancelFunc
+		// A little longer than the adapter's own wait, so the adapter's
+		// timeout result wins over ours.
+		ctx, cancel = context.WithTimeout(ctx, cmd.Timeout.AsDuration()+2*time.Second)
+		defer cancel()
+	}
+	res := &duetv1.CommandResult{}
+	start := time.Now()
+	err := b.request(ctx, CommandSubject(p, cmd.DeviceId), cmd, res)
+	metricRequestSeconds.WithLabelValues(string(p)).Observe(time.Since(start).Seconds())
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// CommandHandler executes one command. It must return a result (with Error
+// set on failure), never nil. ctx carries the command's deadline.
+type CommandHandler func(ctx context.Context, cmd *duetv1.Command) *duetv1.CommandResult
+
+// ServeCommands answers commands on subject (a device's CommandSubject or a
+// CommandWildcard) as part of queue group queue ("" for none). Handlers run
+// concurrently, at most MaxConcurrentHandlers at once per subscription.
+func (b *Bus) ServeCommands(subject, queue string, h CommandHandler) (*Subscription, error) {
+	return b.serve(subject, queue, func(ctx context.Context, m *nats.Msg) (proto.Message, error) {
+		cmd := &duetv1.Command{}
+		if err := proto.Unmarshal(m.Data, cmd); err != nil {
+			return nil, fmt.Errorf("undecodable command: %w", err)
+		}
+		if cmd.DeviceId == "" {
+			if id, err := DeviceFromSubject(m.Subject); err == nil {
+				cmd.DeviceId = id
+			}
+		}
+		if cmd.Timeout != nil && cmd.Timeout.AsDuration() > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, cmd.Timeout.AsDuration())
+			defer cancel()
+		}
+		res := h(ctx, cmd)
+		if res == nil {
+			res = &duetv1.CommandResult{Error: ErrorToProto(devicemodel.Errorf(devicemodel.CodeInternal, "handler returned no result"))}
+		}
+		if res.CommandId == "" {
+			res.CommandId = cmd.Id
+		}
+		if res.DeviceId == "" {
+			res.DeviceId = cmd.DeviceId
+		}
+		return res, nil
+	})
+}
+
+// AskWork asks the controller what a CWMP device in session should do next.
+func (b *Bus) AskWork(ctx context.Context, req *duetv1.SessionWorkRequest) (*duetv1.SessionWork, error) {
+	if err := devicemodel.ValidateDeviceID(req.GetDeviceId()); err != nil {
+		return nil, err
+	}
+	res := &duetv1.SessionWork{}
+	if err := b.request(ctx, WorkSubject(req.DeviceId), req, res); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// WorkHandler decides the next commands for a CWMP session.
+type WorkHandler func(ctx context.Context, req *duetv1.SessionWorkRequest) (*duetv1.SessionWork, error)
+
+// ServeWork answers AskWork requests for every device.
+func (b *Bus) ServeWork(queue string, h WorkHandler) (*Subscription, error) {
+	return b.serve(WorkWildcard, queue, func(ctx context.Context, m *nats.Msg) (proto.Message, error) {
+		req := &duetv1.SessionWorkRequest{}
+		if err := proto.Unmarshal(m.Data, req); err != nil {
+			return nil, fmt.Errorf("undecodable work request: %w", err)
+		}
+		return h(ctx, req)
+	})
+}
+
+// AskCredentials looks up a CPE's credentials (per-device auth mode).
+func (b *Bus) AskCredentials(ctx context.Context, deviceID string) (*duetv1.Credentials, error) {
+	if err := devicemodel.ValidateDeviceID(deviceID); err != nil {
+		return nil, err
+	}
+	res := &duetv1.Credentials{}
+	if err := b.request(ctx, CredentialsSubject(deviceID), &duetv1.CredentialsRequest{DeviceId: deviceID}, res); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// CredentialsHandler answers credential lookups.
+type CredentialsHandler func(ctx context.Context, deviceID string) (*duetv1.Credentials, error)
+
+// ServeCredentials answers AskCredentials requests for every device.
+func (b *Bus) ServeCredentials(queue string, h CredentialsHandler) (*Subscription, error) {
+	return b.serve(CredentialsWildcard, queue, func(ctx context.Context, m *nats.Msg) (proto.Message, error) {
+		req := &duetv1.CredentialsRequest{}
+		if err := proto.Unmarshal(m.Data, req); err != nil {
+			return nil, fmt.Errorf("undecodable credentials request: %w", err)
+		}
+		return h(ctx, req.DeviceId)
+	})
+}
+
+// Subscription is a running Serve* subscription.
+type Subscription struct {
+	sub  *nats.Subscription
+	wg   sync.WaitGroup
+	once sync.Once
+	stop context.CancelFunc
+}
+
+// Stop unsubscribes and waits for running handlers. Safe to call twice.
+func (s *Subscription) Stop() {
+	s.once.Do(func() {
+		_ = s.sub.Unsubscribe()
+		s.stop()
+		s.wg.Wait()
+	})
+}
+
+func (b *Bus) serve(subject, queue string, h func(context.Context, *nats.Msg) (proto.Message, error)) (*Subscription, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Subscription{stop: cancel}
+	sem := make(chan struct{}, b.opts.MaxConcurrentHandlers)
+	handle := func(m *nats.Msg) {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() { <-sem }()
+			resp, err := h(ctx, m)
+			if m.Reply == "" {
+				return
+			}
+			out := nats.NewMsg(m.Reply)
+			if err != nil {
+				metricBusErrors.WithLabelValues("serve").Inc()
+				b.log.Warn("bad request on bus", "subject", m.Subject, "err", err)
+				out.Header.Set(HeaderError, err.Error())
+			} else if out.Data, err = proto.Marshal(resp); err != nil {
+				out.Header.Set(HeaderError, "marshal reply: "+err.Error())
+			}
+			if err := m.RespondMsg(out); err != nil {
+				b.log.Warn("reply failed", "subject", m.Subject, "err", err)
+			}
+		}()
+	}
+	var sub *nats.Subscription
+	var err error
+	if queue == "" {
+		sub, err = b.nc.Subscribe(subject, handle)
+	} else {
+		sub, err = b.nc.QueueSubscribe(subject, queue, handle)
+	}
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("bus: subscribe %s: %w", subject, err)
+	}
+	// Bound what waits for a handler: past this NATS reports a slow consumer
+	// and drops, rather than growing without limit (STYLE.md habit 8).
+	_ = sub.SetPendingLimits(64*1024, 256<<20)
+	s.sub = sub
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		s.Stop()
+		return nil, errors.New("bus: closed")
+	}
+	b.subs = append(b.subs, s)
+	b.mu.Unlock()
+	return s, nil
+}
