@@ -1,0 +1,387 @@
+package cwmp
+
+import (
+	"bytes"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"strconv"
+	"strings"
+	"unicode/utf16"
+	"unicode/utf8"
+)
+
+// Decode errors. Hostile-input errors are distinct so the ACS can log and
+// count them; all of them mean "answer 400" (cwmp.md §1.3).
+var (
+	ErrBodyTooLarge        = errors.New("cwmp: body larger than the limit")
+	ErrTooDeep             = errors.New("cwmp: elements nested deeper than the limit")
+	ErrTooManyElements     = errors.New("cwmp: more elements than the limit")
+	ErrDTD                 = errors.New("cwmp: DOCTYPE and other DTD directives are not allowed")
+	ErrUnsupportedCharset  = errors.New("cwmp: unsupported charset")
+	ErrUnsupportedEncoding = errors.New("cwmp: unsupported Content-Encoding")
+	ErrMalformed           = errors.New("cwmp: malformed envelope")
+)
+
+// Limits bound what Decode accepts. Zero fields take the DefaultLimits value.
+type Limits struct {
+	MaxBodySize int // bytes of the (decompressed) body; default 4 MiB
+	MaxDepth    int // element nesting; default 32 (an Inform needs 6)
+	MaxElements int // elements in the whole document; default 200000
+}
+
+// DefaultLimits is used by Decode.
+var DefaultLimits = Limits{MaxBodySize: 4 << 20, MaxDepth: 32, MaxElements: 200000}
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxBodySize <= 0 {
+		l.MaxBodySize = DefaultLimits.MaxBodySize
+	}
+	if l.MaxDepth <= 0 {
+		l.MaxDepth = DefaultLimits.MaxDepth
+	}
+	if l.MaxElements <= 0 {
+		l.MaxElements = DefaultLimits.MaxElements
+	}
+	return l
+}
+
+// Decode parses one SOAP message with DefaultLimits. contentType is the
+// HTTP Content-Type header ("" when absent). An empty message (0 bytes,
+// white space only, an Envelope without a Body child) decodes to an
+// Envelope whose Body is nil (cwmp.md §9 #6).
+func Decode(body []byte, contentType string) (*Envelope, error) {
+	return DefaultLimits.Decode(body, contentType)
+}
+
+// Decode parses one SOAP message within the limits l.
+func (l Limits) Decode(body []byte, contentType string) (*Envelope, error) {
+	l = l.withDefaults()
+	if len(body) > l.MaxBodySize {
+		return nil, ErrBodyTooLarge
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return &Envelope{}, nil
+	}
+	text, err := toUTF8(body, contentType)
+	if err != nil {
+		return nil, err
+	}
+	root, err := parseTree(text, l)
+	if err != nil {
+		return nil, err
+	}
+	if root == nil {
+		// Only a declaration, comments or white space: a child-less document
+		// is the empty POST as well (cwmp.md §9 #6).
+		return &Envelope{}, nil
+	}
+	if root.local != "Envelope" {
+		return nil, fmt.Errorf("%w: root element is %q, not Envelope", ErrMalformed, root.local)
+	}
+	env := &Envelope{}
+	for _, a := range root.attrs {
+		if a.Name.Space == "xmlns" && IsCWMPNamespace(a.Value) && env.Namespace == "" {
+			env.Namespace = a.Value
+		}
+	}
+	if h := root.child("Header"); h != nil {
+		decodeHeader(h, env)
+	}
+	b := root.child("Body")
+	if b == nil || len(b.kids) == 0 {
+		return env, nil
+	}
+	m := b.kids[0]
+	if IsCWMPNamespace(m.space) {
+		// The method element's namespace is the one to echo (cwmp.md §1.4).
+		env.Namespace = m.space
+	}
+	if m.local == "Fault" {
+		f, err := decodeFault(m)
+		if err != nil {
+			return nil, err
+		}
+		env.Body = f
+		return env, nil
+	}
+	mk, ok := newMessage[m.local]
+	if !ok {
+		env.Body = &UnknownMethod{Name: m.local}
+		return env, nil
+	}
+	msg := mk()
+	if err := decodeStruct(m, valueOf(msg).Elem()); err != nil {
+		return nil, fmt.Errorf("cwmp: %s: %w", m.local, err)
+	}
+	env.Body = msg
+	return env, nil
+}
+
+func decodeHeader(h *node, env *Envelope) {
+	for _, k := range h.kids {
+		v := strings.TrimSpace(k.text())
+		switch {
+		case k.local == "ID":
+			env.Header.ID = v
+			if env.Namespace == "" && IsCWMPNamespace(k.space) {
+				env.Namespace = k.space
+			}
+		case strings.EqualFold(k.local, "HoldRequests"):
+			env.Header.HoldRequests, _ = ParseBool(v) // lenient: garbage = no hold
+		case strings.EqualFold(k.local, "SessionTimeout"): // cwmp.md §9 #26
+			n, _ := strconv.ParseUint(v, 10, 32)
+			env.Header.SessionTimeout = uint32(n)
+		case strings.EqualFold(k.local, "SupportedCWMPVersions"):
+			env.Header.SupportedCWMPVersions = v
+		case strings.EqualFold(k.local, "UseCWMPVersion"):
+			env.Header.UseCWMPVersion = v
+		}
+		// NoMoreRequests and anything else: ignored (cwmp.md §9 #28).
+	}
+}
+
+func decodeFault(n *node) (*Fault, error) {
+	f := &Fault{}
+	if c := n.child("faultcode"); c != nil {
+		f.SOAPCode = strings.TrimSpace(c.text())
+		if i := strings.LastIndexByte(f.SOAPCode, ':'); i >= 0 {
+			f.SOAPCode = f.SOAPCode[i+1:] // "SOAP-ENV:Client" → "Client"
+		}
+	}
+	if s := n.child("faultstring"); s != nil {
+		f.SOAPString = strings.TrimSpace(s.text())
+	}
+	if d := n.child("detail"); d != nil {
+		if cf := d.child("Fault"); cf != nil {
+			if err := decodeStruct(cf, valueOf(&f.Detail).Elem()); err != nil {
+				return nil, fmt.Errorf("cwmp: Fault: %w", err)
+			}
+		}
+	}
+	return f, nil
+}
+
+// node is a parsed element. Names are local; prefixes are resolved away.
+type node struct {
+	local string
+	space string
+	attrs []xml.Attr
+	buf   []byte
+	kids  []*node
+}
+
+func (n *node) text() string { return string(n.buf) }
+
+// child returns the first child element with the given local name; names
+// are compared case-insensitively to tolerate stacks that get case wrong.
+func (n *node) child(local string) *node {
+	for _, k := range n.kids {
+		if k.local == local {
+			return k
+		}
+	}
+	for _, k := range n.kids {
+		if strings.EqualFold(k.local, local) {
+			return k
+		}
+	}
+	return nil
+}
+
+func (n *node) attr(local string) (string, bool) {
+	for _, a := range n.attrs {
+		if a.Name.Local == local {
+			return a.Value, true
+		}
+	}
+	return "", false
+}
+
+// parseTree reads the document into nodes, rejecting DTDs and enforcing
+// the depth and element limits. It returns nil, nil for a document with no
+// element at all.
+func parseTree(text []byte, l Limits) (*node, error) {
+	d := xml.NewDecoder(bytes.NewReader(text))
+	d.Strict = true
+	// text is already UTF-8 (toUTF8); the declaration may still name the
+	// original charset, so accept any label without converting again.
+	d.CharsetReader = func(_ string, r io.Reader) (io.Reader, error) { return r, nil }
+	var (
+		stack []*node
+		root  *node
+		count int
+	)
+	for {
+		tok, err := d.Token()
+		if err == io.EOF {
+			if len(stack) > 0 {
+				return nil, fmt.Errorf("%w: unexpected end of document", ErrMalformed)
+			}
+			return root, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+		}
+		switch t := tok.(type) {
+		case xml.StartElement:
+			count++
+			if count > l.MaxElements {
+				return nil, ErrTooManyElements
+			}
+			if len(stack) >= l.MaxDepth {
+				return nil, ErrTooDeep
+			}
+			n := &node{local: t.Name.Local, space: t.Name.Space}
+			if len(t.Attr) > 0 {
+				n.attrs = append([]xml.Attr(nil), t.Attr...)
+			}
+			if len(stack) == 0 {
+				root = n
+			} else {
+				p := stack[len(stack)-1]
+				p.kids = append(p.kids, n)
+			}
+			stack = append(stack, n)
+		case xml.EndElement:
+			stack = stack[:len(stack)-1]
+			if len(stack) == 0 {
+				// Anything after the root element is ignored: some stacks
+				// append NULs or a second newline-terminated blob.
+				return root, nil
+			}
+		case xml.CharData: // text and CDATA alike (cwmp.md §9 #18)
+			if len(stack) > 0 {
+				n := stack[len(stack)-1]
+				n.buf = append(n.buf, t...)
+			}
+		case xml.Directive:
+			// encoding/xml never expands external entities, but a DTD has no
+			// business in SOAP: reject it outright (billion laughs etc.).
+			return nil, ErrDTD
+		}
+		// Comments and processing instructions are skipped.
+	}
+}
+
+// toUTF8 converts body to UTF-8. Charset precedence: the Content-Type
+// parameter (quoted or not), then a BOM, then the XML declaration, then
+// UTF-8 (cwmp.md §1.3, §9 #5).
+func toUTF8(body []byte, contentType string) ([]byte, error) {
+	label := charsetFromContentType(contentType)
+	if label == "" {
+		switch {
+		case bytes.HasPrefix(body, []byte{0xFE, 0xFF}), bytes.HasPrefix(body, []byte{0xFF, 0xFE}),
+			bytes.HasPrefix(body, []byte{0, '<'}), bytes.HasPrefix(body, []byte{'<', 0}):
+			label = "utf-16"
+		default:
+			label = declEncoding(body)
+		}
+	}
+	switch strings.ToLower(label) {
+	case "", "utf-8", "utf8", "us-ascii", "ascii":
+		return bytes.TrimPrefix(body, []byte{0xEF, 0xBB, 0xBF}), nil
+	case "iso-8859-1", "iso8859-1", "iso_8859-1", "latin1", "latin-1", "l1", "iso-ir-100", "cp819", "ibm819":
+		if utf8.Valid(body) && isASCII(body) {
+			return body, nil
+		}
+		out := make([]byte, 0, len(body)+len(body)/4)
+		for _, c := range body {
+			out = utf8.AppendRune(out, rune(c))
+		}
+		return out, nil
+	case "utf-16", "utf-16le", "utf-16be", "utf16":
+		return fromUTF16(body, strings.ToLower(label))
+	}
+	return nil, fmt.Errorf("%w %q", ErrUnsupportedCharset, label)
+}
+
+func isASCII(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+func fromUTF16(b []byte, label string) ([]byte, error) {
+	big := true
+	switch {
+	case bytes.HasPrefix(b, []byte{0xFE, 0xFF}):
+		b = b[2:]
+	case bytes.HasPrefix(b, []byte{0xFF, 0xFE}):
+		b, big = b[2:], false
+	case label == "utf-16le" || bytes.HasPrefix(b, []byte{'<', 0}):
+		big = false
+	}
+	if len(b)%2 != 0 {
+		return nil, fmt.Errorf("%w: odd-length UTF-16 body", ErrMalformed)
+	}
+	u := make([]uint16, len(b)/2)
+	for i := range u {
+		if big {
+			u[i] = uint16(b[2*i])<<8 | uint16(b[2*i+1])
+		} else {
+			u[i] = uint16(b[2*i+1])<<8 | uint16(b[2*i])
+		}
+	}
+	out := make([]byte, 0, len(u))
+	for _, r := range utf16.Decode(u) {
+		out = utf8.AppendRune(out, r)
+	}
+	return out, nil
+}
+
+func charsetFromContentType(ct string) string {
+	if ct == "" {
+		return ""
+	}
+	if _, params, err := mime.ParseMediaType(ct); err == nil {
+		return strings.TrimSpace(params["charset"])
+	}
+	// Malformed header: look for charset= by hand.
+	i := strings.Index(strings.ToLower(ct), "charset=")
+	if i < 0 {
+		return ""
+	}
+	v := ct[i+len("charset="):]
+	if j := strings.IndexByte(v, ';'); j >= 0 {
+		v = v[:j]
+	}
+	return strings.Trim(strings.TrimSpace(v), `"'`)
+}
+
+// declEncoding returns the encoding pseudo-attribute of a leading XML
+// declaration, or "".
+func declEncoding(b []byte) string {
+	b = bytes.TrimLeft(bytes.TrimPrefix(b, []byte{0xEF, 0xBB, 0xBF}), " \t\r\n")
+	if !bytes.HasPrefix(b, []byte("<?xml")) {
+		return ""
+	}
+	end := bytes.Index(b, []byte("?>"))
+	if end < 0 {
+		return ""
+	}
+	decl := string(b[:end])
+	i := strings.Index(decl, "encoding")
+	if i < 0 {
+		return ""
+	}
+	rest := strings.TrimLeft(decl[i+len("encoding"):], " \t\r\n")
+	if !strings.HasPrefix(rest, "=") {
+		return ""
+	}
+	rest = strings.TrimLeft(rest[1:], " \t\r\n")
+	if rest == "" || (rest[0] != '"' && rest[0] != '\'') {
+		return ""
+	}
+	q := rest[0]
+	j := strings.IndexByte(rest[1:], q)
+	if j < 0 {
+		return ""
+	}
+	return rest[1 : 1+j]
+}
