@@ -9,12 +9,12 @@ import (
 
 func TestTokenRoundTrip(t *testing.T) {
 	cases := map[string]string{
-		"os::00D09E-SERIAL":          "os~3A~3A00D09E-SERIAL",
-		"00D09E-ONT-SN1":             "00D09E-ONT-SN1",
-		"00D09E-ONT%2E-SN.1":         "00D09E-ONT~252E-SN~2E1",
-		"a b*c>d~e":                  "a~20b~2Ac~3Ed~7Ee",
+		"os::00D09E-SERIAL":           "os~3A~3A00D09E-SERIAL",
+		"00D09E-ONT-SN1":              "00D09E-ONT-SN1",
+		"00D09E-ONT%2E-SN.1":          "00D09E-ONT~252E-SN~2E1",
+		"a b*c>d~e":                   "a~20b~2Ac~3Ed~7Ee",
 		"oui:00256D:my-unique-bbf-id": "oui~3A00256D~3Amy-unique-bbf-id",
-		"üñí":                        "~C3~BC~C3~B1~C3~AD",
+		"üñí":                         "~C3~BC~C3~B1~C3~AD",
 	}
 	for id, want := range cases {
 		got := EncodeToken(id)

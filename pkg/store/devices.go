@@ -1,0 +1,343 @@
+package store
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/duet-dm/duet/pkg/devicemodel"
+)
+
+// Observation is what one device event tells the registry.
+type Observation struct {
+	EventID   string
+	Kind      string
+	Time      time.Time
+	StreamSeq uint64
+	Payload   []byte
+	// Device carries the identity facts the event knew; empty fields are
+	// unknown and never overwrite known ones. ID and Protocol are required.
+	Device devicemodel.Device
+	// Online is the state the event implies (false only for "offline").
+	Online bool
+}
+
+// deviceUpdate is the merge of every observation of one device in a batch.
+type deviceUpdate struct {
+	d         devicemodel.Device
+	firstSeen time.Time
+	lastSeen  time.Time
+	factsAt   time.Time
+	online    bool
+	onlineAt  time.Time
+	reachAt   time.Time
+}
+
+// ApplyObservations records a batch of events in one transaction and two
+// statements, whatever the batch size: the events go to device_events
+// (ignoring IDs already stored), and the registry is upserted with one row
+// per device, merged here first (ON CONFLICT cannot touch a row twice in
+// one statement).
+//
+// It is idempotent: applying the same batch twice, or an older event after
+// a newer one, changes nothing. Facts, online state and reachability only
+// move forward in event time.
+func (s *Store) ApplyObservations(ctx context.Context, obs []Observation) error {
+	if len(obs) == 0 {
+		return nil
+	}
+	// Merge per device in event-time order.
+	sorted := make([]Observation, len(obs))
+	copy(sorted, obs)
+	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Time.Before(sorted[j].Time) })
+	byID := map[string]*deviceUpdate{}
+	var order []string
+	for _, o := range sorted {
+		if err := devicemodel.ValidateDeviceID(o.Device.ID); err != nil {
+			return err
+		}
+		if o.Device.Protocol != devicemodel.ProtocolCWMP && o.Device.Protocol != devicemodel.ProtocolUSP {
+			return devicemodel.Errorf(devicemodel.CodeInvalidArgument, "device %s: unknown protocol %q", o.Device.ID, o.Device.Protocol)
+		}
+		u, ok := byID[o.Device.ID]
+		if !ok {
+			u = &deviceUpdate{d: devicemodel.Device{ID: o.Device.ID, Protocol: o.Device.Protocol}, firstSeen: o.Time}
+			byID[o.Device.ID] = u
+			order = append(order, o.Device.ID)
+		}
+		u.lastSeen = o.Time
+		u.online = o.Online
+		u.onlineAt = o.Time
+		if mergeFacts(&u.d, o.Device) {
+			u.factsAt = o.Time
+		}
+		if mergeReach(&u.d, o.Device) {
+			u.reachAt = o.Time
+		}
+	}
+	cols := struct {
+		id, protocol, manufacturer, oui, productClass, serial, model, sw, hw, prov, dm, transport, address, crURL []string
+		firstSeen, lastSeen, factsAt, onlineAt, reachAt                                                           []time.Time
+		online                                                                                                    []bool
+	}{}
+	for _, id := range order {
+		u := byID[id]
+		cols.id = append(cols.id, u.d.ID)
+		cols.protocol = append(cols.protocol, string(u.d.Protocol))
+		cols.manufacturer = append(cols.manufacturer, u.d.Manufacturer)
+		cols.oui = append(cols.oui, u.d.OUI)
+		cols.productClass = append(cols.productClass, u.d.ProductClass)
+		cols.serial = append(cols.serial, u.d.SerialNumber)
+		cols.model = append(cols.model, u.d.ModelName)
+		cols.sw = append(cols.sw, u.d.SoftwareVersion)
+		cols.hw = append(cols.hw, u.d.HardwareVersion)
+		cols.prov = append(cols.prov, u.d.ProvisioningCode)
+		cols.dm = append(cols.dm, u.d.DataModel)
+		cols.transport = append(cols.transport, u.d.Transport)
+		cols.address = append(cols.address, u.d.Address)
+		cols.crURL = append(cols.crURL, u.d.ConnectionRequestURL)
+		cols.firstSeen = append(cols.firstSeen, u.firstSeen)
+		cols.lastSeen = append(cols.lastSeen, u.lastSeen)
+		// A zero time never wins the "newer than" comparisons below.
+		cols.factsAt = append(cols.factsAt, orEpoch(u.factsAt))
+		cols.reachAt = append(cols.reachAt, orEpoch(u.reachAt))
+		cols.onlineAt = append(cols.onlineAt, u.onlineAt)
+		cols.online = append(cols.online, u.online)
+	}
+	evID := make([]string, 0, len(obs))
+	evDev := make([]string, 0, len(obs))
+	evKind := make([]string, 0, len(obs))
+	evTime := make([]time.Time, 0, len(obs))
+	evSeq := make([]int64, 0, len(obs))
+	evPayload := make([][]byte, 0, len(obs))
+	for _, o := range obs {
+		evID = append(evID, o.EventID)
+		evDev = append(evDev, o.Device.ID)
+		evKind = append(evKind, o.Kind)
+		evTime = append(evTime, o.Time)
+		evSeq = append(evSeq, int64(o.StreamSeq))
+		evPayload = append(evPayload, o.Payload)
+	}
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		b := &pgx.Batch{}
+		b.Queue(`INSERT INTO device_events (id, device_id, kind, time, stream_seq, payload)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::bytea[])
+			ON CONFLICT (id) DO NOTHING`, evID, evDev, evKind, evTime, evSeq, evPayload)
+		b.Queue(upsertDevicesSQL,
+			cols.id, cols.protocol, cols.manufacturer, cols.oui, cols.productClass, cols.serial, cols.model,
+			cols.sw, cols.hw, cols.prov, cols.dm, cols.transport, cols.address, cols.crURL,
+			cols.firstSeen, cols.lastSeen, cols.factsAt, cols.onlineAt, cols.reachAt, cols.online)
+		return tx.SendBatch(ctx, b).Close()
+	})
+}
+
+// upsertDevicesSQL inserts or merges one row per device. Each group of
+// columns moves forward only when its event time is not older than what the
+// row already holds, so replays and reordering are harmless.
+const upsertDevicesSQL = `
+INSERT INTO devices AS d (id, protocol, manufacturer, oui, product_class, serial_number, model_name,
+	software_version, hardware_version, provisioning_code, data_model, transport, address,
+	connection_request_url, first_seen, last_seen, facts_updated_at, online_changed_at, online)
+SELECT u.id, u.protocol, u.manufacturer, u.oui, u.product_class, u.serial, u.model, u.sw, u.hw, u.prov, u.dm,
+	u.transport, u.address, u.cr_url, u.first_seen, u.last_seen, u.facts_at, u.online_at, u.online
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+	$9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::timestamptz[],
+	$16::timestamptz[], $17::timestamptz[], $18::timestamptz[], $19::timestamptz[], $20::bool[])
+	AS u(id, protocol, manufacturer, oui, product_class, serial, model, sw, hw, prov, dm, transport, address,
+	cr_url, first_seen, last_seen, facts_at, online_at, reach_at, online)
+ON CONFLICT (id) DO UPDATE SET
+	manufacturer      = CASE WHEN excluded.facts_updated_at >= d.facts_updated_at AND excluded.manufacturer <> '' THEN excluded.manufacturer ELSE d.manufacturer END,
+	oui               = CASE WHEN excluded.facts_updated_at >= d.facts_updated_at AND excluded.oui <> '' THEN excluded.oui ELSE d.oui END,
+	product_class     = CASE WHEN excluded.facts_updated_at >= d.facts_updated_at AND excluded.product_class <> '' THEN excluded.product_class ELSE d.product_class END,
+	serial_number     = CASE WHEN excluded.facts_updated_at >= d.facts_updated_at AND excluded.serial_number <> '' THEN excluded.serial_number ELSE d.serial_number END,
+	model_name        = CASE WHEN excluded.facts_updated_at >= d.facts_updated_at AND excluded.model_name <> '' THEN excluded.model_name ELSE d.model_name END,
+	software_version  = CASE WHEN excluded.facts_updated_at >= d.facts_updated_at AND excluded.software_version <> '' THEN excluded.software_version ELSE d.software_version END,
+	hardware_version  = CASE WHEN excluded.facts_updated_at >= d.facts_updated_at AND excluded.hardware_version <> '' THEN excluded.hardware_version ELSE d.hardware_version END,
+	provisioning_code = CASE WHEN excluded.facts_updated_at >= d.facts_updated_at AND excluded.provisioning_code <> '' THEN excluded.provisioning_code ELSE d.provisioning_code END,
+	data_model        = CASE WHEN excluded.facts_updated_at >= d.facts_updated_at AND excluded.data_model <> '' THEN excluded.data_model ELSE d.data_model END,
+	facts_updated_at  = GREATEST(d.facts_updated_at, excluded.facts_updated_at),
+	transport         = CASE WHEN excluded.last_seen >= d.last_seen AND excluded.transport <> '' THEN excluded.transport ELSE d.transport END,
+	address           = CASE WHEN excluded.last_seen >= d.last_seen AND excluded.address <> '' THEN excluded.address ELSE d.address END,
+	connection_request_url = CASE WHEN excluded.last_seen >= d.last_seen AND excluded.connection_request_url <> '' THEN excluded.connection_request_url ELSE d.connection_request_url END,
+	online            = CASE WHEN excluded.online_changed_at >= d.online_changed_at THEN excluded.online ELSE d.online END,
+	online_changed_at = GREATEST(d.online_changed_at, excluded.online_changed_at),
+	first_seen        = LEAST(d.first_seen, excluded.first_seen),
+	last_seen         = GREATEST(d.last_seen, excluded.last_seen)`
+
+var epoch = time.Unix(0, 0).UTC()
+
+func orEpoch(t time.Time) time.Time {
+	if t.IsZero() {
+		return epoch
+	}
+	return t
+}
+
+// mergeFacts copies the non-empty identity facts of src into dst and
+// reports whether src had any.
+func mergeFacts(dst *devicemodel.Device, src devicemodel.Device) bool {
+	any := false
+	set := func(d *string, s string) {
+		if s != "" {
+			*d = s
+			any = true
+		}
+	}
+	set(&dst.Manufacturer, src.Manufacturer)
+	set(&dst.OUI, src.OUI)
+	set(&dst.ProductClass, src.ProductClass)
+	set(&dst.SerialNumber, src.SerialNumber)
+	set(&dst.ModelName, src.ModelName)
+	set(&dst.SoftwareVersion, src.SoftwareVersion)
+	set(&dst.HardwareVersion, src.HardwareVersion)
+	set(&dst.ProvisioningCode, src.ProvisioningCode)
+	set(&dst.DataModel, src.DataModel)
+	return any
+}
+
+func mergeReach(dst *devicemodel.Device, src devicemodel.Device) bool {
+	any := false
+	set := func(d *string, s string) {
+		if s != "" {
+			*d = s
+			any = true
+		}
+	}
+	set(&dst.Transport, src.Transport)
+	set(&dst.Address, src.Address)
+	set(&dst.ConnectionRequestURL, src.ConnectionRequestURL)
+	return any
+}
+
+// DeviceFilter selects devices for FindDevices. Empty fields do not filter.
+type DeviceFilter struct {
+	Protocol        devicemodel.Protocol
+	Online          *bool
+	Manufacturer    string
+	ProductClass    string
+	SoftwareVersion string
+	// After is the cursor: the last ID of the previous page.
+	After string
+	// Limit of the page; default 100.
+	Limit int
+}
+
+// MaxPageSize bounds a page of FindDevices.
+const MaxPageSize = 1000
+
+// EncodeCursor and DecodeCursor make the page cursor opaque to clients.
+func EncodeCursor(lastID string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(lastID))
+}
+
+// DecodeCursor reverses EncodeCursor.
+func DecodeCursor(c string) (string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil || len(b) == 0 {
+		return "", devicemodel.Errorf(devicemodel.CodeInvalidArgument, "malformed cursor")
+	}
+	return string(b), nil
+}
+
+const deviceColumns = `id, protocol, manufacturer, oui, product_class, serial_number, model_name,
+	software_version, hardware_version, provisioning_code, data_model, first_seen, last_seen, online,
+	transport, address, connection_request_url`
+
+func scanDevice(row pgx.Row) (devicemodel.Device, error) {
+	var d devicemodel.Device
+	var p string
+	err := row.Scan(&d.ID, &p, &d.Manufacturer, &d.OUI, &d.ProductClass, &d.SerialNumber, &d.ModelName,
+		&d.SoftwareVersion, &d.HardwareVersion, &d.ProvisioningCode, &d.DataModel, &d.FirstSeen, &d.LastSeen,
+		&d.Online, &d.Transport, &d.Address, &d.ConnectionRequestURL)
+	d.Protocol = devicemodel.Protocol(p)
+	return d, err
+}
+
+// FindDevices returns one page of devices ordered by ID, and the cursor of
+// the next page ("" when this is the last).
+func (s *Store) FindDevices(ctx context.Context, f DeviceFilter) ([]devicemodel.Device, string, error) {
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	if limit > MaxPageSize {
+		limit = MaxPageSize
+	}
+	var where []string
+	var args []any
+	add := func(cond string, v any) {
+		args = append(args, v)
+		where = append(where, fmt.Sprintf(cond, len(args)))
+	}
+	if f.Protocol != "" {
+		add("protocol = $%d", string(f.Protocol))
+	}
+	if f.Online != nil {
+		add("online = $%d", *f.Online)
+	}
+	if f.Manufacturer != "" {
+		add("manufacturer = $%d", f.Manufacturer)
+	}
+	if f.ProductClass != "" {
+		add("product_class = $%d", f.ProductClass)
+	}
+	if f.SoftwareVersion != "" {
+		add("software_version = $%d", f.SoftwareVersion)
+	}
+	if f.After != "" {
+		add("id > $%d", f.After)
+	}
+	q := "SELECT " + deviceColumns + " FROM devices"
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	args = append(args, limit+1)
+	q += fmt.Sprintf(" ORDER BY id LIMIT $%d", len(args))
+	rows, err := s.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, "", fmt.Errorf("store: find devices: %w", err)
+	}
+	defer rows.Close()
+	var out []devicemodel.Device
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, "", err
+		}
+		out = append(out, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", err
+	}
+	next := ""
+	if len(out) > limit {
+		out = out[:limit]
+		next = EncodeCursor(out[limit-1].ID)
+	}
+	return out, next, nil
+}
+
+// FindDeviceByID returns one device or a CodeNotFound error.
+func (s *Store) FindDeviceByID(ctx context.Context, id string) (devicemodel.Device, error) {
+	d, err := scanDevice(s.pool.QueryRow(ctx, "SELECT "+deviceColumns+" FROM devices WHERE id = $1", id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return d, devicemodel.Errorf(devicemodel.CodeNotFound, "device %q not found", id)
+	}
+	if err != nil {
+		return d, fmt.Errorf("store: find device: %w", err)
+	}
+	return d, nil
+}
+
+// CountDeviceEvents returns how many events are stored for a device.
+func (s *Store) CountDeviceEvents(ctx context.Context, deviceID string) (int, error) {
+	var n int
+	err := s.pool.QueryRow(ctx, "SELECT count(*) FROM device_events WHERE device_id = $1", deviceID).Scan(&n)
+	return n, err
+}
