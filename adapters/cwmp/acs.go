@@ -1,0 +1,329 @@
+package cwmp
+
+import (
+	"context"
+	"crypto/md5"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/duet-dm/duet/pkg/bus"
+	"github.com/duet-dm/duet/pkg/devicemodel"
+)
+
+// Auth modes for Options.Auth (cwmp.md §7).
+const (
+	AuthNone      = "none"
+	AuthShared    = "shared"
+	AuthPerDevice = "per-device"
+)
+
+// Options configure the ACS. Zero values take the documented defaults;
+// New rejects anything else that is invalid, naming the option.
+type Options struct {
+	// Addr to listen on; default ":7547".
+	Addr string
+	// Path of the ACS URL; default "/". Other paths get 404.
+	Path string
+	// TLSCertFile and TLSKeyFile enable HTTPS (both or neither).
+	TLSCertFile, TLSKeyFile string
+	// Auth is required: "none", "shared" or "per-device".
+	Auth string
+	// Username and Password of the shared mode.
+	Username, Password string
+	// Realm of the HTTP challenge; default "Duet".
+	Realm string
+	// AllowBasicOverHTTP offers and accepts Basic on plain HTTP. Off by
+	// default: Basic is for TLS only (cwmp.md §7).
+	AllowBasicOverHTTP bool
+	// MaxSessions bounds concurrent sessions; past it new sessions get 503
+	// with Retry-After (cwmp.md §9 #31). Default 1000.
+	MaxSessions int
+	// MinInformInterval refuses (503) a device that informs again sooner
+	// than this after its last accepted Inform. 0 = off.
+	MinInformInterval time.Duration
+	// SessionTimeout is the per-exchange wait: for the CPE's next POST and
+	// for each controller request. Default 30 s (cwmp.md §1.2).
+	SessionTimeout time.Duration
+	// MaxRPCsPerSession bounds ACS→CPE RPCs in one session. Default 256.
+	MaxRPCsPerSession int
+	// MaxBodyBytes bounds a (decompressed) request body; default 4 MiB.
+	// Larger bodies get 413.
+	MaxBodyBytes int64
+	// ConnReqTimeout bounds each connection request GET; default 2 s
+	// (cwmp.md §6.1).
+	ConnReqTimeout time.Duration
+	// AdapterID names this instance in events (Event.source); default
+	// "cwmp-<random>".
+	AdapterID string
+	// Bus is required.
+	Bus    *bus.Bus
+	Logger *slog.Logger
+}
+
+func (o *Options) setDefaults() error {
+	if o.Addr == "" {
+		o.Addr = ":7547"
+	}
+	if o.Path == "" {
+		o.Path = "/"
+	}
+	if o.Path[0] != '/' {
+		return fmt.Errorf("cwmp: Path %q must start with /", o.Path)
+	}
+	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
+		return errors.New("cwmp: TLSCertFile and TLSKeyFile must be set together")
+	}
+	switch o.Auth {
+	case AuthNone, AuthPerDevice:
+	case AuthShared:
+		if o.Username == "" || o.Password == "" {
+			return errors.New(`cwmp: Auth "shared" needs Username and Password`)
+		}
+	case "":
+		return errors.New("cwmp: Auth is required: one of none, shared, per-device")
+	default:
+		return fmt.Errorf("cwmp: Auth %q is not one of none, shared, per-device", o.Auth)
+	}
+	if o.Realm == "" {
+		o.Realm = "Duet"
+	}
+	if o.MaxSessions == 0 {
+		o.MaxSessions = 1000
+	}
+	if o.MaxSessions < 0 {
+		return fmt.Errorf("cwmp: MaxSessions %d must be positive", o.MaxSessions)
+	}
+	if o.MinInformInterval < 0 {
+		return fmt.Errorf("cwmp: MinInformInterval %s must not be negative", o.MinInformInterval)
+	}
+	if o.SessionTimeout == 0 {
+		o.SessionTimeout = 30 * time.Second
+	}
+	if o.SessionTimeout < 0 {
+		return fmt.Errorf("cwmp: SessionTimeout %s must be positive", o.SessionTimeout)
+	}
+	if o.MaxRPCsPerSession == 0 {
+		o.MaxRPCsPerSession = 256
+	}
+	if o.MaxRPCsPerSession < 0 {
+		return fmt.Errorf("cwmp: MaxRPCsPerSession %d must be positive", o.MaxRPCsPerSession)
+	}
+	if o.MaxBodyBytes == 0 {
+		o.MaxBodyBytes = 4 << 20
+	}
+	if o.MaxBodyBytes < 0 || o.MaxBodyBytes > 1<<30 {
+		return fmt.Errorf("cwmp: MaxBodyBytes %d must be between 1 and 1 GiB", o.MaxBodyBytes)
+	}
+	if o.ConnReqTimeout == 0 {
+		o.ConnReqTimeout = 2 * time.Second
+	}
+	if o.ConnReqTimeout < 0 {
+		return fmt.Errorf("cwmp: ConnReqTimeout %s must be positive", o.ConnReqTimeout)
+	}
+	if o.AdapterID == "" {
+		o.AdapterID = "cwmp-" + bus.NewID()[:8]
+	}
+	if o.Bus == nil {
+		return errors.New("cwmp: Bus is required")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return nil
+}
+
+// ACS is the TR-069 Auto-Configuration Server adapter: an HTTP server
+// running CWMP sessions, translating bus commands into RPCs, publishing
+// device events, and sending connection requests.
+type ACS struct {
+	o      Options
+	log    *slog.Logger
+	shared string // HA1 of the shared credentials
+	mux    *http.ServeMux
+
+	sessions *sessionTable
+	nonces   *nonceStore
+	informs  *informClock
+	connReq  *connectionRequester
+
+	mu       sync.Mutex
+	srv      *http.Server
+	ln       net.Listener
+	sub      *bus.Subscription
+	started  bool
+	shutdown bool
+	done     chan struct{} // closed by Shutdown; stops the reaper
+	wg       sync.WaitGroup
+}
+
+// New validates o and builds an ACS. Nothing listens until Start.
+func New(o Options) (*ACS, error) {
+	if err := o.setDefaults(); err != nil {
+		return nil, err
+	}
+	a := &ACS{
+		o:        o,
+		log:      o.Logger.With("component", "cwmp", "adapter", o.AdapterID),
+		sessions: newSessionTable(o.MaxSessions),
+		nonces:   newNonceStore(4*o.MaxSessions+1024, 5*time.Minute),
+		informs:  newInformClock(o.MinInformInterval, 100000),
+		done:     make(chan struct{}),
+	}
+	if o.Auth == AuthShared {
+		a.shared = ha1(o.Username, o.Realm, o.Password)
+	}
+	a.connReq = newConnectionRequester(o.ConnReqTimeout)
+	a.mux = http.NewServeMux()
+	a.mux.HandleFunc(o.Path, a.serveHTTP)
+	return a, nil
+}
+
+func ha1(user, realm, pass string) string {
+	h := md5.Sum([]byte(user + ":" + realm + ":" + pass))
+	return hex.EncodeToString(h[:])
+}
+
+// Handler is the ACS's HTTP handler. It keys sessions by TCP connection
+// only when served by Start's server (which tags connections); mounted
+// elsewhere it falls back to the session cookie.
+func (a *ACS) Handler() http.Handler { return a.mux }
+
+// Start binds the listener, starts serving, subscribes to connection
+// request commands and starts the idle-session reaper.
+func (a *ACS) Start() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.shutdown {
+		return errors.New("cwmp: Start after Shutdown")
+	}
+	if a.started {
+		return errors.New("cwmp: already started")
+	}
+	if a.o.Auth == AuthNone {
+		a.log.Warn("CWMP authentication is off (Auth=none): any client can claim any device identity")
+	}
+	ln, err := net.Listen("tcp", a.o.Addr)
+	if err != nil {
+		return fmt.Errorf("cwmp: listen on %s: %w", a.o.Addr, err)
+	}
+	sub, err := a.o.Bus.ServeCommands(bus.CommandWildcard(devicemodel.ProtocolCWMP), "duet-cwmp", a.handleCommand)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("cwmp: subscribe commands: %w", err)
+	}
+	a.ln, a.sub = ln, sub
+	a.srv = &http.Server{
+		Handler:           a.mux,
+		ConnContext:       tagConn,
+		ReadHeaderTimeout: a.o.SessionTimeout,
+		ReadTimeout:       2 * a.o.SessionTimeout,
+		WriteTimeout:      2 * a.o.SessionTimeout,
+		// GenieACS drops connections still open after 300 s (cwmp.md §1.2);
+		// between sessions an idle keep-alive connection is closed sooner.
+		IdleTimeout: 2 * a.o.SessionTimeout,
+		ErrorLog:    slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+	}
+	a.started = true
+	a.wg.Add(2)
+	go func() {
+		defer a.wg.Done()
+		var err error
+		if a.o.TLSCertFile != "" {
+			err = a.srv.ServeTLS(ln, a.o.TLSCertFile, a.o.TLSKeyFile)
+		} else {
+			err = a.srv.Serve(ln)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("CWMP server stopped", "err", err)
+		}
+	}()
+	go func() {
+		defer a.wg.Done()
+		a.reap()
+	}()
+	a.log.Info("CWMP ACS listening", "addr", ln.Addr().String(), "path", a.o.Path, "auth", a.o.Auth,
+		"tls", a.o.TLSCertFile != "")
+	return nil
+}
+
+// Addr is the bound address after Start ("" before).
+func (a *ACS) Addr() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ln == nil {
+		return ""
+	}
+	return a.ln.Addr().String()
+}
+
+// Shutdown stops accepting sessions, lets running exchanges finish until
+// ctx ends, ends every open session (publishing results for unfinished
+// commands) and stops the command subscription. Safe to call twice.
+func (a *ACS) Shutdown(ctx context.Context) error {
+	a.mu.Lock()
+	if a.shutdown {
+		a.mu.Unlock()
+		return nil
+	}
+	a.shutdown = true
+	close(a.done)
+	srv, sub := a.srv, a.sub
+	a.mu.Unlock()
+
+	var err error
+	if srv != nil {
+		err = srv.Shutdown(ctx)
+		if err != nil {
+			srv.Close()
+		}
+	}
+	if sub != nil {
+		sub.Stop()
+	}
+	for _, s := range a.sessions.all() {
+		a.endSession(ctx, s, "shutdown")
+	}
+	a.wg.Wait()
+	a.connReq.close()
+	return err
+}
+
+// reap ends sessions whose CPE has not sent its next POST within
+// SessionTimeout (cwmp.md §1.2, §9 #10).
+func (a *ACS) reap() {
+	period := a.o.SessionTimeout / 4
+	if period < 10*time.Millisecond {
+		period = 10 * time.Millisecond
+	}
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.done:
+			return
+		case now := <-t.C:
+			for _, s := range a.sessions.idle(now.Add(-a.o.SessionTimeout)) {
+				ctx, cancel := context.WithTimeout(context.Background(), a.o.SessionTimeout)
+				a.endSession(ctx, s, "timeout")
+				cancel()
+			}
+			a.nonces.purge(now)
+			a.informs.purge(now)
+		}
+	}
+}
+
+func (a *ACS) isShutdown() bool {
+	select {
+	case <-a.done:
+		return true
+	default:
+		return false
+	}
+}

@@ -1,0 +1,274 @@
+package cwmp
+
+import (
+	"context"
+	"crypto/md5"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+)
+
+// nonceStore holds the Digest nonces this ACS issued, each valid for ttl.
+// It is bounded: when full, expired nonces are dropped, then arbitrary
+// ones (their CPEs get a stale=true challenge and retry).
+type nonceStore struct {
+	mu  sync.Mutex
+	max int
+	ttl time.Duration
+	m   map[string]time.Time // nonce -> expiry
+}
+
+func newNonceStore(max int, ttl time.Duration) *nonceStore {
+	return &nonceStore{max: max, ttl: ttl, m: make(map[string]time.Time)}
+}
+
+func (n *nonceStore) issue(now time.Time) string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	nonce := hex.EncodeToString(b[:])
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(n.m) >= n.max {
+		n.purgeLocked(now)
+		for k := range n.m {
+			if len(n.m) < n.max {
+				break
+			}
+			delete(n.m, k)
+		}
+	}
+	n.m[nonce] = now.Add(n.ttl)
+	return nonce
+}
+
+// check reports whether nonce is known, and whether it is known but expired.
+func (n *nonceStore) check(nonce string, now time.Time) (ok, stale bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	exp, found := n.m[nonce]
+	if !found {
+		return false, false
+	}
+	if now.After(exp) {
+		delete(n.m, nonce)
+		return false, true
+	}
+	return true, false
+}
+
+func (n *nonceStore) purge(now time.Time) {
+	n.mu.Lock()
+	n.purgeLocked(now)
+	n.mu.Unlock()
+}
+
+func (n *nonceStore) purgeLocked(now time.Time) {
+	for k, exp := range n.m {
+		if now.After(exp) {
+			delete(n.m, k)
+		}
+	}
+}
+
+// expected returns the credentials a device must present: the shared ones,
+// or (per-device) those the controller holds, as username and HA1 =
+// MD5(username:realm:password) so no password crosses the bus. found is
+// false when the controller knows no credentials for the device.
+func (a *ACS) expected(ctx context.Context, deviceID string) (user, ha1 string, found bool, err error) {
+	if a.o.Auth == AuthShared {
+		return a.o.Username, a.shared, true, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.o.SessionTimeout)
+	defer cancel()
+	c, err := a.o.Bus.AskCredentials(ctx, deviceID)
+	if err != nil {
+		return "", "", false, err
+	}
+	if !c.GetFound() || c.GetUsername() == "" || c.GetDigestHa1() == "" {
+		return "", "", false, nil
+	}
+	// The challenge went out before the device was known, with our realm;
+	// an HA1 made for another realm cannot match (cwmp.md §7).
+	if c.GetRealm() != "" && c.GetRealm() != a.o.Realm {
+		a.log.Warn("per-device credentials use another realm; set the ACS Realm to match",
+			"device", deviceID, "realm", c.GetRealm(), "acs_realm", a.o.Realm)
+		return "", "", false, nil
+	}
+	return c.GetUsername(), strings.ToLower(c.GetDigestHa1()), true, nil
+}
+
+func (a *ACS) basicAllowed(r *http.Request) bool { return r.TLS != nil || a.o.AllowBasicOverHTTP }
+
+// authenticate checks the request's credentials for deviceID. It returns
+// true when the connection may proceed; otherwise it has written the reply
+// (401 challenge, or 503 when credentials cannot be looked up). The
+// challenge comes first, before the DeviceId is known; a connection that
+// authenticated stays authenticated for that device only, and a new
+// connection mid-session re-authenticates (cwmp.md §7, §9 #10).
+func (a *ACS) authenticate(ctx context.Context, w http.ResponseWriter, r *http.Request, ci *connInfo, deviceID string, body []byte) bool {
+	if a.o.Auth == AuthNone {
+		return true
+	}
+	ci.mu.Lock()
+	done := ci.authDevice == deviceID
+	ci.mu.Unlock()
+	if done {
+		return true
+	}
+	h := r.Header.Get("Authorization")
+	if h == "" {
+		a.challenge(w, r, false, false)
+		return false
+	}
+	user, ha1, found, err := a.expected(ctx, deviceID)
+	if err != nil {
+		a.log.Warn("credential lookup failed; refusing the session", "device", deviceID, "err", err)
+		metricShed.WithLabelValues("credentials").Inc()
+		w.Header().Set("Retry-After", "60")
+		http.Error(w, "credentials unavailable", http.StatusServiceUnavailable)
+		return false
+	}
+	scheme, ok, stale := "unknown", false, false
+	switch {
+	case found && len(h) > 7 && strings.EqualFold(h[:7], "Digest "):
+		scheme = "digest"
+		ok, stale = a.verifyDigest(r, h[7:], user, ha1, body)
+	case found && len(h) > 6 && strings.EqualFold(h[:6], "Basic "):
+		scheme = "basic"
+		ok = a.basicAllowed(r) && verifyBasic(h[6:], user, ha1, a.o.Realm)
+	case !found:
+		scheme = "no_credentials"
+	}
+	if ok {
+		ci.mu.Lock()
+		ci.authDevice, ci.authFails = deviceID, 0
+		ci.mu.Unlock()
+		return true
+	}
+	ci.mu.Lock()
+	if !stale {
+		ci.authFails++
+	}
+	fails := ci.authFails
+	ci.mu.Unlock()
+	metricAuthFailures.WithLabelValues(scheme).Inc()
+	// Never log the header or any secret; the scheme and device suffice.
+	a.log.Warn("CPE authentication failed", "device", deviceID, "remote", r.RemoteAddr, "scheme", scheme, "stale", stale)
+	a.challenge(w, r, stale, fails >= 2)
+	return false
+}
+
+// challenge answers 401 with a fresh Digest nonce (qop=auth) and, where
+// Basic is allowed, a Basic challenge. closeConn is set on a second
+// failure (cwmp.md §7: "A second failure gets 401 with Connection: close").
+func (a *ACS) challenge(w http.ResponseWriter, r *http.Request, stale, closeConn bool) {
+	nonce := a.nonces.issue(time.Now())
+	d := `Digest realm="` + a.o.Realm + `", qop="auth", algorithm=MD5, nonce="` + nonce + `", opaque="` + a.o.AdapterID + `"`
+	if stale {
+		d += ", stale=true"
+	}
+	w.Header().Add("WWW-Authenticate", d)
+	if a.basicAllowed(r) {
+		w.Header().Add("WWW-Authenticate", `Basic realm="`+a.o.Realm+`"`)
+	}
+	if closeConn {
+		w.Header().Set("Connection", "close")
+	}
+	w.WriteHeader(http.StatusUnauthorized)
+}
+
+// parseAuthParams splits `k=v, k="v, w"` (RFC 7235 auth-params).
+func parseAuthParams(s string) map[string]string {
+	out := make(map[string]string, 8)
+	for len(s) > 0 && len(out) < 32 {
+		s = strings.TrimLeft(s, " \t,")
+		eq := strings.IndexByte(s, '=')
+		if eq <= 0 {
+			break
+		}
+		k := strings.ToLower(strings.TrimSpace(s[:eq]))
+		s = strings.TrimLeft(s[eq+1:], " \t")
+		var v string
+		if strings.HasPrefix(s, `"`) {
+			var b strings.Builder
+			i := 1
+			for ; i < len(s) && s[i] != '"'; i++ {
+				if s[i] == '\\' && i+1 < len(s) {
+					i++
+				}
+				b.WriteByte(s[i])
+			}
+			v = b.String()
+			if i < len(s) {
+				i++
+			}
+			s = s[i:]
+		} else {
+			end := strings.IndexByte(s, ',')
+			if end < 0 {
+				end = len(s)
+			}
+			v = strings.TrimSpace(s[:end])
+			s = s[end:]
+		}
+		out[k] = v
+	}
+	return out
+}
+
+func md5hex(s string) string {
+	h := md5.Sum([]byte(s))
+	return hex.EncodeToString(h[:])
+}
+
+// verifyDigest checks an RFC 2617 MD5 Digest response computed from HA1.
+// qop=auth is what we offer; auth-int (body hash) and the RFC 2069 form
+// without qop are accepted too, since CPEs send them (cwmp.md §7).
+func (a *ACS) verifyDigest(r *http.Request, params, user, ha1 string, body []byte) (ok, stale bool) {
+	p := parseAuthParams(params)
+	if p["username"] != user || p["realm"] != a.o.Realm || p["response"] == "" || p["uri"] == "" {
+		return false, false
+	}
+	if alg := p["algorithm"]; alg != "" && !strings.EqualFold(alg, "MD5") {
+		return false, false
+	}
+	nonceOK, stale := a.nonces.check(p["nonce"], time.Now())
+	if !nonceOK {
+		return false, stale
+	}
+	var ha2 string
+	switch p["qop"] {
+	case "auth", "":
+		ha2 = md5hex(r.Method + ":" + p["uri"])
+	case "auth-int":
+		ha2 = md5hex(r.Method + ":" + p["uri"] + ":" + md5hex(string(body)))
+	default:
+		return false, false
+	}
+	var want string
+	if p["qop"] == "" {
+		want = md5hex(ha1 + ":" + p["nonce"] + ":" + ha2)
+	} else {
+		want = md5hex(ha1 + ":" + p["nonce"] + ":" + p["nc"] + ":" + p["cnonce"] + ":" + p["qop"] + ":" + ha2)
+	}
+	return subtle.ConstantTimeCompare([]byte(want), []byte(strings.ToLower(p["response"]))) == 1, false
+}
+
+// verifyBasic checks Basic credentials against HA1: MD5(user:realm:pass)
+// must equal it, so the ACS never needs the clear password.
+func verifyBasic(enc, user, wantHA1, realm string) bool {
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(enc))
+	if err != nil {
+		return false
+	}
+	u, pass, ok := strings.Cut(string(raw), ":")
+	if !ok || subtle.ConstantTimeCompare([]byte(u), []byte(user)) != 1 {
+		return false
+	}
+	return subtle.ConstantTimeCompare([]byte(ha1(u, realm, pass)), []byte(wantHA1)) == 1
+}
