@@ -1,0 +1,246 @@
+package controller
+
+import (
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/store"
+)
+
+var metricAPIRequests = promauto.NewCounterVec(prometheus.CounterOpts{
+	Name: "duet_api_requests_total",
+	Help: "REST API requests by route and status code.",
+}, []string{"route", "code"})
+
+// API serves /api/v1.
+type API struct {
+	store *store.Store
+	log   *slog.Logger
+	mux   *http.ServeMux
+}
+
+// NewAPI builds the REST API handler.
+func NewAPI(s *store.Store, log *slog.Logger) *API {
+	if log == nil {
+		log = slog.Default()
+	}
+	a := &API{store: s, log: log.With("component", "api"), mux: http.NewServeMux()}
+	a.route("GET /api/v1/devices", a.listDevices)
+	a.route("GET /api/v1/devices/{id}", a.getDevice)
+	a.mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, devicemodel.Errorf(devicemodel.CodeNotFound, "no route %s %s", r.Method, r.URL.Path))
+	})
+	return a
+}
+
+func (a *API) route(pattern string, h func(http.ResponseWriter, *http.Request) (int, error)) {
+	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		code, err := h(w, r)
+		if err != nil {
+			code = statusOf(err)
+			if code >= 500 {
+				a.log.Error("api request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+				// Don't leak internals to clients.
+				err = devicemodel.Errorf(devicemodel.CodeInternal, "internal error")
+			}
+			writeError(w, code, err)
+		}
+		metricAPIRequests.WithLabelValues(pattern, strconv.Itoa(code)).Inc()
+	})
+}
+
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
+
+// DeviceJSON is the API's representation of a device.
+type DeviceJSON struct {
+	ID                   string    `json:"id"`
+	Protocol             string    `json:"protocol"`
+	Manufacturer         string    `json:"manufacturer"`
+	OUI                  string    `json:"oui"`
+	ProductClass         string    `json:"product_class"`
+	SerialNumber         string    `json:"serial_number"`
+	ModelName            string    `json:"model_name"`
+	SoftwareVersion      string    `json:"software_version"`
+	HardwareVersion      string    `json:"hardware_version"`
+	ProvisioningCode     string    `json:"provisioning_code"`
+	DataModel            string    `json:"data_model"`
+	FirstSeen            time.Time `json:"first_seen"`
+	LastSeen             time.Time `json:"last_seen"`
+	Online               bool      `json:"online"`
+	Transport            string    `json:"transport"`
+	Address              string    `json:"address"`
+	ConnectionRequestURL string    `json:"connection_request_url,omitempty"`
+}
+
+func deviceJSON(d devicemodel.Device) DeviceJSON {
+	return DeviceJSON{
+		ID: d.ID, Protocol: string(d.Protocol), Manufacturer: d.Manufacturer, OUI: d.OUI,
+		ProductClass: d.ProductClass, SerialNumber: d.SerialNumber, ModelName: d.ModelName,
+		SoftwareVersion: d.SoftwareVersion, HardwareVersion: d.HardwareVersion,
+		ProvisioningCode: d.ProvisioningCode, DataModel: d.DataModel,
+		FirstSeen: d.FirstSeen.UTC(), LastSeen: d.LastSeen.UTC(), Online: d.Online,
+		Transport: d.Transport, Address: d.Address, ConnectionRequestURL: d.ConnectionRequestURL,
+	}
+}
+
+// DeviceList is the body of GET /api/v1/devices.
+type DeviceList struct {
+	Devices    []DeviceJSON `json:"devices"`
+	NextCursor string       `json:"next_cursor,omitempty"`
+}
+
+var listDeviceParams = map[string]bool{
+	"protocol": true, "online": true, "manufacturer": true, "product_class": true,
+	"software_version": true, "limit": true, "cursor": true,
+}
+
+func (a *API) listDevices(w http.ResponseWriter, r *http.Request) (int, error) {
+	q, err := parseQuery(r.URL.RawQuery)
+	if err != nil {
+		return 0, err
+	}
+	for k := range q {
+		if !listDeviceParams[k] {
+			return 0, badParam(k, "unknown parameter")
+		}
+		if len(q[k]) > 1 {
+			return 0, badParam(k, "given more than once")
+		}
+	}
+	f := store.DeviceFilter{
+		Manufacturer:    q.Get("manufacturer"),
+		ProductClass:    q.Get("product_class"),
+		SoftwareVersion: q.Get("software_version"),
+	}
+	if v := q.Get("protocol"); v != "" {
+		p, err := devicemodel.ParseProtocol(v)
+		if err != nil {
+			return 0, badParam("protocol", "must be cwmp or usp")
+		}
+		f.Protocol = p
+	}
+	if v := q.Get("online"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return 0, badParam("online", "must be true or false")
+		}
+		f.Online = &b
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > store.MaxPageSize {
+			return 0, badParam("limit", "must be an integer from 1 to "+strconv.Itoa(store.MaxPageSize))
+		}
+		f.Limit = n
+	}
+	if v := q.Get("cursor"); v != "" {
+		after, err := store.DecodeCursor(v)
+		if err != nil {
+			return 0, badParam("cursor", "malformed; pass next_cursor from the previous page")
+		}
+		f.After = after
+	}
+	devs, next, err := a.store.FindDevices(r.Context(), f)
+	if err != nil {
+		return 0, err
+	}
+	out := DeviceList{Devices: make([]DeviceJSON, 0, len(devs)), NextCursor: next}
+	for _, d := range devs {
+		out.Devices = append(out.Devices, deviceJSON(d))
+	}
+	return writeJSON(w, http.StatusOK, out), nil
+}
+
+func (a *API) getDevice(w http.ResponseWriter, r *http.Request) (int, error) {
+	id := r.PathValue("id")
+	if err := devicemodel.ValidateDeviceID(id); err != nil {
+		return 0, badParam("id", devicemodel.ErrorMessage(err))
+	}
+	d, err := a.store.FindDeviceByID(r.Context(), id)
+	if err != nil {
+		return 0, err
+	}
+	return writeJSON(w, http.StatusOK, deviceJSON(d)), nil
+}
+
+// parseQuery is url.ParseQuery without its silent dropping of malformed
+// pairs: a bad escape is a 400 that names the parameter.
+func parseQuery(raw string) (url.Values, error) {
+	q := url.Values{}
+	for _, pair := range strings.Split(raw, "&") {
+		if pair == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(pair, "=")
+		key, err := url.QueryUnescape(k)
+		if err != nil {
+			return nil, badParam(k, "malformed escape in the name")
+		}
+		val, err := url.QueryUnescape(v)
+		if err != nil {
+			return nil, badParam(key, "malformed escape in the value")
+		}
+		q[key] = append(q[key], val)
+	}
+	return q, nil
+}
+
+// ErrorJSON is the body of every API error.
+type ErrorJSON struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func badParam(name, why string) error {
+	return devicemodel.Errorf(devicemodel.CodeInvalidArgument, "query parameter %q: %s", name, why)
+}
+
+func statusOf(err error) int {
+	var e *devicemodel.Error
+	if !errors.As(err, &e) {
+		return http.StatusInternalServerError
+	}
+	switch e.Code {
+	case devicemodel.CodeInvalidArgument, devicemodel.CodeInvalidPath, devicemodel.CodeInvalidValue, devicemodel.CodeInvalidType:
+		return http.StatusBadRequest
+	case devicemodel.CodeNotFound:
+		return http.StatusNotFound
+	case devicemodel.CodeUnauthenticated:
+		return http.StatusUnauthorized
+	case devicemodel.CodeDenied:
+		return http.StatusForbidden
+	case devicemodel.CodeConflict:
+		return http.StatusConflict
+	case devicemodel.CodeUnavailable:
+		return http.StatusServiceUnavailable
+	case devicemodel.CodeTimeout:
+		return http.StatusGatewayTimeout
+	case devicemodel.CodeResourcesExceeded:
+		return http.StatusTooManyRequests
+	case devicemodel.CodeUnsupported:
+		return http.StatusNotImplemented
+	}
+	return http.StatusInternalServerError
+}
+
+func writeError(w http.ResponseWriter, status int, err error) {
+	writeJSON(w, status, ErrorJSON{Code: devicemodel.ErrorCode(err).String(), Message: devicemodel.ErrorMessage(err)})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) int {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+	return status
+}

@@ -1,0 +1,8 @@
+package controller
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// MetricEventsInvalid exposes the counter to the external test package.
+func MetricEventsInvalid(reason string) prometheus.Counter {
+	return metricEventsInvalid.WithLabelValues(reason)
+}

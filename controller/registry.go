@@ -1,0 +1,277 @@
+// Package controller owns Duet's state: it consumes device events from the
+// bus into the registry, answers the adapters' questions, and serves the
+// northbound REST API.
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/duet-dm/duet/pkg/bus"
+	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/store"
+	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
+)
+
+var (
+	metricEventsApplied = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "duet_controller_events_applied_total",
+		Help: "Device events applied to the registry, by kind.",
+	}, []string{"kind"})
+	metricEventsInvalid = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "duet_controller_events_invalid_total",
+		Help: "Events terminated without being applied, by reason (undecodable, invalid).",
+	}, []string{"reason"})
+	metricApplyErrors = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "duet_controller_apply_errors_total",
+		Help: "Batches that failed to commit and were handed back for redelivery.",
+	})
+	metricBatchSize = promauto.NewHistogram(prometheus.HistogramOpts{
+		Name:    "duet_controller_batch_events",
+		Help:    "Events per committed registry batch.",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 12),
+	})
+	metricApplySeconds = promauto.NewHistogram(prometheus.HistogramOpts{
+		Name:    "duet_controller_apply_duration_seconds",
+		Help:    "Time to commit one registry batch.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+	})
+)
+
+// RegistryOptions configure the event consumer.
+type RegistryOptions struct {
+	Bus   *bus.Bus
+	Store *store.Store
+	// Durable is the JetStream consumer name; controller replicas share it.
+	// Default "duet-controller".
+	Durable string
+	// BatchSize is the most events committed in one transaction. Default 500.
+	BatchSize int
+	// MaxWait is how long a fetch waits to fill a batch. Default 100 ms.
+	MaxWait time.Duration
+	Logger  *slog.Logger
+}
+
+// Registry consumes device events into the device registry.
+type Registry struct {
+	o    RegistryOptions
+	log  *slog.Logger
+	cons jetstream.Consumer
+
+	stopOnce sync.Once
+	cancel   context.CancelFunc
+	done     chan struct{}
+}
+
+// NewRegistry creates (or attaches to) the durable consumer.
+func NewRegistry(ctx context.Context, o RegistryOptions) (*Registry, error) {
+	if o.Bus == nil || o.Store == nil {
+		return nil, errors.New("controller: registry needs a bus and a store")
+	}
+	if o.Durable == "" {
+		o.Durable = "duet-controller"
+	}
+	if o.BatchSize <= 0 {
+		o.BatchSize = 500
+	}
+	if o.MaxWait <= 0 {
+		o.MaxWait = 100 * time.Millisecond
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	cons, err := o.Bus.JetStream().CreateOrUpdateConsumer(ctx, bus.EventStream, jetstream.ConsumerConfig{
+		Durable:       o.Durable,
+		Description:   "Duet controller: device events into the registry",
+		FilterSubject: bus.EventPrefix + ".>",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		// Acks come after the database commit; a batch that takes longer
+		// than this is redelivered, which is harmless (idempotent apply).
+		AckWait:       60 * time.Second,
+		MaxAckPending: 4 * o.BatchSize,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("controller: create consumer: %w", err)
+	}
+	return &Registry{o: o, log: o.Logger.With("component", "registry"), cons: cons, done: make(chan struct{})}, nil
+}
+
+// Start runs the consume loop until Stop.
+func (r *Registry) Start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	go func() {
+		defer close(r.done)
+		r.run(ctx)
+	}()
+}
+
+// Stop finishes the batch in progress and stops. Safe to call twice.
+func (r *Registry) Stop() {
+	r.stopOnce.Do(func() {
+		if r.cancel == nil {
+			close(r.done)
+			return
+		}
+		r.cancel()
+		<-r.done
+	})
+}
+
+func (r *Registry) run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		batch, err := r.cons.Fetch(r.o.BatchSize, jetstream.FetchMaxWait(r.o.MaxWait))
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			r.log.Warn("fetch events", "err", err)
+			sleepCtx(ctx, backoff)
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
+		var msgs []jetstream.Msg
+		for m := range batch.Messages() {
+			msgs = append(msgs, m)
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
+			r.log.Debug("fetch ended", "err", err)
+		}
+		if len(msgs) == 0 {
+			continue
+		}
+		if err := r.apply(ctx, msgs); err != nil {
+			metricApplyErrors.Inc()
+			r.log.Error("registry batch failed; events will be redelivered", "events", len(msgs), "err", err)
+			for _, m := range msgs {
+				_ = m.NakWithDelay(backoff)
+			}
+			sleepCtx(ctx, backoff)
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+	}
+}
+
+// apply decodes a batch, terminates what cannot be applied, commits the
+// rest in one transaction, and only then acknowledges.
+func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
+	obs := make([]store.Observation, 0, len(msgs))
+	good := make([]jetstream.Msg, 0, len(msgs))
+	kinds := make([]string, 0, len(msgs))
+	for _, m := range msgs {
+		o, err := decodeObservation(m)
+		if err != nil {
+			reason := "invalid"
+			var d *decodeError
+			if errors.As(err, &d) {
+				reason = "undecodable"
+			}
+			metricEventsInvalid.WithLabelValues(reason).Inc()
+			r.log.Warn("dropping event that cannot be applied", "subject", m.Subject(), "reason", reason, "err", err)
+			// Term: never redelivered, never blocks the events behind it.
+			_ = m.Term()
+			continue
+		}
+		obs = append(obs, o)
+		good = append(good, m)
+		kinds = append(kinds, o.Kind)
+	}
+	if len(obs) == 0 {
+		return nil
+	}
+	start := time.Now()
+	// Commit even if ctx is being cancelled: finishing the batch in hand is
+	// part of a clean stop.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := r.o.Store.ApplyObservations(cctx, obs); err != nil {
+		return err
+	}
+	metricApplySeconds.Observe(time.Since(start).Seconds())
+	metricBatchSize.Observe(float64(len(obs)))
+	for i, m := range good {
+		if err := m.Ack(); err != nil {
+			r.log.Warn("ack failed; the event will be redelivered and applied again harmlessly", "subject", m.Subject(), "err", err)
+		}
+		metricEventsApplied.WithLabelValues(kinds[i]).Inc()
+	}
+	return nil
+}
+
+type decodeError struct{ err error }
+
+func (e *decodeError) Error() string { return "undecodable payload: " + e.err.Error() }
+
+func decodeObservation(m jetstream.Msg) (store.Observation, error) {
+	ev := &duetv1.Event{}
+	if err := proto.Unmarshal(m.Data(), ev); err != nil {
+		return store.Observation{}, &decodeError{err}
+	}
+	p, id, kind, err := bus.ParseEventSubject(m.Subject())
+	if err != nil {
+		return store.Observation{}, err
+	}
+	if ev.GetDevice().GetId() != id {
+		return store.Observation{}, fmt.Errorf("payload device %q does not match subject device %q", ev.GetDevice().GetId(), id)
+	}
+	if pp, err := bus.ProtocolOf(ev.GetDevice().GetProtocol()); err != nil || pp != p {
+		return store.Observation{}, fmt.Errorf("payload protocol %v does not match subject protocol %s", ev.GetDevice().GetProtocol(), p)
+	}
+	if k := bus.EventKind(ev); k != kind {
+		return store.Observation{}, fmt.Errorf("payload kind %q does not match subject kind %q", k, kind)
+	}
+	if ev.Id == "" {
+		return store.Observation{}, errors.New("event has no id")
+	}
+	if err := devicemodel.ValidateDeviceID(id); err != nil {
+		return store.Observation{}, err
+	}
+	meta, err := m.Metadata()
+	if err != nil {
+		return store.Observation{}, err
+	}
+	at := meta.Timestamp
+	if ev.Time != nil && ev.Time.IsValid() {
+		at = ev.Time.AsTime()
+	}
+	d := ev.Device
+	r := ev.GetReachability()
+	return store.Observation{
+		EventID:   ev.Id,
+		Kind:      kind,
+		Time:      at.UTC(),
+		StreamSeq: meta.Sequence.Stream,
+		Payload:   m.Data(),
+		// Every event but "offline" means the device just talked to us.
+		Online: kind != "offline",
+		Device: devicemodel.Device{
+			ID: id, Protocol: p,
+			Manufacturer: d.Manufacturer, OUI: d.Oui, ProductClass: d.ProductClass, SerialNumber: d.SerialNumber,
+			ModelName: d.ModelName, SoftwareVersion: d.SoftwareVersion, HardwareVersion: d.HardwareVersion,
+			ProvisioningCode: d.ProvisioningCode, DataModel: d.DataModel,
+			Transport: r.GetTransport(), Address: r.GetAddress(), ConnectionRequestURL: r.GetConnectionRequestUrl(),
+		},
+	}, nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
