@@ -343,7 +343,15 @@ func charsetFromContentType(ct string) string {
 		return strings.TrimSpace(params["charset"])
 	}
 	// Malformed header: look for charset= by hand.
-	i := strings.Index(strings.ToLower(ct), "charset=")
+	// ASCII-only lowering keeps byte offsets valid (strings.ToLower may
+	// change the length of non-ASCII input).
+	lower := []byte(ct)
+	for j, c := range lower {
+		if c >= 'A' && c <= 'Z' {
+			lower[j] = c + 'a' - 'A'
+		}
+	}
+	i := bytes.Index(lower, []byte("charset="))
 	if i < 0 {
 		return ""
 	}
