@@ -176,7 +176,7 @@ func (a *ACS) handleCommand(ctx context.Context, cmd *duetv1.Command) *duetv1.Co
 	res := &duetv1.CommandResult{CommandId: cmd.GetId(), DeviceId: cmd.GetDeviceId(), Error: bus.ErrorToProto(err),
 		Result: &duetv1.CommandResult_ConnectionRequest{ConnectionRequest: &duetv1.ConnectionRequestResult{HttpStatus: uint32(status)}}}
 	ev := &duetv1.Event{
-		Device: &duetv1.DeviceIdentity{Id: cmd.GetDeviceId(), Protocol: duetv1.Protocol_PROTOCOL_CWMP},
+		Device:       &duetv1.DeviceIdentity{Id: cmd.GetDeviceId(), Protocol: duetv1.Protocol_PROTOCOL_CWMP},
 		Reachability: &duetv1.Reachability{Transport: "cwmp", ConnectionRequestUrl: cr.GetUrl(), AdapterId: a.o.AdapterID},
 		Source:       a.o.AdapterID,
 		Kind: &duetv1.Event_ConnectionRequest{ConnectionRequest: &duetv1.ConnectionRequestOutcome{

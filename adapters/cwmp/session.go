@@ -1,6 +1,7 @@
 package cwmp
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"compress/zlib"
@@ -79,7 +80,14 @@ func (a *ACS) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ci := connFrom(r.Context(), r.RemoteAddr)
 	enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding")))
-	body, err := cwmp.ReadBody(r.Body, enc, int(a.o.MaxBodyBytes))
+	// A zero-length body is the empty POST whatever Content-Encoding says
+	// (cwmp.md §9 #6); only a non-empty body is inflated.
+	br := bufio.NewReader(r.Body)
+	readEnc := enc
+	if _, perr := br.Peek(1); perr != nil {
+		readEnc = ""
+	}
+	body, err := cwmp.ReadBody(br, readEnc, int(a.o.MaxBodyBytes))
 	switch {
 	case errors.Is(err, cwmp.ErrUnsupportedEncoding):
 		a.badRequest(w, http.StatusUnsupportedMediaType, "encoding", "unsupported Content-Encoding")

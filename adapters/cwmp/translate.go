@@ -83,7 +83,7 @@ func truncateKey(k string) string {
 type failedOp struct{ base }
 
 func (o *failedOp) handle(cwmp.Message, *devicemodel.Error) {}
-func (o *failedOp) result() *duetv1.CommandResult   { return o.finish(&duetv1.CommandResult{}) }
+func (o *failedOp) result() *duetv1.CommandResult           { return o.finish(&duetv1.CommandResult{}) }
 
 func refused(err *devicemodel.Error) op {
 	o := &failedOp{}
