@@ -2,6 +2,9 @@ package cwmp
 
 import (
 	"bytes"
+	"crypto/md5"
+	"encoding/base64"
+	"encoding/hex"
 	"context"
 	"io"
 	"log/slog"
@@ -34,6 +37,8 @@ type env struct {
 	work [][]*duetv1.Command // batches handed out in order, per request
 	reqs []*duetv1.SessionWorkRequest
 	evs  []*duetv1.Event
+	// failWork makes the controller answer work requests with an error.
+	failWork bool
 }
 
 func newEnv(t testing.TB, tweak func(*Options)) *env {
@@ -84,6 +89,9 @@ func (e *env) serveWork(_ context.Context, req *duetv1.SessionWorkRequest) (*due
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.reqs = append(e.reqs, proto.Clone(req).(*duetv1.SessionWorkRequest))
+	if e.failWork {
+		return nil, errorf("controller broken")
+	}
 	if len(e.work) == 0 {
 		return &duetv1.SessionWork{}, nil
 	}
@@ -163,6 +171,9 @@ type testCPE struct {
 	dm      *fakeModel
 	handled []string // ACS requests seen, by method
 	lastEnc string   // Content-Encoding of the last reply
+	// user/pass answer a 401 once per POST; basic selects Basic over Digest.
+	user, pass string
+	basic      bool
 }
 
 // newCPE makes a CPE. keepAlive=false opens a new TCP connection per POST
@@ -200,6 +211,41 @@ func (c *testCPE) postRaw(body []byte) (*http.Response, *cwmp.Envelope) {
 	if c.enc == "gzip" && len(body) > 0 {
 		body = gz(body)
 	}
+	resp, envl := c.postOnce(body, "")
+	if resp.StatusCode == http.StatusUnauthorized && c.user != "" {
+		resp, envl = c.postOnce(body, c.authorization(resp))
+	}
+	return resp, envl
+}
+
+// authorization answers a challenge, computed independently of the ACS's
+// code (RFC 2617 with qop=auth).
+func (c *testCPE) authorization(resp *http.Response) string {
+	if c.basic {
+		return "Basic " + base64.StdEncoding.EncodeToString([]byte(c.user+":"+c.pass))
+	}
+	for _, ch := range resp.Header.Values("WWW-Authenticate") {
+		if !strings.HasPrefix(ch, "Digest ") {
+			continue
+		}
+		kv := map[string]string{}
+		for _, part := range strings.Split(ch[7:], ", ") {
+			k, v, _ := strings.Cut(part, "=")
+			kv[k] = strings.Trim(v, `"`)
+		}
+		h := func(s string) string { x := md5.Sum([]byte(s)); return hex.EncodeToString(x[:]) }
+		ha1 := h(c.user + ":" + kv["realm"] + ":" + c.pass)
+		ha2 := h("POST:/")
+		r := h(ha1 + ":" + kv["nonce"] + ":00000001:abcdef:auth:" + ha2)
+		return `Digest username="` + c.user + `", realm="` + kv["realm"] + `", nonce="` + kv["nonce"] +
+			`", uri="/", qop=auth, nc=00000001, cnonce="abcdef", response="` + r + `"`
+	}
+	c.t.Fatalf("no Digest challenge in %v", resp.Header)
+	return ""
+}
+
+func (c *testCPE) postOnce(body []byte, authz string) (*http.Response, *cwmp.Envelope) {
+	c.t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, c.url, bytes.NewReader(body))
 	if len(body) > 0 {
 		req.Header.Set("Content-Type", `text/xml; charset="utf-8"`)
@@ -209,6 +255,9 @@ func (c *testCPE) postRaw(body []byte) (*http.Response, *cwmp.Envelope) {
 	}
 	for k, v := range c.header {
 		req.Header[k] = v
+	}
+	if authz != "" {
+		req.Header.Set("Authorization", authz)
 	}
 	resp, err := c.client.Do(req)
 	if err != nil {
