@@ -19,7 +19,9 @@ import (
 )
 
 // AdminURL is the server used to create and drop test databases:
-// DUET_TEST_DATABASE_URL, else the local server over TCP (services.md).
+// DUET_TEST_DATABASE_URL (the Makefile points it at the local socket, where
+// a fresh install's peer auth lets the scripts' role in), else the local
+// server over TCP as the development machines have it (services.md).
 func AdminURL() string {
 	if u := os.Getenv("DUET_TEST_DATABASE_URL"); u != "" {
 		return u
@@ -67,7 +69,8 @@ func NewDatabase(t testing.TB) string {
 		t.Fatal(err)
 	}
 	cfg.Database = name
-	return fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name)
+	// Key=value form works for TCP hosts and Unix socket directories alike.
+	return fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable", cfg.Host, cfg.Port, cfg.User, name)
 }
 
 // Open creates a database, migrates it and returns an open Store.
