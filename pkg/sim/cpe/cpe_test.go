@@ -51,6 +51,10 @@ type testACS struct {
 	remotes    []string
 	nextID     int
 
+	// gate, when set, holds the next empty POST open until closed, after
+	// closing entered: a session that is provably in progress.
+	gate, entered chan struct{}
+
 	user, pass string
 	basic      bool
 	digest     *digestServer
@@ -100,6 +104,16 @@ func (a *testACS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
+	}
+	a.mu.Lock()
+	gate, entered := a.gate, a.entered
+	if env.IsEmpty() {
+		a.gate = nil
+	}
+	a.mu.Unlock()
+	if env.IsEmpty() && gate != nil {
+		close(entered)
+		<-gate
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -261,7 +275,11 @@ func TestBootstrapInform(t *testing.T) {
 
 func TestTR098Bootstrap(t *testing.T) {
 	acs := newTestACS(t)
-	bootstrapped(t, acs, func(o *Options) { o.DataModelPath = tr098Path; o.Namespace = cwmp.NamespaceCWMP12; o.Bootstrapped = true })
+	bootstrapped(t, acs, func(o *Options) {
+		o.DataModelPath = tr098Path
+		o.Namespace = cwmp.NamespaceCWMP12
+		o.Bootstrapped = true
+	})
 	in := acs.waitInform(t, 1)
 	if got := eventCodes(in); !slices.Equal(got, []string{cwmp.EventBoot}) {
 		t.Fatalf("events %v", got)
@@ -296,7 +314,7 @@ func TestParameterRPCs(t *testing.T) {
 	pm := "Device.NAT.PortMapping."
 	acs.enqueue(
 		&cwmp.GetParameterValues{ParameterNames: []string{"Device.DeviceInfo.", "Device.ManagementServer.URL"}}, // 0
-		&cwmp.GetParameterValues{ParameterNames: []string{"Device.Nope"}},                                      // 1
+		&cwmp.GetParameterValues{ParameterNames: []string{"Device.Nope"}},                                       // 1
 		&cwmp.SetParameterValues{ParameterKey: "pk-1", ParameterList: []cwmp.ParameterValueStruct{ // 2
 			{Name: "Device.WiFi.SSID.1.SSID", Value: str("guest")},
 			{Name: "Device.ManagementServer.PeriodicInformInterval", Value: cwmp.Value{Type: cwmp.TypeUnsignedInt, Data: " 600 "}},
@@ -308,7 +326,7 @@ func TestParameterRPCs(t *testing.T) {
 			{Name: "Device.WiFi.Radio.1.Channel", Value: cwmp.Value{Type: cwmp.TypeUnsignedInt, Data: "abc"}},
 			{Name: "Device.WiFi.Radio.1.Enable", Value: cwmp.Value{Type: cwmp.TypeDateTime, Data: "2024-01-01T00:00:00Z"}},
 		}},
-		&cwmp.GetParameterNames{ParameterPath: "Device.WiFi.", NextLevel: true},           // 4
+		&cwmp.GetParameterNames{ParameterPath: "Device.WiFi.", NextLevel: true},             // 4
 		&cwmp.GetParameterNames{ParameterPath: "Device.WiFi.SSID.1.SSID", NextLevel: false}, // 5
 		&cwmp.GetParameterNames{ParameterPath: "Device.WiFi.SSID.1.SSID", NextLevel: true},  // 6
 		&cwmp.AddObject{ObjectName: pm, ParameterKey: "pk-3"},                               // 7
@@ -322,8 +340,8 @@ func TestParameterRPCs(t *testing.T) {
 		&cwmp.GetParameterAttributes{ParameterNames: []string{"Device.WiFi.SSID.1.SSID"}}, // 14
 		&cwmp.SetParameterAttributes{ParameterList: []cwmp.SetParameterAttributesStruct{ // 15
 			{Name: "Device.DeviceInfo.UpTime", NotificationChange: true, Notification: 2}}},
-		&cwmp.GetRPCMethods{},   // 16
-		&cwmp.SetVouchers{},     // 17
+		&cwmp.GetRPCMethods{}, // 16
+		&cwmp.SetVouchers{},   // 17
 		&cwmp.GetParameterValues{ParameterNames: []string{pm}}, // 18
 	)
 	c.Wake()
@@ -709,6 +727,35 @@ func TestConnectionRequestDigest(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusMethodNotAllowed {
 		t.Fatalf("POST: %d", resp.StatusCode)
+	}
+}
+
+func TestConnectionRequestBusyAndScheduleInform(t *testing.T) {
+	acs := newTestACS(t)
+	c := bootstrapped(t, acs, nil) // no CR credentials: no challenge
+	gate, entered := make(chan struct{}), make(chan struct{})
+	acs.mu.Lock()
+	acs.gate, acs.entered = gate, entered
+	acs.queue = append(acs.queue, &cwmp.ScheduleInform{DelaySeconds: 1, CommandKey: "si-1"})
+	acs.mu.Unlock()
+	c.Wake()
+	<-entered // the CPE is inside a session now
+	resp, err := http.Get(c.ConnectionRequestURL())
+	close(gate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("connection request during a session: %d, want 503", resp.StatusCode)
+	}
+	acs.waitAnswers(t, 1)
+	in := acs.waitInform(t, 3)
+	if !hasEvent(in, cwmp.EventScheduled, "") || !hasEvent(in, cwmp.EventMScheduleInform, "si-1") {
+		t.Fatalf("events %+v", in.Event)
+	}
+	if c.Stats().ConnectionRequests != 0 {
+		t.Fatal("the refused request was counted")
 	}
 }
 
