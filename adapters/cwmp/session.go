@@ -395,11 +395,9 @@ func (a *ACS) askWork(ctx context.Context, s *session) ([]*duetv1.Command, error
 	if err != nil {
 		return nil, err
 	}
-	cmds := work.GetCommands()
-	if max := a.o.MaxRPCsPerSession; len(cmds) > max {
-		cmds = cmds[:max] // the rest would be refused anyway; the controller re-sends them
-	}
-	return cmds, nil
+	// Commands past MaxRPCsPerSession are not dropped: each gets a
+	// resources_exceeded result so the controller knows to re-issue it.
+	return work.GetCommands(), nil
 }
 
 // finish records a finished job: its result goes into the next work
