@@ -243,7 +243,8 @@ func (c *CPE) Root() string { return c.m.root }
 
 // Start opens the connection-request listener and starts the session loop.
 // The first Inform carries 0 BOOTSTRAP + 1 BOOT (or 1 BOOT when
-// Options.Bootstrapped). Cancelling ctx stops the CPE like Close.
+// Options.Bootstrapped). Cancelling ctx stops the session loop and the
+// listener; Close is still needed to wait for them.
 func (c *CPE) Start(ctx context.Context) error {
 	err := errors.New("cpe: already started")
 	c.startOnce.Do(func() {
@@ -332,7 +333,9 @@ func (c *CPE) SetParameterValue(path, value string) error {
 	if !slices.Contains(c.changed, path) {
 		c.changed = append(c.changed, path)
 	}
-	if p.notification == 2 || p.notification == 6 {
+	// Active notification starts a session now; a passive change waits for
+	// the next Inform, which then carries 4 VALUE CHANGE too (session()).
+	if p.notification == 2 || p.notification == 5 || p.notification == 6 {
 		c.addEvent(cwmp.EventValueChange, "")
 		c.signal(c.kick)
 	}
@@ -389,6 +392,10 @@ func (c *CPE) periodicInterval() time.Duration {
 // run is the session loop: it owns every session and post-session action.
 func (c *CPE) run() {
 	defer c.wg.Done()
+	if c.srv != nil {
+		// When Start's context ends the listener goes too; Close does the same.
+		defer c.srv.Close()
+	}
 	var retryAt, periodicAt time.Time
 	c.mu.Lock()
 	if iv := c.periodicInterval(); iv > 0 {
@@ -538,6 +545,9 @@ func (c *CPE) session() error {
 				names = append(names, n)
 			}
 		}
+	}
+	if len(c.changed) > 0 && !slices.ContainsFunc(inform.Event, func(e cwmp.EventStruct) bool { return e.EventCode == cwmp.EventValueChange }) {
+		inform.Event = append(inform.Event, cwmp.EventStruct{EventCode: cwmp.EventValueChange})
 	}
 	inform.ParameterList, _ = c.m.getValues(names)
 	sentChanged := len(c.changed)

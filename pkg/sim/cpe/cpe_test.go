@@ -665,6 +665,25 @@ func TestValueChangeAndPeriodic(t *testing.T) {
 	if v, ok := informParam(in, ssid); !ok || v != "local-change" {
 		t.Fatalf("changed value %q %v", v, ok)
 	}
+	// A passive change waits for the next session and rides along with it.
+	acs.enqueue(&cwmp.SetParameterAttributes{ParameterList: []cwmp.SetParameterAttributesStruct{{Name: "Device.WiFi.Radio.1.Channel", NotificationChange: true, Notification: 1}}})
+	c.Wake()
+	acs.waitAnswers(t, 2)
+	waitFor(t, "fourth session", func() bool { return c.Stats().Sessions >= 4 })
+	if err := c.SetParameterValue("Device.WiFi.Radio.1.Channel", "11"); err != nil {
+		t.Fatal(err)
+	}
+	c.Wake()
+	in = acs.waitInform(t, 5)
+	if !slices.Equal(eventCodes(in), []string{cwmp.EventConnectionRequest, cwmp.EventValueChange}) {
+		t.Fatalf("events %v", eventCodes(in))
+	}
+	if v, _ := informParam(in, "Device.WiFi.Radio.1.Channel"); v != "11" {
+		t.Fatalf("passive change %q", v)
+	}
+	if n := acs.numInforms(); n != 5 {
+		t.Fatalf("the passive change started a session of its own: %d informs", n)
+	}
 	if err := c.SetParameterValue("Device.WiFi.Radio.1.Channel", "x"); err == nil {
 		t.Fatal("bad local value accepted")
 	}
