@@ -3,6 +3,7 @@ package cwmp
 import (
 	"context"
 	"crypto/md5"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -208,9 +209,21 @@ func (a *ACS) Start() error {
 	if a.o.Auth == AuthNone {
 		a.log.Warn("CWMP authentication is off (Auth=none): any client can claim any device identity")
 	}
+	var tlsConf *tls.Config
+	if a.o.TLSCertFile != "" {
+		// Load now so a bad certificate fails Start, not a goroutine.
+		cert, err := tls.LoadX509KeyPair(a.o.TLSCertFile, a.o.TLSKeyFile)
+		if err != nil {
+			return fmt.Errorf("cwmp: TLSCertFile/TLSKeyFile: %w", err)
+		}
+		tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
 	ln, err := net.Listen("tcp", a.o.Addr)
 	if err != nil {
 		return fmt.Errorf("cwmp: listen on %s: %w", a.o.Addr, err)
+	}
+	if tlsConf != nil {
+		ln = tls.NewListener(ln, tlsConf)
 	}
 	sub, err := a.o.Bus.ServeCommands(bus.CommandWildcard(devicemodel.ProtocolCWMP), "duet-cwmp", a.handleCommand)
 	if err != nil {
@@ -233,13 +246,7 @@ func (a *ACS) Start() error {
 	a.wg.Add(2)
 	go func() {
 		defer a.wg.Done()
-		var err error
-		if a.o.TLSCertFile != "" {
-			err = a.srv.ServeTLS(ln, a.o.TLSCertFile, a.o.TLSKeyFile)
-		} else {
-			err = a.srv.Serve(ln)
-		}
-		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := a.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			a.log.Error("CWMP server stopped", "err", err)
 		}
 	}()

@@ -2,10 +2,10 @@ package cwmp
 
 import (
 	"bytes"
+	"context"
 	"crypto/md5"
 	"encoding/base64"
 	"encoding/hex"
-	"context"
 	"io"
 	"log/slog"
 	"net/http"
