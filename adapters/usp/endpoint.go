@@ -556,11 +556,14 @@ func (e *Endpoint) replyError(mtp MTP, eid, msgID string, code uint32, text stri
 		Header: &uspmsg.Header{MsgId: msgID, MsgType: uspmsg.Header_ERROR},
 		Body:   &uspmsg.Body{MsgBody: &uspmsg.Body_Error{Error: &uspmsg.Error{ErrCode: code, ErrMsg: text}}},
 	}
-	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
-	defer cancel()
-	if err := e.send(ctx, m, addr, eid, msg); err != nil {
-		e.log.Warn("cannot send usp error", "device", eid, "msg_id", msgID, "err", err)
-	}
+	// Sent from the agent's event shard, not the receive path: a transport
+	// may not publish from inside its receive callback (paho QoS 1 would
+	// wait for a PUBACK its own reader has to deliver).
+	e.submit(eid, func(ctx context.Context) {
+		if err := e.send(ctx, m, addr, eid, msg); err != nil {
+			e.log.Warn("cannot send usp error", "device", eid, "msg_id", msgID, "err", err)
+		}
+	})
 }
 
 func (e *Endpoint) buildRecord(to string, msg *uspmsg.Msg) ([]byte, error) {
