@@ -151,6 +151,10 @@ func decodeStruct(n *node, v reflect.Value) error {
 			if f.required {
 				return fmt.Errorf("missing required element %s", f.name)
 			}
+			if f.kind == kValue {
+				// A missing Value is an empty string, as a missing xsi:type is.
+				fv.Set(reflect.ValueOf(Value{Type: TypeString}))
+			}
 			continue
 		}
 		if err := decodeField(c, f, fv); err != nil {

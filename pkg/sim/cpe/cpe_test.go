@@ -54,6 +54,8 @@ type testACS struct {
 	// gate, when set, holds the next empty POST open until closed, after
 	// closing entered: a session that is provably in progress.
 	gate, entered chan struct{}
+	// ended, when set, receives after every 204 that ends a session.
+	ended chan struct{}
 
 	user, pass string
 	basic      bool
@@ -149,6 +151,12 @@ func (a *testACS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(a.queue) == 0 {
 		w.WriteHeader(http.StatusNoContent) // end of session
+		if a.ended != nil {
+			select {
+			case a.ended <- struct{}{}:
+			default:
+			}
+		}
 		return
 	}
 	next := a.queue[0]
@@ -918,5 +926,28 @@ func TestDataModels(t *testing.T) {
 		if len(m.tables) == 0 {
 			t.Errorf("%s: no writable table", path)
 		}
+	}
+}
+
+// BenchmarkSessionGetParameterValues measures one whole CWMP session over
+// loopback HTTP: Inform, empty POST, a GPV of the DeviceInfo subtree, 204.
+func BenchmarkSessionGetParameterValues(b *testing.B) {
+	acs := &testACS{digest: newDigestServer("acs"), ended: make(chan struct{}, 1)}
+	acs.srv = httptest.NewServer(acs)
+	defer acs.srv.Close()
+	c, err := New(Options{ACSURL: acs.srv.URL, DataModelPath: tr181Path, DisableConnReq: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := c.Start(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	<-acs.ended
+	b.ReportAllocs()
+	for b.Loop() {
+		acs.enqueue(&cwmp.GetParameterValues{ParameterNames: []string{"Device.DeviceInfo."}})
+		c.Wake()
+		<-acs.ended
 	}
 }
