@@ -58,6 +58,11 @@ type RegistryOptions struct {
 	BatchSize int
 	// MaxWait is how long a fetch waits to fill a batch. Default 100 ms.
 	MaxWait time.Duration
+	// AckWait is how long an event fetched by a controller that died stays
+	// invisible before JetStream redelivers it. Default 10 s. A batch that
+	// commits slower than this is delivered twice, which is harmless
+	// (applying is idempotent).
+	AckWait time.Duration
 	Logger  *slog.Logger
 }
 
@@ -86,6 +91,9 @@ func NewRegistry(ctx context.Context, o RegistryOptions) (*Registry, error) {
 	if o.MaxWait <= 0 {
 		o.MaxWait = 100 * time.Millisecond
 	}
+	if o.AckWait <= 0 {
+		o.AckWait = 10 * time.Second
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -95,9 +103,8 @@ func NewRegistry(ctx context.Context, o RegistryOptions) (*Registry, error) {
 		FilterSubject: bus.EventPrefix + ".>",
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		// Acks come after the database commit; a batch that takes longer
-		// than this is redelivered, which is harmless (idempotent apply).
-		AckWait:       60 * time.Second,
+		// Acks come after the database commit.
+		AckWait:       o.AckWait,
 		MaxAckPending: 4 * o.BatchSize,
 	})
 	if err != nil {

@@ -1,0 +1,205 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// setting is one configuration knob: a flag and a DUET_* variable. The flag
+// wins over the variable, the variable over the default.
+type setting struct {
+	flag, env, def, help string
+	value                string
+	set                  bool // given by flag or environment
+}
+
+// settings is every knob of `duet serve`, in the order the README's table
+// lists them.
+type settings struct {
+	list   []*setting
+	byFlag map[string]*setting
+}
+
+func newSettings() *settings {
+	s := &settings{byFlag: map[string]*setting{}}
+	add := func(flag, env, def, help string) {
+		st := &setting{flag: flag, env: env, def: def, help: help}
+		s.list = append(s.list, st)
+		s.byFlag[flag] = st
+	}
+	// Core
+	add("database-url", "DUET_DATABASE_URL", "postgres://127.0.0.1:5432/duet?sslmode=disable", "PostgreSQL connection URL")
+	add("nats-url", "DUET_NATS_URL", "", "external NATS server URL; empty embeds a NATS server with JetStream")
+	add("nats-host", "DUET_NATS_HOST", "127.0.0.1", "listen host of the embedded NATS server")
+	add("nats-port", "DUET_NATS_PORT", "4222", "listen port of the embedded NATS server")
+	add("http-addr", "DUET_HTTP_ADDR", ":8080", "address of the REST API, /healthz, /readyz and /metrics")
+	add("data-dir", "DUET_DATA_DIR", "duet-data", "directory for embedded NATS (JetStream) data")
+	add("log-level", "DUET_LOG_LEVEL", "info", "debug, info, warn or error")
+	add("log-format", "DUET_LOG_FORMAT", "auto", "text, json, or auto (text on a terminal, JSON otherwise)")
+	add("only", "DUET_ONLY", "", "comma list of components to run: controller, cwmp, usp-mqtt, usp-stomp, usp-ws (default: all)")
+	add("event-retention", "DUET_EVENT_RETENTION", "168h", "how long the event stream keeps device events")
+	// CWMP
+	add("cwmp-addr", "DUET_CWMP_ADDR", ":7547", "listen address of the CWMP ACS")
+	add("cwmp-path", "DUET_CWMP_PATH", "/", "URL path of the CWMP ACS")
+	add("cwmp-auth", "DUET_CWMP_AUTH", "", "CPE authentication: none, shared or per-device (required when the cwmp component runs)")
+	add("cwmp-username", "DUET_CWMP_USERNAME", "", "CPE username in shared mode")
+	add("cwmp-password", "DUET_CWMP_PASSWORD", "", "CPE password in shared mode")
+	add("cwmp-tls-cert", "DUET_CWMP_TLS_CERT", "", "PEM certificate file; enables HTTPS on the ACS")
+	add("cwmp-tls-key", "DUET_CWMP_TLS_KEY", "", "PEM key file for cwmp-tls-cert")
+	add("cwmp-allow-basic-http", "DUET_CWMP_ALLOW_BASIC_HTTP", "false", "accept Basic auth over plain HTTP (for CPEs that can do nothing else)")
+	add("cwmp-max-sessions", "DUET_CWMP_MAX_SESSIONS", "1000", "concurrent CWMP sessions before new ones get 503")
+	add("cwmp-min-inform-interval", "DUET_CWMP_MIN_INFORM_INTERVAL", "0s", "a device informing more often than this gets 503 (0 = off)")
+	// USP
+	add("usp-endpoint-id", "DUET_USP_ENDPOINT_ID", "self::duet-controller", "the controller's USP endpoint ID")
+	add("mqtt-url", "DUET_MQTT_URL", "", "external MQTT broker URL (mqtt://host:1883); empty embeds a broker")
+	add("mqtt-port", "DUET_MQTT_PORT", "1883", "listen port of the embedded MQTT broker")
+	add("mqtt-topic", "DUET_MQTT_TOPIC", "", "controller topic (default usp/controller/<endpoint id>)")
+	add("mqtt-username", "DUET_MQTT_USERNAME", "", "MQTT username")
+	add("mqtt-password", "DUET_MQTT_PASSWORD", "", "MQTT password")
+	add("mqtt-shared-group", "DUET_MQTT_SHARED_GROUP", "", "MQTT 5 shared subscription group, to spread agents over several adapters")
+	add("stomp-addr", "DUET_STOMP_ADDR", "", "external STOMP broker host:port; empty embeds a broker")
+	add("stomp-port", "DUET_STOMP_PORT", "61613", "listen port of the embedded STOMP broker")
+	add("stomp-destination", "DUET_STOMP_DESTINATION", "", "controller destination (default /queue/usp.controller)")
+	add("stomp-login", "DUET_STOMP_LOGIN", "", "STOMP login")
+	add("stomp-passcode", "DUET_STOMP_PASSCODE", "", "STOMP passcode")
+	add("stomp-vhost", "DUET_STOMP_VHOST", "", "STOMP virtual host")
+	add("ws-addr", "DUET_WS_ADDR", ":8081", "listen address of the USP WebSocket server")
+	add("ws-path", "DUET_WS_PATH", "/usp", "URL path of the USP WebSocket server")
+	add("ws-tls-cert", "DUET_WS_TLS_CERT", "", "PEM certificate file; enables wss://")
+	add("ws-tls-key", "DUET_WS_TLS_KEY", "", "PEM key file for ws-tls-cert")
+	return s
+}
+
+// parse reads the environment, then flags.
+func (s *settings) parse(name string, args []string, getenv func(string) string, stderr io.Writer) error {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	for _, st := range s.list {
+		st.value = st.def
+		if v := getenv(st.env); v != "" {
+			st.value, st.set = v, true
+		}
+		fs.Func(st.flag, fmt.Sprintf("%s (%s, default %q)", st.help, st.env, st.def), func(v string) error {
+			st.value, st.set = v, true
+			return nil
+		})
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: duet %s [flags]\n\nEvery flag can also be set with its DUET_* environment variable.\n\n", name)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}
+
+func (s *settings) str(flag string) string { return s.byFlag[flag].value }
+
+// errSetting names the setting both ways, so the operator finds it
+// whichever way they configured it.
+func (s *settings) errSetting(flag, format string, args ...any) error {
+	st := s.byFlag[flag]
+	return fmt.Errorf("setting %s (--%s): %s", st.env, st.flag, fmt.Sprintf(format, args...))
+}
+
+func (s *settings) duration(flag string, min time.Duration) (time.Duration, error) {
+	d, err := time.ParseDuration(s.str(flag))
+	if err != nil {
+		return 0, s.errSetting(flag, "%q is not a duration (e.g. 30s, 5m, 168h)", s.str(flag))
+	}
+	if d < min {
+		return 0, s.errSetting(flag, "%s is below the minimum %s", d, min)
+	}
+	return d, nil
+}
+
+func (s *settings) integer(flag string, min, max int) (int, error) {
+	n, err := strconv.Atoi(s.str(flag))
+	if err != nil || n < min || n > max {
+		return 0, s.errSetting(flag, "%q is not an integer from %d to %d", s.str(flag), min, max)
+	}
+	return n, nil
+}
+
+func (s *settings) boolean(flag string) (bool, error) {
+	b, err := strconv.ParseBool(s.str(flag))
+	if err != nil {
+		return false, s.errSetting(flag, "%q is not true or false", s.str(flag))
+	}
+	return b, nil
+}
+
+func (s *settings) port(flag string) (int, error) { return s.integer(flag, 1, 65535) }
+
+func (s *settings) addr(flag string) (string, error) {
+	v := s.str(flag)
+	if _, p, err := net.SplitHostPort(v); err != nil || p == "" {
+		return "", s.errSetting(flag, "%q is not host:port (e.g. :8080 or 127.0.0.1:8080)", v)
+	}
+	return v, nil
+}
+
+func (s *settings) oneOf(flag string, allowed ...string) (string, error) {
+	v := s.str(flag)
+	for _, a := range allowed {
+		if v == a {
+			return v, nil
+		}
+	}
+	return "", s.errSetting(flag, "%q is not one of %s", v, strings.Join(allowed, ", "))
+}
+
+// components parses --only.
+var allComponents = []string{"controller", "cwmp", "usp-mqtt", "usp-stomp", "usp-ws"}
+
+func (s *settings) components() (map[string]bool, error) {
+	out := map[string]bool{}
+	v := strings.TrimSpace(s.str("only"))
+	if v == "" {
+		for _, c := range allComponents {
+			out[c] = true
+		}
+		return out, nil
+	}
+	known := map[string]bool{}
+	for _, c := range allComponents {
+		known[c] = true
+	}
+	for _, c := range strings.Split(v, ",") {
+		c = strings.TrimSpace(c)
+		if c == "usp" { // shorthand for every USP transport
+			out["usp-mqtt"], out["usp-stomp"], out["usp-ws"] = true, true, true
+			continue
+		}
+		if !known[c] {
+			return nil, s.errSetting("only", "unknown component %q (known: %s, usp)", c, strings.Join(allComponents, ", "))
+		}
+		out[c] = true
+	}
+	return out, nil
+}
+
+// markdownTable renders the settings for the README (kept true by a test).
+func (s *settings) markdownTable() string {
+	var b strings.Builder
+	b.WriteString("| variable | flag | default | meaning |\n|---|---|---|---|\n")
+	for _, st := range s.list {
+		def := st.def
+		if def == "" {
+			def = "—"
+		} else {
+			def = "`" + def + "`"
+		}
+		fmt.Fprintf(&b, "| `%s` | `--%s` | %s | %s |\n", st.env, st.flag, def, st.help)
+	}
+	return b.String()
+}

@@ -1,0 +1,345 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	cwmpadapter "github.com/duet-dm/duet/adapters/cwmp"
+	uspadapter "github.com/duet-dm/duet/adapters/usp"
+	uspmqtt "github.com/duet-dm/duet/adapters/usp/mqtt"
+	"github.com/duet-dm/duet/controller"
+	"github.com/duet-dm/duet/pkg/bus"
+	"github.com/duet-dm/duet/pkg/store"
+)
+
+// Listeners says where a running server can be reached.
+type Listeners struct {
+	HTTP  string // API, health, metrics
+	NATS  string // URL of the bus (embedded or external)
+	CWMP  string
+	MQTT  string // broker URL the USP adapter uses
+	STOMP string
+	WS    string
+}
+
+// stack collects what serve started, to stop it in reverse order.
+type stack struct {
+	mu    sync.Mutex
+	stops []func(context.Context)
+}
+
+func (s *stack) push(f func(context.Context)) {
+	s.mu.Lock()
+	s.stops = append(s.stops, f)
+	s.mu.Unlock()
+}
+
+func (s *stack) unwind(ctx context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := len(s.stops) - 1; i >= 0; i-- {
+		s.stops[i](ctx)
+	}
+	s.stops = nil
+}
+
+func (m *Main) serve(ctx context.Context, args []string) (err error) {
+	s := newSettings()
+	if err := s.parse("serve", args, m.Getenv, m.Stderr); err != nil {
+		return err
+	}
+	log, err := m.logger(s)
+	if err != nil {
+		return err
+	}
+	comps, err := s.components()
+	if err != nil {
+		return err
+	}
+	retention, err := s.duration("event-retention", time.Minute)
+	if err != nil {
+		return err
+	}
+	httpAddr, err := s.addr("http-addr")
+	if err != nil {
+		return err
+	}
+	var started stack
+	defer func() {
+		// On a start-up failure, undo what was started; on a normal stop,
+		// drain within the budget.
+		sctx, cancel := context.WithTimeout(context.Background(), ShutdownBudget-time.Second)
+		defer cancel()
+		started.unwind(sctx)
+	}()
+	var ls Listeners
+
+	// The bus: external, or embedded with JetStream under the data dir.
+	natsURL := s.str("nats-url")
+	if natsURL == "" {
+		port, err := s.port("nats-port")
+		if err != nil {
+			return err
+		}
+		dir := filepath.Join(s.str("data-dir"), "nats")
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return s.errSetting("data-dir", "cannot create %s: %v", dir, err)
+		}
+		emb, err := bus.StartEmbedded(bus.EmbeddedOptions{Host: s.str("nats-host"), Port: port, StoreDir: dir})
+		if errors.Is(err, bus.ErrPortInUse) {
+			return s.errSetting("nats-port", "%v (set DUET_NATS_PORT to a free port, or DUET_NATS_URL to use that server)", err)
+		}
+		if err != nil {
+			return err
+		}
+		started.push(func(context.Context) { emb.Shutdown() })
+		natsURL = emb.URL()
+		log.Info("embedded NATS started", "url", natsURL, "store", dir)
+	}
+	ls.NATS = natsURL
+	b, err := bus.Connect(ctx, bus.Options{URL: natsURL, Name: "duet", EventMaxAge: retention, Logger: log})
+	if err != nil {
+		return s.errSetting("nats-url", "%v", err)
+	}
+	started.push(func(context.Context) { b.Close() })
+
+	// HTTP: bind first so a busy port fails before anything else starts.
+	hl, err := net.Listen("tcp", httpAddr)
+	if err != nil {
+		return s.errSetting("http-addr", "%s is already in use or not available: %v", httpAddr, err)
+	}
+	ls.HTTP = hl.Addr().String()
+	mux := http.NewServeMux()
+	var checks []readyCheck
+	checks = append(checks, readyCheck{"nats", b.Ping})
+
+	if comps["controller"] {
+		st, err := store.Open(ctx, store.Options{URL: s.str("database-url"), Logger: log})
+		if err != nil {
+			_ = hl.Close()
+			return s.errSetting("database-url", "%v", err)
+		}
+		started.push(func(context.Context) { st.Close() })
+		if _, err := st.Migrate(ctx); err != nil {
+			_ = hl.Close()
+			return err
+		}
+		checks = append(checks, readyCheck{"postgres", st.Ping}, readyCheck{"migrations", func(ctx context.Context) error {
+			v, err := st.SchemaVersion(ctx)
+			if err != nil {
+				return err
+			}
+			if v != store.LatestMigration() {
+				return fmt.Errorf("schema version %d, binary expects %d", v, store.LatestMigration())
+			}
+			return nil
+		}})
+		reg, err := controller.NewRegistry(ctx, controller.RegistryOptions{Bus: b, Store: st, Logger: log})
+		if err != nil {
+			_ = hl.Close()
+			return err
+		}
+		reg.Start()
+		started.push(func(context.Context) { reg.Stop() })
+		desk, err := controller.StartAdapterDesk(b, log)
+		if err != nil {
+			_ = hl.Close()
+			return err
+		}
+		started.push(func(context.Context) { desk.Stop() })
+		mux.Handle("/api/v1/", controller.NewAPI(st, log))
+	}
+
+	if comps["cwmp"] {
+		if err := m.startCWMP(s, b, log, &started, &ls); err != nil {
+			_ = hl.Close()
+			return err
+		}
+	}
+	if comps["usp-mqtt"] || comps["usp-stomp"] || comps["usp-ws"] {
+		if err := m.startUSP(s, comps, b, log, &started, &ls); err != nil {
+			_ = hl.Close()
+			return err
+		}
+	}
+
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", readyHandler(checks))
+	mux.Handle("GET /metrics", promhttp.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(hl) }()
+	started.push(func(ctx context.Context) { _ = srv.Shutdown(ctx) })
+
+	log.Info("duet is up", "version", version(), "http", ls.HTTP, "nats", ls.NATS, "cwmp", ls.CWMP,
+		"mqtt", ls.MQTT, "stomp", ls.STOMP, "websocket", ls.WS)
+	fmt.Fprintf(m.Stdout, "duet %s is up\n", version())
+	for _, l := range []struct{ what, where string }{
+		{"API, /healthz, /readyz, /metrics", "http://" + displayAddr(ls.HTTP)},
+		{"NATS bus", ls.NATS},
+		{"CWMP ACS (TR-069)", ls.CWMP},
+		{"USP over MQTT (broker)", ls.MQTT},
+		{"USP over STOMP (broker)", ls.STOMP},
+		{"USP over WebSocket", ls.WS},
+	} {
+		if l.where != "" {
+			fmt.Fprintf(m.Stdout, "  %-34s %s\n", l.what, l.where)
+		}
+	}
+	if m.Ready != nil {
+		m.Ready(ls)
+	}
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "budget", ShutdownBudget)
+		return nil
+	case err := <-serveErr:
+		return fmt.Errorf("http server: %w", err)
+	}
+}
+
+func (m *Main) startCWMP(s *settings, b *bus.Bus, log *slog.Logger, started *stack, ls *Listeners) error {
+	addr, err := s.addr("cwmp-addr")
+	if err != nil {
+		return err
+	}
+	auth, err := s.oneOf("cwmp-auth", cwmpadapter.AuthNone, cwmpadapter.AuthShared, cwmpadapter.AuthPerDevice)
+	if err != nil {
+		if s.str("cwmp-auth") == "" {
+			return s.errSetting("cwmp-auth", "must be chosen: none, shared or per-device (none has to be explicit; run with --only to skip the cwmp component)")
+		}
+		return err
+	}
+	if auth == cwmpadapter.AuthShared && (s.str("cwmp-username") == "" || s.str("cwmp-password") == "") {
+		return s.errSetting("cwmp-auth", "shared mode needs DUET_CWMP_USERNAME and DUET_CWMP_PASSWORD")
+	}
+	basic, err := s.boolean("cwmp-allow-basic-http")
+	if err != nil {
+		return err
+	}
+	maxSessions, err := s.integer("cwmp-max-sessions", 1, 1_000_000)
+	if err != nil {
+		return err
+	}
+	minInform, err := s.duration("cwmp-min-inform-interval", 0)
+	if err != nil {
+		return err
+	}
+	if (s.str("cwmp-tls-cert") == "") != (s.str("cwmp-tls-key") == "") {
+		return s.errSetting("cwmp-tls-cert", "DUET_CWMP_TLS_CERT and DUET_CWMP_TLS_KEY must be set together")
+	}
+	if !strings.HasPrefix(s.str("cwmp-path"), "/") {
+		return s.errSetting("cwmp-path", "%q must start with /", s.str("cwmp-path"))
+	}
+	acs, err := cwmpadapter.New(cwmpadapter.Options{
+		Addr: addr, Path: s.str("cwmp-path"), Auth: auth,
+		Username: s.str("cwmp-username"), Password: s.str("cwmp-password"),
+		TLSCertFile: s.str("cwmp-tls-cert"), TLSKeyFile: s.str("cwmp-tls-key"),
+		AllowBasicOverHTTP: basic, MaxSessions: maxSessions, MinInformInterval: minInform,
+		Bus: b, Logger: log,
+	})
+	if err != nil {
+		return s.errSetting("cwmp-auth", "%v", err)
+	}
+	if err := acs.Start(); err != nil {
+		return s.errSetting("cwmp-addr", "%v", err)
+	}
+	started.push(func(ctx context.Context) { _ = acs.Shutdown(ctx) })
+	// The adapter itself warns when auth is "none".
+	scheme := "http://"
+	if s.str("cwmp-tls-cert") != "" {
+		scheme = "https://"
+	}
+	ls.CWMP = scheme + displayAddr(acs.Addr()) + s.str("cwmp-path")
+	return nil
+}
+
+func (m *Main) startUSP(s *settings, comps map[string]bool, b *bus.Bus, log *slog.Logger, started *stack, ls *Listeners) error {
+	ep, err := uspadapter.New(uspadapter.Options{EndpointID: s.str("usp-endpoint-id"), Bus: b, Logger: log})
+	if err != nil {
+		return s.errSetting("usp-endpoint-id", "%v", err)
+	}
+	started.push(func(ctx context.Context) { _ = ep.Shutdown(ctx) })
+	if comps["usp-mqtt"] {
+		url := s.str("mqtt-url")
+		if url == "" {
+			port, err := s.port("mqtt-port")
+			if err != nil {
+				return err
+			}
+			br, err := uspmqtt.StartEmbeddedBroker(":" + strconv.Itoa(port))
+			if err != nil {
+				return s.errSetting("mqtt-port", "%v (set DUET_MQTT_PORT to a free port, or DUET_MQTT_URL to use that broker)", err)
+			}
+			started.push(func(context.Context) { _ = br.Close() })
+			url = "mqtt://127.0.0.1:" + strconv.Itoa(port)
+		}
+		t, err := uspmqtt.New(uspmqtt.Options{Endpoint: ep, BrokerURL: url, Topic: s.str("mqtt-topic"),
+			Username: s.str("mqtt-username"), Password: s.str("mqtt-password"),
+			SharedGroup: s.str("mqtt-shared-group"), Logger: log})
+		if err != nil {
+			return s.errSetting("mqtt-url", "%v", err)
+		}
+		if err := t.Start(); err != nil {
+			return s.errSetting("mqtt-url", "%v", err)
+		}
+		started.push(func(ctx context.Context) { _ = t.Shutdown(ctx) })
+		ls.MQTT = url + " topic " + t.Topic()
+	}
+	if err := m.startUSPStomp(s, comps, ep, log, started, ls); err != nil {
+		return err
+	}
+	return m.startUSPWebSocket(s, comps, ep, log, started, ls)
+}
+
+type readyCheck struct {
+	name string
+	fn   func(context.Context) error
+}
+
+func readyHandler(checks []readyCheck) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+		defer cancel()
+		var failed []string
+		for _, c := range checks {
+			if err := c.fn(ctx); err != nil {
+				failed = append(failed, c.name+": "+err.Error())
+			}
+		}
+		w.Header().Set("Content-Type", "text/plain")
+		if len(failed) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("not ready\n" + strings.Join(failed, "\n") + "\n"))
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	}
+}
+
+// displayAddr turns ":8080" / "[::]:8080" into "localhost:8080" for humans.
+func displayAddr(a string) string {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return a
+	}
+	if host == "" || host == "::" || host == "0.0.0.0" {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, port)
+}
