@@ -1,0 +1,148 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/go-stomp/stomp/v3"
+
+	"github.com/duet-dm/duet/pkg/usp"
+)
+
+// STOMPConfig configures the agent's STOMP 1.2 client (usp.md §8.3).
+type STOMPConfig struct {
+	Server string // host:port, e.g. 127.0.0.1:61613; required
+	// Destination is the agent's own destination
+	// (Device.LocalAgent.MTP.{i}.STOMP.Destination); required.
+	Destination string
+	// ControllerDestination is where agent-originated records go
+	// (Controller.{i}.MTP.{i}.STOMP.Destination); required.
+	ControllerDestination string
+	Login, Passcode       string
+	VirtualHost           string // the host header; default "/"
+	// HeartBeat is sent as heart-beat:<out>,<in>; zero disables heartbeats.
+	HeartBeat time.Duration
+}
+
+// DialSTOMP connects a with the STOMP frame (not CONNECT) carrying the
+// endpoint-id header, subscribes to its destination with ack:auto and
+// id:0, sends the STOMPConnectRecord, then serves the agent until Close.
+// go-stomp escapes header values itself (":" → "\c", usp.md §8.3).
+func DialSTOMP(ctx context.Context, a *Agent, cfg STOMPConfig) (*Client, error) {
+	if cfg.Server == "" || cfg.Destination == "" || cfg.ControllerDestination == "" {
+		return nil, errors.New("agent: STOMPConfig.Server, Destination and ControllerDestination are required")
+	}
+	if cfg.VirtualHost == "" {
+		cfg.VirtualHost = "/"
+	}
+	return start(ctx, a, func(ctx context.Context) (session, error) { return dialSTOMP(ctx, a, cfg) })
+}
+
+type stompSession struct {
+	conn     *stomp.Conn
+	sub      *stomp.Subscription
+	cfg      STOMPConfig
+	in       chan inbound
+	lostCh   chan struct{}
+	lostOnce sync.Once
+	wg       sync.WaitGroup
+}
+
+func (s *stompSession) incoming() <-chan inbound { return s.in }
+func (s *stompSession) lost() <-chan struct{}    { return s.lostCh }
+func (s *stompSession) markLost()                { s.lostOnce.Do(func() { close(s.lostCh) }) }
+
+func (s *stompSession) close() {
+	s.markLost()
+	_ = s.conn.Disconnect()
+	_ = s.conn.MustDisconnect()
+	s.wg.Wait()
+}
+
+func (s *stompSession) sendTo(dest string, rec []byte) error {
+	return s.conn.Send(dest, usp.STOMPContentType, rec,
+		stomp.SendOpt.Header(usp.STOMPReplyToHeader, s.cfg.Destination))
+}
+
+func (s *stompSession) send(rec []byte) error { return s.sendTo(s.cfg.ControllerDestination, rec) }
+
+func dialSTOMP(ctx context.Context, a *Agent, cfg STOMPConfig) (session, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", cfg.Server)
+	if err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = nc.SetDeadline(dl)
+	}
+	eid := a.EndpointID()
+	conn, err := stomp.Connect(nc,
+		stomp.ConnOpt.UseStomp,
+		stomp.ConnOpt.AcceptVersion(stomp.V12),
+		stomp.ConnOpt.Host(cfg.VirtualHost),
+		stomp.ConnOpt.Login(cfg.Login, cfg.Passcode),
+		stomp.ConnOpt.Header(usp.STOMPEndpointIDHeader, eid),
+		stomp.ConnOpt.HeartBeat(cfg.HeartBeat, cfg.HeartBeat),
+		stomp.ConnOpt.Logger(quietLogger{}),
+	)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	_ = nc.SetDeadline(time.Time{})
+	sub, err := conn.Subscribe(cfg.Destination, stomp.AckAuto, stomp.SubscribeOpt.Id("0"))
+	if err != nil {
+		conn.MustDisconnect()
+		return nil, err
+	}
+	s := &stompSession{conn: conn, sub: sub, cfg: cfg, in: make(chan inbound, 16), lostCh: make(chan struct{})}
+	rec, err := usp.MarshalSTOMPConnect(eid, a.ControllerID(), cfg.Destination)
+	if err == nil {
+		err = s.send(rec)
+	}
+	if err != nil {
+		s.close()
+		return nil, err
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer s.markLost()
+		for m := range sub.C {
+			if m.Err != nil {
+				return
+			}
+			if m.ContentType != usp.STOMPContentType {
+				continue // obuspa accepts only application/vnd.bbf.usp.msg (usp.md §8.3)
+			}
+			replyTo := cfg.ControllerDestination
+			if m.Header != nil {
+				if v := m.Header.Get(usp.STOMPReplyToHeader); v != "" {
+					replyTo = v
+				}
+			}
+			select {
+			case s.in <- inbound{rec: m.Body, reply: func(rec []byte) error { return s.sendTo(replyTo, rec) }}:
+			case <-s.lostCh:
+				return
+			}
+		}
+	}()
+	return s, nil
+}
+
+// quietLogger silences go-stomp's own log lines ("connection closed" on
+// every shutdown); the client reports failures through Client.Err.
+type quietLogger struct{}
+
+func (quietLogger) Debugf(string, ...interface{})   {}
+func (quietLogger) Infof(string, ...interface{})    {}
+func (quietLogger) Warningf(string, ...interface{}) {}
+func (quietLogger) Errorf(string, ...interface{})   {}
+func (quietLogger) Debug(string)                    {}
+func (quietLogger) Info(string)                     {}
+func (quietLogger) Warning(string)                  {}
+func (quietLogger) Error(string)                    {}
