@@ -9,6 +9,8 @@ package cpe
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
+	"compress/zlib"
 	"context"
 	"errors"
 	"fmt"
@@ -67,6 +69,9 @@ type Options struct {
 	// (cwmp.md §9 #9, #10).
 	IgnoreCookies        bool
 	NewConnectionPerPOST bool
+	// Compression compresses non-empty POST bodies: "" (none), "gzip" or
+	// "deflate" (ManagementServer.HTTPCompression; cwmp.md §9 #8).
+	Compression string
 
 	// FirmwareUpdatesVersion: a successful "1 Firmware Upgrade Image"
 	// download sets DeviceInfo.SoftwareVersion to the file's first line
@@ -194,6 +199,11 @@ func New(opts Options) (*CPE, error) {
 		opts.Namespace = cwmp.DefaultNamespace
 	} else if !cwmp.IsCWMPNamespace(opts.Namespace) {
 		return nil, fmt.Errorf("cpe: Options.Namespace %q is not urn:dslforum-org:cwmp-1-*", opts.Namespace)
+	}
+	switch opts.Compression {
+	case "", "gzip", "deflate":
+	default:
+		return nil, fmt.Errorf("cpe: Options.Compression %q: want \"\", \"gzip\" or \"deflate\"", opts.Compression)
 	}
 	log := opts.Logger
 	if log == nil {
@@ -651,6 +661,9 @@ func (s *httpSession) post(env *cwmp.Envelope) (*cwmp.Envelope, error) {
 		if body, err = s.c.enc.Encode(env); err != nil {
 			return nil, err
 		}
+		if body, err = compress(body, s.c.opts.Compression); err != nil {
+			return nil, err
+		}
 	}
 	for attempt := 0; ; attempt++ {
 		req, err := http.NewRequestWithContext(s.c.ctx, http.MethodPost, s.url, bytes.NewReader(body))
@@ -660,6 +673,9 @@ func (s *httpSession) post(env *cwmp.Envelope) (*cwmp.Envelope, error) {
 		if len(body) > 0 {
 			req.Header.Set("Content-Type", cwmp.ContentType)
 			req.Header.Set("SOAPAction", "")
+			if s.c.opts.Compression != "" {
+				req.Header.Set("Content-Encoding", s.c.opts.Compression)
+			}
 		}
 		if s.auth != nil {
 			req.Header.Set("Authorization", s.auth.header(http.MethodPost, req.URL.RequestURI()))
@@ -744,4 +760,24 @@ func firstLine(b []byte) string {
 		return ""
 	}
 	return l
+}
+
+func compress(b []byte, encoding string) ([]byte, error) {
+	var out bytes.Buffer
+	var w io.WriteCloser
+	switch encoding {
+	case "":
+		return b, nil
+	case "gzip":
+		w = gzip.NewWriter(&out)
+	default: // "deflate" is zlib-wrapped in HTTP
+		w = zlib.NewWriter(&out)
+	}
+	if _, err := w.Write(b); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return out.Bytes(), nil
 }

@@ -49,6 +49,7 @@ type testACS struct {
 	answers    []cwmp.Message
 	cookies    []bool // Cookie header present on each non-Inform POST
 	remotes    []string
+	encodings  []string // Content-Encoding of each POST
 	nextID     int
 
 	// gate, when set, holds the next empty POST open until closed, after
@@ -120,6 +121,7 @@ func (a *testACS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.remotes = append(a.remotes, r.RemoteAddr)
+	a.encodings = append(a.encodings, r.Header.Get("Content-Encoding"))
 	reply := func(m cwmp.Message, id string) {
 		out, err := cwmp.Encode(&cwmp.Envelope{Namespace: env.Namespace, Header: cwmp.Header{ID: id}, Body: m})
 		if err != nil {
@@ -833,6 +835,24 @@ func TestCookieAndConnectionTolerance(t *testing.T) {
 			t.Fatalf("connection %s reused despite NewConnectionPerPOST", r)
 		}
 		seen[r] = true
+	}
+}
+
+func TestCompressedPosts(t *testing.T) {
+	for _, enc := range []string{"gzip", "deflate"} {
+		t.Run(enc, func(t *testing.T) {
+			acs := newTestACS(t)
+			bootstrapped(t, acs, func(o *Options) { o.Compression = enc })
+			acs.mu.Lock()
+			defer acs.mu.Unlock()
+			// The Inform is compressed; the empty POST has no body to compress.
+			if len(acs.encodings) != 2 || acs.encodings[0] != enc || acs.encodings[1] != "" {
+				t.Fatalf("encodings %q", acs.encodings)
+			}
+		})
+	}
+	if _, err := New(Options{ACSURL: "http://x", DataModelPath: tr181Path, Compression: "br"}); err == nil {
+		t.Fatal("unknown compression accepted")
 	}
 }
 
