@@ -17,12 +17,26 @@ import (
 // stacks send). The limit applies to the inflated size, so a gzip bomb stops
 // at the limit with ErrBodyTooLarge. Any other encoding returns
 // ErrUnsupportedEncoding, which the ACS answers with 415 (cwmp.md §9 #8).
+// A zero-length body returns nil, nil for every supported encoding.
 func ReadBody(r io.Reader, contentEncoding string, limit int) ([]byte, error) {
 	if limit <= 0 {
 		limit = DefaultLimits.MaxBodySize
 	}
+	enc := strings.ToLower(strings.TrimSpace(contentEncoding))
+	switch enc {
+	case "", "identity", "gzip", "x-gzip", "deflate":
+	default:
+		return nil, fmt.Errorf("%w %q", ErrUnsupportedEncoding, contentEncoding)
+	}
+	// A zero-length body is the empty POST whatever Content-Encoding says
+	// (cwmp.md §9 #6): there is nothing to inflate.
+	br0 := bufio.NewReader(r)
+	if _, err := br0.Peek(1); err == io.EOF {
+		return nil, nil
+	}
+	r = br0
 	var src io.Reader
-	switch enc := strings.ToLower(strings.TrimSpace(contentEncoding)); enc {
+	switch enc {
 	case "", "identity":
 		src = r
 	case "gzip", "x-gzip":
@@ -49,8 +63,6 @@ func ReadBody(r io.Reader, contentEncoding string, limit int) ([]byte, error) {
 			defer fr.Close()
 			src = fr
 		}
-	default:
-		return nil, fmt.Errorf("%w %q", ErrUnsupportedEncoding, contentEncoding)
 	}
 	var buf bytes.Buffer
 	n, err := buf.ReadFrom(io.LimitReader(src, int64(limit)+1))

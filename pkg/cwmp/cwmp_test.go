@@ -509,6 +509,14 @@ func TestReadBody(t *testing.T) {
 			t.Fatalf("%q: %v", enc, err)
 		}
 	}
+	for _, enc := range []string{"", "gzip", "deflate"} {
+		if got, err := ReadBody(bytes.NewReader(nil), enc, 0); err != nil || len(got) != 0 {
+			t.Fatalf("empty %q body: %q %v", enc, got, err)
+		}
+	}
+	if _, err := ReadBody(bytes.NewReader(nil), "br", 0); !errors.Is(err, ErrUnsupportedEncoding) {
+		t.Fatalf("empty br: %v", err)
+	}
 	if _, err := ReadBody(bytes.NewReader(plain), "br", 0); !errors.Is(err, ErrUnsupportedEncoding) {
 		t.Fatalf("br: %v", err)
 	}
