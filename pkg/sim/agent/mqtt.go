@@ -13,9 +13,12 @@ import (
 	"github.com/duet-dm/duet/proto/usp/usprecord"
 )
 
-// MQTTConfig configures the agent's MQTT 5 client (usp.md §8.2).
+// MQTTConfig configures the agent's MQTT client (usp.md §8.2).
 type MQTTConfig struct {
 	Broker string // host:port, e.g. 127.0.0.1:1883; required
+	// ProtocolVersion is "5.0" (the default) or "3.1.1", the values of
+	// Device.MQTT.Client.{i}.ProtocolVersion.
+	ProtocolVersion string
 	// ControllerTopic is where agent-originated records go
 	// (Device.LocalAgent.Controller.1.MTP.1.MQTT.Topic); required.
 	ControllerTopic string
@@ -31,10 +34,11 @@ type MQTTConfig struct {
 	QoS        byte   // PUBLISH QoS, 0 (obuspa's default) or 1
 }
 
-// DialMQTT connects a to an MQTT 5 broker, subscribes to its topic and
+// DialMQTT connects a to an MQTT broker, subscribes to its topic and
 // sends the MQTTConnectRecord first, then serves the agent until Close.
-// The CONNECT carries the user property usp-endpoint-id; every PUBLISH
-// carries Content Type usp.msg and the agent topic as Response Topic.
+// With MQTT 5 the CONNECT carries the user property usp-endpoint-id and
+// every PUBLISH carries Content Type usp.msg and the agent topic as
+// Response Topic; with 3.1.1 the topic name gets a /reply-to= suffix.
 func DialMQTT(ctx context.Context, a *Agent, cfg MQTTConfig) (*Client, error) {
 	if cfg.Broker == "" || cfg.ControllerTopic == "" {
 		return nil, errors.New("agent: MQTTConfig.Broker and ControllerTopic are required")
@@ -45,7 +49,13 @@ func DialMQTT(ctx context.Context, a *Agent, cfg MQTTConfig) (*Client, error) {
 	if cfg.KeepAlive == 0 {
 		cfg.KeepAlive = 30
 	}
-	return start(ctx, a, func(ctx context.Context) (session, error) { return dialMQTT5(ctx, a, cfg) })
+	switch cfg.ProtocolVersion {
+	case "", "5.0", "5":
+		return start(ctx, a, func(ctx context.Context) (session, error) { return dialMQTT5(ctx, a, cfg) })
+	case "3.1.1":
+		return start(ctx, a, func(ctx context.Context) (session, error) { return dialMQTT311(ctx, a, cfg) })
+	}
+	return nil, fmt.Errorf("agent: MQTTConfig.ProtocolVersion %q is not 5.0 or 3.1.1", cfg.ProtocolVersion)
 }
 
 type mqttSession struct {

@@ -73,3 +73,39 @@ func TestMQTT5(t *testing.T) {
 	<-cli.Done()
 	noLeak(t, base)
 }
+
+// MQTT 3.1.1: no properties, so the agent's reply topic travels as a
+// /reply-to= suffix on the topic name and the controller answers there.
+func TestMQTT311(t *testing.T) {
+	prefix := "duet-test/" + unique(t)
+	ctrlTopic, agentTopic := prefix+"/controller", prefix+"/agent"
+	// The controller subscribes to its topic and every suffix of it.
+	cli, recv, pubs := mqttController(t, ctrlTopic+"/#")
+	base := numGoroutines()
+	a := newWireAgent(t, "MQTT311-"+unique(t), "MQTT")
+	c, err := agent.DialMQTT(context.Background(), a, agent.MQTTConfig{Broker: mosquitto, ProtocolVersion: "3.1.1",
+		ControllerTopic: ctrlTopic, AgentTopic: agentTopic})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &wireCtl{t: t, eid: a.EndpointID(), recv: recv, send: func(rec []byte) {
+		if _, err := cli.Publish(context.Background(), &paho.Publish{Topic: usp.MQTTReplyToTopic(agentTopic, ctrlTopic), QoS: 1, Payload: rec}); err != nil {
+			t.Error(err)
+		}
+	}}
+	exercise(t, w, a, c, usp.RecordMQTTConnect, func(r *usp.Record) {
+		if r.MQTTVersion != usprecord.MQTTConnectRecord_V3_1_1 || r.SubscribedTopic != agentTopic {
+			t.Fatalf("MQTTConnect: %+v", r)
+		}
+		p := <-pubs
+		if base, reply, ok := usp.ParseMQTTReplyTo(p.Topic); !ok || base != ctrlTopic || reply != agentTopic {
+			t.Fatalf("topic %q", p.Topic)
+		}
+	})
+	c.Close()
+	c.Close()
+	a.Close()
+	noLeak(t, base)
+	cli.Disconnect(&paho.Disconnect{})
+	<-cli.Done()
+}
