@@ -1,0 +1,288 @@
+// Package stomp is the USP STOMP binding (usp.md §8.3) on the Controller
+// side: a STOMP 1.2 client of any broker (RabbitMQ's STOMP plugin, the
+// embedded go-stomp server) that hands received Records to a usp.Endpoint.
+package stomp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	gostomp "github.com/go-stomp/stomp/v3"
+	"github.com/go-stomp/stomp/v3/frame"
+
+	"github.com/duet-dm/duet/adapters/usp"
+	pkgusp "github.com/duet-dm/duet/pkg/usp"
+)
+
+// Options configure the STOMP transport.
+type Options struct {
+	// Endpoint receives the records. Required.
+	Endpoint *usp.Endpoint
+	// BrokerAddr is host:port. Default "127.0.0.1:61613".
+	BrokerAddr string
+	// Login and Passcode for the broker (RabbitMQ: guest/guest locally).
+	Login    string
+	Passcode string
+	// VHost is sent as the host header; default "/" (RabbitMQ's default
+	// vhost).
+	VHost string
+	// Destination we subscribe to and put in reply-to-dest. RabbitMQ wants
+	// "/queue/NAME" or "/topic/NAME". Default "/queue/usp.controller". A
+	// subscribe-dest header in CONNECTED overrides it (usp.md §8.3).
+	Destination string
+	// ConnectTimeout bounds Start's first connection. Default 10 s.
+	ConnectTimeout time.Duration
+	// HeartBeat is the STOMP heart-beat in both directions. Default 30 s;
+	// negative disables.
+	HeartBeat time.Duration
+	// QueueHeaders are added to every SUBSCRIBE and SEND, e.g. RabbitMQ's
+	// "x-queue-type". Careful: RabbitMQ declares a /queue/ destination on
+	// both frames and closes the connection of a client whose declaration
+	// disagrees with an earlier one (for example "auto-delete" set by us
+	// but not by the agent's SEND).
+	QueueHeaders map[string]string
+	Logger       *slog.Logger
+}
+
+// Transport is the STOMP MTP.
+type Transport struct {
+	opts Options
+	ep   *usp.Endpoint
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	conn    *gostomp.Conn
+	dest    string
+	started bool
+	stopped bool
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+var _ usp.MTP = (*Transport)(nil)
+
+// New validates the options.
+func New(opts Options) (*Transport, error) {
+	if opts.Endpoint == nil {
+		return nil, errors.New("usp/stomp: Options.Endpoint is required")
+	}
+	if opts.BrokerAddr == "" {
+		opts.BrokerAddr = "127.0.0.1:61613"
+	}
+	if opts.VHost == "" {
+		opts.VHost = "/"
+	}
+	if opts.Destination == "" {
+		opts.Destination = "/queue/usp.controller"
+	}
+	if opts.ConnectTimeout == 0 {
+		opts.ConnectTimeout = 10 * time.Second
+	}
+	if opts.HeartBeat == 0 {
+		opts.HeartBeat = 30 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	return &Transport{opts: opts, ep: opts.Endpoint, log: opts.Logger.With("component", "usp-stomp"), dest: opts.Destination}, nil
+}
+
+// Name implements usp.MTP.
+func (t *Transport) Name() string { return "stomp" }
+
+// Destination is where we receive records (and what reply-to-dest says).
+func (t *Transport) Destination() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.dest
+}
+
+// Start connects and subscribes, returning an error naming the broker when
+// the first attempt fails. Later connection losses are retried in the
+// background with a capped back-off.
+func (t *Transport) Start() error {
+	t.mu.Lock()
+	if t.started {
+		t.mu.Unlock()
+		return errors.New("usp/stomp: already started")
+	}
+	t.started = true
+	ctx, cancel := context.WithCancel(context.Background())
+	t.cancel = cancel
+	t.mu.Unlock()
+	conn, sub, err := t.connect(ctx)
+	if err != nil {
+		cancel()
+		return err
+	}
+	t.wg.Add(1)
+	go t.run(ctx, conn, sub)
+	return nil
+}
+
+func (t *Transport) connect(ctx context.Context) (*gostomp.Conn, *gostomp.Subscription, error) {
+	var connected *frame.Header
+	hb := t.opts.HeartBeat
+	if hb < 0 {
+		hb = 0
+	}
+	dctx, cancel := context.WithTimeout(ctx, t.opts.ConnectTimeout)
+	defer cancel()
+	conn, err := gostomp.DialWithContext(dctx, "tcp", t.opts.BrokerAddr,
+		gostomp.ConnOpt.UseStomp, // the STOMP frame, as usp.md §8.3 requires
+		gostomp.ConnOpt.AcceptVersion(gostomp.V12),
+		gostomp.ConnOpt.Login(t.opts.Login, t.opts.Passcode),
+		gostomp.ConnOpt.Host(t.opts.VHost),
+		// go-stomp escapes ':' as \c in header values (usp.md §8.3).
+		gostomp.ConnOpt.Header(pkgusp.STOMPEndpointIDHeader, t.ep.ID()),
+		gostomp.ConnOpt.HeartBeat(hb, hb),
+		gostomp.ConnOpt.ResponseHeaders(func(h *frame.Header) { connected = h }),
+		gostomp.ConnOpt.Logger(quietLogger{t.log}),
+	)
+	if err != nil {
+		return nil, nil, fmt.Errorf("usp/stomp: cannot connect to broker %s: %w", t.opts.BrokerAddr, err)
+	}
+	dest := t.opts.Destination
+	if connected != nil {
+		if d, ok := connected.Contains(pkgusp.STOMPSubscribeDestHdr); ok && d != "" {
+			dest = d
+		}
+	}
+	var subOpts []func(*frame.Frame) error
+	for k, v := range t.opts.QueueHeaders {
+		subOpts = append(subOpts, gostomp.SubscribeOpt.Header(k, v))
+	}
+	// ack:auto as usp.md §8.3 requires; we never send ACK/NACK.
+	sub, err := conn.Subscribe(dest, gostomp.AckAuto, subOpts...)
+	if err != nil {
+		_ = conn.Disconnect()
+		return nil, nil, fmt.Errorf("usp/stomp: subscribe %s on %s: %w", dest, t.opts.BrokerAddr, err)
+	}
+	t.mu.Lock()
+	t.conn = conn
+	t.dest = dest
+	t.mu.Unlock()
+	t.log.Info("stomp subscribed", "broker", t.opts.BrokerAddr, "destination", dest)
+	return conn, sub, nil
+}
+
+// run reads messages and reconnects when the connection drops.
+func (t *Transport) run(ctx context.Context, conn *gostomp.Conn, sub *gostomp.Subscription) {
+	defer t.wg.Done()
+	backoff := 500 * time.Millisecond
+	for {
+		t.read(ctx, sub)
+		t.mu.Lock()
+		if t.conn == conn {
+			t.conn = nil
+		}
+		t.mu.Unlock()
+		_ = conn.MustDisconnect()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			var err error
+			conn, sub, err = t.connect(ctx)
+			if err == nil {
+				backoff = 500 * time.Millisecond
+				break
+			}
+			t.log.Warn("stomp reconnect failed", "err", err)
+			backoff = min(2*backoff, 30*time.Second)
+		}
+	}
+}
+
+func (t *Transport) read(ctx context.Context, sub *gostomp.Subscription) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m, ok := <-sub.C:
+			if !ok {
+				return
+			}
+			if m.Err != nil {
+				t.log.Warn("stomp connection error", "err", m.Err)
+				return
+			}
+			// usp.md §8.3: obuspa only sends application/vnd.bbf.usp.msg.
+			if m.ContentType != "" && !pkgusp.IsUSPContentType(m.ContentType) {
+				t.log.Debug("stomp message with a non-USP content type ignored", "content_type", m.ContentType)
+				continue
+			}
+			from := usp.Address{}
+			if m.Header != nil {
+				from.Reply = m.Header.Get(pkgusp.STOMPReplyToHeader)
+			}
+			_ = t.ep.HandleRecord(t, from, m.Body)
+		}
+	}
+}
+
+// Send implements usp.MTP. content-type is ALWAYS set: obuspa drops the
+// connection on a message without it (services.md).
+func (t *Transport) Send(_ context.Context, to usp.Address, record []byte) error {
+	if to.Reply == "" {
+		return errors.New("usp/stomp: no destination for the agent")
+	}
+	t.mu.Lock()
+	conn, dest := t.conn, t.dest
+	t.mu.Unlock()
+	if conn == nil {
+		return errors.New("usp/stomp: not connected to " + t.opts.BrokerAddr)
+	}
+	opts := []func(*frame.Frame) error{gostomp.SendOpt.Header(pkgusp.STOMPReplyToHeader, dest)}
+	for k, v := range t.opts.QueueHeaders {
+		opts = append(opts, gostomp.SendOpt.Header(k, v))
+	}
+	if err := conn.Send(to.Reply, pkgusp.STOMPContentType, record, opts...); err != nil {
+		return fmt.Errorf("usp/stomp: send to %s: %w", to.Reply, err)
+	}
+	return nil
+}
+
+// Shutdown disconnects. Safe to call twice.
+func (t *Transport) Shutdown(ctx context.Context) error {
+	t.mu.Lock()
+	if t.stopped || !t.started {
+		t.stopped = true
+		t.mu.Unlock()
+		return nil
+	}
+	t.stopped = true
+	conn := t.conn
+	t.conn = nil
+	t.mu.Unlock()
+	t.cancel()
+	if conn != nil {
+		_ = conn.MustDisconnect() // closes sub.C, ending run's read
+	}
+	done := make(chan struct{})
+	go func() { t.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// quietLogger routes go-stomp's logging to slog at debug/warn levels.
+type quietLogger struct{ l *slog.Logger }
+
+func (q quietLogger) Debugf(f string, v ...any)   { q.l.Debug(fmt.Sprintf(f, v...)) }
+func (q quietLogger) Infof(f string, v ...any)    { q.l.Debug(fmt.Sprintf(f, v...)) }
+func (q quietLogger) Warningf(f string, v ...any) { q.l.Warn(fmt.Sprintf(f, v...)) }
+func (q quietLogger) Errorf(f string, v ...any)   { q.l.Warn(fmt.Sprintf(f, v...)) }
+func (q quietLogger) Debug(m string)              { q.l.Debug(m) }
+func (q quietLogger) Info(m string)               { q.l.Debug(m) }
+func (q quietLogger) Warning(m string)            { q.l.Warn(m) }
+func (q quietLogger) Error(m string)              { q.l.Warn(m) }
