@@ -109,3 +109,26 @@ func TestMQTT311(t *testing.T) {
 	cli.Disconnect(&paho.Disconnect{})
 	<-cli.Done()
 }
+
+// Closing the Agent stops its client without a Close call, and the broker
+// connection goes with it.
+func TestClientStopsWithAgent(t *testing.T) {
+	prefix := "duet-test/" + unique(t)
+	base := numGoroutines()
+	a := newWireAgent(t, "STOPS-"+unique(t), "MQTT")
+	c, err := agent.DialMQTT(context.Background(), a, agent.MQTTConfig{Broker: mosquitto, ControllerTopic: prefix + "/c", AgentTopic: prefix + "/a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	select {
+	case <-c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("client still running after its agent closed")
+	}
+	if c.Connects() != 1 {
+		t.Fatalf("client reconnected %d times after its agent closed", c.Connects()-1)
+	}
+	c.Close()
+	noLeak(t, base)
+}

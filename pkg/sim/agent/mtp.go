@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -87,9 +86,12 @@ func (c *Client) run(ctx context.Context, s session) {
 	wait := retryMin
 	for {
 		if s != nil {
-			c.serve(ctx, s)
+			agentClosed := c.serve(ctx, s)
 			s.close()
 			s = nil
+			if agentClosed {
+				return
+			}
 		}
 		if ctx.Err() != nil {
 			return
@@ -116,31 +118,36 @@ func (c *Client) run(ctx context.Context, s session) {
 }
 
 // serve handles one connection until it is lost, the agent restarts or
-// closes, or the client is closed. Requests are answered before the next
-// Outgoing item is read, so a Reboot()'s OperateResp leaves before the
-// restart it causes.
-func (c *Client) serve(ctx context.Context, s session) {
+// closes, or the client is closed; it reports whether the agent closed.
+// Requests are answered before the next Outgoing item is read, so a
+// Reboot()'s OperateResp leaves before the restart it causes.
+func (c *Client) serve(ctx context.Context, s session) (agentClosed bool) {
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return false
 		case <-s.lost():
-			return
+			return false
 		case in := <-s.incoming():
 			for _, rep := range c.a.HandleRecord(in.rec) {
 				if err := in.reply(rep); err != nil {
-					return
+					return false
 				}
 			}
 		case o, ok := <-c.a.Outgoing():
-			if !ok || o.Restart {
-				return
+			if !ok {
+				return true
+			}
+			if o.Restart {
+				return false
 			}
 			if err := s.send(o.Record); err != nil {
-				return
+				return false
 			}
 		}
 	}
 }
 
-var errClosed = errors.New("agent: connection closed")
+// Done is closed once the client has stopped: after Close, or by itself
+// when its Agent is closed.
+func (c *Client) Done() <-chan struct{} { return c.done }
