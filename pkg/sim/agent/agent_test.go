@@ -527,3 +527,50 @@ func TestCloseTwiceNoLeak(t *testing.T) {
 		return nil
 	})
 }
+
+// Search expressions (usp.md §7.2–7.3): typed comparison, && only,
+// quoted strings, unique-key addressing.
+func TestSearchExpressions(t *testing.T) {
+	c := newAgent(t, "SN12")
+	for _, port := range []string{"22", "8080", "9090"} {
+		c.do(usp.NewAdd(c.id(), false, []usp.ObjectSettings{{Path: "Device.NAT.PortMapping.", Params: []usp.ParamSetting{
+			{Param: "ExternalPort", Value: port}, {Param: "Enable", Value: usp.FormatBool(port != "22")}, {Param: "Description", Value: "p." + port},
+		}}}))
+	}
+	get := func(path string) (uint32, []string) {
+		r := c.do(usp.NewGet(c.id(), []string{path}, 0))
+		res := r.Msg.GetBody().GetResponse().GetGetResp().GetReqPathResults()[0]
+		var got []string
+		for _, rp := range res.GetResolvedPathResults() {
+			got = append(got, rp.GetResolvedPath())
+		}
+		return res.GetErrCode(), got
+	}
+	for path, want := range map[string]string{
+		`Device.WiFi.SSID.[Name=="ssid1"].SSID`:                               "Device.WiFi.SSID.2.",
+		`Device.NAT.PortMapping.[ExternalPort>1000].Enable`:                   "Device.NAT.PortMapping.2.,Device.NAT.PortMapping.3.",
+		`Device.NAT.PortMapping.[ExternalPort>=+0080&&Enable==1].Enable`:      "Device.NAT.PortMapping.2.,Device.NAT.PortMapping.3.",
+		`Device.NAT.PortMapping.[Enable==false].`:                             "Device.NAT.PortMapping.1.",
+		`Device.NAT.PortMapping.[Description=="p.9090"].ExternalPort`:         "Device.NAT.PortMapping.3.",
+		`Device.NAT.PortMapping.[Description!="p.9090"&&Enable==true].Enable`: "Device.NAT.PortMapping.2.",
+		`Device.NAT.PortMapping.[Description>"a"].Enable`:                     "", // strings allow only == and !=
+		`Device.NAT.PortMapping.[ExternalPort==7].Enable`:                     "",
+	} {
+		code, got := get(path)
+		if code != 0 || strings.Join(got, ",") != want {
+			t.Errorf("%s: code %d got %v, want %s", path, code, got, want)
+		}
+	}
+	r := c.do(usp.NewDelete(c.id(), false, []string{"Device.NAT.PortMapping.[ExternalPort<9000]."}))
+	if got := r.Msg.GetBody().GetResponse().GetDeleteResp().GetDeletedObjResults()[0].GetOperStatus().GetOperSuccess().GetAffectedPaths(); len(got) != 2 {
+		t.Fatalf("delete by expression: %v", r.Msg)
+	}
+	// A subscription whose ReferenceList uses a search expression.
+	c.subscribe("ssid", "ValueChange", `Device.WiFi.SSID.[Name=="ssid0"].`, false, false)
+	c.a.SetParameter("Device.WiFi.SSID.2.SSID", "other") // ssid1: no match
+	c.noOutgoing()
+	c.a.SetParameter("Device.WiFi.SSID.1.SSID", "mine")
+	if _, n := c.nextNotify(); n.GetValueChange().GetParamPath() != "Device.WiFi.SSID.1.SSID" {
+		t.Fatalf("notify: %v", n)
+	}
+}

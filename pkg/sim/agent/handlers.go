@@ -33,7 +33,8 @@ func (a *Agent) objectParams(obj string) map[string]string {
 	return out
 }
 
-func isSearch(p string) bool { return strings.Contains(p, "*") }
+// isSearch reports whether p is a search path: "*" or "[expr]" (usp.md §7.1).
+func isSearch(p string) bool { return strings.ContainsAny(p, "*[") }
 
 // splitParam splits "Device.A.1.Name" into "Device.A.1." and "Name".
 func splitParam(p string) (obj, name string) {
@@ -75,8 +76,8 @@ func (a *Agent) getPath(p string, depth uint32) *uspmsg.GetResp_RequestedPathRes
 		res.ErrCode, res.ErrMsg = code, msg
 		return res
 	}
-	if strings.ContainsAny(p, "[]{}") {
-		return fail(usp.ErrCodeInvalidPathSyntax, "search expressions are not supported by the simulator")
+	if strings.ContainsAny(p, "{}") {
+		return fail(usp.ErrCodeInvalidPathSyntax, "{i} is not valid in an instantiated path")
 	}
 	if !strings.HasPrefix(p, "Device.") {
 		return fail(usp.ErrCodeInvalidPath, "invalid path")
@@ -90,7 +91,7 @@ func (a *Agent) getPath(p string, depth uint32) *uspmsg.GetResp_RequestedPathRes
 		}
 		var objs []string
 		for o := range a.m.objects {
-			if matchPrefix(p, o) {
+			if a.m.matchPrefix(p, o) {
 				objs = append(objs, o)
 			}
 		}
@@ -139,7 +140,7 @@ func (a *Agent) getInstances(g *uspmsg.GetInstances) *uspmsg.GetInstancesResp {
 		var rows []string
 		for o := range a.m.objects {
 			segs := splitPath(o)
-			if !matchPrefix(p, o) || !isInstance(segs[len(segs)-1]) {
+			if !a.m.matchPrefix(p, o) || !isInstance(segs[len(segs)-1]) {
 				continue
 			}
 			// first_level_only: only rows of the matched table itself.

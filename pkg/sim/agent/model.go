@@ -165,10 +165,30 @@ func buildSchema(defs []objDef) schemaIndex {
 	return s
 }
 
-// splitPath splits "Device.A.1.B" into its segments.
+// splitPath splits "Device.A.1.B" into its segments. Dots inside a search
+// expression ("[Name=="a.b"]") do not split.
 func splitPath(p string) []string {
-	return strings.Split(strings.TrimSuffix(p, "."), ".")
+	p = strings.TrimSuffix(p, ".")
+	var out []string
+	depth, quoted, start := 0, false, 0
+	for i := 0; i < len(p); i++ {
+		switch c := p[i]; {
+		case c == '"':
+			quoted = !quoted
+		case quoted:
+		case c == '[':
+			depth++
+		case c == ']':
+			depth--
+		case c == '.' && depth == 0:
+			out = append(out, p[start:i])
+			start = i + 1
+		}
+	}
+	return append(out, p[start:])
 }
+
+func isExpr(seg string) bool { return strings.HasPrefix(seg, "[") && strings.HasSuffix(seg, "]") }
 
 func isInstance(seg string) bool {
 	if seg == "" || seg[0] == '0' {
@@ -188,7 +208,7 @@ func isInstance(seg string) bool {
 func supportedOf(objPath string) string {
 	segs := splitPath(objPath)
 	for i, s := range segs {
-		if isInstance(s) || s == "*" {
+		if isInstance(s) || s == "*" || isExpr(s) {
 			segs[i] = "{i}"
 		}
 	}
@@ -205,14 +225,31 @@ func isTablePath(p string) bool {
 }
 
 // match reports whether path (instantiated) matches pattern segment for
-// segment, where "*" in pattern matches any instance number.
-func match(pattern, path string) bool {
+// segment, where "*" matches any instance and "[expr]" an instance whose
+// parameters satisfy expr (usp.md §7.2, §7.3).
+func (m *model) match(pattern, path string) bool {
 	ps, xs := splitPath(pattern), splitPath(path)
 	if len(ps) != len(xs) || strings.HasSuffix(pattern, ".") != strings.HasSuffix(path, ".") {
 		return false
 	}
+	return m.matchSegs(ps, xs)
+}
+
+func (m *model) matchSegs(ps, xs []string) bool {
 	for i := range ps {
-		if ps[i] != xs[i] && !(ps[i] == "*" && isInstance(xs[i])) {
+		if ps[i] == xs[i] {
+			continue
+		}
+		if !isInstance(xs[i]) {
+			return false
+		}
+		switch {
+		case ps[i] == "*":
+		case isExpr(ps[i]):
+			if !m.eval(strings.Join(xs[:i+1], ".")+".", ps[i][1:len(ps[i])-1]) {
+				return false
+			}
+		default:
 			return false
 		}
 	}
@@ -220,21 +257,109 @@ func match(pattern, path string) bool {
 }
 
 // matchPrefix reports whether the object pattern (ending in ".") matches
-// path or an ancestor of it.
-func matchPrefix(pattern, path string) bool {
+// path or an ancestor of it; other patterns must match path exactly.
+func (m *model) matchPrefix(pattern, path string) bool {
 	if !strings.HasSuffix(pattern, ".") {
-		return match(pattern, path)
+		return m.match(pattern, path)
 	}
 	ps, xs := splitPath(pattern), splitPath(path)
-	if len(ps) > len(xs) {
+	if len(ps) > len(xs) || (len(ps) == len(xs) && !strings.HasSuffix(path, ".")) {
 		return false
 	}
-	for i := range ps {
-		if ps[i] != xs[i] && !(ps[i] == "*" && isInstance(xs[i])) {
+	return m.matchSegs(ps, xs[:len(ps)])
+}
+
+// eval evaluates a search expression ("Enable==true&&Name=="x"") against
+// the row inst. Comparison is by the parameter's type: numbers compare as
+// numbers, booleans accept true/false/1/0, strings allow only == and !=;
+// "~=" tests membership of a comma list (usp.md §7.3). Anything it cannot
+// parse matches nothing.
+func (m *model) eval(inst, expr string) bool {
+	d := defOf(inst)
+	if d == nil || expr == "" {
+		return false
+	}
+	for _, comp := range strings.Split(expr, "&&") {
+		i := strings.IndexAny(comp, "=!<>~")
+		if i <= 0 || i+1 >= len(comp) {
+			return false
+		}
+		op := comp[i : i+1]
+		if comp[i+1] == '=' {
+			op = comp[i : i+2]
+		}
+		if op == "=" || op == "!" || op == "~" {
+			return false
+		}
+		name := strings.TrimSpace(comp[:i])
+		val := strings.TrimSpace(comp[i+len(op):])
+		if len(val) >= 2 && val[0] == '"' && val[len(val)-1] == '"' {
+			val = strings.NewReplacer("%22", `"`, "%25", "%").Replace(val[1 : len(val)-1])
+		}
+		actual, ok := m.values[inst+name]
+		pd := d.param(name)
+		if !ok || pd == nil || !compare(pd.typ, actual, op, val) {
 			return false
 		}
 	}
-	return len(ps) < len(xs) || strings.HasSuffix(path, ".")
+	return true
+}
+
+func compare(t valueType, actual, op, val string) bool {
+	if op == "~=" {
+		for _, e := range strings.Split(actual, ",") {
+			if strings.TrimSpace(e) == val {
+				return true
+			}
+		}
+		return false
+	}
+	var c int
+	switch t {
+	case typeBool:
+		a, err1 := usp.ParseBool(actual)
+		b, err2 := usp.ParseBool(val)
+		if err1 != nil || err2 != nil || (op != "==" && op != "!=") {
+			return false
+		}
+		if a != b {
+			c = 1
+		}
+	case typeUint:
+		a, err1 := strconv.ParseUint(strings.TrimPrefix(actual, "+"), 10, 64)
+		b, err2 := strconv.ParseUint(strings.TrimPrefix(val, "+"), 10, 64)
+		if err1 != nil || err2 != nil {
+			return false
+		}
+		switch {
+		case a < b:
+			c = -1
+		case a > b:
+			c = 1
+		}
+	default:
+		if op != "==" && op != "!=" {
+			return false
+		}
+		if actual != val {
+			c = 1
+		}
+	}
+	switch op {
+	case "==":
+		return c == 0
+	case "!=":
+		return c != 0
+	case "<":
+		return c < 0
+	case ">":
+		return c > 0
+	case "<=":
+		return c <= 0
+	case ">=":
+		return c >= 0
+	}
+	return false
 }
 
 // model is the instantiated data model: the set of existing objects, the
@@ -311,7 +436,7 @@ func (m *model) deleteObject(obj string) {
 // resolveObjects returns the existing objects matching an object path (with
 // "*" allowed), sorted.
 func (m *model) resolveObjects(pattern string) []string {
-	if !strings.Contains(pattern, "*") {
+	if !isSearch(pattern) {
 		if m.objects[pattern] {
 			return []string{pattern}
 		}
@@ -319,7 +444,7 @@ func (m *model) resolveObjects(pattern string) []string {
 	}
 	var out []string
 	for o := range m.objects {
-		if match(pattern, o) {
+		if m.match(pattern, o) {
 			out = append(out, o)
 		}
 	}

@@ -244,7 +244,7 @@ func (a *Agent) delete(id string, dl *uspmsg.Delete) *uspmsg.Msg {
 		switch {
 		case !strings.HasSuffix(p, ".") || (d == nil && !isTablePath(p)):
 			code, msg = usp.ErrCodeInvalidPath, "path not in the supported data model"
-		case d == nil || !d.multi || !(isInstance(splitPath(p)[len(splitPath(p))-1]) || strings.HasSuffix(p, ".*.")):
+		case d == nil || !d.multi || !isRowSegment(lastSeg(p)):
 			code, msg = usp.ErrCodeObjectNotTable, "not an instance path"
 		case !d.creatable:
 			code, msg = usp.ErrCodeDeleteFailure, "rows of this table cannot be deleted"
@@ -373,3 +373,7 @@ func (a *Agent) startIPPing(from, command, key string, args map[string]string) s
 	})
 	return req
 }
+
+// isRowSegment reports whether seg addresses rows: an instance number, "*"
+// or a search expression.
+func isRowSegment(seg string) bool { return isInstance(seg) || seg == "*" || isExpr(seg) }

@@ -43,7 +43,7 @@ func (a *Agent) matching(kind, path string) []subscription {
 	var out []subscription
 	for _, s := range a.subscriptions(kind) {
 		for _, r := range s.refs {
-			if matchPrefix(r, path) {
+			if a.m.matchPrefix(r, path) {
 				out = append(out, s)
 				break
 			}
