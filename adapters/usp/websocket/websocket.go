@@ -1,0 +1,395 @@
+// Package websocket is the USP WebSocket binding (usp.md §8.4) on the
+// Controller side: a server agents dial, with subprotocol v1.usp and the
+// agent's endpoint ID in the ?eid= query parameter.
+//
+// Default listen address ":8082": clear of Duet's HTTP API (8080), the CWMP
+// ACS (7547), MQTT (1883), NATS (4222) and STOMP (61613).
+package websocket
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/duet-dm/duet/adapters/usp"
+	pkgusp "github.com/duet-dm/duet/pkg/usp"
+)
+
+// DefaultAddr is the default listen address.
+const DefaultAddr = ":8082"
+
+var (
+	metricOpen = promauto.NewGauge(prometheus.GaugeOpts{
+		Name: "duet_usp_websocket_connections_open_count",
+		Help: "Open USP WebSocket connections.",
+	})
+	metricRejected = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "duet_usp_websocket_rejected_total",
+		Help: "WebSocket connections refused or closed by us, by reason (no_subprotocol, no_eid, too_many, bad_record, replaced, text_frame, too_large, idle).",
+	}, []string{"reason"})
+)
+
+// Options configure the WebSocket server.
+type Options struct {
+	// Endpoint receives the records. Required.
+	Endpoint *usp.Endpoint
+	// Addr to listen on; default DefaultAddr (":8082"). "127.0.0.1:0" picks
+	// a free port (see Transport.Addr).
+	Addr string
+	// Path of the USP resource; default "/usp".
+	Path string
+	// TLSCertFile and TLSKeyFile enable wss:// when both are set.
+	TLSCertFile string
+	TLSKeyFile  string
+	// MaxConnections bounds open connections; further upgrades get 503.
+	// Default 10000.
+	MaxConnections int
+	// MaxMessageBytes bounds one record; a larger message closes the
+	// connection with 1009. Default 1 MiB.
+	MaxMessageBytes int64
+	// PingInterval is how often we ping an idle agent; default 30 s.
+	PingInterval time.Duration
+	// IdleTimeout closes a connection with no frame at all (data, ping or
+	// pong) for this long; default 3 × PingInterval.
+	IdleTimeout time.Duration
+	// WriteTimeout bounds one frame write; default 10 s.
+	WriteTimeout time.Duration
+	Logger       *slog.Logger
+}
+
+// Transport is the WebSocket MTP.
+type Transport struct {
+	opts     Options
+	ep       *usp.Endpoint
+	log      *slog.Logger
+	upgrader websocket.Upgrader
+
+	mu      sync.Mutex
+	conns   map[string]*conn // by endpoint ID: at most one session per agent
+	srv     *http.Server
+	ln      net.Listener
+	started bool
+	stopped bool
+	open    atomic.Int64
+	wg      sync.WaitGroup
+}
+
+var _ usp.MTP = (*Transport)(nil)
+
+type conn struct {
+	ws      *websocket.Conn
+	eid     string
+	peer    string
+	writeMu sync.Mutex
+	done    chan struct{}
+	once    sync.Once
+}
+
+func (c *conn) close(code int, reason string, wt time.Duration) {
+	c.once.Do(func() {
+		_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(wt))
+		_ = c.ws.Close()
+		close(c.done)
+	})
+}
+
+// New validates the options.
+func New(opts Options) (*Transport, error) {
+	if opts.Endpoint == nil {
+		return nil, errors.New("usp/websocket: Options.Endpoint is required")
+	}
+	if opts.Addr == "" {
+		opts.Addr = DefaultAddr
+	}
+	if opts.Path == "" {
+		opts.Path = "/usp"
+	}
+	if (opts.TLSCertFile == "") != (opts.TLSKeyFile == "") {
+		return nil, errors.New("usp/websocket: set both Options.TLSCertFile and Options.TLSKeyFile, or neither")
+	}
+	if opts.MaxConnections == 0 {
+		opts.MaxConnections = 10000
+	}
+	if opts.MaxMessageBytes == 0 {
+		opts.MaxMessageBytes = 1 << 20
+	}
+	if opts.MaxMessageBytes > usp.MaxRecordBytes {
+		return nil, fmt.Errorf("usp/websocket: Options.MaxMessageBytes %d is above usp.MaxRecordBytes %d", opts.MaxMessageBytes, usp.MaxRecordBytes)
+	}
+	if opts.PingInterval == 0 {
+		opts.PingInterval = 30 * time.Second
+	}
+	if opts.IdleTimeout == 0 {
+		opts.IdleTimeout = 3 * opts.PingInterval
+	}
+	if opts.WriteTimeout == 0 {
+		opts.WriteTimeout = 10 * time.Second
+	}
+	if opts.MaxConnections < 0 || opts.MaxMessageBytes < 0 || opts.PingInterval < 0 || opts.IdleTimeout < 0 || opts.WriteTimeout < 0 {
+		return nil, errors.New("usp/websocket: limits and timeouts must be positive")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	t := &Transport{opts: opts, ep: opts.Endpoint, log: opts.Logger.With("component", "usp-websocket"), conns: map[string]*conn{}}
+	t.upgrader = websocket.Upgrader{
+		Subprotocols:    []string{pkgusp.WebSocketSubprotocol},
+		ReadBufferSize:  4096,
+		WriteBufferSize: 4096,
+		// Agents are not browsers; Origin carries no meaning here.
+		CheckOrigin: func(*http.Request) bool { return true },
+	}
+	return t, nil
+}
+
+// Name implements usp.MTP.
+func (t *Transport) Name() string { return "websocket" }
+
+// Addr is the address actually listened on (after Start).
+func (t *Transport) Addr() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.ln != nil {
+		return t.ln.Addr().String()
+	}
+	return t.opts.Addr
+}
+
+// Start listens and serves in the background. A port in use or a bad
+// certificate is reported here.
+func (t *Transport) Start() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.started {
+		return errors.New("usp/websocket: already started")
+	}
+	ln, err := net.Listen("tcp", t.opts.Addr)
+	if err != nil {
+		return fmt.Errorf("usp/websocket: cannot listen on %s (port in use?): %w", t.opts.Addr, err)
+	}
+	if t.opts.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.opts.TLSCertFile, t.opts.TLSKeyFile)
+		if err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("usp/websocket: TLS certificate %s / key %s: %w", t.opts.TLSCertFile, t.opts.TLSKeyFile, err)
+		}
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}) // usp.md §8.1
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc(t.opts.Path, t.serveWS)
+	t.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(t.log.Handler(), slog.LevelDebug)}
+	t.ln = ln
+	t.started = true
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		if err := t.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			t.log.Error("websocket server stopped", "err", err)
+		}
+	}()
+	t.log.Info("usp websocket listening", "addr", ln.Addr().String(), "path", t.opts.Path, "tls", t.opts.TLSCertFile != "")
+	return nil
+}
+
+func (t *Transport) reject(w http.ResponseWriter, status int, reason, msg string) {
+	metricRejected.WithLabelValues(reason).Inc()
+	http.Error(w, msg, status)
+}
+
+func (t *Transport) serveWS(w http.ResponseWriter, r *http.Request) {
+	// usp.md §8.4: the server refuses a request without v1.usp.
+	if !slices.Contains(websocket.Subprotocols(r), pkgusp.WebSocketSubprotocol) {
+		t.reject(w, http.StatusBadRequest, "no_subprotocol", "Sec-WebSocket-Protocol must offer "+pkgusp.WebSocketSubprotocol)
+		return
+	}
+	eid, ok := pkgusp.ParseWebSocketEID(r.URL.RawQuery)
+	if !ok {
+		t.reject(w, http.StatusBadRequest, "no_eid", "query parameter eid (the agent's endpoint ID) is required")
+		return
+	}
+	if n := t.open.Add(1); n > int64(t.opts.MaxConnections) {
+		t.open.Add(-1)
+		w.Header().Set("Retry-After", "30")
+		t.reject(w, http.StatusServiceUnavailable, "too_many", "too many connections")
+		return
+	}
+	ws, err := t.upgrader.Upgrade(w, r, nil) // echoes v1.usp
+	if err != nil {
+		t.open.Add(-1)
+		metricRejected.WithLabelValues("upgrade").Inc()
+		return // Upgrade already answered
+	}
+	metricOpen.Inc()
+	c := &conn{ws: ws, eid: eid, peer: r.RemoteAddr, done: make(chan struct{})}
+	t.mu.Lock()
+	if t.stopped {
+		t.mu.Unlock()
+		c.close(websocket.CloseGoingAway, "shutting down", t.opts.WriteTimeout)
+		t.open.Add(-1)
+		metricOpen.Dec()
+		return
+	}
+	old := t.conns[eid]
+	t.conns[eid] = c
+	t.wg.Add(1)
+	t.mu.Unlock()
+	if old != nil {
+		// At most one session per endpoint pair (usp.md §8.4): the new
+		// connection wins, the agent evidently lost the old one.
+		metricRejected.WithLabelValues("replaced").Inc()
+		old.close(websocket.ClosePolicyViolation, "replaced by a new connection", t.opts.WriteTimeout)
+	}
+	// The read loop runs on the HTTP handler's goroutine, tracked by wg.
+	defer t.wg.Done()
+	t.serveConn(c)
+}
+
+func (t *Transport) serveConn(c *conn) {
+	defer func() {
+		c.close(websocket.CloseNormalClosure, "", t.opts.WriteTimeout)
+		t.open.Add(-1)
+		metricOpen.Dec()
+		t.mu.Lock()
+		current := t.conns[c.eid] == c
+		if current {
+			delete(t.conns, c.eid)
+		}
+		t.mu.Unlock()
+		if current {
+			t.ep.Disconnected(t, c.eid)
+		}
+	}()
+	ws := c.ws
+	ws.SetReadLimit(t.opts.MaxMessageBytes)
+	alive := func() { _ = ws.SetReadDeadline(time.Now().Add(t.opts.IdleTimeout)) }
+	alive()
+	// Answer pings (obuspa closes after 2 missing pongs, usp.md §8.4).
+	ws.SetPingHandler(func(data string) error {
+		alive()
+		err := ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(t.opts.WriteTimeout))
+		if errors.Is(err, websocket.ErrCloseSent) {
+			return nil
+		}
+		return err
+	})
+	ws.SetPongHandler(func(string) error { alive(); return nil })
+	// Our own pings keep NATs open and detect dead peers that never ping.
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		tick := time.NewTicker(t.opts.PingInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-c.done:
+				return
+			case <-tick.C:
+				if err := ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(t.opts.WriteTimeout)); err != nil {
+					c.close(websocket.CloseGoingAway, "ping failed", t.opts.WriteTimeout)
+					return
+				}
+			}
+		}
+	}()
+	from := usp.Address{Reply: c.eid, Peer: c.peer, EndpointID: c.eid}
+	for {
+		mt, data, err := ws.ReadMessage() // reassembles fragmented messages
+		if err != nil {
+			switch {
+			case errors.Is(err, websocket.ErrReadLimit):
+				metricRejected.WithLabelValues("too_large").Inc()
+				c.close(websocket.CloseMessageTooBig, "record too large", t.opts.WriteTimeout)
+			case isTimeout(err):
+				metricRejected.WithLabelValues("idle").Inc()
+			}
+			return
+		}
+		alive()
+		if mt != websocket.BinaryMessage {
+			// Each record goes in one binary frame (usp.md §8.4).
+			metricRejected.WithLabelValues("text_frame").Inc()
+			c.close(websocket.CloseUnsupportedData, "records are binary frames", t.opts.WriteTimeout)
+			return
+		}
+		err = t.ep.HandleRecord(t, from, data)
+		var re *usp.RecordError
+		if errors.As(err, &re) {
+			switch re.Reason {
+			case usp.DropGarbage, usp.DropEIDMismatch, usp.DropBadFromID, usp.DropTooLarge:
+				// usp.md §8.4: a bad record closes with 1003.
+				metricRejected.WithLabelValues("bad_record").Inc()
+				c.close(websocket.CloseUnsupportedData, re.Reason, t.opts.WriteTimeout)
+				return
+			}
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// Send writes one record as one binary frame on the agent's connection.
+func (t *Transport) Send(_ context.Context, to usp.Address, record []byte) error {
+	eid := to.EndpointID
+	if eid == "" {
+		eid = to.Reply
+	}
+	t.mu.Lock()
+	c := t.conns[eid]
+	t.mu.Unlock()
+	if c == nil {
+		return fmt.Errorf("usp/websocket: %s has no open connection", eid)
+	}
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	_ = c.ws.SetWriteDeadline(time.Now().Add(t.opts.WriteTimeout))
+	if err := c.ws.WriteMessage(websocket.BinaryMessage, record); err != nil {
+		c.close(websocket.CloseGoingAway, "write failed", t.opts.WriteTimeout)
+		return fmt.Errorf("usp/websocket: write to %s: %w", eid, err)
+	}
+	return nil
+}
+
+// Shutdown stops listening, closes every connection (1001) and waits for
+// their goroutines. Safe to call twice.
+func (t *Transport) Shutdown(ctx context.Context) error {
+	t.mu.Lock()
+	if t.stopped || !t.started {
+		t.stopped = true
+		t.mu.Unlock()
+		return nil
+	}
+	t.stopped = true
+	srv := t.srv
+	conns := make([]*conn, 0, len(t.conns))
+	for _, c := range t.conns {
+		conns = append(conns, c)
+	}
+	t.mu.Unlock()
+	err := srv.Shutdown(ctx) // hijacked connections are ours to close
+	for _, c := range conns {
+		c.close(websocket.CloseGoingAway, "controller shutting down", t.opts.WriteTimeout)
+	}
+	done := make(chan struct{})
+	go func() { t.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return err
+}
