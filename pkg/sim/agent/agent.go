@@ -42,6 +42,11 @@ type Config struct {
 	RetryMinWait    time.Duration
 	RetryMultiplier uint32
 
+	// PeriodicInterval overrides Controller.1.PeriodicNotifInterval (s,
+	// default 86400) as the period of Device.LocalAgent.Periodic!, sent to
+	// matching Event subscriptions (usp.md §9.6). Tests set milliseconds.
+	PeriodicInterval time.Duration
+
 	// AsyncDelay is how long the asynchronous IPPing() runs; default 50 ms.
 	AsyncDelay time.Duration
 
@@ -145,7 +150,27 @@ func New(cfg Config) (*Agent, error) {
 	a.m = a.factoryModel()
 	a.factory = a.m.clone()
 	a.bootTime = cfg.Now()
+	a.mu.Lock()
+	a.schedulePeriodic()
+	a.mu.Unlock()
 	return a, nil
+}
+
+// schedulePeriodic arms the next Periodic! event; a.mu is held.
+func (a *Agent) schedulePeriodic() {
+	d := a.cfg.PeriodicInterval
+	if d == 0 {
+		s, _ := strconv.ParseUint(a.m.values["Device.LocalAgent.Controller.1.PeriodicNotifInterval"], 10, 32)
+		d = time.Duration(max(s, 1)) * time.Second
+	}
+	a.after(d, func() {
+		for _, s := range a.matching("Event", "Device.LocalAgent.Periodic!") {
+			a.sendNotify(s.id, s.retry, &uspmsg.Notify{Notification: &uspmsg.Notify_Event_{Event: &uspmsg.Notify_Event{
+				ObjPath: "Device.LocalAgent.", EventName: "Periodic!",
+			}}})
+		}
+		a.schedulePeriodic()
+	})
 }
 
 func (a *Agent) factoryModel() *model {

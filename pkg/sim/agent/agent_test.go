@@ -574,3 +574,19 @@ func TestSearchExpressions(t *testing.T) {
 		t.Fatalf("notify: %v", n)
 	}
 }
+
+func TestPeriodicEvent(t *testing.T) {
+	a, err := agent.New(agent.Config{SerialNumber: "SN13", ControllerID: ctrlID, PeriodicInterval: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	c := &ctl{t: t, a: a}
+	c.subscribe("periodic", "Event", "Device.LocalAgent.Periodic!", false, false)
+	for i := 0; i < 2; i++ {
+		_, n := c.nextNotify()
+		if ev := n.GetEvent(); n.GetSubscriptionId() != "periodic" || ev.GetObjPath() != "Device.LocalAgent." || ev.GetEventName() != "Periodic!" {
+			t.Fatalf("periodic: %v", n)
+		}
+	}
+}
