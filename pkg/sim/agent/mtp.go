@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/duet-dm/duet/pkg/usp"
 )
 
 // inbound is one record received from the MTP with the way back to its
@@ -87,6 +89,13 @@ func (c *Client) run(ctx context.Context, s session) {
 	for {
 		if s != nil {
 			agentClosed := c.serve(ctx, s)
+			if ctx.Err() != nil || agentClosed {
+				// R-MTP.7: say goodbye with a DisconnectRecord before
+				// dropping the MTP on shutdown (not on a lost connection).
+				if rec, err := usp.MarshalDisconnect(c.a.EndpointID(), c.a.ControllerID(), "Shutdown", 0); err == nil {
+					_ = s.send(rec)
+				}
+			}
 			s.close()
 			s = nil
 			if agentClosed {

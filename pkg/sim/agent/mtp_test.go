@@ -115,6 +115,20 @@ func exercise(t *testing.T, w *wireCtl, a *agent.Agent, c *agent.Client, connect
 	if c.Connects() != 2 {
 		t.Fatalf("connects %d, want 2", c.Connects())
 	}
+	// Close says goodbye first (R-MTP.7). A Boot! retry sent before our
+	// NotifyResp arrived may come first.
+	bootID := r.MsgID
+	c.Close()
+	for {
+		r := w.next()
+		if r.Kind == usp.RecordMsg && r.MsgID == bootID {
+			continue
+		}
+		if r.Kind != usp.RecordDisconnect || r.DisconnectReason != "Shutdown" {
+			t.Fatalf("after Close: %v %q", r.Kind, r.DisconnectReason)
+		}
+		break
+	}
 }
 
 func newWireAgent(t *testing.T, serial, mtp string) *agent.Agent {

@@ -96,12 +96,13 @@ func TestWebSocket(t *testing.T) {
 		t.Fatalf("eid query %q, want %q", got, want)
 	}
 	w := &wireCtl{t: t, eid: a.EndpointID(), recv: ws.recv, send: func(rec []byte) { ws.send(t, rec) }}
-	exercise(t, w, a, c, usp.RecordWebSocketConnect, func(*usp.Record) {})
-	checkFor(t, 5*time.Second, func() error {
-		if ws.pings.Load() < 2 {
-			return errTest("agent sent no keep-alive Pings")
-		}
-		return nil
+	exercise(t, w, a, c, usp.RecordWebSocketConnect, func(*usp.Record) {
+		checkFor(t, 5*time.Second, func() error {
+			if ws.pings.Load() < 2 {
+				return errTest("agent sent no keep-alive Pings")
+			}
+			return nil
+		})
 	})
 	c.Close()
 	c.Close()
