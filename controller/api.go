@@ -24,17 +24,32 @@ var metricAPIRequests = promauto.NewCounterVec(prometheus.CounterOpts{
 
 // API serves /api/v1.
 type API struct {
-	store *store.Store
-	log   *slog.Logger
-	mux   *http.ServeMux
+	o       APIOptions
+	store   *store.Store
+	log     *slog.Logger
+	mux     *http.ServeMux
+	handler http.Handler
 }
 
-// NewAPI builds the REST API handler.
-func NewAPI(s *store.Store, log *slog.Logger) *API {
-	if log == nil {
-		log = slog.Default()
+// APIOptions configure NewAPI.
+type APIOptions struct {
+	// Store is required.
+	Store *store.Store
+	// Tokens authenticates requests; default Store.
+	Tokens TokenFinder
+	Logger *slog.Logger
+}
+
+// NewAPI builds the REST API handler. Every route needs a bearer token.
+func NewAPI(o APIOptions) *API {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
 	}
-	a := &API{store: s, log: log.With("component", "api"), mux: http.NewServeMux()}
+	if o.Tokens == nil {
+		o.Tokens = o.Store
+	}
+	a := &API{o: o, store: o.Store, log: o.Logger.With("component", "api"), mux: http.NewServeMux()}
+	a.handler = authenticate(o.Tokens, a.mux)
 	a.route("GET /api/v1/devices", a.listDevices)
 	a.route("GET /api/v1/devices/{id}", a.getDevice)
 	a.mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
@@ -59,7 +74,7 @@ func (a *API) route(pattern string, h func(http.ResponseWriter, *http.Request) (
 	})
 }
 
-func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.handler.ServeHTTP(w, r) }
 
 // DeviceJSON is the API's representation of a device.
 type DeviceJSON struct {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/duet-dm/duet/controller"
 	"github.com/duet-dm/duet/pkg/bus/bustest"
+	"github.com/duet-dm/duet/pkg/store"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 )
 
@@ -25,7 +26,7 @@ func TestListDevicesRejectsBadParameters(t *testing.T) {
 		"colour=red":        "colour",
 		"online=1&online=0": "online",
 	} {
-		res, err := http.Get(e.api.URL + "/api/v1/devices?" + query)
+		res, err := e.get("/api/v1/devices?" + query)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -36,7 +37,7 @@ func TestListDevicesRejectsBadParameters(t *testing.T) {
 			t.Errorf("%s: %d %+v, want 400 naming %q", query, res.StatusCode, body, param)
 		}
 	}
-	res, err := http.Get(e.api.URL + "/api/v1/nothing-here")
+	res, err := e.get("/api/v1/nothing-here")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +61,7 @@ func TestListDevicesFilters(t *testing.T) {
 		}
 	}
 	list := func(q string) controller.DeviceList {
-		res, err := http.Get(e.api.URL + "/api/v1/devices?" + q)
+		res, err := e.get("/api/v1/devices?" + q)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -90,5 +91,70 @@ func TestListDevicesFilters(t *testing.T) {
 	p2 := list("limit=4&cursor=" + p1.NextCursor)
 	if len(p2.Devices) != 2 || p2.NextCursor != "" || p2.Devices[0].ID <= p1.Devices[3].ID {
 		t.Fatalf("page 2: %+v", p2)
+	}
+}
+
+func TestAPIAuthentication(t *testing.T) {
+	e := newEnv(t)
+	e.startRegistry(t)
+	ctx := context.Background()
+	if err := e.bus.PublishEvent(ctx, informEvent("auth-dev", "1")); err != nil {
+		t.Fatal(err)
+	}
+	bustest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if code, _ := getDevice(t, e, "auth-dev"); code != 200 {
+			return fmt.Errorf("status %d", code)
+		}
+		return nil
+	})
+	_, viewer, err := e.store.CreateToken(ctx, "dashboard", store.RoleViewer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	revokedTok, revoked, err := e.store.CreateToken(ctx, "old", store.RoleAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.store.RevokeToken(ctx, revokedTok.ID); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name, token, method, path string
+		want                      int
+		code                      string
+	}{
+		{"no token", "", "GET", "/api/v1/devices", 401, "unauthenticated"},
+		{"no token, unknown route", "", "GET", "/api/v1/nothing", 401, "unauthenticated"},
+		{"bad token", "duet_not-a-real-token", "GET", "/api/v1/devices/auth-dev", 401, "unauthenticated"},
+		{"revoked token", revoked, "GET", "/api/v1/devices", 401, "unauthenticated"},
+		{"viewer reads", viewer, "GET", "/api/v1/devices/auth-dev", 200, ""},
+		{"viewer writes", viewer, "POST", "/api/v1/devices/auth-dev/tasks", 403, "denied"},
+		{"viewer deletes", viewer, "DELETE", "/api/v1/tasks/x", 403, "denied"},
+		{"admin reads", e.token, "GET", "/api/v1/devices", 200, ""},
+	} {
+		res, err := e.doAs(c.token, c.method, c.path, `{"operation":"reboot"}`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body controller.ErrorJSON
+		_ = json.NewDecoder(res.Body).Decode(&body)
+		res.Body.Close()
+		if res.StatusCode != c.want || body.Code != c.code {
+			t.Errorf("%s: %d %+v, want %d %q", c.name, res.StatusCode, body, c.want, c.code)
+		}
+		if c.want == 401 && !strings.HasPrefix(res.Header.Get("WWW-Authenticate"), "Bearer") {
+			t.Errorf("%s: 401 without a Bearer challenge", c.name)
+		}
+	}
+	// Scheme is case-insensitive (RFC 7235 §2.1).
+	req, _ := http.NewRequest("GET", e.api.URL+"/api/v1/devices", nil)
+	req.Header.Set("Authorization", "bearer "+viewer)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 200 {
+		t.Fatalf("lower-case scheme: %d", res.StatusCode)
 	}
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,15 +27,44 @@ type env struct {
 	bus   *bus.Bus
 	store *store.Store
 	api   *httptest.Server
+	token string // an admin token
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	b, _ := bustest.Start(t)
 	s, _ := storetest.Open(t)
-	api := httptest.NewServer(controller.NewAPI(s, nil))
+	api := httptest.NewServer(controller.NewAPI(controller.APIOptions{Store: s}))
 	t.Cleanup(api.Close)
-	return &env{bus: b, store: s, api: api}
+	_, tok, err := s.CreateToken(context.Background(), "test admin", store.RoleAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{bus: b, store: s, api: api, token: tok}
+}
+
+// get is http.Get on the API with the admin token.
+func (e *env) get(path string) (*http.Response, error) {
+	return e.doAs(e.token, "GET", path, "")
+}
+
+// doAs sends a request with the given bearer token ("" for none).
+func (e *env) doAs(token, method, path, body string) (*http.Response, error) {
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, e.api.URL+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	return http.DefaultClient.Do(req)
 }
 
 func (e *env) startRegistry(t *testing.T) *controller.Registry {
@@ -58,7 +89,7 @@ func informEvent(id, sw string) *duetv1.Event {
 
 func getDevice(t *testing.T, e *env, id string) (int, controller.DeviceJSON) {
 	t.Helper()
-	res, err := http.Get(e.api.URL + "/api/v1/devices/" + url.PathEscape(id))
+	res, err := e.get("/api/v1/devices/" + url.PathEscape(id))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -97,8 +97,12 @@ func baseEnv(t testing.TB, dbURL string) map[string]string {
 		"DUET_DATA_DIR":     t.TempDir(),
 		"DUET_LOG_FORMAT":   "json",
 		"DUET_LOG_LEVEL":    "info",
+		"DUET_ADMIN_TOKEN":  testAdminToken,
 	}
 }
+
+// testAdminToken is the API token every harness-started duet accepts.
+const testAdminToken = "duet_e2e-admin-token-0123456789abcdef"
 
 // startDuet runs `duet args...` with exactly env (plus PATH/HOME).
 func startDuet(t testing.TB, env map[string]string, args ...string) *duet {
@@ -181,12 +185,36 @@ func (d *duet) signal(sig syscall.Signal) {
 	}
 }
 
-// get fetches a URL under the API and returns status and body.
+// get fetches a URL under the API with the admin token and returns status
+// and body.
 func (d *duet) get(path string) (int, string) {
 	d.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	return d.do("GET", path, "")
+}
+
+// do sends a request with the admin token (DUET_ADMIN_TOKEN of the
+// process's environment) and a JSON body when body is not empty.
+func (d *duet) do(method, path, body string) (int, string) {
+	d.t.Helper()
+	return d.doAs(d.Env["DUET_ADMIN_TOKEN"], method, path, body)
+}
+
+// doAs is do with another bearer token ("" sends none).
+func (d *duet) doAs(token, method, path, body string) (int, string) {
+	d.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", d.HTTP+path, nil)
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, _ := http.NewRequestWithContext(ctx, method, d.HTTP+path, rd)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		d.t.Fatal(err)

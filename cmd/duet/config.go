@@ -43,6 +43,7 @@ func newSettings() *settings {
 	add("log-format", "DUET_LOG_FORMAT", "auto", "text, json, or auto (text on a terminal, JSON otherwise)")
 	add("only", "DUET_ONLY", "", "comma list of components to run: controller, cwmp, usp-mqtt, usp-stomp, usp-ws (default: all)")
 	add("event-retention", "DUET_EVENT_RETENTION", "168h", "how long the event stream keeps device events")
+	add("admin-token", "DUET_ADMIN_TOKEN", "", "API admin bearer token to create at start (at least 24 characters); unset, the first start generates one and prints it once")
 	// CWMP
 	add("cwmp-addr", "DUET_CWMP_ADDR", ":7547", "listen address of the CWMP ACS")
 	add("cwmp-path", "DUET_CWMP_PATH", "/", "URL path of the CWMP ACS")
@@ -77,7 +78,23 @@ func newSettings() *settings {
 
 // parse reads the environment, then flags.
 func (s *settings) parse(name string, args []string, getenv func(string) string, stderr io.Writer) error {
+	rest, err := s.parseWith(name, args, getenv, stderr, nil)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return fmt.Errorf("unexpected argument %q", rest[0])
+	}
+	return nil
+}
+
+// parseWith is parse with extra command flags, returning the positional
+// arguments.
+func (s *settings) parseWith(name string, args []string, getenv func(string) string, stderr io.Writer, extra func(*flag.FlagSet)) ([]string, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	if extra != nil {
+		extra(fs)
+	}
 	fs.SetOutput(stderr)
 	for _, st := range s.list {
 		st.value = st.def
@@ -94,12 +111,9 @@ func (s *settings) parse(name string, args []string, getenv func(string) string,
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return err
+		return nil, err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	return nil
+	return fs.Args(), nil
 }
 
 func (s *settings) str(flag string) string { return s.byFlag[flag].value }

@@ -3,6 +3,7 @@
 //
 //	duet serve     run the server (every component, or --only some)
 //	duet migrate   apply database migrations and exit
+//	duet token     create, list or revoke API tokens
 //	duet version   print the version
 package main
 
@@ -65,6 +66,8 @@ func (m *Main) Run(ctx context.Context, args []string) int {
 		err = m.serve(ctx, args[1:])
 	case "migrate":
 		err = m.migrate(ctx, args[1:])
+	case "token":
+		err = m.token(ctx, args[1:])
 	case "version":
 		fmt.Fprintf(m.Stdout, "duet %s\n", version())
 	case "help", "-h", "--help":
@@ -90,6 +93,7 @@ func (m *Main) usage() {
 commands:
   serve     run the server
   migrate   apply database migrations and exit
+  token     create, list or revoke API tokens (duet token -h)
   version   print the version
 
 Run "duet serve -h" for every setting; each has a DUET_* environment variable.

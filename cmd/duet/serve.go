@@ -146,6 +146,16 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			}
 			return nil
 		}})
+		adminToken, err := st.EnsureAdminToken(ctx, s.str("admin-token"))
+		if err != nil {
+			_ = hl.Close()
+			return s.errSetting("admin-token", "%v", err)
+		}
+		if adminToken != "" {
+			// Printed once, to stdout only (not the log, which is often
+			// shipped elsewhere); only its hash is stored.
+			fmt.Fprintf(m.Stdout, "\nNo API token existed, so an admin token was created. It is shown only now:\n\n  %s\n\nUse it as \"Authorization: Bearer <token>\"; manage tokens with \"duet token\".\n\n", adminToken)
+		}
 		reg, err := controller.NewRegistry(ctx, controller.RegistryOptions{Bus: b, Store: st, Logger: log})
 		if err != nil {
 			_ = hl.Close()
@@ -159,7 +169,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			return err
 		}
 		started.push(func(context.Context) { desk.Stop() })
-		mux.Handle("/api/v1/", controller.NewAPI(st, log))
+		mux.Handle("/api/v1/", controller.NewAPI(controller.APIOptions{Store: st, Logger: log}))
 	}
 
 	if comps["cwmp"] {

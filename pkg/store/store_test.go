@@ -157,3 +157,66 @@ func TestFindDevicesFiltersAndPages(t *testing.T) {
 		t.Fatalf("missing device: %v", err)
 	}
 }
+
+func TestTokens(t *testing.T) {
+	s, _ := storetest.Open(t)
+	ctx := context.Background()
+	// First start, nothing configured: one admin token is created, once.
+	secret, err := s.EnsureAdminToken(ctx, "")
+	if err != nil || secret == "" {
+		t.Fatalf("first start: %q %v", secret, err)
+	}
+	if again, err := s.EnsureAdminToken(ctx, ""); err != nil || again != "" {
+		t.Fatalf("second start created another token: %q %v", again, err)
+	}
+	tok, err := s.FindTokenBySecret(ctx, secret)
+	if err != nil || tok.Role != store.RoleAdmin {
+		t.Fatalf("find: %+v %v", tok, err)
+	}
+	// The secret is not stored, only its hash.
+	var n int
+	if err := s.Pool().QueryRow(ctx, "SELECT count(*) FROM api_tokens WHERE position(convert_to($1, 'UTF8') in hash) > 0 OR name = $1", secret).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("secret found in the table (%d, %v)", n, err)
+	}
+	// A configured token is added beside it, once.
+	conf := "configured-token-0123456789abcdef"
+	for i := 0; i < 2; i++ {
+		if got, err := s.EnsureAdminToken(ctx, conf); err != nil || got != "" {
+			t.Fatalf("configured: %q %v", got, err)
+		}
+	}
+	if _, err := s.EnsureAdminToken(ctx, "short"); devicemodel.ErrorCode(err) != devicemodel.CodeInvalidArgument {
+		t.Fatalf("short configured token: %v", err)
+	}
+	v, vs, err := s.CreateToken(ctx, "ci", store.RoleViewer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := s.ListTokens(ctx)
+	if err != nil || len(list) != 3 {
+		t.Fatalf("list: %d %v", len(list), err)
+	}
+	if err := s.RevokeToken(ctx, v.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.FindTokenBySecret(ctx, vs); devicemodel.ErrorCode(err) != devicemodel.CodeUnauthenticated {
+		t.Fatalf("revoked token still accepted: %v", err)
+	}
+	// Configuration does not undo a revocation.
+	ct, _ := s.FindTokenBySecret(ctx, conf)
+	if err := s.RevokeToken(ctx, ct.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.EnsureAdminToken(ctx, conf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.FindTokenBySecret(ctx, conf); devicemodel.ErrorCode(err) != devicemodel.CodeUnauthenticated {
+		t.Fatalf("revoked configured token came back: %v", err)
+	}
+	if err := s.RevokeToken(ctx, "tok_nope"); devicemodel.ErrorCode(err) != devicemodel.CodeNotFound {
+		t.Fatalf("revoke unknown: %v", err)
+	}
+	if _, _, err := s.CreateToken(ctx, "x", "root"); devicemodel.ErrorCode(err) != devicemodel.CodeInvalidArgument {
+		t.Fatalf("bad role: %v", err)
+	}
+}
