@@ -1,13 +1,18 @@
 package agent_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"io"
 	"net"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/duet-dm/duet/pkg/sim/agent"
+	"github.com/duet-dm/duet/pkg/usp"
 )
 
 // captureFirst accepts one connection on a random port and returns what
@@ -74,5 +79,106 @@ func TestMQTT5ConnectOnTheWire(t *testing.T) {
 	prop = append(prop, "os::00256D-CAP2"...)
 	if len(b) < 10 || b[0] != 0x10 || !bytes.Contains(b, []byte("MQTT\x05")) || !bytes.Contains(b, prop) || !bytes.Contains(b, []byte{0x19, 0x01}) {
 		t.Fatalf("CONNECT:\n%x", b)
+	}
+}
+
+// readSTOMPFrame reads one frame, honouring content-length (a USP body may
+// hold NUL bytes).
+func readSTOMPFrame(r *bufio.Reader) (string, map[string]string, []byte, error) {
+	hdr := map[string]string{}
+	cmd := ""
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return "", nil, nil, err
+		}
+		line = strings.TrimRight(line, "\r\n")
+		if cmd == "" {
+			if line != "" {
+				cmd = line
+			}
+			continue
+		}
+		if line == "" {
+			break
+		}
+		k, v, _ := strings.Cut(line, ":")
+		if _, seen := hdr[k]; !seen {
+			hdr[k] = v
+		}
+	}
+	var body []byte
+	if n, err := strconv.Atoi(hdr["content-length"]); err == nil {
+		body = make([]byte, n+1)
+		if _, err := io.ReadFull(r, body); err != nil {
+			return "", nil, nil, err
+		}
+		body = body[:n]
+	} else if body, err = r.ReadBytes(0); err == nil {
+		body = body[:len(body)-1]
+	}
+	return cmd, hdr, body, nil
+}
+
+// Neither RabbitMQ nor go-stomp's server assigns destinations, so a
+// scripted server on a local socket sends CONNECTED with subscribe-dest;
+// the agent must subscribe there and announce it (usp.md §8.3).
+func TestSTOMPSubscribeDestFromServer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type seen struct {
+		subDest, connectDest, replyTo string
+		err                           error
+	}
+	got := make(chan seen, 1)
+	go func() {
+		var s seen
+		defer func() { got <- s }()
+		c, err := ln.Accept()
+		if err != nil {
+			s.err = err
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		r := bufio.NewReader(c)
+		if _, _, _, s.err = readSTOMPFrame(r); s.err != nil {
+			return
+		}
+		// "\c" in the value: the client must unescape it.
+		if _, s.err = c.Write([]byte("CONNECTED\nversion:1.2\nsubscribe-dest:/queue/assigned\\c7\n\n\x00")); s.err != nil {
+			return
+		}
+		var hdr map[string]string
+		var body []byte
+		if _, hdr, _, s.err = readSTOMPFrame(r); s.err != nil {
+			return
+		}
+		s.subDest = hdr["destination"]
+		if _, hdr, body, s.err = readSTOMPFrame(r); s.err != nil {
+			return
+		}
+		s.replyTo = hdr["reply-to-dest"]
+		rec, err := usp.ParseRecord(body, ctrlID)
+		if err != nil {
+			s.err = err
+			return
+		}
+		s.connectDest = rec.SubscribedDestination
+	}()
+	a := newWireAgent(t, "CAP3", "STOMP")
+	defer a.Close()
+	c, err := agent.DialSTOMP(context.Background(), a, agent.STOMPConfig{Server: ln.Addr().String(), ControllerDestination: "/queue/c"})
+	s := <-got
+	if err != nil || s.err != nil {
+		t.Fatalf("dial %v, server %v", err, s.err)
+	}
+	c.Close()
+	// go-stomp escapes ':' again on the way out.
+	if s.subDest != `/queue/assigned\c7` || s.replyTo != `/queue/assigned\c7` || s.connectDest != "/queue/assigned:7" {
+		t.Fatalf("%+v", s)
 	}
 }

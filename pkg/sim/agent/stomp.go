@@ -1,9 +1,11 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,7 +18,9 @@ import (
 type STOMPConfig struct {
 	Server string // host:port, e.g. 127.0.0.1:61613; required
 	// Destination is the agent's own destination
-	// (Device.LocalAgent.MTP.{i}.STOMP.Destination); required.
+	// (Device.LocalAgent.MTP.{i}.STOMP.Destination). A subscribe-dest
+	// header in CONNECTED overrides it; with neither, Dial fails
+	// (usp.md §8.3).
 	Destination string
 	// ControllerDestination is where agent-originated records go
 	// (Controller.{i}.MTP.{i}.STOMP.Destination); required.
@@ -32,8 +36,8 @@ type STOMPConfig struct {
 // id:0, sends the STOMPConnectRecord, then serves the agent until Close.
 // go-stomp escapes header values itself (":" → "\c", usp.md §8.3).
 func DialSTOMP(ctx context.Context, a *Agent, cfg STOMPConfig) (*Client, error) {
-	if cfg.Server == "" || cfg.Destination == "" || cfg.ControllerDestination == "" {
-		return nil, errors.New("agent: STOMPConfig.Server, Destination and ControllerDestination are required")
+	if cfg.Server == "" || cfg.ControllerDestination == "" {
+		return nil, errors.New("agent: STOMPConfig.Server and ControllerDestination are required")
 	}
 	if cfg.VirtualHost == "" {
 		cfg.VirtualHost = "/"
@@ -79,7 +83,8 @@ func dialSTOMP(ctx context.Context, a *Agent, cfg STOMPConfig) (session, error) 
 		_ = nc.SetDeadline(dl)
 	}
 	eid := a.EndpointID()
-	conn, err := stomp.Connect(nc,
+	sn := &connectedSniffer{Conn: nc}
+	conn, err := stomp.Connect(sn,
 		stomp.ConnOpt.UseStomp,
 		stomp.ConnOpt.AcceptVersion(stomp.V12),
 		stomp.ConnOpt.Host(cfg.VirtualHost),
@@ -93,6 +98,15 @@ func dialSTOMP(ctx context.Context, a *Agent, cfg STOMPConfig) (session, error) 
 		return nil, err
 	}
 	_ = nc.SetDeadline(time.Time{})
+	// The server may assign the destination; the client must then use it
+	// (usp.md §8.3, DestinationFromServer).
+	if d := sn.header(usp.STOMPSubscribeDestHdr); d != "" {
+		cfg.Destination = d
+	}
+	if cfg.Destination == "" {
+		conn.MustDisconnect()
+		return nil, errors.New("agent: no STOMP destination: set STOMPConfig.Destination or use a server sending subscribe-dest")
+	}
 	sub, err := conn.Subscribe(cfg.Destination, stomp.AckAuto, stomp.SubscribeOpt.Id("0"))
 	if err != nil {
 		conn.MustDisconnect()
@@ -146,3 +160,52 @@ func (quietLogger) Debug(string)                    {}
 func (quietLogger) Info(string)                     {}
 func (quietLogger) Warning(string)                  {}
 func (quietLogger) Error(string)                    {}
+
+// connectedSniffer keeps the first frame the server sends (CONNECTED):
+// go-stomp parses it but does not expose its headers, and subscribe-dest
+// is one of them.
+type connectedSniffer struct {
+	net.Conn
+	mu   sync.Mutex
+	buf  []byte
+	done bool
+}
+
+func (c *connectedSniffer) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.mu.Lock()
+	if !c.done {
+		if i := bytes.IndexByte(p[:n], 0); i >= 0 {
+			c.buf, c.done = append(c.buf, p[:i]...), true
+		} else if c.buf = append(c.buf, p[:n]...); len(c.buf) > 64<<10 {
+			c.done = true // no frame header is this long; stop keeping bytes
+		}
+	}
+	c.mu.Unlock()
+	return n, err
+}
+
+// header returns the first value of name in the CONNECTED frame, unescaped
+// (STOMP 1.2: the first occurrence of a repeated header wins).
+func (c *connectedSniffer) header(name string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	head, _, _ := strings.Cut(strings.TrimLeft(string(c.buf), "\r\n"), "\n\n")
+	lines := strings.Split(head, "\n")
+	if len(lines) == 0 || strings.TrimSuffix(lines[0], "\r") != "CONNECTED" {
+		return ""
+	}
+	for _, l := range lines[1:] {
+		k, v, ok := strings.Cut(strings.TrimSuffix(l, "\r"), ":")
+		if !ok {
+			continue
+		}
+		if k, err := usp.STOMPUnescapeHeader(k); err != nil || k != name {
+			continue
+		}
+		if v, err := usp.STOMPUnescapeHeader(v); err == nil {
+			return v
+		}
+	}
+	return ""
+}
