@@ -42,13 +42,13 @@ func (m *loopMTP) Send(_ context.Context, to Address, record []byte) error {
 }
 
 type fixture struct {
-	t   *testing.T
+	t   testing.TB
 	ep  *Endpoint
 	bus *bus.Bus
 	mtp *loopMTP
 }
 
-func newFixture(t *testing.T, mod ...func(*Options)) *fixture {
+func newFixture(t testing.TB, mod ...func(*Options)) *fixture {
 	t.Helper()
 	b, _ := bustest.Start(t)
 	o := Options{EndpointID: "self::duet-test", Bus: b, RequestTimeout: 5 * time.Second, AdapterID: "test"}

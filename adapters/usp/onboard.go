@@ -181,6 +181,6 @@ func (e *Endpoint) onboard(ctx context.Context, eid string) error {
 			e.log.Warn("agent refused a subscription", "device", eid, "err_code", f.GetErrCode(), "err", f.GetErrMsg())
 		}
 	}
-	e.log.Info("usp subscriptions created", "device", eid, "count", len(create), "took", time.Since(start))
+	e.log.Debug("usp subscriptions created", "device", eid, "count", len(create), "took", time.Since(start))
 	return nil
 }

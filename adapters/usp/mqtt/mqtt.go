@@ -48,7 +48,12 @@ type Options struct {
 	// "<Topic>/reply/<ClientID>" with SharedGroup (answers must come back
 	// to the process that asked).
 	ReplyTopic string
-	// QoS of our subscriptions and publishes: 0 or 1 (usp.md §8.2). Default 1.
+	// QoS of our subscriptions and publishes: 0 or 1 (usp.md §8.2).
+	// Default 0, like obuspa's PublishQoS. USP retries on its own (request
+	// timeouts, NotifRetry), and QoS 1 costs ~44 ms per round trip on a
+	// Mosquitto with its default set_tcp_nodelay false: the broker's Nagle
+	// holds our answer behind the PUBACK it just sent until our delayed ACK
+	// (BenchmarkGetRoundTripMosquittoQoS1).
 	QoS *byte
 	// ConnectTimeout bounds Start's wait for the first connection. Default 10 s.
 	ConnectTimeout time.Duration
@@ -100,7 +105,7 @@ func New(opts Options) (*Transport, error) {
 			opts.ReplyTopic = opts.Topic + "/reply/" + opts.ClientID
 		}
 	}
-	var qos byte = 1
+	var qos byte
 	if opts.QoS != nil {
 		qos = *opts.QoS
 	}

@@ -48,6 +48,9 @@ type Options struct {
 	Logger       *slog.Logger
 }
 
+// probeContentType marks the message that confirms our subscription.
+const probeContentType = "application/x-duet-subscribe-probe"
+
 // Transport is the STOMP MTP.
 type Transport struct {
 	opts Options
@@ -161,6 +164,15 @@ func (t *Transport) connect(ctx context.Context) (*gostomp.Conn, *gostomp.Subscr
 	if err != nil {
 		_ = conn.Disconnect()
 		return nil, nil, fmt.Errorf("usp/stomp: subscribe %s on %s: %w", dest, t.opts.BrokerAddr, err)
+	}
+	// go-stomp cannot ask for a RECEIPT on SUBSCRIBE. A SEND with a receipt
+	// behind it proves the broker processed the SUBSCRIBE (frames of one
+	// connection are handled in order), so Start returns only once records
+	// can arrive: with /topic/ destinations anything sent earlier is lost.
+	// The probe's content type is not USP, so every reader ignores it.
+	if err := conn.Send(dest, probeContentType, nil, gostomp.SendOpt.Receipt); err != nil {
+		_ = conn.MustDisconnect()
+		return nil, nil, fmt.Errorf("usp/stomp: confirm subscription to %s on %s: %w", dest, t.opts.BrokerAddr, err)
 	}
 	t.mu.Lock()
 	t.conn = conn

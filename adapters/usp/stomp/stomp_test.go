@@ -101,13 +101,18 @@ type stompAgent struct {
 func startAgent(t testing.TB, addr, ctrlID, ctrlDest, eid, prefix string) *stompAgent {
 	t.Helper()
 	conn, err := gostomp.Dial("tcp", addr, gostomp.ConnOpt.UseStomp, gostomp.ConnOpt.Login("guest", "guest"), gostomp.ConnOpt.Host("/"),
-		gostomp.ConnOpt.Header(pkgusp.STOMPEndpointIDHeader, eid))
+		gostomp.ConnOpt.Header(pkgusp.STOMPEndpointIDHeader, eid), gostomp.ConnOpt.Logger(quietLogger{usptest.Discard}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	sa := &stompAgent{Agent: testagent.New(eid, ctrlID), conn: conn, dest: prefix + "agent-" + bus.NewID()[:12]}
 	sub, err := conn.Subscribe(sa.dest, gostomp.AckAuto)
 	if err != nil {
+		t.Fatal(err)
+	}
+	// Make sure the broker has our SUBSCRIBE before telling the controller
+	// where we are (the same receipt trick as the transport).
+	if err := conn.Send(sa.dest, probeContentType, nil, gostomp.SendOpt.Receipt); err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
@@ -117,6 +122,9 @@ func startAgent(t testing.TB, addr, ctrlID, ctrlDest, eid, prefix string) *stomp
 		for m := range sub.C {
 			if m.Err != nil {
 				return
+			}
+			if m.ContentType == probeContentType {
+				continue
 			}
 			if m.ContentType != pkgusp.STOMPContentType {
 				sa.noCT.Add(1)

@@ -5,6 +5,8 @@ package usptest
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"sort"
 	"sync"
 	"testing"
@@ -132,3 +134,31 @@ func Latencies(d []time.Duration) (p50, p99 time.Duration) {
 	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
 	return d[len(d)/2], d[min(len(d)-1, len(d)*99/100)]
 }
+
+// BenchGet issues b.N Gets, round-robin over the agents, one at a time, and
+// reports the full round trip (bus request -> adapter -> MTP -> agent and
+// back) as p50/p99 in microseconds plus requests/s.
+func BenchGet(b *testing.B, bs *bus.Bus, ids []string) {
+	b.Helper()
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		res, err := Do(bs, ids[i%len(ids)], &duetv1.Command{Op: &duetv1.Command_Get{Get: &duetv1.GetRequest{Paths: []string{"Device.DeviceInfo.SoftwareVersion"}}}})
+		if err != nil || res.GetError() != nil || len(res.GetGet().GetParams()) != 1 {
+			b.Fatalf("get: %v %v", res, err)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	p50, p99 := Latencies(lat)
+	b.ReportMetric(float64(p50.Microseconds()), "p50-µs")
+	b.ReportMetric(float64(p99.Microseconds()), "p99-µs")
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "req/s")
+	b.ReportMetric(float64(len(ids)), "agents")
+}
+
+// Discard is a logger for benchmarks.
+var Discard = slog.New(slog.NewTextHandler(io.Discard, nil))
