@@ -480,4 +480,3 @@ func (e *Endpoint) getSupportedDM(ctx context.Context, eid string, req *duetv1.G
 	}
 	return &duetv1.CommandResult{Result: &duetv1.CommandResult_GetSupportedDm{GetSupportedDm: out}}, nil
 }
-

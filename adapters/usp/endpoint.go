@@ -18,8 +18,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/protobuf/proto"
-
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	pkgusp "github.com/duet-dm/duet/pkg/usp"
@@ -293,8 +291,14 @@ func (e *Endpoint) endSession(s *session, why string) {
 	}
 	if s.sub != nil {
 		// Stop waits for running handlers; they finish promptly because
-		// their requests were just failed.
-		go s.sub.Stop()
+		// their requests were just failed. Not in the receive path: owned
+		// by e.wg, which Shutdown waits for (no new session starts after
+		// closed is set, so Add never races the final Wait).
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			s.sub.Stop()
+		}()
 	}
 }
 
@@ -322,6 +326,7 @@ const (
 	DropBadFromID       = "bad_from_id"
 	DropEIDMismatch     = "eid_mismatch"
 	DropNoRecordType    = "no_record_type"
+	DropInvalidRecord   = "invalid_record"
 	DropSessionContext  = "session_context"
 	DropPayloadSecurity = "payload_security"
 	DropBadPayload      = "bad_payload"
@@ -346,17 +351,40 @@ func (e *Endpoint) HandleRecord(mtp MTP, from Address, data []byte) error {
 	if len(data) > MaxRecordBytes {
 		return e.drop(mtp, DropTooLarge, fmt.Errorf("%d bytes", len(data)))
 	}
-	rec := &usprecord.Record{}
-	if err := proto.Unmarshal(data, rec); err != nil {
-		// [R-MTP.5] a record we cannot parse has no readable msg_id: drop.
-		e.log.Warn("undecodable usp record", "mtp", mtp.Name(), "from", from.reachability(), "bytes", len(data), "err", err)
-		return e.drop(mtp, DropGarbage, err)
+	// pkg/usp validates the record and its message (usp.md §3, R-E2E.1,
+	// R-E2E.26, R-E2E.41, R-MSG.10, one member per oneof).
+	rec, err := pkgusp.ParseRecord(data, e.id)
+	if err != nil {
+		var pe *pkgusp.ParseError
+		if !errors.As(err, &pe) {
+			return e.drop(mtp, DropGarbage, err)
+		}
+		switch {
+		case errors.Is(err, pkgusp.ErrWrongRecipient):
+			// [R-E2E.1] drop any record not addressed to us.
+			return e.drop(mtp, DropWrongToID, err, "device", pe.FromID)
+		case errors.Is(err, pkgusp.ErrSessionContext):
+			// E2E sessions are not supported (usp.md §3.4).
+			return e.drop(mtp, DropSessionContext, err, "device", pe.FromID)
+		case pe.Code == pkgusp.ErrCodeRecordNotParsed:
+			e.log.Warn("undecodable usp record", "mtp", mtp.Name(), "from", from.reachability(), "bytes", len(data), "err", err)
+			return e.drop(mtp, DropGarbage, err)
+		}
+		if from.EndpointID != "" && pe.FromID != "" && from.EndpointID != pe.FromID {
+			return e.drop(mtp, DropEIDMismatch, err, "device", pe.FromID)
+		}
+		// [R-MTP.5] answer with an Error only when from_id is valid, to_id
+		// ours, the record holds a Request whose msg_id we read, and a
+		// return path is known (replyError checks the last one).
+		if pe.Replyable && devicemodel.ValidateDeviceID(pe.FromID) == nil {
+			e.replyError(mtp, from, pe.FromID, pe.MsgID, pe.Code, pe.Reason)
+		}
+		if errors.Is(err, pkgusp.ErrInvalidMsg) {
+			return e.drop(mtp, DropBadPayload, err, "device", pe.FromID)
+		}
+		return e.drop(mtp, DropInvalidRecord, err, "device", pe.FromID)
 	}
-	// [R-E2E.1] drop any record not addressed to us.
-	if rec.GetToId() != e.id {
-		return e.drop(mtp, DropWrongToID, fmt.Errorf("to_id %q", rec.GetToId()), "device", rec.GetFromId())
-	}
-	eid := rec.GetFromId()
+	eid := rec.FromID
 	if err := devicemodel.ValidateDeviceID(eid); err != nil {
 		return e.drop(mtp, DropBadFromID, err)
 	}
@@ -370,41 +398,25 @@ func (e *Endpoint) HandleRecord(mtp MTP, from Address, data []byte) error {
 	if closed {
 		return e.drop(mtp, DropClosed, nil)
 	}
-	switch rt := rec.GetRecordType().(type) {
-	case *usprecord.Record_MqttConnect:
+	switch rec.Kind {
+	case pkgusp.RecordMQTTConnect:
 		if from.Reply == "" {
-			from.Reply = rt.MqttConnect.GetSubscribedTopic()
+			from.Reply = rec.SubscribedTopic
 		}
-		from.MQTT311 = from.MQTT311 || rt.MqttConnect.GetVersion() == usprecord.MQTTConnectRecord_V3_1_1
+		from.MQTT311 = from.MQTT311 || rec.MQTTVersion == usprecord.MQTTConnectRecord_V3_1_1
 		e.touch(mtp, eid, from)
-	case *usprecord.Record_StompConnect:
+	case pkgusp.RecordSTOMPConnect:
 		if from.Reply == "" {
-			from.Reply = rt.StompConnect.GetSubscribedDestination()
+			from.Reply = rec.SubscribedDestination
 		}
 		e.touch(mtp, eid, from)
-	case *usprecord.Record_WebsocketConnect, *usprecord.Record_UdsConnect:
+	case pkgusp.RecordWebSocketConnect, pkgusp.RecordUDSConnect:
 		e.touch(mtp, eid, from)
-	case *usprecord.Record_Disconnect:
+	case pkgusp.RecordDisconnect:
 		// usp.md §3.3: forget all session state for the endpoint.
-		e.forget(mtp, eid, fmt.Sprintf("disconnect record: %s (%d)", rt.Disconnect.GetReason(), rt.Disconnect.GetReasonCode()))
-	case *usprecord.Record_SessionContext:
-		// E2E sessions are not supported (usp.md §3.4). Without a session
-		// we cannot safely read the payload, so R-MTP.5 says drop.
-		return e.drop(mtp, DropSessionContext, nil, "device", eid)
-	case *usprecord.Record_NoSessionContext:
-		if rec.GetPayloadSecurity() != usprecord.Record_PLAINTEXT {
-			// [R-E2E.41] TLS12 only inside a session context.
-			return e.drop(mtp, DropPayloadSecurity, nil, "device", eid)
-		}
-		msg := &uspmsg.Msg{}
-		payload := rt.NoSessionContext.GetPayload()
-		if len(payload) == 0 {
-			return e.drop(mtp, DropBadPayload, errors.New("empty payload"), "device", eid)
-		}
-		if err := proto.Unmarshal(payload, msg); err != nil {
-			return e.drop(mtp, DropBadPayload, err, "device", eid)
-		}
-		return e.handleMsg(mtp, from, eid, msg)
+		e.forget(mtp, eid, fmt.Sprintf("disconnect record: %s (%d)", rec.DisconnectReason, rec.DisconnectCode))
+	case pkgusp.RecordMsg:
+		return e.handleMsg(mtp, from, eid, rec.Msg)
 	default:
 		return e.drop(mtp, DropNoRecordType, nil, "device", eid)
 	}
@@ -524,7 +536,7 @@ func (e *Endpoint) handleMsg(mtp MTP, from Address, eid string, msg *uspmsg.Msg)
 		// Register/Deregister and Controller-bound Get/Set... are not
 		// served by a device-management Controller (usp.md §4.12): answer
 		// 7001 since every R-MTP.5 condition holds.
-		e.replyError(mtp, eid, msgID, 7001, "message not supported by this controller")
+		e.replyError(mtp, from, eid, msgID, pkgusp.ErrCodeMessageNotSupported, "message not supported by this controller")
 		return nil
 	default:
 		return e.drop(mtp, DropBadPayload, errors.New("msg without body"), "device", eid)
@@ -550,8 +562,11 @@ func (e *Endpoint) currentAddr(eid string, mtp MTP, from Address) (MTP, Address)
 	return mtp, from
 }
 
-func (e *Endpoint) replyError(mtp MTP, eid, msgID string, code uint32, text string) {
-	m, addr := e.currentAddr(eid, mtp, Address{})
+func (e *Endpoint) replyError(mtp MTP, from Address, eid, msgID string, code uint32, text string) {
+	m, addr := e.currentAddr(eid, mtp, from)
+	if addr.Reply == "" && addr.EndpointID == "" {
+		return // no return path: drop silently [R-MTP.5]
+	}
 	msg := &uspmsg.Msg{
 		Header: &uspmsg.Header{MsgId: msgID, MsgType: uspmsg.Header_ERROR},
 		Body:   &uspmsg.Body{MsgBody: &uspmsg.Body_Error{Error: &uspmsg.Error{ErrCode: code, ErrMsg: text}}},

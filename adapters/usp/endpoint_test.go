@@ -221,10 +221,32 @@ func TestBadRecordsAreDroppedAndCounted(t *testing.T) {
 		return len(es) == 1 && es[0].GetHeader().GetMsgId() == "reg-1" && es[0].GetBody().GetError().GetErrCode() == 7001
 	})
 
+	// A Request the parser refuses but whose msg_id it read gets an Error
+	// (R-MTP.5); one without a msg_id gets nothing.
+	bad := &uspmsg.Msg{Header: &uspmsg.Header{MsgId: "bad-1", MsgType: uspmsg.Header_GET}, Body: &uspmsg.Body{MsgBody: &uspmsg.Body_Request{Request: &uspmsg.Request{}}}}
+	if err := a.SendMsg(bad); !errors.As(err, &re) || re.Reason != DropBadPayload {
+		t.Fatalf("invalid request: %v", err)
+	}
+	checkFor(t, "error reply to an invalid request", func() bool {
+		for _, m := range a.Errors() {
+			if m.GetHeader().GetMsgId() == "bad-1" && m.GetBody().GetError().GetErrCode() != 0 {
+				return true
+			}
+		}
+		return false
+	})
+	noID := &uspmsg.Msg{Header: &uspmsg.Header{}, Body: &uspmsg.Body{MsgBody: &uspmsg.Body_Request{Request: &uspmsg.Request{}}}}
+	if err := a.SendMsg(noID); !errors.As(err, &re) {
+		t.Fatalf("request without msg_id: %v", err)
+	}
+
 	// Nothing else is affected.
 	res := f.mustDo(a.ID, &duetv1.Command{Op: &duetv1.Command_Get{Get: &duetv1.GetRequest{Paths: []string{"Device.DeviceInfo.ModelName"}}}})
 	if res.GetGet().GetParams()[0].GetValue() != "TA-1" {
 		t.Fatal(res)
+	}
+	if n := len(a.Errors()); n != 2 {
+		t.Fatalf("%d Error replies, want 2 (Register and the invalid Get)", n)
 	}
 }
 

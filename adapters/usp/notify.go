@@ -124,7 +124,7 @@ func (e *Endpoint) handleNotify(mtp MTP, from Address, eid, msgID string, n *usp
 		e.notifies.remove(key)
 		e.mu.Unlock()
 		// R-MTP.5 conditions hold; 7004 for a malformed oneof (usp.md §6.1).
-		e.replyError(mtp, eid, msgID, pkgusp.ErrCodeInvalidArguments, "notify without notification")
+		e.replyError(mtp, from, eid, msgID, pkgusp.ErrCodeInvalidArguments, "notify without notification")
 		return
 	}
 	events, kind := e.notifyEvents(eid, n)

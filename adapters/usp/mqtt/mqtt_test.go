@@ -381,4 +381,3 @@ func TestMQTT311AgentThroughMosquitto(t *testing.T) {
 		}
 	}
 }
-

@@ -327,7 +327,7 @@ func (t *Transport) serveConn(c *conn) {
 		var re *usp.RecordError
 		if errors.As(err, &re) {
 			switch re.Reason {
-			case usp.DropGarbage, usp.DropEIDMismatch, usp.DropBadFromID, usp.DropTooLarge:
+			case usp.DropGarbage, usp.DropInvalidRecord, usp.DropEIDMismatch, usp.DropBadFromID, usp.DropTooLarge:
 				// usp.md §8.4: a bad record closes with 1003.
 				metricRejected.WithLabelValues("bad_record").Inc()
 				c.close(websocket.CloseUnsupportedData, re.Reason, t.opts.WriteTimeout)

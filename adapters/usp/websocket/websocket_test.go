@@ -369,4 +369,3 @@ func selfSigned(t testing.TB, dir string) (certFile, keyFile string, pool *x509.
 	pool.AddCert(cert)
 	return certFile, keyFile, pool
 }
-
