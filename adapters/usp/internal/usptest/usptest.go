@@ -1,5 +1,7 @@
 // Package usptest holds the test harness the transport packages share: an
-// Endpoint on an embedded NATS, an event watcher and command helpers.
+// Endpoint on an embedded NATS, an event watcher, command helpers and the
+// pkg/sim/agent interop scenario. Only _test.go files import it; it is
+// internal so nothing outside adapters/usp can.
 package usptest
 
 import (
