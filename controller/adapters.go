@@ -12,23 +12,33 @@ import (
 // the CWMP adapter's "what should this device do now" and credential
 // lookups.
 //
-// The task queue that fills SessionWork and the per-device credential store
-// are not built yet (issue 5); until then every session is told there is
-// nothing to do and every credential lookup answers "not found", which the
-// CWMP adapter's per-device mode treats as an authentication failure.
+// SessionWork comes from the TaskQueue (nothing to do without one). The
+// per-device credential store is not built yet (issue 5 §6); until then
+// every credential lookup answers "not found", which the CWMP adapter's
+// per-device mode treats as an authentication failure.
 type AdapterDesk struct {
 	subs []*bus.Subscription
 }
 
 // StartAdapterDesk subscribes the desk's handlers in queue groups, so
 // controller replicas share the load.
-func StartAdapterDesk(b *bus.Bus, log *slog.Logger) (*AdapterDesk, error) {
+func StartAdapterDesk(b *bus.Bus, tasks *TaskQueue, log *slog.Logger) (*AdapterDesk, error) {
 	if log == nil {
 		log = slog.Default()
 	}
 	d := &AdapterDesk{}
 	work, err := b.ServeWork("duet-controller", func(ctx context.Context, req *duetv1.SessionWorkRequest) (*duetv1.SessionWork, error) {
-		return &duetv1.SessionWork{}, nil
+		if tasks == nil {
+			return &duetv1.SessionWork{}, nil
+		}
+		w, err := tasks.SessionWork(ctx, req)
+		if err != nil {
+			// The adapter ends the session on an error; the device's
+			// tasks stay queued for its next one.
+			log.Error("session work failed", "device", req.GetDeviceId(), "session", req.GetSessionId(), "err", err)
+			return nil, err
+		}
+		return w, nil
 	})
 	if err != nil {
 		return nil, err

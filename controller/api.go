@@ -37,6 +37,8 @@ type APIOptions struct {
 	Store *store.Store
 	// Tokens authenticates requests; default Store.
 	Tokens TokenFinder
+	// Tasks serves the task routes; without it they are not offered.
+	Tasks  *TaskQueue
 	Logger *slog.Logger
 }
 
@@ -52,6 +54,13 @@ func NewAPI(o APIOptions) *API {
 	a.handler = authenticate(o.Tokens, a.mux)
 	a.route("GET /api/v1/devices", a.listDevices)
 	a.route("GET /api/v1/devices/{id}", a.getDevice)
+	if o.Tasks != nil {
+		a.route("POST /api/v1/devices/{id}/tasks", a.createTask)
+		a.route("GET /api/v1/devices/{id}/tasks", a.listTasks)
+		a.route("GET /api/v1/tasks/{id}", a.getTask)
+		a.route("DELETE /api/v1/tasks/{id}", a.cancelTask)
+		a.route("POST /api/v1/tasks/{id}/retry", a.retryTask)
+	}
 	a.mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, devicemodel.Errorf(devicemodel.CodeNotFound, "no route %s %s", r.Method, r.URL.Path))
 	})

@@ -63,7 +63,11 @@ type RegistryOptions struct {
 	// commits slower than this is delivered twice, which is harmless
 	// (applying is idempotent).
 	AckWait time.Duration
-	Logger  *slog.Logger
+	// Tasks, when set, gets the command results the events carry (before
+	// the batch is acknowledged, so none is lost) and the devices that
+	// were seen (their waiting tasks are delivered).
+	Tasks  *TaskQueue
+	Logger *slog.Logger
 }
 
 // Registry consumes device events into the device registry.
@@ -178,8 +182,11 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	obs := make([]store.Observation, 0, len(msgs))
 	good := make([]jetstream.Msg, 0, len(msgs))
 	kinds := make([]string, 0, len(msgs))
+	var results []*duetv1.CommandResult
+	var seen []string
+	seenSet := map[string]bool{}
 	for _, m := range msgs {
-		o, err := decodeObservation(m)
+		o, ev, err := decodeObservation(m)
 		if err != nil {
 			reason := "invalid"
 			var d *decodeError
@@ -195,6 +202,16 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 		obs = append(obs, o)
 		good = append(good, m)
 		kinds = append(kinds, o.Kind)
+		if cr := ev.GetCommandResult(); cr != nil {
+			if cr.DeviceId == "" {
+				cr.DeviceId = o.Device.ID
+			}
+			results = append(results, cr)
+		}
+		if o.Online && !seenSet[o.Device.ID] {
+			seenSet[o.Device.ID] = true
+			seen = append(seen, o.Device.ID)
+		}
 	}
 	if len(obs) == 0 {
 		return nil
@@ -207,6 +224,11 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	if err := r.o.Store.ApplyObservations(cctx, obs); err != nil {
 		return err
 	}
+	if r.o.Tasks != nil {
+		if err := r.o.Tasks.Results(cctx, results); err != nil {
+			return fmt.Errorf("task results: %w", err)
+		}
+	}
 	metricApplySeconds.Observe(time.Since(start).Seconds())
 	metricBatchSize.Observe(float64(len(obs)))
 	for i, m := range good {
@@ -215,6 +237,9 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 		}
 		metricEventsApplied.WithLabelValues(kinds[i]).Inc()
 	}
+	if r.o.Tasks != nil {
+		r.o.Tasks.DevicesSeen(cctx, seen)
+	}
 	return nil
 }
 
@@ -222,11 +247,16 @@ type decodeError struct{ err error }
 
 func (e *decodeError) Error() string { return "undecodable payload: " + e.err.Error() }
 
-func decodeObservation(m jetstream.Msg) (store.Observation, error) {
+func decodeObservation(m jetstream.Msg) (store.Observation, *duetv1.Event, error) {
 	ev := &duetv1.Event{}
 	if err := proto.Unmarshal(m.Data(), ev); err != nil {
-		return store.Observation{}, &decodeError{err}
+		return store.Observation{}, nil, &decodeError{err}
 	}
+	o, err := observationOf(m, ev)
+	return o, ev, err
+}
+
+func observationOf(m jetstream.Msg, ev *duetv1.Event) (store.Observation, error) {
 	p, id, kind, err := bus.ParseEventSubject(m.Subject())
 	if err != nil {
 		return store.Observation{}, err

@@ -26,6 +26,7 @@ import (
 type env struct {
 	bus   *bus.Bus
 	store *store.Store
+	tasks *controller.TaskQueue
 	api   *httptest.Server
 	token string // an admin token
 }
@@ -34,13 +35,34 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	b, _ := bustest.Start(t)
 	s, _ := storetest.Open(t)
-	api := httptest.NewServer(controller.NewAPI(controller.APIOptions{Store: s}))
+	e := &env{bus: b, store: s}
+	e.startTasks(t)
+	api := httptest.NewServer(controller.NewAPI(controller.APIOptions{Store: s, Tasks: e.tasks}))
 	t.Cleanup(api.Close)
 	_, tok, err := s.CreateToken(context.Background(), "test admin", store.RoleAdmin)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{bus: b, store: s, api: api, token: tok}
+	e.api, e.token = api, tok
+	return e
+}
+
+// startTasks (re)starts the task queue, as a controller start does.
+func (e *env) startTasks(t *testing.T) *controller.TaskQueue {
+	t.Helper()
+	q, err := controller.NewTaskQueue(controller.TaskQueueOptions{Store: e.store, Bus: e.bus,
+		SweepInterval: 100 * time.Millisecond, CommandTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(q.Stop)
+	if e.tasks == nil {
+		e.tasks = q
+	}
+	return q
 }
 
 // get is http.Get on the API with the admin token.
@@ -69,7 +91,7 @@ func (e *env) doAs(token, method, path, body string) (*http.Response, error) {
 
 func (e *env) startRegistry(t *testing.T) *controller.Registry {
 	t.Helper()
-	r, err := controller.NewRegistry(context.Background(), controller.RegistryOptions{Bus: e.bus, Store: e.store})
+	r, err := controller.NewRegistry(context.Background(), controller.RegistryOptions{Bus: e.bus, Store: e.store, Tasks: e.tasks})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -156,20 +156,30 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			// shipped elsewhere); only its hash is stored.
 			fmt.Fprintf(m.Stdout, "\nNo API token existed, so an admin token was created. It is shown only now:\n\n  %s\n\nUse it as \"Authorization: Bearer <token>\"; manage tokens with \"duet token\".\n\n", adminToken)
 		}
-		reg, err := controller.NewRegistry(ctx, controller.RegistryOptions{Bus: b, Store: st, Logger: log})
+		tasks, err := controller.NewTaskQueue(controller.TaskQueueOptions{Store: st, Bus: b, Logger: log})
+		if err != nil {
+			_ = hl.Close()
+			return err
+		}
+		if err := tasks.Start(ctx); err != nil {
+			_ = hl.Close()
+			return err
+		}
+		started.push(func(context.Context) { tasks.Stop() })
+		reg, err := controller.NewRegistry(ctx, controller.RegistryOptions{Bus: b, Store: st, Tasks: tasks, Logger: log})
 		if err != nil {
 			_ = hl.Close()
 			return err
 		}
 		reg.Start()
 		started.push(func(context.Context) { reg.Stop() })
-		desk, err := controller.StartAdapterDesk(b, log)
+		desk, err := controller.StartAdapterDesk(b, tasks, log)
 		if err != nil {
 			_ = hl.Close()
 			return err
 		}
 		started.push(func(context.Context) { desk.Stop() })
-		mux.Handle("/api/v1/", controller.NewAPI(controller.APIOptions{Store: st, Logger: log}))
+		mux.Handle("/api/v1/", controller.NewAPI(controller.APIOptions{Store: st, Tasks: tasks, Logger: log}))
 	}
 
 	if comps["cwmp"] {

@@ -1,0 +1,576 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/duet-dm/duet/pkg/bus"
+	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/store"
+	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
+)
+
+var (
+	metricTasksCreated = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "duet_tasks_created_total",
+		Help: "Tasks created, by operation.",
+	}, []string{"operation"})
+	metricTasksDispatched = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "duet_tasks_dispatched_total",
+		Help: "Task dispatches, by protocol.",
+	}, []string{"protocol"})
+	metricTasksFinished = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "duet_tasks_finished_total",
+		Help: "Tasks that reached a final state, by state (succeeded, failed, expired, cancelled).",
+	}, []string{"state"})
+	metricTasksRequeued = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "duet_tasks_requeued_total",
+		Help: "Dispatched tasks put back in the queue because their command was never delivered.",
+	})
+	metricTaskKicksDropped = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "duet_tasks_kicks_dropped_total",
+		Help: "USP dispatch wake-ups dropped because the bounded wake-up queue was full (the periodic sweep picks the device up).",
+	})
+	metricConnReqs = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "duet_tasks_connection_requests_total",
+		Help: "Connection requests sent to wake CWMP devices for their tasks, by outcome (sent, failed, skipped).",
+	}, []string{"outcome"})
+)
+
+// TaskQueueOptions configure NewTaskQueue.
+type TaskQueueOptions struct {
+	Store *store.Store
+	Bus   *bus.Bus
+	// Workers is how many USP devices get commands at once. Default 64.
+	Workers int
+	// MaxPendingWakeups bounds the queue of USP devices waiting for a
+	// worker; past it wake-ups are dropped (metric) and the periodic
+	// sweep finds the device. Default 10000.
+	MaxPendingWakeups int
+	// CommandTimeout bounds the wait for a USP device's answer. Default 60 s.
+	CommandTimeout time.Duration
+	// SweepInterval is how often queued tasks are expired and online USP
+	// devices with queued tasks are re-examined. Default 5 s.
+	SweepInterval time.Duration
+	// MaxAttempts is how often an idempotent task whose outcome was lost
+	// is re-sent before it fails. Default 3.
+	MaxAttempts int
+	// MaxConnectionRequests bounds concurrent connection requests; past it
+	// a task waits for the device's next inform. Default 32.
+	MaxConnectionRequests int
+	Logger                *slog.Logger
+}
+
+// TaskQueue dispatches tasks: to online USP devices at once through the
+// bus, to CWMP devices in the session that follows a connection request
+// (through the AdapterDesk's SessionWork). Its state is in PostgreSQL; the
+// in-memory parts (wake-ups, waiters) are only accelerators.
+type TaskQueue struct {
+	o   TaskQueueOptions
+	log *slog.Logger
+
+	wake chan string // USP devices to dispatch, each at most once (pending)
+	mu   sync.Mutex
+	// pending: in wake; running: a worker has it; again: woken while running;
+	// unreachable: the last dispatch found nobody serving the device, so
+	// the sweep leaves it alone until it is seen again (at most one entry
+	// per USP device with queued tasks).
+	pending, running, again, unreachable map[string]bool
+	waiters                              map[string][]chan struct{}
+
+	crSem chan struct{}
+
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	stopOnce sync.Once
+}
+
+// NewTaskQueue checks options; Start runs it.
+func NewTaskQueue(o TaskQueueOptions) (*TaskQueue, error) {
+	if o.Store == nil || o.Bus == nil {
+		return nil, errors.New("controller: task queue needs a store and a bus")
+	}
+	if o.Workers <= 0 {
+		o.Workers = 64
+	}
+	if o.MaxPendingWakeups <= 0 {
+		o.MaxPendingWakeups = 10000
+	}
+	if o.CommandTimeout <= 0 {
+		o.CommandTimeout = 60 * time.Second
+	}
+	if o.SweepInterval <= 0 {
+		o.SweepInterval = 5 * time.Second
+	}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = 3
+	}
+	if o.MaxConnectionRequests <= 0 {
+		o.MaxConnectionRequests = 32
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &TaskQueue{
+		o: o, log: o.Logger.With("component", "tasks"),
+		wake:    make(chan string, o.MaxPendingWakeups),
+		pending: map[string]bool{}, running: map[string]bool{}, again: map[string]bool{}, unreachable: map[string]bool{},
+		waiters: map[string][]chan struct{}{},
+		crSem:   make(chan struct{}, o.MaxConnectionRequests),
+		ctx:     ctx, cancel: cancel,
+	}, nil
+}
+
+// Start recovers from the previous run and starts the workers and the
+// sweeper. A task found dispatched was in flight when the last controller
+// stopped: its result may still arrive (FinishTask accepts it), but until
+// then a non-idempotent one is failed as outcome_unknown and an
+// idempotent one is queued again. This assumes one controller owns the
+// queue; replicas would need a lease per dispatcher.
+func (q *TaskQueue) Start(ctx context.Context) error {
+	orphans, err := q.o.Store.DispatchedTasks(ctx, "")
+	if err != nil {
+		return err
+	}
+	for _, t := range orphans {
+		q.settle(ctx, t, nil, devicemodel.Errorf(devicemodel.CodeOutcomeUnknown, "the controller restarted while the task was in flight"))
+	}
+	if len(orphans) > 0 {
+		q.log.Warn("tasks in flight at the last stop", "count", len(orphans))
+	}
+	for i := 0; i < q.o.Workers; i++ {
+		q.wg.Add(1)
+		go func() {
+			defer q.wg.Done()
+			q.work()
+		}()
+	}
+	q.wg.Add(1)
+	go func() {
+		defer q.wg.Done()
+		q.sweepLoop()
+	}()
+	q.rescan(ctx, nil, true)
+	return nil
+}
+
+// Stop stops the workers (a command in flight is abandoned: its task is
+// recovered at the next Start). Safe to call twice.
+func (q *TaskQueue) Stop() {
+	q.stopOnce.Do(func() {
+		q.cancel()
+		q.wg.Wait()
+	})
+}
+
+func (q *TaskQueue) sweepLoop() {
+	t := time.NewTicker(q.o.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-q.ctx.Done():
+			return
+		case <-t.C:
+		}
+		ids, err := q.o.Store.ExpireTasks(q.ctx)
+		if err != nil {
+			if q.ctx.Err() == nil {
+				q.log.Warn("expiring tasks failed", "err", err)
+			}
+			continue
+		}
+		for _, id := range ids {
+			metricTasksFinished.WithLabelValues(string(store.TaskExpired)).Inc()
+			q.notify(id)
+		}
+		q.rescan(q.ctx, nil, false)
+	}
+}
+
+// rescan wakes online USP devices with queued tasks (among ids, or all).
+// With wakeCWMP (start-up) it also sends connection requests to CWMP
+// devices whose tasks asked for one.
+func (q *TaskQueue) rescan(ctx context.Context, ids []string, wakeCWMP bool) {
+	devs, err := q.o.Store.DevicesWithQueuedTasks(ctx, ids)
+	if err != nil {
+		if ctx.Err() == nil {
+			q.log.Warn("scanning queued tasks failed", "err", err)
+		}
+		return
+	}
+	for _, d := range devs {
+		switch d.Protocol {
+		case devicemodel.ProtocolUSP:
+			if ids != nil {
+				q.reachable(d.ID)
+				q.kick(d.ID)
+			} else if d.Online && !q.isUnreachable(d.ID) {
+				q.kick(d.ID)
+			}
+		case devicemodel.ProtocolCWMP:
+			if wakeCWMP && d.WantsConnectionRequest {
+				q.wakeCWMP(d.ID, d.ConnectionRequestURL)
+			}
+		}
+	}
+}
+
+// DevicesSeen is called by the registry after it committed events: a
+// device that talked to us gets its waiting USP tasks now. CWMP devices
+// get theirs in the session they are in.
+func (q *TaskQueue) DevicesSeen(ctx context.Context, ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	q.rescan(ctx, ids, false)
+}
+
+func (q *TaskQueue) reachable(id string) {
+	q.mu.Lock()
+	delete(q.unreachable, id)
+	q.mu.Unlock()
+}
+
+func (q *TaskQueue) isUnreachable(id string) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.unreachable[id]
+}
+
+// kick asks a worker to dispatch the device's queued tasks.
+func (q *TaskQueue) kick(id string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.running[id] {
+		q.again[id] = true
+		return
+	}
+	if q.pending[id] {
+		return
+	}
+	select {
+	case q.wake <- id:
+		q.pending[id] = true
+	default:
+		metricTaskKicksDropped.Inc()
+	}
+}
+
+func (q *TaskQueue) work() {
+	for {
+		var id string
+		select {
+		case <-q.ctx.Done():
+			return
+		case id = <-q.wake:
+		}
+		q.mu.Lock()
+		delete(q.pending, id)
+		if q.running[id] {
+			q.again[id] = true
+			q.mu.Unlock()
+			continue
+		}
+		q.running[id] = true
+		q.mu.Unlock()
+		for {
+			q.dispatchUSP(id)
+			q.mu.Lock()
+			if q.again[id] && q.ctx.Err() == nil {
+				delete(q.again, id)
+				q.mu.Unlock()
+				continue
+			}
+			delete(q.again, id)
+			delete(q.running, id)
+			q.mu.Unlock()
+			break
+		}
+	}
+}
+
+// dispatchUSP sends the device's queued tasks one at a time, in order,
+// until none is left or the device cannot be reached.
+func (q *TaskQueue) dispatchUSP(id string) {
+	for q.ctx.Err() == nil {
+		t, ok, err := q.o.Store.ClaimNextTask(q.ctx, id, "usp")
+		if err != nil {
+			if q.ctx.Err() == nil {
+				q.log.Warn("claiming a task failed", "device", id, "err", err)
+			}
+			return
+		}
+		if !ok {
+			return
+		}
+		cmd := &duetv1.Command{}
+		if err := proto.Unmarshal(t.Command, cmd); err != nil {
+			q.settle(q.ctx, t, nil, devicemodel.Errorf(devicemodel.CodeInternal, "stored command is undecodable: %v", err))
+			continue
+		}
+		metricTasksDispatched.WithLabelValues(string(devicemodel.ProtocolUSP)).Inc()
+		rctx, cancel := context.WithTimeout(q.ctx, q.o.CommandTimeout)
+		res, err := q.o.Bus.Request(rctx, devicemodel.ProtocolUSP, cmd)
+		cancel()
+		if q.ctx.Err() != nil {
+			// Stopping: leave it dispatched; the next Start decides.
+			return
+		}
+		// Use a context that survives a Stop racing with us: the outcome
+		// is known now and must be recorded.
+		sctx, scancel := context.WithTimeout(context.WithoutCancel(q.ctx), 10*time.Second)
+		requeued := q.settle(sctx, t, res, err)
+		scancel()
+		if requeued && neverSent(err) {
+			q.mu.Lock()
+			q.unreachable[id] = true
+			q.mu.Unlock()
+		}
+		if requeued {
+			// Not reachable now; it is dispatched again when the device
+			// is next seen.
+			return
+		}
+	}
+}
+
+// neverSent reports whether a bus error proves the command did not reach
+// the device. The bus uses CodeUnavailable both for "nobody serves this
+// device" (NATS no responders) and for "the agent went away while we
+// waited"; only the former is safe to re-send a reboot after, so the
+// messages are told apart here.
+func neverSent(err error) bool {
+	switch devicemodel.ErrorCode(err) {
+	case devicemodel.CodeResourcesExceeded:
+		return true
+	case devicemodel.CodeUnavailable:
+		m := devicemodel.ErrorMessage(err)
+		return strings.Contains(m, "nobody serves") || strings.Contains(m, "is not connected") ||
+			strings.Contains(m, "no return address") || strings.Contains(m, "before the command ran")
+	}
+	return false
+}
+
+// settle records how a dispatched task ended: a result (res) or a
+// transport error (err). It returns true when the task went back to the
+// queue. The rules, so a non-idempotent task never runs twice:
+//   - never delivered (neverSent): back to the queue;
+//   - outcome unknown (timeout, a session or agent lost mid-command,
+//     a restart): a non-idempotent task fails as outcome_unknown; an
+//     idempotent one is queued again, up to MaxAttempts;
+//   - otherwise: succeeded, or failed with the device's fault.
+func (q *TaskQueue) settle(ctx context.Context, t store.Task, res *duetv1.CommandResult, err error) (requeued bool) {
+	if err == nil && res.GetError() != nil {
+		e := res.GetError()
+		err = &devicemodel.Error{Code: devicemodel.Code(e.GetCode()), Message: e.GetMessage(), DeviceFault: e.GetDeviceFault()}
+	}
+	code := devicemodel.ErrorCode(err)
+	unknown := code == devicemodel.CodeOutcomeUnknown || code == devicemodel.CodeTimeout ||
+		(code == devicemodel.CodeUnavailable && !neverSent(err))
+	switch {
+	case err != nil && neverSent(err), err != nil && unknown && !t.NonIdempotent && t.Attempts < q.o.MaxAttempts:
+		ok, rerr := q.o.Store.RequeueTask(ctx, t.ID, devicemodel.ErrorMessage(err), !neverSent(err))
+		if rerr != nil {
+			q.log.Error("requeueing a task failed", "task", t.ID, "device", t.DeviceID, "err", rerr)
+			return false
+		}
+		if ok {
+			metricTasksRequeued.Inc()
+			q.log.Debug("task requeued", "task", t.ID, "device", t.DeviceID, "why", devicemodel.ErrorMessage(err))
+		}
+		return ok
+	}
+	o := store.TaskOutcome{State: store.TaskSucceeded}
+	if res != nil {
+		b, merr := proto.Marshal(res)
+		if merr == nil {
+			o.Result = b
+		}
+	}
+	if err != nil {
+		o.State = store.TaskFailed
+		if unknown {
+			code = devicemodel.CodeOutcomeUnknown
+		}
+		o.ErrorCode = code.String()
+		o.ErrorMessage = devicemodel.ErrorMessage(err)
+		var de *devicemodel.Error
+		if errors.As(err, &de) {
+			o.DeviceFault = int(de.DeviceFault)
+		}
+	}
+	_, done, ferr := q.o.Store.FinishTask(ctx, t.ID, o)
+	if ferr != nil {
+		q.log.Error("recording a task's outcome failed", "task", t.ID, "device", t.DeviceID, "err", ferr)
+		return false
+	}
+	if done {
+		metricTasksFinished.WithLabelValues(string(o.State)).Inc()
+		q.notify(t.ID)
+	}
+	return false
+}
+
+// Results applies command results that arrived as command_result events
+// or in a SessionWorkRequest. A result whose command is not a task is
+// ignored.
+func (q *TaskQueue) Results(ctx context.Context, results []*duetv1.CommandResult) error {
+	for _, r := range results {
+		if r.GetCommandId() == "" {
+			continue
+		}
+		t, err := q.o.Store.FindTaskByID(ctx, r.GetCommandId())
+		if devicemodel.ErrorCode(err) == devicemodel.CodeNotFound {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if t.State != store.TaskDispatched && !(t.State == store.TaskFailed && t.ErrorCode == devicemodel.CodeOutcomeUnknown.String()) {
+			continue
+		}
+		if t.DeviceID != r.GetDeviceId() && r.GetDeviceId() != "" {
+			q.log.Warn("command result for a task of another device ignored", "task", t.ID, "device", r.GetDeviceId())
+			continue
+		}
+		q.settle(ctx, t, r, nil)
+	}
+	return nil
+}
+
+// SessionWork answers the CWMP adapter: it applies the previous round's
+// results, settles tasks of this device still dispatched without a
+// result (their session ended, or the adapter did not run them), and hands
+// out the next queued task, one per round so per-device order and "one in
+// flight" hold.
+func (q *TaskQueue) SessionWork(ctx context.Context, req *duetv1.SessionWorkRequest) (*duetv1.SessionWork, error) {
+	if err := q.Results(ctx, req.GetResults()); err != nil {
+		return nil, err
+	}
+	left, err := q.o.Store.DispatchedTasks(ctx, req.GetDeviceId())
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range left {
+		q.settle(ctx, t, nil, devicemodel.Errorf(devicemodel.CodeOutcomeUnknown, "no result came back from CWMP session %s", t.Session))
+	}
+	t, ok, err := q.o.Store.ClaimNextTask(ctx, req.GetDeviceId(), req.GetSessionId())
+	if err != nil || !ok {
+		return &duetv1.SessionWork{}, err
+	}
+	cmd := &duetv1.Command{}
+	if err := proto.Unmarshal(t.Command, cmd); err != nil {
+		q.settle(ctx, t, nil, devicemodel.Errorf(devicemodel.CodeInternal, "stored command is undecodable: %v", err))
+		return &duetv1.SessionWork{}, nil
+	}
+	metricTasksDispatched.WithLabelValues(string(devicemodel.ProtocolCWMP)).Inc()
+	return &duetv1.SessionWork{Commands: []*duetv1.Command{cmd}}, nil
+}
+
+// wakeCWMP sends a connection request in the background, bounded: when
+// MaxConnectionRequests are already out, the task waits for the device's
+// next periodic inform.
+func (q *TaskQueue) wakeCWMP(deviceID, url string) {
+	if url == "" {
+		metricConnReqs.WithLabelValues("skipped").Inc()
+		return
+	}
+	select {
+	case q.crSem <- struct{}{}:
+	default:
+		metricConnReqs.WithLabelValues("skipped").Inc()
+		return
+	}
+	q.wg.Add(1)
+	go func() {
+		defer q.wg.Done()
+		defer func() { <-q.crSem }()
+		ctx, cancel := context.WithTimeout(q.ctx, 30*time.Second)
+		defer cancel()
+		// Credentials stay empty until per-device CPE credentials exist
+		// (issue 5 §6).
+		res, err := q.o.Bus.Request(ctx, devicemodel.ProtocolCWMP, &duetv1.Command{
+			DeviceId: deviceID,
+			Op:       &duetv1.Command_ConnectionRequest{ConnectionRequest: &duetv1.ConnectionRequest{Url: url}},
+		})
+		if err == nil && res.GetError() != nil {
+			err = errors.New(res.GetError().GetMessage())
+		}
+		if err != nil {
+			metricConnReqs.WithLabelValues("failed").Inc()
+			q.log.Info("connection request failed; the tasks wait for the next inform", "device", deviceID, "err", err)
+			return
+		}
+		metricConnReqs.WithLabelValues("sent").Inc()
+	}()
+}
+
+// notify wakes the API requests waiting on a task.
+func (q *TaskQueue) notify(id string) {
+	q.mu.Lock()
+	ws := q.waiters[id]
+	delete(q.waiters, id)
+	q.mu.Unlock()
+	for _, c := range ws {
+		close(c)
+	}
+}
+
+// Wait returns the task once it is final or when d has passed, whichever
+// is first. It is woken by this process's own settling and polls the
+// store meanwhile, for tasks settled by another controller.
+func (q *TaskQueue) Wait(ctx context.Context, id string, d time.Duration) (store.Task, error) {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	poll := time.NewTicker(250 * time.Millisecond)
+	defer poll.Stop()
+	for {
+		ch := make(chan struct{})
+		q.mu.Lock()
+		q.waiters[id] = append(q.waiters[id], ch)
+		q.mu.Unlock()
+		t, err := q.o.Store.FindTaskByID(ctx, id)
+		if err != nil || t.State.Terminal() {
+			q.dropWaiter(id, ch)
+			return t, err
+		}
+		select {
+		case <-ch:
+		case <-poll.C:
+			q.dropWaiter(id, ch)
+		case <-timer.C:
+			q.dropWaiter(id, ch)
+			return q.o.Store.FindTaskByID(ctx, id)
+		case <-ctx.Done():
+			q.dropWaiter(id, ch)
+			return t, ctx.Err()
+		}
+	}
+}
+
+func (q *TaskQueue) dropWaiter(id string, ch chan struct{}) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	ws := q.waiters[id]
+	for i, c := range ws {
+		if c == ch {
+			ws = append(ws[:i], ws[i+1:]...)
+			break
+		}
+	}
+	if len(ws) == 0 {
+		delete(q.waiters, id)
+	} else {
+		q.waiters[id] = ws
+	}
+}

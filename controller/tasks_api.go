@@ -1,0 +1,189 @@
+package controller
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/store"
+	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
+)
+
+// TaskJSON is the API's representation of a task.
+type TaskJSON struct {
+	ID                string          `json:"id"`
+	DeviceID          string          `json:"device_id"`
+	Operation         string          `json:"operation"`
+	State             string          `json:"state"`
+	Request           json.RawMessage `json:"request"`
+	UniqueKey         string          `json:"unique_key,omitempty"`
+	ConnectionRequest bool            `json:"connection_request"`
+	ExpiresAt         *time.Time      `json:"expires_at,omitempty"`
+	CreatedAt         time.Time       `json:"created_at"`
+	UpdatedAt         time.Time       `json:"updated_at"`
+	DispatchedAt      *time.Time      `json:"dispatched_at,omitempty"`
+	FinishedAt        *time.Time      `json:"finished_at,omitempty"`
+	Attempts          int             `json:"attempts"`
+	RetryOf           string          `json:"retry_of,omitempty"`
+	// Result is the device's answer, a duet.v1.CommandResult in protojson.
+	Result json.RawMessage `json:"result,omitempty"`
+	Error  *TaskErrorJSON  `json:"error,omitempty"`
+}
+
+// TaskErrorJSON says why a task failed (or was cancelled or expired).
+type TaskErrorJSON struct {
+	Code        string `json:"code"`
+	Message     string `json:"message"`
+	DeviceFault int    `json:"device_fault,omitempty"`
+}
+
+// TaskList is the body of GET /api/v1/devices/{id}/tasks.
+type TaskList struct {
+	Tasks      []TaskJSON `json:"tasks"`
+	NextCursor string     `json:"next_cursor,omitempty"`
+}
+
+var resultJSON = protojson.MarshalOptions{UseProtoNames: true}
+
+func taskJSON(t store.Task) TaskJSON {
+	out := TaskJSON{
+		ID: t.ID, DeviceID: t.DeviceID, Operation: t.Operation, State: string(t.State), Request: t.Request,
+		UniqueKey: t.UniqueKey, ConnectionRequest: t.ConnectionRequest, ExpiresAt: utcPtr(t.ExpiresAt),
+		CreatedAt: t.CreatedAt.UTC(), UpdatedAt: t.UpdatedAt.UTC(), DispatchedAt: utcPtr(t.DispatchedAt),
+		FinishedAt: utcPtr(t.FinishedAt), Attempts: t.Attempts, RetryOf: t.RetryOf,
+	}
+	if len(t.Result) > 0 {
+		res := &duetv1.CommandResult{}
+		if proto.Unmarshal(t.Result, res) == nil {
+			if b, err := resultJSON.Marshal(res); err == nil {
+				out.Result = b
+			}
+		}
+	}
+	if t.ErrorCode != "" && t.State != store.TaskSucceeded {
+		out.Error = &TaskErrorJSON{Code: t.ErrorCode, Message: t.ErrorMessage, DeviceFault: t.DeviceFault}
+	}
+	return out
+}
+
+func utcPtr(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
+
+// maxBody bounds a request body.
+const maxBody = 1 << 20
+
+func (a *API) createTask(w http.ResponseWriter, r *http.Request) (int, error) {
+	var req TaskRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			return 0, devicemodel.Errorf(devicemodel.CodeResourcesExceeded, "body larger than %d bytes", maxBody)
+		}
+		return 0, invalid("body: %v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return 0, invalid("body: more than one JSON value")
+	}
+	t, err := a.o.Tasks.Create(r.Context(), r.PathValue("id"), req)
+	if err != nil {
+		return 0, err
+	}
+	w.Header().Set("Location", "/api/v1/tasks/"+t.ID)
+	if req.Wait > 0 {
+		t, err = a.o.Tasks.Wait(r.Context(), t.ID, time.Duration(req.Wait*float64(time.Second)))
+		if err != nil {
+			return 0, err
+		}
+		if t.State.Terminal() {
+			return writeJSON(w, http.StatusOK, taskJSON(t)), nil
+		}
+	}
+	return writeJSON(w, http.StatusAccepted, taskJSON(t)), nil
+}
+
+func (a *API) getTask(w http.ResponseWriter, r *http.Request) (int, error) {
+	t, err := a.store.FindTaskByID(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return 0, err
+	}
+	return writeJSON(w, http.StatusOK, taskJSON(t)), nil
+}
+
+var taskStates = map[string]bool{"queued": true, "dispatched": true, "succeeded": true, "failed": true, "expired": true, "cancelled": true}
+
+func (a *API) listTasks(w http.ResponseWriter, r *http.Request) (int, error) {
+	q, err := parseQuery(r.URL.RawQuery)
+	if err != nil {
+		return 0, err
+	}
+	f := store.TaskFilter{DeviceID: r.PathValue("id")}
+	for k, v := range q {
+		if len(v) > 1 {
+			return 0, badParam(k, "given more than once")
+		}
+		switch k {
+		case "state":
+			if !taskStates[v[0]] {
+				return 0, badParam(k, "must be queued, dispatched, succeeded, failed, expired or cancelled")
+			}
+			f.State = store.TaskState(v[0])
+		case "limit":
+			n, err := strconv.Atoi(v[0])
+			if err != nil || n < 1 || n > store.MaxPageSize {
+				return 0, badParam("limit", "must be an integer from 1 to "+strconv.Itoa(store.MaxPageSize))
+			}
+			f.Limit = n
+		case "cursor":
+			n, err := store.DecodeSeqCursor(v[0])
+			if err != nil {
+				return 0, badParam("cursor", "malformed; pass next_cursor from the previous page")
+			}
+			f.Before = n
+		default:
+			return 0, badParam(k, "unknown parameter")
+		}
+	}
+	if _, err := a.store.FindDeviceByID(r.Context(), f.DeviceID); err != nil {
+		return 0, err
+	}
+	ts, next, err := a.store.FindTasks(r.Context(), f)
+	if err != nil {
+		return 0, err
+	}
+	out := TaskList{Tasks: make([]TaskJSON, 0, len(ts)), NextCursor: next}
+	for _, t := range ts {
+		out.Tasks = append(out.Tasks, taskJSON(t))
+	}
+	return writeJSON(w, http.StatusOK, out), nil
+}
+
+func (a *API) cancelTask(w http.ResponseWriter, r *http.Request) (int, error) {
+	t, err := a.o.Tasks.Cancel(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return 0, err
+	}
+	return writeJSON(w, http.StatusOK, taskJSON(t)), nil
+}
+
+func (a *API) retryTask(w http.ResponseWriter, r *http.Request) (int, error) {
+	t, err := a.o.Tasks.Retry(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return 0, err
+	}
+	w.Header().Set("Location", "/api/v1/tasks/"+t.ID)
+	return writeJSON(w, http.StatusAccepted, taskJSON(t)), nil
+}

@@ -1,0 +1,190 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/duet-dm/duet/pkg/bus/bustest"
+	"github.com/duet-dm/duet/pkg/sim/cpe"
+	"github.com/duet-dm/duet/pkg/store/storetest"
+)
+
+// apiTask is the part of a task the tests look at.
+type apiTask struct {
+	ID           string          `json:"id"`
+	State        string          `json:"state"`
+	Attempts     int             `json:"attempts"`
+	DispatchedAt *time.Time      `json:"dispatched_at"`
+	Result       json.RawMessage `json:"result"`
+	Error        *struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func (d *duet) postTask(dev, body string) (int, apiTask) {
+	d.t.Helper()
+	code, out := d.do("POST", "/api/v1/devices/"+url.PathEscape(dev)+"/tasks", body)
+	var tk apiTask
+	if code != 200 && code != 202 {
+		d.t.Fatalf("POST task %s: %d %s", body, code, out)
+	}
+	if err := json.Unmarshal([]byte(out), &tk); err != nil {
+		d.t.Fatal(err)
+	}
+	return code, tk
+}
+
+// runTask posts a task with wait and wants it to succeed within it.
+func (d *duet) runTask(dev, body string) apiTask {
+	d.t.Helper()
+	code, tk := d.postTask(dev, body[:len(body)-1]+`,"wait":30}`)
+	if code != 200 || tk.State != "succeeded" {
+		d.t.Fatalf("task %s: %d %+v %+v", body, code, tk, tk.Error)
+	}
+	return tk
+}
+
+func (d *duet) getTask(id string) apiTask {
+	d.t.Helper()
+	code, out := d.get("/api/v1/tasks/" + id)
+	var tk apiTask
+	if code != 200 || json.Unmarshal([]byte(out), &tk) != nil {
+		d.t.Fatalf("GET task %s: %d %s", id, code, out)
+	}
+	return tk
+}
+
+func (d *duet) waitTask(id, state string, timeout time.Duration) apiTask {
+	d.t.Helper()
+	var tk apiTask
+	bustest.CheckFor(d.t, timeout, 100*time.Millisecond, func() error {
+		tk = d.getTask(id)
+		if tk.State != state {
+			return fmt.Errorf("task %s is %s, want %s", id, tk.State, state)
+		}
+		return nil
+	})
+	return tk
+}
+
+func (d *duet) waitDevice(id string) {
+	d.t.Helper()
+	bustest.CheckFor(d.t, 30*time.Second, 100*time.Millisecond, func() error {
+		if code, body := d.get("/api/v1/devices/" + url.PathEscape(id)); code != 200 {
+			return fmt.Errorf("device %s: %d %s", id, code, body)
+		}
+		return nil
+	})
+}
+
+func startCPE(t *testing.T, acs, serial string) *cpe.CPE {
+	t.Helper()
+	c, err := cpe.New(cpe.Options{ACSURL: acs, DataModelPath: cwmpModels[0].path, OUI: "00D09E", ProductClass: "TASKS",
+		Serial: serial, PeriodicInterval: time.Hour, RetryMinWait: 200 * time.Millisecond, Bootstrapped: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// TestTasksOnCWMPDevice drives a simulated TR-069 CPE through the API of
+// the real binary: each task wakes the CPE with a connection request and
+// goes out in the session that follows.
+func TestTasksOnCWMPDevice(t *testing.T) {
+	env := baseEnv(t, storetest.NewDatabase(t))
+	d := startDuet(t, env, "serve")
+	d.waitReady(30 * time.Second)
+	acs := "http://" + env["DUET_CWMP_ADDR"] + "/"
+	c := startCPE(t, acs, "T1")
+	dev := c.DeviceID()
+	d.waitDevice(dev)
+
+	d.runTask(dev, `{"operation":"set","params":[{"path":"Device.WiFi.SSID.1.SSID","value":"duet-e2e"}]}`)
+	if v, _ := c.Value("Device.WiFi.SSID.1.SSID"); v != "duet-e2e" {
+		t.Fatalf("CPE SSID %q after set", v)
+	}
+	got := d.runTask(dev, `{"operation":"get","paths":["Device.WiFi.SSID.1.SSID"]}`)
+	if !strings.Contains(string(got.Result), `"duet-e2e"`) {
+		t.Fatalf("get result %s", got.Result)
+	}
+	add := d.runTask(dev, `{"operation":"add","object_path":"Device.NAT.PortMapping.","params":[{"path":"Alias","value":"web"}]}`)
+	var ar struct {
+		Add struct {
+			InstancePath string `json:"instance_path"`
+		} `json:"add"`
+	}
+	if err := json.Unmarshal(add.Result, &ar); err != nil || !strings.HasPrefix(ar.Add.InstancePath, "Device.NAT.PortMapping.") {
+		t.Fatalf("add result %s", add.Result)
+	}
+	if v, ok := c.Value(ar.Add.InstancePath + "Alias"); !ok || v != "web" {
+		t.Fatalf("new instance Alias %q %v", v, ok)
+	}
+	d.runTask(dev, `{"operation":"delete","object_paths":["`+ar.Add.InstancePath+`"]}`)
+	if _, ok := c.Value(ar.Add.InstancePath + "Alias"); ok {
+		t.Fatal("instance still there after delete")
+	}
+	// A fault from the CPE fails the task with its code.
+	code, bad := d.postTask(dev, `{"operation":"set","params":[{"path":"Device.DeviceInfo.NoSuchThing","value":"1"}],"wait":30}`)
+	if code != 200 || bad.State != "failed" || bad.Error == nil {
+		t.Fatalf("set of an unknown parameter: %d %+v", code, bad)
+	}
+	before := c.Stats().Sessions
+	d.runTask(dev, `{"operation":"reboot"}`)
+	bustest.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		if s := c.Stats().Sessions; s < before+2 {
+			return fmt.Errorf("no session after the reboot (%d)", s)
+		}
+		return nil
+	})
+}
+
+// TestCWMPTaskForOfflineDevice: tasks for a CPE that is away wait; the
+// cancelled and the expired one are never sent, the other is delivered in
+// the first session after the CPE comes back.
+func TestCWMPTaskForOfflineDevice(t *testing.T) {
+	env := baseEnv(t, storetest.NewDatabase(t))
+	d := startDuet(t, env, "serve")
+	d.waitReady(30 * time.Second)
+	acs := "http://" + env["DUET_CWMP_ADDR"] + "/"
+	c := startCPE(t, acs, "OFF1")
+	dev := c.DeviceID()
+	d.waitDevice(dev)
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, cancelled := d.postTask(dev, `{"operation":"reboot"}`)
+	exp := time.Now().Add(time.Second).UTC().Format(time.RFC3339Nano)
+	_, expired := d.postTask(dev, `{"operation":"factory_reset","expires_at":"`+exp+`"}`)
+	_, set := d.postTask(dev, `{"operation":"set","params":[{"path":"Device.WiFi.SSID.1.SSID","value":"while-away"}]}`)
+	if code, body := d.do("DELETE", "/api/v1/tasks/"+cancelled.ID, ""); code != 200 {
+		t.Fatalf("cancel: %d %s", code, body)
+	}
+	d.waitTask(expired.ID, "expired", 20*time.Second)
+	if tk := d.getTask(set.ID); tk.State != "queued" {
+		t.Fatalf("task for an offline CPE is %s", tk.State)
+	}
+	// The CPE comes back (a new process with the same identity).
+	c2 := startCPE(t, acs, "OFF1")
+	d.waitTask(set.ID, "succeeded", 30*time.Second)
+	if v, _ := c2.Value("Device.WiFi.SSID.1.SSID"); v != "while-away" {
+		t.Fatalf("CPE SSID %q", v)
+	}
+	for _, id := range []string{cancelled.ID, expired.ID} {
+		if tk := d.getTask(id); tk.DispatchedAt != nil || tk.Attempts != 0 {
+			t.Fatalf("task %s was sent: %+v", id, tk)
+		}
+	}
+	if code, _ := d.do("DELETE", "/api/v1/tasks/"+set.ID, ""); code != 409 {
+		t.Fatalf("cancel of a finished task: %d", code)
+	}
+}

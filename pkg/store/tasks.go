@@ -1,0 +1,373 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/duet-dm/duet/pkg/devicemodel"
+)
+
+// TaskState is where a task is in its life.
+type TaskState string
+
+// Task states: queued → dispatched → succeeded | failed; queued → expired |
+// cancelled. A dispatched task whose command was never delivered goes back
+// to queued.
+const (
+	TaskQueued     TaskState = "queued"
+	TaskDispatched TaskState = "dispatched"
+	TaskSucceeded  TaskState = "succeeded"
+	TaskFailed     TaskState = "failed"
+	TaskExpired    TaskState = "expired"
+	TaskCancelled  TaskState = "cancelled"
+)
+
+// Terminal reports whether the state is final.
+func (s TaskState) Terminal() bool {
+	return s == TaskSucceeded || s == TaskFailed || s == TaskExpired || s == TaskCancelled
+}
+
+// Task is one operation for one device.
+type Task struct {
+	ID                string
+	Seq               int64
+	DeviceID          string
+	Operation         string
+	Request           []byte // JSON
+	Command           []byte // protobuf duet.v1.Command
+	NonIdempotent     bool
+	State             TaskState
+	UniqueKey         string
+	ConnectionRequest bool
+	ExpiresAt         *time.Time
+	CreatedAt         time.Time
+	UpdatedAt         time.Time
+	DispatchedAt      *time.Time
+	FinishedAt        *time.Time
+	Session           string
+	Attempts          int
+	Result            []byte // protobuf duet.v1.CommandResult
+	ErrorCode         string
+	ErrorMessage      string
+	DeviceFault       int
+	RetryOf           string
+}
+
+const taskColumns = `id, seq, device_id, operation, request, command, non_idempotent, state, COALESCE(unique_key, ''),
+	connection_request, expires_at, created_at, updated_at, dispatched_at, finished_at, session, attempts, result,
+	error_code, error_message, device_fault, COALESCE(retry_of, '')`
+
+func scanTask(row pgx.Row) (Task, error) {
+	var t Task
+	var st string
+	err := row.Scan(&t.ID, &t.Seq, &t.DeviceID, &t.Operation, &t.Request, &t.Command, &t.NonIdempotent, &st, &t.UniqueKey,
+		&t.ConnectionRequest, &t.ExpiresAt, &t.CreatedAt, &t.UpdatedAt, &t.DispatchedAt, &t.FinishedAt, &t.Session,
+		&t.Attempts, &t.Result, &t.ErrorCode, &t.ErrorMessage, &t.DeviceFault, &t.RetryOf)
+	t.State = TaskState(st)
+	return t, err
+}
+
+func collectTasks(rows pgx.Rows, err error) ([]Task, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Task
+	for rows.Next() {
+		t, err := scanTask(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+func nullable(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// CreateTask queues t (ID, DeviceID, Operation, Request, Command,
+// NonIdempotent, UniqueKey, ConnectionRequest, ExpiresAt, RetryOf are
+// used). With a UniqueKey, a queued task of the same device and key is
+// cancelled in the same transaction ("replaced by <id>"). Errors:
+// CodeNotFound for an unknown device.
+func (s *Store) CreateTask(ctx context.Context, t Task) (Task, error) {
+	var out Task
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if t.UniqueKey != "" {
+			if _, err := tx.Exec(ctx, `UPDATE tasks SET state = 'cancelled', error_code = 'cancelled',
+				error_message = 'replaced by task ' || $3, finished_at = now(), updated_at = now()
+				WHERE device_id = $1 AND unique_key = $2 AND state = 'queued'`, t.DeviceID, t.UniqueKey, t.ID); err != nil {
+				return err
+			}
+		}
+		var err error
+		out, err = scanTask(tx.QueryRow(ctx, `INSERT INTO tasks (id, device_id, operation, request, command, non_idempotent,
+			state, unique_key, connection_request, expires_at, retry_of)
+			VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10) RETURNING `+taskColumns,
+			t.ID, t.DeviceID, t.Operation, t.Request, t.Command, t.NonIdempotent, nullable(t.UniqueKey),
+			t.ConnectionRequest, t.ExpiresAt, nullable(t.RetryOf)))
+		return err
+	})
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "23503" { // foreign_key_violation
+		return out, devicemodel.Errorf(devicemodel.CodeNotFound, "device %q not found", t.DeviceID)
+	}
+	if err != nil {
+		return out, fmt.Errorf("store: create task: %w", err)
+	}
+	return out, nil
+}
+
+// FindTaskByID returns a task or CodeNotFound.
+func (s *Store) FindTaskByID(ctx context.Context, id string) (Task, error) {
+	t, err := scanTask(s.pool.QueryRow(ctx, "SELECT "+taskColumns+" FROM tasks WHERE id = $1", id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return t, devicemodel.Errorf(devicemodel.CodeNotFound, "task %q not found", id)
+	}
+	if err != nil {
+		return t, fmt.Errorf("store: find task: %w", err)
+	}
+	return t, nil
+}
+
+// TaskFilter selects a device's tasks for FindTasks.
+type TaskFilter struct {
+	DeviceID string
+	State    TaskState // "" for all
+	// Before is the cursor: the seq of the last task of the previous page.
+	Before int64
+	Limit  int
+}
+
+// FindTasks returns one page of a device's tasks, newest first, and the
+// cursor of the next page ("" on the last).
+func (s *Store) FindTasks(ctx context.Context, f TaskFilter) ([]Task, string, error) {
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	limit = min(limit, MaxPageSize)
+	q := "SELECT " + taskColumns + " FROM tasks WHERE device_id = $1"
+	args := []any{f.DeviceID}
+	if f.State != "" {
+		args = append(args, string(f.State))
+		q += fmt.Sprintf(" AND state = $%d", len(args))
+	}
+	if f.Before > 0 {
+		args = append(args, f.Before)
+		q += fmt.Sprintf(" AND seq < $%d", len(args))
+	}
+	args = append(args, limit+1)
+	q += fmt.Sprintf(" ORDER BY seq DESC LIMIT $%d", len(args))
+	out, err := collectTasks(s.pool.Query(ctx, q, args...))
+	if err != nil {
+		return nil, "", fmt.Errorf("store: find tasks: %w", err)
+	}
+	next := ""
+	if len(out) > limit {
+		out = out[:limit]
+		next = EncodeCursor(strconv.FormatInt(out[limit-1].Seq, 10))
+	}
+	return out, next, nil
+}
+
+// DecodeSeqCursor decodes a cursor made by FindTasks.
+func DecodeSeqCursor(c string) (int64, error) {
+	s, err := DecodeCursor(c)
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "malformed cursor")
+	}
+	return n, nil
+}
+
+// CancelTask cancels a queued task. Errors: CodeNotFound; CodeConflict
+// when the task is past queued (dispatched or finished).
+func (s *Store) CancelTask(ctx context.Context, id string) (Task, error) {
+	t, err := scanTask(s.pool.QueryRow(ctx, `UPDATE tasks SET state = 'cancelled', error_code = 'cancelled',
+		error_message = 'cancelled through the API', finished_at = now(), updated_at = now()
+		WHERE id = $1 AND state = 'queued' RETURNING `+taskColumns, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		cur, ferr := s.FindTaskByID(ctx, id)
+		if ferr != nil {
+			return cur, ferr
+		}
+		return cur, devicemodel.Errorf(devicemodel.CodeConflict, "task %s is %s; only a queued task can be cancelled", id, cur.State)
+	}
+	if err != nil {
+		return t, fmt.Errorf("store: cancel task: %w", err)
+	}
+	return t, nil
+}
+
+// ClaimNextTask marks the device's oldest queued, unexpired task
+// dispatched in session and returns it; ok is false when there is none or
+// one is already dispatched (one in flight per device). Claims of the same
+// device are serialised by an advisory transaction lock, so two
+// dispatchers never both send; FOR UPDATE SKIP LOCKED leaves a row being
+// cancelled right now to its canceller.
+func (s *Store) ClaimNextTask(ctx context.Context, deviceID, session string) (t Task, ok bool, err error) {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('duet.task.' || $1, 0))", deviceID); err != nil {
+			return err
+		}
+		var id string
+		err := tx.QueryRow(ctx, `SELECT id FROM tasks
+			WHERE device_id = $1 AND state = 'queued' AND (expires_at IS NULL OR expires_at > now())
+			  AND NOT EXISTS (SELECT 1 FROM tasks d WHERE d.device_id = $1 AND d.state = 'dispatched')
+			ORDER BY seq LIMIT 1
+			FOR UPDATE SKIP LOCKED`, deviceID).Scan(&id)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		t2, err := scanTask(tx.QueryRow(ctx, `UPDATE tasks SET state = 'dispatched', dispatched_at = now(),
+			updated_at = now(), session = $2, attempts = attempts + 1, error_message = ''
+			WHERE id = $1 RETURNING `+taskColumns, id, session))
+		if err != nil {
+			return err
+		}
+		t, ok = t2, true
+		return nil
+	})
+	if err != nil {
+		return Task{}, false, fmt.Errorf("store: claim task: %w", err)
+	}
+	return t, ok, nil
+}
+
+// TaskOutcome is how a dispatched task ended.
+type TaskOutcome struct {
+	State        TaskState // succeeded or failed
+	Result       []byte
+	ErrorCode    string
+	ErrorMessage string
+	DeviceFault  int
+}
+
+// FinishTask records the outcome of a dispatched task. It also accepts a
+// task already failed as outcome_unknown: the real result arriving late
+// (after a restart, or after its session was given up) is better
+// knowledge. done is false when the task was in neither state (already
+// settled, cancelled, or no such task: results of commands that are not
+// tasks land here too).
+func (s *Store) FinishTask(ctx context.Context, id string, o TaskOutcome) (t Task, done bool, err error) {
+	if o.State != TaskSucceeded && o.State != TaskFailed {
+		return t, false, fmt.Errorf("store: finish task %s as %q", id, o.State)
+	}
+	t, err = scanTask(s.pool.QueryRow(ctx, `UPDATE tasks SET state = $2, result = $3, error_code = $4,
+		error_message = $5, device_fault = $6, finished_at = now(), updated_at = now()
+		WHERE id = $1 AND (state = 'dispatched' OR (state = 'failed' AND error_code = 'outcome_unknown'))
+		RETURNING `+taskColumns, id, string(o.State), o.Result, o.ErrorCode, o.ErrorMessage, o.DeviceFault))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return t, false, nil
+	}
+	if err != nil {
+		return t, false, fmt.Errorf("store: finish task: %w", err)
+	}
+	return t, true, nil
+}
+
+// RequeueTask puts a dispatched task back in the queue, keeping its place
+// (seq). delivered says whether the command may have reached the device;
+// when it certainly did not, the dispatch does not count as an attempt.
+func (s *Store) RequeueTask(ctx context.Context, id, why string, delivered bool) (bool, error) {
+	undo := 0
+	if !delivered {
+		undo = 1
+	}
+	tag, err := s.pool.Exec(ctx, `UPDATE tasks SET state = 'queued', session = '', error_message = $2,
+		attempts = attempts - $3, updated_at = now()
+		WHERE id = $1 AND state = 'dispatched'`, id, why, undo)
+	if err != nil {
+		return false, fmt.Errorf("store: requeue task: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// DispatchedTasks returns the device's dispatched tasks ("" for every
+// device), oldest first.
+func (s *Store) DispatchedTasks(ctx context.Context, deviceID string) ([]Task, error) {
+	q := "SELECT " + taskColumns + " FROM tasks WHERE state = 'dispatched'"
+	args := []any{}
+	if deviceID != "" {
+		q += " AND device_id = $1"
+		args = append(args, deviceID)
+	}
+	out, err := collectTasks(s.pool.Query(ctx, q+" ORDER BY seq", args...))
+	if err != nil {
+		return nil, fmt.Errorf("store: dispatched tasks: %w", err)
+	}
+	return out, nil
+}
+
+// ExpireTasks marks queued tasks past their expires_at expired and returns
+// their IDs.
+func (s *Store) ExpireTasks(ctx context.Context) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `UPDATE tasks SET state = 'expired', error_code = 'timeout',
+		error_message = 'expired before it could be dispatched', finished_at = now(), updated_at = now()
+		WHERE state = 'queued' AND expires_at IS NOT NULL AND expires_at <= now() RETURNING id`)
+	if err != nil {
+		return nil, fmt.Errorf("store: expire tasks: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("store: expire tasks: %w", err)
+	}
+	return ids, nil
+}
+
+// DeviceWithTasks is a device that has queued tasks.
+type DeviceWithTasks struct {
+	ID                   string
+	Protocol             devicemodel.Protocol
+	Online               bool
+	ConnectionRequestURL string
+	// WantsConnectionRequest: one of the queued tasks asked to wake the device.
+	WantsConnectionRequest bool
+}
+
+// DevicesWithQueuedTasks lists devices with queued, unexpired tasks: among
+// ids, or every such device when ids is nil.
+func (s *Store) DevicesWithQueuedTasks(ctx context.Context, ids []string) ([]DeviceWithTasks, error) {
+	q := `SELECT d.id, d.protocol, d.online, d.connection_request_url, bool_or(t.connection_request)
+		FROM tasks t JOIN devices d ON d.id = t.device_id
+		WHERE t.state = 'queued' AND (t.expires_at IS NULL OR t.expires_at > now())`
+	args := []any{}
+	if ids != nil {
+		q += " AND t.device_id = ANY($1)"
+		args = append(args, ids)
+	}
+	rows, err := s.pool.Query(ctx, q+" GROUP BY d.id", args...)
+	if err != nil {
+		return nil, fmt.Errorf("store: devices with tasks: %w", err)
+	}
+	defer rows.Close()
+	var out []DeviceWithTasks
+	for rows.Next() {
+		var d DeviceWithTasks
+		var p string
+		if err := rows.Scan(&d.ID, &p, &d.Online, &d.ConnectionRequestURL, &d.WantsConnectionRequest); err != nil {
+			return nil, err
+		}
+		d.Protocol = devicemodel.Protocol(p)
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
