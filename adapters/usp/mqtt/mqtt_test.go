@@ -17,6 +17,7 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/duet-dm/duet/adapters/usp"
 	"github.com/duet-dm/duet/adapters/usp/internal/testagent"
@@ -380,4 +381,45 @@ func TestMQTT311AgentThroughMosquitto(t *testing.T) {
 			t.Fatal("no answer over MQTT 3.1.1")
 		}
 	}
+}
+
+// TestReconnectsAfterBrokerRestart: autopaho reconnects and resubscribes on
+// its own; the agent's new Connect record moves its session over.
+func TestReconnectsAfterBrokerRestart(t *testing.T) {
+	br, err := StartEmbeddedBroker("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := br.Addr()
+	ep, b := usptest.Endpoint(t)
+	tr := startTransport(t, ep, Options{BrokerURL: "mqtt://" + addr, Topic: uniq("usp/controller")})
+	eid := "os::00D09E-RECONN-" + bus.NewID()[:6]
+	a := startAgent(t, addr, ep.ID(), tr.Topic(), eid)
+	a.connectRecord(t)
+	if got := usptest.MustGet(t, b, eid, "Device.DeviceInfo.ModelName"); got["Device.DeviceInfo.ModelName"] != "TA-1" {
+		t.Fatal(got)
+	}
+	_ = br.Close()
+	var br2 *Broker
+	bustest.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		var err error
+		br2, err = StartEmbeddedBroker(addr)
+		return err
+	})
+	t.Cleanup(func() { _ = br2.Close() })
+	a2 := startAgent(t, addr, ep.ID(), tr.Topic(), eid)
+	// The controller may not be resubscribed yet: the agent repeats its
+	// Connect record until a request reaches it, as a restarted obuspa would
+	// after its own reconnect.
+	bustest.CheckFor(t, 20*time.Second, 200*time.Millisecond, func() error {
+		a2.connectRecord(t)
+		res, err := usptest.Do(b, eid, &duetv1.Command{Timeout: durationpb.New(500 * time.Millisecond), Op: &duetv1.Command_Get{Get: &duetv1.GetRequest{Paths: []string{"Device.DeviceInfo.ModelName"}}}})
+		if err != nil {
+			return err
+		}
+		if res.GetError() != nil {
+			return fmt.Errorf("%v", res.GetError())
+		}
+		return nil
+	})
 }
