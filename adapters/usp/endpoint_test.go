@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
+
 	"github.com/duet-dm/duet/pkg/bus/bustest"
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	pkgusp "github.com/duet-dm/duet/pkg/usp"
@@ -498,5 +500,44 @@ func TestShutdownIsIdempotent(t *testing.T) {
 	var re *RecordError
 	if err := f.ep.HandleRecord(f.mtp, Address{Reply: a.ID}, []byte{}); !errors.As(err, &re) {
 		t.Fatalf("record after shutdown: %v", err)
+	}
+}
+
+func TestInFlightBoundAndShutdownFailsPending(t *testing.T) {
+	f := newFixture(t, func(o *Options) {
+		o.MaxInFlightPerAgent = 1
+		o.RequestTimeout = 30 * time.Second
+		o.OnboardValueChange = []string{}
+	})
+	a := f.agent("os::00D09E-BOUND")
+	a.Silent.Store(true)
+	f.connect(a)
+	// Onboarding holds the only slot (the agent never answers): a command
+	// with a short deadline cannot get one.
+	select {
+	case <-a.RequestSeen():
+	case <-time.After(10 * time.Second):
+		t.Fatal("onboarding request never sent")
+	}
+	res, err := f.do(a.ID, &duetv1.Command{Timeout: durationpb.New(200 * time.Millisecond), Op: &duetv1.Command_Get{Get: &duetv1.GetRequest{Paths: []string{"Device."}}}})
+	if err != nil || res.GetError().GetCode() != duetv1.ErrorCode_ERROR_CODE_RESOURCES_EXCEEDED {
+		t.Fatalf("want resources_exceeded, got %v %v", res, err)
+	}
+	if n := a.Requests("GET"); n != 1 {
+		t.Fatalf("%d Gets reached the agent, want only onboarding's", n)
+	}
+	// Shutdown fails what is in flight at once.
+	failedBefore := metricValue(t, "duet_usp_onboardings_total", map[string]string{"outcome": "failed"})
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := f.ep.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("shutdown took %s", d)
+	}
+	if v := metricValue(t, "duet_usp_onboardings_total", map[string]string{"outcome": "failed"}); v != failedBefore+1 {
+		t.Fatal("the pending onboarding request was not failed")
 	}
 }
