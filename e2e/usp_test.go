@@ -47,6 +47,11 @@ var uspTransports = []uspTransport{
 			})
 		}
 	}},
+	{name: "websocket", maker: "SimCo WS", dial: func(env map[string]string) agent.DialFunc {
+		return func(ctx context.Context, a *agent.Agent) (*agent.Client, error) {
+			return agent.DialWebSocket(ctx, a, agent.WebSocketConfig{URL: "ws://" + env["DUET_WS_ADDR"] + "/usp"})
+		}
+	}},
 }
 
 // TestUSPFleetOnEveryTransport starts `duet serve` and 100 simulated agents

@@ -5,9 +5,11 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 
 	uspadapter "github.com/duet-dm/duet/adapters/usp"
 	uspstomp "github.com/duet-dm/duet/adapters/usp/stomp"
+	uspws "github.com/duet-dm/duet/adapters/usp/websocket"
 )
 
 // startUSPStomp runs the STOMP MTP: a client of DUET_STOMP_ADDR, or of the
@@ -44,7 +46,35 @@ func (m *Main) startUSPStomp(s *settings, comps map[string]bool, ep *uspadapter.
 	return nil
 }
 
-// WIRING PENDING: the WebSocket MTP is wired when adapters/usp/websocket lands.
+// startUSPWebSocket runs the WebSocket MTP: Duet is the server agents dial
+// (usp.md §8.4), on DUET_WS_ADDR at DUET_WS_PATH, wss:// with a certificate.
 func (m *Main) startUSPWebSocket(s *settings, comps map[string]bool, ep *uspadapter.Endpoint, log *slog.Logger, started *stack, ls *Listeners) error {
+	if !comps["usp-ws"] {
+		return nil
+	}
+	addr, err := s.addr("ws-addr")
+	if err != nil {
+		return err
+	}
+	if (s.str("ws-tls-cert") == "") != (s.str("ws-tls-key") == "") {
+		return s.errSetting("ws-tls-cert", "DUET_WS_TLS_CERT and DUET_WS_TLS_KEY must be set together")
+	}
+	if !strings.HasPrefix(s.str("ws-path"), "/") {
+		return s.errSetting("ws-path", "%q must start with /", s.str("ws-path"))
+	}
+	t, err := uspws.New(uspws.Options{Endpoint: ep, Addr: addr, Path: s.str("ws-path"),
+		TLSCertFile: s.str("ws-tls-cert"), TLSKeyFile: s.str("ws-tls-key"), Logger: log})
+	if err != nil {
+		return s.errSetting("ws-addr", "%v", err)
+	}
+	if err := t.Start(); err != nil {
+		return s.errSetting("ws-addr", "%v", err)
+	}
+	started.push(func(ctx context.Context) { _ = t.Shutdown(ctx) })
+	scheme := "ws://"
+	if s.str("ws-tls-cert") != "" {
+		scheme = "wss://"
+	}
+	ls.WS = scheme + displayAddr(t.Addr()) + s.str("ws-path")
 	return nil
 }
