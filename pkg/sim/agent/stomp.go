@@ -92,6 +92,9 @@ func dialSTOMP(ctx context.Context, a *Agent, cfg STOMPConfig) (session, error) 
 		stomp.ConnOpt.Header(usp.STOMPEndpointIDHeader, eid),
 		stomp.ConnOpt.HeartBeat(cfg.HeartBeat, cfg.HeartBeat),
 		stomp.ConnOpt.Logger(quietLogger{}),
+		// A server that vanished never sends the RECEIPT; do not let Close
+		// hang for go-stomp's default 30 s.
+		stomp.ConnOpt.DisconnectReceiptTimeout(time.Second),
 	)
 	if err != nil {
 		nc.Close()
