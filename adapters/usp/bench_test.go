@@ -2,6 +2,8 @@ package usp
 
 import (
 	"fmt"
+	"io"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -14,7 +16,10 @@ import (
 // request by msg_id and hand the answer to its waiter. Reported as
 // records/s (single goroutine, like one MQTT/STOMP receive loop).
 func BenchmarkHandleRecordResponse(b *testing.B) {
-	f := newFixture(b, func(o *Options) { o.OnboardValueChange = []string{} })
+	f := newFixture(b, func(o *Options) {
+		o.OnboardValueChange = []string{}
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	})
 	a := f.agent("os::00D09E-BENCH")
 	a.Silent.Store(true) // onboarding requests stay unanswered
 	f.connect(a)
