@@ -411,6 +411,15 @@ func TestRebootBootEvent(t *testing.T) {
 	}
 	b, _ := usp.MarshalMsgRecord(ctrlID, c.a.EndpointID(), usp.NewNotifyResp(br.MsgID, "boot"))
 	c.a.HandleRecord(b)
+	if c.a.PendingNotifies() != 0 {
+		t.Fatal("Boot! still pending after NotifyResp")
+	}
+	// Retries queued before the NotifyResp are the same Boot!, nothing else.
+	for len(c.a.Outgoing()) > 0 {
+		if r, _ := c.nextNotify(); r.MsgID != br.MsgID {
+			t.Fatalf("unexpected %s", r.MsgID)
+		}
+	}
 	// The non-persistent subscription is gone, the persistent one stays.
 	r = c.do(usp.NewGet(c.id(), []string{"Device.LocalAgent.Subscription.*.ID"}, 0))
 	if got := r.Msg.GetBody().GetResponse().GetGetResp().GetReqPathResults()[0].GetResolvedPathResults(); len(got) != 1 || got[0].GetResultParams()["ID"] != "boot" {
