@@ -83,6 +83,8 @@ ensure_nats() {
 
 ensure_mosquitto() {
 	command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || apt_install mosquitto
+	# The MQTT 3.1.1 interop test drives mosquitto_pub/mosquitto_sub.
+	command -v mosquitto_pub >/dev/null || apt_install mosquitto-clients
 	if ! port_open 1883; then
 		log "starting Mosquitto"
 		/usr/sbin/mosquitto -d -c /etc/mosquitto/mosquitto.conf

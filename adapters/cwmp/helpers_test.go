@@ -458,5 +458,3 @@ func gz(b []byte) []byte {
 	w.Close()
 	return buf.Bytes()
 }
-
-func readAll(r io.Reader) string { b, _ := io.ReadAll(r); return string(b) }

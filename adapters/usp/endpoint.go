@@ -34,10 +34,6 @@ const DefaultEndpointID = "self::duet-controller"
 // each agent it knows, so that exactly one of them answers a command.
 const CommandQueue = "duet-usp"
 
-// recordVersion is the USP version we put in Records we send. obuspa sends
-// "1.3" (usp.md §3.3); we speak 1.3 message semantics.
-const recordVersion = "1.3"
-
 // MaxRecordBytes bounds a Record handed to HandleRecord; transports should
 // enforce it (or less) before reading a whole frame into memory.
 const MaxRecordBytes = 4 << 20

@@ -48,5 +48,3 @@ func (c *lru[V]) remove(key string) {
 		delete(c.items, key)
 	}
 }
-
-func (c *lru[V]) len() int { return c.ll.Len() }

@@ -191,15 +191,6 @@ func (n *node) child(local string) *node {
 	return nil
 }
 
-func (n *node) attr(local string) (string, bool) {
-	for _, a := range n.attrs {
-		if a.Name.Local == local {
-			return a.Value, true
-		}
-	}
-	return "", false
-}
-
 // parseTree reads the document into nodes, rejecting DTDs and enforcing
 // the depth and element limits. It returns nil, nil for a document with no
 // element at all.

@@ -303,7 +303,7 @@ func decodeDUOp(n *node, typ string) (DUOperation, error) {
 	case "uninstallopstruct":
 		op.Kind = DUUninstall
 	default:
-		return op, fmt.Errorf("Operations: unknown operation type %q", typ)
+		return op, fmt.Errorf("operations: unknown operation type %q", typ)
 	}
 	get := func(name string) string {
 		if c := n.child(name); c != nil {

@@ -253,11 +253,9 @@ func TestSharedSubscriptionAcrossAdapters(t *testing.T) {
 	b, _ := bustest.Start(t)
 	ctrlID := "self::duet-shared-" + bus.NewID()[:8]
 	topic := uniq("usp/controller")
-	var eps []*usp.Endpoint
 	for i := range 2 {
 		ep, _ := usptest.Endpoint(t, func(o *usp.Options) { o.Bus = b; o.EndpointID = ctrlID; o.AdapterID = fmt.Sprintf("shared-%d", i) })
 		startTransport(t, ep, Options{BrokerURL: "mqtt://" + mosquittoAddr, Topic: topic, SharedGroup: "duet"})
-		eps = append(eps, ep)
 	}
 	var agents []*mqttAgent
 	for i := range 6 {

@@ -138,8 +138,6 @@ type CPE struct {
 	pendingTC []*cwmp.TransferComplete
 	pendingDU []*cwmp.DUStateChangeComplete
 	transfers []*transfer
-	duOps     [][]cwmp.DUOperation
-	duKeys    []string
 	scheduled []scheduled
 	actions   []func() // run after the current session ends
 	retries   uint32

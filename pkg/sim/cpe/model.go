@@ -54,7 +54,7 @@ func LoadDataModel(path string) (*DataModel, error) {
 		return nil, fmt.Errorf("cpe: data model %s: %w", path, err)
 	}
 	if dm.Root != "Device." && dm.Root != "InternetGatewayDevice." {
-		return nil, fmt.Errorf("cpe: data model %s: root %q, want Device. or InternetGatewayDevice.", path, dm.Root)
+		return nil, fmt.Errorf("cpe: data model %s: root %q is neither Device. nor InternetGatewayDevice", path, dm.Root)
 	}
 	return &dm, nil
 }
