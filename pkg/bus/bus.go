@@ -506,6 +506,13 @@ func (b *Bus) serve(subject, queue string, h func(context.Context, *nats.Msg) (p
 	// Bound what waits for a handler: past this NATS reports a slow consumer
 	// and drops, rather than growing without limit (STYLE.md habit 8).
 	_ = sub.SetPendingLimits(64*1024, 256<<20)
+	// When Serve* returns, the server has the subscription: a request sent
+	// from another connection right after finds a responder.
+	if err := b.nc.Flush(); err != nil {
+		_ = sub.Unsubscribe()
+		cancel()
+		return nil, fmt.Errorf("bus: subscribe %s: %w", subject, err)
+	}
 	s.sub = sub
 	b.mu.Lock()
 	if b.closed {

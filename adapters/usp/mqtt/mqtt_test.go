@@ -393,7 +393,11 @@ func TestReconnectsAfterBrokerRestart(t *testing.T) {
 	tr := startTransport(t, ep, Options{BrokerURL: "mqtt://" + addr, Topic: uniq("usp/controller")})
 	eid := "os::00D09E-RECONN-" + bus.NewID()[:6]
 	a := startAgent(t, addr, ep.ID(), tr.Topic(), eid)
+	w := usptest.Watch(t, b, eid)
 	a.connectRecord(t)
+	// The record is handled asynchronously; commands are served once the
+	// agent is online.
+	w.Wait("online", nil)
 	if got := usptest.MustGet(t, b, eid, "Device.DeviceInfo.ModelName"); got["Device.DeviceInfo.ModelName"] != "TA-1" {
 		t.Fatal(got)
 	}
