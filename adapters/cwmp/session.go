@@ -90,13 +90,13 @@ func (a *ACS) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	body, err := cwmp.ReadBody(br, readEnc, int(a.o.MaxBodyBytes))
 	switch {
 	case errors.Is(err, cwmp.ErrUnsupportedEncoding):
-		a.badRequest(w, http.StatusUnsupportedMediaType, "encoding", "unsupported Content-Encoding")
+		a.badRequest(w, r, http.StatusUnsupportedMediaType, "encoding", "unsupported Content-Encoding")
 		return
 	case errors.Is(err, cwmp.ErrBodyTooLarge):
-		a.badRequest(w, http.StatusRequestEntityTooLarge, "too_large", "body too large")
+		a.badRequest(w, r, http.StatusRequestEntityTooLarge, "too_large", "body too large")
 		return
 	case err != nil:
-		a.badRequest(w, http.StatusBadRequest, "body", "unreadable body")
+		a.badRequest(w, r, http.StatusBadRequest, "body", "unreadable body")
 		return
 	}
 
@@ -127,17 +127,17 @@ func (a *ACS) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		case errors.Is(err, cwmp.ErrUnsupportedCharset):
 			reason = "charset"
 		case errors.Is(err, cwmp.ErrBodyTooLarge):
-			a.badRequest(w, http.StatusRequestEntityTooLarge, "too_large", "body too large")
+			a.badRequest(w, r, http.StatusRequestEntityTooLarge, "too_large", "body too large")
 			return
 		}
-		a.log.Debug("undecodable CWMP message", "remote", r.RemoteAddr, "err", err)
-		a.badRequest(w, http.StatusBadRequest, reason, "bad XML")
+		a.log.Warn("undecodable CWMP message answered 400", "remote", r.RemoteAddr, "reason", reason, "err", err)
+		a.badRequest(w, r, http.StatusBadRequest, reason, "bad XML")
 		return
 	}
 	if inf, ok := env.Body.(*cwmp.Inform); ok {
 		if s != nil && byConn {
 			// A second Inform in the same session (cwmp.md §1.2).
-			a.badRequest(w, http.StatusBadRequest, "state", "Bad session state")
+			a.badRequest(w, r, http.StatusBadRequest, "state", "Bad session state")
 			return
 		}
 		if s != nil {
@@ -150,7 +150,7 @@ func (a *ACS) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s == nil {
-		a.badRequest(w, http.StatusBadRequest, "state", "Bad session state")
+		a.badRequest(w, r, http.StatusBadRequest, "state", "Bad session state")
 		return
 	}
 	s.busy.Store(true)
@@ -165,8 +165,12 @@ func (a *ACS) serveHTTP(w http.ResponseWriter, r *http.Request) {
 
 // badRequest answers a 4xx with Connection: close, as GenieACS does for
 // unparseable XML and bad state (cwmp.md §1.3).
-func (a *ACS) badRequest(w http.ResponseWriter, status int, reason, msg string) {
+func (a *ACS) badRequest(w http.ResponseWriter, r *http.Request, status int, reason, msg string) {
 	metricBadRequests.WithLabelValues(reason).Inc()
+	if reason != "malformed" && reason != "dtd" && reason != "limits" && reason != "charset" {
+		// Decode failures were logged with their error by the caller.
+		a.log.Warn("CWMP request refused", "remote", r.RemoteAddr, "status", status, "reason", reason)
+	}
 	w.Header().Set("Connection", "close")
 	http.Error(w, msg, status)
 }
@@ -188,7 +192,7 @@ func sessionCookie(r *http.Request) string {
 func (a *ACS) startSession(w http.ResponseWriter, r *http.Request, ci *connInfo, env *cwmp.Envelope, inf *cwmp.Inform, body []byte, enc string) {
 	deviceID := devicemodel.CWMPDeviceID(inf.DeviceId.OUI, inf.DeviceId.ProductClass, inf.DeviceId.SerialNumber)
 	if err := devicemodel.ValidateDeviceID(deviceID); err != nil {
-		a.badRequest(w, http.StatusBadRequest, "device_id", "bad DeviceId")
+		a.badRequest(w, r, http.StatusBadRequest, "device_id", "bad DeviceId")
 		return
 	}
 	if !a.authenticate(r.Context(), w, r, ci, deviceID, body) {
@@ -257,7 +261,7 @@ func (a *ACS) exchange(w http.ResponseWriter, r *http.Request, s *session, env *
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.state == stateEnded {
-		a.badRequest(w, http.StatusBadRequest, "state", "Bad session state")
+		a.badRequest(w, r, http.StatusBadRequest, "state", "Bad session state")
 		return
 	}
 	ctx := r.Context()
@@ -290,7 +294,10 @@ func (a *ACS) exchange(w http.ResponseWriter, r *http.Request, s *session, env *
 // response handles a CPE's answer to the request we sent.
 func (a *ACS) response(w http.ResponseWriter, ctx context.Context, s *session, enc string, m cwmp.Message) {
 	if s.state != stateACS || s.sent == nil {
-		a.badRequest(w, http.StatusBadRequest, "state", "Bad session state")
+		metricBadRequests.WithLabelValues("state").Inc()
+		a.log.Warn("CWMP response outside the ACS's turn refused", "device", s.deviceID, "method", m.MethodName())
+		w.Header().Set("Connection", "close")
+		http.Error(w, "Bad session state", http.StatusBadRequest)
 		return
 	}
 	var err *devicemodel.Error

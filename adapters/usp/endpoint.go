@@ -333,7 +333,7 @@ const (
 
 func (e *Endpoint) drop(mtp MTP, reason string, err error, attrs ...any) error {
 	metricRecordsDropped.WithLabelValues(mtp.Name(), reason).Inc()
-	e.log.Debug("usp record dropped", append([]any{"mtp", mtp.Name(), "reason", reason, "err", err}, attrs...)...)
+	e.log.Warn("usp record dropped", append([]any{"mtp", mtp.Name(), "reason", reason, "err", err}, attrs...)...)
 	return &RecordError{Reason: reason, Err: err}
 }
 
