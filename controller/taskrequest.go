@@ -309,9 +309,12 @@ func (q *TaskQueue) create(ctx context.Context, deviceID string, r TaskRequest, 
 func (q *TaskQueue) deliver(d devicemodel.Device, connReq bool) {
 	switch d.Protocol {
 	case devicemodel.ProtocolUSP:
-		// Offline or not, try: the registry's online flag can lag, and an
-		// unreachable device only costs a "nobody serves" and a requeue.
-		q.kick(d.ID)
+		// An offline agent's tasks wait for its next event (DevicesSeen),
+		// which also covers a registry that lags behind a reconnect.
+		if d.Online {
+			q.reachable(d.ID)
+			q.kick(d.ID)
+		}
 	case devicemodel.ProtocolCWMP:
 		if connReq {
 			q.wakeCWMP(d.ID, d.ConnectionRequestURL)

@@ -84,7 +84,9 @@ type TaskQueue struct {
 	// the sweep leaves it alone until it is seen again (at most one entry
 	// per USP device with queued tasks).
 	pending, running, again, unreachable map[string]bool
-	waiters                              map[string][]chan struct{}
+	// waking: a connection request (with its retries) is out for the device.
+	waking  map[string]bool
+	waiters map[string][]chan struct{}
 
 	crSem chan struct{}
 
@@ -124,7 +126,7 @@ func NewTaskQueue(o TaskQueueOptions) (*TaskQueue, error) {
 	return &TaskQueue{
 		o: o, log: o.Logger.With("component", "tasks"),
 		wake:    make(chan string, o.MaxPendingWakeups),
-		pending: map[string]bool{}, running: map[string]bool{}, again: map[string]bool{}, unreachable: map[string]bool{},
+		pending: map[string]bool{}, running: map[string]bool{}, again: map[string]bool{}, unreachable: map[string]bool{}, waking: map[string]bool{},
 		waiters: map[string][]chan struct{}{},
 		crSem:   make(chan struct{}, o.MaxConnectionRequests),
 		ctx:     ctx, cancel: cancel,
@@ -211,10 +213,15 @@ func (q *TaskQueue) rescan(ctx context.Context, ids []string, wakeCWMP bool) {
 	for _, d := range devs {
 		switch d.Protocol {
 		case devicemodel.ProtocolUSP:
+			// The registry's state is committed before DevicesSeen runs,
+			// so Online is what the latest event said.
+			if !d.Online {
+				continue
+			}
 			if ids != nil {
 				q.reachable(d.ID)
 				q.kick(d.ID)
-			} else if d.Online && !q.isUnreachable(d.ID) {
+			} else if !q.isUnreachable(d.ID) {
 				q.kick(d.ID)
 			}
 		case devicemodel.ProtocolCWMP:
@@ -319,6 +326,7 @@ func (q *TaskQueue) dispatchUSP(id string) {
 			continue
 		}
 		metricTasksDispatched.WithLabelValues(string(devicemodel.ProtocolUSP)).Inc()
+		q.log.Debug("dispatching task", "task", t.ID, "device", id, "operation", t.Operation)
 		rctx, cancel := context.WithTimeout(q.ctx, q.o.CommandTimeout)
 		res, err := q.o.Bus.Request(rctx, devicemodel.ProtocolUSP, cmd)
 		cancel()
@@ -479,40 +487,77 @@ func (q *TaskQueue) SessionWork(ctx context.Context, req *duetv1.SessionWorkRequ
 
 // wakeCWMP sends a connection request in the background, bounded: when
 // MaxConnectionRequests are already out, the task waits for the device's
-// next periodic inform.
+// next periodic inform. A refused request is tried again a few times while
+// the device still has queued tasks: a CPE answers 503 while a session is
+// still closing (cwmp.md §6), which is exactly when a task created right
+// after the previous one's result arrives.
 func (q *TaskQueue) wakeCWMP(deviceID, url string) {
 	if url == "" {
 		metricConnReqs.WithLabelValues("skipped").Inc()
 		return
 	}
+	q.mu.Lock()
+	if q.waking[deviceID] {
+		q.mu.Unlock()
+		return
+	}
 	select {
 	case q.crSem <- struct{}{}:
 	default:
+		q.mu.Unlock()
 		metricConnReqs.WithLabelValues("skipped").Inc()
 		return
 	}
+	q.waking[deviceID] = true
+	q.mu.Unlock()
 	q.wg.Add(1)
 	go func() {
 		defer q.wg.Done()
-		defer func() { <-q.crSem }()
-		ctx, cancel := context.WithTimeout(q.ctx, 30*time.Second)
-		defer cancel()
-		// Credentials stay empty until per-device CPE credentials exist
-		// (issue 5 §6).
-		res, err := q.o.Bus.Request(ctx, devicemodel.ProtocolCWMP, &duetv1.Command{
-			DeviceId: deviceID,
-			Op:       &duetv1.Command_ConnectionRequest{ConnectionRequest: &duetv1.ConnectionRequest{Url: url}},
-		})
-		if err == nil && res.GetError() != nil {
-			err = errors.New(res.GetError().GetMessage())
+		defer func() {
+			q.mu.Lock()
+			delete(q.waking, deviceID)
+			q.mu.Unlock()
+			<-q.crSem
+		}()
+		backoff := 250 * time.Millisecond
+		for try := 1; ; try++ {
+			err := q.connectionRequest(deviceID, url)
+			if err == nil {
+				metricConnReqs.WithLabelValues("sent").Inc()
+				return
+			}
+			if try == connReqTries || devicemodel.ErrorCode(err) == devicemodel.CodeUnauthenticated {
+				metricConnReqs.WithLabelValues("failed").Inc()
+				q.log.Info("connection request failed; the tasks wait for the next inform", "device", deviceID, "err", err)
+				return
+			}
+			sleepCtx(q.ctx, backoff)
+			backoff *= 2
+			devs, derr := q.o.Store.DevicesWithQueuedTasks(q.ctx, []string{deviceID})
+			if q.ctx.Err() != nil || derr != nil || len(devs) == 0 {
+				return
+			}
 		}
-		if err != nil {
-			metricConnReqs.WithLabelValues("failed").Inc()
-			q.log.Info("connection request failed; the tasks wait for the next inform", "device", deviceID, "err", err)
-			return
-		}
-		metricConnReqs.WithLabelValues("sent").Inc()
 	}()
+}
+
+// connReqTries is how many connection requests one wake-up sends at most
+// (over about 2 s).
+const connReqTries = 4
+
+func (q *TaskQueue) connectionRequest(deviceID, url string) error {
+	ctx, cancel := context.WithTimeout(q.ctx, 30*time.Second)
+	defer cancel()
+	// Credentials stay empty until per-device CPE credentials exist
+	// (issue 5 §6).
+	res, err := q.o.Bus.Request(ctx, devicemodel.ProtocolCWMP, &duetv1.Command{
+		DeviceId: deviceID,
+		Op:       &duetv1.Command_ConnectionRequest{ConnectionRequest: &duetv1.ConnectionRequest{Url: url}},
+	})
+	if err == nil && res.GetError() != nil {
+		err = bus.ErrorFromProto(res.GetError())
+	}
+	return err
 }
 
 // notify wakes the API requests waiting on a task.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/duet-dm/duet/pkg/bus/bustest"
+	"github.com/duet-dm/duet/pkg/sim/agent"
 	"github.com/duet-dm/duet/pkg/sim/cpe"
 	"github.com/duet-dm/duet/pkg/store/storetest"
 )
@@ -186,5 +187,126 @@ func TestCWMPTaskForOfflineDevice(t *testing.T) {
 	}
 	if code, _ := d.do("DELETE", "/api/v1/tasks/"+set.ID, ""); code != 409 {
 		t.Fatalf("cancel of a finished task: %d", code)
+	}
+}
+
+// tasksControllerEID is the binary's default USP endpoint ID.
+const tasksControllerEID = "self::duet-controller"
+
+// startAgent connects a simulated USP agent to the binary's embedded MQTT
+// broker.
+func startAgent(t *testing.T, env map[string]string, serial string) (*agent.Agent, *agent.Client) {
+	t.Helper()
+	a, err := agent.New(agent.Config{SerialNumber: serial, ControllerID: tasksControllerEID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	c, err := agent.DialMQTT(ctx, a, agent.MQTTConfig{
+		Broker: "127.0.0.1:" + env["DUET_MQTT_PORT"], ControllerTopic: "usp/controller/" + tasksControllerEID,
+		AgentTopic: "usp/agent/" + a.EndpointID(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close(); _ = a.Close() })
+	return a, c
+}
+
+func (d *duet) waitOnline(id string, online bool) {
+	d.t.Helper()
+	bustest.CheckFor(d.t, 30*time.Second, 100*time.Millisecond, func() error {
+		code, body := d.get("/api/v1/devices/" + url.PathEscape(id))
+		if code != 200 || !strings.Contains(body, fmt.Sprintf(`"online":%v`, online)) {
+			return fmt.Errorf("device %s: %d %s", id, code, body)
+		}
+		return nil
+	})
+}
+
+// TestTasksOnUSPDevice is TestTasksOnCWMPDevice's sequence on a simulated
+// USP agent over MQTT: the same requests, the same kinds of results.
+func TestTasksOnUSPDevice(t *testing.T) {
+	env := baseEnv(t, storetest.NewDatabase(t))
+	d := startDuet(t, env, "serve")
+	d.waitReady(30 * time.Second)
+	a, _ := startAgent(t, env, "UTASK1")
+	dev := a.EndpointID()
+	d.waitOnline(dev, true)
+
+	d.runTask(dev, `{"operation":"set","params":[{"path":"Device.WiFi.SSID.1.SSID","value":"duet-e2e"}]}`)
+	if v, _ := a.Parameter("Device.WiFi.SSID.1.SSID"); v != "duet-e2e" {
+		t.Fatalf("agent SSID %q after set", v)
+	}
+	got := d.runTask(dev, `{"operation":"get","paths":["Device.WiFi.SSID.1.SSID"]}`)
+	if !strings.Contains(string(got.Result), `"duet-e2e"`) {
+		t.Fatalf("get result %s", got.Result)
+	}
+	add := d.runTask(dev, `{"operation":"add","object_path":"Device.NAT.PortMapping.","params":[{"path":"Alias","value":"web"},{"path":"ExternalPort","value":"8080","type":"unsignedInt"}]}`)
+	var ar struct {
+		Add struct {
+			InstancePath string `json:"instance_path"`
+		} `json:"add"`
+	}
+	if err := json.Unmarshal(add.Result, &ar); err != nil || !strings.HasPrefix(ar.Add.InstancePath, "Device.NAT.PortMapping.") {
+		t.Fatalf("add result %s", add.Result)
+	}
+	if v, ok := a.Parameter(ar.Add.InstancePath + "Alias"); !ok || v != "web" {
+		t.Fatalf("new instance Alias %q %v", v, ok)
+	}
+	d.runTask(dev, `{"operation":"delete","object_paths":["`+ar.Add.InstancePath+`"]}`)
+	if _, ok := a.Parameter(ar.Add.InstancePath + "Alias"); ok {
+		t.Fatal("instance still there after delete")
+	}
+	code, bad := d.postTask(dev, `{"operation":"set","params":[{"path":"Device.DeviceInfo.NoSuchThing","value":"1"}],"wait":30}`)
+	if code != 200 || bad.State != "failed" || bad.Error == nil {
+		t.Fatalf("set of an unknown parameter: %d %+v", code, bad)
+	}
+	boots := a.Boots()
+	d.runTask(dev, `{"operation":"reboot"}`)
+	bustest.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		if b := a.Boots(); b <= boots {
+			return fmt.Errorf("agent did not reboot (%d boots)", b)
+		}
+		return nil
+	})
+}
+
+// TestUSPTaskForOfflineDevice: as TestCWMPTaskForOfflineDevice, for an
+// agent that disconnected and comes back.
+func TestUSPTaskForOfflineDevice(t *testing.T) {
+	env := baseEnv(t, storetest.NewDatabase(t))
+	d := startDuet(t, env, "serve")
+	d.waitReady(30 * time.Second)
+	a, c := startAgent(t, env, "UOFF1")
+	dev := a.EndpointID()
+	d.waitOnline(dev, true)
+	_ = c.Close()
+	_ = a.Close()
+	d.waitOnline(dev, false)
+	_, cancelled := d.postTask(dev, `{"operation":"reboot"}`)
+	exp := time.Now().Add(time.Second).UTC().Format(time.RFC3339Nano)
+	_, expired := d.postTask(dev, `{"operation":"factory_reset","expires_at":"`+exp+`"}`)
+	_, set := d.postTask(dev, `{"operation":"set","params":[{"path":"Device.WiFi.SSID.1.SSID","value":"while-away"}]}`)
+	if code, body := d.do("DELETE", "/api/v1/tasks/"+cancelled.ID, ""); code != 200 {
+		t.Fatalf("cancel: %d %s", code, body)
+	}
+	d.waitTask(expired.ID, "expired", 20*time.Second)
+	if tk := d.getTask(set.ID); tk.State != "queued" {
+		t.Fatalf("task for an offline agent is %s", tk.State)
+	}
+	a2, _ := startAgent(t, env, "UOFF1")
+	d.waitTask(set.ID, "succeeded", 30*time.Second)
+	if v, _ := a2.Parameter("Device.WiFi.SSID.1.SSID"); v != "while-away" {
+		t.Fatalf("agent SSID %q", v)
+	}
+	for _, id := range []string{cancelled.ID, expired.ID} {
+		if tk := d.getTask(id); tk.DispatchedAt != nil || tk.Attempts != 0 {
+			t.Fatalf("task %s was sent: %+v", id, tk)
+		}
+	}
+	if a2.Boots() != 0 {
+		t.Fatalf("agent booted %d times: the cancelled reboot or expired reset reached it", a2.Boots())
 	}
 }

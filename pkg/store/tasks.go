@@ -196,17 +196,30 @@ func DecodeSeqCursor(c string) (int64, error) {
 }
 
 // CancelTask cancels a queued task. Errors: CodeNotFound; CodeConflict
-// when the task is past queued (dispatched or finished).
+// when the task is past queued (dispatched or finished). The row is locked
+// first, so the answer is about the state the cancel actually met.
 func (s *Store) CancelTask(ctx context.Context, id string) (Task, error) {
-	t, err := scanTask(s.pool.QueryRow(ctx, `UPDATE tasks SET state = 'cancelled', error_code = 'cancelled',
-		error_message = 'cancelled through the API', finished_at = now(), updated_at = now()
-		WHERE id = $1 AND state = 'queued' RETURNING `+taskColumns, id))
-	if errors.Is(err, pgx.ErrNoRows) {
-		cur, ferr := s.FindTaskByID(ctx, id)
-		if ferr != nil {
-			return cur, ferr
+	var t Task
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var st string
+		err := tx.QueryRow(ctx, "SELECT state FROM tasks WHERE id = $1 FOR UPDATE", id).Scan(&st)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return devicemodel.Errorf(devicemodel.CodeNotFound, "task %q not found", id)
 		}
-		return cur, devicemodel.Errorf(devicemodel.CodeConflict, "task %s is %s; only a queued task can be cancelled", id, cur.State)
+		if err != nil {
+			return err
+		}
+		if TaskState(st) != TaskQueued {
+			return devicemodel.Errorf(devicemodel.CodeConflict, "task %s is %s; only a queued task can be cancelled", id, st)
+		}
+		t, err = scanTask(tx.QueryRow(ctx, `UPDATE tasks SET state = 'cancelled', error_code = 'cancelled',
+			error_message = 'cancelled through the API', finished_at = now(), updated_at = now()
+			WHERE id = $1 RETURNING `+taskColumns, id))
+		return err
+	})
+	var de *devicemodel.Error
+	if errors.As(err, &de) {
+		return t, err
 	}
 	if err != nil {
 		return t, fmt.Errorf("store: cancel task: %w", err)
@@ -293,7 +306,8 @@ func (s *Store) RequeueTask(ctx context.Context, id, why string, delivered bool)
 		undo = 1
 	}
 	tag, err := s.pool.Exec(ctx, `UPDATE tasks SET state = 'queued', session = '', error_message = $2,
-		attempts = attempts - $3, updated_at = now()
+		attempts = attempts - $3, updated_at = now(),
+		dispatched_at = CASE WHEN attempts - $3 = 0 THEN NULL ELSE dispatched_at END
 		WHERE id = $1 AND state = 'dispatched'`, id, why, undo)
 	if err != nil {
 		return false, fmt.Errorf("store: requeue task: %w", err)
