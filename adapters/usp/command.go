@@ -98,6 +98,17 @@ func (e *Endpoint) doRequest(ctx context.Context, eid string, typ uspmsg.Header_
 		}
 		return r.msg, nil
 	case <-ctx.Done():
+		// A disconnect fails pending requests and then stops the command
+		// subscription, which cancels ctx: both may be ready at once, and
+		// the agent's fate is the truer answer.
+		select {
+		case r := <-ch:
+			if r.err != nil {
+				return nil, r.err
+			}
+			return r.msg, nil
+		default:
+		}
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return nil, devicemodel.Errorf(devicemodel.CodeTimeout, "usp agent %s did not answer %s (msg_id %s) in time", eid, typ, msgID)
 		}
