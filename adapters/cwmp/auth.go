@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -20,11 +21,16 @@ type nonceStore struct {
 	mu  sync.Mutex
 	max int
 	ttl time.Duration
-	m   map[string]time.Time // nonce -> expiry
+	m   map[string]*nonceState
+}
+
+type nonceState struct {
+	exp time.Time
+	nc  uint64 // highest nonce count accepted so far
 }
 
 func newNonceStore(max int, ttl time.Duration) *nonceStore {
-	return &nonceStore{max: max, ttl: ttl, m: make(map[string]time.Time)}
+	return &nonceStore{max: max, ttl: ttl, m: make(map[string]*nonceState)}
 }
 
 func (n *nonceStore) issue(now time.Time) string {
@@ -42,7 +48,7 @@ func (n *nonceStore) issue(now time.Time) string {
 			delete(n.m, k)
 		}
 	}
-	n.m[nonce] = now.Add(n.ttl)
+	n.m[nonce] = &nonceState{exp: now.Add(n.ttl)}
 	return nonce
 }
 
@@ -50,15 +56,30 @@ func (n *nonceStore) issue(now time.Time) string {
 func (n *nonceStore) check(nonce string, now time.Time) (ok, stale bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	exp, found := n.m[nonce]
+	st, found := n.m[nonce]
 	if !found {
 		return false, false
 	}
-	if now.After(exp) {
+	if now.After(st.exp) {
 		delete(n.m, nonce)
 		return false, true
 	}
 	return true, false
+}
+
+// useCount records nonce count nc for nonce and reports whether it is
+// higher than every count accepted before: with qop the client increments
+// nc on each request under one nonce, so a repeated or lower count is a
+// replay of a captured Authorization header (RFC 2617 §3.2.2).
+func (n *nonceStore) useCount(nonce string, nc uint64) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st, ok := n.m[nonce]
+	if !ok || nc <= st.nc {
+		return false
+	}
+	st.nc = nc
+	return true
 }
 
 func (n *nonceStore) purge(now time.Time) {
@@ -68,8 +89,8 @@ func (n *nonceStore) purge(now time.Time) {
 }
 
 func (n *nonceStore) purgeLocked(now time.Time) {
-	for k, exp := range n.m {
-		if now.After(exp) {
+	for k, st := range n.m {
+		if now.After(st.exp) {
 			delete(n.m, k)
 		}
 	}
@@ -256,7 +277,20 @@ func (a *ACS) verifyDigest(r *http.Request, params, user, ha1 string, body []byt
 	} else {
 		want = md5hex(ha1 + ":" + p["nonce"] + ":" + p["nc"] + ":" + p["cnonce"] + ":" + p["qop"] + ":" + ha2)
 	}
-	return subtle.ConstantTimeCompare([]byte(want), []byte(strings.ToLower(p["response"]))) == 1, false
+	if subtle.ConstantTimeCompare([]byte(want), []byte(strings.ToLower(p["response"]))) != 1 {
+		return false, false
+	}
+	if p["qop"] != "" {
+		nc, err := strconv.ParseUint(p["nc"], 16, 64)
+		if err != nil || !a.nonces.useCount(p["nonce"], nc) {
+			metricAuthReplays.Inc()
+			a.log.Warn("CWMP digest nonce count reused: replay refused", "remote", r.RemoteAddr, "user", user)
+			return false, false
+		}
+	}
+	// Without qop (RFC 2069 clients) there is no count to check; such a
+	// nonce stays usable until it expires.
+	return true, false
 }
 
 // verifyBasic checks Basic credentials against HA1: MD5(user:realm:pass)

@@ -182,3 +182,57 @@ func selfSigned(t *testing.T) (certFile, keyFile string) {
 	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
 	return certFile, keyFile
 }
+
+// TestAuthDigestReplayRefused: a captured Authorization header sent again
+// (same nonce, same nonce count) is refused; the next count is accepted
+// (RFC 2617 §3.2.2).
+func TestAuthDigestReplayRefused(t *testing.T) {
+	e := newEnv(t, sharedAuth)
+	c := newCPE(t, e.url, "Device.", "RP1", true, false)
+	body, err := cwmp.Encode(&cwmp.Envelope{Body: c.inform(cwmp.EventPeriodic)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nonce string
+	fresh := func(authz string) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, e.url, strings.NewReader(string(body)))
+		req.Header.Set("Content-Type", "text/xml")
+		req.Close = true // a new connection each time, as an attacker would use
+		if authz != "" {
+			req.Header.Set("Authorization", authz)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if authz == "" {
+			p := parseAuthParams(strings.TrimPrefix(resp.Header.Get("WWW-Authenticate"), "Digest "))
+			nonce = p["nonce"]
+		}
+		return resp.StatusCode
+	}
+	if code := fresh(""); code != http.StatusUnauthorized || nonce == "" {
+		t.Fatalf("no challenge: %d", code)
+	}
+	uri := strings.TrimPrefix(e.url, "http://"+strings.SplitN(strings.TrimPrefix(e.url, "http://"), "/", 2)[0])
+	if uri == "" {
+		uri = "/"
+	}
+	authz := func(nc string) string {
+		ha1 := md5hex("acs:Duet:s3cret")
+		ha2 := md5hex("POST:" + uri)
+		resp := md5hex(ha1 + ":" + nonce + ":" + nc + ":c0ffee:auth:" + ha2)
+		return `Digest username="acs", realm="Duet", nonce="` + nonce + `", uri="` + uri + `", qop=auth, nc=` + nc + `, cnonce="c0ffee", response="` + resp + `"`
+	}
+	if code := fresh(authz("00000001")); code != http.StatusOK {
+		t.Fatalf("first use: %d", code)
+	}
+	if code := fresh(authz("00000001")); code != http.StatusUnauthorized {
+		t.Fatalf("replayed header accepted: %d", code)
+	}
+	if code := fresh(authz("00000002")); code != http.StatusOK {
+		t.Fatalf("next nonce count refused: %d", code)
+	}
+}

@@ -26,6 +26,9 @@ var (
 	metricAuthFailures = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "duet_cwmp_auth_failures_total", Help: "CPE authentication failures, by scheme.",
 	}, []string{"scheme"})
+	metricAuthReplays = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "duet_cwmp_auth_replays_total", Help: "Digest credentials refused because their nonce count was reused (replays).",
+	})
 	metricShed = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "duet_cwmp_shed_total", Help: "Requests refused with 503, by reason.",
 	}, []string{"reason"})
