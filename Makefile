@@ -22,9 +22,10 @@ TEST_TIMEOUT ?= 15m
 
 all: build
 
-build: ## build bin/duet
+build: ## build bin/duet and bin/duet-sim (the fleet simulator)
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/duet ./cmd/duet
+	$(GO) build -trimpath -o $(BIN)/duet-sim ./cmd/duet-sim
 
 run: build ## run Duet with embedded NATS and brokers (PostgreSQL is found or set up)
 	scripts/run.sh

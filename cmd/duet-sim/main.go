@@ -1,0 +1,203 @@
+// Command duet-sim is the fleet simulator: it runs many simulated TR-069
+// CPEs and TR-369 USP agents in one process against a running Duet, and
+// reports how fast they came up and how their sessions go.
+//
+//	duet-sim --cwmp 1000 --acs http://localhost:7547/
+//	duet-sim --usp-mqtt 500 --mqtt 127.0.0.1:1883 --usp-ws 500 --ws ws://localhost:8081/usp
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/duet-dm/duet/pkg/sim/agent"
+	"github.com/duet-dm/duet/pkg/sim/cpe"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "duet-sim:", err)
+		os.Exit(1)
+	}
+}
+
+type config struct {
+	cwmp, uspMQTT, uspSTOMP, uspWS int
+	acs, acsUser, acsPass          string
+	tr098Share                     float64
+	dataModels                     string
+	periodic                       time.Duration
+	mqtt, mqttTopic                string
+	stomp, stompDest               string
+	ws                             string
+	controllerID                   string
+	prefix                         string
+	duration, report               time.Duration
+}
+
+func run(ctx context.Context, args []string, out io.Writer) error {
+	var c config
+	fs := flag.NewFlagSet("duet-sim", flag.ContinueOnError)
+	fs.IntVar(&c.cwmp, "cwmp", 0, "number of simulated TR-069 CPEs")
+	fs.StringVar(&c.acs, "acs", "http://127.0.0.1:7547/", "ACS URL the CPEs inform to")
+	fs.StringVar(&c.acsUser, "acs-username", "", "CPE username for the ACS (shared mode)")
+	fs.StringVar(&c.acsPass, "acs-password", "", "CPE password for the ACS")
+	fs.Float64Var(&c.tr098Share, "tr098-share", 0.5, "fraction of CPEs on the TR-098 (InternetGatewayDevice.) data model")
+	fs.StringVar(&c.dataModels, "datamodels", "testdata/datamodel", "directory holding tr181.json and tr098.json")
+	fs.DurationVar(&c.periodic, "periodic", 5*time.Minute, "periodic inform interval of the CPEs")
+	fs.IntVar(&c.uspMQTT, "usp-mqtt", 0, "number of USP agents over MQTT")
+	fs.StringVar(&c.mqtt, "mqtt", "127.0.0.1:1883", "MQTT broker host:port")
+	fs.StringVar(&c.mqttTopic, "mqtt-topic", "", "controller topic (default usp/controller/<controller id>)")
+	fs.IntVar(&c.uspSTOMP, "usp-stomp", 0, "number of USP agents over STOMP")
+	fs.StringVar(&c.stomp, "stomp", "127.0.0.1:61613", "STOMP broker host:port")
+	fs.StringVar(&c.stompDest, "stomp-destination", "/queue/usp.controller", "controller destination")
+	fs.IntVar(&c.uspWS, "usp-ws", 0, "number of USP agents over WebSocket")
+	fs.StringVar(&c.ws, "ws", "ws://127.0.0.1:8081/usp", "controller WebSocket URL")
+	fs.StringVar(&c.controllerID, "controller-id", "self::duet-controller", "the controller's USP endpoint ID")
+	fs.StringVar(&c.prefix, "prefix", "SIM", "serial number prefix, to run several simulators side by side")
+	fs.DurationVar(&c.duration, "duration", 0, "stop after this long (0: until Ctrl-C)")
+	fs.DurationVar(&c.report, "report", 10*time.Second, "how often to print progress")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if c.cwmp+c.uspMQTT+c.uspSTOMP+c.uspWS == 0 {
+		fs.Usage()
+		return errors.New("nothing to simulate: give --cwmp and/or --usp-mqtt/--usp-stomp/--usp-ws")
+	}
+	if c.tr098Share < 0 || c.tr098Share > 1 {
+		return fmt.Errorf("--tr098-share %v is not between 0 and 1", c.tr098Share)
+	}
+	if c.duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.duration)
+		defer cancel()
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	var closers []func()
+	defer func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}()
+	start := time.Now()
+
+	var fleets []*cpe.Fleet
+	if c.cwmp > 0 {
+		n098 := int(float64(c.cwmp)*c.tr098Share + 0.5)
+		for _, part := range []struct {
+			n     int
+			file  string
+			class string
+		}{{c.cwmp - n098, "tr181.json", "SIM181"}, {n098, "tr098.json", "SIM098"}} {
+			if part.n == 0 {
+				continue
+			}
+			f, err := cpe.NewFleet(cpe.FleetOptions{N: part.n, SerialPrefix: c.prefix + part.class, Template: cpe.Options{
+				ACSURL: c.acs, DataModelPath: filepath.Join(c.dataModels, part.file), ProductClass: part.class,
+				Username: c.acsUser, Password: c.acsPass, PeriodicInterval: c.periodic, Logger: log,
+			}})
+			if err != nil {
+				return err
+			}
+			if err := f.Start(ctx); err != nil {
+				return err
+			}
+			closers = append(closers, f.Stop)
+			fleets = append(fleets, f)
+		}
+		fmt.Fprintf(out, "started %d CWMP CPEs (%d TR-098) against %s in %s\n", c.cwmp, n098, c.acs, time.Since(start).Round(time.Millisecond))
+	}
+
+	topic := c.mqttTopic
+	if topic == "" {
+		topic = "usp/controller/" + c.controllerID
+	}
+	uspConfig := func(kind string) func(int) agent.Config {
+		return func(i int) agent.Config {
+			return agent.Config{SerialNumber: fmt.Sprintf("%s%s%06d", c.prefix, kind, i+1), ControllerID: c.controllerID}
+		}
+	}
+	var agentFleets []*agent.Fleet
+	for _, tr := range []struct {
+		name string
+		n    int
+		dial agent.DialFunc
+	}{
+		{"MQTT", c.uspMQTT, func(ctx context.Context, a *agent.Agent) (*agent.Client, error) {
+			return agent.DialMQTT(ctx, a, agent.MQTTConfig{Broker: c.mqtt, ControllerTopic: topic, AgentTopic: "usp/agent/" + a.EndpointID()})
+		}},
+		{"STOMP", c.uspSTOMP, func(ctx context.Context, a *agent.Agent) (*agent.Client, error) {
+			return agent.DialSTOMP(ctx, a, agent.STOMPConfig{Server: c.stomp, Destination: "/queue/agent-" + a.EndpointID(), ControllerDestination: c.stompDest})
+		}},
+		{"WS", c.uspWS, func(ctx context.Context, a *agent.Agent) (*agent.Client, error) {
+			return agent.DialWebSocket(ctx, a, agent.WebSocketConfig{URL: c.ws})
+		}},
+	} {
+		if tr.n == 0 {
+			continue
+		}
+		t0 := time.Now()
+		f, err := agent.StartFleet(ctx, tr.n, uspConfig(tr.name), tr.dial)
+		if err != nil {
+			return fmt.Errorf("%s agents: %w", tr.name, err)
+		}
+		closers = append(closers, func() { _ = f.Close() })
+		agentFleets = append(agentFleets, f)
+		el := time.Since(t0)
+		fmt.Fprintf(out, "connected %d USP agents over %s in %s (%.0f/s)\n", tr.n, tr.name, el.Round(time.Millisecond), float64(tr.n)/el.Seconds())
+	}
+
+	ticker := time.NewTicker(c.report)
+	defer ticker.Stop()
+	var last cpe.Stats
+	lastAt := time.Now()
+	report := func() {
+		var s cpe.Stats
+		for _, f := range fleets {
+			fs := f.Stats()
+			s.Sessions += fs.Sessions
+			s.FailedSessions += fs.FailedSessions
+			s.Informs += fs.Informs
+			s.RPCs += fs.RPCs
+			s.Faults += fs.Faults
+			s.ConnectionRequests += fs.ConnectionRequests
+		}
+		boots := 0
+		for _, f := range agentFleets {
+			for _, a := range f.Agents() {
+				boots += a.Boots()
+			}
+		}
+		now := time.Now()
+		dt := now.Sub(lastAt).Seconds()
+		fmt.Fprintf(out, "%s  cwmp: sessions %d (%.1f/s) failed %d informs %d rpcs %d conn-req %d | usp agents %d, boots %d\n",
+			time.Since(start).Round(time.Second), s.Sessions, float64(s.Sessions-last.Sessions)/dt, s.FailedSessions,
+			s.Informs, s.RPCs, s.ConnectionRequests, c.uspMQTT+c.uspSTOMP+c.uspWS, boots)
+		last, lastAt = s, now
+	}
+	var once sync.Once
+	for {
+		select {
+		case <-ctx.Done():
+			once.Do(report)
+			return nil
+		case <-ticker.C:
+			report()
+		}
+	}
+}
