@@ -13,7 +13,7 @@ pick() {
 	local var=$1 std=$2 alt=$3 what=$4
 	if [[ -n ${!var:-} ]]; then return; fi
 	if port_open "$std"; then
-		echo "run: port $std is taken (a $what is already running there); the embedded one uses $alt ($var)" >&2
+		echo "run: port $std is already in use (by a $what, presumably); the embedded one uses $alt ($var)" >&2
 		export "$var=$alt"
 	fi
 }
