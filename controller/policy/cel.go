@@ -20,6 +20,7 @@ import (
 	"cel.dev/cel-go/cel"
 	"cel.dev/cel-go/common/types"
 	"cel.dev/cel-go/ext"
+	"cel.dev/cel-go/interpreter"
 
 	"github.com/duet-dm/duet/pkg/devicemodel"
 )
@@ -147,43 +148,73 @@ func issueError(kind string, errs []*cel.Error) error {
 	return devicemodel.Errorf(devicemodel.CodeInvalidArgument, "%s %s", kind, b.String())
 }
 
-func activation(f DeviceFacts) map[string]any {
-	now := f.Now
-	if now.IsZero() {
-		now = time.Now()
-	}
-	tags := f.Tags
-	if tags == nil {
-		tags = []string{}
-	}
-	params := f.Params
-	if params == nil {
-		params = map[string]string{}
-	}
-	d := f.Device
-	return map[string]any{
-		"id":               d.ID,
-		"protocol":         string(d.Protocol),
-		"manufacturer":     d.Manufacturer,
-		"oui":              d.OUI,
-		"product_class":    d.ProductClass,
-		"serial_number":    d.SerialNumber,
-		"software_version": d.SoftwareVersion,
-		"hardware_version": d.HardwareVersion,
-		"model_name":       d.ModelName,
-		"tags":             tags,
-		"online":           d.Online,
-		"last_seen":        d.LastSeen,
-		"now":              now,
-		"params":           params,
-	}
+// activation resolves variables from the facts on demand: a filter that
+// reads two facts costs two lookups, not a map of fourteen per device
+// (which dominated the membership benchmark).
+type activation struct {
+	f   *DeviceFacts
+	now time.Time
 }
+
+var _ interpreter.Activation = activation{}
+
+var (
+	emptyTags   = []string{}
+	emptyParams = map[string]string{}
+)
+
+func (a activation) ResolveName(name string) (any, bool) {
+	d := &a.f.Device
+	switch name {
+	case "id":
+		return d.ID, true
+	case "protocol":
+		return string(d.Protocol), true
+	case "manufacturer":
+		return d.Manufacturer, true
+	case "oui":
+		return d.OUI, true
+	case "product_class":
+		return d.ProductClass, true
+	case "serial_number":
+		return d.SerialNumber, true
+	case "software_version":
+		return d.SoftwareVersion, true
+	case "hardware_version":
+		return d.HardwareVersion, true
+	case "model_name":
+		return d.ModelName, true
+	case "tags":
+		if a.f.Tags == nil {
+			return emptyTags, true
+		}
+		return a.f.Tags, true
+	case "online":
+		return d.Online, true
+	case "last_seen":
+		return d.LastSeen, true
+	case "now":
+		return a.now, true
+	case "params":
+		if a.f.Params == nil {
+			return emptyParams, true
+		}
+		return a.f.Params, true
+	}
+	return nil, false
+}
+
+func (activation) Parent() interpreter.Activation { return nil }
 
 // eval runs the program. Runtime failures (a key missing from params, the
 // cost budget exceeded, an overflow) come back as CodeInvalidValue errors
 // that name the device.
 func (p *program) eval(kind string, f DeviceFacts) (any, error) {
-	out, _, err := p.prog.Eval(activation(f))
+	now := f.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	out, _, err := p.prog.Eval(activation{f: &f, now: now})
 	if err != nil {
 		return nil, devicemodel.Errorf(devicemodel.CodeInvalidValue, "%s on device %s: %v", kind, f.Device.ID, err)
 	}

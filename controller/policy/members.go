@@ -1,0 +1,104 @@
+package policy
+
+import (
+	"context"
+	"time"
+
+	"github.com/duet-dm/duet/pkg/store"
+)
+
+// Bounds of one Members call. Membership is computed, not stored, so it is
+// always current with the registry; each call does bounded work: at most
+// scanBudget devices read, in pages of scanPage, one query per page.
+const (
+	scanPage   = 1000
+	scanBudget = 50_000
+)
+
+// MemberPage is one page of a group's members.
+type MemberPage struct {
+	// IDs of matching devices, in ID order.
+	IDs []string
+	// Next is the cursor to pass for the next page; "" when the registry
+	// has been scanned to the end. A page can hold fewer than limit IDs
+	// (even none) and still have a Next: the call stopped at its scan
+	// budget so that a sparse group over a big fleet never turns one
+	// request into a full-table evaluation.
+	Next string
+	// Scanned is how many devices were evaluated.
+	Scanned int
+	// Unevaluable counts devices whose evaluation failed (a params key
+	// not cached, the cost budget): they are not members.
+	Unevaluable int
+}
+
+// Members evaluates the group's filter over the registry from cursor (""
+// for the start) and returns up to limit matching device IDs. Device
+// parameters are not cached in the store yet, so params is empty here and
+// a filter that reads params["..."] counts those devices as unevaluable.
+//
+// Errors: CodeInvalidArgument for a malformed cursor or a filter that
+// does not compile (it was checked when saved, so only after an upgrade
+// that changed the environment); store errors as they come.
+func Members(ctx context.Context, st *store.Store, g store.Group, cursor string, limit int) (MemberPage, error) {
+	f, err := CompileFilter(g.Filter)
+	if err != nil {
+		return MemberPage{}, err
+	}
+	return members(ctx, st, f, cursor, limit, scanBudget)
+}
+
+func members(ctx context.Context, st *store.Store, f *Filter, cursor string, limit, budget int) (MemberPage, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	if limit > store.MaxPageSize {
+		limit = store.MaxPageSize
+	}
+	after := ""
+	if cursor != "" {
+		var err error
+		if after, err = store.DecodeCursor(cursor); err != nil {
+			return MemberPage{}, err
+		}
+	}
+	var p MemberPage
+	// One instant for the whole call: `now - last_seen` judges every
+	// device of the page by the same clock.
+	now := time.Now()
+	for {
+		n := min(scanPage, budget-p.Scanned)
+		devs, err := st.ScanDevices(ctx, after, n)
+		if err != nil {
+			return MemberPage{}, err
+		}
+		for _, d := range devs {
+			p.Scanned++
+			after = d.Device.ID
+			ok, err := f.Match(DeviceFacts{Device: d.Device, Tags: d.Tags, Now: now})
+			if err != nil {
+				p.Unevaluable++
+				continue
+			}
+			if ok {
+				p.IDs = append(p.IDs, d.Device.ID)
+				if len(p.IDs) == limit {
+					// More may follow this device, even within this
+					// batch: resume right after it.
+					p.Next = store.EncodeCursor(after)
+					return p, nil
+				}
+			}
+		}
+		if len(devs) < n {
+			return p, nil // end of the registry
+		}
+		if p.Scanned >= budget {
+			p.Next = store.EncodeCursor(after)
+			return p, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return MemberPage{}, err
+		}
+	}
+}
