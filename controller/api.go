@@ -8,11 +8,13 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
 )
@@ -25,6 +27,8 @@ var metricAPIRequests = promauto.NewCounterVec(prometheus.CounterOpts{
 // API serves /api/v1.
 type API struct {
 	o       APIOptions
+	stop    chan struct{}
+	once    sync.Once
 	store   *store.Store
 	log     *slog.Logger
 	mux     *http.ServeMux
@@ -38,8 +42,13 @@ type APIOptions struct {
 	// Tokens authenticates requests; default Store.
 	Tokens TokenFinder
 	// Tasks serves the task routes; without it they are not offered.
-	Tasks  *TaskQueue
-	Logger *slog.Logger
+	Tasks *TaskQueue
+	// Bus feeds GET /api/v1/events (Server-Sent Events).
+	Bus *bus.Bus
+	// SSEBuffer is how many events a streaming client may fall behind
+	// before it is disconnected. Default 256.
+	SSEBuffer int
+	Logger    *slog.Logger
 }
 
 // NewAPI builds the REST API handler. Every route needs a bearer token.
@@ -50,10 +59,15 @@ func NewAPI(o APIOptions) *API {
 	if o.Tokens == nil {
 		o.Tokens = o.Store
 	}
-	a := &API{o: o, store: o.Store, log: o.Logger.With("component", "api"), mux: http.NewServeMux()}
+	if o.SSEBuffer <= 0 {
+		o.SSEBuffer = 256
+	}
+	a := &API{o: o, stop: make(chan struct{}), store: o.Store, log: o.Logger.With("component", "api"), mux: http.NewServeMux()}
 	a.handler = authenticate(o.Tokens, a.mux)
 	a.route("GET /api/v1/devices", a.listDevices)
 	a.route("GET /api/v1/devices/{id}", a.getDevice)
+	a.route("GET /api/v1/devices/{id}/events", a.listEvents)
+	a.route("GET /api/v1/events", a.streamEvents)
 	if o.Tasks != nil {
 		a.route("POST /api/v1/devices/{id}/tasks", a.createTask)
 		a.route("GET /api/v1/devices/{id}/tasks", a.listTasks)
@@ -82,6 +96,10 @@ func (a *API) route(pattern string, h func(http.ResponseWriter, *http.Request) (
 		metricAPIRequests.WithLabelValues(pattern, strconv.Itoa(code)).Inc()
 	})
 }
+
+// Close ends the event streams, which would otherwise hold an HTTP
+// server's graceful shutdown open. Safe to call twice.
+func (a *API) Close() { a.once.Do(func() { close(a.stop) }) }
 
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.handler.ServeHTTP(w, r) }
 

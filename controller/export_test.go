@@ -6,3 +6,6 @@ import "github.com/prometheus/client_golang/prometheus"
 func MetricEventsInvalid(reason string) prometheus.Counter {
 	return metricEventsInvalid.WithLabelValues(reason)
 }
+
+// MetricSSEDropped exposes the counter to the external test package.
+func MetricSSEDropped() prometheus.Counter { return metricSSEDropped }

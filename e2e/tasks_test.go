@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"net/url"
 	"strings"
 	"testing"
@@ -110,9 +112,14 @@ func TestTasksOnCWMPDevice(t *testing.T) {
 	dev := c.DeviceID()
 	d.waitDevice(dev)
 
-	d.runTask(dev, `{"operation":"set","params":[{"path":"Device.WiFi.SSID.1.SSID","value":"duet-e2e"}]}`)
+	stream := d.openEvents("?type=command_result&device=" + url.QueryEscape(dev))
+	set := d.runTask(dev, `{"operation":"set","params":[{"path":"Device.WiFi.SSID.1.SSID","value":"duet-e2e"}]}`)
 	if v, _ := c.Value("Device.WiFi.SSID.1.SSID"); v != "duet-e2e" {
 		t.Fatalf("CPE SSID %q after set", v)
+	}
+	// The set's result also went out on the event stream.
+	if ev := stream.next(); !strings.Contains(ev, set.ID) {
+		t.Fatalf("event stream: %s", ev)
 	}
 	got := d.runTask(dev, `{"operation":"get","paths":["Device.WiFi.SSID.1.SSID"]}`)
 	if !strings.Contains(string(got.Result), `"duet-e2e"`) {
@@ -309,4 +316,41 @@ func TestUSPTaskForOfflineDevice(t *testing.T) {
 	if a2.Boots() != 0 {
 		t.Fatalf("agent booted %d times: the cancelled reboot or expired reset reached it", a2.Boots())
 	}
+}
+
+// eventStream reads GET /api/v1/events.
+type eventStream struct {
+	t  testing.TB
+	sc *bufio.Scanner
+}
+
+func (d *duet) openEvents(query string) *eventStream {
+	d.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	d.t.Cleanup(cancel)
+	req, _ := http.NewRequestWithContext(ctx, "GET", d.HTTP+"/api/v1/events"+query, nil)
+	req.Header.Set("Authorization", "Bearer "+d.Env["DUET_ADMIN_TOKEN"])
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	d.t.Cleanup(func() { res.Body.Close() })
+	if res.StatusCode != 200 {
+		d.t.Fatalf("event stream: %d", res.StatusCode)
+	}
+	sc := bufio.NewScanner(res.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	return &eventStream{t: d.t, sc: sc}
+}
+
+// next returns the data of the next event.
+func (s *eventStream) next() string {
+	s.t.Helper()
+	for s.sc.Scan() {
+		if l := s.sc.Text(); strings.HasPrefix(l, "data: ") {
+			return strings.TrimPrefix(l, "data: ")
+		}
+	}
+	s.t.Fatalf("event stream ended: %v", s.sc.Err())
+	return ""
 }

@@ -43,6 +43,7 @@ func newSettings() *settings {
 	add("log-format", "DUET_LOG_FORMAT", "auto", "text, json, or auto (text on a terminal, JSON otherwise)")
 	add("only", "DUET_ONLY", "", "comma list of components to run: controller, cwmp, usp-mqtt, usp-stomp, usp-ws (default: all)")
 	add("event-retention", "DUET_EVENT_RETENTION", "168h", "how long the event stream keeps device events")
+	add("event-history-retention", "DUET_EVENT_HISTORY_RETENTION", "720h", "how long device history (GET /api/v1/devices/{id}/events) is kept in PostgreSQL")
 	add("admin-token", "DUET_ADMIN_TOKEN", "", "API admin bearer token to create at start (at least 24 characters); unset, the first start generates one and prints it once")
 	// CWMP
 	add("cwmp-addr", "DUET_CWMP_ADDR", ":7547", "listen address of the CWMP ACS")

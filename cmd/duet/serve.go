@@ -72,6 +72,10 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	if err != nil {
 		return err
 	}
+	historyRetention, err := s.duration("event-history-retention", time.Minute)
+	if err != nil {
+		return err
+	}
 	httpAddr, err := s.addr("http-addr")
 	if err != nil {
 		return err
@@ -123,6 +127,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	ls.HTTP = hl.Addr().String()
 	mux := http.NewServeMux()
 	var checks []readyCheck
+	var api *controller.API
 	checks = append(checks, readyCheck{"nats", b.Ping})
 
 	if comps["controller"] {
@@ -179,7 +184,10 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			return err
 		}
 		started.push(func(context.Context) { desk.Stop() })
-		mux.Handle("/api/v1/", controller.NewAPI(controller.APIOptions{Store: st, Tasks: tasks, Logger: log}))
+		pruner := controller.StartHistoryPruner(st, historyRetention, log)
+		started.push(func(context.Context) { pruner.Stop() })
+		api = controller.NewAPI(controller.APIOptions{Store: st, Tasks: tasks, Bus: b, Logger: log})
+		mux.Handle("/api/v1/", api)
 	}
 
 	if comps["cwmp"] {
@@ -202,6 +210,10 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	mux.HandleFunc("GET /readyz", readyHandler(checks))
 	mux.Handle("GET /metrics", promhttp.Handler())
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	if api != nil {
+		// Event streams never end on their own; end them when draining.
+		srv.RegisterOnShutdown(api.Close)
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(hl) }()
 	started.push(func(ctx context.Context) { _ = srv.Shutdown(ctx) })
