@@ -3,10 +3,12 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/duet-dm/duet/migrations"
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
 	"github.com/duet-dm/duet/pkg/store/storetest"
@@ -39,8 +41,13 @@ func TestConcurrentMigrate(t *testing.T) {
 		}
 		total += applied[i]
 	}
-	if total != store.LatestMigration() {
-		t.Fatalf("migrations applied %d times in total, want each once (%d)", total, store.LatestMigration())
+	// Versions need not be contiguous (0020 follows 0003), so count files.
+	files, err := fs.Glob(migrations.FS, "*.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if total != len(files) {
+		t.Fatalf("migrations applied %d times in total, want each once (%d)", total, len(files))
 	}
 	s, err := store.Open(ctx, store.Options{URL: url})
 	if err != nil {
