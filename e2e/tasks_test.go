@@ -15,6 +15,7 @@ import (
 	"github.com/duet-dm/duet/pkg/sim/agent"
 	"github.com/duet-dm/duet/pkg/sim/cpe"
 	"github.com/duet-dm/duet/pkg/store/storetest"
+	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 )
 
 // apiTask is the part of a task the tests look at.
@@ -353,4 +354,59 @@ func (s *eventStream) next() string {
 	}
 	s.t.Fatalf("event stream ended: %v", s.sc.Err())
 	return ""
+}
+
+// TestTasksSurviveControllerKill: `duet serve --only controller` is killed
+// (SIGKILL) with a reboot handed to a CWMP session and a set queued, and
+// started again on the same database and bus. Nothing is lost (the set is
+// delivered) and nothing is sent twice (the reboot, whose outcome is
+// unknown, is failed as such and never handed out again). The test plays
+// the CWMP adapter on the bus.
+func TestTasksSurviveControllerKill(t *testing.T) {
+	srv := bustest.StartServer(t)
+	b := bustest.Connect(t, srv.URL())
+	dbURL := storetest.NewDatabase(t)
+	d := controllerOnly(t, srv.URL(), dbURL)
+	const dev = "00D09E-KILL-1"
+	publishInform(t, b, dev, "1.0")
+	d.waitDevice(dev)
+	_, reboot := d.postTask(dev, `{"operation":"reboot","connection_request":false}`)
+	_, set := d.postTask(dev, `{"operation":"set","params":[{"path":"Device.X","value":"1"}],"connection_request":false}`)
+	ask := func(session string, round uint32, results ...*duetv1.CommandResult) []*duetv1.Command {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		w, err := b.AskWork(ctx, &duetv1.SessionWorkRequest{DeviceId: dev, SessionId: session, Round: round, Results: results})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return w.GetCommands()
+	}
+	if c := ask("s1", 0); len(c) != 1 || c[0].Id != reboot.ID {
+		t.Fatalf("s1: %v", c)
+	}
+	if err := d.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	d.wait(10 * time.Second)
+
+	env := baseEnv(t, dbURL)
+	env["DUET_NATS_URL"] = srv.URL()
+	env["DUET_ONLY"] = "controller"
+	d2 := startDuet(t, env, "serve")
+	d2.waitReady(30 * time.Second)
+	if tk := d2.getTask(reboot.ID); tk.State != "failed" || tk.Error == nil || tk.Error.Code != "outcome_unknown" {
+		t.Fatalf("in-flight reboot after the kill: %+v %+v", tk, tk.Error)
+	}
+	if tk := d2.getTask(set.ID); tk.State != "queued" {
+		t.Fatalf("queued set after the kill: %s", tk.State)
+	}
+	c := ask("s2", 0)
+	if len(c) != 1 || c[0].Id != set.ID {
+		t.Fatalf("s2: %v, want the set only", c)
+	}
+	if c := ask("s2", 1, &duetv1.CommandResult{CommandId: set.ID, DeviceId: dev}); len(c) != 0 {
+		t.Fatalf("s2 round 1: %v", c)
+	}
+	d2.waitTask(set.ID, "succeeded", 10*time.Second)
 }
