@@ -49,6 +49,16 @@ func Members(ctx context.Context, st *store.Store, g store.Group, cursor string,
 }
 
 func members(ctx context.Context, st *store.Store, f *Filter, cursor string, limit, budget int) (MemberPage, error) {
+	var ids []string
+	p, err := scan(ctx, st, f, cursor, limit, budget, func(d DeviceFacts) { ids = append(ids, d.Device.ID) })
+	p.IDs = ids
+	return p, err
+}
+
+// scan evaluates f from cursor and calls visit for each member, up to
+// limit members or budget devices scanned, whichever comes first. The
+// returned page has no IDs; visit collects what the caller needs.
+func scan(ctx context.Context, st *store.Store, f *Filter, cursor string, limit, budget int, visit func(DeviceFacts)) (MemberPage, error) {
 	if limit <= 0 {
 		limit = 100
 	}
@@ -63,6 +73,7 @@ func members(ctx context.Context, st *store.Store, f *Filter, cursor string, lim
 		}
 	}
 	var p MemberPage
+	found := 0
 	// One instant for the whole call: `now - last_seen` judges every
 	// device of the page by the same clock.
 	now := time.Now()
@@ -75,14 +86,16 @@ func members(ctx context.Context, st *store.Store, f *Filter, cursor string, lim
 		for _, d := range devs {
 			p.Scanned++
 			after = d.Device.ID
-			ok, err := f.Match(DeviceFacts{Device: d.Device, Tags: d.Tags, Now: now})
+			facts := DeviceFacts{Device: d.Device, Tags: d.Tags, Now: now}
+			ok, err := f.Match(facts)
 			if err != nil {
 				p.Unevaluable++
 				continue
 			}
 			if ok {
-				p.IDs = append(p.IDs, d.Device.ID)
-				if len(p.IDs) == limit {
+				visit(facts)
+				found++
+				if found == limit {
 					// More may follow this device, even within this
 					// batch: resume right after it.
 					p.Next = store.EncodeCursor(after)

@@ -1,0 +1,197 @@
+package policy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/store"
+)
+
+// Policy kinds. Only parameter values exist so far; object instances,
+// management settings and firmware targets (issue 6 §2) are kinds still
+// to come, and ValidateSpec rejects them by name until they do.
+const (
+	KindParameters = "parameters"
+)
+
+// MaxParameters bounds one parameters policy: each is a Set on every
+// member device.
+const MaxParameters = 256
+
+// ParameterSpec is the spec of a "parameters" policy:
+//
+//	{"parameters": [
+//	  {"path": "Device.ManagementServer.PeriodicInformInterval", "value": "300"},
+//	  {"path": "Device.PPP.Interface.1.Username", "expr": "\"pppoe-\" + serial_number"}
+//	]}
+type ParameterSpec struct {
+	Parameters []ParameterValue `json:"parameters"`
+}
+
+// ParameterValue is one desired value: a literal (Value) or a CEL
+// expression computed per device (Expr), never both.
+type ParameterValue struct {
+	Path  string  `json:"path"`
+	Value *string `json:"value,omitempty"`
+	Expr  string  `json:"expr,omitempty"`
+
+	compiled *Value
+}
+
+// CheckedSpec is a validated policy spec, ready to compute per device.
+type CheckedSpec struct {
+	Kind       string
+	Parameters []ParameterValue
+}
+
+// ValidateSpec checks a policy's kind and spec before it is stored or
+// previewed: the JSON shape (unknown fields rejected, so a misspelt "expr"
+// is not silently a literal), every path with devicemodel.ParsePath, and
+// every expression with CompileValue. Errors are CodeInvalidArgument (or
+// CodeInvalidPath from the path parser) and name the entry at fault.
+func ValidateSpec(kind string, spec json.RawMessage) (*CheckedSpec, error) {
+	if kind != KindParameters {
+		return nil, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "policy kind %q is not supported; known kinds: %s", kind, KindParameters)
+	}
+	var ps ParameterSpec
+	dec := json.NewDecoder(bytes.NewReader(spec))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&ps); err != nil {
+		return nil, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "spec: %v", err)
+	}
+	if dec.More() {
+		return nil, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "spec: data after the JSON object")
+	}
+	if len(ps.Parameters) == 0 {
+		return nil, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "spec.parameters is empty")
+	}
+	if len(ps.Parameters) > MaxParameters {
+		return nil, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "spec.parameters has %d entries; the limit is %d", len(ps.Parameters), MaxParameters)
+	}
+	seen := map[string]int{}
+	for i := range ps.Parameters {
+		pv := &ps.Parameters[i]
+		where := fmt.Sprintf("spec.parameters[%d]", i)
+		p, err := devicemodel.ParsePath(pv.Path, false)
+		if err != nil {
+			var se *devicemodel.PathSyntaxError
+			if errors.As(err, &se) {
+				return nil, devicemodel.Errorf(devicemodel.CodeInvalidPath, "%s.path: %s", where, se.Error())
+			}
+			return nil, devicemodel.Errorf(devicemodel.CodeInvalidPath, "%s.path: %s", where, devicemodel.ErrorMessage(err))
+		}
+		if p.Kind != devicemodel.PathParameter {
+			return nil, devicemodel.Errorf(devicemodel.CodeInvalidPath, "%s.path %q is not a parameter path (kind %s)", where, pv.Path, p.Kind)
+		}
+		if p.Search {
+			// One desired value per concrete parameter keeps the compare
+			// with cached values, and conflict detection, exact.
+			return nil, devicemodel.Errorf(devicemodel.CodeInvalidPath, "%s.path %q is a search path; give an instance number", where, pv.Path)
+		}
+		if j, dup := seen[pv.Path]; dup {
+			return nil, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "%s.path %q is also spec.parameters[%d]", where, pv.Path, j)
+		}
+		seen[pv.Path] = i
+		switch {
+		case pv.Value != nil && pv.Expr != "":
+			return nil, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "%s has both value and expr; give one", where)
+		case pv.Value == nil && pv.Expr == "":
+			return nil, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "%s needs a value or an expr", where)
+		case pv.Expr != "":
+			v, err := CompileValue(pv.Expr)
+			if err != nil {
+				return nil, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "%s.expr: %s", where, devicemodel.ErrorMessage(err))
+			}
+			pv.compiled = v
+		}
+	}
+	return &CheckedSpec{Kind: kind, Parameters: ps.Parameters}, nil
+}
+
+// Change is one parameter whose desired value differs from what is known.
+type Change struct {
+	Path string `json:"path"`
+	// Current is the cached value; null when the device's value is not
+	// known.
+	Current *string `json:"current"`
+	Desired string  `json:"desired"`
+}
+
+// DevicePreview is what a policy would do to one member device.
+type DevicePreview struct {
+	DeviceID string   `json:"device_id"`
+	Changes  []Change `json:"changes"`
+	// Error is set when a value expression fails on this device (the
+	// device would be reported failed, not given a wrong value).
+	Error string `json:"error,omitempty"`
+}
+
+// PreviewPage is one page of a policy preview.
+type PreviewPage struct {
+	Devices     []DevicePreview `json:"devices"`
+	NextCursor  string          `json:"next_cursor,omitempty"`
+	Scanned     int             `json:"scanned"`
+	Unevaluable int             `json:"unevaluable"`
+}
+
+// Desired computes the spec's values for one device and returns those
+// that differ from d.Params. A failing expression fails the whole device:
+// applying the other values without it would leave it half-configured.
+func (s *CheckedSpec) Desired(d DeviceFacts) ([]Change, error) {
+	changes := []Change{}
+	for _, pv := range s.Parameters {
+		var want string
+		if pv.compiled != nil {
+			v, err := pv.compiled.Eval(d)
+			if err != nil {
+				return nil, devicemodel.Errorf(devicemodel.CodeInvalidValue, "%s: %s", pv.Path, devicemodel.ErrorMessage(err))
+			}
+			want = v
+		} else {
+			want = *pv.Value
+		}
+		cur, known := d.Params[pv.Path]
+		if known && cur == want {
+			continue
+		}
+		c := Change{Path: pv.Path, Desired: want}
+		if known {
+			c.Current = &cur
+		}
+		changes = append(changes, c)
+	}
+	return changes, nil
+}
+
+// Preview pages through the group's members, as Members does, and gives
+// for each the changes the spec would make. It creates no tasks.
+//
+// The store has no parameter cache yet, so every current value is
+// unknown (null) and every parameter is listed as a change; once cached
+// values exist this compares against them unchanged.
+func Preview(ctx context.Context, st *store.Store, g store.Group, spec *CheckedSpec, cursor string, limit int) (PreviewPage, error) {
+	f, err := CompileFilter(g.Filter)
+	if err != nil {
+		return PreviewPage{}, err
+	}
+	out := PreviewPage{Devices: []DevicePreview{}}
+	mp, err := scan(ctx, st, f, cursor, limit, scanBudget, func(d DeviceFacts) {
+		dp := DevicePreview{DeviceID: d.Device.ID, Changes: []Change{}}
+		changes, err := spec.Desired(d)
+		if err != nil {
+			dp.Error = devicemodel.ErrorMessage(err)
+		} else {
+			dp.Changes = changes
+		}
+		out.Devices = append(out.Devices, dp)
+	})
+	if err != nil {
+		return PreviewPage{}, err
+	}
+	out.NextCursor, out.Scanned, out.Unevaluable = mp.Next, mp.Scanned, mp.Unevaluable
+	return out, nil
+}
