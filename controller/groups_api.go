@@ -34,6 +34,8 @@ type groupRoutes struct {
 //	GET    /api/v1/groups/{id}/devices  members, ?limit=&cursor=
 //	GET    /api/v1/audit                changes, newest first, ?object_type=&object_id=&limit=&cursor=
 //
+// and the policy routes of registerPolicyRoutes.
+//
 // Changes are recorded with the request's token as the actor.
 func RegisterGroupRoutes(mux *http.ServeMux, st *store.Store, wrap func(pattern string, h func(http.ResponseWriter, *http.Request) (int, error))) {
 	_ = mux
@@ -45,6 +47,7 @@ func RegisterGroupRoutes(mux *http.ServeMux, st *store.Store, wrap func(pattern 
 	wrap("DELETE /api/v1/groups/{id}", g.delete)
 	wrap("GET /api/v1/groups/{id}/devices", g.devices)
 	wrap("GET /api/v1/audit", g.audit)
+	g.registerPolicyRoutes(wrap)
 }
 
 // GroupRequest is the body of POST and PUT /api/v1/groups.
