@@ -67,6 +67,7 @@ func NewAPI(o APIOptions) *API {
 	a.route("GET /api/v1/devices", a.listDevices)
 	a.route("GET /api/v1/devices/{id}", a.getDevice)
 	a.route("GET /api/v1/devices/{id}/events", a.listEvents)
+	a.route("GET /api/v1/devices/{id}/parameters", a.listParameters)
 	a.route("GET /api/v1/events", a.streamEvents)
 	if o.Tasks != nil {
 		a.route("POST /api/v1/devices/{id}/tasks", a.createTask)

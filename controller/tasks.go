@@ -398,6 +398,13 @@ func (q *TaskQueue) settle(ctx context.Context, t store.Task, res *duetv1.Comman
 		}
 		return ok
 	}
+	if ps := res.GetGet().GetParams(); len(ps) > 0 {
+		// Before the task turns final, so a client woken by it reads
+		// the fresh values from the cache.
+		if cerr := q.o.Store.UpsertParameters(ctx, cacheParams(t.DeviceID, time.Now(), ps)); cerr != nil {
+			q.log.Warn("caching a get result failed", "task", t.ID, "device", t.DeviceID, "err", cerr)
+		}
+	}
 	o := store.TaskOutcome{State: store.TaskSucceeded}
 	if res != nil {
 		b, merr := proto.Marshal(res)

@@ -126,6 +126,10 @@ func TestTasksOnCWMPDevice(t *testing.T) {
 	if !strings.Contains(string(got.Result), `"duet-e2e"`) {
 		t.Fatalf("get result %s", got.Result)
 	}
+	// The value read is in the parameter cache.
+	if code, body := d.get("/api/v1/devices/" + url.PathEscape(dev) + "/parameters?path=Device.WiFi.SSID.1.SSID"); code != 200 || !strings.Contains(body, `"value":"duet-e2e"`) {
+		t.Fatalf("parameter cache: %d %s", code, body)
+	}
 	add := d.runTask(dev, `{"operation":"add","object_path":"Device.NAT.PortMapping.","params":[{"path":"Alias","value":"web"}]}`)
 	var ar struct {
 		Add struct {
@@ -250,6 +254,10 @@ func TestTasksOnUSPDevice(t *testing.T) {
 	got := d.runTask(dev, `{"operation":"get","paths":["Device.WiFi.SSID.1.SSID"]}`)
 	if !strings.Contains(string(got.Result), `"duet-e2e"`) {
 		t.Fatalf("get result %s", got.Result)
+	}
+	// The value read is in the parameter cache.
+	if code, body := d.get("/api/v1/devices/" + url.PathEscape(dev) + "/parameters?path=Device.WiFi.SSID.1.SSID"); code != 200 || !strings.Contains(body, `"value":"duet-e2e"`) {
+		t.Fatalf("parameter cache: %d %s", code, body)
 	}
 	add := d.runTask(dev, `{"operation":"add","object_path":"Device.NAT.PortMapping.","params":[{"path":"Alias","value":"web"},{"path":"ExternalPort","value":"8080","type":"unsignedInt"}]}`)
 	var ar struct {

@@ -1,0 +1,148 @@
+package controller
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/store"
+	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
+)
+
+var paramTypeNames = func() map[duetv1.ParamType]string {
+	out := map[duetv1.ParamType]string{duetv1.ParamType_PARAM_TYPE_UNSPECIFIED: ""}
+	for name, t := range paramTypes {
+		if name != "" {
+			out[t] = name
+		}
+	}
+	return out
+}()
+
+var writabilityNames = map[int16]string{0: "unknown", 1: "read_only", 2: "read_write", 3: "write_only"}
+
+// cacheParams turns learned values into parameter-cache rows.
+func cacheParams(deviceID string, at time.Time, ps []*duetv1.Parameter) []store.Parameter {
+	out := make([]store.Parameter, 0, len(ps))
+	for _, p := range ps {
+		if p.GetPath() == "" || strings.HasSuffix(p.GetPath(), ".") {
+			continue
+		}
+		out = append(out, store.Parameter{DeviceID: deviceID, Path: p.GetPath(), Value: p.GetValue(),
+			Type: paramTypeNames[p.GetType()], Writable: int16(p.GetWritable()), UpdatedAt: at})
+	}
+	return out
+}
+
+// learnedParams returns the values an event carries: an Inform's
+// parameters, value changes, diagnostics results, a Get's result.
+func learnedParams(ev *duetv1.Event, deviceID string, at time.Time) []store.Parameter {
+	switch {
+	case ev.GetInform() != nil:
+		return cacheParams(deviceID, at, ev.GetInform().GetParams())
+	case ev.GetValueChange() != nil:
+		return cacheParams(deviceID, at, ev.GetValueChange().GetParams())
+	case ev.GetDiagnosticsComplete() != nil:
+		return cacheParams(deviceID, at, ev.GetDiagnosticsComplete().GetParams())
+	case ev.GetCommandResult().GetGet() != nil:
+		return cacheParams(deviceID, at, ev.GetCommandResult().GetGet().GetParams())
+	}
+	return nil
+}
+
+// ParameterJSON is a cached parameter in the API.
+type ParameterJSON struct {
+	Path      string    `json:"path"`
+	Value     string    `json:"value"`
+	Type      string    `json:"type,omitempty"`
+	Writable  string    `json:"writable"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// ParameterList is the body of GET /api/v1/devices/{id}/parameters.
+type ParameterList struct {
+	Parameters []ParameterJSON `json:"parameters"`
+	NextCursor string          `json:"next_cursor,omitempty"`
+}
+
+func (a *API) listParameters(w http.ResponseWriter, r *http.Request) (int, error) {
+	q, err := parseQuery(r.URL.RawQuery)
+	if err != nil {
+		return 0, err
+	}
+	f := store.ParameterFilter{DeviceID: r.PathValue("id")}
+	refresh := false
+	for k, v := range q {
+		if len(v) > 1 {
+			return 0, badParam(k, "given more than once")
+		}
+		switch k {
+		case "path":
+			if err := checkPath("path", v[0], false, devicemodel.PathObject, devicemodel.PathParameter); err != nil {
+				return 0, err
+			}
+			f.Prefix = v[0]
+		case "refresh":
+			b, err := strconv.ParseBool(v[0])
+			if err != nil {
+				return 0, badParam(k, "must be true or false")
+			}
+			refresh = b
+		case "limit":
+			n, err := strconv.Atoi(v[0])
+			if err != nil || n < 1 || n > store.MaxPageSize {
+				return 0, badParam("limit", "must be an integer from 1 to "+strconv.Itoa(store.MaxPageSize))
+			}
+			f.Limit = n
+		case "cursor":
+			c, err := store.DecodeCursor(v[0])
+			if err != nil {
+				return 0, badParam("cursor", "malformed; pass next_cursor from the previous page")
+			}
+			f.After = c
+		default:
+			return 0, badParam(k, "unknown parameter")
+		}
+	}
+	if _, err := a.store.FindDeviceByID(r.Context(), f.DeviceID); err != nil {
+		return 0, err
+	}
+	if refresh {
+		// Read live first: a get task, waited for; its result lands in
+		// the cache (TaskQueue.settle) before the task is final.
+		if r.Method != http.MethodGet || a.o.Tasks == nil {
+			return 0, devicemodel.Errorf(devicemodel.CodeUnavailable, "refresh is not available")
+		}
+		path := f.Prefix
+		if path == "" {
+			return 0, badParam("refresh", "needs path")
+		}
+		t, err := a.o.Tasks.Create(r.Context(), f.DeviceID, TaskRequest{Operation: "get", Paths: []string{path}})
+		if err != nil {
+			return 0, err
+		}
+		t, err = a.o.Tasks.Wait(r.Context(), t.ID, 30*time.Second)
+		if err != nil {
+			return 0, err
+		}
+		if t.State != store.TaskSucceeded {
+			msg := "the device did not answer in 30 s; task " + t.ID + " is " + string(t.State)
+			if t.ErrorMessage != "" {
+				msg = "task " + t.ID + " " + string(t.State) + ": " + t.ErrorMessage
+			}
+			return 0, devicemodel.Errorf(devicemodel.CodeTimeout, "%s", msg)
+		}
+	}
+	ps, next, err := a.store.FindParameters(r.Context(), f)
+	if err != nil {
+		return 0, err
+	}
+	out := ParameterList{Parameters: make([]ParameterJSON, 0, len(ps)), NextCursor: next}
+	for _, p := range ps {
+		out.Parameters = append(out.Parameters, ParameterJSON{Path: p.Path, Value: p.Value, Type: p.Type,
+			Writable: writabilityNames[p.Writable], UpdatedAt: p.UpdatedAt.UTC()})
+	}
+	return writeJSON(w, http.StatusOK, out), nil
+}
