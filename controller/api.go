@@ -145,6 +145,7 @@ type DeviceList struct {
 var listDeviceParams = map[string]bool{
 	"protocol": true, "online": true, "manufacturer": true, "product_class": true,
 	"software_version": true, "limit": true, "cursor": true,
+	"last_seen_after": true, "last_seen_before": true, "tag": true,
 }
 
 func (a *API) listDevices(w http.ResponseWriter, r *http.Request) (int, error) {
@@ -179,6 +180,16 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request) (int, error) {
 		}
 		f.Online = &b
 	}
+	for name, dst := range map[string]*time.Time{"last_seen_after": &f.LastSeenAfter, "last_seen_before": &f.LastSeenBefore} {
+		if v := q.Get(name); v != "" {
+			t, err := time.Parse(time.RFC3339Nano, v)
+			if err != nil {
+				return 0, badParam(name, "must be an RFC 3339 time (2026-01-02T15:04:05Z)")
+			}
+			*dst = t
+		}
+	}
+	f.Tag = q.Get("tag")
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > store.MaxPageSize {

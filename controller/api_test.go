@@ -5,9 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/duet-dm/duet/controller"
 	"github.com/duet-dm/duet/pkg/bus/bustest"
@@ -156,5 +159,63 @@ func TestAPIAuthentication(t *testing.T) {
 	res.Body.Close()
 	if res.StatusCode != 200 {
 		t.Fatalf("lower-case scheme: %d", res.StatusCode)
+	}
+}
+
+func TestListDevicesByLastSeenAndTag(t *testing.T) {
+	e := newEnv(t)
+	e.startRegistry(t)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	for i, age := range []time.Duration{3 * time.Hour, 2 * time.Hour, time.Minute} {
+		ev := informEvent(fmt.Sprintf("seen-%d", i), "1")
+		ev.Time = timestamppb.New(now.Add(-age))
+		if err := e.bus.PublishEvent(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ids := func(q string) string {
+		t.Helper()
+		res, err := e.get("/api/v1/devices?" + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		var l controller.DeviceList
+		if err := json.NewDecoder(res.Body).Decode(&l); err != nil || res.StatusCode != 200 {
+			t.Fatalf("%s: %d %v", q, res.StatusCode, err)
+		}
+		var out []string
+		for _, d := range l.Devices {
+			out = append(out, d.ID)
+		}
+		return strings.Join(out, ",")
+	}
+	bustest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if got := ids(""); got != "seen-0,seen-1,seen-2" {
+			return fmt.Errorf("devices %s", got)
+		}
+		return nil
+	})
+	ts := func(d time.Duration) string { return url.QueryEscape(now.Add(-d).Format(time.RFC3339Nano)) }
+	if got := ids("last_seen_after=" + ts(150*time.Minute)); got != "seen-1,seen-2" {
+		t.Fatalf("after: %s", got)
+	}
+	if got := ids("last_seen_after=" + ts(150*time.Minute) + "&last_seen_before=" + ts(time.Hour)); got != "seen-1" {
+		t.Fatalf("range: %s", got)
+	}
+	if err := e.store.SetDeviceTags(ctx, "seen-2", []string{"lab"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := ids("tag=lab"); got != "seen-2" {
+		t.Fatalf("tag: %s", got)
+	}
+	res, err := e.get("/api/v1/devices?last_seen_after=yesterday")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 400 {
+		t.Fatalf("bad time: %d", res.StatusCode)
 	}
 }

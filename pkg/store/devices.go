@@ -222,6 +222,10 @@ type DeviceFilter struct {
 	Manufacturer    string
 	ProductClass    string
 	SoftwareVersion string
+	// LastSeenAfter / LastSeenBefore bound last_seen (inclusive / exclusive).
+	LastSeenAfter, LastSeenBefore time.Time
+	// Tag: devices carrying this operator tag (device_tags).
+	Tag string
 	// After is the cursor: the last ID of the previous page.
 	After string
 	// Limit of the page; default 100.
@@ -289,6 +293,16 @@ func (s *Store) FindDevices(ctx context.Context, f DeviceFilter) ([]devicemodel.
 	}
 	if f.SoftwareVersion != "" {
 		add("software_version = $%d", f.SoftwareVersion)
+	}
+	if !f.LastSeenAfter.IsZero() {
+		add("last_seen >= $%d", f.LastSeenAfter)
+	}
+	if !f.LastSeenBefore.IsZero() {
+		add("last_seen < $%d", f.LastSeenBefore)
+	}
+	if f.Tag != "" {
+		// device_tags_tag_idx (tag, device_id) serves this.
+		add("id IN (SELECT device_id FROM device_tags WHERE tag = $%d)", f.Tag)
 	}
 	if f.After != "" {
 		add("id > $%d", f.After)
