@@ -459,3 +459,34 @@ func commandOp(cmd *duetv1.Command) string {
 	}
 	return string(fd.Name())
 }
+
+func TestConcurrentUniqueKeyLeavesOneQueued(t *testing.T) {
+	e := newEnv(t)
+	e.startRegistry(t)
+	const dev = "00D09E-ONT-UK"
+	e.seen(t, dev, duetv1.Protocol_PROTOCOL_CWMP, "inform")
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := e.tasks.Create(context.Background(), dev, controller.TaskRequest{Operation: "get",
+				Paths: []string{"Device.DeviceInfo."}, UniqueKey: "poll", ConnectionRequest: new(bool)})
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("create with a shared unique_key: %v", err)
+		}
+	}
+	code, body := e.do(t, "GET", "/api/v1/devices/"+dev+"/tasks?state=queued", "")
+	var l controller.TaskList
+	_ = json.Unmarshal([]byte(body), &l)
+	if code != 200 || len(l.Tasks) != 1 {
+		t.Fatalf("%d queued tasks with one unique_key: %s", len(l.Tasks), body)
+	}
+}

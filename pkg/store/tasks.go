@@ -105,6 +105,12 @@ func (s *Store) CreateTask(ctx context.Context, t Task) (Task, error) {
 	var out Task
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if t.UniqueKey != "" {
+			// Two creates with the same key must not both find nothing to
+			// replace and then collide on tasks_unique_key_idx: serialise
+			// them per device (the same lock as ClaimNextTask).
+			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('duet.task.' || $1, 0))", t.DeviceID); err != nil {
+				return err
+			}
 			if _, err := tx.Exec(ctx, `UPDATE tasks SET state = 'cancelled', error_code = 'cancelled',
 				error_message = 'replaced by task ' || $3, finished_at = now(), updated_at = now()
 				WHERE device_id = $1 AND unique_key = $2 AND state = 'queued'`, t.DeviceID, t.UniqueKey, t.ID); err != nil {
