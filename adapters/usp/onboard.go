@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/duet-dm/duet/pkg/devicemodel"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 	"github.com/duet-dm/duet/proto/usp/uspmsg"
 )
@@ -165,9 +166,17 @@ func (e *Endpoint) onboard(ctx context.Context, eid string) error {
 		}
 		create = append(create, &uspmsg.Add_CreateObject{ObjPath: "Device.LocalAgent.Subscription.", ParamSettings: settings})
 	}
-	if len(create) == 0 {
-		return nil
+	if len(create) > 0 {
+		if err := e.addSubscriptions(ctx, eid, create); err != nil {
+			return err
+		}
 	}
+	return e.completeOnboarding(ctx, eid)
+}
+
+// addSubscriptions creates the missing baseline subscriptions in one Add
+// with allow_partial, so one refused row does not block the others.
+func (e *Endpoint) addSubscriptions(ctx context.Context, eid string, create []*uspmsg.Add_CreateObject) error {
 	start := time.Now()
 	m, err := e.request(ctx, eid, uspmsg.Header_ADD, &uspmsg.Request{ReqType: &uspmsg.Request_Add{Add: &uspmsg.Add{AllowPartial: true, CreateObjs: create}}})
 	if err != nil {
@@ -182,5 +191,41 @@ func (e *Endpoint) onboard(ctx context.Context, eid string) error {
 		}
 	}
 	e.log.Debug("usp subscriptions created", "device", eid, "count", len(create), "took", time.Since(start))
+	return nil
+}
+
+// completeOnboarding sets OnBoardingComplete=true on the agent's Controller
+// row for Duet, unless it already is: while it is false the agent repeats
+// its OnBoardRequest every OnBoardingRestartTime (usp.md §9.2 step 3). An
+// agent without the parameter (older data models) is left alone.
+func (e *Endpoint) completeOnboarding(ctx context.Context, eid string) error {
+	res, err := e.get(ctx, eid, []string{"Device.LocalAgent.Controller.*.EndpointID", "Device.LocalAgent.Controller.*.OnBoardingComplete"}, 0)
+	if err != nil {
+		return fmt.Errorf("get controller rows: %w", err)
+	}
+	ours := map[string]bool{} // Controller instance path -> is Duet's row
+	done := map[string]bool{}
+	for _, p := range res.GetParams() {
+		obj, name := devicemodel.SplitParameter(p.GetPath())
+		switch name {
+		case "EndpointID":
+			ours[obj] = p.GetValue() == e.id
+		case "OnBoardingComplete":
+			done[obj] = p.GetValue() == "true" || p.GetValue() == "1"
+		}
+	}
+	for obj, mine := range ours {
+		isDone, has := done[obj]
+		if !mine || !has || isDone {
+			continue
+		}
+		r, err := e.set(ctx, eid, &duetv1.SetRequest{Params: []*duetv1.Parameter{{Path: obj + "OnBoardingComplete", Value: "true"}}})
+		if err != nil {
+			return fmt.Errorf("set %sOnBoardingComplete: %w", obj, err)
+		}
+		if r.GetError() != nil {
+			e.log.Warn("agent refused OnBoardingComplete", "device", eid, "err", r.GetError().GetMessage())
+		}
+	}
 	return nil
 }

@@ -95,6 +95,9 @@ type conn struct {
 	writeMu sync.Mutex
 	done    chan struct{}
 	once    sync.Once
+	// replaced: a newer connection from the same agent took over; this one
+	// only drains what is already in flight.
+	replaced atomic.Bool
 }
 
 func (c *conn) close(code int, reason string, wt time.Duration) {
@@ -249,12 +252,24 @@ func (t *Transport) serveWS(w http.ResponseWriter, r *http.Request) {
 		// At most one session per endpoint pair (usp.md §8.4): the new
 		// connection wins, the agent evidently lost the old one.
 		metricRejected.WithLabelValues("replaced").Inc()
-		old.close(websocket.ClosePolicyViolation, "replaced by a new connection", t.opts.WriteTimeout)
+		// Don't cut the old socket: frames the agent wrote on it just before
+		// it redialled are still unread — a Reboot()'s OperateResp is sent
+		// right before the restart (services.md). Ask it to close and let
+		// its reader drain for a moment; its records are still handled.
+		_ = old.ws.WriteControl(websocket.CloseMessage,
+			websocket.FormatCloseMessage(websocket.ClosePolicyViolation, "replaced by a new connection"),
+			time.Now().Add(t.opts.WriteTimeout))
+		old.replaced.Store(true)
+		_ = old.ws.SetReadDeadline(time.Now().Add(replacedDrain))
 	}
 	// The read loop runs on the HTTP handler's goroutine, tracked by wg.
 	defer t.wg.Done()
 	t.serveConn(c)
 }
+
+// replacedDrain is how long a replaced connection's reader may still
+// deliver frames the agent sent before it redialled.
+const replacedDrain = 2 * time.Second
 
 func (t *Transport) serveConn(c *conn) {
 	defer func() {
@@ -273,7 +288,11 @@ func (t *Transport) serveConn(c *conn) {
 	}()
 	ws := c.ws
 	ws.SetReadLimit(t.opts.MaxMessageBytes)
-	alive := func() { _ = ws.SetReadDeadline(time.Now().Add(t.opts.IdleTimeout)) }
+	alive := func() {
+		if !c.replaced.Load() { // a replaced connection only drains
+			_ = ws.SetReadDeadline(time.Now().Add(t.opts.IdleTimeout))
+		}
+	}
 	alive()
 	// Answer pings (obuspa closes after 2 missing pongs, usp.md §8.4).
 	ws.SetPingHandler(func(data string) error {

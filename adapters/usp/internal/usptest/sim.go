@@ -46,6 +46,15 @@ func SimScenario(t *testing.T, b *bus.Bus, a *agent.Agent, w *Events) {
 		}
 		return fmt.Errorf("%d duet subscriptions on the agent", n)
 	})
+	// Onboarding ends by marking Duet's Controller row complete, so the agent
+	// stops repeating OnBoardRequest (usp.md §9.2).
+	bustest.CheckFor(t, 15*time.Second, 10*time.Millisecond, func() error {
+		got := MustGet(t, b, eid, "Device.LocalAgent.Controller.1.OnBoardingComplete")
+		if v := got["Device.LocalAgent.Controller.1.OnBoardingComplete"]; v != "true" {
+			return fmt.Errorf("OnBoardingComplete = %q", v)
+		}
+		return nil
+	})
 	res, err := Do(b, eid, &duetv1.Command{Op: &duetv1.Command_Set{Set: &duetv1.SetRequest{Params: []*duetv1.Parameter{{Path: "Device.DeviceInfo.ProvisioningCode", Value: "duet"}}}}})
 	if err != nil || res.GetError() != nil {
 		t.Fatalf("set: %v %v", res, err)
