@@ -89,6 +89,7 @@ var env = sync.OnceValues(func() (*cel.Env, error) {
 type program struct {
 	src  string
 	prog cel.Program
+	need ParamNeed
 }
 
 // compile parses, type-checks and plans src; check inspects the output
@@ -121,7 +122,7 @@ func compile(kind, src string, check func(*cel.Type) string) (*program, error) {
 		// literal.
 		return nil, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "%s: %v", kind, err)
 	}
-	return &program{src: src, prog: prog}, nil
+	return &program{src: src, prog: prog, need: paramNeed(ast)}, nil
 }
 
 // issueError turns cel-go's issues into one domain error. The position is
@@ -246,6 +247,9 @@ func CompileFilter(src string) (*Filter, error) {
 // Source is the filter as written.
 func (f *Filter) Source() string { return f.p.src }
 
+// Params is which cached parameters the filter reads.
+func (f *Filter) Params() ParamNeed { return f.p.need }
+
 // Match reports whether the device is selected. An expression that cannot
 // be evaluated for this device (params["X"] where X is not cached, the cost
 // budget exceeded) does not match, and the reason comes back as a
@@ -287,6 +291,9 @@ func CompileValue(src string) (*Value, error) {
 
 // Source is the expression as written.
 func (v *Value) Source() string { return v.p.src }
+
+// Params is which cached parameters the expression reads.
+func (v *Value) Params() ParamNeed { return v.p.need }
 
 // Eval computes the value for one device in its wire form: strings as they
 // are, integers in decimal, booleans as "true"/"false" (the TR-069 and USP

@@ -13,6 +13,9 @@ import (
 const (
 	scanPage   = 1000
 	scanBudget = 50_000
+	// scanPageAllParams is the page when a filter needs every cached
+	// parameter of each device.
+	scanPageAllParams = 100
 )
 
 // MemberPage is one page of a group's members.
@@ -34,8 +37,9 @@ type MemberPage struct {
 
 // Members evaluates the group's filter over the registry from cursor (""
 // for the start) and returns up to limit matching device IDs. Device
-// parameters are not cached in the store yet, so params is empty here and
-// a filter that reads params["..."] counts those devices as unevaluable.
+// parameters come from the parameter cache, loaded per page for just the
+// paths the filter reads; a device without the cached value is
+// unevaluable, not a member.
 //
 // Errors: CodeInvalidArgument for a malformed cursor or a filter that
 // does not compile (it was checked when saved, so only after an upgrade
@@ -50,15 +54,17 @@ func Members(ctx context.Context, st *store.Store, g store.Group, cursor string,
 
 func members(ctx context.Context, st *store.Store, f *Filter, cursor string, limit, budget int) (MemberPage, error) {
 	var ids []string
-	p, err := scan(ctx, st, f, cursor, limit, budget, func(d DeviceFacts) { ids = append(ids, d.Device.ID) })
+	p, err := scan(ctx, st, f, cursor, limit, budget, f.Params(), func(d DeviceFacts) { ids = append(ids, d.Device.ID) })
 	p.IDs = ids
 	return p, err
 }
 
 // scan evaluates f from cursor and calls visit for each member, up to
-// limit members or budget devices scanned, whichever comes first. The
-// returned page has no IDs; visit collects what the caller needs.
-func scan(ctx context.Context, st *store.Store, f *Filter, cursor string, limit, budget int, visit func(DeviceFacts)) (MemberPage, error) {
+// limit members or budget devices scanned, whichever comes first. need
+// says which cached parameters to load for each page (f's and the
+// caller's). The returned page has no IDs; visit collects what the caller
+// needs.
+func scan(ctx context.Context, st *store.Store, f *Filter, cursor string, limit, budget int, need ParamNeed, visit func(DeviceFacts)) (MemberPage, error) {
 	if limit <= 0 {
 		limit = 100
 	}
@@ -77,16 +83,31 @@ func scan(ctx context.Context, st *store.Store, f *Filter, cursor string, limit,
 	// One instant for the whole call: `now - last_seen` judges every
 	// device of the page by the same clock.
 	now := time.Now()
+	page := scanPage
+	if need.All {
+		// Every cached parameter of each device: hundreds of rows apiece.
+		page = scanPageAllParams
+	}
 	for {
-		n := min(scanPage, budget-p.Scanned)
+		n := min(page, budget-p.Scanned)
 		devs, err := st.ScanDevices(ctx, after, n)
 		if err != nil {
 			return MemberPage{}, err
 		}
+		var params map[string]map[string]string
+		if !need.None() && len(devs) > 0 {
+			ids := make([]string, len(devs))
+			for i, d := range devs {
+				ids[i] = d.Device.ID
+			}
+			if params, err = st.FindParameterValues(ctx, ids, need.Paths, need.All); err != nil {
+				return MemberPage{}, err
+			}
+		}
 		for _, d := range devs {
 			p.Scanned++
 			after = d.Device.ID
-			facts := DeviceFacts{Device: d.Device, Tags: d.Tags, Now: now}
+			facts := DeviceFacts{Device: d.Device, Tags: d.Tags, Params: params[d.Device.ID], Now: now}
 			ok, err := f.Match(facts)
 			if err != nil {
 				p.Unevaluable++

@@ -138,6 +138,19 @@ type PreviewPage struct {
 	Unevaluable int             `json:"unevaluable"`
 }
 
+// Params is what computing the spec for a device reads from the cache:
+// its own paths (to compare) and whatever its expressions read.
+func (s *CheckedSpec) Params() ParamNeed {
+	need := ParamNeed{}
+	for _, pv := range s.Parameters {
+		need = need.Union(ParamNeed{Paths: []string{pv.Path}})
+		if pv.compiled != nil {
+			need = need.Union(pv.compiled.Params())
+		}
+	}
+	return need
+}
+
 // Desired computes the spec's values for one device and returns those
 // that differ from d.Params. A failing expression fails the whole device:
 // applying the other values without it would leave it half-configured.
@@ -170,16 +183,15 @@ func (s *CheckedSpec) Desired(d DeviceFacts) ([]Change, error) {
 // Preview pages through the group's members, as Members does, and gives
 // for each the changes the spec would make. It creates no tasks.
 //
-// The store has no parameter cache yet, so every current value is
-// unknown (null) and every parameter is listed as a change; once cached
-// values exist this compares against them unchanged.
+// Current values come from the parameter cache; a parameter the device
+// has never reported has a null current value and is listed as a change.
 func Preview(ctx context.Context, st *store.Store, g store.Group, spec *CheckedSpec, cursor string, limit int) (PreviewPage, error) {
 	f, err := CompileFilter(g.Filter)
 	if err != nil {
 		return PreviewPage{}, err
 	}
 	out := PreviewPage{Devices: []DevicePreview{}}
-	mp, err := scan(ctx, st, f, cursor, limit, scanBudget, func(d DeviceFacts) {
+	mp, err := scan(ctx, st, f, cursor, limit, scanBudget, f.Params().Union(spec.Params()), func(d DeviceFacts) {
 		dp := DevicePreview{DeviceID: d.Device.ID, Changes: []Change{}}
 		changes, err := spec.Desired(d)
 		if err != nil {

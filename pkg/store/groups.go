@@ -549,3 +549,41 @@ func (s *Store) ScanDevices(ctx context.Context, after string, limit int) ([]Dev
 	}
 	return out, nil
 }
+
+// FindParameterValues returns cached parameter values of the given
+// devices, by device then path: only the listed paths, or every cached
+// parameter when all is set. Group filters and policy previews call it
+// once per page of devices, with the paths their expressions read.
+func (s *Store) FindParameterValues(ctx context.Context, deviceIDs, paths []string, all bool) (map[string]map[string]string, error) {
+	out := map[string]map[string]string{}
+	if len(deviceIDs) == 0 || !all && len(paths) == 0 {
+		return out, nil
+	}
+	q := "SELECT device_id, path, value FROM device_parameters WHERE device_id = ANY($1::text[])"
+	args := []any{deviceIDs}
+	if !all {
+		q += " AND path = ANY($2::text[])"
+		args = append(args, paths)
+	}
+	rows, err := s.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("store: find parameter values: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var d, p, v string
+		if err := rows.Scan(&d, &p, &v); err != nil {
+			return nil, fmt.Errorf("store: find parameter values: %w", err)
+		}
+		m := out[d]
+		if m == nil {
+			m = map[string]string{}
+			out[d] = m
+		}
+		m[p] = v
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: find parameter values: %w", err)
+	}
+	return out, nil
+}

@@ -255,3 +255,30 @@ func TestDeviceTagsAndScanDevices(t *testing.T) {
 		t.Fatalf("last page: %+v %v", rest, err)
 	}
 }
+
+func TestFindParameterValues(t *testing.T) {
+	s, _ := storetest.Open(t)
+	ctx := context.Background()
+	t0 := time.Now()
+	if err := s.ApplyObservations(ctx, []store.Observation{obs("a", t0, "inform", true, nil), obs("b", t0, "inform", true, nil)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UpsertParameters(ctx, []store.Parameter{
+		{DeviceID: "a", Path: "Device.X", Value: "1", UpdatedAt: t0},
+		{DeviceID: "a", Path: "Device.Y", Value: "2", UpdatedAt: t0},
+		{DeviceID: "b", Path: "Device.X", Value: "3", UpdatedAt: t0},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.FindParameterValues(ctx, []string{"a", "b", "c"}, []string{"Device.X"}, false)
+	if err != nil || fmt.Sprint(got) != "map[a:map[Device.X:1] b:map[Device.X:3]]" {
+		t.Fatalf("paths: %v %v", got, err)
+	}
+	got, err = s.FindParameterValues(ctx, []string{"a"}, nil, true)
+	if err != nil || fmt.Sprint(got) != "map[a:map[Device.X:1 Device.Y:2]]" {
+		t.Fatalf("all: %v %v", got, err)
+	}
+	if got, err := s.FindParameterValues(ctx, []string{"a"}, nil, false); err != nil || len(got) != 0 {
+		t.Fatalf("nothing asked: %v %v", got, err)
+	}
+}
