@@ -210,7 +210,7 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 			}
 			results = append(results, cr)
 		}
-		if o.Online && !seenSet[o.Device.ID] {
+		if o.Online && !o.Passive && !seenSet[o.Device.ID] {
 			seenSet[o.Device.ID] = true
 			seen = append(seen, o.Device.ID)
 		}
@@ -299,7 +299,8 @@ func observationOf(m jetstream.Msg, ev *duetv1.Event) (store.Observation, error)
 		StreamSeq: meta.Sequence.Stream,
 		Payload:   m.Data(),
 		// Every event but "offline" means the device just talked to us.
-		Online: kind != "offline",
+		Online:  kind != "offline",
+		Passive: kind == "connection_request",
 		Device: devicemodel.Device{
 			ID: id, Protocol: p,
 			Manufacturer: d.Manufacturer, OUI: d.Oui, ProductClass: d.ProductClass, SerialNumber: d.SerialNumber,

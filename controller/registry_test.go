@@ -268,3 +268,32 @@ func mustMarshal(t *testing.T, m proto.Message) []byte {
 }
 
 func marshal(m proto.Message) ([]byte, error) { return proto.Marshal(m) }
+
+// A failed connection request is history, not a sign of life: last_seen
+// and online stay what the device itself last said.
+func TestConnectionRequestEventIsNotPresence(t *testing.T) {
+	e := newEnv(t)
+	e.startRegistry(t)
+	ctx := context.Background()
+	const id = "00D09E-ONT-CRX"
+	off := informEvent(id, "1")
+	off.Kind = &duetv1.Event_Offline{Offline: &duetv1.Offline{Reason: "session end"}}
+	if err := e.bus.PublishEvent(ctx, informEvent(id, "1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.bus.PublishEvent(ctx, off); err != nil {
+		t.Fatal(err)
+	}
+	waitEvents(t, e, id, 2)
+	_, before := getDevice(t, e, id)
+	cr := &duetv1.Event{Device: &duetv1.DeviceIdentity{Id: id, Protocol: duetv1.Protocol_PROTOCOL_CWMP},
+		Kind: &duetv1.Event_ConnectionRequest{ConnectionRequest: &duetv1.ConnectionRequestOutcome{Accepted: false, HttpStatus: 0}}}
+	if err := e.bus.PublishEvent(ctx, cr); err != nil {
+		t.Fatal(err)
+	}
+	waitEvents(t, e, id, 3)
+	_, after := getDevice(t, e, id)
+	if after.Online || !after.LastSeen.Equal(before.LastSeen) {
+		t.Fatalf("connection request changed presence: online %v, last_seen %s -> %s", after.Online, before.LastSeen, after.LastSeen)
+	}
+}

@@ -26,6 +26,10 @@ type Observation struct {
 	Device devicemodel.Device
 	// Online is the state the event implies (false only for "offline").
 	Online bool
+	// Passive: the event is about the device but did not come from it (a
+	// connection request Duet sent): it goes to the history only and
+	// leaves last_seen, online and the facts alone.
+	Passive bool
 }
 
 // deviceUpdate is the merge of every observation of one device in a batch.
@@ -64,6 +68,9 @@ func (s *Store) ApplyObservations(ctx context.Context, obs []Observation) error 
 		}
 		if o.Device.Protocol != devicemodel.ProtocolCWMP && o.Device.Protocol != devicemodel.ProtocolUSP {
 			return devicemodel.Errorf(devicemodel.CodeInvalidArgument, "device %s: unknown protocol %q", o.Device.ID, o.Device.Protocol)
+		}
+		if o.Passive {
+			continue
 		}
 		u, ok := byID[o.Device.ID]
 		if !ok {
@@ -129,10 +136,12 @@ func (s *Store) ApplyObservations(ctx context.Context, obs []Observation) error 
 		b.Queue(`INSERT INTO device_events (id, device_id, kind, time, stream_seq, payload)
 			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::bytea[])
 			ON CONFLICT (id) DO NOTHING`, evID, evDev, evKind, evTime, evSeq, evPayload)
-		b.Queue(upsertDevicesSQL,
-			cols.id, cols.protocol, cols.manufacturer, cols.oui, cols.productClass, cols.serial, cols.model,
-			cols.sw, cols.hw, cols.prov, cols.dm, cols.transport, cols.address, cols.crURL,
-			cols.firstSeen, cols.lastSeen, cols.factsAt, cols.onlineAt, cols.reachAt, cols.online)
+		if len(cols.id) > 0 {
+			b.Queue(upsertDevicesSQL,
+				cols.id, cols.protocol, cols.manufacturer, cols.oui, cols.productClass, cols.serial, cols.model,
+				cols.sw, cols.hw, cols.prov, cols.dm, cols.transport, cols.address, cols.crURL,
+				cols.firstSeen, cols.lastSeen, cols.factsAt, cols.onlineAt, cols.reachAt, cols.online)
+		}
 		return tx.SendBatch(ctx, b).Close()
 	})
 }
