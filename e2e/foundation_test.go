@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/url"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/duet-dm/duet/migrations"
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/bus/bustest"
 	"github.com/duet-dm/duet/pkg/store"
@@ -187,8 +189,13 @@ func TestTwoMigratesAtOnce(t *testing.T) {
 		}
 		applied += n
 	}
-	if applied != store.LatestMigration() {
-		t.Fatalf("migrations applied %d times in total, want %d", applied, store.LatestMigration())
+	// Versions are not contiguous (0020 follows 0004): count the files.
+	files, err := fs.Glob(migrations.FS, "*.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if applied != len(files) {
+		t.Fatalf("migrations applied %d times in total, want %d", applied, len(files))
 	}
 }
 
