@@ -109,6 +109,12 @@ type Options struct {
 	EventQueue int
 	// OnboardWorkers bounds concurrent onboardings. Default 4.
 	OnboardWorkers int
+	// KeepAliveInterval: an agent silent this long is sent a
+	// GetSupportedProtocol; no answer within RequestTimeout takes it
+	// offline. Over MQTT and STOMP the broker hides the agent's connection,
+	// so this is how a dead agent is noticed. Default 10 min; negative
+	// disables.
+	KeepAliveInterval time.Duration
 }
 
 func (o *Options) setDefaults() error {
@@ -149,6 +155,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.EventQueue == 0 {
 		o.EventQueue = 1024
+	}
+	if o.KeepAliveInterval == 0 {
+		o.KeepAliveInterval = 10 * time.Minute
 	}
 	if o.OnboardWorkers == 0 {
 		o.OnboardWorkers = 4
@@ -194,6 +203,10 @@ type session struct {
 	// pending requests by msg_id; each channel has room for one reply.
 	pending map[string]chan reply
 	gone    bool
+	// lastHeard is when the agent last sent a valid record (unix nanos);
+	// probing is set while a keep-alive probe is out.
+	lastHeard atomic.Int64
+	probing   atomic.Bool
 }
 
 type reply struct {
@@ -233,6 +246,10 @@ func New(opts Options) (*Endpoint, error) {
 	for range opts.OnboardWorkers {
 		e.wg.Add(1)
 		go e.runOnboard()
+	}
+	if opts.KeepAliveInterval > 0 {
+		e.wg.Add(1)
+		go e.runKeepAlive()
 	}
 	return e, nil
 }
@@ -394,6 +411,9 @@ func (e *Endpoint) HandleRecord(mtp MTP, from Address, data []byte) error {
 	if closed {
 		return e.drop(mtp, DropClosed, nil)
 	}
+	if s := e.session(eid); s != nil {
+		s.lastHeard.Store(time.Now().UnixNano())
+	}
 	switch rec.Kind {
 	case pkgusp.RecordMQTTConnect:
 		if from.Reply == "" {
@@ -447,6 +467,7 @@ func (e *Endpoint) touch(mtp MTP, eid string, from Address) *session {
 		return s
 	}
 	s = &session{eid: eid, mtp: mtp, addr: from, sem: make(chan struct{}, e.opts.MaxInFlightPerAgent), pending: map[string]chan reply{}}
+	s.lastHeard.Store(time.Now().UnixNano())
 	e.agents[eid] = s
 	_, seen := e.known.get(eid)
 	e.mu.Unlock()
@@ -641,4 +662,67 @@ func (e *Endpoint) runEvents(ch chan job) {
 
 func (e *Endpoint) nextMsgID(kind string) string {
 	return fmt.Sprintf("duet-%s-%s-%d", kind, e.opts.AdapterID, e.msgSeq.Add(1))
+}
+
+// maxKeepAliveProbes bounds the probes out at once; the rest wait for the
+// next sweep.
+const maxKeepAliveProbes = 64
+
+// runKeepAlive sweeps the agents a few times per interval and probes the
+// silent ones (usp.md §4.6 GetSupportedProtocol: every agent answers it).
+func (e *Endpoint) runKeepAlive() {
+	defer e.wg.Done()
+	every := e.opts.KeepAliveInterval / 4
+	if every < 10*time.Millisecond {
+		every = 10 * time.Millisecond
+	}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	sem := make(chan struct{}, maxKeepAliveProbes)
+	for {
+		select {
+		case <-e.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		cutoff := time.Now().Add(-e.opts.KeepAliveInterval).UnixNano()
+		e.mu.Lock()
+		var silent []*session
+		for _, s := range e.agents {
+			if s.lastHeard.Load() < cutoff && !s.probing.Load() {
+				silent = append(silent, s)
+			}
+		}
+		e.mu.Unlock()
+	probes:
+		for _, s := range silent {
+			select {
+			case sem <- struct{}{}:
+			default:
+				break probes // bounded: the rest are probed on a later sweep
+			}
+			s.probing.Store(true)
+			e.wg.Add(1)
+			go func() {
+				defer e.wg.Done()
+				defer func() { <-sem; s.probing.Store(false) }()
+				e.probe(s)
+			}()
+		}
+	}
+}
+
+func (e *Endpoint) probe(s *session) {
+	ctx, cancel := context.WithTimeout(e.ctx, e.opts.RequestTimeout)
+	defer cancel()
+	_, err := e.request(ctx, s.eid, uspmsg.Header_GET_SUPPORTED_PROTO, &uspmsg.Request{ReqType: &uspmsg.Request_GetSupportedProtocol{
+		GetSupportedProtocol: &uspmsg.GetSupportedProtocol{ControllerSupportedProtocolVersions: pkgusp.ControllerSupportedVersions}}})
+	if err == nil || e.ctx.Err() != nil {
+		return // the answer itself refreshed lastHeard
+	}
+	metricKeepAliveLost.Inc()
+	e.mu.Lock()
+	mtp := s.mtp
+	e.mu.Unlock()
+	e.forget(mtp, s.eid, "keep-alive: no answer to GetSupportedProtocol: "+devicemodel.ErrorMessage(err))
 }

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"strings"
 	"testing"
 	"time"
 
@@ -540,4 +541,33 @@ func TestInFlightBoundAndShutdownFailsPending(t *testing.T) {
 	if v := metricValue(t, "duet_usp_onboardings_total", map[string]string{"outcome": "failed"}); v != failedBefore+1 {
 		t.Fatal("the pending onboarding request was not failed")
 	}
+}
+
+// TestKeepAliveTakesSilentAgentOffline: over a brokered MTP nothing tells
+// the controller an agent died; a silent agent is probed and, without an
+// answer, goes offline. One that answers stays online.
+func TestKeepAliveTakesSilentAgentOffline(t *testing.T) {
+	f := newFixture(t, func(o *Options) {
+		o.KeepAliveInterval = 300 * time.Millisecond
+		o.RequestTimeout = 500 * time.Millisecond
+		o.OnboardValueChange = []string{}
+	})
+	dead := f.agent("os::00D09E-DEAD")
+	alive := f.agent("os::00D09E-ALIVE")
+	wDead := watchEvents(t, f.bus, dead.ID)
+	wAlive := watchEvents(t, f.bus, alive.ID)
+	f.connect(dead)
+	f.connect(alive)
+	checkFor(t, "onboarding", func() bool { return len(dead.Subscriptions()) == 4 && len(alive.Subscriptions()) == 4 })
+	dead.Silent.Store(true)
+	off := wDead.wait("offline", nil)
+	if !strings.Contains(off.GetOffline().GetReason(), "keep-alive") {
+		t.Fatalf("offline reason %q", off.GetOffline().GetReason())
+	}
+	// The live agent was probed too (it is idle) and answered.
+	checkFor(t, "keep-alive probe answered", func() bool { return alive.Requests("GET_SUPPORTED_PROTO") > 0 })
+	if wAlive.count("offline") != 0 {
+		t.Fatal("an agent that answers its keep-alive went offline")
+	}
+	f.mustDo(alive.ID, &duetv1.Command{Op: &duetv1.Command_Get{Get: &duetv1.GetRequest{Paths: []string{"Device.DeviceInfo."}}}})
 }

@@ -33,6 +33,10 @@ var (
 		Name: "duet_usp_notifications_total",
 		Help: "Notify messages received, by kind; kind=duplicate counts retransmissions answered again but not published.",
 	}, []string{"kind"})
+	metricKeepAliveLost = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "duet_usp_keepalive_lost_total",
+		Help: "Agents taken offline because they did not answer a keep-alive GetSupportedProtocol.",
+	})
 	metricQueueDropped = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "duet_usp_queue_dropped_total",
 		Help: "Work dropped because a bounded queue was full, by queue (events, onboard).",
