@@ -23,6 +23,7 @@ import (
 	"cel.dev/cel-go/interpreter"
 
 	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/store"
 )
 
 // Limits on expressions. A filter runs once per device per evaluation, so
@@ -88,6 +89,7 @@ var env = sync.OnceValues(func() (*cel.Env, error) {
 // program is a checked expression ready to run.
 type program struct {
 	src  string
+	ast  *cel.Ast
 	prog cel.Program
 	need ParamNeed
 }
@@ -122,7 +124,7 @@ func compile(kind, src string, check func(*cel.Type) string) (*program, error) {
 		// literal.
 		return nil, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "%s: %v", kind, err)
 	}
-	return &program{src: src, prog: prog, need: paramNeed(ast)}, nil
+	return &program{src: src, ast: ast, prog: prog, need: paramNeed(ast)}, nil
 }
 
 // issueError turns cel-go's issues into one domain error. The position is
@@ -226,7 +228,11 @@ func (p *program) eval(kind string, f DeviceFacts) (any, error) {
 }
 
 // Filter is a checked group filter.
-type Filter struct{ p *program }
+type Filter struct {
+	p *program
+	// narrow is what the store can apply before the filter runs.
+	narrow store.DeviceFilter
+}
 
 // CompileFilter checks a group filter: it must parse, type-check against
 // the device facts, stay within the size limits and yield a bool. Errors
@@ -241,7 +247,7 @@ func CompileFilter(src string) (*Filter, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Filter{p: p}, nil
+	return &Filter{p: p, narrow: pushdown(p.ast)}, nil
 }
 
 // Source is the filter as written.

@@ -28,7 +28,9 @@ type MemberPage struct {
 	// budget so that a sparse group over a big fleet never turns one
 	// request into a full-table evaluation.
 	Next string
-	// Scanned is how many devices were evaluated.
+	// Scanned is how many devices were evaluated: those the store
+	// returned after the conditions it could apply itself (equality on
+	// protocol, manufacturer, product_class, software_version; online).
 	Scanned int
 	// Unevaluable counts devices whose evaluation failed (a params key
 	// not cached, the cost budget): they are not members.
@@ -90,7 +92,9 @@ func scan(ctx context.Context, st *store.Store, f *Filter, cursor string, limit,
 	}
 	for {
 		n := min(page, budget-p.Scanned)
-		devs, err := st.ScanDevices(ctx, after, n)
+		narrow := f.narrow
+		narrow.After, narrow.Limit = after, n
+		devs, err := st.ScanDevices(ctx, narrow)
 		if err != nil {
 			return MemberPage{}, err
 		}

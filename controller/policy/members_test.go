@@ -82,7 +82,7 @@ func TestMembersPaging(t *testing.T) {
 		}
 	}
 	// A filter matching nothing still ends, in budget-sized steps.
-	got, pages, _ := collect(t, s, `manufacturer == "Nokia"`, 10, 7)
+	got, pages, _ := collect(t, s, `serial_number == "none"`, 10, 7)
 	if len(got) != 0 || pages != 6 {
 		t.Errorf("empty group: %v in %d pages, want none in 6", got, pages)
 	}
@@ -126,9 +126,10 @@ func TestMembersFollowsRegistryChanges(t *testing.T) {
 	}
 }
 
-// BenchmarkMembership100k evaluates a group filter over 100k seeded
-// devices, the whole registry per iteration, and reports devices
-// evaluated per second (store paging included).
+// BenchmarkMembership100k computes a group's full membership over 100k
+// seeded devices per iteration (ns/op) and reports devices evaluated per
+// second, store paging included. "facts" has manufacturer and online
+// pushed down to SQL, so it evaluates only the Huawei online third.
 func BenchmarkMembership100k(b *testing.B) {
 	s, _ := storetest.Open(b)
 	ctx := context.Background()
@@ -166,6 +167,9 @@ func BenchmarkMembership100k(b *testing.B) {
 	for name, src := range map[string]string{
 		"facts":  `manufacturer == "Huawei" && software_version.startsWith("V3R017") && online && !("north" in tags) && now - last_seen < duration("1h")`,
 		"params": `params["Device.DeviceInfo.ModelName"] == "HG8245H" && online`,
+		// The facts filter wrapped so nothing is pushed to SQL: every
+		// device is fetched and evaluated.
+		"facts-unpushed": `[manufacturer == "Huawei" && software_version.startsWith("V3R017") && online && !("north" in tags) && now - last_seen < duration("1h")][0]`,
 	} {
 		b.Run(name, func(b *testing.B) {
 			f, err := policy.CompileFilter(src)

@@ -519,19 +519,42 @@ type DeviceWithTags struct {
 	Tags   []string
 }
 
-// ScanDevices returns up to limit devices with IDs after after, in ID
-// order, each with its tags: one keyset page of the whole registry for
-// evaluating group filters in bounded batches.
-func (s *Store) ScanDevices(ctx context.Context, after string, limit int) ([]DeviceWithTags, error) {
-	limit = PageFilter{Limit: limit}.limit()
+// ScanDevices returns one keyset page of the registry in ID order, each
+// device with its tags, for evaluating group filters in bounded batches:
+// devices after f.After, at most f.Limit, narrowed by f's other fields
+// (which use the same indexes as FindDevices).
+func (s *Store) ScanDevices(ctx context.Context, f DeviceFilter) ([]DeviceWithTags, error) {
+	limit := PageFilter{Limit: f.Limit}.limit()
+	where := []string{"id > $1"}
+	args := []any{f.After}
+	add := func(cond string, v any) {
+		args = append(args, v)
+		where = append(where, fmt.Sprintf(cond, len(args)))
+	}
+	if f.Protocol != "" {
+		add("protocol = $%d", string(f.Protocol))
+	}
+	if f.Online != nil {
+		add("online = $%d", *f.Online)
+	}
+	if f.Manufacturer != "" {
+		add("manufacturer = $%d", f.Manufacturer)
+	}
+	if f.ProductClass != "" {
+		add("product_class = $%d", f.ProductClass)
+	}
+	if f.SoftwareVersion != "" {
+		add("software_version = $%d", f.SoftwareVersion)
+	}
+	args = append(args, limit)
 	rows, err := s.pool.Query(ctx, `SELECT `+deviceColumns+`,
 		COALESCE((SELECT array_agg(t.tag ORDER BY t.tag) FROM device_tags t WHERE t.device_id = devices.id), '{}')
-		FROM devices WHERE id > $1 ORDER BY id LIMIT $2`, after, limit)
+		FROM devices WHERE `+strings.Join(where, " AND ")+fmt.Sprintf(" ORDER BY id LIMIT $%d", len(args)), args...)
 	if err != nil {
 		return nil, fmt.Errorf("store: scan devices: %w", err)
 	}
 	defer rows.Close()
-	out := make([]DeviceWithTags, 0, limit)
+	out := make([]DeviceWithTags, 0, min(limit, 1000))
 	for rows.Next() {
 		var d devicemodel.Device
 		var p string

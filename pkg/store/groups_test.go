@@ -241,7 +241,7 @@ func TestDeviceTagsAndScanDevices(t *testing.T) {
 	if err := s.SetDeviceTags(ctx, "dev-2", []string{""}); devicemodel.ErrorCode(err) != devicemodel.CodeInvalidArgument {
 		t.Fatalf("empty tag: %v", err)
 	}
-	page, err := s.ScanDevices(ctx, "dev-0", 2)
+	page, err := s.ScanDevices(ctx, store.DeviceFilter{After: "dev-0", Limit: 2})
 	if err != nil || len(page) != 2 || page[0].Device.ID != "dev-1" || page[1].Device.ID != "dev-2" {
 		t.Fatalf("page: %+v %v", page, err)
 	}
@@ -251,8 +251,18 @@ func TestDeviceTagsAndScanDevices(t *testing.T) {
 	if page[1].Tags == nil || len(page[1].Tags) != 0 {
 		t.Fatalf("dev-2 tags %#v, want empty", page[1].Tags)
 	}
-	if rest, err := s.ScanDevices(ctx, "dev-3", 100); err != nil || len(rest) != 1 {
+	if rest, err := s.ScanDevices(ctx, store.DeviceFilter{After: "dev-3", Limit: 100}); err != nil || len(rest) != 1 {
 		t.Fatalf("last page: %+v %v", rest, err)
+	}
+	if err := s.ApplyObservations(ctx, []store.Observation{obs("dev-2", t0.Add(time.Second), "offline", false, func(d *devicemodel.Device) { d.Manufacturer = "Nokia" })}); err != nil {
+		t.Fatal(err)
+	}
+	off := false
+	if got, err := s.ScanDevices(ctx, store.DeviceFilter{Online: &off, Manufacturer: "Nokia", Protocol: devicemodel.ProtocolCWMP}); err != nil || len(got) != 1 || got[0].Device.ID != "dev-2" {
+		t.Fatalf("narrowed: %+v %v", got, err)
+	}
+	if got, err := s.ScanDevices(ctx, store.DeviceFilter{After: "dev-2", Manufacturer: "Nokia"}); err != nil || len(got) != 0 {
+		t.Fatalf("narrowed after: %+v %v", got, err)
 	}
 }
 
