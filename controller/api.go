@@ -140,12 +140,14 @@ func deviceJSON(d devicemodel.Device) DeviceJSON {
 type DeviceList struct {
 	Devices    []DeviceJSON `json:"devices"`
 	NextCursor string       `json:"next_cursor,omitempty"`
+	// Count is the number of matching devices, with count=true.
+	Count *int64 `json:"count,omitempty"`
 }
 
 var listDeviceParams = map[string]bool{
 	"protocol": true, "online": true, "manufacturer": true, "product_class": true,
 	"software_version": true, "limit": true, "cursor": true,
-	"last_seen_after": true, "last_seen_before": true, "tag": true,
+	"last_seen_after": true, "last_seen_before": true, "tag": true, "count": true,
 }
 
 func (a *API) listDevices(w http.ResponseWriter, r *http.Request) (int, error) {
@@ -190,6 +192,16 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request) (int, error) {
 		}
 	}
 	f.Tag = q.Get("tag")
+	var count int64
+	if v := q.Get("count"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return 0, badParam("count", "must be true or false")
+		}
+		if b {
+			f.Count = &count
+		}
+	}
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > store.MaxPageSize {
@@ -208,7 +220,7 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	out := DeviceList{Devices: make([]DeviceJSON, 0, len(devs)), NextCursor: next}
+	out := DeviceList{Devices: make([]DeviceJSON, 0, len(devs)), NextCursor: next, Count: f.Count}
 	for _, d := range devs {
 		out.Devices = append(out.Devices, deviceJSON(d))
 	}

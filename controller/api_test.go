@@ -210,7 +210,17 @@ func TestListDevicesByLastSeenAndTag(t *testing.T) {
 	if got := ids("tag=lab"); got != "seen-2" {
 		t.Fatalf("tag: %s", got)
 	}
-	res, err := e.get("/api/v1/devices?last_seen_after=yesterday")
+	res, err := e.get("/api/v1/devices?limit=1&count=true&last_seen_after=" + ts(150*time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var l controller.DeviceList
+	_ = json.NewDecoder(res.Body).Decode(&l)
+	res.Body.Close()
+	if l.Count == nil || *l.Count != 2 || len(l.Devices) != 1 {
+		t.Fatalf("count: %+v", l)
+	}
+	res, err = e.get("/api/v1/devices?last_seen_after=yesterday")
 	if err != nil {
 		t.Fatal(err)
 	}

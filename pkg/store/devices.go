@@ -235,6 +235,9 @@ type DeviceFilter struct {
 	LastSeenAfter, LastSeenBefore time.Time
 	// Tag: devices carrying this operator tag (device_tags).
 	Tag string
+	// Count, when set, receives the number of devices matching the
+	// filters (one more query).
+	Count *int64
 	// After is the cursor: the last ID of the previous page.
 	After string
 	// Limit of the page; default 100.
@@ -312,6 +315,16 @@ func (s *Store) FindDevices(ctx context.Context, f DeviceFilter) ([]devicemodel.
 	if f.Tag != "" {
 		// device_tags_tag_idx (tag, device_id) serves this.
 		add("id IN (SELECT device_id FROM device_tags WHERE tag = $%d)", f.Tag)
+	}
+	if f.Count != nil {
+		// The total ignores the cursor: it is the size of the whole result.
+		cq := "SELECT count(*) FROM devices"
+		if len(where) > 0 {
+			cq += " WHERE " + strings.Join(where, " AND ")
+		}
+		if err := s.pool.QueryRow(ctx, cq, args...).Scan(f.Count); err != nil {
+			return nil, "", fmt.Errorf("store: count devices: %w", err)
+		}
 	}
 	if f.After != "" {
 		add("id > $%d", f.After)
