@@ -221,6 +221,8 @@ func TestStartupErrorsNameTheSetting(t *testing.T) {
 		{"cwmp auth unset", "DUET_CWMP_AUTH", "", "DUET_CWMP_AUTH"},
 		{"cwmp auth bogus", "DUET_CWMP_AUTH", "trust-me", "DUET_CWMP_AUTH"},
 		{"bad component", "DUET_ONLY", "controller,ftp", "DUET_ONLY"},
+		{"bad valuechange path", "DUET_USP_VALUECHANGE", "Device..WiFi", "DUET_USP_VALUECHANGE"},
+		{"keep-alive too short", "DUET_USP_KEEPALIVE", "1s", "DUET_USP_KEEPALIVE"},
 		{"bad database", "DUET_DATABASE_URL", "postgres://nobody@127.0.0.1:1/none?connect_timeout=2", "DUET_DATABASE_URL"},
 	}
 	for _, c := range cases {

@@ -58,6 +58,8 @@ func newSettings() *settings {
 	add("cwmp-min-inform-interval", "DUET_CWMP_MIN_INFORM_INTERVAL", "0s", "a device informing more often than this gets 503 (0 = off)")
 	// USP
 	add("usp-endpoint-id", "DUET_USP_ENDPOINT_ID", "self::duet-controller", "the controller's USP endpoint ID")
+	add("usp-valuechange", "DUET_USP_VALUECHANGE", "Device.DeviceInfo.SoftwareVersion", "comma list of parameters every agent gets a ValueChange subscription for at onboarding")
+	add("usp-keepalive", "DUET_USP_KEEPALIVE", "10m", "an agent silent this long is probed; no answer takes it offline (0 = off)")
 	add("mqtt-url", "DUET_MQTT_URL", "", "external MQTT broker URL (mqtt://host:1883); empty embeds a broker")
 	add("mqtt-port", "DUET_MQTT_PORT", "1883", "listen port of the embedded MQTT broker")
 	add("mqtt-topic", "DUET_MQTT_TOPIC", "", "controller topic (default usp/controller/<endpoint id>)")

@@ -21,6 +21,7 @@ import (
 	uspmqtt "github.com/duet-dm/duet/adapters/usp/mqtt"
 	"github.com/duet-dm/duet/controller"
 	"github.com/duet-dm/duet/pkg/bus"
+	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
 )
 
@@ -302,7 +303,26 @@ func (m *Main) startCWMP(s *settings, b *bus.Bus, log *slog.Logger, started *sta
 }
 
 func (m *Main) startUSP(s *settings, comps map[string]bool, b *bus.Bus, log *slog.Logger, started *stack, ls *Listeners) error {
-	ep, err := uspadapter.New(uspadapter.Options{EndpointID: s.str("usp-endpoint-id"), Bus: b, Logger: log})
+	keepAlive, err := s.duration("usp-keepalive", 0)
+	if err != nil {
+		return err
+	}
+	if keepAlive == 0 {
+		keepAlive = -1 // the endpoint's "off"
+	} else if keepAlive < 10*time.Second {
+		return s.errSetting("usp-keepalive", "%s is below 10s; 0 turns it off", keepAlive)
+	}
+	valueChange := []string{}
+	for _, p := range strings.Split(s.str("usp-valuechange"), ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			if _, err := devicemodel.ParsePath(p, false); err != nil {
+				return s.errSetting("usp-valuechange", "%v", err)
+			}
+			valueChange = append(valueChange, p)
+		}
+	}
+	ep, err := uspadapter.New(uspadapter.Options{EndpointID: s.str("usp-endpoint-id"), Bus: b, Logger: log,
+		KeepAliveInterval: keepAlive, OnboardValueChange: valueChange})
 	if err != nil {
 		return s.errSetting("usp-endpoint-id", "%v", err)
 	}
