@@ -76,6 +76,8 @@ func NewAPI(o APIOptions) *API {
 		a.route("DELETE /api/v1/tasks/{id}", a.cancelTask)
 		a.route("POST /api/v1/tasks/{id}/retry", a.retryTask)
 	}
+	// Groups, policies (validate, preview) and the audit log (issue 6).
+	RegisterGroupRoutes(a.mux, a.store, a.route)
 	a.mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, devicemodel.Errorf(devicemodel.CodeNotFound, "no route %s %s", r.Method, r.URL.Path))
 	})

@@ -32,7 +32,6 @@ func newGroupsEnv(t *testing.T) *groupsEnv {
 	t.Helper()
 	st, _ := storetest.Open(t)
 	a := NewAPI(APIOptions{Store: st})
-	RegisterGroupRoutes(a.mux, a.store, a.route)
 	srv := httptest.NewServer(a)
 	t.Cleanup(srv.Close)
 	ctx := context.Background()
