@@ -33,6 +33,8 @@ type API struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	handler http.Handler
+	// patterns lists every route registered, for the OpenAPI check.
+	patterns []string
 }
 
 // APIOptions configure NewAPI.
@@ -78,6 +80,12 @@ func NewAPI(o APIOptions) *API {
 	}
 	// Groups, policies (validate, preview) and the audit log (issue 6).
 	RegisterGroupRoutes(a.mux, a.store, a.route)
+	a.route("GET /api/v1/openapi.json", func(w http.ResponseWriter, r *http.Request) (int, error) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(openAPIDocument)
+		return http.StatusOK, nil
+	})
 	a.mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, devicemodel.Errorf(devicemodel.CodeNotFound, "no route %s %s", r.Method, r.URL.Path))
 	})
@@ -85,6 +93,7 @@ func NewAPI(o APIOptions) *API {
 }
 
 func (a *API) route(pattern string, h func(http.ResponseWriter, *http.Request) (int, error)) {
+	a.patterns = append(a.patterns, pattern)
 	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		code, err := h(w, r)
 		if err != nil {
