@@ -5,6 +5,8 @@ import (
 	"log/slog"
 
 	"github.com/duet-dm/duet/pkg/bus"
+	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/store"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 )
 
@@ -12,17 +14,35 @@ import (
 // the CWMP adapter's "what should this device do now" and credential
 // lookups.
 //
-// SessionWork comes from the TaskQueue (nothing to do without one). The
-// per-device credential store is not built yet (issue 5 §6); until then
-// every credential lookup answers "not found", which the CWMP adapter's
-// per-device mode treats as an authentication failure.
+// SessionWork comes from the TaskQueue (nothing to do without one).
+// Credentials come from the store's per-device credentials (issue 5 §6):
+// username, HA1 and realm, never a password. Without a store or a
+// credentials key every lookup answers "not found", which the CWMP
+// adapter's per-device mode treats as an authentication failure.
 type AdapterDesk struct {
 	subs []*bus.Subscription
 }
 
+// AdapterDeskOptions configure StartAdapterDeskWith.
+type AdapterDeskOptions struct {
+	Bus   *bus.Bus
+	Tasks *TaskQueue
+	// Store and CredentialKey answer credential lookups; both are needed
+	// (the key's absence means per-device credentials are off).
+	Store         *store.Store
+	CredentialKey *store.CredentialKey
+	Logger        *slog.Logger
+}
+
 // StartAdapterDesk subscribes the desk's handlers in queue groups, so
-// controller replicas share the load.
+// controller replicas share the load. It answers no credentials.
 func StartAdapterDesk(b *bus.Bus, tasks *TaskQueue, log *slog.Logger) (*AdapterDesk, error) {
+	return StartAdapterDeskWith(AdapterDeskOptions{Bus: b, Tasks: tasks, Logger: log})
+}
+
+// StartAdapterDeskWith is StartAdapterDesk with credential lookups.
+func StartAdapterDeskWith(o AdapterDeskOptions) (*AdapterDesk, error) {
+	b, tasks, log := o.Bus, o.Tasks, o.Logger
 	if log == nil {
 		log = slog.Default()
 	}
@@ -45,7 +65,19 @@ func StartAdapterDesk(b *bus.Bus, tasks *TaskQueue, log *slog.Logger) (*AdapterD
 	}
 	d.subs = append(d.subs, work)
 	creds, err := b.ServeCredentials("duet-controller", func(ctx context.Context, deviceID string) (*duetv1.Credentials, error) {
-		return &duetv1.Credentials{Found: false}, nil
+		if o.Store == nil || o.CredentialKey == nil {
+			return &duetv1.Credentials{Found: false}, nil
+		}
+		c, err := o.Store.FindDeviceCredentials(ctx, deviceID)
+		if devicemodel.ErrorCode(err) == devicemodel.CodeNotFound {
+			return &duetv1.Credentials{Found: false}, nil
+		}
+		if err != nil {
+			// The adapter answers 503 and the CPE retries.
+			log.Error("credential lookup failed", "device", deviceID, "err", err)
+			return nil, err
+		}
+		return &duetv1.Credentials{Found: true, Username: c.Username, DigestHa1: c.DigestHA1, Realm: c.Realm}, nil
 	})
 	if err != nil {
 		work.Stop()

@@ -50,6 +50,12 @@ type APIOptions struct {
 	// SSEBuffer is how many events a streaming client may fall behind
 	// before it is disconnected. Default 256.
 	SSEBuffer int
+	// CredentialKey seals connection-request passwords; without it the
+	// credentials routes answer 503.
+	CredentialKey *store.CredentialKey
+	// CWMPRealm is the Digest realm the ACS challenges with; stored HA1s
+	// are computed for it. Default "Duet".
+	CWMPRealm string
 	Logger    *slog.Logger
 }
 
@@ -64,6 +70,9 @@ func NewAPI(o APIOptions) *API {
 	if o.SSEBuffer <= 0 {
 		o.SSEBuffer = 256
 	}
+	if o.CWMPRealm == "" {
+		o.CWMPRealm = "Duet"
+	}
 	a := &API{o: o, stop: make(chan struct{}), store: o.Store, log: o.Logger.With("component", "api"), mux: http.NewServeMux()}
 	a.handler = authenticate(o.Tokens, a.mux)
 	a.route("GET /api/v1/devices", a.listDevices)
@@ -71,6 +80,9 @@ func NewAPI(o APIOptions) *API {
 	a.route("GET /api/v1/devices/{id}/events", a.listEvents)
 	a.route("GET /api/v1/devices/{id}/parameters", a.listParameters)
 	a.route("GET /api/v1/events", a.streamEvents)
+	a.route("PUT /api/v1/devices/{id}/credentials", a.putCredentials)
+	a.route("GET /api/v1/devices/{id}/credentials", a.getCredentials)
+	a.route("DELETE /api/v1/devices/{id}/credentials", a.deleteCredentials)
 	if o.Tasks != nil {
 		a.route("POST /api/v1/devices/{id}/tasks", a.createTask)
 		a.route("GET /api/v1/devices/{id}/tasks", a.listTasks)

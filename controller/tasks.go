@@ -66,7 +66,10 @@ type TaskQueueOptions struct {
 	// MaxConnectionRequests bounds concurrent connection requests; past it
 	// a task waits for the device's next inform. Default 32.
 	MaxConnectionRequests int
-	Logger                *slog.Logger
+	// CredentialKey opens the stored connection-request passwords; without
+	// it connection requests go out without credentials.
+	CredentialKey *store.CredentialKey
+	Logger        *slog.Logger
 }
 
 // TaskQueue dispatches tasks: to online USP devices at once through the
@@ -555,11 +558,16 @@ const connReqTries = 4
 func (q *TaskQueue) connectionRequest(deviceID, url string) error {
 	ctx, cancel := context.WithTimeout(q.ctx, 30*time.Second)
 	defer cancel()
-	// Credentials stay empty until per-device CPE credentials exist
-	// (issue 5 §6).
+	// The device's stored connection-request credentials (issue 5 §6),
+	// decrypted only for this command; none stored, none sent.
+	user, pass, _, err := q.o.Store.ConnectionRequestCredentials(ctx, q.o.CredentialKey, deviceID)
+	if err != nil {
+		return err
+	}
 	res, err := q.o.Bus.Request(ctx, devicemodel.ProtocolCWMP, &duetv1.Command{
 		DeviceId: deviceID,
-		Op:       &duetv1.Command_ConnectionRequest{ConnectionRequest: &duetv1.ConnectionRequest{Url: url}},
+		Op: &duetv1.Command_ConnectionRequest{ConnectionRequest: &duetv1.ConnectionRequest{
+			Url: url, Username: user, Password: pass}},
 	})
 	if err == nil && res.GetError() != nil {
 		err = bus.ErrorFromProto(res.GetError())

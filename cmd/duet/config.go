@@ -51,6 +51,8 @@ func newSettings() *settings {
 	add("cwmp-auth", "DUET_CWMP_AUTH", "", "CPE authentication: none, shared or per-device (required when the cwmp component runs)")
 	add("cwmp-username", "DUET_CWMP_USERNAME", "", "CPE username in shared mode")
 	add("cwmp-password", "DUET_CWMP_PASSWORD", "", "CPE password in shared mode")
+	add("cwmp-realm", "DUET_CWMP_REALM", "Duet", "HTTP Digest realm of the ACS; per-device credentials are stored for it, so set it before storing them")
+	add("credentials-key", "DUET_CREDENTIALS_KEY", "", "base64 of 32 random bytes (openssl rand -base64 32) encrypting per-device connection-request passwords; unset, the device credentials API answers 503 and per-device auth finds no credentials")
 	add("cwmp-tls-cert", "DUET_CWMP_TLS_CERT", "", "PEM certificate file; enables HTTPS on the ACS")
 	add("cwmp-tls-key", "DUET_CWMP_TLS_KEY", "", "PEM key file for cwmp-tls-cert")
 	add("cwmp-allow-basic-http", "DUET_CWMP_ALLOW_BASIC_HTTP", "false", "accept Basic auth over plain HTTP (for CPEs that can do nothing else)")
@@ -173,6 +175,15 @@ func (s *settings) oneOf(flag string, allowed ...string) (string, error) {
 		}
 	}
 	return "", s.errSetting(flag, "%q is not one of %s", v, strings.Join(allowed, ", "))
+}
+
+// realm checks the Digest realm: it goes into a quoted challenge header.
+func (s *settings) realm() (string, error) {
+	v := s.str("cwmp-realm")
+	if v == "" || len(v) > 128 || strings.ContainsAny(v, "\"\\") || strings.IndexFunc(v, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
+		return "", s.errSetting("cwmp-realm", "%q must be 1 to 128 printable characters without quotes or backslashes", v)
+	}
+	return v, nil
 }
 
 // components parses --only.

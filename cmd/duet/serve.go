@@ -81,6 +81,17 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	if err != nil {
 		return err
 	}
+	realm, err := s.realm()
+	if err != nil {
+		return err
+	}
+	var credKey *store.CredentialKey
+	if v := s.str("credentials-key"); v != "" {
+		if credKey, err = store.ParseCredentialKey(v); err != nil {
+			// Never echo the value: it is a secret.
+			return s.errSetting("credentials-key", "%v", err)
+		}
+	}
 	var started stack
 	defer func() {
 		// On a start-up failure, undo what was started; on a normal stop,
@@ -162,7 +173,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			// shipped elsewhere); only its hash is stored.
 			fmt.Fprintf(m.Stdout, "\nNo API token existed, so an admin token was created. It is shown only now:\n\n  %s\n\nUse it as \"Authorization: Bearer <token>\"; manage tokens with \"duet token\".\n\n", adminToken)
 		}
-		tasks, err := controller.NewTaskQueue(controller.TaskQueueOptions{Store: st, Bus: b, Logger: log})
+		tasks, err := controller.NewTaskQueue(controller.TaskQueueOptions{Store: st, Bus: b, CredentialKey: credKey, Logger: log})
 		if err != nil {
 			_ = hl.Close()
 			return err
@@ -179,7 +190,8 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		}
 		reg.Start()
 		started.push(func(context.Context) { reg.Stop() })
-		desk, err := controller.StartAdapterDesk(b, tasks, log)
+		desk, err := controller.StartAdapterDeskWith(controller.AdapterDeskOptions{
+			Bus: b, Tasks: tasks, Store: st, CredentialKey: credKey, Logger: log})
 		if err != nil {
 			_ = hl.Close()
 			return err
@@ -187,12 +199,16 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		started.push(func(context.Context) { desk.Stop() })
 		pruner := controller.StartHistoryPruner(st, historyRetention, log)
 		started.push(func(context.Context) { pruner.Stop() })
-		api = controller.NewAPI(controller.APIOptions{Store: st, Tasks: tasks, Bus: b, Logger: log})
+		api = controller.NewAPI(controller.APIOptions{Store: st, Tasks: tasks, Bus: b,
+			CredentialKey: credKey, CWMPRealm: realm, Logger: log})
+		if credKey == nil {
+			log.Warn("DUET_CREDENTIALS_KEY is not set: the device credentials API answers 503 and per-device CWMP auth finds no credentials")
+		}
 		mux.Handle("/api/v1/", api)
 	}
 
 	if comps["cwmp"] {
-		if err := m.startCWMP(s, b, log, &started, &ls); err != nil {
+		if err := m.startCWMP(s, realm, b, log, &started, &ls); err != nil {
 			_ = hl.Close()
 			return err
 		}
@@ -246,7 +262,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	}
 }
 
-func (m *Main) startCWMP(s *settings, b *bus.Bus, log *slog.Logger, started *stack, ls *Listeners) error {
+func (m *Main) startCWMP(s *settings, realm string, b *bus.Bus, log *slog.Logger, started *stack, ls *Listeners) error {
 	addr, err := s.addr("cwmp-addr")
 	if err != nil {
 		return err
@@ -281,7 +297,7 @@ func (m *Main) startCWMP(s *settings, b *bus.Bus, log *slog.Logger, started *sta
 	}
 	acs, err := cwmpadapter.New(cwmpadapter.Options{
 		Addr: addr, Path: s.str("cwmp-path"), Auth: auth,
-		Username: s.str("cwmp-username"), Password: s.str("cwmp-password"),
+		Username: s.str("cwmp-username"), Password: s.str("cwmp-password"), Realm: realm,
 		TLSCertFile: s.str("cwmp-tls-cert"), TLSKeyFile: s.str("cwmp-tls-key"),
 		AllowBasicOverHTTP: basic, MaxSessions: maxSessions, MinInformInterval: minInform,
 		Bus: b, Logger: log,
