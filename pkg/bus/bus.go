@@ -80,7 +80,7 @@ type Bus struct {
 	log  *slog.Logger
 
 	mu     sync.Mutex
-	subs   []*Subscription
+	subs   map[*Subscription]struct{}
 	closed bool
 }
 
@@ -118,7 +118,7 @@ func Connect(ctx context.Context, opts Options) (*Bus, error) {
 		nc.Close()
 		return nil, fmt.Errorf("bus: jetstream: %w", err)
 	}
-	b := &Bus{opts: opts, nc: nc, js: js, log: log}
+	b := &Bus{opts: opts, nc: nc, js: js, log: log, subs: map[*Subscription]struct{}{}}
 	if err := b.ensureStreams(ctx); err != nil {
 		nc.Close()
 		return nil, err
@@ -170,8 +170,10 @@ func (b *Bus) Ping(ctx context.Context) error {
 	return b.nc.FlushTimeout(d)
 }
 
-// Close unsubscribes every Serve* subscription, drains and closes the
-// connection. Safe to call more than once.
+// Close drains the connection — every subscription at once, so requests
+// already delivered are still answered — then stops the Serve* handlers and
+// closes. One connection-wide drain instead of one per subscription keeps
+// shutdown fast with many per-device subscriptions. Safe to call twice.
 func (b *Bus) Close() {
 	b.mu.Lock()
 	if b.closed {
@@ -182,9 +184,6 @@ func (b *Bus) Close() {
 	subs := b.subs
 	b.subs = nil
 	b.mu.Unlock()
-	for _, s := range subs {
-		s.Stop()
-	}
 	_ = b.nc.Drain()
 	// Drain is asynchronous; wait for it so callers can rely on Close.
 	deadline := time.Now().Add(5 * time.Second)
@@ -192,6 +191,12 @@ func (b *Bus) Close() {
 		time.Sleep(10 * time.Millisecond)
 	}
 	b.nc.Close()
+	for s := range subs {
+		s.once.Do(func() {
+			s.stop()
+			s.wg.Wait()
+		})
+	}
 }
 
 // NewID returns a random 128-bit identifier in hex, for events and commands.
@@ -446,24 +451,42 @@ func (b *Bus) ServeCredentials(queue string, h CredentialsHandler) (*Subscriptio
 
 // Subscription is a running Serve* subscription.
 type Subscription struct {
+	bus  *Bus
 	sub  *nats.Subscription
 	wg   sync.WaitGroup
 	once sync.Once
 	stop context.CancelFunc
 }
 
-// Stop unsubscribes and waits for running handlers. Safe to call twice.
+// Stop removes the subscription and waits for running handlers. Safe to
+// call twice.
+//
+// It drains rather than unsubscribes: a request the server already routed
+// here is still handled (and answered), instead of being dropped and
+// leaving its caller to wait out its whole timeout. Handlers' context is
+// cancelled only once the drain is over.
 func (s *Subscription) Stop() {
 	s.once.Do(func() {
+		if err := s.sub.Drain(); err == nil {
+			deadline := time.Now().Add(5 * time.Second)
+			for s.sub.IsValid() && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
 		_ = s.sub.Unsubscribe()
 		s.stop()
 		s.wg.Wait()
+		s.bus.mu.Lock()
+		if s.bus.subs != nil {
+			delete(s.bus.subs, s)
+		}
+		s.bus.mu.Unlock()
 	})
 }
 
 func (b *Bus) serve(subject, queue string, h func(context.Context, *nats.Msg) (proto.Message, error)) (*Subscription, error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Subscription{stop: cancel}
+	s := &Subscription{bus: b, stop: cancel}
 	sem := make(chan struct{}, b.opts.MaxConcurrentHandlers)
 	handle := func(m *nats.Msg) {
 		select {
@@ -520,7 +543,7 @@ func (b *Bus) serve(subject, queue string, h func(context.Context, *nats.Msg) (p
 		s.Stop()
 		return nil, errors.New("bus: closed")
 	}
-	b.subs = append(b.subs, s)
+	b.subs[s] = struct{}{}
 	b.mu.Unlock()
 	return s, nil
 }
