@@ -45,16 +45,12 @@ func TestParameterCache(t *testing.T) {
 		}
 		return l
 	}
-	// The cache is written right after the events' commit, in its own
-	// statement: wait for it rather than for the events.
-	var wifi controller.ParameterList
-	bustest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
-		wifi = params("?path=Device.WiFi.")
-		if len(wifi.Parameters) != 2 || wifi.Parameters[1].Path != "Device.WiFi.SSID.1.SSID" || wifi.Parameters[1].Value != "b" {
-			return fmt.Errorf("subtree: %+v", wifi)
-		}
-		return nil
-	})
+	// Parameters commit in the events' transaction: once the events are
+	// there, so is the cache.
+	wifi := params("?path=Device.WiFi.")
+	if len(wifi.Parameters) != 2 || wifi.Parameters[1].Path != "Device.WiFi.SSID.1.SSID" {
+		t.Fatalf("subtree: %+v", wifi)
+	}
 	ssid := wifi.Parameters[1]
 	// The value change won over the inform and the older change; type and
 	// writability came from the inform and were kept.

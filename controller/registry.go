@@ -183,7 +183,6 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	good := make([]jetstream.Msg, 0, len(msgs))
 	kinds := make([]string, 0, len(msgs))
 	var results []*duetv1.CommandResult
-	var params []store.Parameter
 	var seen []string
 	seenSet := map[string]bool{}
 	for _, m := range msgs {
@@ -200,10 +199,10 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 			_ = m.Term()
 			continue
 		}
+		o.Params = learnedParams(ev, o.Device.ID, o.Time)
 		obs = append(obs, o)
 		good = append(good, m)
 		kinds = append(kinds, o.Kind)
-		params = append(params, learnedParams(ev, o.Device.ID, o.Time)...)
 		if cr := ev.GetCommandResult(); cr != nil {
 			if cr.DeviceId == "" {
 				cr.DeviceId = o.Device.ID
@@ -224,10 +223,6 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	if err := r.o.Store.ApplyObservations(cctx, obs); err != nil {
-		return err
-	}
-	// After the registry commit, so a new device's row exists.
-	if err := r.o.Store.UpsertParameters(cctx, params); err != nil {
 		return err
 	}
 	if r.o.Tasks != nil {

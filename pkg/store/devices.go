@@ -30,6 +30,9 @@ type Observation struct {
 	// connection request Duet sent): it goes to the history only and
 	// leaves last_seen, online and the facts alone.
 	Passive bool
+	// Params are the values the event taught (inform parameters, value
+	// changes, Get results); they are cached in the same transaction.
+	Params []Parameter
 }
 
 // deviceUpdate is the merge of every observation of one device in a batch.
@@ -141,6 +144,15 @@ func (s *Store) ApplyObservations(ctx context.Context, obs []Observation) error 
 				cols.id, cols.protocol, cols.manufacturer, cols.oui, cols.productClass, cols.serial, cols.model,
 				cols.sw, cols.hw, cols.prov, cols.dm, cols.transport, cols.address, cols.crURL,
 				cols.firstSeen, cols.lastSeen, cols.factsAt, cols.onlineAt, cols.reachAt, cols.online)
+		}
+		// After the registry upsert in the same batch: a new device's row
+		// exists when its parameters are written.
+		var ps []Parameter
+		for _, o := range obs {
+			ps = append(ps, o.Params...)
+		}
+		if sql, args := upsertParametersStatement(ps); sql != "" {
+			b.Queue(sql, args...)
 		}
 		return tx.SendBatch(ctx, b).Close()
 	})

@@ -21,10 +21,24 @@ type Parameter struct {
 // UpsertParameters stores learned values in one statement. For the same
 // (device, path) only the newest (UpdatedAt) wins, in the batch and
 // against the table, so replays and reordering are harmless; an unknown
-// type or writability never overwrites a known one.
+// type or writability never overwrites a known one. Values learned from
+// events go through ApplyObservations instead, in the events' transaction.
 func (s *Store) UpsertParameters(ctx context.Context, ps []Parameter) error {
-	if len(ps) == 0 {
+	sql, args := upsertParametersStatement(ps)
+	if sql == "" {
 		return nil
+	}
+	if _, err := s.pool.Exec(ctx, sql, args...); err != nil {
+		return fmt.Errorf("store: upsert parameters: %w", err)
+	}
+	return nil
+}
+
+// upsertParametersStatement merges ps (newest per device and path) into one
+// unnest statement; "" when there is nothing to write.
+func upsertParametersStatement(ps []Parameter) (string, []any) {
+	if len(ps) == 0 {
+		return "", nil
 	}
 	type key struct{ d, p string }
 	latest := make(map[key]Parameter, len(ps))
@@ -67,7 +81,10 @@ func (s *Store) UpsertParameters(ctx context.Context, ps []Parameter) error {
 		dev, path, val, typ = append(dev, p.DeviceID), append(path, p.Path), append(val, p.Value), append(typ, p.Type)
 		wr, at = append(wr, p.Writable), append(at, p.UpdatedAt)
 	}
-	_, err := s.pool.Exec(ctx, `INSERT INTO device_parameters AS c (device_id, path, value, type, writable, updated_at)
+	return upsertParametersSQL, []any{dev, path, val, typ, wr, at}
+}
+
+const upsertParametersSQL = `INSERT INTO device_parameters AS c (device_id, path, value, type, writable, updated_at)
 		SELECT u.d, u.p, u.v, u.t, u.w, u.a
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::timestamptz[]) AS u(d, p, v, t, w, a)
 		WHERE EXISTS (SELECT 1 FROM devices WHERE id = u.d)
@@ -76,12 +93,7 @@ func (s *Store) UpsertParameters(ctx context.Context, ps []Parameter) error {
 			type = CASE WHEN excluded.type <> '' THEN excluded.type ELSE c.type END,
 			writable = CASE WHEN excluded.writable <> 0 THEN excluded.writable ELSE c.writable END,
 			updated_at = excluded.updated_at
-		WHERE c.updated_at <= excluded.updated_at`, dev, path, val, typ, wr, at)
-	if err != nil {
-		return fmt.Errorf("store: upsert parameters: %w", err)
-	}
-	return nil
-}
+		WHERE c.updated_at <= excluded.updated_at`
 
 // ParameterFilter selects cached parameters of one device.
 type ParameterFilter struct {
