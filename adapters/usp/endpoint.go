@@ -407,12 +407,12 @@ func (e *Endpoint) HandleRecord(mtp MTP, from Address, data []byte) error {
 	}
 	e.mu.Lock()
 	closed := e.closed
+	if s := e.agents[eid]; s != nil && !closed {
+		s.lastHeard.Store(time.Now().UnixNano()) // keep-alive: it is talking
+	}
 	e.mu.Unlock()
 	if closed {
 		return e.drop(mtp, DropClosed, nil)
-	}
-	if s := e.session(eid); s != nil {
-		s.lastHeard.Store(time.Now().UnixNano())
 	}
 	switch rec.Kind {
 	case pkgusp.RecordMQTTConnect:
