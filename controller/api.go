@@ -167,38 +167,26 @@ type DeviceList struct {
 	Count *int64 `json:"count,omitempty"`
 }
 
-var listDeviceParams = map[string]bool{
-	"protocol": true, "online": true, "manufacturer": true, "product_class": true,
-	"software_version": true, "limit": true, "cursor": true,
-	"last_seen_after": true, "last_seen_before": true, "tag": true, "count": true,
-}
-
 func (a *API) listDevices(w http.ResponseWriter, r *http.Request) (int, error) {
-	q, err := parseQuery(r.URL.RawQuery)
+	q, limit, cursor, err := pageParams(r, "protocol", "online", "manufacturer", "product_class",
+		"software_version", "last_seen_after", "last_seen_before", "tag", "count")
 	if err != nil {
 		return 0, err
 	}
-	for k := range q {
-		if !listDeviceParams[k] {
-			return 0, badParam(k, "unknown parameter")
-		}
-		if len(q[k]) > 1 {
-			return 0, badParam(k, "given more than once")
-		}
-	}
 	f := store.DeviceFilter{
-		Manufacturer:    q.Get("manufacturer"),
-		ProductClass:    q.Get("product_class"),
-		SoftwareVersion: q.Get("software_version"),
+		Manufacturer:    q["manufacturer"],
+		ProductClass:    q["product_class"],
+		SoftwareVersion: q["software_version"],
+		Limit:           limit,
 	}
-	if v := q.Get("protocol"); v != "" {
+	if v := q["protocol"]; v != "" {
 		p, err := devicemodel.ParseProtocol(v)
 		if err != nil {
 			return 0, badParam("protocol", "must be cwmp or usp")
 		}
 		f.Protocol = p
 	}
-	if v := q.Get("online"); v != "" {
+	if v := q["online"]; v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
 			return 0, badParam("online", "must be true or false")
@@ -206,7 +194,7 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request) (int, error) {
 		f.Online = &b
 	}
 	for name, dst := range map[string]*time.Time{"last_seen_after": &f.LastSeenAfter, "last_seen_before": &f.LastSeenBefore} {
-		if v := q.Get(name); v != "" {
+		if v := q[name]; v != "" {
 			t, err := time.Parse(time.RFC3339Nano, v)
 			if err != nil {
 				return 0, badParam(name, "must be an RFC 3339 time (2026-01-02T15:04:05Z)")
@@ -214,9 +202,9 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request) (int, error) {
 			*dst = t
 		}
 	}
-	f.Tag = q.Get("tag")
+	f.Tag = q["tag"]
 	var count int64
-	if v := q.Get("count"); v != "" {
+	if v := q["count"]; v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
 			return 0, badParam("count", "must be true or false")
@@ -225,14 +213,7 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request) (int, error) {
 			f.Count = &count
 		}
 	}
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > store.MaxPageSize {
-			return 0, badParam("limit", "must be an integer from 1 to "+strconv.Itoa(store.MaxPageSize))
-		}
-		f.Limit = n
-	}
-	if v := q.Get("cursor"); v != "" {
+	if v := cursor; v != "" {
 		after, err := store.DecodeCursor(v)
 		if err != nil {
 			return 0, badParam("cursor", "malformed; pass next_cursor from the previous page")
@@ -282,6 +263,39 @@ func parseQuery(raw string) (url.Values, error) {
 		q[key] = append(q[key], val)
 	}
 	return q, nil
+}
+
+// pageParams parses a list route's query: limit (1 to MaxPageSize) and
+// cursor, plus the names in extra; an unknown or repeated parameter is a
+// 400 naming it. Decoding the cursor is the caller's (each list has its
+// own).
+func pageParams(r *http.Request, extra ...string) (q map[string]string, limit int, cursor string, err error) {
+	raw, err := parseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, 0, "", err
+	}
+	known := map[string]bool{"limit": true, "cursor": true}
+	for _, k := range extra {
+		known[k] = true
+	}
+	q = map[string]string{}
+	for k, vs := range raw {
+		if !known[k] {
+			return nil, 0, "", badParam(k, "unknown parameter")
+		}
+		if len(vs) > 1 {
+			return nil, 0, "", badParam(k, "given more than once")
+		}
+		q[k] = vs[0]
+	}
+	if v := q["limit"]; v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > store.MaxPageSize {
+			return nil, 0, "", badParam("limit", "must be an integer from 1 to "+strconv.Itoa(store.MaxPageSize))
+		}
+		limit = n
+	}
+	return q, limit, q["cursor"], nil
 }
 
 // ErrorJSON is the body of every API error.

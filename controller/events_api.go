@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -75,36 +74,23 @@ type EventList struct {
 }
 
 func (a *API) listEvents(w http.ResponseWriter, r *http.Request) (int, error) {
-	q, err := parseQuery(r.URL.RawQuery)
+	q, limit, cursor, err := pageParams(r, "type")
 	if err != nil {
 		return 0, err
 	}
-	f := store.EventFilter{DeviceID: r.PathValue("id")}
-	for k, v := range q {
-		if len(v) > 1 {
-			return 0, badParam(k, "given more than once")
+	f := store.EventFilter{DeviceID: r.PathValue("id"), Limit: limit}
+	if v, ok := q["type"]; ok {
+		if !eventKinds[v] {
+			return 0, badParam("type", "must be one of "+kindNames())
 		}
-		switch k {
-		case "type":
-			if !eventKinds[v[0]] {
-				return 0, badParam(k, "must be one of "+kindNames())
-			}
-			f.Kind = v[0]
-		case "limit":
-			n, err := strconv.Atoi(v[0])
-			if err != nil || n < 1 || n > store.MaxPageSize {
-				return 0, badParam("limit", "must be an integer from 1 to "+strconv.Itoa(store.MaxPageSize))
-			}
-			f.Limit = n
-		case "cursor":
-			c, err := store.DecodeEventCursor(v[0])
-			if err != nil {
-				return 0, badParam("cursor", "malformed; pass next_cursor from the previous page")
-			}
-			f.Before = &c
-		default:
-			return 0, badParam(k, "unknown parameter")
+		f.Kind = v
+	}
+	if cursor != "" {
+		c, err := store.DecodeEventCursor(cursor)
+		if err != nil {
+			return 0, badParam("cursor", "malformed; pass next_cursor from the previous page")
 		}
+		f.Before = &c
 	}
 	if _, err := a.store.FindDeviceByID(r.Context(), f.DeviceID); err != nil {
 		return 0, err

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"strconv"
 
 	"github.com/duet-dm/duet/controller/policy"
 	"github.com/duet-dm/duet/pkg/devicemodel"
@@ -120,37 +119,6 @@ func groupFromRequest(w http.ResponseWriter, r *http.Request) (store.Group, erro
 		return store.Group{}, err
 	}
 	return store.Group{Name: req.Name, Filter: req.Filter}, nil
-}
-
-// pageParams parses limit and cursor, rejecting anything else not in
-// extra, as listDevices does.
-func pageParams(r *http.Request, extra ...string) (q map[string]string, limit int, cursor string, err error) {
-	raw, err := parseQuery(r.URL.RawQuery)
-	if err != nil {
-		return nil, 0, "", err
-	}
-	known := map[string]bool{"limit": true, "cursor": true}
-	for _, k := range extra {
-		known[k] = true
-	}
-	q = map[string]string{}
-	for k, vs := range raw {
-		if !known[k] {
-			return nil, 0, "", badParam(k, "unknown parameter")
-		}
-		if len(vs) > 1 {
-			return nil, 0, "", badParam(k, "given more than once")
-		}
-		q[k] = vs[0]
-	}
-	if v := q["limit"]; v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > store.MaxPageSize {
-			return nil, 0, "", badParam("limit", "must be an integer from 1 to "+strconv.Itoa(store.MaxPageSize))
-		}
-		limit = n
-	}
-	return q, limit, q["cursor"], nil
 }
 
 func (g *groupRoutes) create(w http.ResponseWriter, r *http.Request) (int, error) {

@@ -68,43 +68,31 @@ type ParameterList struct {
 }
 
 func (a *API) listParameters(w http.ResponseWriter, r *http.Request) (int, error) {
-	q, err := parseQuery(r.URL.RawQuery)
+	q, limit, cursor, err := pageParams(r, "path", "refresh")
 	if err != nil {
 		return 0, err
 	}
-	f := store.ParameterFilter{DeviceID: r.PathValue("id")}
+	f := store.ParameterFilter{DeviceID: r.PathValue("id"), Limit: limit}
+	if v, ok := q["path"]; ok {
+		if err := checkPath("path", v, false, devicemodel.PathObject, devicemodel.PathParameter); err != nil {
+			return 0, err
+		}
+		f.Prefix = v
+	}
 	refresh := false
-	for k, v := range q {
-		if len(v) > 1 {
-			return 0, badParam(k, "given more than once")
+	if v, ok := q["refresh"]; ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return 0, badParam("refresh", "must be true or false")
 		}
-		switch k {
-		case "path":
-			if err := checkPath("path", v[0], false, devicemodel.PathObject, devicemodel.PathParameter); err != nil {
-				return 0, err
-			}
-			f.Prefix = v[0]
-		case "refresh":
-			b, err := strconv.ParseBool(v[0])
-			if err != nil {
-				return 0, badParam(k, "must be true or false")
-			}
-			refresh = b
-		case "limit":
-			n, err := strconv.Atoi(v[0])
-			if err != nil || n < 1 || n > store.MaxPageSize {
-				return 0, badParam("limit", "must be an integer from 1 to "+strconv.Itoa(store.MaxPageSize))
-			}
-			f.Limit = n
-		case "cursor":
-			c, err := store.DecodeCursor(v[0])
-			if err != nil {
-				return 0, badParam("cursor", "malformed; pass next_cursor from the previous page")
-			}
-			f.After = c
-		default:
-			return 0, badParam(k, "unknown parameter")
+		refresh = b
+	}
+	if cursor != "" {
+		c, err := store.DecodeCursor(cursor)
+		if err != nil {
+			return 0, badParam("cursor", "malformed; pass next_cursor from the previous page")
 		}
+		f.After = c
 	}
 	if _, err := a.store.FindDeviceByID(r.Context(), f.DeviceID); err != nil {
 		return 0, err

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"strconv"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -126,36 +125,23 @@ func (a *API) getTask(w http.ResponseWriter, r *http.Request) (int, error) {
 var taskStates = map[string]bool{"queued": true, "dispatched": true, "succeeded": true, "failed": true, "expired": true, "cancelled": true}
 
 func (a *API) listTasks(w http.ResponseWriter, r *http.Request) (int, error) {
-	q, err := parseQuery(r.URL.RawQuery)
+	q, limit, cursor, err := pageParams(r, "state")
 	if err != nil {
 		return 0, err
 	}
-	f := store.TaskFilter{DeviceID: r.PathValue("id")}
-	for k, v := range q {
-		if len(v) > 1 {
-			return 0, badParam(k, "given more than once")
+	f := store.TaskFilter{DeviceID: r.PathValue("id"), Limit: limit}
+	if v, ok := q["state"]; ok {
+		if !taskStates[v] {
+			return 0, badParam("state", "must be queued, dispatched, succeeded, failed, expired or cancelled")
 		}
-		switch k {
-		case "state":
-			if !taskStates[v[0]] {
-				return 0, badParam(k, "must be queued, dispatched, succeeded, failed, expired or cancelled")
-			}
-			f.State = store.TaskState(v[0])
-		case "limit":
-			n, err := strconv.Atoi(v[0])
-			if err != nil || n < 1 || n > store.MaxPageSize {
-				return 0, badParam("limit", "must be an integer from 1 to "+strconv.Itoa(store.MaxPageSize))
-			}
-			f.Limit = n
-		case "cursor":
-			n, err := store.DecodeSeqCursor(v[0])
-			if err != nil {
-				return 0, badParam("cursor", "malformed; pass next_cursor from the previous page")
-			}
-			f.Before = n
-		default:
-			return 0, badParam(k, "unknown parameter")
+		f.State = store.TaskState(v)
+	}
+	if cursor != "" {
+		n, err := store.DecodeSeqCursor(cursor)
+		if err != nil {
+			return 0, badParam("cursor", "malformed; pass next_cursor from the previous page")
 		}
+		f.Before = n
 	}
 	if _, err := a.store.FindDeviceByID(r.Context(), f.DeviceID); err != nil {
 		return 0, err
