@@ -207,7 +207,7 @@ func (e *Endpoint) notifyEvents(eid string, n *uspmsg.Notify) ([]*duetv1.Event, 
 		switch ev.GetObjPath() + ev.GetEventName() {
 		case "Device.Boot!":
 			// usp.md §9.6.
-			b := &duetv1.Boot{CommandKey: args["CommandKey"], Cause: args["Cause"], FirmwareUpdated: parseBool(args["FirmwareUpdated"])}
+			b := &duetv1.Boot{CommandKey: args["CommandKey"], Cause: args["Cause"], FirmwareUpdated: isTrue(args["FirmwareUpdated"])}
 			delete(args, "CommandKey")
 			delete(args, "Cause")
 			delete(args, "FirmwareUpdated")
@@ -270,9 +270,6 @@ func (e *Endpoint) notifyEvents(eid string, n *uspmsg.Notify) ([]*duetv1.Event, 
 	return nil, "unknown"
 }
 
-// parseBool accepts the TR-106 boolean forms (usp.md §4.13).
-func parseBool(s string) bool { return s == "true" || s == "1" }
-
 func parseTime(s string) *timestamppb.Timestamp {
 	if s == "" {
 		return nil
@@ -282,4 +279,10 @@ func parseTime(s string) *timestamppb.Timestamp {
 		return nil
 	}
 	return timestamppb.New(t)
+}
+
+// isTrue reads a TR-106 boolean argument; anything unparseable is false.
+func isTrue(v string) bool {
+	b, _ := pkgusp.ParseBool(v)
+	return b
 }

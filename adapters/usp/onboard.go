@@ -211,7 +211,7 @@ func (e *Endpoint) completeOnboarding(ctx context.Context, eid string) error {
 		case "EndpointID":
 			ours[obj] = p.GetValue() == e.id
 		case "OnBoardingComplete":
-			done[obj] = p.GetValue() == "true" || p.GetValue() == "1"
+			done[obj] = isTrue(p.GetValue())
 		}
 	}
 	for obj, mine := range ours {

@@ -4,6 +4,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/usp"
 	"github.com/duet-dm/duet/proto/usp/uspmsg"
 )
@@ -35,15 +36,6 @@ func (a *Agent) objectParams(obj string) map[string]string {
 
 // isSearch reports whether p is a search path: "*" or "[expr]" (usp.md §7.1).
 func isSearch(p string) bool { return strings.ContainsAny(p, "*[") }
-
-// splitParam splits "Device.A.1.Name" into "Device.A.1." and "Name".
-func splitParam(p string) (obj, name string) {
-	i := strings.LastIndexByte(p, '.')
-	if i < 0 {
-		return "", p
-	}
-	return p[:i+1], p[i+1:]
-}
 
 // level is the depth of obj below base for Get.max_depth: base itself is 1,
 // and a table row counts as one level with its table (usp.md §4.3).
@@ -106,7 +98,7 @@ func (a *Agent) getPath(p string, depth uint32) *uspmsg.GetResp_RequestedPathRes
 		}
 		return res
 	}
-	obj, name := splitParam(p)
+	obj, name := devicemodel.SplitParameter(p)
 	d := defOf(obj)
 	if d == nil || d.param(name) == nil {
 		return fail(usp.ErrCodeInvalidPath, "parameter not in the supported data model")
@@ -185,7 +177,7 @@ func duplicateKey(m *model, inst string) (string, bool) {
 	if d == nil {
 		return "", false
 	}
-	table, _ := splitParam(strings.TrimSuffix(inst, "."))
+	table, _ := devicemodel.SplitParameter(strings.TrimSuffix(inst, "."))
 	for _, other := range m.instances(table) {
 		if other == inst {
 			continue

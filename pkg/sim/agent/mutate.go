@@ -4,6 +4,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/usp"
 	"github.com/duet-dm/duet/proto/usp/uspmsg"
 )
@@ -285,7 +286,7 @@ var ipPingMandatory = []string{"ProtocolVersion", "Host", "NumberOfRepetitions",
 // operate implements Operate (usp.md §4.10, §9.7).
 func (a *Agent) operate(id string, op *uspmsg.Operate, from string) *uspmsg.Msg {
 	cmd := op.GetCommand()
-	obj, name := splitParam(cmd)
+	obj, name := devicemodel.SplitParameter(cmd)
 	d := defOf(obj)
 	if !strings.HasSuffix(cmd, "()") || d == nil || d.command(name) == nil {
 		return usp.NewError(id, usp.ErrCodeInvalidPath, "command not in the supported data model")

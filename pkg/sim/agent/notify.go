@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/usp"
 	"github.com/duet-dm/duet/proto/usp/uspmsg"
 )
@@ -146,7 +147,7 @@ func (a *Agent) acknowledge(msgID string) {
 }
 
 func (a *Agent) operationComplete(command, key string, out map[string]string, fail *uspmsg.Notify_OperationComplete_CommandFailure) {
-	obj, name := splitParam(command)
+	obj, name := devicemodel.SplitParameter(command)
 	oc := &uspmsg.Notify_OperationComplete{ObjPath: obj, CommandName: name, CommandKey: key}
 	if fail != nil {
 		oc.OperationResp = &uspmsg.Notify_OperationComplete_CmdFailure{CmdFailure: fail}
@@ -210,7 +211,7 @@ func (a *Agent) sendBoot() {
 				continue
 			}
 			name := a.m.values[bp+"ParameterName"]
-			obj, pn := splitParam(name)
+			obj, pn := devicemodel.SplitParameter(name)
 			if a.m.objects[obj] {
 				params[name] = a.read(obj, pn)
 			}
@@ -278,7 +279,7 @@ func (a *Agent) SetParameter(path, value string) error {
 func (a *Agent) Parameter(path string) (string, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	obj, name := splitParam(path)
+	obj, name := devicemodel.SplitParameter(path)
 	if d := defOf(obj); d == nil || d.param(name) == nil || !a.m.objects[obj] {
 		return "", false
 	}
