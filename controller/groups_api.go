@@ -227,7 +227,7 @@ func (g *groupRoutes) audit(w http.ResponseWriter, r *http.Request) (int, error)
 	}
 	f := store.AuditFilter{ObjectType: q["object_type"], ObjectID: q["object_id"], Limit: limit}
 	if cursor != "" {
-		if f.Before, err = store.DecodeAuditCursor(cursor); err != nil {
+		if f.Before, err = store.DecodeSeqCursor(cursor); err != nil {
 			return 0, badParam("cursor", "malformed; pass next_cursor from the previous page")
 		}
 	}

@@ -287,18 +287,10 @@ func scanDevice(row pgx.Row) (devicemodel.Device, error) {
 	return d, err
 }
 
-// FindDevices returns one page of devices ordered by ID, and the cursor of
-// the next page ("" when this is the last).
-func (s *Store) FindDevices(ctx context.Context, f DeviceFilter) ([]devicemodel.Device, string, error) {
-	limit := f.Limit
-	if limit <= 0 {
-		limit = 100
-	}
-	if limit > MaxPageSize {
-		limit = MaxPageSize
-	}
-	var where []string
-	var args []any
+// deviceConditions turns f's filters (not its cursor, limit or count)
+// into WHERE conditions numbered after args. Each is served by an index of
+// migration 0001 or device_tags_tag_idx.
+func deviceConditions(f DeviceFilter, args []any) (where []string, _ []any) {
 	add := func(cond string, v any) {
 		args = append(args, v)
 		where = append(where, fmt.Sprintf(cond, len(args)))
@@ -325,9 +317,22 @@ func (s *Store) FindDevices(ctx context.Context, f DeviceFilter) ([]devicemodel.
 		add("last_seen < $%d", f.LastSeenBefore)
 	}
 	if f.Tag != "" {
-		// device_tags_tag_idx (tag, device_id) serves this.
 		add("id IN (SELECT device_id FROM device_tags WHERE tag = $%d)", f.Tag)
 	}
+	return where, args
+}
+
+// FindDevices returns one page of devices ordered by ID, and the cursor of
+// the next page ("" when this is the last).
+func (s *Store) FindDevices(ctx context.Context, f DeviceFilter) ([]devicemodel.Device, string, error) {
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	if limit > MaxPageSize {
+		limit = MaxPageSize
+	}
+	where, args := deviceConditions(f, nil)
 	if f.Count != nil {
 		// The total ignores the cursor: it is the size of the whole result.
 		cq := "SELECT count(*) FROM devices"
@@ -339,7 +344,8 @@ func (s *Store) FindDevices(ctx context.Context, f DeviceFilter) ([]devicemodel.
 		}
 	}
 	if f.After != "" {
-		add("id > $%d", f.After)
+		args = append(args, f.After)
+		where = append(where, fmt.Sprintf("id > $%d", len(args)))
 	}
 	q := "SELECT " + deviceColumns + " FROM devices"
 	if len(where) > 0 {

@@ -481,19 +481,6 @@ func (s *Store) FindAudit(ctx context.Context, f AuditFilter) ([]AuditEntry, str
 	return out, next, nil
 }
 
-// DecodeAuditCursor turns a FindAudit cursor back into AuditFilter.Before.
-func DecodeAuditCursor(c string) (int64, error) {
-	s, err := DecodeCursor(c)
-	if err != nil {
-		return 0, err
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n <= 0 {
-		return 0, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "malformed cursor")
-	}
-	return n, nil
-}
-
 // SetDeviceTags replaces a device's tags. CodeConflict for an unknown
 // device.
 func (s *Store) SetDeviceTags(ctx context.Context, deviceID string, tags []string) error {
@@ -525,27 +512,8 @@ type DeviceWithTags struct {
 // (which use the same indexes as FindDevices).
 func (s *Store) ScanDevices(ctx context.Context, f DeviceFilter) ([]DeviceWithTags, error) {
 	limit := PageFilter{Limit: f.Limit}.limit()
-	where := []string{"id > $1"}
-	args := []any{f.After}
-	add := func(cond string, v any) {
-		args = append(args, v)
-		where = append(where, fmt.Sprintf(cond, len(args)))
-	}
-	if f.Protocol != "" {
-		add("protocol = $%d", string(f.Protocol))
-	}
-	if f.Online != nil {
-		add("online = $%d", *f.Online)
-	}
-	if f.Manufacturer != "" {
-		add("manufacturer = $%d", f.Manufacturer)
-	}
-	if f.ProductClass != "" {
-		add("product_class = $%d", f.ProductClass)
-	}
-	if f.SoftwareVersion != "" {
-		add("software_version = $%d", f.SoftwareVersion)
-	}
+	where, args := deviceConditions(f, []any{f.After})
+	where = append(where, "id > $1")
 	args = append(args, limit)
 	rows, err := s.pool.Query(ctx, `SELECT `+deviceColumns+`,
 		COALESCE((SELECT array_agg(t.tag ORDER BY t.tag) FROM device_tags t WHERE t.device_id = devices.id), '{}')

@@ -201,7 +201,7 @@ func TestFindGroupsAndAuditPaging(t *testing.T) {
 		if next == "" {
 			break
 		}
-		if before, err = store.DecodeAuditCursor(next); err != nil {
+		if before, err = store.DecodeSeqCursor(next); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -213,7 +213,7 @@ func TestFindGroupsAndAuditPaging(t *testing.T) {
 			t.Fatalf("audit not newest first: %v", ids)
 		}
 	}
-	if _, err := store.DecodeAuditCursor(store.EncodeCursor("x")); devicemodel.ErrorCode(err) != devicemodel.CodeInvalidArgument {
+	if _, err := store.DecodeSeqCursor(store.EncodeCursor("x")); devicemodel.ErrorCode(err) != devicemodel.CodeInvalidArgument {
 		t.Fatalf("bad audit cursor: %v", err)
 	}
 }

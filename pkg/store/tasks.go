@@ -188,7 +188,8 @@ func (s *Store) FindTasks(ctx context.Context, f TaskFilter) ([]Task, string, er
 	return out, next, nil
 }
 
-// DecodeSeqCursor decodes a cursor made by FindTasks.
+// DecodeSeqCursor decodes a cursor over a descending int64 sequence, as
+// made by FindTasks and FindAudit.
 func DecodeSeqCursor(c string) (int64, error) {
 	s, err := DecodeCursor(c)
 	if err != nil {
