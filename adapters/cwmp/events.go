@@ -137,15 +137,19 @@ func timestamp(t time.Time) *timestamppb.Timestamp {
 }
 
 // publish stores one event for the session's device.
-func (a *ACS) publish(ctx context.Context, s *session, ev *duetv1.Event) error {
-	ev.Device, ev.Reachability, ev.Source = s.ident, s.reach, a.o.AdapterID
+// publish stores the session's events, in order, waiting for the stream
+// once for all of them.
+func (a *ACS) publish(ctx context.Context, s *session, evs ...*duetv1.Event) error {
 	if s.reach != nil {
 		s.reach.AdapterId = a.o.AdapterID
 	}
+	for _, ev := range evs {
+		ev.Device, ev.Reachability, ev.Source = s.ident, s.reach, a.o.AdapterID
+	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.o.SessionTimeout)
 	defer cancel()
-	if err := a.o.Bus.PublishEvent(ctx, ev); err != nil {
-		a.log.Warn("publishing an event failed", "device", s.deviceID, "session", s.id, "kind", bus.EventKind(ev), "err", err)
+	if err := a.o.Bus.PublishEvents(ctx, evs...); err != nil {
+		a.log.Warn("publishing events failed", "device", s.deviceID, "session", s.id, "kind", bus.EventKind(evs[0]), "events", len(evs), "err", err)
 		return err
 	}
 	return nil
@@ -165,13 +169,10 @@ func (a *ACS) publishInform(ctx context.Context, s *session, env *cwmp.Envelope,
 			rebootKey = e.CommandKey
 		}
 	}
-	err := a.publish(ctx, s, &duetv1.Event{Kind: &duetv1.Event_Inform{Inform: &duetv1.Inform{
+	out := []*duetv1.Event{{Kind: &duetv1.Event_Inform{Inform: &duetv1.Inform{
 		Events: evs, Params: toParams(inf.ParameterList, nil), RemoteAddress: s.reach.Address,
 		RetryCount: inf.RetryCount, CurrentTime: timestamp(inf.CurrentTime), CwmpNamespace: env.Namespace,
-	}}})
-	if err != nil {
-		return err
-	}
+	}}}}
 	seen := map[string]bool{}
 	for _, e := range evs {
 		code := strings.ToUpper(e.Code)
@@ -194,11 +195,11 @@ func (a *ACS) publishInform(ctx context.Context, s *session, env *cwmp.Envelope,
 		default:
 			continue
 		}
-		if err := a.publish(ctx, s, ev); err != nil {
-			return err
-		}
+		out = append(out, ev)
 	}
-	return nil
+	// One wait for the stream: the CPE's InformResponse is not held up by
+	// a round trip per event code.
+	return a.publish(ctx, s, out...)
 }
 
 // cpeMethods is what we answer a CPE's GetRPCMethods with.
