@@ -18,6 +18,9 @@ const maxGroupBody = 64 << 10
 // groupRoutes serves groups, their members and the audit log (issue 6).
 type groupRoutes struct {
 	store *store.Store
+	// env is what management policies need to know of this installation
+	// (the controller's USP endpoint ID) for previews.
+	env policy.Env
 }
 
 // RegisterGroupRoutes adds the group and audit routes. wrap registers one

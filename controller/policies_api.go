@@ -196,7 +196,7 @@ func (g *groupRoutes) preview(w http.ResponseWriter, r *http.Request, groupID st
 			return 0, badParam("cursor", "malformed; pass next_cursor from the previous page")
 		}
 	}
-	page, err := policy.Preview(r.Context(), g.store, grp, spec, cursor, limit)
+	page, err := policy.Preview(r.Context(), g.store, grp, spec, g.env, cursor, limit)
 	if err != nil {
 		return 0, err
 	}

@@ -104,7 +104,7 @@ func scan(ctx context.Context, st *store.Store, f *Filter, cursor string, limit,
 			for i, d := range devs {
 				ids[i] = d.Device.ID
 			}
-			if params, err = st.FindParameterValues(ctx, ids, need.Paths, need.All); err != nil {
+			if params, err = st.FindParameterValues(ctx, ids, need.Paths, need.All, need.Prefixes...); err != nil {
 				return MemberPage{}, err
 			}
 		}

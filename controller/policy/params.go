@@ -19,10 +19,13 @@ type ParamNeed struct {
 	All bool
 	// Paths are the literal keys: params["P"], "P" in params, params.P.
 	Paths []string
+	// Prefixes are subtrees read whole (an object table whose instances a
+	// policy looks for): every cached parameter under each.
+	Prefixes []string
 }
 
 // None reports whether nothing needs loading.
-func (n ParamNeed) None() bool { return !n.All && len(n.Paths) == 0 }
+func (n ParamNeed) None() bool { return !n.All && len(n.Paths) == 0 && len(n.Prefixes) == 0 }
 
 // Union is the parameters either need reads.
 func (n ParamNeed) Union(o ParamNeed) ParamNeed {
@@ -31,7 +34,9 @@ func (n ParamNeed) Union(o ParamNeed) ParamNeed {
 	}
 	paths := slices.Concat(n.Paths, o.Paths)
 	slices.Sort(paths)
-	return ParamNeed{Paths: slices.Compact(paths)}
+	prefixes := slices.Concat(n.Prefixes, o.Prefixes)
+	slices.Sort(prefixes)
+	return ParamNeed{Paths: slices.Compact(paths), Prefixes: slices.Compact(prefixes)}
 }
 
 // paramNeed walks a checked AST. Every reference to the params variable

@@ -15,15 +15,15 @@ import (
 
 func TestFilterParamNeed(t *testing.T) {
 	for src, want := range map[string]string{
-		`online`:             "{false []}",
-		`params["A"] == "x"`: "{false [A]}",
-		`"B" in params && params.C == "1" || has(params.D)`: "{false [B C D]}",
-		`params["A"] == "x" && params["A"] != "y"`:          "{false [A]}",
-		`params.exists(k, k == "x")`:                        "{true []}",
-		`params[serial_number] == "x"`:                      "{true []}",
-		`size(params) > 3`:                                  "{true []}",
-		`params["A"] == "x" && params.size() > 0`:           "{true []}",
-		`tags.exists(params, params == "x")`:                "{true []}",
+		`online`:             "{false [] []}",
+		`params["A"] == "x"`: "{false [A] []}",
+		`"B" in params && params.C == "1" || has(params.D)`: "{false [B C D] []}",
+		`params["A"] == "x" && params["A"] != "y"`:          "{false [A] []}",
+		`params.exists(k, k == "x")`:                        "{true [] []}",
+		`params[serial_number] == "x"`:                      "{true [] []}",
+		`size(params) > 3`:                                  "{true [] []}",
+		`params["A"] == "x" && params.size() > 0`:           "{true [] []}",
+		`tags.exists(params, params == "x")`:                "{true [] []}",
 	} {
 		f, err := policy.CompileFilter(src)
 		if err != nil {
@@ -80,7 +80,7 @@ func TestMembersAndPreviewReadTheParameterCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pv, err := policy.Preview(ctx, s, store.Group{Filter: `params["` + model + `"] == "HG8245H"`}, spec, "", 100)
+	pv, err := policy.Preview(ctx, s, store.Group{Filter: `params["` + model + `"] == "HG8245H"`}, spec, policy.Env{}, "", 100)
 	if err != nil || len(pv.Devices) != 2 {
 		t.Fatalf("preview: %+v %v", pv, err)
 	}

@@ -6,17 +6,31 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
 )
 
-// Policy kinds. Only parameter values exist so far; object instances,
-// management settings and firmware targets (issue 6 §2) are kinds still
-// to come, and ValidateSpec rejects them by name until they do.
+// Policy kinds (issue 6 §2). Firmware targets will be a fourth kind; a
+// kind only has to validate its spec and say what it Wants of a device.
 const (
 	KindParameters = "parameters"
+	KindObjects    = "objects"
+	KindManagement = "management"
 )
+
+// Kinds lists the policy kinds, for error messages.
+var Kinds = []string{KindParameters, KindObjects, KindManagement}
+
+// Env is what a policy may need to know about this Duet installation to
+// compute a device's Wants.
+type Env struct {
+	// USPEndpointID is the controller's own USP endpoint ID: a USP
+	// device's settings for this controller live in the
+	// Device.LocalAgent.Controller.{i}. whose EndpointID it is.
+	USPEndpointID string
+}
 
 // MaxParameters bounds one parameters policy: each is a Set on every
 // member device.
@@ -46,6 +60,8 @@ type ParameterValue struct {
 type CheckedSpec struct {
 	Kind       string
 	Parameters []ParameterValue
+	Objects    []ObjectSpec
+	Management *ManagementSpec
 }
 
 // ValidateSpec checks a policy's kind and spec before it is stored or
@@ -54,18 +70,37 @@ type CheckedSpec struct {
 // every expression with CompileValue. Errors are CodeInvalidArgument (or
 // CodeInvalidPath from the path parser) and name the entry at fault.
 func ValidateSpec(kind string, spec json.RawMessage) (*CheckedSpec, error) {
-	if kind != KindParameters {
-		return nil, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "policy kind %q is not supported; known kinds: %s", kind, KindParameters)
+	switch kind {
+	case KindParameters:
+		var ps ParameterSpec
+		if err := decodeStrict(spec, &ps); err != nil {
+			return nil, err
+		}
+		return validateParameters(ps)
+	case KindObjects:
+		return validateObjects(spec)
+	case KindManagement:
+		return validateManagement(spec)
 	}
-	var ps ParameterSpec
+	return nil, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "policy kind %q is not supported; known kinds: %s", kind, strings.Join(Kinds, ", "))
+}
+
+// decodeStrict decodes one JSON object into v, rejecting unknown fields
+// (so a misspelt field is an error, not silently ignored) and trailing
+// data.
+func decodeStrict(spec json.RawMessage, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(spec))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&ps); err != nil {
-		return nil, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "spec: %v", err)
+	if err := dec.Decode(v); err != nil {
+		return devicemodel.Errorf(devicemodel.CodeInvalidArgument, "spec: %v", err)
 	}
 	if dec.More() {
-		return nil, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "spec: data after the JSON object")
+		return devicemodel.Errorf(devicemodel.CodeInvalidArgument, "spec: data after the JSON object")
 	}
+	return nil
+}
+
+func validateParameters(ps ParameterSpec) (*CheckedSpec, error) {
 	if len(ps.Parameters) == 0 {
 		return nil, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "spec.parameters is empty")
 	}
@@ -109,7 +144,7 @@ func ValidateSpec(kind string, spec json.RawMessage) (*CheckedSpec, error) {
 			pv.compiled = v
 		}
 	}
-	return &CheckedSpec{Kind: kind, Parameters: ps.Parameters}, nil
+	return &CheckedSpec{Kind: KindParameters, Parameters: ps.Parameters}, nil
 }
 
 // Change is one parameter whose desired value differs from what is known.
@@ -123,8 +158,14 @@ type Change struct {
 
 // DevicePreview is what a policy would do to one member device.
 type DevicePreview struct {
-	DeviceID string   `json:"device_id"`
-	Changes  []Change `json:"changes"`
+	DeviceID string `json:"device_id"`
+	// Changes are the parameter values that would be set (Plan.Set, kept
+	// at the top level for the common case).
+	Changes []Change `json:"changes"`
+	// Plan is every operation reconciliation would issue, attributes and
+	// object instances included. Conflicts with other policies are not
+	// resolved here (see the policy status after enabling).
+	Plan *Plan `json:"plan,omitempty"`
 	// Error is set when a value expression fails on this device (the
 	// device would be reported failed, not given a wrong value).
 	Error string `json:"error,omitempty"`
@@ -138,9 +179,9 @@ type PreviewPage struct {
 	Unevaluable int             `json:"unevaluable"`
 }
 
-// Params is what computing the spec for a device reads from the cache:
-// its own paths (to compare) and whatever its expressions read.
-func (s *CheckedSpec) Params() ParamNeed {
+// Need is what computing the spec for a device reads from the cache: its
+// own paths and tables (to compare) and whatever its expressions read.
+func (s *CheckedSpec) Need() ParamNeed {
 	need := ParamNeed{}
 	for _, pv := range s.Parameters {
 		need = need.Union(ParamNeed{Paths: []string{pv.Path}})
@@ -148,14 +189,20 @@ func (s *CheckedSpec) Params() ParamNeed {
 			need = need.Union(pv.compiled.Params())
 		}
 	}
-	return need
+	return need.Union(s.objectsNeed()).Union(s.managementNeed())
 }
 
-// Desired computes the spec's values for one device and returns those
-// that differ from d.Params. A failing expression fails the whole device:
-// applying the other values without it would leave it half-configured.
-func (s *CheckedSpec) Desired(d DeviceFacts) ([]Change, error) {
-	changes := []Change{}
+// Wants computes what the spec asks of one device. A failing expression
+// fails the whole device: applying the other values without it would
+// leave it half-configured.
+func (s *CheckedSpec) Wants(d DeviceFacts, env Env) ([]Want, error) {
+	switch s.Kind {
+	case KindObjects:
+		return s.objectWants(d, env)
+	case KindManagement:
+		return s.managementWants(d, env)
+	}
+	wants := make([]Want, 0, len(s.Parameters))
 	for _, pv := range s.Parameters {
 		var want string
 		if pv.compiled != nil {
@@ -167,17 +214,9 @@ func (s *CheckedSpec) Desired(d DeviceFacts) ([]Change, error) {
 		} else {
 			want = *pv.Value
 		}
-		cur, known := d.Params[pv.Path]
-		if known && cur == want {
-			continue
-		}
-		c := Change{Path: pv.Path, Desired: want}
-		if known {
-			c.Current = &cur
-		}
-		changes = append(changes, c)
+		wants = append(wants, Want{Param: &ParamWant{Path: pv.Path, Value: want}})
 	}
-	return changes, nil
+	return wants, nil
 }
 
 // Preview pages through the group's members, as Members does, and gives
@@ -185,19 +224,27 @@ func (s *CheckedSpec) Desired(d DeviceFacts) ([]Change, error) {
 //
 // Current values come from the parameter cache; a parameter the device
 // has never reported has a null current value and is listed as a change.
-func Preview(ctx context.Context, st *store.Store, g store.Group, spec *CheckedSpec, cursor string, limit int) (PreviewPage, error) {
+func Preview(ctx context.Context, st *store.Store, g store.Group, spec *CheckedSpec, env Env, cursor string, limit int) (PreviewPage, error) {
 	f, err := CompileFilter(g.Filter)
 	if err != nil {
 		return PreviewPage{}, err
 	}
 	out := PreviewPage{Devices: []DevicePreview{}}
-	mp, err := scan(ctx, st, f, cursor, limit, scanBudget, f.Params().Union(spec.Params()), func(d DeviceFacts) {
+	mp, err := scan(ctx, st, f, cursor, limit, scanBudget, f.Params().Union(spec.Need()), func(d DeviceFacts) {
 		dp := DevicePreview{DeviceID: d.Device.ID, Changes: []Change{}}
-		changes, err := spec.Desired(d)
+		wants, err := spec.Wants(d, env)
 		if err != nil {
 			dp.Error = devicemodel.ErrorMessage(err)
 		} else {
-			dp.Changes = changes
+			// As for a device never reconciled: attributes not applied,
+			// no table read yet.
+			plan := Diff(wants, d.Params, false, nil)
+			if plan.Set != nil {
+				dp.Changes = plan.Set
+			}
+			if !plan.Empty() {
+				dp.Plan = &plan
+			}
 		}
 		out.Devices = append(out.Devices, dp)
 	})

@@ -56,7 +56,7 @@ func TestSpecDesiredComparesWithCachedValues(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := facts() // channel 6 cached, the others unknown
-	changes, err := spec.Desired(d)
+	changes, err := desired(spec, d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,12 +80,12 @@ func TestSpecDesiredComparesWithCachedValues(t *testing.T) {
 	d.Params["Device.ManagementServer.PeriodicInformInterval"] = "300"
 	d.Params["Device.PPP.Interface.1.Username"] = "pppoe-SN0001"
 	d.Params["Device.WiFi.Radio.1.Channel"] = "1"
-	if changes, err := spec.Desired(d); err != nil || len(changes) != 0 {
+	if changes, err := desired(spec, d); err != nil || len(changes) != 0 {
 		t.Fatalf("compliant device: %+v %v", changes, err)
 	}
 	// A failing expression fails the device, naming the parameter.
 	delete(d.Params, "Device.WiFi.Radio.1.Channel")
-	if _, err := spec.Desired(d); !policy.IsEvalError(err) || !strings.Contains(err.Error(), "Device.WiFi.Radio.1.Channel") {
+	if _, err := desired(spec, d); !policy.IsEvalError(err) || !strings.Contains(err.Error(), "Device.WiFi.Radio.1.Channel") {
 		t.Fatalf("failing expression: %v", err)
 	}
 }
@@ -102,7 +102,7 @@ func TestPreview(t *testing.T) {
 	var got []string
 	cursor := ""
 	for {
-		p, err := policy.Preview(context.Background(), s, g, spec, cursor, 3)
+		p, err := policy.Preview(context.Background(), s, g, spec, policy.Env{}, cursor, 3)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -121,4 +121,13 @@ func TestPreview(t *testing.T) {
 	if strings.Join(got, " ") != want {
 		t.Fatalf("preview %v, want %s", got, want)
 	}
+}
+
+// desired is the parameter changes the spec makes on d.
+func desired(spec *policy.CheckedSpec, d policy.DeviceFacts) ([]policy.Change, error) {
+	wants, err := spec.Wants(d, policy.Env{})
+	if err != nil {
+		return nil, err
+	}
+	return policy.Diff(wants, d.Params, true, nil).Set, nil
 }

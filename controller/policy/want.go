@@ -1,0 +1,219 @@
+package policy
+
+import (
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// A policy, evaluated for one device, is a list of Wants: the state it
+// asks the device to be in. Reconciliation compares Wants with what is
+// known of the device (the parameter cache) and turns the difference into
+// tasks; Wants of different policies with the same Key and different
+// Values are a conflict, which the higher priority wins.
+//
+// Three sorts cover every policy kind on both protocols:
+//   - a parameter value (CWMP SetParameterValues / USP Set);
+//   - an object instance that must or must not exist, found by a key
+//     parameter (CWMP AddObject+SetParameterValues / DeleteObject, USP
+//     Add/Delete), with parameters to hold on it;
+//   - CWMP notification attributes (SetParameterAttributes), which no
+//     cache observes: they count as applied once per policy revision and
+//     again after a bootstrap.
+type Want struct {
+	Param  *ParamWant  `json:"param,omitempty"`
+	Object *ObjectWant `json:"object,omitempty"`
+	Attr   *AttrWant   `json:"attribute,omitempty"`
+}
+
+// ParamWant is one parameter's desired value.
+type ParamWant struct {
+	Path  string `json:"path"`
+	Value string `json:"value"`
+}
+
+// ObjectWant is an instance of a multi-instance object (Table, ending in
+// '.', e.g. "Device.LocalAgent.Subscription.") identified by the value of
+// one of its parameters (KeyParam, e.g. "Alias" or "ID").
+type ObjectWant struct {
+	Table    string `json:"table"`
+	KeyParam string `json:"key_param"`
+	KeyValue string `json:"key_value"`
+	// Present: the instance must exist (Params held on it); false: it must
+	// not exist (deleted when found).
+	Present bool `json:"present"`
+	// Create: when Present and the instance is missing, add it. False for
+	// instances the device owns (a Controller entry): a missing one is a
+	// failure, not something to create.
+	Create bool `json:"create"`
+	// Params are values to hold on the instance, by name relative to it
+	// ("Enable", "NotifType"). The key parameter is implied.
+	Params map[string]string `json:"params,omitempty"`
+}
+
+// AttrWant is a CWMP notification attribute (cwmp.md,
+// SetParameterAttributes: 0 off, 1 passive, 2 active).
+type AttrWant struct {
+	Path         string `json:"path"`
+	Notification int    `json:"notification"`
+}
+
+// Key identifies what a Want is about: two Wants with the same Key compete.
+func (w Want) Key() string {
+	switch {
+	case w.Param != nil:
+		return "param " + w.Param.Path
+	case w.Object != nil:
+		return "object " + w.Object.Table + "[" + w.Object.KeyParam + "==" + w.Object.KeyValue + "]"
+	case w.Attr != nil:
+		return "attribute " + w.Attr.Path
+	}
+	return ""
+}
+
+// Value is the Want's desired state in a comparable form: competing Wants
+// with equal Values agree.
+func (w Want) Value() string {
+	switch {
+	case w.Param != nil:
+		return w.Param.Value
+	case w.Object != nil:
+		if !w.Object.Present {
+			return "absent"
+		}
+		var b strings.Builder
+		b.WriteString("present")
+		for _, k := range slices.Sorted(maps.Keys(w.Object.Params)) {
+			b.WriteString(";" + k + "=" + w.Object.Params[k])
+		}
+		return b.String()
+	case w.Attr != nil:
+		return strconv.Itoa(w.Attr.Notification)
+	}
+	return ""
+}
+
+// ObjectAdd is an instance to create with its parameters (key included).
+type ObjectAdd struct {
+	Table  string            `json:"table"`
+	Params map[string]string `json:"params"`
+}
+
+// Plan is the difference between a device's Wants and what is known of it:
+// the operations that close it. Each non-empty list is one task.
+type Plan struct {
+	Set        []Change    `json:"set,omitempty"`
+	Add        []ObjectAdd `json:"add,omitempty"`
+	Delete     []string    `json:"delete,omitempty"`
+	Attributes []AttrWant  `json:"attributes,omitempty"`
+	// Refresh lists tables whose instances are not in the cache at all:
+	// they are read (a Get) before anything is decided about them.
+	Refresh []string `json:"refresh,omitempty"`
+	// Missing lists instances that must exist but may not be created and
+	// are not on the device: the device cannot comply.
+	Missing []string `json:"missing,omitempty"`
+}
+
+// Empty reports whether nothing needs doing.
+func (p Plan) Empty() bool {
+	return len(p.Set) == 0 && len(p.Add) == 0 && len(p.Delete) == 0 && len(p.Attributes) == 0 &&
+		len(p.Refresh) == 0 && len(p.Missing) == 0
+}
+
+// Diff computes the Plan for wants against known, the device's cached
+// parameters (full paths; it must hold every path under each object
+// Want's Table that the cache has). attrsApplied says the policy's
+// attributes were already applied at this revision. refreshed lists
+// tables read from the device since its last bootstrap: an empty table
+// there is known to be empty, not unknown.
+func Diff(wants []Want, known map[string]string, attrsApplied bool, refreshed []string) Plan {
+	var p Plan
+	for _, w := range wants {
+		switch {
+		case w.Param != nil:
+			cur, ok := known[w.Param.Path]
+			if ok && cur == w.Param.Value {
+				continue
+			}
+			c := Change{Path: w.Param.Path, Desired: w.Param.Value}
+			if ok {
+				c.Current = &cur
+			}
+			p.Set = append(p.Set, c)
+		case w.Attr != nil:
+			if !attrsApplied {
+				p.Attributes = append(p.Attributes, *w.Attr)
+			}
+		case w.Object != nil:
+			o := w.Object
+			inst, seen := findInstance(known, o.Table, o.KeyParam, o.KeyValue)
+			seen = seen || slices.Contains(refreshed, o.Table)
+			switch {
+			case !seen:
+				p.Refresh = appendOnce(p.Refresh, o.Table)
+			case inst == "" && o.Present && o.Create:
+				params := maps.Clone(o.Params)
+				if params == nil {
+					params = map[string]string{}
+				}
+				params[o.KeyParam] = o.KeyValue
+				p.Add = append(p.Add, ObjectAdd{Table: o.Table, Params: params})
+			case inst == "" && o.Present:
+				p.Missing = append(p.Missing, o.Table+"["+o.KeyParam+"=="+o.KeyValue+"]")
+			case inst != "" && !o.Present:
+				p.Delete = append(p.Delete, inst)
+			case inst != "":
+				for _, k := range slices.Sorted(maps.Keys(o.Params)) {
+					path := inst + k
+					cur, ok := known[path]
+					if ok && cur == o.Params[k] {
+						continue
+					}
+					c := Change{Path: path, Desired: o.Params[k]}
+					if ok {
+						c.Current = &cur
+					}
+					p.Set = append(p.Set, c)
+				}
+			}
+		}
+	}
+	return p
+}
+
+// findInstance looks in known for the instance of table whose keyParam is
+// keyValue and returns its path ("Device.X.3."). seen is false when the
+// cache has nothing at all under table: the instances are not known.
+func findInstance(known map[string]string, table, keyParam, keyValue string) (inst string, seen bool) {
+	var found []string
+	for path, v := range known {
+		rest, ok := strings.CutPrefix(path, table)
+		if !ok {
+			continue
+		}
+		seen = true
+		num, name, ok := strings.Cut(rest, ".")
+		if !ok || name != keyParam || v != keyValue {
+			continue
+		}
+		if _, err := strconv.ParseUint(num, 10, 32); err != nil {
+			continue
+		}
+		found = append(found, table+num+".")
+	}
+	if len(found) == 0 {
+		return "", seen
+	}
+	// Two instances with one key value should not happen (the key is
+	// unique); pick one deterministically.
+	slices.Sort(found)
+	return found[0], true
+}
+
+func appendOnce(list []string, s string) []string {
+	if slices.Contains(list, s) {
+		return list
+	}
+	return append(list, s)
+}
