@@ -542,19 +542,27 @@ func (s *Store) ScanDevices(ctx context.Context, f DeviceFilter) ([]DeviceWithTa
 }
 
 // FindParameterValues returns cached parameter values of the given
-// devices, by device then path: only the listed paths, or every cached
-// parameter when all is set. Group filters and policy previews call it
-// once per page of devices, with the paths their expressions read.
-func (s *Store) FindParameterValues(ctx context.Context, deviceIDs, paths []string, all bool) (map[string]map[string]string, error) {
+// devices, by device then path: only the listed paths and every parameter
+// under the listed prefixes (subtrees such as "Device.LocalAgent.
+// Subscription."), or every cached parameter when all is set. Group
+// filters, policy previews and reconciliation call it once per page of
+// devices, with the paths their expressions and policies read.
+func (s *Store) FindParameterValues(ctx context.Context, deviceIDs, paths []string, all bool, prefixes ...string) (map[string]map[string]string, error) {
 	out := map[string]map[string]string{}
-	if len(deviceIDs) == 0 || !all && len(paths) == 0 {
+	if len(deviceIDs) == 0 || !all && len(paths) == 0 && len(prefixes) == 0 {
 		return out, nil
 	}
 	q := "SELECT device_id, path, value FROM device_parameters WHERE device_id = ANY($1::text[])"
 	args := []any{deviceIDs}
 	if !all {
-		q += " AND path = ANY($2::text[])"
-		args = append(args, paths)
+		likes := make([]string, len(prefixes))
+		for i, p := range prefixes {
+			likes[i] = likeEscape(p) + "%"
+		}
+		// path is COLLATE "C" (0004_parameters.sql), so each LIKE is a
+		// range of the primary key within the device.
+		q += " AND (path = ANY($2::text[]) OR path LIKE ANY($3::text[]))"
+		args = append(args, paths, likes)
 	}
 	rows, err := s.pool.Query(ctx, q, args...)
 	if err != nil {
@@ -577,4 +585,9 @@ func (s *Store) FindParameterValues(ctx context.Context, deviceIDs, paths []stri
 		return nil, fmt.Errorf("store: find parameter values: %w", err)
 	}
 	return out, nil
+}
+
+// likeEscape escapes LIKE's wildcards (and its escape character) in s.
+func likeEscape(s string) string {
+	return strings.NewReplacer(`\`, `\\`, "%", `\%`, "_", `\_`).Replace(s)
 }

@@ -114,7 +114,7 @@ func (s *Store) FindParameters(ctx context.Context, f ParameterFilter) ([]Parame
 	}
 	limit = min(limit, MaxPageSize)
 	// A partial path ("….") is a subtree, a full path one parameter.
-	match, pattern := "path LIKE $2", strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(f.Prefix)+"%"
+	match, pattern := "path LIKE $2", likeEscape(f.Prefix)+"%"
 	if f.Prefix != "" && !strings.HasSuffix(f.Prefix, ".") {
 		match, pattern = "path = $2", f.Prefix
 	}
