@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/duet-dm/duet/pkg/devicemodel"
 )
@@ -247,11 +248,23 @@ type DeviceFilter struct {
 	LastSeenAfter, LastSeenBefore time.Time
 	// Tag: devices carrying this operator tag (device_tags).
 	Tag string
+	// Query: devices whose ID, serial number, manufacturer, OUI, product
+	// class, model name or software version contains it, ignoring case
+	// (CheckQuery validates it).
+	Query string
+	// Params: devices whose cached parameters meet every condition.
+	Params []ParamCondition
 	// Count, when set, receives the number of devices matching the
 	// filters (one more query).
 	Count *int64
+	// Sort orders FindDevices (ScanDevices is always by ID); default ID
+	// ascending.
+	Sort DeviceSort
 	// After is the cursor: the last ID of the previous page.
 	After string
+	// AfterKey is, under a Sort other than ID, the previous page's last
+	// sort key (DecodeDeviceCursor gives both).
+	AfterKey string
 	// Limit of the page; default 100.
 	Limit int
 }
@@ -287,9 +300,9 @@ func scanDevice(row pgx.Row) (devicemodel.Device, error) {
 	return d, err
 }
 
-// deviceConditions turns f's filters (not its cursor, limit or count)
-// into WHERE conditions numbered after args. Each is served by an index of
-// migration 0001 or device_tags_tag_idx.
+// deviceConditions turns f's filters (not its cursor, limit, sort or
+// count) into WHERE conditions numbered after args. 0006_search.sql lists
+// the index serving each.
 func deviceConditions(f DeviceFilter, args []any) (where []string, _ []any) {
 	add := func(cond string, v any) {
 		args = append(args, v)
@@ -319,11 +332,23 @@ func deviceConditions(f DeviceFilter, args []any) (where []string, _ []any) {
 	if f.Tag != "" {
 		add("id IN (SELECT device_id FROM device_tags WHERE tag = $%d)", f.Tag)
 	}
+	if f.Query != "" {
+		// Lower-cased by PostgreSQL, as the indexed expression is, so both
+		// sides fold case the same way whatever the characters.
+		add(searchExpr+" LIKE ('%%' || lower($%d::text) || '%%')", likeEscape(f.Query))
+	}
+	for _, c := range f.Params {
+		var cond string
+		cond, args = c.sql(args)
+		where = append(where, cond)
+	}
 	return where, args
 }
 
-// FindDevices returns one page of devices ordered by ID, and the cursor of
-// the next page ("" when this is the last).
+// FindDevices returns one page of devices in f.Sort's order (by ID by
+// default), and the cursor of the next page ("" when this is the last;
+// DecodeDeviceCursor reads it). CodeInvalidArgument for a malformed
+// AfterKey.
 func (s *Store) FindDevices(ctx context.Context, f DeviceFilter) ([]devicemodel.Device, string, error) {
 	limit := f.Limit
 	if limit <= 0 {
@@ -343,16 +368,19 @@ func (s *Store) FindDevices(ctx context.Context, f DeviceFilter) ([]devicemodel.
 			return nil, "", fmt.Errorf("store: count devices: %w", err)
 		}
 	}
-	if f.After != "" {
-		args = append(args, f.After)
-		where = append(where, fmt.Sprintf("id > $%d", len(args)))
+	cond, order, args, err := f.Sort.keysetSQL(f.After, f.AfterKey, args)
+	if err != nil {
+		return nil, "", err
+	}
+	if cond != "" {
+		where = append(where, cond)
 	}
 	q := "SELECT " + deviceColumns + " FROM devices"
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
 	args = append(args, limit+1)
-	q += fmt.Sprintf(" ORDER BY id LIMIT $%d", len(args))
+	q += fmt.Sprintf(" ORDER BY %s LIMIT $%d", order, len(args))
 	rows, err := s.pool.Query(ctx, q, args...)
 	if err != nil {
 		return nil, "", fmt.Errorf("store: find devices: %w", err)
@@ -372,7 +400,7 @@ func (s *Store) FindDevices(ctx context.Context, f DeviceFilter) ([]devicemodel.
 	next := ""
 	if len(out) > limit {
 		out = out[:limit]
-		next = EncodeCursor(out[limit-1].ID)
+		next = EncodeDeviceCursor(f.Sort, out[limit-1])
 	}
 	return out, next, nil
 }
@@ -394,4 +422,123 @@ func (s *Store) CountDeviceEvents(ctx context.Context, deviceID string) (int, er
 	var n int
 	err := s.pool.QueryRow(ctx, "SELECT count(*) FROM device_events WHERE device_id = $1", deviceID).Scan(&n)
 	return n, err
+}
+
+// AuditDeviceTags is the audit log's object type for a device's tags; the
+// object ID is the device ID.
+const AuditDeviceTags = "device_tags"
+
+// deviceTagsJSON is how the audit log records a device's tags.
+type deviceTagsJSON struct {
+	Tags []string `json:"tags"`
+}
+
+// AddDeviceTag tags a device; adding a tag it has changes nothing.
+// Returns the device's tags afterwards. A change is recorded in the audit
+// log with actor, in the same transaction. Errors: CodeInvalidArgument
+// (CheckTag, or no actor), CodeNotFound for an unknown device.
+func (s *Store) AddDeviceTag(ctx context.Context, actor, deviceID, tag string) ([]string, error) {
+	return s.changeDeviceTag(ctx, actor, deviceID, tag, true)
+}
+
+// RemoveDeviceTag removes a tag from a device; removing one it does not
+// have changes nothing. Otherwise as AddDeviceTag.
+func (s *Store) RemoveDeviceTag(ctx context.Context, actor, deviceID, tag string) ([]string, error) {
+	return s.changeDeviceTag(ctx, actor, deviceID, tag, false)
+}
+
+func (s *Store) changeDeviceTag(ctx context.Context, actor, deviceID, tag string, add bool) ([]string, error) {
+	if err := checkActor(actor); err != nil {
+		return nil, err
+	}
+	if err := CheckTag(tag); err != nil {
+		return nil, err
+	}
+	var after []string
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// Lock the device row: concurrent changes of one device's tags
+		// then record before/after states that follow each other.
+		var id string
+		err := tx.QueryRow(ctx, "SELECT id FROM devices WHERE id = $1 FOR UPDATE", deviceID).Scan(&id)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return devicemodel.Errorf(devicemodel.CodeNotFound, "device %q not found", deviceID)
+		}
+		if err != nil {
+			return err
+		}
+		before, err := deviceTags(ctx, tx, deviceID)
+		if err != nil {
+			return err
+		}
+		var tag2 pgconn.CommandTag
+		if add {
+			tag2, err = tx.Exec(ctx, "INSERT INTO device_tags (device_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING", deviceID, tag)
+		} else {
+			tag2, err = tx.Exec(ctx, "DELETE FROM device_tags WHERE device_id = $1 AND tag = $2", deviceID, tag)
+		}
+		if err != nil {
+			return err
+		}
+		if tag2.RowsAffected() == 0 {
+			after = before
+			return nil // idempotent: nothing changed, nothing to audit
+		}
+		if after, err = deviceTags(ctx, tx, deviceID); err != nil {
+			return err
+		}
+		return audit(ctx, tx, actor, AuditUpdate, AuditDeviceTags, deviceID, deviceTagsJSON{before}, deviceTagsJSON{after})
+	})
+	if err != nil {
+		return nil, pgError("change device tags", err)
+	}
+	return after, nil
+}
+
+func deviceTags(ctx context.Context, tx pgx.Tx, deviceID string) ([]string, error) {
+	rows, err := tx.Query(ctx, "SELECT tag FROM device_tags WHERE device_id = $1 ORDER BY tag", deviceID)
+	if err != nil {
+		return nil, err
+	}
+	tags, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if tags == nil {
+		tags = []string{}
+	}
+	return tags, err
+}
+
+// FindTagsOfDevices returns the tags of each listed device that has any,
+// sorted, in one query.
+func (s *Store) FindTagsOfDevices(ctx context.Context, ids []string) (map[string][]string, error) {
+	out := map[string][]string{}
+	if len(ids) == 0 {
+		return out, nil
+	}
+	rows, err := s.pool.Query(ctx, `SELECT device_id, array_agg(tag ORDER BY tag) FROM device_tags
+		WHERE device_id = ANY($1::text[]) GROUP BY device_id`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("store: find tags: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		var tags []string
+		if err := rows.Scan(&id, &tags); err != nil {
+			return nil, fmt.Errorf("store: find tags: %w", err)
+		}
+		out[id] = tags
+	}
+	return out, rows.Err()
+}
+
+// AuditDeviceChange records a change to something of a device that is
+// stored elsewhere (objType, e.g. "device_credentials"; the object ID is
+// the device ID) in its own transaction. before and after must hold no
+// secret: the audit log is readable by every API viewer.
+func (s *Store) AuditDeviceChange(ctx context.Context, actor, action, objType, deviceID string, before, after any) error {
+	if err := checkActor(actor); err != nil {
+		return err
+	}
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		return audit(ctx, tx, actor, action, objType, deviceID, before, after)
+	})
 }
