@@ -57,18 +57,21 @@ type Task struct {
 	ErrorMessage      string
 	DeviceFault       int
 	RetryOf           string
+	// BatchID is the bulk job (task_batches) that created the task, "" for
+	// one created on its own.
+	BatchID string
 }
 
 const taskColumns = `id, seq, device_id, operation, request, command, non_idempotent, state, COALESCE(unique_key, ''),
 	connection_request, expires_at, created_at, updated_at, dispatched_at, finished_at, session, attempts, result,
-	error_code, error_message, device_fault, COALESCE(retry_of, '')`
+	error_code, error_message, device_fault, COALESCE(retry_of, ''), COALESCE(batch_id, '')`
 
 func scanTask(row pgx.Row) (Task, error) {
 	var t Task
 	var st string
 	err := row.Scan(&t.ID, &t.Seq, &t.DeviceID, &t.Operation, &t.Request, &t.Command, &t.NonIdempotent, &st, &t.UniqueKey,
 		&t.ConnectionRequest, &t.ExpiresAt, &t.CreatedAt, &t.UpdatedAt, &t.DispatchedAt, &t.FinishedAt, &t.Session,
-		&t.Attempts, &t.Result, &t.ErrorCode, &t.ErrorMessage, &t.DeviceFault, &t.RetryOf)
+		&t.Attempts, &t.Result, &t.ErrorCode, &t.ErrorMessage, &t.DeviceFault, &t.RetryOf, &t.BatchID)
 	t.State = TaskState(st)
 	return t, err
 }
@@ -97,11 +100,15 @@ func nullable(s string) *string {
 }
 
 // CreateTask queues t (ID, DeviceID, Operation, Request, Command,
-// NonIdempotent, UniqueKey, ConnectionRequest, ExpiresAt, RetryOf are
-// used). With a UniqueKey, a queued task of the same device and key is
-// cancelled in the same transaction ("replaced by <id>"). Errors:
-// CodeNotFound for an unknown device.
+// NonIdempotent, UniqueKey, ConnectionRequest, ExpiresAt, RetryOf, BatchID
+// are used; BatchID defaults to ContextWithTaskBatch's). With a UniqueKey,
+// a queued task of the same device and key is cancelled in the same
+// transaction ("replaced by <id>"). Errors: CodeNotFound for an unknown
+// device; CodeConflict when the batch already has a task for the device.
 func (s *Store) CreateTask(ctx context.Context, t Task) (Task, error) {
+	if t.BatchID == "" {
+		t.BatchID = taskBatchFrom(ctx)
+	}
 	var out Task
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if t.UniqueKey != "" {
@@ -119,15 +126,18 @@ func (s *Store) CreateTask(ctx context.Context, t Task) (Task, error) {
 		}
 		var err error
 		out, err = scanTask(tx.QueryRow(ctx, `INSERT INTO tasks (id, device_id, operation, request, command, non_idempotent,
-			state, unique_key, connection_request, expires_at, retry_of)
-			VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10) RETURNING `+taskColumns,
+			state, unique_key, connection_request, expires_at, retry_of, batch_id)
+			VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11) RETURNING `+taskColumns,
 			t.ID, t.DeviceID, t.Operation, t.Request, t.Command, t.NonIdempotent, nullable(t.UniqueKey),
-			t.ConnectionRequest, t.ExpiresAt, nullable(t.RetryOf)))
+			t.ConnectionRequest, t.ExpiresAt, nullable(t.RetryOf), nullable(t.BatchID)))
 		return err
 	})
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "23503" { // foreign_key_violation
+	if errors.As(err, &pe) && pe.Code == "23503" && pe.ConstraintName != "tasks_batch_id_fkey" { // foreign_key_violation
 		return out, devicemodel.Errorf(devicemodel.CodeNotFound, "device %q not found", t.DeviceID)
+	}
+	if errors.As(err, &pe) && pe.Code == "23505" && pe.ConstraintName == "tasks_batch_device_idx" {
+		return out, devicemodel.Errorf(devicemodel.CodeConflict, "batch %s already has a task for device %q", t.BatchID, t.DeviceID)
 	}
 	if err != nil {
 		return out, fmt.Errorf("store: create task: %w", err)
