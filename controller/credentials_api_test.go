@@ -284,3 +284,57 @@ func TestConnectionRequestCarriesStoredCredentials(t *testing.T) {
 		t.Fatalf("connection request for a device without credentials: %v", cr)
 	}
 }
+
+// TestCredentialsChangesAuditedWithoutSecrets: PUT (create, then update)
+// and DELETE each leave an audit entry with the token's owner, the
+// usernames and which passwords are set, and not one byte of a secret
+// anywhere in audit_log.
+func TestCredentialsChangesAuditedWithoutSecrets(t *testing.T) {
+	e := newEnv(t)
+	key := testCredKey(t)
+	withCredentialsAPI(t, e, key)
+	const dev = "00D09E-ONT-AUDIT1"
+	for _, body := range []string{credBody, strings.ReplaceAll(credBody, "cpe-user", "cpe-user2")} {
+		if code, out := e.do(t, "PUT", "/api/v1/devices/"+dev+"/credentials", body); code != 200 {
+			t.Fatalf("PUT: %d %s", code, out)
+		}
+	}
+	if code, out := e.do(t, "DELETE", "/api/v1/devices/"+dev+"/credentials", ""); code != 204 {
+		t.Fatalf("DELETE: %d %s", code, out)
+	}
+	// Every column of every row, as text.
+	rows, err := e.store.Pool().Query(context.Background(),
+		"SELECT actor, action, object_type, object_id, coalesce(before::text, 'null'), coalesce(after::text, 'null') FROM audit_log ORDER BY id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var got []string
+	for rows.Next() {
+		var actor, action, typ, id, before, after string
+		if err := rows.Scan(&actor, &action, &typ, &id, &before, &after); err != nil {
+			t.Fatal(err)
+		}
+		if typ != "device_credentials" || id != dev || !strings.HasPrefix(actor, "test admin (") {
+			t.Errorf("entry %s %s %s %s", actor, action, typ, id)
+		}
+		got = append(got, action+" "+before+" -> "+after)
+	}
+	want := []string{
+		`create null -> {"username": "cpe-user", "password_set": true, "connection_request_username": "cr-user", "connection_request_password_set": true}`,
+		`update {"username": "cpe-user", "password_set": true, "connection_request_username": "cr-user", "connection_request_password_set": true} -> {"username": "cpe-user2", "password_set": true, "connection_request_username": "cr-user", "connection_request_password_set": true}`,
+		`delete {"username": "cpe-user2", "password_set": true, "connection_request_username": "cr-user", "connection_request_password_set": true} -> null`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("audit entries:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	var dump string
+	if err := e.store.Pool().QueryRow(context.Background(), "SELECT coalesce(string_agg(a::text, ' '), '') FROM audit_log a").Scan(&dump); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"acs-Secret-1", "cr-Secret-2", store.DigestHA1("cpe-user", "TestRealm", "acs-Secret-1"), store.DigestHA1("cpe-user2", "TestRealm", "acs-Secret-1")} {
+		if strings.Contains(dump, s) {
+			t.Fatalf("audit_log holds a secret %q", s)
+		}
+	}
+}
