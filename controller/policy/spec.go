@@ -30,6 +30,12 @@ type Env struct {
 	// device's settings for this controller live in the
 	// Device.LocalAgent.Controller.{i}. whose EndpointID it is.
 	USPEndpointID string
+	// PolicyID is the ID of the policy being evaluated. A management
+	// policy names the USP Subscriptions it creates after it (so it can
+	// find and delete its own stale ones, usp.md §9.3). A preview of an
+	// unsaved policy may pass any non-empty placeholder: a preview
+	// creates nothing.
+	PolicyID string
 }
 
 // MaxParameters bounds one parameters policy: each is a Set on every

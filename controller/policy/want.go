@@ -50,6 +50,17 @@ type ObjectWant struct {
 	// Params are values to hold on the instance, by name relative to it
 	// ("Enable", "NotifType"). The key parameter is implied.
 	Params map[string]string `json:"params,omitempty"`
+	// CreateOnly are values given when the instance is added and never
+	// compared afterwards: a Subscription's ReferenceList cannot be
+	// changed once written (usp.md §9.3), so a different list must be a
+	// different instance (a different key), not a Set.
+	CreateOnly map[string]string `json:"create_only,omitempty"`
+	// StalePrefix, when set, also deletes every other instance of Table
+	// whose KeyParam value starts with it: the instances this Want
+	// replaces (a policy's Subscription for an older ReferenceList). The
+	// instance keyed KeyValue is kept when Present. An empty KeyValue names
+	// no instance: the Want only sweeps.
+	StalePrefix string `json:"stale_prefix,omitempty"`
 }
 
 // AttrWant is a CWMP notification attribute (cwmp.md,
@@ -64,6 +75,8 @@ func (w Want) Key() string {
 	switch {
 	case w.Param != nil:
 		return "param " + w.Param.Path
+	case w.Object != nil && w.Object.KeyValue == "" && w.Object.StalePrefix != "":
+		return "objects " + w.Object.Table + "[" + w.Object.KeyParam + "^=" + w.Object.StalePrefix + "]"
 	case w.Object != nil:
 		return "object " + w.Object.Table + "[" + w.Object.KeyParam + "==" + w.Object.KeyValue + "]"
 	case w.Attr != nil:
@@ -86,6 +99,12 @@ func (w Want) Value() string {
 		b.WriteString("present")
 		for _, k := range slices.Sorted(maps.Keys(w.Object.Params)) {
 			b.WriteString(";" + k + "=" + w.Object.Params[k])
+		}
+		for _, k := range slices.Sorted(maps.Keys(w.Object.CreateOnly)) {
+			b.WriteString(";create " + k + "=" + w.Object.CreateOnly[k])
+		}
+		if w.Object.StalePrefix != "" {
+			b.WriteString(";sweep " + w.Object.StalePrefix)
 		}
 		return b.String()
 	case w.Attr != nil:
@@ -147,22 +166,30 @@ func Diff(wants []Want, known map[string]string, attrsApplied bool, refreshed []
 			}
 		case w.Object != nil:
 			o := w.Object
+			sweepOnly := o.KeyValue == "" && o.StalePrefix != ""
 			inst, seen := findInstance(known, o.Table, o.KeyParam, o.KeyValue)
 			seen = seen || slices.Contains(refreshed, o.Table)
+			if seen && o.StalePrefix != "" {
+				for _, stale := range findInstances(known, o.Table, o.KeyParam, func(v string) bool {
+					return strings.HasPrefix(v, o.StalePrefix) && (sweepOnly || v != o.KeyValue)
+				}) {
+					p.Delete = appendOnce(p.Delete, stale)
+				}
+			}
 			switch {
 			case !seen:
 				p.Refresh = appendOnce(p.Refresh, o.Table)
+			case sweepOnly:
 			case inst == "" && o.Present && o.Create:
-				params := maps.Clone(o.Params)
-				if params == nil {
-					params = map[string]string{}
-				}
+				params := map[string]string{}
+				maps.Copy(params, o.CreateOnly)
+				maps.Copy(params, o.Params)
 				params[o.KeyParam] = o.KeyValue
 				p.Add = append(p.Add, ObjectAdd{Table: o.Table, Params: params})
 			case inst == "" && o.Present:
 				p.Missing = append(p.Missing, o.Table+"["+o.KeyParam+"=="+o.KeyValue+"]")
 			case inst != "" && !o.Present:
-				p.Delete = append(p.Delete, inst)
+				p.Delete = appendOnce(p.Delete, inst)
 			case inst != "":
 				for _, k := range slices.Sorted(maps.Keys(o.Params)) {
 					path := inst + k
@@ -186,15 +213,35 @@ func Diff(wants []Want, known map[string]string, attrsApplied bool, refreshed []
 // keyValue and returns its path ("Device.X.3."). seen is false when the
 // cache has nothing at all under table: the instances are not known.
 func findInstance(known map[string]string, table, keyParam, keyValue string) (inst string, seen bool) {
+	for path := range known {
+		if strings.HasPrefix(path, table) {
+			seen = true
+			break
+		}
+	}
+	if !seen {
+		return "", false
+	}
+	found := findInstances(known, table, keyParam, func(v string) bool { return v == keyValue })
+	if len(found) == 0 {
+		return "", true
+	}
+	// Two instances with one key value should not happen (the key is
+	// unique); pick one deterministically.
+	return found[0], true
+}
+
+// findInstances lists, sorted, the instances of table in known whose
+// keyParam value satisfies match.
+func findInstances(known map[string]string, table, keyParam string, match func(string) bool) []string {
 	var found []string
 	for path, v := range known {
 		rest, ok := strings.CutPrefix(path, table)
 		if !ok {
 			continue
 		}
-		seen = true
 		num, name, ok := strings.Cut(rest, ".")
-		if !ok || name != keyParam || v != keyValue {
+		if !ok || name != keyParam || !match(v) {
 			continue
 		}
 		if _, err := strconv.ParseUint(num, 10, 32); err != nil {
@@ -202,13 +249,8 @@ func findInstance(known map[string]string, table, keyParam, keyValue string) (in
 		}
 		found = append(found, table+num+".")
 	}
-	if len(found) == 0 {
-		return "", seen
-	}
-	// Two instances with one key value should not happen (the key is
-	// unique); pick one deterministically.
 	slices.Sort(found)
-	return found[0], true
+	return found
 }
 
 func appendOnce(list []string, s string) []string {
