@@ -45,6 +45,9 @@ type APIOptions struct {
 	Tokens TokenFinder
 	// Tasks serves the task routes; without it they are not offered.
 	Tasks *TaskQueue
+	// Bulk runs task batches (POST /api/v1/tasks); without it (and with
+	// Tasks) the batch routes answer 503.
+	Bulk *BulkRunner
 	// Bus feeds GET /api/v1/events (Server-Sent Events).
 	Bus *bus.Bus
 	// SSEBuffer is how many events a streaming client may fall behind
@@ -79,6 +82,8 @@ func NewAPI(o APIOptions) *API {
 	a.route("GET /api/v1/devices/{id}", a.getDevice)
 	a.route("GET /api/v1/devices/{id}/events", a.listEvents)
 	a.route("GET /api/v1/devices/{id}/parameters", a.listParameters)
+	a.route("POST /api/v1/devices/{id}/tags/{tag}", a.addTag)
+	a.route("DELETE /api/v1/devices/{id}/tags/{tag}", a.removeTag)
 	a.route("GET /api/v1/events", a.streamEvents)
 	a.route("PUT /api/v1/devices/{id}/credentials", a.putCredentials)
 	a.route("GET /api/v1/devices/{id}/credentials", a.getCredentials)
@@ -89,6 +94,10 @@ func NewAPI(o APIOptions) *API {
 		a.route("GET /api/v1/tasks/{id}", a.getTask)
 		a.route("DELETE /api/v1/tasks/{id}", a.cancelTask)
 		a.route("POST /api/v1/tasks/{id}/retry", a.retryTask)
+		a.route("POST /api/v1/tasks", a.createTaskBatch)
+		a.route("GET /api/v1/task-batches", a.listTaskBatches)
+		a.route("GET /api/v1/task-batches/{id}", a.getTaskBatch)
+		a.route("DELETE /api/v1/task-batches/{id}", a.cancelTaskBatch)
 	}
 	// Groups, policies (validate, preview) and the audit log (issue 6).
 	RegisterGroupRoutes(a.mux, a.store, a.route)
@@ -146,6 +155,8 @@ type DeviceJSON struct {
 	Transport            string    `json:"transport"`
 	Address              string    `json:"address"`
 	ConnectionRequestURL string    `json:"connection_request_url,omitempty"`
+	// Tags are the operator's labels, sorted.
+	Tags []string `json:"tags"`
 }
 
 func deviceJSON(d devicemodel.Device) DeviceJSON {
@@ -156,6 +167,7 @@ func deviceJSON(d devicemodel.Device) DeviceJSON {
 		ProvisioningCode: d.ProvisioningCode, DataModel: d.DataModel,
 		FirstSeen: d.FirstSeen.UTC(), LastSeen: d.LastSeen.UTC(), Online: d.Online,
 		Transport: d.Transport, Address: d.Address, ConnectionRequestURL: d.ConnectionRequestURL,
+		Tags: []string{},
 	}
 }
 
@@ -167,9 +179,12 @@ type DeviceList struct {
 	Count *int64 `json:"count,omitempty"`
 }
 
+// listDevices serves GET /api/v1/devices: filters (each also a key of a
+// bulk task filter), free text q, repeatable param conditions, sort, and
+// keyset paging that follows the sort.
 func (a *API) listDevices(w http.ResponseWriter, r *http.Request) (int, error) {
-	q, limit, cursor, err := pageParams(r, "protocol", "online", "manufacturer", "product_class",
-		"software_version", "last_seen_after", "last_seen_before", "tag", "count")
+	q, multi, limit, cursor, err := pageParamsMulti(r, []string{"param"}, "protocol", "online", "manufacturer", "product_class",
+		"software_version", "last_seen_after", "last_seen_before", "tag", "count", "q", "sort")
 	if err != nil {
 		return 0, err
 	}
@@ -203,6 +218,25 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request) (int, error) {
 		}
 	}
 	f.Tag = q["tag"]
+	if err := store.CheckQuery(q["q"]); err != nil {
+		return 0, badParam("q", devicemodel.ErrorMessage(err))
+	}
+	f.Query = q["q"]
+	for i, v := range multi["param"] {
+		c, err := store.ParseParamCondition(v)
+		if err != nil {
+			// The code stays: invalid_path (with the position) for a bad path.
+			return 0, devicemodel.Errorf(devicemodel.ErrorCode(err), "query parameter \"param\" #%d: %s", i+1, devicemodel.ErrorMessage(err))
+		}
+		f.Params = append(f.Params, c)
+	}
+	if v := q["sort"]; v != "" {
+		o, err := store.ParseDeviceSort(v)
+		if err != nil {
+			return 0, badParam("sort", devicemodel.ErrorMessage(err))
+		}
+		f.Sort = o
+	}
 	var count int64
 	if v := q["count"]; v != "" {
 		b, err := strconv.ParseBool(v)
@@ -214,19 +248,31 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request) (int, error) {
 		}
 	}
 	if v := cursor; v != "" {
-		after, err := store.DecodeCursor(v)
+		after, key, err := store.DecodeDeviceCursor(f.Sort, v)
 		if err != nil {
-			return 0, badParam("cursor", "malformed; pass next_cursor from the previous page")
+			return 0, badParam("cursor", devicemodel.ErrorMessage(err)+"; pass next_cursor from the previous page, with the same sort")
 		}
-		f.After = after
+		f.After, f.AfterKey = after, key
 	}
 	devs, next, err := a.store.FindDevices(r.Context(), f)
 	if err != nil {
 		return 0, err
 	}
+	ids := make([]string, len(devs))
+	for i, d := range devs {
+		ids[i] = d.ID
+	}
+	tags, err := a.store.FindTagsOfDevices(r.Context(), ids)
+	if err != nil {
+		return 0, err
+	}
 	out := DeviceList{Devices: make([]DeviceJSON, 0, len(devs)), NextCursor: next, Count: f.Count}
 	for _, d := range devs {
-		out.Devices = append(out.Devices, deviceJSON(d))
+		dj := deviceJSON(d)
+		if t := tags[d.ID]; t != nil {
+			dj.Tags = t
+		}
+		out.Devices = append(out.Devices, dj)
 	}
 	return writeJSON(w, http.StatusOK, out), nil
 }
@@ -240,7 +286,15 @@ func (a *API) getDevice(w http.ResponseWriter, r *http.Request) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return writeJSON(w, http.StatusOK, deviceJSON(d)), nil
+	tags, err := a.store.FindTagsOfDevices(r.Context(), []string{id})
+	if err != nil {
+		return 0, err
+	}
+	dj := deviceJSON(d)
+	if t := tags[id]; t != nil {
+		dj.Tags = t
+	}
+	return writeJSON(w, http.StatusOK, dj), nil
 }
 
 // parseQuery is url.ParseQuery without its silent dropping of malformed
@@ -270,32 +324,46 @@ func parseQuery(raw string) (url.Values, error) {
 // 400 naming it. Decoding the cursor is the caller's (each list has its
 // own).
 func pageParams(r *http.Request, extra ...string) (q map[string]string, limit int, cursor string, err error) {
+	q, _, limit, cursor, err = pageParamsMulti(r, nil, extra...)
+	return q, limit, cursor, err
+}
+
+// pageParamsMulti is pageParams where the names in repeatable may be given
+// any number of times; their values are in multi, in query order.
+func pageParamsMulti(r *http.Request, repeatable []string, extra ...string) (q map[string]string, multi map[string][]string, limit int, cursor string, err error) {
 	raw, err := parseQuery(r.URL.RawQuery)
 	if err != nil {
-		return nil, 0, "", err
+		return nil, nil, 0, "", err
 	}
 	known := map[string]bool{"limit": true, "cursor": true}
 	for _, k := range extra {
 		known[k] = true
 	}
+	multi = map[string][]string{}
+	for _, k := range repeatable {
+		if vs, ok := raw[k]; ok {
+			multi[k] = vs
+			delete(raw, k)
+		}
+	}
 	q = map[string]string{}
 	for k, vs := range raw {
 		if !known[k] {
-			return nil, 0, "", badParam(k, "unknown parameter")
+			return nil, nil, 0, "", badParam(k, "unknown parameter")
 		}
 		if len(vs) > 1 {
-			return nil, 0, "", badParam(k, "given more than once")
+			return nil, nil, 0, "", badParam(k, "given more than once")
 		}
 		q[k] = vs[0]
 	}
 	if v := q["limit"]; v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > store.MaxPageSize {
-			return nil, 0, "", badParam("limit", "must be an integer from 1 to "+strconv.Itoa(store.MaxPageSize))
+			return nil, nil, 0, "", badParam("limit", "must be an integer from 1 to "+strconv.Itoa(store.MaxPageSize))
 		}
 		limit = n
 	}
-	return q, limit, q["cursor"], nil
+	return q, multi, limit, q["cursor"], nil
 }
 
 // ErrorJSON is the body of every API error.

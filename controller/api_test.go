@@ -229,3 +229,144 @@ func TestListDevicesByLastSeenAndTag(t *testing.T) {
 		t.Fatalf("bad time: %d", res.StatusCode)
 	}
 }
+
+func TestDeviceTagsAPI(t *testing.T) {
+	e := newEnv(t)
+	e.startRegistry(t)
+	e.seen(t, "tagged-1", duetv1.Protocol_PROTOCOL_CWMP, "inform")
+	tags := func(method, path string, wantCode int) []string {
+		t.Helper()
+		code, body := e.do(t, method, path, "")
+		if code != wantCode {
+			t.Fatalf("%s %s: %d %s, want %d", method, path, code, body, wantCode)
+		}
+		if code != 200 {
+			return nil
+		}
+		var out controller.DeviceTagsJSON
+		if err := json.Unmarshal([]byte(body), &out); err != nil {
+			t.Fatal(err)
+		}
+		return out.Tags
+	}
+	// Idempotent add; a tag with '/' goes percent-encoded in the path.
+	for i := 0; i < 2; i++ {
+		if got := tags("POST", "/api/v1/devices/tagged-1/tags/site:paris%2F3", 200); strings.Join(got, ",") != "site:paris/3" {
+			t.Fatalf("add %d: %v", i, got)
+		}
+	}
+	if got := tags("POST", "/api/v1/devices/tagged-1/tags/lab", 200); strings.Join(got, ",") != "lab,site:paris/3" {
+		t.Fatalf("add lab: %v", got)
+	}
+	code, body := e.do(t, "GET", "/api/v1/devices/tagged-1", "")
+	if code != 200 || !strings.Contains(body, `"tags":["lab","site:paris/3"]`) {
+		t.Fatalf("GET device: %d %s", code, body)
+	}
+	code, body = e.do(t, "GET", "/api/v1/devices?tag=lab", "")
+	if code != 200 || !strings.Contains(body, `"tags":["lab","site:paris/3"]`) {
+		t.Fatalf("GET devices: %d %s", code, body)
+	}
+	for i := 0; i < 2; i++ {
+		if got := tags("DELETE", "/api/v1/devices/tagged-1/tags/lab", 200); strings.Join(got, ",") != "site:paris/3" {
+			t.Fatalf("remove %d: %v", i, got)
+		}
+	}
+	// Bad tags: 400 saying why; unknown device: 404.
+	for path, why := range map[string]string{
+		"/api/v1/devices/tagged-1/tags/has%20space":                 "allowed are letters",
+		"/api/v1/devices/tagged-1/tags/" + strings.Repeat("x", 129): "more than 128",
+		"/api/v1/devices/tagged-1/tags/a%2Ab":                       "allowed are letters",
+	} {
+		code, body := e.do(t, "POST", path, "")
+		if code != 400 || !strings.Contains(body, why) {
+			t.Errorf("POST %s: %d %s", path, code, body)
+		}
+	}
+	tags("POST", "/api/v1/devices/nobody/tags/lab", 404)
+	// Viewers may not.
+	_, viewer, err := e.store.CreateToken(context.Background(), "viewer", store.RoleViewer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := e.doAs(viewer, "POST", "/api/v1/devices/tagged-1/tags/x", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 403 {
+		t.Fatalf("viewer: %d", res.StatusCode)
+	}
+	// Audited with the token's owner: three changes (add, add, remove).
+	code, body = e.do(t, "GET", "/api/v1/audit?object_type=device_tags&object_id=tagged-1", "")
+	var al controller.AuditList
+	if err := json.Unmarshal([]byte(body), &al); err != nil || code != 200 || len(al.Entries) != 3 {
+		t.Fatalf("audit: %d %s", code, body)
+	}
+	if !strings.HasPrefix(al.Entries[0].Actor, "test admin (") || string(al.Entries[0].Before) != `{"tags":["lab","site:paris/3"]}` {
+		t.Fatalf("audit entry: %+v", al.Entries[0])
+	}
+}
+
+func TestListDevicesSearchSortAndBadInput(t *testing.T) {
+	e := newEnv(t)
+	e.startRegistry(t)
+	ctx := context.Background()
+	for i, sw := range []string{"3.0", "1.0", "2.0", "1.0"} {
+		e.seen(t, fmt.Sprintf("search-%d", i), duetv1.Protocol_PROTOCOL_CWMP, "inform")
+		if err := e.store.UpsertParameters(ctx, []store.Parameter{
+			{DeviceID: fmt.Sprintf("search-%d", i), Path: "Device.DeviceInfo.SoftwareVersion", Value: sw, UpdatedAt: time.Now()},
+			{DeviceID: fmt.Sprintf("search-%d", i), Path: "Device.ManagementServer.PeriodicInformInterval", Value: fmt.Sprint(100 * (i + 1)), UpdatedAt: time.Now()},
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ids := func(q string) (string, controller.DeviceList) {
+		t.Helper()
+		code, body := e.do(t, "GET", "/api/v1/devices?"+q, "")
+		var l controller.DeviceList
+		if err := json.Unmarshal([]byte(body), &l); err != nil || code != 200 {
+			t.Fatalf("%s: %d %s", q, code, body)
+		}
+		var out []string
+		for _, d := range l.Devices {
+			out = append(out, d.ID)
+		}
+		return strings.Join(out, ","), l
+	}
+	for q, want := range map[string]string{
+		"q=SEARCH-2": "search-2",
+		"param=" + url.QueryEscape("Device.DeviceInfo.SoftwareVersion:eq:1.0"):                                                                                          "search-1,search-3",
+		"param=" + url.QueryEscape("Device.ManagementServer.PeriodicInformInterval:gt:250") + "&param=" + url.QueryEscape("Device.DeviceInfo.SoftwareVersion:prefix:1"): "search-3",
+		"sort=-id":                  "search-3,search-2,search-1,search-0",
+		"sort=-id&q=search&limit=2": "search-3,search-2",
+	} {
+		if got, _ := ids(q); got != want {
+			t.Errorf("%s: %s, want %s", q, got, want)
+		}
+	}
+	// count follows every condition; paging follows the sort.
+	_, l := ids("count=true&limit=1&sort=-id&param=" + url.QueryEscape("Device.ManagementServer.PeriodicInformInterval:ge:200"))
+	if l.Count == nil || *l.Count != 3 || l.Devices[0].ID != "search-3" || l.NextCursor == "" {
+		t.Fatalf("count page: %+v", l)
+	}
+	if got, _ := ids("limit=5&sort=-id&cursor=" + l.NextCursor + "&param=" + url.QueryEscape("Device.ManagementServer.PeriodicInformInterval:ge:200")); got != "search-2,search-1" {
+		t.Fatalf("page 2: %s", got)
+	}
+	_, sl := ids("sort=last_seen&limit=1")
+	for q, want := range map[string]string{
+		"param=" + url.QueryEscape("Device..X:eq:1"):     "position 7",
+		"param=" + url.QueryEscape("Device.X:between:1"): "unknown",
+		"param=" + url.QueryEscape("Device.X:gt:many"):   "not a number",
+		"param=Device.X":                             "<path>:<op>:<value>",
+		"sort=colour":                                `"sort"`,
+		"q=" + url.QueryEscape("a\x01"):              `"q"`,
+		"sort=serial_number&cursor=" + sl.NextCursor: "sort=last_seen",
+	} {
+		code, body := e.do(t, "GET", "/api/v1/devices?"+q, "")
+		var ej controller.ErrorJSON
+		_ = json.Unmarshal([]byte(body), &ej)
+		if code != 400 || !strings.Contains(ej.Message, want) {
+			t.Errorf("%s: %d %s, want 400 with %q", q, code, body, want)
+		}
+	}
+}

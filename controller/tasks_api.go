@@ -31,6 +31,8 @@ type TaskJSON struct {
 	FinishedAt        *time.Time      `json:"finished_at,omitempty"`
 	Attempts          int             `json:"attempts"`
 	RetryOf           string          `json:"retry_of,omitempty"`
+	// BatchID is the task batch (POST /api/v1/tasks) that created it.
+	BatchID string `json:"batch_id,omitempty"`
 	// Result is the device's answer, a duet.v1.CommandResult in protojson.
 	Result json.RawMessage `json:"result,omitempty"`
 	Error  *TaskErrorJSON  `json:"error,omitempty"`
@@ -56,7 +58,7 @@ func taskJSON(t store.Task) TaskJSON {
 		ID: t.ID, DeviceID: t.DeviceID, Operation: t.Operation, State: string(t.State), Request: t.Request,
 		UniqueKey: t.UniqueKey, ConnectionRequest: t.ConnectionRequest, ExpiresAt: utcPtr(t.ExpiresAt),
 		CreatedAt: t.CreatedAt.UTC(), UpdatedAt: t.UpdatedAt.UTC(), DispatchedAt: utcPtr(t.DispatchedAt),
-		FinishedAt: utcPtr(t.FinishedAt), Attempts: t.Attempts, RetryOf: t.RetryOf,
+		FinishedAt: utcPtr(t.FinishedAt), Attempts: t.Attempts, RetryOf: t.RetryOf, BatchID: t.BatchID,
 	}
 	if len(t.Result) > 0 {
 		res := &duetv1.CommandResult{}
