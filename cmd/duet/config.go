@@ -44,6 +44,7 @@ func newSettings() *settings {
 	add("only", "DUET_ONLY", "", "comma list of components to run: controller, cwmp, usp-mqtt, usp-stomp, usp-ws (default: all)")
 	add("event-retention", "DUET_EVENT_RETENTION", "168h", "how long the event stream keeps device events")
 	add("event-history-retention", "DUET_EVENT_HISTORY_RETENTION", "720h", "how long device history (GET /api/v1/devices/{id}/events) is kept in PostgreSQL")
+	add("bulk-rate", "DUET_BULK_RATE", "50", "tasks per second a task batch (POST /api/v1/tasks) creates when its request names no rate (at most 1000)")
 	add("admin-token", "DUET_ADMIN_TOKEN", "", "API admin bearer token to create at start (at least 24 characters); unset, the first start generates one and prints it once")
 	// CWMP
 	add("cwmp-addr", "DUET_CWMP_ADDR", ":7547", "listen address of the CWMP ACS")
@@ -128,6 +129,18 @@ func (s *settings) str(flag string) string { return s.byFlag[flag].value }
 func (s *settings) errSetting(flag, format string, args ...any) error {
 	st := s.byFlag[flag]
 	return fmt.Errorf("setting %s (--%s): %s", st.env, st.flag, fmt.Sprintf(format, args...))
+}
+
+// float reads a number in (min, max].
+func (s *settings) float(flag string, min, max float64) (float64, error) {
+	v, err := strconv.ParseFloat(s.str(flag), 64)
+	if err != nil {
+		return 0, s.errSetting(flag, "%q is not a number", s.str(flag))
+	}
+	if !(v > min && v <= max) {
+		return 0, s.errSetting(flag, "%v is not above %v and at most %v", v, min, max)
+	}
+	return v, nil
 }
 
 func (s *settings) duration(flag string, min time.Duration) (time.Duration, error) {

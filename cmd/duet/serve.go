@@ -199,7 +199,23 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		started.push(func(context.Context) { desk.Stop() })
 		pruner := controller.StartHistoryPruner(st, historyRetention, log)
 		started.push(func(context.Context) { pruner.Stop() })
-		api = controller.NewAPI(controller.APIOptions{Store: st, Tasks: tasks, Bus: b,
+		bulkRate, err := s.float("bulk-rate", 0, controller.MaxBulkRate)
+		if err != nil {
+			_ = hl.Close()
+			return err
+		}
+		bulk, err := controller.NewBulkRunner(controller.BulkOptions{Store: st, Tasks: tasks, DefaultRate: bulkRate, Logger: log})
+		if err != nil {
+			_ = hl.Close()
+			return err
+		}
+		// After the task queue: resumed batches create tasks at once.
+		if err := bulk.Start(ctx); err != nil {
+			_ = hl.Close()
+			return err
+		}
+		started.push(func(context.Context) { bulk.Stop() })
+		api = controller.NewAPI(controller.APIOptions{Store: st, Tasks: tasks, Bulk: bulk, Bus: b,
 			CredentialKey: credKey, CWMPRealm: realm, Logger: log})
 		if credKey == nil {
 			log.Warn("DUET_CREDENTIALS_KEY is not set: the device credentials API answers 503 and per-device CWMP auth finds no credentials")
