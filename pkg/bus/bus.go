@@ -145,9 +145,10 @@ func (b *Bus) EventStreamConfig() jetstream.StreamConfig {
 }
 
 func (b *Bus) ensureStreams(ctx context.Context) error {
-	cfg := b.EventStreamConfig()
-	if _, err := b.js.CreateOrUpdateStream(ctx, cfg); err != nil {
-		return fmt.Errorf("bus: create stream %s: %w", cfg.Name, err)
+	for _, cfg := range []jetstream.StreamConfig{b.EventStreamConfig(), b.PolicyStreamConfig()} {
+		if _, err := b.js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("bus: create stream %s: %w", cfg.Name, err)
+		}
 	}
 	return nil
 }
