@@ -29,15 +29,19 @@ type Group struct {
 // Policy is desired state for the devices of a group. Spec is the
 // kind-specific document (JSON), validated by the controller.
 type Policy struct {
-	ID        string          `json:"id"`
-	GroupID   string          `json:"group_id"`
-	Name      string          `json:"name"`
-	Priority  int             `json:"priority"`
-	Kind      string          `json:"kind"`
-	Spec      json.RawMessage `json:"spec"`
-	Enabled   bool            `json:"enabled"`
-	CreatedAt time.Time       `json:"created_at"`
-	UpdatedAt time.Time       `json:"updated_at"`
+	ID       string          `json:"id"`
+	GroupID  string          `json:"group_id"`
+	Name     string          `json:"name"`
+	Priority int             `json:"priority"`
+	Kind     string          `json:"kind"`
+	Spec     json.RawMessage `json:"spec"`
+	Enabled  bool            `json:"enabled"`
+	// Revision grows with every change that can change what the policy
+	// wants of a device: its spec, kind or priority, or its group's
+	// filter. Statuses name the revision they judged.
+	Revision  int       `json:"revision"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // AuditEntry records one change: who (the API token's owner), when, and
@@ -221,6 +225,21 @@ func (s *Store) UpdateGroup(ctx context.Context, actor string, g Group) (Group, 
 		if err != nil {
 			return err
 		}
+		if out.Filter != before.Filter {
+			// Other members: every policy of the group is judged again,
+			// and rolled out again in stages.
+			rows, err := tx.Query(ctx, "UPDATE policies SET revision = revision + 1, updated_at = now() WHERE group_id = $1 RETURNING id", g.ID)
+			if err != nil {
+				return err
+			}
+			ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				return err
+			}
+			if err := restartRollouts(ctx, tx, ids); err != nil {
+				return err
+			}
+		}
 		return audit(ctx, tx, actor, AuditUpdate, AuditGroup, out.ID, before, out)
 	})
 	if err != nil {
@@ -299,12 +318,12 @@ func (s *Store) FindGroups(ctx context.Context, f PageFilter) ([]Group, string, 
 	return out, next, nil
 }
 
-const policyColumns = "id, group_id, name, priority, kind, spec, enabled, created_at, updated_at"
+const policyColumns = "id, group_id, name, priority, kind, spec, enabled, revision, created_at, updated_at"
 
 func scanPolicy(row pgx.Row) (Policy, error) {
 	var p Policy
 	var spec []byte
-	err := row.Scan(&p.ID, &p.GroupID, &p.Name, &p.Priority, &p.Kind, &spec, &p.Enabled, &p.CreatedAt, &p.UpdatedAt)
+	err := row.Scan(&p.ID, &p.GroupID, &p.Name, &p.Priority, &p.Kind, &spec, &p.Enabled, &p.Revision, &p.CreatedAt, &p.UpdatedAt)
 	p.Spec = spec
 	return p, err
 }
@@ -348,8 +367,11 @@ func (s *Store) CreatePolicy(ctx context.Context, actor string, p Policy) (Polic
 	return out, nil
 }
 
-// UpdatePolicy replaces a policy's fields (not its group). CodeNotFound if
-// it does not exist.
+// UpdatePolicy replaces a policy's name, priority, kind and spec (not its
+// group, nor whether it is enabled: that goes with a rollout, see
+// EnablePolicy). A change of what the policy wants bumps its revision, so
+// reconciliation judges every member again. CodeNotFound if it does not
+// exist.
 func (s *Store) UpdatePolicy(ctx context.Context, actor string, p Policy) (Policy, error) {
 	if err := checkActor(actor); err != nil {
 		return Policy{}, err
@@ -367,10 +389,16 @@ func (s *Store) UpdatePolicy(ctx context.Context, actor string, p Policy) (Polic
 			return err
 		}
 		out, err = scanPolicy(tx.QueryRow(ctx, `UPDATE policies SET name = $2, priority = $3, kind = $4, spec = $5::jsonb,
-			enabled = $6, updated_at = now() WHERE id = $1 RETURNING `+policyColumns,
-			p.ID, p.Name, p.Priority, p.Kind, []byte(p.Spec), p.Enabled))
+			revision = revision + CASE WHEN (priority, kind, spec) IS DISTINCT FROM ($3, $4, $5::jsonb) THEN 1 ELSE 0 END,
+			updated_at = now() WHERE id = $1 RETURNING `+policyColumns,
+			p.ID, p.Name, p.Priority, p.Kind, []byte(p.Spec)))
 		if err != nil {
 			return err
+		}
+		if out.Revision != before.Revision {
+			if err := restartRollouts(ctx, tx, []string{out.ID}); err != nil {
+				return err
+			}
 		}
 		return audit(ctx, tx, actor, AuditUpdate, AuditPolicy, out.ID, before, out)
 	})
@@ -386,6 +414,12 @@ func (s *Store) DeletePolicy(ctx context.Context, actor, id string) error {
 		return err
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// Work the policy queued and no device started goes with it.
+		if _, err := tx.Exec(ctx, `UPDATE tasks SET state = 'cancelled', error_code = 'cancelled',
+			error_message = 'policy deleted', finished_at = now(), updated_at = now()
+			WHERE state = 'queued' AND id IN (SELECT task_id FROM policy_tasks WHERE policy_id = $1)`, id); err != nil {
+			return err
+		}
 		before, err := scanPolicy(tx.QueryRow(ctx, "DELETE FROM policies WHERE id = $1 RETURNING "+policyColumns, id))
 		if errors.Is(err, pgx.ErrNoRows) {
 			return devicemodel.Errorf(devicemodel.CodeNotFound, "policy %q not found", id)
@@ -515,9 +549,22 @@ func (s *Store) ScanDevices(ctx context.Context, f DeviceFilter) ([]DeviceWithTa
 	where, args := deviceConditions(f, []any{f.After})
 	where = append(where, "id > $1")
 	args = append(args, limit)
+	return s.scanDevices(ctx, strings.Join(where, " AND ")+fmt.Sprintf(" ORDER BY id LIMIT $%d", len(args)), args, limit)
+}
+
+// DevicesByID returns the listed devices that exist, with their tags, in
+// ID order.
+func (s *Store) DevicesByID(ctx context.Context, ids []string) ([]DeviceWithTags, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	return s.scanDevices(ctx, "id = ANY($1::text[]) ORDER BY id", []any{ids}, len(ids))
+}
+
+func (s *Store) scanDevices(ctx context.Context, where string, args []any, limit int) ([]DeviceWithTags, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+deviceColumns+`,
 		COALESCE((SELECT array_agg(t.tag ORDER BY t.tag) FROM device_tags t WHERE t.device_id = devices.id), '{}')
-		FROM devices WHERE `+strings.Join(where, " AND ")+fmt.Sprintf(" ORDER BY id LIMIT $%d", len(args)), args...)
+		FROM devices WHERE `+where, args...)
 	if err != nil {
 		return nil, fmt.Errorf("store: scan devices: %w", err)
 	}
@@ -548,11 +595,23 @@ func (s *Store) ScanDevices(ctx context.Context, f DeviceFilter) ([]DeviceWithTa
 // filters, policy previews and reconciliation call it once per page of
 // devices, with the paths their expressions and policies read.
 func (s *Store) FindParameterValues(ctx context.Context, deviceIDs, paths []string, all bool, prefixes ...string) (map[string]map[string]string, error) {
-	out := map[string]map[string]string{}
+	values, _, err := s.findParameterValues(ctx, deviceIDs, paths, all, prefixes, false)
+	return values, err
+}
+
+// FindParameterValuesAndTypes is FindParameterValues with, for each
+// value, its TR-106 type ("" when never learned): reconciliation sets
+// values with the type the device reported.
+func (s *Store) FindParameterValuesAndTypes(ctx context.Context, deviceIDs, paths []string, all bool, prefixes ...string) (values, types map[string]map[string]string, err error) {
+	return s.findParameterValues(ctx, deviceIDs, paths, all, prefixes, true)
+}
+
+func (s *Store) findParameterValues(ctx context.Context, deviceIDs, paths []string, all bool, prefixes []string, withTypes bool) (values, types map[string]map[string]string, _ error) {
+	values, types = map[string]map[string]string{}, map[string]map[string]string{}
 	if len(deviceIDs) == 0 || !all && len(paths) == 0 && len(prefixes) == 0 {
-		return out, nil
+		return values, types, nil
 	}
-	q := "SELECT device_id, path, value FROM device_parameters WHERE device_id = ANY($1::text[])"
+	q := "SELECT device_id, path, value, type FROM device_parameters WHERE device_id = ANY($1::text[])"
 	args := []any{deviceIDs}
 	if !all {
 		likes := make([]string, len(prefixes))
@@ -566,28 +625,53 @@ func (s *Store) FindParameterValues(ctx context.Context, deviceIDs, paths []stri
 	}
 	rows, err := s.pool.Query(ctx, q, args...)
 	if err != nil {
-		return nil, fmt.Errorf("store: find parameter values: %w", err)
+		return nil, nil, fmt.Errorf("store: find parameter values: %w", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var d, p, v string
-		if err := rows.Scan(&d, &p, &v); err != nil {
-			return nil, fmt.Errorf("store: find parameter values: %w", err)
+		var d, p, v, t string
+		if err := rows.Scan(&d, &p, &v, &t); err != nil {
+			return nil, nil, fmt.Errorf("store: find parameter values: %w", err)
 		}
-		m := out[d]
+		m := values[d]
 		if m == nil {
 			m = map[string]string{}
-			out[d] = m
+			values[d] = m
 		}
 		m[p] = v
+		if withTypes && t != "" {
+			tm := types[d]
+			if tm == nil {
+				tm = map[string]string{}
+				types[d] = tm
+			}
+			tm[p] = t
+		}
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("store: find parameter values: %w", err)
+		return nil, nil, fmt.Errorf("store: find parameter values: %w", err)
 	}
-	return out, nil
+	return values, types, nil
 }
 
 // likeEscape escapes LIKE's wildcards (and its escape character) in s.
 func likeEscape(s string) string {
 	return strings.NewReplacer(`\`, `\\`, "%", `\%`, "_", `\_`).Replace(s)
+}
+
+// restartRollouts sends a changed policy through its rollout again: a
+// new revision could misconfigure every member at once, so it is staged
+// like the first (batches start over; a paused or stopped rollout stays
+// so until resumed; a completed one runs again).
+func restartRollouts(ctx context.Context, tx pgx.Tx, policyIDs []string) error {
+	if len(policyIDs) == 0 {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `UPDATE rollouts SET batch = 0, batch_started_at = NULL, batch_done_at = NULL,
+		state = CASE WHEN state = 'completed' THEN 'running' ELSE state END, updated_at = now()
+		WHERE policy_id = ANY($1::text[]) AND state <> 'aborted'`, policyIDs); err != nil {
+		return err
+	}
+	_, err := tx.Exec(ctx, "UPDATE policy_status SET batch = NULL WHERE policy_id = ANY($1::text[])", policyIDs)
+	return err
 }

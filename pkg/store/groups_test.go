@@ -130,14 +130,20 @@ func TestPolicyCRUDAndGroupDeleteRestricted(t *testing.T) {
 	if err := s.DeleteGroup(ctx, "alice", g.ID); devicemodel.ErrorCode(err) != devicemodel.CodeConflict || !strings.Contains(err.Error(), "still has policies") {
 		t.Fatalf("delete group with policies: %v", err)
 	}
+	// UpdatePolicy does not enable (that goes with a rollout), and a
+	// change of what the policy wants bumps its revision; a rename does not.
 	p.Enabled = true
 	p.Priority = 0
 	if _, err := s.UpdatePolicy(ctx, "bob", p); err != nil {
 		t.Fatal(err)
 	}
 	ps, err := s.FindPolicies(ctx, g.ID)
-	if err != nil || len(ps) != 2 || ps[0].ID != low.ID || !ps[1].Enabled {
+	if err != nil || len(ps) != 2 || ps[0].ID != low.ID || ps[1].Enabled || ps[1].Revision != 2 {
 		t.Fatalf("policies by priority: %+v %v", ps, err)
+	}
+	p.Name = "renamed"
+	if got, err := s.UpdatePolicy(ctx, "bob", p); err != nil || got.Revision != 2 {
+		t.Fatalf("rename: %+v %v", got, err)
 	}
 	for _, id := range []string{p.ID, low.ID} {
 		if err := s.DeletePolicy(ctx, "bob", id); err != nil {
@@ -151,7 +157,8 @@ func TestPolicyCRUDAndGroupDeleteRestricted(t *testing.T) {
 		t.Fatalf("delete emptied group: %v", err)
 	}
 	entries, _, err := s.FindAudit(ctx, store.AuditFilter{ObjectType: store.AuditPolicy, ObjectID: p.ID})
-	if err != nil || len(entries) != 3 || entries[1].Action != "update" || !strings.Contains(string(entries[1].After), `"enabled": true`) {
+	if err != nil || len(entries) != 4 || entries[1].Action != "update" || !strings.Contains(string(entries[1].After), `"name": "renamed"`) ||
+		!strings.Contains(string(entries[2].After), `"priority": 0`) {
 		t.Fatalf("policy audit: %+v %v", entries, err)
 	}
 }

@@ -1,0 +1,675 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/duet-dm/duet/pkg/devicemodel"
+)
+
+// Compliance statuses of one device against one policy (issue 6 §3).
+const (
+	StatusCompliant   = "compliant"
+	StatusPending     = "pending"
+	StatusApplying    = "applying"
+	StatusFailed      = "failed"
+	StatusConflicting = "conflicting"
+)
+
+// Rollout states.
+const (
+	RolloutRunning   = "running"
+	RolloutPaused    = "paused"
+	RolloutStopped   = "stopped"
+	RolloutCompleted = "completed"
+	RolloutAborted   = "aborted"
+)
+
+// AuditRollout is the audit object type of rollout actions (enable,
+// pause, resume, abort); the object ID is the policy's.
+const AuditRollout = "rollout"
+
+// Rollout is where the staged application of an enabled policy stands.
+type Rollout struct {
+	PolicyID       string          `json:"policy_id"`
+	Strategy       json.RawMessage `json:"strategy"`
+	State          string          `json:"state"`
+	Reason         string          `json:"reason,omitempty"`
+	Batch          int             `json:"batch"`
+	BatchSize      int             `json:"batch_size"`
+	BatchStartedAt *time.Time      `json:"batch_started_at,omitempty"`
+	BatchDoneAt    *time.Time      `json:"batch_done_at,omitempty"`
+	StartedBy      string          `json:"started_by"`
+	StartedAt      time.Time       `json:"started_at"`
+	UpdatedAt      time.Time       `json:"updated_at"`
+}
+
+const rolloutColumns = `policy_id, strategy, state, reason, batch, batch_size, batch_started_at, batch_done_at,
+	started_by, started_at, updated_at`
+
+func scanRollout(row pgx.Row) (Rollout, error) {
+	var r Rollout
+	var strategy []byte
+	err := row.Scan(&r.PolicyID, &strategy, &r.State, &r.Reason, &r.Batch, &r.BatchSize, &r.BatchStartedAt,
+		&r.BatchDoneAt, &r.StartedBy, &r.StartedAt, &r.UpdatedAt)
+	r.Strategy = strategy
+	return r, err
+}
+
+// ActivePolicy is an enabled policy with its group's filter and rollout.
+type ActivePolicy struct {
+	Policy
+	Filter  string
+	Rollout Rollout
+}
+
+// ActivePolicies returns every enabled policy, highest priority first
+// (then by ID: the order in which conflicts are resolved).
+func (s *Store) ActivePolicies(ctx context.Context) ([]ActivePolicy, error) {
+	rows, err := s.pool.Query(ctx, `SELECT p.id, p.group_id, p.name, p.priority, p.kind, p.spec, p.enabled, p.revision,
+		p.created_at, p.updated_at, g.filter,
+		r.policy_id, r.strategy, r.state, r.reason, r.batch, r.batch_size, r.batch_started_at, r.batch_done_at,
+		r.started_by, r.started_at, r.updated_at
+		FROM policies p JOIN groups g ON g.id = p.group_id JOIN rollouts r ON r.policy_id = p.id
+		WHERE p.enabled ORDER BY p.priority DESC, p.id`)
+	if err != nil {
+		return nil, fmt.Errorf("store: active policies: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (ActivePolicy, error) {
+		var a ActivePolicy
+		var spec, strategy []byte
+		err := row.Scan(&a.ID, &a.GroupID, &a.Name, &a.Priority, &a.Kind, &spec, &a.Enabled, &a.Revision,
+			&a.CreatedAt, &a.UpdatedAt, &a.Filter,
+			&a.Rollout.PolicyID, &strategy, &a.Rollout.State, &a.Rollout.Reason, &a.Rollout.Batch, &a.Rollout.BatchSize,
+			&a.Rollout.BatchStartedAt, &a.Rollout.BatchDoneAt, &a.Rollout.StartedBy, &a.Rollout.StartedAt, &a.Rollout.UpdatedAt)
+		a.Spec, a.Rollout.Strategy = spec, strategy
+		return a, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: active policies: %w", err)
+	}
+	return out, nil
+}
+
+// FindRollout returns a policy's rollout, CodeNotFound if it was never
+// enabled.
+func (s *Store) FindRollout(ctx context.Context, policyID string) (Rollout, error) {
+	r, err := scanRollout(s.pool.QueryRow(ctx, "SELECT "+rolloutColumns+" FROM rollouts WHERE policy_id = $1", policyID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return r, devicemodel.Errorf(devicemodel.CodeNotFound, "policy %q has no rollout (it was never enabled)", policyID)
+	}
+	if err != nil {
+		return r, fmt.Errorf("store: find rollout: %w", err)
+	}
+	return r, nil
+}
+
+// EnablePolicy enables a disabled policy with a rollout strategy (already
+// validated by the controller) and records it in the audit log, in one
+// transaction. A previous rollout of the policy is replaced. CodeConflict
+// if it is already enabled.
+func (s *Store) EnablePolicy(ctx context.Context, actor, policyID string, strategy json.RawMessage, batchSize int) (Rollout, error) {
+	if err := checkActor(actor); err != nil {
+		return Rollout{}, err
+	}
+	var out Rollout
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		before, err := scanPolicy(tx.QueryRow(ctx, "SELECT "+policyColumns+" FROM policies WHERE id = $1 FOR UPDATE", policyID))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return devicemodel.Errorf(devicemodel.CodeNotFound, "policy %q not found", policyID)
+		}
+		if err != nil {
+			return err
+		}
+		if before.Enabled {
+			return devicemodel.Errorf(devicemodel.CodeConflict, "policy %q is already enabled; pause, resume or abort its rollout", policyID)
+		}
+		after, err := scanPolicy(tx.QueryRow(ctx, "UPDATE policies SET enabled = true, updated_at = now() WHERE id = $1 RETURNING "+policyColumns, policyID))
+		if err != nil {
+			return err
+		}
+		// Statuses of an earlier rollout say nothing about this one.
+		if _, err := tx.Exec(ctx, "DELETE FROM policy_status WHERE policy_id = $1", policyID); err != nil {
+			return err
+		}
+		out, err = scanRollout(tx.QueryRow(ctx, `INSERT INTO rollouts (policy_id, strategy, state, batch_size, started_by)
+			VALUES ($1, $2::jsonb, 'running', $3, $4)
+			ON CONFLICT (policy_id) DO UPDATE SET strategy = EXCLUDED.strategy, state = 'running', reason = '',
+				batch = 0, batch_size = EXCLUDED.batch_size, batch_started_at = NULL, batch_done_at = NULL,
+				started_by = EXCLUDED.started_by, started_at = now(), updated_at = now()
+			RETURNING `+rolloutColumns, policyID, []byte(strategy), batchSize, actor))
+		if err != nil {
+			return err
+		}
+		if err := audit(ctx, tx, actor, AuditUpdate, AuditPolicy, policyID, before, after); err != nil {
+			return err
+		}
+		return audit(ctx, tx, actor, "enable", AuditRollout, policyID, nil, out)
+	})
+	if err != nil {
+		return Rollout{}, pgError("enable policy", err)
+	}
+	return out, nil
+}
+
+// SetRolloutState moves a rollout from one of the states in from to to,
+// with a reason, and audits it when actor is set (the controller's own
+// automatic stop and completion are not operator actions and pass "").
+// Aborting also disables the policy, cancels its queued tasks and drops
+// its statuses, in the same transaction. CodeConflict when the rollout is
+// in none of from.
+func (s *Store) SetRolloutState(ctx context.Context, actor, policyID string, from []string, to, reason string) (Rollout, error) {
+	var out Rollout
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		before, err := scanRollout(tx.QueryRow(ctx, "SELECT "+rolloutColumns+" FROM rollouts WHERE policy_id = $1 FOR UPDATE", policyID))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return devicemodel.Errorf(devicemodel.CodeNotFound, "policy %q has no rollout (it was never enabled)", policyID)
+		}
+		if err != nil {
+			return err
+		}
+		ok := false
+		for _, f := range from {
+			ok = ok || before.State == f
+		}
+		if !ok {
+			return devicemodel.Errorf(devicemodel.CodeConflict, "the rollout of policy %q is %s; it cannot become %s", policyID, before.State, to)
+		}
+		out, err = scanRollout(tx.QueryRow(ctx, `UPDATE rollouts SET state = $2, reason = $3, updated_at = now()
+			WHERE policy_id = $1 RETURNING `+rolloutColumns, policyID, to, reason))
+		if err != nil {
+			return err
+		}
+		if to == RolloutAborted {
+			if _, err := tx.Exec(ctx, "UPDATE policies SET enabled = false, updated_at = now() WHERE id = $1", policyID); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `UPDATE tasks SET state = 'cancelled', error_code = 'cancelled',
+				error_message = 'policy rollout aborted', finished_at = now(), updated_at = now()
+				WHERE state = 'queued' AND id IN (SELECT task_id FROM policy_tasks WHERE policy_id = $1)`, policyID); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, "DELETE FROM policy_status WHERE policy_id = $1", policyID); err != nil {
+				return err
+			}
+		}
+		if actor == "" {
+			return nil
+		}
+		return audit(ctx, tx, actor, to, AuditRollout, policyID, before, out)
+	})
+	if err != nil {
+		return Rollout{}, pgError("set rollout state", err)
+	}
+	return out, nil
+}
+
+// RolloutBatchDone records that the current batch finished at.
+func (s *Store) RolloutBatchDone(ctx context.Context, policyID string, batch int, at time.Time) error {
+	_, err := s.pool.Exec(ctx, "UPDATE rollouts SET batch_done_at = $3, updated_at = now() WHERE policy_id = $1 AND batch = $2 AND batch_done_at IS NULL",
+		policyID, batch, at)
+	if err != nil {
+		return fmt.Errorf("store: rollout batch done: %w", err)
+	}
+	return nil
+}
+
+// AdmitDevices admits up to n not-yet-admitted devices that need work
+// (pending), in device ID order, into batch number batch of a running
+// rollout: the next batch (the rollout's batch + 1, whose size is size)
+// or the current one (topping it up as in-flight room frees). It returns
+// their IDs. Another controller replica admitting concurrently finds the
+// rollout row locked, then the batch moved on, and admits nothing.
+func (s *Store) AdmitDevices(ctx context.Context, policyID string, batch, n, size int) ([]string, error) {
+	var ids []string
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var cur int
+		var state string
+		if err := tx.QueryRow(ctx, "SELECT batch, state FROM rollouts WHERE policy_id = $1 FOR UPDATE", policyID).Scan(&cur, &state); err != nil {
+			return err
+		}
+		if (cur != batch && cur != batch-1) || state != RolloutRunning || n <= 0 {
+			return nil
+		}
+		rows, err := tx.Query(ctx, `UPDATE policy_status SET batch = $2, updated_at = now()
+			WHERE policy_id = $1 AND device_id IN (
+				SELECT device_id FROM policy_status WHERE policy_id = $1 AND status = 'pending' AND batch IS NULL
+				ORDER BY device_id LIMIT $3)
+			RETURNING device_id`, policyID, batch, n)
+		if err != nil {
+			return err
+		}
+		if ids, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+			return err
+		}
+		if len(ids) == 0 || cur == batch {
+			return nil
+		}
+		_, err = tx.Exec(ctx, `UPDATE rollouts SET batch = $2, batch_size = $3, batch_started_at = now(), batch_done_at = NULL,
+			updated_at = now() WHERE policy_id = $1`, policyID, batch, size)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: admit devices: %w", err)
+	}
+	return ids, nil
+}
+
+// RetryFailed makes a policy's failed devices pending again (the
+// operator says the cause is fixed), keeping their batch.
+func (s *Store) RetryFailed(ctx context.Context, policyID string) (int, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE policy_status SET status = 'pending', error_code = '', error_message = '',
+		device_fault = 0, revision = 0, updated_at = now() WHERE policy_id = $1 AND status = 'failed'`, policyID)
+	if err != nil {
+		return 0, fmt.Errorf("store: retry failed: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// RolloutCounts is how the devices of one policy stand.
+type RolloutCounts struct {
+	// ByStatus counts every device with a status, by status.
+	ByStatus map[string]int `json:"by_status"`
+	// Admitted devices were let in by a batch; of them, Finished are
+	// compliant, conflicting or failed, and Failed failed.
+	Admitted int `json:"admitted"`
+	Finished int `json:"finished"`
+	Failed   int `json:"failed"`
+	// Waiting devices need work but no batch admitted them yet.
+	Waiting int `json:"waiting"`
+	// InFlight: admitted devices with work under way (applying);
+	// AdmittedOpen also counts admitted devices not yet judged (pending).
+	InFlight     int `json:"in_flight"`
+	AdmittedOpen int `json:"admitted_open"`
+	// CurrentBatch and CurrentBatchOpen: devices of the latest batch and
+	// those of them still applying or pending.
+	CurrentBatch     int `json:"current_batch"`
+	CurrentBatchOpen int `json:"current_batch_open"`
+}
+
+// CountRollout counts a policy's statuses for its rollout (one pass over
+// policy_status_progress_idx).
+func (s *Store) CountRollout(ctx context.Context, policyID string, batch int) (RolloutCounts, error) {
+	c := RolloutCounts{ByStatus: map[string]int{}}
+	rows, err := s.pool.Query(ctx, `SELECT status, batch IS NOT NULL, COALESCE(batch = $2, false), count(*)
+		FROM policy_status WHERE policy_id = $1 GROUP BY 1, 2, 3`, policyID, batch)
+	if err != nil {
+		return c, fmt.Errorf("store: count rollout: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var st string
+		var admitted, current bool
+		var n int
+		if err := rows.Scan(&st, &admitted, &current, &n); err != nil {
+			return c, fmt.Errorf("store: count rollout: %w", err)
+		}
+		c.ByStatus[st] += n
+		open := st == StatusApplying || st == StatusPending
+		switch {
+		case admitted:
+			c.Admitted += n
+			if !open {
+				c.Finished += n
+			}
+			if st == StatusFailed {
+				c.Failed += n
+			}
+			if st == StatusApplying {
+				c.InFlight += n
+			}
+			if open {
+				c.AdmittedOpen += n
+			}
+			if current {
+				c.CurrentBatch += n
+				if open {
+					c.CurrentBatchOpen += n
+				}
+			}
+		case st == StatusPending:
+			c.Waiting += n
+		}
+	}
+	return c, rows.Err()
+}
+
+// PolicyStatus is one device's standing against one policy.
+type PolicyStatus struct {
+	PolicyID      string          `json:"policy_id"`
+	DeviceID      string          `json:"device_id"`
+	Status        string          `json:"status"`
+	Revision      int             `json:"revision"`
+	AttrsRevision int             `json:"-"`
+	Refreshed     []string        `json:"-"`
+	Batch         *int            `json:"batch,omitempty"`
+	Plan          json.RawMessage `json:"plan,omitempty"`
+	Conflicts     json.RawMessage `json:"conflicts,omitempty"`
+	ErrorCode     string          `json:"error_code,omitempty"`
+	ErrorMessage  string          `json:"error_message,omitempty"`
+	DeviceFault   int             `json:"device_fault,omitempty"`
+	UpdatedAt     time.Time       `json:"updated_at"`
+	// OpenTasks counts the policy's tasks for the device still queued or
+	// dispatched (filled by DeviceStatuses).
+	OpenTasks int `json:"open_tasks"`
+}
+
+const statusColumns = `s.policy_id, s.device_id, s.status, s.revision, s.attrs_revision, s.refreshed, s.batch, s.plan,
+	s.conflicts, s.error_code, s.error_message, s.device_fault, s.updated_at`
+
+func scanStatus(row pgx.Row, extra ...any) (PolicyStatus, error) {
+	var p PolicyStatus
+	var plan, conflicts []byte
+	dst := append([]any{&p.PolicyID, &p.DeviceID, &p.Status, &p.Revision, &p.AttrsRevision, &p.Refreshed, &p.Batch,
+		&plan, &conflicts, &p.ErrorCode, &p.ErrorMessage, &p.DeviceFault, &p.UpdatedAt}, extra...)
+	err := row.Scan(dst...)
+	p.Plan, p.Conflicts = plan, conflicts
+	return p, err
+}
+
+// DeviceStatuses returns every status of the given devices, with their
+// open policy task counts, keyed by policy then device.
+func (s *Store) DeviceStatuses(ctx context.Context, deviceIDs []string) (map[string]map[string]PolicyStatus, error) {
+	out := map[string]map[string]PolicyStatus{}
+	if len(deviceIDs) == 0 {
+		return out, nil
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+statusColumns+`,
+		(SELECT count(*) FROM policy_tasks pt JOIN tasks t ON t.id = pt.task_id
+		 WHERE pt.device_id = s.device_id AND pt.policy_id = s.policy_id AND t.state IN ('queued', 'dispatched'))
+		FROM policy_status s WHERE s.device_id = ANY($1::text[])`, deviceIDs)
+	if err != nil {
+		return nil, fmt.Errorf("store: device statuses: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var open int
+		st, err := scanStatus(rows, &open)
+		if err != nil {
+			return nil, fmt.Errorf("store: device statuses: %w", err)
+		}
+		st.OpenTasks = open
+		m := out[st.PolicyID]
+		if m == nil {
+			m = map[string]PolicyStatus{}
+			out[st.PolicyID] = m
+		}
+		m[st.DeviceID] = st
+	}
+	return out, rows.Err()
+}
+
+// StatusFilter selects statuses of one policy.
+type StatusFilter struct {
+	PolicyID string
+	DeviceID string
+	Status   string
+	After    string // device ID (policy) or policy ID (device) cursor
+	Limit    int
+}
+
+// FindStatuses lists a policy's statuses in device order, or a device's
+// in policy order, with a cursor.
+func (s *Store) FindStatuses(ctx context.Context, f StatusFilter) ([]PolicyStatus, string, error) {
+	limit := f.Limit
+	if limit <= 0 || limit > MaxPageSize {
+		limit = 100
+	}
+	q := "SELECT " + statusColumns + " FROM policy_status s WHERE "
+	var args []any
+	order := "s.device_id"
+	if f.PolicyID != "" {
+		args = append(args, f.PolicyID)
+		q += "s.policy_id = $1"
+	} else {
+		args = append(args, f.DeviceID)
+		q += "s.device_id = $1"
+		order = "s.policy_id"
+	}
+	if f.Status != "" {
+		args = append(args, f.Status)
+		q += fmt.Sprintf(" AND s.status = $%d", len(args))
+	}
+	if f.After != "" {
+		args = append(args, f.After)
+		q += fmt.Sprintf(" AND %s > $%d", order, len(args))
+	}
+	args = append(args, limit+1)
+	q += fmt.Sprintf(" ORDER BY %s LIMIT $%d", order, len(args))
+	rows, err := s.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, "", fmt.Errorf("store: find statuses: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (PolicyStatus, error) { return scanStatus(r) })
+	if err != nil {
+		return nil, "", fmt.Errorf("store: find statuses: %w", err)
+	}
+	next := ""
+	if len(out) > limit {
+		out = out[:limit]
+		last := out[limit-1]
+		if f.PolicyID != "" {
+			next = EncodeCursor(last.DeviceID)
+		} else {
+			next = EncodeCursor(last.PolicyID)
+		}
+	}
+	return out, next, nil
+}
+
+// PolicyTask links a task to the policy that created it.
+type PolicyTask struct {
+	TaskID   string
+	PolicyID string
+	DeviceID string
+	Revision int
+	// Purpose is set, add, delete, attributes or refresh; Target the table
+	// a refresh reads.
+	Purpose string
+	Target  string
+}
+
+// Reconciliation is the outcome of judging a set of devices against every
+// active policy, written in one transaction by ApplyReconciliation.
+type Reconciliation struct {
+	// DeviceIDs are the devices judged: their statuses for enabled
+	// policies not in Statuses are deleted (they left the group).
+	DeviceIDs []string
+	Statuses  []PolicyStatus
+	// Tasks to queue. A task with a UniqueKey replaces a queued task of
+	// the same device and key.
+	Tasks []Task
+	Links []PolicyTask
+}
+
+// ApplyReconciliation writes statuses, tasks and their links in one
+// transaction: a crash leaves either all of a batch's decisions or none
+// (the next pass makes them again).
+func (s *Store) ApplyReconciliation(ctx context.Context, r Reconciliation) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if len(r.DeviceIDs) > 0 {
+			keepP := make([]string, len(r.Statuses))
+			keepD := make([]string, len(r.Statuses))
+			for i, st := range r.Statuses {
+				keepP[i], keepD[i] = st.PolicyID, st.DeviceID
+			}
+			if _, err := tx.Exec(ctx, `DELETE FROM policy_status s WHERE s.device_id = ANY($1::text[])
+				AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::text[]) k(p, d) WHERE k.p = s.policy_id AND k.d = s.device_id)`,
+				r.DeviceIDs, keepP, keepD); err != nil {
+				return err
+			}
+		}
+		if len(r.Tasks) > 0 {
+			var dev, key, ids []string
+			for _, t := range r.Tasks {
+				if t.UniqueKey != "" {
+					dev, key, ids = append(dev, t.DeviceID), append(key, t.UniqueKey), append(ids, t.ID)
+				}
+			}
+			if len(dev) > 0 {
+				// The same devices' locks as CreateTask and ClaimNextTask,
+				// in a fixed order so two batches cannot deadlock.
+				if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('duet.task.' || d, 0))
+					FROM (SELECT DISTINCT d FROM unnest($1::text[]) d ORDER BY d) x`, dev); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, `UPDATE tasks t SET state = 'cancelled', error_code = 'cancelled',
+					error_message = 'replaced by task ' || k.id, finished_at = now(), updated_at = now()
+					FROM unnest($1::text[], $2::text[], $3::text[]) k(d, key, id)
+					WHERE t.device_id = k.d AND t.unique_key = k.key AND t.state = 'queued'`, dev, key, ids); err != nil {
+					return err
+				}
+			}
+			rows := make([][]any, len(r.Tasks))
+			for i, t := range r.Tasks {
+				rows[i] = []any{t.ID, t.DeviceID, t.Operation, t.Request, t.Command, t.NonIdempotent, "queued",
+					nullable(t.UniqueKey), t.ConnectionRequest, t.ExpiresAt}
+			}
+			if _, err := tx.CopyFrom(ctx, pgx.Identifier{"tasks"}, []string{"id", "device_id", "operation", "request", "command",
+				"non_idempotent", "state", "unique_key", "connection_request", "expires_at"}, pgx.CopyFromRows(rows)); err != nil {
+				return err
+			}
+		}
+		if len(r.Links) > 0 {
+			rows := make([][]any, len(r.Links))
+			for i, l := range r.Links {
+				rows[i] = []any{l.TaskID, l.PolicyID, l.DeviceID, l.Revision, l.Purpose, l.Target}
+			}
+			if _, err := tx.CopyFrom(ctx, pgx.Identifier{"policy_tasks"}, []string{"task_id", "policy_id", "device_id", "revision", "purpose", "target"},
+				pgx.CopyFromRows(rows)); err != nil {
+				return err
+			}
+		}
+		if len(r.Statuses) > 0 {
+			b := &pgx.Batch{}
+			for _, st := range r.Statuses {
+				b.Queue(`INSERT INTO policy_status AS s (policy_id, device_id, status, revision, attrs_revision, refreshed, batch,
+					plan, conflicts, error_code, error_message, device_fault)
+					VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+					ON CONFLICT (policy_id, device_id) DO UPDATE SET status = EXCLUDED.status, revision = EXCLUDED.revision,
+						plan = EXCLUDED.plan, conflicts = EXCLUDED.conflicts, error_code = EXCLUDED.error_code,
+						error_message = EXCLUDED.error_message, device_fault = EXCLUDED.device_fault,
+						batch = COALESCE(s.batch, EXCLUDED.batch),
+						updated_at = CASE WHEN s.status = EXCLUDED.status AND s.revision = EXCLUDED.revision THEN s.updated_at ELSE now() END`,
+					st.PolicyID, st.DeviceID, st.Status, st.Revision, st.AttrsRevision, orEmpty(st.Refreshed), st.Batch,
+					nullJSON(st.Plan), nullJSON(st.Conflicts), st.ErrorCode, st.ErrorMessage, st.DeviceFault)
+			}
+			if err := tx.SendBatch(ctx, b).Close(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: apply reconciliation: %w", err)
+	}
+	return nil
+}
+
+func orEmpty(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+func nullJSON(b json.RawMessage) any {
+	if len(b) == 0 {
+		return nil
+	}
+	return []byte(b)
+}
+
+// FinishPolicyTask records the outcome of a finished task a policy
+// created, when it did: a failure marks the status failed (if it still
+// judges the task's revision); accepted attributes and a table read are
+// remembered. ok is false for a task no policy created.
+func (s *Store) FinishPolicyTask(ctx context.Context, t Task) (link PolicyTask, ok bool, err error) {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, "SELECT task_id, policy_id, device_id, revision, purpose, target FROM policy_tasks WHERE task_id = $1", t.ID).
+			Scan(&link.TaskID, &link.PolicyID, &link.DeviceID, &link.Revision, &link.Purpose, &link.Target)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		ok = true
+		switch t.State {
+		case TaskSucceeded:
+			switch link.Purpose {
+			case "attributes":
+				_, err = tx.Exec(ctx, "UPDATE policy_status SET attrs_revision = $3 WHERE policy_id = $1 AND device_id = $2 AND revision = $3",
+					link.PolicyID, link.DeviceID, link.Revision)
+			case "refresh":
+				_, err = tx.Exec(ctx, `UPDATE policy_status SET refreshed = array_append(refreshed, $3)
+					WHERE policy_id = $1 AND device_id = $2 AND NOT ($3 = ANY(refreshed))`, link.PolicyID, link.DeviceID, link.Target)
+			}
+		case TaskFailed, TaskExpired:
+			msg := t.ErrorMessage
+			if msg == "" {
+				msg = "task " + string(t.State)
+			}
+			_, err = tx.Exec(ctx, `UPDATE policy_status SET status = 'failed', error_code = $4, error_message = $5,
+				device_fault = $6, updated_at = now() WHERE policy_id = $1 AND device_id = $2 AND revision = $3`,
+				link.PolicyID, link.DeviceID, link.Revision, orDefault(t.ErrorCode, string(t.State)), msg, t.DeviceFault)
+		}
+		return err
+	})
+	if err != nil {
+		return link, false, fmt.Errorf("store: finish policy task: %w", err)
+	}
+	return link, ok, nil
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// ForgetDeviceState is called for devices that bootstrapped (factory
+// reset): what Duet knew of them no longer holds. Their cached
+// parameters learned before at are dropped, and their policy statuses
+// forget accepted attributes, tables read and failures, so every policy
+// is applied to them again.
+func (s *Store) ForgetDeviceState(ctx context.Context, deviceIDs []string, at time.Time) error {
+	if len(deviceIDs) == 0 {
+		return nil
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "DELETE FROM device_parameters WHERE device_id = ANY($1::text[]) AND updated_at < $2", deviceIDs, at); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `UPDATE policy_status SET attrs_revision = 0, refreshed = '{}',
+			status = CASE WHEN status = 'failed' THEN 'pending' ELSE status END, error_code = '', error_message = '',
+			device_fault = 0, updated_at = now() WHERE device_id = ANY($1::text[])`, deviceIDs)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store: forget device state: %w", err)
+	}
+	return nil
+}
+
+// DeleteParameterSubtrees drops a device's cached parameters under the
+// given object paths (instances it deleted).
+func (s *Store) DeleteParameterSubtrees(ctx context.Context, deviceID string, prefixes []string) error {
+	if len(prefixes) == 0 {
+		return nil
+	}
+	likes := make([]string, len(prefixes))
+	for i, p := range prefixes {
+		likes[i] = likeEscape(p) + "%"
+	}
+	if _, err := s.pool.Exec(ctx, "DELETE FROM device_parameters WHERE device_id = $1 AND path LIKE ANY($2::text[])", deviceID, likes); err != nil {
+		return fmt.Errorf("store: delete parameter subtrees: %w", err)
+	}
+	return nil
+}
