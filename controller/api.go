@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/duet-dm/duet/controller/policy"
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
@@ -48,8 +49,12 @@ type APIOptions struct {
 	// Bulk runs task batches (POST /api/v1/tasks); without it (and with
 	// Tasks) the batch routes answer 503.
 	Bulk *BulkRunner
-	// Bus feeds GET /api/v1/events (Server-Sent Events).
+	// Bus feeds GET /api/v1/events (Server-Sent Events) and gets rollout
+	// progress events of operator actions.
 	Bus *bus.Bus
+	// PolicyEnv is what management policies need to know of this
+	// installation (the USP endpoint ID), for previews.
+	PolicyEnv policy.Env
 	// SSEBuffer is how many events a streaming client may fall behind
 	// before it is disconnected. Default 256.
 	SSEBuffer int
@@ -100,7 +105,7 @@ func NewAPI(o APIOptions) *API {
 		a.route("DELETE /api/v1/task-batches/{id}", a.cancelTaskBatch)
 	}
 	// Groups, policies (validate, preview) and the audit log (issue 6).
-	RegisterGroupRoutes(a.mux, a.store, a.route)
+	RegisterGroupRoutes(a.mux, GroupRoutesOptions{Store: a.store, Bus: o.Bus, Env: o.PolicyEnv, Logger: a.log}, a.route)
 	a.route("GET /api/v1/openapi.json", func(w http.ResponseWriter, r *http.Request) (int, error) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusOK)

@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 
 	"github.com/duet-dm/duet/controller/policy"
+	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
 )
@@ -21,6 +23,19 @@ type groupRoutes struct {
 	// env is what management policies need to know of this installation
 	// (the controller's USP endpoint ID) for previews.
 	env policy.Env
+	// bus gets rollout progress events of operator actions (nil: none).
+	bus *bus.Bus
+	log *slog.Logger
+}
+
+// GroupRoutesOptions configure RegisterGroupRoutes.
+type GroupRoutesOptions struct {
+	Store *store.Store
+	// Bus gets rollout progress events of operator actions (nil: none).
+	Bus *bus.Bus
+	// Env is what management policies need to know, for previews.
+	Env    policy.Env
+	Logger *slog.Logger
 }
 
 // RegisterGroupRoutes adds the group and audit routes. wrap registers one
@@ -39,9 +54,12 @@ type groupRoutes struct {
 // and the policy routes of registerPolicyRoutes.
 //
 // Changes are recorded with the request's token as the actor.
-func RegisterGroupRoutes(mux *http.ServeMux, st *store.Store, wrap func(pattern string, h func(http.ResponseWriter, *http.Request) (int, error))) {
+func RegisterGroupRoutes(mux *http.ServeMux, o GroupRoutesOptions, wrap func(pattern string, h func(http.ResponseWriter, *http.Request) (int, error))) {
 	_ = mux
-	g := &groupRoutes{store: st}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	g := &groupRoutes{store: o.Store, env: o.Env, bus: o.Bus, log: o.Logger}
 	wrap("POST /api/v1/groups", g.create)
 	wrap("GET /api/v1/groups", g.list)
 	wrap("GET /api/v1/groups/{id}", g.get)

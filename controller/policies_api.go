@@ -47,6 +47,7 @@ func (g *groupRoutes) registerPolicyRoutes(wrap func(pattern string, h func(http
 	wrap("DELETE /api/v1/policies/{id}", g.deletePolicy)
 	wrap("POST /api/v1/policies/{id}/preview", g.previewPolicy)
 	wrap("POST /api/v1/policies/preview", g.previewUnsaved)
+	g.registerRolloutRoutes(wrap)
 }
 
 // policyFromRequest decodes and validates a policy body.
@@ -60,11 +61,9 @@ func policyFromRequest(w http.ResponseWriter, r *http.Request) (store.Policy, *p
 		return store.Policy{}, nil, err
 	}
 	if req.Enabled {
-		// Enabling is what applies a policy to devices; until
-		// reconciliation and rollout exist, accepting it would promise
-		// an effect that never happens. A 400, not a 501: the API masks
-		// every 5xx as an internal error.
-		return store.Policy{}, nil, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "enabled: enabling a policy is not available yet (it needs reconciliation and a rollout strategy); save it disabled and preview it")
+		// Enabling starts changing devices, so it always goes with a
+		// rollout strategy, through its own route.
+		return store.Policy{}, nil, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "enabled: a policy is enabled with POST /api/v1/policies/{id}/enable and a rollout strategy; save it, preview it, then enable it")
 	}
 	return store.Policy{GroupID: req.GroupID, Name: req.Name, Priority: req.Priority, Kind: req.Kind, Spec: req.Spec}, spec, nil
 }
@@ -167,7 +166,9 @@ func (g *groupRoutes) previewPolicy(w http.ResponseWriter, r *http.Request) (int
 	if err != nil {
 		return 0, err
 	}
-	return g.preview(w, r, p.GroupID, spec, cursor, limit)
+	env := g.env
+	env.PolicyID = p.ID
+	return g.preview(w, r, p.GroupID, spec, env, cursor, limit)
 }
 
 func (g *groupRoutes) previewUnsaved(w http.ResponseWriter, r *http.Request) (int, error) {
@@ -183,10 +184,14 @@ func (g *groupRoutes) previewUnsaved(w http.ResponseWriter, r *http.Request) (in
 	if err != nil {
 		return 0, err
 	}
-	return g.preview(w, r, req.GroupID, spec, cursor, limit)
+	env := g.env
+	// Names what the policy would create (USP subscription IDs); the
+	// saved policy's own ID replaces it.
+	env.PolicyID = "preview"
+	return g.preview(w, r, req.GroupID, spec, env, cursor, limit)
 }
 
-func (g *groupRoutes) preview(w http.ResponseWriter, r *http.Request, groupID string, spec *policy.CheckedSpec, cursor string, limit int) (int, error) {
+func (g *groupRoutes) preview(w http.ResponseWriter, r *http.Request, groupID string, spec *policy.CheckedSpec, env policy.Env, cursor string, limit int) (int, error) {
 	grp, err := g.store.FindGroupByID(r.Context(), groupID)
 	if err != nil {
 		return 0, err
@@ -196,7 +201,7 @@ func (g *groupRoutes) preview(w http.ResponseWriter, r *http.Request, groupID st
 			return 0, badParam("cursor", "malformed; pass next_cursor from the previous page")
 		}
 	}
-	page, err := policy.Preview(r.Context(), g.store, grp, spec, g.env, cursor, limit)
+	page, err := policy.Preview(r.Context(), g.store, grp, spec, env, cursor, limit)
 	if err != nil {
 		return 0, err
 	}

@@ -43,7 +43,7 @@ func TestPoliciesAPIValidatePreviewAndAudit(t *testing.T) {
 		"bad path":      {func(r *PolicyRequest) { r.Spec = json.RawMessage(`{"parameters":[{"path":"Device.1X","value":"1"}]}`) }, 400, "at position 8"},
 		"unknown kind":  {func(r *PolicyRequest) { r.Kind = "firmware" }, 400, "not supported"},
 		"unknown group": {func(r *PolicyRequest) { r.GroupID = "grp_nope" }, 400, "no such group"},
-		"enabled":       {func(r *PolicyRequest) { r.Enabled = true }, 400, "not available yet"},
+		"enabled":       {func(r *PolicyRequest) { r.Enabled = true }, 400, "POST /api/v1/policies/{id}/enable"},
 	} {
 		r := req
 		c.mut(&r)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -66,8 +67,11 @@ type RegistryOptions struct {
 	// Tasks, when set, gets the command results the events carry (before
 	// the batch is acknowledged, so none is lost) and the devices that
 	// were seen (their waiting tasks are delivered).
-	Tasks  *TaskQueue
-	Logger *slog.Logger
+	Tasks *TaskQueue
+	// Reconciler, when set, is told of the devices that were seen, so
+	// policies are checked against what they reported.
+	Reconciler *Reconciler
+	Logger     *slog.Logger
 }
 
 // Registry consumes device events into the device registry.
@@ -185,6 +189,7 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	var results []*duetv1.CommandResult
 	var seen []string
 	seenSet := map[string]bool{}
+	boots := map[string]time.Time{}
 	for _, m := range msgs {
 		o, ev, err := decodeObservation(m)
 		if err != nil {
@@ -209,6 +214,14 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 			}
 			results = append(results, cr)
 		}
+		if isBootstrap(ev) {
+			// The device was factory reset: what Duet knew of it before
+			// this event no longer holds (issue 6 §3: it is provisioned
+			// again).
+			if at, ok := boots[o.Device.ID]; !ok || o.Time.After(at) {
+				boots[o.Device.ID] = o.Time
+			}
+		}
 		if o.Online && !o.Passive && !seenSet[o.Device.ID] {
 			seenSet[o.Device.ID] = true
 			seen = append(seen, o.Device.ID)
@@ -230,6 +243,13 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 			return fmt.Errorf("task results: %w", err)
 		}
 	}
+	for id, at := range boots {
+		// Before the ack: a crash here redelivers the batch, and
+		// forgetting again is harmless.
+		if err := r.o.Store.ForgetDeviceState(cctx, []string{id}, at); err != nil {
+			return fmt.Errorf("bootstrap of %s: %w", id, err)
+		}
+	}
 	metricApplySeconds.Observe(time.Since(start).Seconds())
 	metricBatchSize.Observe(float64(len(obs)))
 	for i, m := range good {
@@ -241,7 +261,20 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	if r.o.Tasks != nil {
 		r.o.Tasks.DevicesSeen(cctx, seen)
 	}
+	if r.o.Reconciler != nil {
+		r.o.Reconciler.DevicesChanged(seen)
+	}
 	return nil
+}
+
+// isBootstrap reports a device that lost its configuration: CWMP
+// "0 BOOTSTRAP" (cwmp.md), or a USP Boot! whose Cause is a factory reset
+// (usp.md §9.6: LocalFactoryReset, RemoteFactoryReset).
+func isBootstrap(ev *duetv1.Event) bool {
+	if ev.GetBootstrap() != nil {
+		return true
+	}
+	return strings.HasSuffix(ev.GetBoot().GetCause(), "FactoryReset")
 }
 
 type decodeError struct{ err error }

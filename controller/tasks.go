@@ -90,6 +90,9 @@ type TaskQueue struct {
 	// waking: a connection request (with its retries) is out for the device.
 	waking  map[string]bool
 	waiters map[string][]chan struct{}
+	// finished is told of every task that reached a final state through
+	// a device's answer (the reconciler); set before Start.
+	finished func(context.Context, store.Task)
 
 	crSem chan struct{}
 
@@ -233,6 +236,20 @@ func (q *TaskQueue) rescan(ctx context.Context, ids []string, wakeCWMP bool) {
 			}
 		}
 	}
+}
+
+// OnFinished registers fn to be told of every task a device's answer
+// finished (succeeded or failed). Call it before Start.
+func (q *TaskQueue) OnFinished(fn func(context.Context, store.Task)) { q.finished = fn }
+
+// DeliverQueued starts delivery of the listed devices' queued tasks: at
+// once to online USP devices, by a connection request to CWMP devices
+// that want one. The reconciler calls it after queueing a batch.
+func (q *TaskQueue) DeliverQueued(ctx context.Context, ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	q.rescan(ctx, ids, true)
 }
 
 // DevicesSeen is called by the registry after it committed events: a
@@ -427,7 +444,13 @@ func (q *TaskQueue) settle(ctx context.Context, t store.Task, res *duetv1.Comman
 			o.DeviceFault = int(de.DeviceFault)
 		}
 	}
-	_, done, ferr := q.o.Store.FinishTask(ctx, t.ID, o)
+	if err == nil {
+		// What the device accepted is now its state: cache it before the
+		// task turns final, so whoever it wakes (a client, the
+		// reconciler) reads the new values.
+		q.cacheChanges(ctx, t, res)
+	}
+	final, done, ferr := q.o.Store.FinishTask(ctx, t.ID, o)
 	if ferr != nil {
 		q.log.Error("recording a task's outcome failed", "task", t.ID, "device", t.DeviceID, "err", ferr)
 		return false
@@ -435,6 +458,9 @@ func (q *TaskQueue) settle(ctx context.Context, t store.Task, res *duetv1.Comman
 	if done {
 		metricTasksFinished.WithLabelValues(string(o.State)).Inc()
 		q.notify(t.ID)
+		if q.finished != nil {
+			q.finished(ctx, final)
+		}
 	}
 	return false
 }
@@ -632,5 +658,62 @@ func (q *TaskQueue) dropWaiter(id string, ch chan struct{}) {
 		delete(q.waiters, id)
 	} else {
 		q.waiters[id] = ws
+	}
+}
+
+// cacheChanges updates the parameter cache after a successful Set, Add or
+// Delete: the values set (less any the device reported failed), the new
+// instance with its parameters and keys, the deleted instances' subtrees.
+func (q *TaskQueue) cacheChanges(ctx context.Context, t store.Task, res *duetv1.CommandResult) {
+	var cmd duetv1.Command
+	if t.Operation != "set" && t.Operation != "add" && t.Operation != "delete" {
+		return
+	}
+	if err := proto.Unmarshal(t.Command, &cmd); err != nil {
+		return
+	}
+	now := time.Now()
+	var ps []*duetv1.Parameter
+	var cerr error
+	switch {
+	case cmd.GetSet() != nil:
+		failed := map[string]bool{}
+		for _, e := range res.GetSet().GetErrors() {
+			failed[e.GetPath()] = true
+		}
+		for _, p := range cmd.GetSet().GetParams() {
+			if !failed[p.GetPath()] {
+				ps = append(ps, p)
+			}
+		}
+	case cmd.GetAdd() != nil:
+		inst := res.GetAdd().GetInstancePath()
+		if inst == "" || !strings.HasSuffix(inst, ".") {
+			return
+		}
+		failed := map[string]bool{}
+		for _, e := range res.GetAdd().GetParamErrors() {
+			failed[e.GetPath()] = true
+		}
+		for _, p := range cmd.GetAdd().GetParams() {
+			if !failed[p.GetPath()] && !failed[inst+p.GetPath()] {
+				ps = append(ps, &duetv1.Parameter{Path: inst + p.GetPath(), Value: p.GetValue(), Type: p.GetType()})
+			}
+		}
+		for k, v := range res.GetAdd().GetUniqueKeys() {
+			ps = append(ps, &duetv1.Parameter{Path: inst + k, Value: v})
+		}
+	case cmd.GetDelete() != nil:
+		paths := res.GetDelete().GetDeletedPaths()
+		if len(paths) == 0 {
+			paths = cmd.GetDelete().GetObjectPaths()
+		}
+		cerr = q.o.Store.DeleteParameterSubtrees(ctx, t.DeviceID, paths)
+	}
+	if len(ps) > 0 {
+		cerr = q.o.Store.UpsertParameters(ctx, cacheParams(t.DeviceID, now, ps))
+	}
+	if cerr != nil {
+		q.log.Warn("caching a task's changes failed", "task", t.ID, "device", t.DeviceID, "err", cerr)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	uspadapter "github.com/duet-dm/duet/adapters/usp"
 	uspmqtt "github.com/duet-dm/duet/adapters/usp/mqtt"
 	"github.com/duet-dm/duet/controller"
+	"github.com/duet-dm/duet/controller/policy"
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
@@ -178,18 +179,30 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			_ = hl.Close()
 			return err
 		}
+		policySweep, err := s.duration("policy-sweep", time.Minute)
+		if err != nil {
+			_ = hl.Close()
+			return err
+		}
+		policyEnv := policy.Env{USPEndpointID: s.str("usp-endpoint-id")}
+		rec := controller.NewReconciler(controller.ReconcilerOptions{Store: st, Tasks: tasks, Bus: b, Env: policyEnv,
+			Sweep: policySweep, Logger: log})
+		// Before the queue starts: no finished policy task goes unheard.
+		tasks.OnFinished(rec.TaskFinished)
 		if err := tasks.Start(ctx); err != nil {
 			_ = hl.Close()
 			return err
 		}
 		started.push(func(context.Context) { tasks.Stop() })
-		reg, err := controller.NewRegistry(ctx, controller.RegistryOptions{Bus: b, Store: st, Tasks: tasks, Logger: log})
+		reg, err := controller.NewRegistry(ctx, controller.RegistryOptions{Bus: b, Store: st, Tasks: tasks, Reconciler: rec, Logger: log})
 		if err != nil {
 			_ = hl.Close()
 			return err
 		}
 		reg.Start()
 		started.push(func(context.Context) { reg.Stop() })
+		rec.Start()
+		started.push(func(context.Context) { rec.Stop() })
 		desk, err := controller.StartAdapterDeskWith(controller.AdapterDeskOptions{
 			Bus: b, Tasks: tasks, Store: st, CredentialKey: credKey, Logger: log})
 		if err != nil {
@@ -215,7 +228,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			return err
 		}
 		started.push(func(context.Context) { bulk.Stop() })
-		api = controller.NewAPI(controller.APIOptions{Store: st, Tasks: tasks, Bulk: bulk, Bus: b,
+		api = controller.NewAPI(controller.APIOptions{Store: st, Tasks: tasks, Bulk: bulk, Bus: b, PolicyEnv: policyEnv,
 			CredentialKey: credKey, CWMPRealm: realm, Logger: log})
 		if credKey == nil {
 			log.Warn("DUET_CREDENTIALS_KEY is not set: the device credentials API answers 503 and per-device CWMP auth finds no credentials")

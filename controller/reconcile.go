@@ -1,0 +1,651 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/duet-dm/duet/controller/policy"
+	"github.com/duet-dm/duet/pkg/bus"
+	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/store"
+	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
+)
+
+var (
+	metricReconcileDevices = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "duet_reconcile_devices_total", Help: "Devices judged against the active policies."})
+	metricReconcileTasks = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "duet_reconcile_tasks_total", Help: "Tasks created by reconciliation, by purpose."}, []string{"purpose"})
+	metricReconcileSeconds = promauto.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "duet_reconcile_seconds", Help: "Duration of reconciliation passes.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 4, 10)}, []string{"pass"})
+	metricReconcileErrors = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "duet_reconcile_errors_total", Help: "Reconciliation passes that failed (retried on the next tick)."})
+	metricRolloutChanges = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "duet_rollout_changes_total", Help: "Rollout progress events, by change."}, []string{"change"})
+)
+
+// ReconcilerOptions configure a Reconciler.
+type ReconcilerOptions struct {
+	Store *store.Store
+	Tasks *TaskQueue
+	// Bus receives rollout progress events; nil publishes none.
+	Bus *bus.Bus
+	// Env is what management policies need to know (the USP endpoint ID).
+	Env    policy.Env
+	Logger *slog.Logger
+	// Tick is how often rollouts advance and queued device work is done
+	// (default 1s).
+	Tick time.Duration
+	// Sweep is how often every device is judged again even without a
+	// change (default 10m): it repairs anything a lost trigger missed.
+	Sweep time.Duration
+	// PageSize is how many devices are judged per transaction (default
+	// 500).
+	PageSize int
+}
+
+// Reconciler makes enabled policies true (issue 6 §3, §4). It judges
+// devices against every active policy and turns the difference into
+// tasks, in pages: one query each for the devices, their cached values
+// and their statuses, and one transaction for the decisions (statuses,
+// tasks and their links), so 100k devices cost a few hundred statements,
+// not one per device.
+//
+// What triggers a judgement: a device that informed, booted,
+// bootstrapped or came online (DevicesChanged, from the registry); a
+// policy task that finished; a policy or group that changed (its
+// revision moved) or a rollout that moved (a full pass); and a periodic
+// sweep.
+//
+// One reconciler runs per deployment: replicas of the controller would
+// judge the same devices twice (tasks are replaced by unique key, so the
+// harm is bounded to a duplicate dispatch, but it is not prevented).
+type Reconciler struct {
+	o   ReconcilerOptions
+	log *slog.Logger
+
+	mu        sync.Mutex
+	dirty     map[string]bool // devices to judge
+	fullAsked bool
+
+	// Owned by the loop.
+	compiled map[string]*activePolicy // by policy ID
+	lastSeen map[string]string        // policy ID -> revision/state seen at the last full pass
+	judged   map[string]int           // policy ID -> revision whose full pass finished
+	lastFull time.Time
+
+	wake chan struct{}
+	stop chan struct{}
+	done chan struct{}
+}
+
+// activePolicy is an enabled policy, compiled.
+type activePolicy struct {
+	store.ActivePolicy
+	filter   *policy.Filter
+	spec     *policy.CheckedSpec
+	strategy *RolloutStrategy
+	// broken is why the policy cannot be evaluated (a stored spec that no
+	// longer validates): its members are reported failed.
+	broken string
+}
+
+// NewReconciler returns a stopped reconciler.
+func NewReconciler(o ReconcilerOptions) *Reconciler {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Tick <= 0 {
+		o.Tick = time.Second
+	}
+	if o.Sweep <= 0 {
+		o.Sweep = 10 * time.Minute
+	}
+	if o.PageSize <= 0 {
+		o.PageSize = 500
+	}
+	return &Reconciler{
+		o: o, log: o.Logger.With("component", "reconciler"),
+		dirty:    map[string]bool{},
+		compiled: map[string]*activePolicy{}, lastSeen: map[string]string{}, judged: map[string]int{},
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+	}
+}
+
+// Start runs the loop until Stop. The first tick makes a full pass.
+func (r *Reconciler) Start() {
+	go r.loop()
+}
+
+// Stop ends the loop and waits for the pass in progress.
+func (r *Reconciler) Stop() {
+	select {
+	case <-r.stop:
+	default:
+		close(r.stop)
+	}
+	<-r.done
+}
+
+// DevicesChanged asks for the devices to be judged again (they informed,
+// booted or came online, or a policy task of theirs finished). A device
+// that bootstrapped had its state forgotten by the registry first
+// (store.ForgetDeviceState), so every policy is applied to it again.
+func (r *Reconciler) DevicesChanged(ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	r.mu.Lock()
+	for _, id := range ids {
+		r.dirty[id] = true
+	}
+	r.mu.Unlock()
+	r.poke()
+}
+
+// PolicyChanged asks for a full pass now rather than at the next tick's
+// revision check (the API calls it after a change).
+func (r *Reconciler) PolicyChanged() {
+	r.mu.Lock()
+	r.fullAsked = true
+	r.mu.Unlock()
+	r.poke()
+}
+
+func (r *Reconciler) poke() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (r *Reconciler) loop() {
+	defer close(r.done)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-r.stop
+		cancel()
+	}()
+	t := time.NewTicker(r.o.Tick)
+	defer t.Stop()
+	r.fullAsked = true
+	for {
+		if err := r.pass(ctx); err != nil && ctx.Err() == nil {
+			metricReconcileErrors.Inc()
+			r.log.Warn("reconciliation pass failed; retrying on the next tick", "err", err)
+		}
+		select {
+		case <-r.stop:
+			return
+		case <-t.C:
+		case <-r.wake:
+		}
+	}
+}
+
+// pass is one round: refresh the active policies, a full pass if they
+// changed (or the sweep is due), the devices that asked, then rollouts.
+func (r *Reconciler) pass(ctx context.Context) error {
+	policies, changed, err := r.loadPolicies(ctx)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	full := r.fullAsked || changed || time.Since(r.lastFull) > r.o.Sweep
+	r.fullAsked = false
+	r.mu.Unlock()
+	if full {
+		if err := r.fullPass(ctx, policies); err != nil {
+			r.mu.Lock()
+			r.fullAsked = true
+			r.mu.Unlock()
+			return err
+		}
+	}
+	if err := r.dirtyPass(ctx, policies); err != nil {
+		return err
+	}
+	for _, p := range policies {
+		if err := r.advance(ctx, p); err != nil {
+			return fmt.Errorf("rollout of %s: %w", p.ID, err)
+		}
+	}
+	return nil
+}
+
+// loadPolicies reads the active policies and compiles those that are new
+// or changed. changed reports a policy set, revision or rollout state
+// different from the last full pass.
+func (r *Reconciler) loadPolicies(ctx context.Context) ([]*activePolicy, bool, error) {
+	aps, err := r.o.Store.ActivePolicies(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	out := make([]*activePolicy, 0, len(aps))
+	seen := map[string]string{}
+	for _, ap := range aps {
+		// Not the batch: admitting one judges its devices directly.
+		sig := fmt.Sprintf("%d/%s/%s", ap.Revision, ap.Rollout.State, ap.Filter)
+		seen[ap.ID] = sig
+		c := r.compiled[ap.ID]
+		if c == nil || c.Revision != ap.Revision || c.Filter != ap.Filter || !ap.UpdatedAt.Equal(c.UpdatedAt) {
+			c = compilePolicy(ap)
+			if c.broken != "" {
+				r.log.Warn("an enabled policy cannot be evaluated; its devices are reported failed", "policy", ap.ID, "why", c.broken)
+			}
+		}
+		c.ActivePolicy = ap
+		out = append(out, c)
+	}
+	r.compiled = map[string]*activePolicy{}
+	for _, c := range out {
+		r.compiled[c.ID] = c
+	}
+	changed := !maps.Equal(seen, r.lastSeen)
+	r.lastSeen = seen
+	return out, changed, nil
+}
+
+func compilePolicy(ap store.ActivePolicy) *activePolicy {
+	c := &activePolicy{ActivePolicy: ap}
+	var err error
+	if c.filter, err = policy.CompileFilter(ap.Filter); err != nil {
+		c.broken = "group filter: " + devicemodel.ErrorMessage(err)
+	} else if c.spec, err = policy.ValidateSpec(ap.Kind, ap.Spec); err != nil {
+		c.broken = "spec: " + devicemodel.ErrorMessage(err)
+	} else if c.strategy, err = ParseRolloutStrategy(ap.Rollout.Strategy); err != nil {
+		c.broken = "rollout: " + devicemodel.ErrorMessage(err)
+	}
+	return c
+}
+
+// need is the union of what the policies read of each device.
+func need(policies []*activePolicy) policy.ParamNeed {
+	n := policy.ParamNeed{}
+	for _, p := range policies {
+		if p.broken == "" {
+			n = n.Union(p.filter.Params()).Union(p.spec.Need())
+		}
+	}
+	return n
+}
+
+// fullPass judges every device of the registry, page by page. With no
+// active policy there is nothing to judge (aborting a rollout deletes its
+// statuses itself).
+func (r *Reconciler) fullPass(ctx context.Context, policies []*activePolicy) error {
+	start := time.Now()
+	if len(policies) > 0 {
+		after := ""
+		for {
+			devs, err := r.o.Store.ScanDevices(ctx, store.DeviceFilter{After: after, Limit: r.o.PageSize})
+			if err != nil {
+				return err
+			}
+			if len(devs) == 0 {
+				break
+			}
+			if err := r.judge(ctx, policies, devs); err != nil {
+				return err
+			}
+			after = devs[len(devs)-1].Device.ID
+			if len(devs) < r.o.PageSize {
+				break
+			}
+		}
+	}
+	for _, p := range policies {
+		r.judged[p.ID] = p.Revision
+	}
+	r.lastFull = time.Now()
+	metricReconcileSeconds.WithLabelValues("full").Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// dirtyPass judges the devices that asked.
+func (r *Reconciler) dirtyPass(ctx context.Context, policies []*activePolicy) error {
+	r.mu.Lock()
+	ids := slices.Collect(maps.Keys(r.dirty))
+	r.dirty = map[string]bool{}
+	r.mu.Unlock()
+	if len(ids) == 0 {
+		return nil
+	}
+	start := time.Now()
+	slices.Sort(ids)
+	for len(ids) > 0 {
+		n := min(len(ids), r.o.PageSize)
+		page := ids[:n]
+		devs, err := r.o.Store.DevicesByID(ctx, page)
+		if err == nil {
+			err = r.judge(ctx, policies, devs)
+		}
+		if err != nil {
+			r.mu.Lock()
+			for _, id := range ids {
+				r.dirty[id] = true
+			}
+			r.mu.Unlock()
+			return err
+		}
+		ids = ids[n:]
+	}
+	metricReconcileSeconds.WithLabelValues("devices").Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// conflict is a want a policy lost to a higher-priority one.
+type conflict struct {
+	Key      string `json:"key"`
+	PolicyID string `json:"policy_id"`
+}
+
+// judge decides, for a page of devices, every active policy's status and
+// the tasks that close the difference, and writes it all at once.
+func (r *Reconciler) judge(ctx context.Context, policies []*activePolicy, devs []store.DeviceWithTags) error {
+	if len(devs) == 0 {
+		return nil
+	}
+	ids := make([]string, len(devs))
+	for i, d := range devs {
+		ids[i] = d.Device.ID
+	}
+	n := need(policies)
+	var params, types map[string]map[string]string
+	if !n.None() {
+		var err error
+		if params, types, err = r.o.Store.FindParameterValuesAndTypes(ctx, ids, n.Paths, n.All, n.Prefixes...); err != nil {
+			return err
+		}
+	}
+	statuses, err := r.o.Store.DeviceStatuses(ctx, ids)
+	if err != nil {
+		return err
+	}
+	rec := store.Reconciliation{DeviceIDs: ids}
+	deliver := map[string]bool{}
+	now := time.Now()
+	for _, d := range devs {
+		facts := policy.DeviceFacts{Device: d.Device, Tags: d.Tags, Params: params[d.Device.ID], Now: now}
+		if facts.Params == nil {
+			facts.Params = map[string]string{}
+		}
+		for _, v := range r.judgeDevice(policies, facts, types[d.Device.ID], statuses) {
+			rec.Statuses = append(rec.Statuses, v.status)
+			rec.Tasks = append(rec.Tasks, v.tasks...)
+			rec.Links = append(rec.Links, v.links...)
+			if len(v.tasks) > 0 {
+				deliver[d.Device.ID] = true
+			}
+		}
+	}
+	metricReconcileDevices.Add(float64(len(devs)))
+	if err := r.o.Store.ApplyReconciliation(ctx, rec); err != nil {
+		return err
+	}
+	for _, l := range rec.Links {
+		metricReconcileTasks.WithLabelValues(l.Purpose).Inc()
+	}
+	if len(deliver) > 0 && r.o.Tasks != nil {
+		r.o.Tasks.DeliverQueued(ctx, slices.Sorted(maps.Keys(deliver)))
+	}
+	return nil
+}
+
+// verdict is one policy's decision for one device.
+type verdict struct {
+	status store.PolicyStatus
+	tasks  []store.Task
+	links  []store.PolicyTask
+}
+
+// judgeDevice evaluates every active policy on one device. Policies come
+// highest priority first: a want whose key a higher policy already
+// claimed with another value is a conflict the lower one loses and
+// reports; with the same value it agrees and is left to the winner.
+func (r *Reconciler) judgeDevice(policies []*activePolicy, d policy.DeviceFacts, types map[string]string, statuses map[string]map[string]store.PolicyStatus) []verdict {
+	type claim struct{ policyID, value string }
+	claims := map[string]claim{}
+	var out []verdict
+	for _, p := range policies {
+		prev, had := statuses[p.ID][d.Device.ID]
+		st := store.PolicyStatus{PolicyID: p.ID, DeviceID: d.Device.ID, Revision: p.Revision,
+			AttrsRevision: prev.AttrsRevision, Refreshed: prev.Refreshed, Batch: prev.Batch}
+		fail := func(code, msg string) {
+			st.Status, st.ErrorCode, st.ErrorMessage = store.StatusFailed, code, msg
+			out = append(out, verdict{status: st})
+		}
+		if p.broken != "" {
+			if had {
+				fail("invalid_policy", p.broken)
+			}
+			continue
+		}
+		member, err := p.filter.Match(d)
+		if err != nil || !member {
+			continue // not a member (an unevaluable filter matches nothing)
+		}
+		wants, err := p.spec.Wants(d, r.envFor(p))
+		if err != nil {
+			fail(devicemodel.ErrorCode(err).String(), devicemodel.ErrorMessage(err))
+			continue
+		}
+		var kept []policy.Want
+		var lost []conflict
+		for _, w := range wants {
+			k := w.Key()
+			if c, ok := claims[k]; ok {
+				if c.value != w.Value() {
+					lost = append(lost, conflict{Key: k, PolicyID: c.policyID})
+				}
+				continue
+			}
+			claims[k] = claim{p.ID, w.Value()}
+			kept = append(kept, w)
+		}
+		if len(lost) > 0 {
+			st.Conflicts, _ = json.Marshal(lost)
+		}
+		sameRev := had && prev.Revision == p.Revision
+		switch {
+		case sameRev && prev.OpenTasks > 0:
+			// Work under way: judged again when it finishes.
+			st.Status, st.Plan = store.StatusApplying, prev.Plan
+			out = append(out, verdict{status: st})
+			continue
+		case sameRev && prev.Status == store.StatusFailed:
+			// A failure sticks until the policy changes, the device
+			// bootstraps, or the operator resumes the rollout: retrying
+			// on every inform would hammer a device that said no.
+			st.Status, st.Plan = prev.Status, prev.Plan
+			st.ErrorCode, st.ErrorMessage, st.DeviceFault = prev.ErrorCode, prev.ErrorMessage, prev.DeviceFault
+			out = append(out, verdict{status: st})
+			continue
+		}
+		plan := policy.Diff(kept, d.Params, prev.AttrsRevision == p.Revision, prev.Refreshed)
+		if !plan.Empty() {
+			st.Plan, _ = json.Marshal(plan)
+		}
+		switch {
+		case len(plan.Missing) > 0:
+			fail(devicemodel.CodeNotFound.String(), "the device has no "+plan.Missing[0]+" and the policy may not create it")
+			continue
+		case plan.Empty() && len(lost) > 0:
+			st.Status = store.StatusConflicting
+		case plan.Empty():
+			st.Status = store.StatusCompliant
+		case r.gated(p, prev.Batch):
+			st.Status = store.StatusPending
+		default:
+			v, err := r.tasksFor(p, d.Device, plan, types, prev.Refreshed)
+			if err != nil {
+				fail(devicemodel.ErrorCode(err).String(), devicemodel.ErrorMessage(err))
+				continue
+			}
+			st.Status = store.StatusApplying
+			v.status = st
+			out = append(out, v)
+			continue
+		}
+		out = append(out, verdict{status: st})
+	}
+	return out
+}
+
+// gated reports whether a device must wait for its rollout batch: until
+// a rollout completes, only admitted devices get work, and none while it
+// is paused or stopped.
+func (r *Reconciler) gated(p *activePolicy, batch *int) bool {
+	switch p.Rollout.State {
+	case store.RolloutCompleted:
+		return false
+	case store.RolloutRunning:
+		return batch == nil
+	}
+	return true
+}
+
+func (r *Reconciler) envFor(p *activePolicy) policy.Env {
+	env := r.o.Env
+	env.PolicyID = p.ID
+	return env
+}
+
+// tasksFor turns a plan into tasks: one Set, one Add per instance, one
+// Delete, one SetAttributes, one Get per table to read. Each has a
+// unique key per policy and purpose, so a newer decision replaces a
+// queued older one instead of piling up.
+func (r *Reconciler) tasksFor(p *activePolicy, d devicemodel.Device, plan policy.Plan, types map[string]string, refreshed []string) (verdict, error) {
+	var v verdict
+	add := func(purpose, target string, req *TaskRequest, cmd *duetv1.Command) error {
+		id := bus.NewID()
+		if cmd == nil {
+			var err error
+			if cmd, err = buildCommand(req, d, id); err != nil {
+				return err
+			}
+		}
+		cmd.Id, cmd.DeviceId = id, d.ID
+		b, err := proto.Marshal(cmd)
+		if err != nil {
+			return err
+		}
+		reqJSON, err := json.Marshal(req)
+		if err != nil {
+			return err
+		}
+		v.tasks = append(v.tasks, store.Task{
+			ID: id, DeviceID: d.ID, Operation: req.Operation, Request: reqJSON, Command: b,
+			NonIdempotent: operations[req.Operation], UniqueKey: "policy:" + p.ID + ":" + purpose + ":" + target,
+			ConnectionRequest: true,
+		})
+		v.links = append(v.links, store.PolicyTask{TaskID: id, PolicyID: p.ID, DeviceID: d.ID, Revision: p.Revision, Purpose: purpose, Target: target})
+		return nil
+	}
+	for _, t := range plan.Refresh {
+		if err := add("refresh", t, &TaskRequest{Operation: "get", Paths: []string{t}}, nil); err != nil {
+			return v, err
+		}
+	}
+	// Parameters never read are read first, once per revision: the
+	// device may already hold the value (no Set at all), and a CWMP Set
+	// must carry the type the device uses (cwmp.md: a mismatched
+	// xsi:type is fault 9006).
+	paramsRead := fmt.Sprintf("params@%d", p.Revision)
+	if !slices.Contains(refreshed, paramsRead) {
+		var unknown []string
+		for _, c := range plan.Set {
+			if c.Current == nil {
+				unknown = append(unknown, c.Path)
+			}
+		}
+		if len(unknown) > 0 {
+			if err := add("refresh", paramsRead, &TaskRequest{Operation: "get", Paths: unknown}, nil); err != nil {
+				return v, err
+			}
+			return v, nil
+		}
+	}
+	if len(plan.Refresh) > 0 {
+		// What to add, set or delete in those tables is decided once they
+		// are read; the rest waits with them, so the device gets one
+		// coherent change.
+		return v, nil
+	}
+	if len(plan.Set) > 0 {
+		req := &TaskRequest{Operation: "set"}
+		for _, c := range plan.Set {
+			req.Params = append(req.Params, ParamJSON{Path: c.Path, Value: c.Desired, Type: typeOf(types, c.Path)})
+		}
+		if err := add("set", "", req, nil); err != nil {
+			return v, err
+		}
+	}
+	for _, a := range plan.Add {
+		req := &TaskRequest{Operation: "add", ObjectPath: a.Table}
+		for _, k := range slices.Sorted(maps.Keys(a.Params)) {
+			req.Params = append(req.Params, ParamJSON{Path: k, Value: a.Params[k]})
+		}
+		if err := add("add", a.Table+"|"+keyOf(a.Params), req, nil); err != nil {
+			return v, err
+		}
+	}
+	if len(plan.Delete) > 0 {
+		if err := add("delete", "", &TaskRequest{Operation: "delete", ObjectPaths: plan.Delete}, nil); err != nil {
+			return v, err
+		}
+	}
+	if len(plan.Attributes) > 0 {
+		sa := &duetv1.SetAttributesRequest{}
+		for _, a := range plan.Attributes {
+			sa.Attributes = append(sa.Attributes, &duetv1.ParameterAttribute{Path: a.Path, NotificationChange: true,
+				Notification: duetv1.Notification(a.Notification)})
+		}
+		req := &TaskRequest{Operation: "set_attributes"}
+		if err := add("attributes", "", req, &duetv1.Command{Op: &duetv1.Command_SetAttributes{SetAttributes: sa}}); err != nil {
+			return v, err
+		}
+	}
+	return v, nil
+}
+
+// keyOf is a stable rendering of an instance's parameters for a unique
+// key.
+func keyOf(params map[string]string) string {
+	b, _ := json.Marshal(params) // map keys are sorted
+	return string(b)
+}
+
+// TaskFinished is called by the task queue for every finished task: a
+// policy's task records its outcome and the device is judged again.
+func (r *Reconciler) TaskFinished(ctx context.Context, t store.Task) {
+	link, ok, err := r.o.Store.FinishPolicyTask(ctx, t)
+	if err != nil {
+		r.log.Warn("recording a policy task's outcome failed; the sweep will judge the device again", "task", t.ID, "err", err)
+	}
+	if ok || err != nil {
+		r.DevicesChanged([]string{orDefault(link.DeviceID, t.DeviceID)})
+	}
+}
+
+// typeOf is the cached TR-106 type of path, "" (string) when unknown or
+// not one the task API knows.
+func typeOf(types map[string]string, path string) string {
+	t := types[path]
+	if _, ok := paramTypes[t]; !ok {
+		return ""
+	}
+	return t
+}
