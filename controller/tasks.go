@@ -64,7 +64,8 @@ type TaskQueueOptions struct {
 	// is re-sent before it fails. Default 3.
 	MaxAttempts int
 	// MaxConnectionRequests bounds concurrent connection requests; past it
-	// a task waits for the device's next inform. Default 32.
+	// devices wait in line for a slot (at most MaxPendingWakeups of them;
+	// past that a task waits for the device's next inform). Default 32.
 	MaxConnectionRequests int
 	// CredentialKey opens the stored connection-request passwords; without
 	// it connection requests go out without credentials.
@@ -95,6 +96,10 @@ type TaskQueue struct {
 	finished func(context.Context, store.Task)
 
 	crSem chan struct{}
+	// crLine: CWMP devices waiting for a connection-request slot, in
+	// order, with their URLs in crWaiting.
+	crLine    []string
+	crWaiting map[string]string
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -132,7 +137,7 @@ func NewTaskQueue(o TaskQueueOptions) (*TaskQueue, error) {
 	return &TaskQueue{
 		o: o, log: o.Logger.With("component", "tasks"),
 		wake:    make(chan string, o.MaxPendingWakeups),
-		pending: map[string]bool{}, running: map[string]bool{}, again: map[string]bool{}, unreachable: map[string]bool{}, waking: map[string]bool{},
+		pending: map[string]bool{}, running: map[string]bool{}, again: map[string]bool{}, unreachable: map[string]bool{}, waking: map[string]bool{}, crWaiting: map[string]string{},
 		waiters: map[string][]chan struct{}{},
 		crSem:   make(chan struct{}, o.MaxConnectionRequests),
 		ctx:     ctx, cancel: cancel,
@@ -540,8 +545,19 @@ func (q *TaskQueue) wakeCWMP(deviceID, url string) {
 	select {
 	case q.crSem <- struct{}{}:
 	default:
+		// Every slot is busy: wait in line (a rollout wakes hundreds
+		// of CPEs at once), unless the line is full too; then the tasks
+		// wait for the device's next inform.
+		if _, queued := q.crWaiting[deviceID]; !queued {
+			if len(q.crLine) >= q.o.MaxPendingWakeups {
+				q.mu.Unlock()
+				metricConnReqs.WithLabelValues("skipped").Inc()
+				return
+			}
+			q.crWaiting[deviceID] = url
+			q.crLine = append(q.crLine, deviceID)
+		}
 		q.mu.Unlock()
-		metricConnReqs.WithLabelValues("skipped").Inc()
 		return
 	}
 	q.waking[deviceID] = true
@@ -552,8 +568,18 @@ func (q *TaskQueue) wakeCWMP(deviceID, url string) {
 		defer func() {
 			q.mu.Lock()
 			delete(q.waking, deviceID)
-			q.mu.Unlock()
 			<-q.crSem
+			var next, nextURL string
+			if len(q.crLine) > 0 && q.ctx.Err() == nil {
+				next = q.crLine[0]
+				q.crLine = q.crLine[1:]
+				nextURL = q.crWaiting[next]
+				delete(q.crWaiting, next)
+			}
+			q.mu.Unlock()
+			if next != "" {
+				q.wakeCWMP(next, nextURL)
+			}
 		}()
 		backoff := 250 * time.Millisecond
 		for try := 1; ; try++ {
