@@ -420,14 +420,14 @@ func (e *Endpoint) HandleRecord(mtp MTP, from Address, data []byte) error {
 			from.Reply = rec.SubscribedTopic
 		}
 		from.MQTT311 = from.MQTT311 || rec.MQTTVersion == usprecord.MQTTConnectRecord_V3_1_1
-		e.touch(mtp, eid, from)
+		e.connected(mtp, eid, from)
 	case pkgusp.RecordSTOMPConnect:
 		if from.Reply == "" {
 			from.Reply = rec.SubscribedDestination
 		}
-		e.touch(mtp, eid, from)
+		e.connected(mtp, eid, from)
 	case pkgusp.RecordWebSocketConnect, pkgusp.RecordUDSConnect:
-		e.touch(mtp, eid, from)
+		e.connected(mtp, eid, from)
 	case pkgusp.RecordDisconnect:
 		// usp.md §3.3: forget all session state for the endpoint.
 		e.forget(mtp, eid, fmt.Sprintf("disconnect record: %s (%d)", rec.DisconnectReason, rec.DisconnectCode))
@@ -493,6 +493,21 @@ func (e *Endpoint) touch(mtp MTP, eid string, from Address) *session {
 		e.startOnboarding(eid)
 	}
 	return s
+}
+
+// connected handles a Connect record. An agent onboarded before is
+// checked again: a Connect record follows a reboot, and after a factory
+// reset the agent has lost Duet's subscriptions, so no Boot! will come
+// (usp.md §9.2 step 4) and only onboarding notices (it re-creates them
+// and reports a bootstrap).
+func (e *Endpoint) connected(mtp MTP, eid string, from Address) {
+	e.mu.Lock()
+	_, known := e.known.get(eid)
+	e.mu.Unlock()
+	e.touch(mtp, eid, from)
+	if known {
+		e.startOnboarding(eid)
+	}
 }
 
 // forget ends eid's session if it is on mtp, publishing offline.

@@ -171,6 +171,13 @@ func (e *Endpoint) onboard(ctx context.Context, eid string) error {
 			return err
 		}
 	}
+	if !have[SubBoot] {
+		// The agent holds no configuration of Duet's: first contact, or
+		// a factory reset wiped it. Either way it is a bootstrap, as
+		// CWMP's "0 BOOTSTRAP" (cwmp.md): what Duet knew of its settings
+		// no longer holds, and policies provision it again.
+		e.publish(eid, mtp, addr, &duetv1.Event{Kind: &duetv1.Event_Bootstrap{Bootstrap: &duetv1.Bootstrap{}}}, nil)
+	}
 	return e.completeOnboarding(ctx, eid)
 }
 
