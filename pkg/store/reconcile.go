@@ -355,7 +355,7 @@ type PolicyStatus struct {
 	DeviceFault   int             `json:"device_fault,omitempty"`
 	UpdatedAt     time.Time       `json:"updated_at"`
 	// OpenTasks counts the policy's tasks for the device still queued or
-	// dispatched (filled by DeviceStatuses).
+	// dispatched.
 	OpenTasks int `json:"open_tasks"`
 }
 
@@ -420,7 +420,9 @@ func (s *Store) FindStatuses(ctx context.Context, f StatusFilter) ([]PolicyStatu
 	if limit <= 0 || limit > MaxPageSize {
 		limit = 100
 	}
-	q := "SELECT " + statusColumns + " FROM policy_status s WHERE "
+	q := "SELECT " + statusColumns + `, (SELECT count(*) FROM policy_tasks pt JOIN tasks t ON t.id = pt.task_id
+		WHERE pt.device_id = s.device_id AND pt.policy_id = s.policy_id AND t.state IN ('queued', 'dispatched'))
+		FROM policy_status s WHERE `
 	var args []any
 	order := "s.device_id"
 	if f.PolicyID != "" {
@@ -445,7 +447,12 @@ func (s *Store) FindStatuses(ctx context.Context, f StatusFilter) ([]PolicyStatu
 	if err != nil {
 		return nil, "", fmt.Errorf("store: find statuses: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (PolicyStatus, error) { return scanStatus(r) })
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (PolicyStatus, error) {
+		var open int
+		st, err := scanStatus(r, &open)
+		st.OpenTasks = open
+		return st, err
+	})
 	if err != nil {
 		return nil, "", fmt.Errorf("store: find statuses: %w", err)
 	}
