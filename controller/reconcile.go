@@ -1,11 +1,13 @@
 package controller
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"maps"
+	"reflect"
 	"slices"
 	"sync"
 	"time"
@@ -287,6 +289,10 @@ func need(policies []*activePolicy) policy.ParamNeed {
 // statuses itself).
 func (r *Reconciler) fullPass(ctx context.Context, policies []*activePolicy) error {
 	start := time.Now()
+	// An hour is ample for a finished task's hook to have recorded it.
+	if _, err := r.o.Store.PrunePolicyTasks(ctx, start.Add(-time.Hour)); err != nil {
+		return err
+	}
 	if len(policies) > 0 {
 		after := ""
 		for {
@@ -383,7 +389,10 @@ func (r *Reconciler) judge(ctx context.Context, policies []*activePolicy, devs [
 			facts.Params = map[string]string{}
 		}
 		for _, v := range r.judgeDevice(policies, facts, types[d.Device.ID], statuses) {
-			rec.Statuses = append(rec.Statuses, v.status)
+			rec.Keep = append(rec.Keep, store.PolicyDevice{PolicyID: v.status.PolicyID, DeviceID: v.status.DeviceID})
+			if prev, had := statuses[v.status.PolicyID][v.status.DeviceID]; !had || statusChanged(prev, v.status) {
+				rec.Statuses = append(rec.Statuses, v.status)
+			}
 			rec.Tasks = append(rec.Tasks, v.tasks...)
 			rec.Links = append(rec.Links, v.links...)
 			if len(v.tasks) > 0 {
@@ -648,4 +657,28 @@ func typeOf(types map[string]string, path string) string {
 		return ""
 	}
 	return t
+}
+
+// statusChanged reports whether a decision differs from the stored status
+// in what is written (the revision a status judged included).
+func statusChanged(prev, next store.PolicyStatus) bool {
+	return prev.Status != next.Status || prev.Revision != next.Revision || prev.ErrorCode != next.ErrorCode ||
+		prev.ErrorMessage != next.ErrorMessage || prev.DeviceFault != next.DeviceFault ||
+		(prev.Batch == nil) != (next.Batch == nil) || !sameJSON(prev.Plan, next.Plan) || !sameJSON(prev.Conflicts, next.Conflicts)
+}
+
+// sameJSON compares documents by value: PostgreSQL's jsonb comes back
+// with its own spacing and key order.
+func sameJSON(a, b json.RawMessage) bool {
+	if len(a) == 0 || len(b) == 0 {
+		return len(a) == len(b)
+	}
+	if bytes.Equal(a, b) {
+		return true
+	}
+	var x, y any
+	if json.Unmarshal(a, &x) != nil || json.Unmarshal(b, &y) != nil {
+		return false
+	}
+	return reflect.DeepEqual(x, y)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -481,13 +482,19 @@ type PolicyTask struct {
 	Target  string
 }
 
+// PolicyDevice names one status.
+type PolicyDevice struct{ PolicyID, DeviceID string }
+
 // Reconciliation is the outcome of judging a set of devices against every
 // active policy, written in one transaction by ApplyReconciliation.
 type Reconciliation struct {
-	// DeviceIDs are the devices judged: their statuses for enabled
-	// policies not in Statuses are deleted (they left the group).
+	// DeviceIDs are the devices judged: their statuses not in Keep are
+	// deleted (they left the group, or the policy is gone).
 	DeviceIDs []string
-	Statuses  []PolicyStatus
+	Keep      []PolicyDevice
+	// Statuses to write: new or changed ones only (a sweep over an
+	// unchanged fleet writes nothing).
+	Statuses []PolicyStatus
 	// Tasks to queue. A task with a UniqueKey replaces a queued task of
 	// the same device and key.
 	Tasks []Task
@@ -500,10 +507,10 @@ type Reconciliation struct {
 func (s *Store) ApplyReconciliation(ctx context.Context, r Reconciliation) error {
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if len(r.DeviceIDs) > 0 {
-			keepP := make([]string, len(r.Statuses))
-			keepD := make([]string, len(r.Statuses))
-			for i, st := range r.Statuses {
-				keepP[i], keepD[i] = st.PolicyID, st.DeviceID
+			keepP := make([]string, len(r.Keep))
+			keepD := make([]string, len(r.Keep))
+			for i, k := range r.Keep {
+				keepP[i], keepD[i] = k.PolicyID, k.DeviceID
 			}
 			if _, err := tx.Exec(ctx, `DELETE FROM policy_status s WHERE s.device_id = ANY($1::text[])
 				AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::text[]) k(p, d) WHERE k.p = s.policy_id AND k.d = s.device_id)`,
@@ -553,20 +560,36 @@ func (s *Store) ApplyReconciliation(ctx context.Context, r Reconciliation) error
 			}
 		}
 		if len(r.Statuses) > 0 {
-			b := &pgx.Batch{}
-			for _, st := range r.Statuses {
-				b.Queue(`INSERT INTO policy_status AS s (policy_id, device_id, status, revision, attrs_revision, refreshed, batch,
-					plan, conflicts, error_code, error_message, device_fault)
-					VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-					ON CONFLICT (policy_id, device_id) DO UPDATE SET status = EXCLUDED.status, revision = EXCLUDED.revision,
-						plan = EXCLUDED.plan, conflicts = EXCLUDED.conflicts, error_code = EXCLUDED.error_code,
-						error_message = EXCLUDED.error_message, device_fault = EXCLUDED.device_fault,
-						batch = COALESCE(s.batch, EXCLUDED.batch),
-						updated_at = CASE WHEN s.status = EXCLUDED.status AND s.revision = EXCLUDED.revision THEN s.updated_at ELSE now() END`,
-					st.PolicyID, st.DeviceID, st.Status, st.Revision, st.AttrsRevision, orEmpty(st.Refreshed), st.Batch,
-					nullJSON(st.Plan), nullJSON(st.Conflicts), st.ErrorCode, st.ErrorMessage, st.DeviceFault)
+			n := len(r.Statuses)
+			pol, dev, status, ecode, emsg := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+			rev, attrs, fault := make([]int32, n), make([]int32, n), make([]int32, n)
+			batch := make([]*int32, n)
+			plan, conflicts := make([]*string, n), make([]*string, n)
+			refreshed := make([]string, n)
+			for i, st := range r.Statuses {
+				pol[i], dev[i], status[i], ecode[i], emsg[i] = st.PolicyID, st.DeviceID, st.Status, st.ErrorCode, st.ErrorMessage
+				rev[i], attrs[i], fault[i] = int32(st.Revision), int32(st.AttrsRevision), int32(st.DeviceFault)
+				if st.Batch != nil {
+					v := int32(*st.Batch)
+					batch[i] = &v
+				}
+				plan[i], conflicts[i] = jsonText(st.Plan), jsonText(st.Conflicts)
+				// A text[] literal per row: unnest cannot take an array
+				// of arrays of different lengths.
+				refreshed[i] = textArray(st.Refreshed)
 			}
-			if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			// One statement per page, whatever its size.
+			if _, err := tx.Exec(ctx, `INSERT INTO policy_status AS s (policy_id, device_id, status, revision, attrs_revision,
+					refreshed, batch, plan, conflicts, error_code, error_message, device_fault)
+				SELECT u.p, u.d, u.st, u.rev, u.attrs, u.refr::text[], u.batch, u.plan::jsonb, u.conf::jsonb, u.ecode, u.emsg, u.fault
+				FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::int[], $6::text[], $7::int[], $8::text[],
+					$9::text[], $10::text[], $11::text[], $12::int[]) AS u(p, d, st, rev, attrs, refr, batch, plan, conf, ecode, emsg, fault)
+				ON CONFLICT (policy_id, device_id) DO UPDATE SET status = EXCLUDED.status, revision = EXCLUDED.revision,
+					plan = EXCLUDED.plan, conflicts = EXCLUDED.conflicts, error_code = EXCLUDED.error_code,
+					error_message = EXCLUDED.error_message, device_fault = EXCLUDED.device_fault,
+					batch = COALESCE(s.batch, EXCLUDED.batch),
+					updated_at = CASE WHEN s.status = EXCLUDED.status AND s.revision = EXCLUDED.revision THEN s.updated_at ELSE now() END`,
+				pol, dev, status, rev, attrs, refreshed, batch, plan, conflicts, ecode, emsg, fault); err != nil {
 				return err
 			}
 		}
@@ -578,18 +601,28 @@ func (s *Store) ApplyReconciliation(ctx context.Context, r Reconciliation) error
 	return nil
 }
 
-func orEmpty(s []string) []string {
-	if s == nil {
-		return []string{}
-	}
-	return s
-}
-
-func nullJSON(b json.RawMessage) any {
+func jsonText(b json.RawMessage) *string {
 	if len(b) == 0 {
 		return nil
 	}
-	return []byte(b)
+	s := string(b)
+	return &s
+}
+
+// textArray renders a PostgreSQL text[] literal.
+func textArray(items []string) string {
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, it := range items {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('"')
+		b.WriteString(strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(it))
+		b.WriteByte('"')
+	}
+	b.WriteByte('}')
+	return b.String()
 }
 
 // FinishPolicyTask records the outcome of a finished task a policy
@@ -679,4 +712,17 @@ func (s *Store) DeleteParameterSubtrees(ctx context.Context, deviceID string, pr
 		return fmt.Errorf("store: delete parameter subtrees: %w", err)
 	}
 	return nil
+}
+
+// PrunePolicyTasks drops the links of policy tasks that finished before
+// cutoff: their outcome was recorded when they finished, and a link kept
+// forever would make "does this device have open policy work" scan every
+// task a policy ever created for it.
+func (s *Store) PrunePolicyTasks(ctx context.Context, cutoff time.Time) (int, error) {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM policy_tasks pt USING tasks t
+		WHERE t.id = pt.task_id AND t.state NOT IN ('queued', 'dispatched') AND t.updated_at < $1`, cutoff)
+	if err != nil {
+		return 0, fmt.Errorf("store: prune policy tasks: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
 }
