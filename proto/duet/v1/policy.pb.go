@@ -134,8 +134,8 @@ type RolloutProgress struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// running, paused, stopped, completed or aborted.
 	State string `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
-	// What changed: batch_started, batch_finished, paused, resumed,
-	// stopped, completed, aborted.
+	// What changed: enabled, batch_started, batch_finished, paused,
+	// resumed, stopped, completed, aborted.
 	Change string `protobuf:"bytes,2,opt,name=change,proto3" json:"change,omitempty"`
 	// Why (for stopped, paused, aborted).
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
