@@ -177,36 +177,34 @@ func (g *groupRoutes) rolloutAction(to, change string, from ...string) func(http
 }
 
 func (g *groupRoutes) policyStatuses(w http.ResponseWriter, r *http.Request) (int, error) {
-	q, limit, cursor, err := pageParams(r, "status")
-	if err != nil {
-		return 0, err
-	}
-	id := r.PathValue("id")
-	if _, err := g.store.FindPolicyByID(r.Context(), id); err != nil {
-		return 0, err
-	}
-	if st := q["status"]; st != "" && !validStatus(st) {
-		return 0, badParam("status", "one of compliant, pending, applying, failed, conflicting")
-	}
-	return g.statuses(w, r, store.StatusFilter{PolicyID: id, Status: q["status"], Limit: limit}, cursor)
+	return g.statuses(w, r, func(id string) (store.StatusFilter, error) {
+		_, err := g.store.FindPolicyByID(r.Context(), id)
+		return store.StatusFilter{PolicyID: id}, err
+	})
 }
 
 func (g *groupRoutes) deviceStatuses(w http.ResponseWriter, r *http.Request) (int, error) {
+	return g.statuses(w, r, func(id string) (store.StatusFilter, error) {
+		_, err := g.store.FindDeviceByID(r.Context(), id)
+		return store.StatusFilter{DeviceID: id}, err
+	})
+}
+
+// statuses lists statuses of the policy or device named in the path;
+// scope checks it exists and says which.
+func (g *groupRoutes) statuses(w http.ResponseWriter, r *http.Request, scope func(id string) (store.StatusFilter, error)) (int, error) {
 	q, limit, cursor, err := pageParams(r, "status")
 	if err != nil {
 		return 0, err
 	}
-	id := r.PathValue("id")
-	if _, err := g.store.FindDeviceByID(r.Context(), id); err != nil {
+	f, err := scope(r.PathValue("id"))
+	if err != nil {
 		return 0, err
 	}
 	if st := q["status"]; st != "" && !validStatus(st) {
 		return 0, badParam("status", "one of compliant, pending, applying, failed, conflicting")
 	}
-	return g.statuses(w, r, store.StatusFilter{DeviceID: id, Status: q["status"], Limit: limit}, cursor)
-}
-
-func (g *groupRoutes) statuses(w http.ResponseWriter, r *http.Request, f store.StatusFilter, cursor string) (int, error) {
+	f.Status, f.Limit = q["status"], limit
 	if cursor != "" {
 		after, err := store.DecodeCursor(cursor)
 		if err != nil {
