@@ -6,13 +6,18 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/duet-dm/duet/pkg/bus/bustest"
 	"github.com/duet-dm/duet/pkg/sim/agent"
 	"github.com/duet-dm/duet/pkg/sim/cpe"
 	"github.com/duet-dm/duet/pkg/store/storetest"
+	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 )
 
 // mustJSON sends a request and decodes a 2xx answer into out.
@@ -310,6 +315,23 @@ func TestRolloutStopsAtFailureThresholdAndResumes(t *testing.T) {
 	f := startPolicyFleet(t, env, "RST", 8)
 	d.waitRegistered(f.ids(), 60*time.Second)
 
+	// Integrators follow the rollout on the bus.
+	b := bustest.Connect(t, "nats://127.0.0.1:"+env["DUET_NATS_PORT"])
+	var mu sync.Mutex
+	var changes []string
+	sub, err := b.Conn().Subscribe("duet.policy.>", func(m *nats.Msg) {
+		var ev duetv1.PolicyEvent
+		if proto.Unmarshal(m.Data, &ev) == nil && strings.HasSuffix(m.Subject, ".rollout") {
+			mu.Lock()
+			changes = append(changes, ev.GetRollout().GetChange())
+			mu.Unlock()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+
 	var g idJSON
 	d.mustJSON("POST", "/api/v1/groups", `{"name":"staged","filter":"serial_number.startsWith(\"RST\")"}`, &g)
 	const enable = "Device.WiFi.SSID.2.Enable"
@@ -378,6 +400,17 @@ func TestRolloutStopsAtFailureThresholdAndResumes(t *testing.T) {
 			t.Fatalf("%s: %s = %q", id, enable, v)
 		}
 	}
+	bustest.CheckFor(t, 10*time.Second, 100*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		got := strings.Join(changes, ",")
+		for _, want := range []string{"enabled", "batch_started", "stopped", "resumed", "batch_finished", "completed"} {
+			if !strings.Contains(got, want) {
+				return fmt.Errorf("rollout events %s lack %s", got, want)
+			}
+		}
+		return nil
+	})
 	// Every operator action is in the audit log.
 	code, body := d.get("/api/v1/audit?object_type=rollout&object_id=" + p.ID)
 	if code != 200 || !strings.Contains(body, `"action":"enable"`) || !strings.Contains(body, `"action":"running"`) {
