@@ -89,22 +89,13 @@ func (a *API) putCredentials(w http.ResponseWriter, r *http.Request) (int, error
 	if err != nil {
 		return 0, err
 	}
-	before, err := a.credentialsAudit(r, id)
-	if err != nil {
-		return 0, err
-	}
-	c, err := a.store.PutDeviceCredentials(r.Context(), a.o.CredentialKey, a.o.CWMPRealm, id, store.CredentialsInput{
+	c, err := a.store.PutDeviceCredentials(r.Context(), who, a.o.CredentialKey, a.o.CWMPRealm, id, store.CredentialsInput{
 		Username: req.Username, Password: req.Password,
 		ConnectionRequestUsername: req.ConnectionRequestUsername, ConnectionRequestPassword: req.ConnectionRequestPassword,
 	})
 	if err != nil {
 		return 0, err
 	}
-	action := store.AuditUpdate
-	if before == nil {
-		action = store.AuditCreate
-	}
-	a.auditCredentials(r, who, action, id, before, credentialsAuditOf(c))
 	a.log.Info("device credentials set", "device", id, "actor", who)
 	return writeJSON(w, http.StatusOK, credentialsJSON(c)), nil
 }
@@ -130,66 +121,10 @@ func (a *API) deleteCredentials(w http.ResponseWriter, r *http.Request) (int, er
 	if err != nil {
 		return 0, err
 	}
-	before, err := a.credentialsAudit(r, id)
-	if err != nil {
+	if err := a.store.DeleteDeviceCredentials(r.Context(), who, id); err != nil {
 		return 0, err
 	}
-	if err := a.store.DeleteDeviceCredentials(r.Context(), id); err != nil {
-		return 0, err
-	}
-	a.auditCredentials(r, who, store.AuditDelete, id, before, nil)
 	a.log.Info("device credentials deleted", "device", id, "actor", who)
 	w.WriteHeader(http.StatusNoContent)
 	return http.StatusNoContent, nil
-}
-
-// AuditDeviceCredentials is the audit log's object type for a device's
-// credentials; the object ID is the device ID.
-const AuditDeviceCredentials = "device_credentials"
-
-// credentialsAuditJSON is what the audit log keeps of a device's
-// credentials: the usernames and whether each password is set. Never a
-// password, a hash or a ciphertext: the audit log is readable by viewers.
-type credentialsAuditJSON struct {
-	Username                     string `json:"username"`
-	PasswordSet                  bool   `json:"password_set"`
-	ConnectionRequestUsername    string `json:"connection_request_username"`
-	ConnectionRequestPasswordSet bool   `json:"connection_request_password_set"`
-}
-
-func credentialsAuditOf(c store.DeviceCredentials) *credentialsAuditJSON {
-	return &credentialsAuditJSON{
-		Username: c.Username, PasswordSet: c.DigestHA1 != "",
-		ConnectionRequestUsername: c.ConnectionRequestUsername, ConnectionRequestPasswordSet: c.HasConnectionRequestPass,
-	}
-}
-
-// credentialsAudit is the audit view of the device's stored credentials,
-// nil when there are none.
-func (a *API) credentialsAudit(r *http.Request, id string) (*credentialsAuditJSON, error) {
-	c, err := a.store.FindDeviceCredentials(r.Context(), id)
-	if devicemodel.ErrorCode(err) == devicemodel.CodeNotFound {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	return credentialsAuditOf(c), nil
-}
-
-// auditCredentials records a credentials change. The credentials store
-// writes in its own transaction, so the entry follows it: if it cannot be
-// written the change stands and the failure is logged loudly (refusing
-// now would tell the client the change failed when it did not).
-func (a *API) auditCredentials(r *http.Request, who, action, id string, before, after *credentialsAuditJSON) {
-	var b, af any
-	if before != nil {
-		b = before
-	}
-	if after != nil {
-		af = after
-	}
-	if err := a.store.AuditDeviceChange(r.Context(), who, action, AuditDeviceCredentials, id, b, af); err != nil {
-		a.log.Error("device credentials changed but the audit entry was not written", "device", id, "actor", who, "action", action, "err", err)
-	}
 }

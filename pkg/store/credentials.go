@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/duet-dm/duet/pkg/devicemodel"
 )
@@ -134,12 +135,46 @@ type DeviceCredentials struct {
 	UpdatedAt                 time.Time
 }
 
+// AuditDeviceCredentials is the audit log's object type for a device's
+// credentials; the object ID is the device ID.
+const AuditDeviceCredentials = "device_credentials"
+
+// credentialsAudit is what the audit log keeps of a device's credentials:
+// the usernames and whether each password is set. Never a password, a
+// hash or a ciphertext: the audit log is readable by viewers.
+type credentialsAudit struct {
+	Username                     string `json:"username"`
+	PasswordSet                  bool   `json:"password_set"`
+	ConnectionRequestUsername    string `json:"connection_request_username"`
+	ConnectionRequestPasswordSet bool   `json:"connection_request_password_set"`
+}
+
+// currentCredentialsAudit locks and reads the audit view of a device's
+// stored credentials in tx; nil when there are none.
+func currentCredentialsAudit(ctx context.Context, tx pgx.Tx, deviceID string) (*credentialsAudit, error) {
+	var c credentialsAudit
+	err := tx.QueryRow(ctx, `SELECT username, digest_ha1 <> '', conn_req_username, length(conn_req_password_sealed) > 0
+		FROM device_credentials WHERE device_id = $1 FOR UPDATE`, deviceID).
+		Scan(&c.Username, &c.PasswordSet, &c.ConnectionRequestUsername, &c.ConnectionRequestPasswordSet)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
 // PutDeviceCredentials stores (or replaces) a device's credentials: the
 // HA1 of the CPE→ACS password for realm, and the connection-request
-// password sealed with key.
-func (s *Store) PutDeviceCredentials(ctx context.Context, key *CredentialKey, realm, deviceID string, in CredentialsInput) (DeviceCredentials, error) {
+// password sealed with key. The audit entry (actor, no secret) is written
+// in the same transaction.
+func (s *Store) PutDeviceCredentials(ctx context.Context, actor string, key *CredentialKey, realm, deviceID string, in CredentialsInput) (DeviceCredentials, error) {
 	if key == nil {
 		return DeviceCredentials{}, devicemodel.Errorf(devicemodel.CodeUnavailable, "no credentials key is configured")
+	}
+	if err := checkActor(actor); err != nil {
+		return DeviceCredentials{}, err
 	}
 	if err := in.Validate(); err != nil {
 		return DeviceCredentials{}, err
@@ -150,14 +185,34 @@ func (s *Store) PutDeviceCredentials(ctx context.Context, key *CredentialKey, re
 		ConnectionRequestUsername: in.ConnectionRequestUsername, HasConnectionRequestPass: true,
 	}
 	sealed := key.Seal(deviceID, in.ConnectionRequestPassword)
-	err := s.pool.QueryRow(ctx, `
-		INSERT INTO device_credentials (device_id, username, realm, digest_ha1, conn_req_username, conn_req_password_sealed, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, now())
-		ON CONFLICT (device_id) DO UPDATE SET username = EXCLUDED.username, realm = EXCLUDED.realm,
-			digest_ha1 = EXCLUDED.digest_ha1, conn_req_username = EXCLUDED.conn_req_username,
-			conn_req_password_sealed = EXCLUDED.conn_req_password_sealed, updated_at = now()
-		RETURNING updated_at`,
-		deviceID, out.Username, realm, out.DigestHA1, out.ConnectionRequestUsername, sealed).Scan(&out.UpdatedAt)
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		before, err := currentCredentialsAudit(ctx, tx, deviceID)
+		if err != nil {
+			return err
+		}
+		if err := tx.QueryRow(ctx, `
+			INSERT INTO device_credentials (device_id, username, realm, digest_ha1, conn_req_username, conn_req_password_sealed, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, now())
+			ON CONFLICT (device_id) DO UPDATE SET username = EXCLUDED.username, realm = EXCLUDED.realm,
+				digest_ha1 = EXCLUDED.digest_ha1, conn_req_username = EXCLUDED.conn_req_username,
+				conn_req_password_sealed = EXCLUDED.conn_req_password_sealed, updated_at = now()
+			RETURNING updated_at`,
+			deviceID, out.Username, realm, out.DigestHA1, out.ConnectionRequestUsername, sealed).Scan(&out.UpdatedAt); err != nil {
+			return err
+		}
+		after := &credentialsAudit{Username: out.Username, PasswordSet: out.DigestHA1 != "",
+			ConnectionRequestUsername: out.ConnectionRequestUsername, ConnectionRequestPasswordSet: true}
+		action := AuditUpdate
+		if before == nil {
+			action = AuditCreate
+			return audit(ctx, tx, actor, action, AuditDeviceCredentials, deviceID, nil, after)
+		}
+		return audit(ctx, tx, actor, action, AuditDeviceCredentials, deviceID, before, after)
+	})
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "23503" { // foreign_key_violation
+		return DeviceCredentials{}, devicemodel.Errorf(devicemodel.CodeNotFound, "device %q not found", deviceID)
+	}
 	if err != nil {
 		return DeviceCredentials{}, fmt.Errorf("store: put credentials: %w", err)
 	}
@@ -202,15 +257,30 @@ func (s *Store) ConnectionRequestCredentials(ctx context.Context, key *Credentia
 	return username, password, true, nil
 }
 
-// DeleteDeviceCredentials removes a device's credentials, or returns
-// CodeNotFound when none were stored.
-func (s *Store) DeleteDeviceCredentials(ctx context.Context, deviceID string) error {
-	tag, err := s.pool.Exec(ctx, `DELETE FROM device_credentials WHERE device_id = $1`, deviceID)
+// DeleteDeviceCredentials removes a device's credentials and audits it
+// in one transaction, or returns CodeNotFound when none were stored.
+func (s *Store) DeleteDeviceCredentials(ctx context.Context, actor, deviceID string) error {
+	if err := checkActor(actor); err != nil {
+		return err
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		before, err := currentCredentialsAudit(ctx, tx, deviceID)
+		if err != nil {
+			return err
+		}
+		if before == nil {
+			return devicemodel.Errorf(devicemodel.CodeNotFound, "no credentials are stored for device %q", deviceID)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM device_credentials WHERE device_id = $1`, deviceID); err != nil {
+			return err
+		}
+		return audit(ctx, tx, actor, AuditDelete, AuditDeviceCredentials, deviceID, before, nil)
+	})
+	if devicemodel.ErrorCode(err) == devicemodel.CodeNotFound {
+		return err
+	}
 	if err != nil {
 		return fmt.Errorf("store: delete credentials: %w", err)
-	}
-	if tag.RowsAffected() == 0 {
-		return devicemodel.Errorf(devicemodel.CodeNotFound, "no credentials are stored for device %q", deviceID)
 	}
 	return nil
 }

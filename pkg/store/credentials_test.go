@@ -69,7 +69,7 @@ func TestDeviceCredentialsRoundTrip(t *testing.T) {
 	ctx := context.Background()
 	key := newCredKey(t)
 	in := store.CredentialsInput{Username: "cpe-a", Password: "acs-pass", ConnectionRequestUsername: "cr-a", ConnectionRequestPassword: "cr-pass-a"}
-	got, err := s.PutDeviceCredentials(ctx, key, "Duet", "dev-a", in)
+	got, err := s.PutDeviceCredentials(ctx, "alice", key, "Duet", "dev-a", in)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func TestDeviceCredentialsRoundTrip(t *testing.T) {
 	}
 
 	// A ciphertext copied to another device's row does not decrypt.
-	if _, err := s.PutDeviceCredentials(ctx, key, "Duet", "dev-b", store.CredentialsInput{Username: "cpe-b", Password: "x", ConnectionRequestUsername: "cr-b", ConnectionRequestPassword: "cr-pass-b"}); err != nil {
+	if _, err := s.PutDeviceCredentials(ctx, "alice", key, "Duet", "dev-b", store.CredentialsInput{Username: "cpe-b", Password: "x", ConnectionRequestUsername: "cr-b", ConnectionRequestPassword: "cr-pass-b"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := conn.Exec(ctx, `UPDATE device_credentials SET conn_req_password_sealed =
@@ -115,16 +115,16 @@ func TestDeviceCredentialsRoundTrip(t *testing.T) {
 
 	// Replace, then delete.
 	in.ConnectionRequestPassword = "rotated"
-	if _, err := s.PutDeviceCredentials(ctx, key, "Duet", "dev-a", in); err != nil {
+	if _, err := s.PutDeviceCredentials(ctx, "alice", key, "Duet", "dev-a", in); err != nil {
 		t.Fatal(err)
 	}
 	if _, p, _, _ := s.ConnectionRequestCredentials(ctx, key, "dev-a"); p != "rotated" {
 		t.Fatalf("after replace, password %q", p)
 	}
-	if err := s.DeleteDeviceCredentials(ctx, "dev-a"); err != nil {
+	if err := s.DeleteDeviceCredentials(ctx, "alice", "dev-a"); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.DeleteDeviceCredentials(ctx, "dev-a"); devicemodel.ErrorCode(err) != devicemodel.CodeNotFound {
+	if err := s.DeleteDeviceCredentials(ctx, "alice", "dev-a"); devicemodel.ErrorCode(err) != devicemodel.CodeNotFound {
 		t.Fatalf("second delete: %v", err)
 	}
 	if _, err := s.FindDeviceCredentials(ctx, "dev-a"); devicemodel.ErrorCode(err) != devicemodel.CodeNotFound {

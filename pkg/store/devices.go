@@ -538,16 +538,3 @@ func (s *Store) FindTagsOfDevices(ctx context.Context, ids []string) (map[string
 	}
 	return out, rows.Err()
 }
-
-// AuditDeviceChange records a change to something of a device that is
-// stored elsewhere (objType, e.g. "device_credentials"; the object ID is
-// the device ID) in its own transaction. before and after must hold no
-// secret: the audit log is readable by every API viewer.
-func (s *Store) AuditDeviceChange(ctx context.Context, actor, action, objType, deviceID string, before, after any) error {
-	if err := checkActor(actor); err != nil {
-		return err
-	}
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		return audit(ctx, tx, actor, action, objType, deviceID, before, after)
-	})
-}
