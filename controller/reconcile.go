@@ -70,9 +70,12 @@ type ReconcilerOptions struct {
 // revision moved) or a rollout that moved (a full pass); and a periodic
 // sweep.
 //
-// One reconciler runs per deployment: replicas of the controller would
-// judge the same devices twice (tasks are replaced by unique key, so the
-// harm is bounded to a duplicate dispatch, but it is not prevented).
+// Across controller replicas, full passes and rollouts run in one of them
+// at a time: the holder of a PostgreSQL advisory lock (store.Lease).
+// Device-triggered judgements run where the device's event or task result
+// was consumed; two replicas judging one device at once is possible but
+// bounded (a queued task is replaced by its unique key, so at worst a
+// Set is dispatched twice, which is harmless).
 type Reconciler struct {
 	o   ReconcilerOptions
 	log *slog.Logger
@@ -86,6 +89,7 @@ type Reconciler struct {
 	lastSeen map[string]string        // policy ID -> revision/state seen at the last full pass
 	judged   map[string]int           // policy ID -> revision whose full pass finished
 	lastFull time.Time
+	lease    *store.Lease
 
 	wake chan struct{}
 	stop chan struct{}
@@ -182,6 +186,13 @@ func (r *Reconciler) loop() {
 	}()
 	t := time.NewTicker(r.o.Tick)
 	defer t.Stop()
+	defer func() {
+		if r.lease != nil {
+			rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+			r.lease.Release(rctx)
+			rcancel()
+		}
+	}()
 	r.fullAsked = true
 	for {
 		if err := r.pass(ctx); err != nil && ctx.Err() == nil {
@@ -200,13 +211,16 @@ func (r *Reconciler) loop() {
 // pass is one round: refresh the active policies, a full pass if they
 // changed (or the sweep is due), the devices that asked, then rollouts.
 func (r *Reconciler) pass(ctx context.Context) error {
+	lead := r.lead(ctx)
 	policies, changed, err := r.loadPolicies(ctx)
 	if err != nil {
 		return err
 	}
 	r.mu.Lock()
-	full := r.fullAsked || changed || time.Since(r.lastFull) > r.o.Sweep
-	r.fullAsked = false
+	full := lead && (r.fullAsked || changed || time.Since(r.lastFull) > r.o.Sweep)
+	if lead {
+		r.fullAsked = false
+	}
 	r.mu.Unlock()
 	if full {
 		if err := r.fullPass(ctx, policies); err != nil {
@@ -219,12 +233,40 @@ func (r *Reconciler) pass(ctx context.Context) error {
 	if err := r.dirtyPass(ctx, policies); err != nil {
 		return err
 	}
+	if !lead {
+		return nil
+	}
 	for _, p := range policies {
 		if err := r.advance(ctx, p); err != nil {
 			return fmt.Errorf("rollout of %s: %w", p.ID, err)
 		}
 	}
 	return nil
+}
+
+// lead reports whether this reconciler holds the lease for full passes
+// and rollouts, taking it when it is free. A new leader starts with a
+// full pass: it does not know what its predecessor judged.
+func (r *Reconciler) lead(ctx context.Context) bool {
+	if r.lease != nil {
+		if r.lease.Alive(ctx) {
+			return true
+		}
+		r.log.Warn("lost the reconciliation lease (database connection gone)")
+		r.lease.Release(ctx)
+		r.lease = nil
+	}
+	l, ok, err := r.o.Store.TryLease(ctx, "reconciler")
+	if err != nil || !ok {
+		return false
+	}
+	r.lease = l
+	r.judged = map[string]int{}
+	r.mu.Lock()
+	r.fullAsked = true
+	r.mu.Unlock()
+	r.log.Info("leading reconciliation: full passes and rollouts run here")
+	return true
 }
 
 // loadPolicies reads the active policies and compiles those that are new

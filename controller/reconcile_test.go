@@ -27,6 +27,13 @@ const informPath = "Device.ManagementServer.PeriodicInformInterval"
 func newReconcileEnv(t *testing.T, n int) *reconcileEnv {
 	st, _ := storetest.Open(t)
 	e := &reconcileEnv{t: t, st: st, r: NewReconciler(ReconcilerOptions{Store: st}), ctx: context.Background()}
+	// The passes run here, not in Start's loop: give its lease back so
+	// the database can be dropped.
+	t.Cleanup(func() {
+		if e.r.lease != nil {
+			e.r.lease.Release(context.Background())
+		}
+	})
 	var obs []store.Observation
 	for i := 0; i < n; i++ {
 		id := fmt.Sprintf("dev-%02d", i)
@@ -241,4 +248,26 @@ func TestReconcilerFailureStopsAndFailedSticks(t *testing.T) {
 	if st, _ := e.st.DeviceStatuses(e.ctx, []string{leaving}); len(st) != 0 {
 		t.Fatalf("device outside the group keeps a status: %+v", st)
 	}
+}
+
+// TestOneReconcilerLeads: of two controller replicas, one runs full
+// passes and rollouts; when it goes, the other takes over.
+func TestOneReconcilerLeads(t *testing.T) {
+	e := newReconcileEnv(t, 1)
+	other := NewReconciler(ReconcilerOptions{Store: e.st})
+	if !e.r.lead(e.ctx) {
+		t.Fatal("the first reconciler does not lead")
+	}
+	if other.lead(e.ctx) {
+		t.Fatal("two reconcilers lead")
+	}
+	if !e.r.lead(e.ctx) {
+		t.Fatal("the leader lost its lease")
+	}
+	e.r.lease.Release(e.ctx)
+	e.r.lease = nil
+	if !other.lead(e.ctx) {
+		t.Fatal("the lease was not taken over")
+	}
+	other.lease.Release(e.ctx)
 }

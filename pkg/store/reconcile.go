@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/duet-dm/duet/pkg/devicemodel"
 )
@@ -725,4 +726,47 @@ func (s *Store) PrunePolicyTasks(ctx context.Context, cutoff time.Time) (int, er
 		return 0, fmt.Errorf("store: prune policy tasks: %w", err)
 	}
 	return int(tag.RowsAffected()), nil
+}
+
+// Lease is a session-level PostgreSQL advisory lock held on one pooled
+// connection: while it is held, no other Duet process holds the same
+// name. It is lost with the connection.
+type Lease struct {
+	conn *pgxpool.Conn
+	key  string
+}
+
+// TryLease takes the lease called name if nobody holds it; ok is false
+// when another process does.
+func (s *Store) TryLease(ctx context.Context, name string) (l *Lease, ok bool, err error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return nil, false, fmt.Errorf("store: lease %s: %w", name, err)
+	}
+	key := "duet.lease." + name
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key).Scan(&ok); err != nil {
+		conn.Release()
+		return nil, false, fmt.Errorf("store: lease %s: %w", name, err)
+	}
+	if !ok {
+		conn.Release()
+		return nil, false, nil
+	}
+	return &Lease{conn: conn, key: key}, true, nil
+}
+
+// Alive reports whether the lease's connection still answers (the lock
+// went with it if not).
+func (l *Lease) Alive(ctx context.Context) bool {
+	_, err := l.conn.Exec(ctx, "SELECT 1")
+	return err == nil
+}
+
+// Release gives the lease up.
+func (l *Lease) Release(ctx context.Context) {
+	if _, err := l.conn.Exec(ctx, "SELECT pg_advisory_unlock(hashtextextended($1, 0))", l.key); err != nil {
+		// A broken connection: closing it releases the lock.
+		_ = l.conn.Conn().Close(ctx)
+	}
+	l.conn.Release()
 }
