@@ -23,6 +23,17 @@ type Parameter struct {
 // against the table, so replays and reordering are harmless; an unknown
 // type or writability never overwrites a known one. Values learned from
 // events go through ApplyObservations instead, in the events' transaction.
+//
+// One narrow row per (device, path) rather than a JSONB document per
+// device (issue 5 §3): a Get result or value change rewrites only the rows
+// it carries, where a document would be rewritten and re-toasted whole
+// (~500 values) every time, and reads are ranges of the primary key (a
+// device's subtree, a few paths of a page of devices). The cost is size.
+// BenchmarkParameterCache100kx500 (paramcache_bench_test.go), 100k devices
+// x 500 parameters on a shared 2-core VM: 7.2 GB (heap 4.7, key 2.5),
+// 155 bytes a parameter; p50/p95 2.4/3.6 ms for 100 values of one device
+// here, 1.9/2.9 ms for an Inform of 25 through ApplyObservations, 0.3/0.8
+// ms for a Device.WiFi. subtree, 62/74 ms for 2 paths of 500 devices.
 func (s *Store) UpsertParameters(ctx context.Context, ps []Parameter) error {
 	sql, args := upsertParametersStatement(ps)
 	if sql == "" {
