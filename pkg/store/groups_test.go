@@ -298,4 +298,19 @@ func TestFindParameterValues(t *testing.T) {
 	if got, err := s.FindParameterValues(ctx, []string{"a"}, nil, false); err != nil || len(got) != 0 {
 		t.Fatalf("nothing asked: %v %v", got, err)
 	}
+	// Subtrees: a prefix is a range, and its wildcard characters are
+	// literal (Device.S_ is not Device.SX).
+	if err := s.UpsertParameters(ctx, []store.Parameter{
+		{DeviceID: "a", Path: "Device.S.1.ID", Value: "s1", Type: "string", UpdatedAt: t0},
+		{DeviceID: "a", Path: "Device.S.2.ID", Value: "s2", UpdatedAt: t0},
+		{DeviceID: "a", Path: "Device.SX.1.ID", Value: "no", UpdatedAt: t0},
+		{DeviceID: "b", Path: "Device.S_.1.ID", Value: "lit", UpdatedAt: t0},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	values, types, err := s.FindParameterValuesAndTypes(ctx, []string{"a", "b"}, []string{"Device.X", "Device.S.1.ID"}, false, "Device.S.", "Device.S_.")
+	if err != nil || fmt.Sprint(values) != "map[a:map[Device.S.1.ID:s1 Device.S.2.ID:s2 Device.X:1] b:map[Device.S_.1.ID:lit Device.X:3]]" ||
+		fmt.Sprint(types) != "map[a:map[Device.S.1.ID:string]]" {
+		t.Fatalf("prefixes: %v %v %v", values, types, err)
+	}
 }
