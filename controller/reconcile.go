@@ -413,17 +413,21 @@ func (r *Reconciler) judge(ctx context.Context, policies []*activePolicy, devs [
 	for i, d := range devs {
 		ids[i] = d.Device.ID
 	}
-	n := need(policies)
-	var params, types map[string]map[string]string
-	if !n.None() {
-		var err error
-		if params, types, err = r.o.Store.FindParameterValuesAndTypes(ctx, ids, n.Paths, n.All, n.Prefixes...); err != nil {
-			return err
-		}
-	}
+	// Statuses before parameters: a task's changes are cached before it
+	// turns final (TaskQueue.settle), so a status that shows no open task
+	// is always read with the cache that task left. The other order
+	// could pair a finished Add with the cache from before it and add
+	// the instance a second time.
 	statuses, err := r.o.Store.DeviceStatuses(ctx, ids)
 	if err != nil {
 		return err
+	}
+	n := need(policies)
+	var params, types map[string]map[string]string
+	if !n.None() {
+		if params, types, err = r.o.Store.FindParameterValuesAndTypes(ctx, ids, n.Paths, n.All, n.Prefixes...); err != nil {
+			return err
+		}
 	}
 	rec := store.Reconciliation{DeviceIDs: ids}
 	deliver := map[string]bool{}

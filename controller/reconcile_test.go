@@ -271,3 +271,75 @@ func TestOneReconcilerLeads(t *testing.T) {
 	}
 	other.lease.Release(e.ctx)
 }
+
+// TestReconcilerAddsAnInstanceOnce: an objects policy reads the table,
+// adds the missing instance once, and is compliant when the Add's result
+// is cached. A second decision to add while the first Add is on the
+// device (another replica's judgement) is dropped, not queued.
+func TestReconcilerAddsAnInstanceOnce(t *testing.T) {
+	e := newReconcileEnv(t, 1)
+	const table = "Device.NAT.PortMapping."
+	g, err := e.st.CreateGroup(e.ctx, "t", store.Group{Name: "nat", Filter: `manufacturer == "ACME"`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := e.st.CreatePolicy(e.ctx, "t", store.Policy{GroupID: g.ID, Name: "nat", Kind: "objects",
+		Spec: json.RawMessage(`{"objects":[{"table":"` + table + `","key":{"Alias":"sip"},"parameters":{"Enable":"true"}}]}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.enable(p, `{"batch_percent":100}`)
+	e.pass()
+	e.pass()
+	only := func(op string) store.Task {
+		t.Helper()
+		q := e.queued()
+		task, ok := q["dev-00"]
+		if len(q) != 1 || !ok || task.Operation != op {
+			t.Fatalf("want one queued %s, have %+v", op, q)
+		}
+		return task
+	}
+	settle := func(task store.Task, cache ...store.Parameter) {
+		t.Helper()
+		if _, err := e.st.Pool().Exec(e.ctx, "UPDATE tasks SET state = 'dispatched' WHERE id = $1", task.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.st.UpsertParameters(e.ctx, cache); err != nil {
+			t.Fatal(err)
+		}
+		final, done, err := e.st.FinishTask(e.ctx, task.ID, store.TaskOutcome{State: store.TaskSucceeded})
+		if err != nil || !done {
+			t.Fatalf("finish %s: %v %v", task.ID, done, err)
+		}
+		e.r.TaskFinished(e.ctx, final)
+	}
+	settle(only("get")) // the table is read: it is empty
+	e.pass()
+	add := only("add")
+	if _, err := e.st.Pool().Exec(e.ctx, "UPDATE tasks SET state = 'dispatched' WHERE id = $1", add.ID); err != nil {
+		t.Fatal(err)
+	}
+	twin := add
+	twin.ID = add.ID + "-twin"
+	if err := e.st.ApplyReconciliation(e.ctx, store.Reconciliation{Tasks: []store.Task{twin},
+		Links: []store.PolicyTask{{TaskID: twin.ID, PolicyID: p.ID, DeviceID: "dev-00", Revision: 1, Purpose: "add", Target: "x"}}}); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := e.st.Pool().QueryRow(e.ctx, "SELECT count(*) FROM tasks WHERE operation = 'add'").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("%d add tasks after a twin decision (%v)", n, err)
+	}
+	now := time.Now()
+	settle(add,
+		store.Parameter{DeviceID: "dev-00", Path: table + "1.Alias", Value: "sip", UpdatedAt: now},
+		store.Parameter{DeviceID: "dev-00", Path: table + "1.Enable", Value: "true", UpdatedAt: now})
+	e.pass()
+	e.pass()
+	if q := e.queued(); len(q) != 0 {
+		t.Fatalf("work after the instance exists: %+v", q)
+	}
+	if c := e.counts(p); c.ByStatus["compliant"] != 1 {
+		t.Fatalf("counts: %+v", c)
+	}
+}

@@ -533,6 +533,21 @@ func (s *Store) ApplyReconciliation(ctx context.Context, r Reconciliation) error
 					FROM (SELECT DISTINCT d FROM unnest($1::text[]) d ORDER BY d) x`, dev); err != nil {
 					return err
 				}
+				// A non-idempotent task whose twin (same device and key)
+				// is on the device with its outcome still unknown is not
+				// queued again: two judgements of one device at once (two
+				// replicas, or one racing the result) must not add an
+				// instance twice. The twin's result judges the device anew.
+				var err error
+				if r.Tasks, r.Links, err = dropDispatchedTwins(ctx, tx, r.Tasks, r.Links); err != nil {
+					return err
+				}
+				dev, key, ids = dev[:0], key[:0], ids[:0]
+				for _, t := range r.Tasks {
+					if t.UniqueKey != "" {
+						dev, key, ids = append(dev, t.DeviceID), append(key, t.UniqueKey), append(ids, t.ID)
+					}
+				}
 				if _, err := tx.Exec(ctx, `UPDATE tasks t SET state = 'cancelled', error_code = 'cancelled',
 					error_message = 'replaced by task ' || k.id, finished_at = now(), updated_at = now()
 					FROM unnest($1::text[], $2::text[], $3::text[]) k(d, key, id)
@@ -769,4 +784,57 @@ func (l *Lease) Release(ctx context.Context) {
 		_ = l.conn.Conn().Close(ctx)
 	}
 	l.conn.Release()
+}
+
+// dropDispatchedTwins removes from tasks (and their links) each
+// non-idempotent task with a unique key that a dispatched task of the same
+// device already carries. The caller holds the devices' task locks.
+func dropDispatchedTwins(ctx context.Context, tx pgx.Tx, tasks []Task, links []PolicyTask) ([]Task, []PolicyTask, error) {
+	var dev, key []string
+	for _, t := range tasks {
+		if t.NonIdempotent && t.UniqueKey != "" {
+			dev, key = append(dev, t.DeviceID), append(key, t.UniqueKey)
+		}
+	}
+	if len(dev) == 0 {
+		return tasks, links, nil
+	}
+	rows, err := tx.Query(ctx, `SELECT t.device_id, t.unique_key FROM tasks t
+		JOIN unnest($1::text[], $2::text[]) k(d, key) ON t.device_id = k.d AND t.unique_key = k.key
+		WHERE t.state = 'dispatched'`, dev, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	busy := map[[2]string]bool{}
+	for rows.Next() {
+		var d, k string
+		if err := rows.Scan(&d, &k); err != nil {
+			rows.Close()
+			return nil, nil, err
+		}
+		busy[[2]string{d, k}] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, nil, err
+	}
+	if len(busy) == 0 {
+		return tasks, links, nil
+	}
+	dropped := map[string]bool{}
+	keptTasks := make([]Task, 0, len(tasks))
+	for _, t := range tasks {
+		if t.NonIdempotent && busy[[2]string{t.DeviceID, t.UniqueKey}] {
+			dropped[t.ID] = true
+			continue
+		}
+		keptTasks = append(keptTasks, t)
+	}
+	keptLinks := make([]PolicyTask, 0, len(links))
+	for _, l := range links {
+		if !dropped[l.TaskID] {
+			keptLinks = append(keptLinks, l)
+		}
+	}
+	return keptTasks, keptLinks, nil
 }
