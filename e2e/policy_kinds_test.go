@@ -11,7 +11,6 @@ import (
 
 	"github.com/duet-dm/duet/pkg/bus/bustest"
 	"github.com/duet-dm/duet/pkg/sim/agent"
-	"github.com/duet-dm/duet/pkg/store/storetest"
 )
 
 // agentRows lists the instances of a table on a simulated agent, by
@@ -52,11 +51,7 @@ func (d *duet) valueChanges(id string) int {
 // SSID on a device is reported to Duet without waiting for a periodic
 // contact.
 func TestManagementPolicyOnBothProtocols(t *testing.T) {
-	env := baseEnv(t, storetest.NewDatabase(t))
-	d := startDuet(t, env, "serve")
-	d.waitReady(30 * time.Second)
-	f := startPolicyFleet(t, env, "MGT", 3)
-	d.waitRegistered(f.ids(), 60*time.Second)
+	_, d, f := startPolicyDuet(t, "MGT", 3)
 
 	const ssid = "Device.WiFi.SSID.1.SSID"
 	var g, p idJSON
@@ -144,11 +139,7 @@ func TestManagementPolicyOnBothProtocols(t *testing.T) {
 // mapping keyed by its Alias on every device of a group; a changed value
 // updates the same instance in place; present:false deletes it.
 func TestObjectsPolicyOnBothProtocols(t *testing.T) {
-	env := baseEnv(t, storetest.NewDatabase(t))
-	d := startDuet(t, env, "serve")
-	d.waitReady(30 * time.Second)
-	f := startPolicyFleet(t, env, "OBJ", 3)
-	d.waitRegistered(f.ids(), 60*time.Second)
+	_, d, f := startPolicyDuet(t, "OBJ", 3)
 
 	const table, alias = "Device.NAT.PortMapping.", "duet-e2e"
 	var g, p idJSON

@@ -167,6 +167,18 @@ func (f *policyFleet) value(id, path string) string {
 	return "<no such device>"
 }
 
+// startPolicyDuet starts Duet on a database of its own and a policy fleet
+// of n devices per protocol, and waits until every device is registered.
+func startPolicyDuet(t *testing.T, prefix string, n int) (map[string]string, *duet, *policyFleet) {
+	t.Helper()
+	env := baseEnv(t, storetest.NewDatabase(t))
+	d := startDuet(t, env, "serve")
+	d.waitReady(30 * time.Second)
+	f := startPolicyFleet(t, env, prefix, n)
+	d.waitRegistered(f.ids(), 60*time.Second)
+	return env, d, f
+}
+
 // startPolicyFleet starts n TR-181 CPEs and n USP agents (MQTT), serials
 // prefix+"C%04d" and prefix+"U%04d".
 func startPolicyFleet(t *testing.T, env map[string]string, prefix string, n int) *policyFleet {
@@ -309,11 +321,7 @@ func TestPolicyConvergesOnBothProtocols(t *testing.T) {
 // admitted are untouched. The policy is fixed and the rollout resumed: it
 // completes on every device, the failed ones included.
 func TestRolloutStopsAtFailureThresholdAndResumes(t *testing.T) {
-	env := baseEnv(t, storetest.NewDatabase(t))
-	d := startDuet(t, env, "serve")
-	d.waitReady(30 * time.Second)
-	f := startPolicyFleet(t, env, "RST", 8)
-	d.waitRegistered(f.ids(), 60*time.Second)
+	env, d, f := startPolicyDuet(t, "RST", 8)
 
 	// Integrators follow the rollout on the bus.
 	b := bustest.Connect(t, "nats://127.0.0.1:"+env["DUET_NATS_PORT"])
@@ -423,11 +431,7 @@ func TestRolloutStopsAtFailureThresholdAndResumes(t *testing.T) {
 // applied and the lower one reports the conflict; the lower one's other
 // parameter is still applied.
 func TestConflictingPoliciesResolveByPriority(t *testing.T) {
-	env := baseEnv(t, storetest.NewDatabase(t))
-	d := startDuet(t, env, "serve")
-	d.waitReady(30 * time.Second)
-	f := startPolicyFleet(t, env, "CFL", 2)
-	d.waitRegistered(f.ids(), 60*time.Second)
+	_, d, f := startPolicyDuet(t, "CFL", 2)
 
 	var g idJSON
 	d.mustJSON("POST", "/api/v1/groups", `{"name":"both","filter":"serial_number.startsWith(\"CFL\")"}`, &g)
