@@ -35,7 +35,16 @@ var (
 		Name: "duet_reconcile_errors_total", Help: "Reconciliation passes that failed (retried on the next tick)."})
 	metricRolloutChanges = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "duet_rollout_changes_total", Help: "Rollout progress events, by change."}, []string{"change"})
+	// Exported by the leading replica only (the others report nothing),
+	// so a sum across replicas is the fleet's figure.
+	metricPolicyDevices = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "duet_policy_devices", Help: "Devices with a status for an enabled policy, by policy and status (refreshed every 30 s by the leading replica)."},
+		[]string{"policy", "status"})
 )
+
+// statusGaugeEvery is how often the leader recounts duet_policy_devices:
+// one grouped scan of the statuses.
+const statusGaugeEvery = 30 * time.Second
 
 // ReconcilerOptions configure a Reconciler.
 type ReconcilerOptions struct {
@@ -90,6 +99,8 @@ type Reconciler struct {
 	judged   map[string]int           // policy ID -> revision whose full pass finished
 	lastFull time.Time
 	lease    *store.Lease
+	// lastGauge is when duet_policy_devices was last recounted.
+	lastGauge time.Time
 
 	wake chan struct{}
 	stop chan struct{}
@@ -241,6 +252,19 @@ func (r *Reconciler) pass(ctx context.Context) error {
 			return fmt.Errorf("rollout of %s: %w", p.ID, err)
 		}
 	}
+	if time.Since(r.lastGauge) >= statusGaugeEvery {
+		counts, err := r.o.Store.PolicyStatusCounts(ctx)
+		if err != nil {
+			return err
+		}
+		metricPolicyDevices.Reset()
+		for pid, byStatus := range counts {
+			for st, n := range byStatus {
+				metricPolicyDevices.WithLabelValues(pid, st).Set(float64(n))
+			}
+		}
+		r.lastGauge = time.Now()
+	}
 	return nil
 }
 
@@ -255,6 +279,7 @@ func (r *Reconciler) lead(ctx context.Context) bool {
 		r.log.Warn("lost the reconciliation lease (database connection gone)")
 		r.lease.Release(ctx)
 		r.lease = nil
+		metricPolicyDevices.Reset() // the new leader reports them
 	}
 	l, ok, err := r.o.Store.TryLease(ctx, "reconciler")
 	if err != nil || !ok {

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
 	"github.com/duet-dm/duet/pkg/store/storetest"
@@ -341,5 +343,10 @@ func TestReconcilerAddsAnInstanceOnce(t *testing.T) {
 	}
 	if c := e.counts(p); c.ByStatus["compliant"] != 1 {
 		t.Fatalf("counts: %+v", c)
+	}
+	e.r.lastGauge = time.Time{} // recount now
+	e.pass()
+	if n := testutil.ToFloat64(metricPolicyDevices.WithLabelValues(p.ID, "compliant")); n != 1 {
+		t.Fatalf("duet_policy_devices{compliant} = %v", n)
 	}
 }

@@ -294,6 +294,33 @@ type RolloutCounts struct {
 	CurrentBatchOpen int `json:"current_batch_open"`
 }
 
+// PolicyStatusCounts counts every status of every policy: policy ID ->
+// status -> devices. One grouped scan (statuses exist only for enabled
+// policies' members).
+func (s *Store) PolicyStatusCounts(ctx context.Context) (map[string]map[string]int, error) {
+	rows, err := s.pool.Query(ctx, "SELECT policy_id, status, count(*) FROM policy_status GROUP BY 1, 2")
+	if err != nil {
+		return nil, fmt.Errorf("store: count policy statuses: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]map[string]int{}
+	for rows.Next() {
+		var pid, st string
+		var n int
+		if err := rows.Scan(&pid, &st, &n); err != nil {
+			return nil, fmt.Errorf("store: count policy statuses: %w", err)
+		}
+		if out[pid] == nil {
+			out[pid] = map[string]int{}
+		}
+		out[pid][st] = n
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: count policy statuses: %w", err)
+	}
+	return out, nil
+}
+
 // CountRollout counts a policy's statuses for its rollout (one pass over
 // policy_status_progress_idx).
 func (s *Store) CountRollout(ctx context.Context, policyID string, batch int) (RolloutCounts, error) {
