@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -81,6 +82,12 @@ type TaskQueue struct {
 	o   TaskQueueOptions
 	log *slog.Logger
 
+	// id names this queue as the dispatcher of the tasks it claims; it
+	// holds lease "dispatcher.<id>" from Start to Stop, so other replicas
+	// can tell its in-flight tasks from those of a controller that is gone.
+	id    string
+	lease *store.Lease
+
 	wake chan string // USP devices to dispatch, each at most once (pending)
 	mu   sync.Mutex
 	// pending: in wake; running: a worker has it; again: woken while running;
@@ -135,7 +142,7 @@ func NewTaskQueue(o TaskQueueOptions) (*TaskQueue, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &TaskQueue{
-		o: o, log: o.Logger.With("component", "tasks"),
+		o: o, log: o.Logger.With("component", "tasks"), id: bus.NewID(),
 		wake:    make(chan string, o.MaxPendingWakeups),
 		pending: map[string]bool{}, running: map[string]bool{}, again: map[string]bool{}, unreachable: map[string]bool{}, waking: map[string]bool{}, crWaiting: map[string]string{},
 		waiters: map[string][]chan struct{}{},
@@ -144,22 +151,33 @@ func NewTaskQueue(o TaskQueueOptions) (*TaskQueue, error) {
 	}, nil
 }
 
-// Start recovers from the previous run and starts the workers and the
-// sweeper. A task found dispatched was in flight when the last controller
-// stopped: its result may still arrive (FinishTask accepts it), but until
-// then a non-idempotent one is failed as outcome_unknown and an
-// idempotent one is queued again. This assumes one controller owns the
-// queue; replicas would need a lease per dispatcher.
+// Start takes this queue's dispatcher lease, recovers the tasks of
+// controllers that are gone and starts the workers and the sweeper.
+// Replicas may share the queue: each dispatched task records its
+// dispatcher, and only a task whose dispatcher no longer holds its lease
+// (it stopped, crashed or lost its database session) is settled, here and
+// on every sweep; a live replica's in-flight tasks are left alone. Such an
+// orphan's result may still arrive (FinishTask accepts it), but until then
+// a non-idempotent one is failed as outcome_unknown and an idempotent one
+// is queued again.
 func (q *TaskQueue) Start(ctx context.Context) error {
-	orphans, err := q.o.Store.DispatchedTasks(ctx, "")
+	l, ok, err := q.o.Store.TryLease(ctx, "dispatcher."+q.id)
 	if err != nil {
+		return fmt.Errorf("controller: task queue: %w", err)
+	}
+	if !ok {
+		// The ID is random: someone holding it means a bug, not a race.
+		return fmt.Errorf("controller: task queue: dispatcher lease %s is held elsewhere", q.id)
+	}
+	q.lease = l
+	n, err := q.settleOrphans(ctx, "the controller restarted while the task was in flight")
+	if err != nil {
+		q.lease.Release(ctx)
+		q.lease = nil
 		return err
 	}
-	for _, t := range orphans {
-		q.settle(ctx, t, nil, devicemodel.Errorf(devicemodel.CodeOutcomeUnknown, "the controller restarted while the task was in flight"))
-	}
-	if len(orphans) > 0 {
-		q.log.Warn("tasks in flight at the last stop", "count", len(orphans))
+	if n > 0 {
+		q.log.Warn("tasks in flight at the last stop", "count", n)
 	}
 	for i := 0; i < q.o.Workers; i++ {
 		q.wg.Add(1)
@@ -178,12 +196,70 @@ func (q *TaskQueue) Start(ctx context.Context) error {
 }
 
 // Stop stops the workers (a command in flight is abandoned: its task is
-// recovered at the next Start). Safe to call twice.
+// recovered by the next Start, or by another replica's sweep) and then
+// gives up the dispatcher lease. Safe to call twice.
 func (q *TaskQueue) Stop() {
 	q.stopOnce.Do(func() {
 		q.cancel()
 		q.wg.Wait()
+		if q.lease != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			q.lease.Release(ctx)
+			cancel()
+			q.lease = nil
+		}
 	})
+}
+
+// settleOrphans settles the dispatched tasks whose dispatcher is gone as
+// interrupted (why) and returns how many it settled. Each is adopted
+// first, so when two replicas find the same orphan only one settles it.
+func (q *TaskQueue) settleOrphans(ctx context.Context, why string) (int, error) {
+	orphans, err := q.o.Store.OrphanedTasks(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, t := range orphans {
+		if t.Dispatcher == q.id {
+			// Ours, seen as orphaned while our lease was lost: we are
+			// alive and our worker or session settles it.
+			continue
+		}
+		ok, err := q.o.Store.AdoptTask(ctx, t, q.id)
+		if err != nil {
+			return n, err
+		}
+		if !ok {
+			continue
+		}
+		t.Dispatcher = q.id
+		q.settle(ctx, t, nil, devicemodel.Errorf(devicemodel.CodeOutcomeUnknown, "%s", why))
+		n++
+	}
+	return n, nil
+}
+
+// keepLease checks the dispatcher lease on each sweep: when its database
+// connection is gone the lock went with it (other replicas may already
+// have settled this queue's in-flight tasks), so it is taken again.
+func (q *TaskQueue) keepLease(ctx context.Context) {
+	if q.lease != nil && q.lease.Alive(ctx) {
+		return
+	}
+	if q.lease != nil {
+		q.log.Warn("lost the dispatcher lease (database connection gone); taking it again")
+		q.lease.Release(ctx)
+		q.lease = nil
+	}
+	l, ok, err := q.o.Store.TryLease(ctx, "dispatcher."+q.id)
+	if err != nil || !ok {
+		if ctx.Err() == nil {
+			q.log.Error("taking the dispatcher lease again failed", "ok", ok, "err", err)
+		}
+		return
+	}
+	q.lease = l
 }
 
 func (q *TaskQueue) sweepLoop() {
@@ -194,6 +270,16 @@ func (q *TaskQueue) sweepLoop() {
 		case <-q.ctx.Done():
 			return
 		case <-t.C:
+		}
+		q.keepLease(q.ctx)
+		// A replica that went away left its in-flight tasks dispatched:
+		// take them over.
+		if n, err := q.settleOrphans(q.ctx, "the controller dispatching the task went away while it was in flight"); err != nil {
+			if q.ctx.Err() == nil {
+				q.log.Warn("settling orphaned tasks failed", "err", err)
+			}
+		} else if n > 0 {
+			q.log.Warn("settled tasks left in flight by a controller that went away", "count", n)
 		}
 		ids, err := q.o.Store.ExpireTasks(q.ctx)
 		if err != nil {
@@ -335,7 +421,7 @@ func (q *TaskQueue) work() {
 // until none is left or the device cannot be reached.
 func (q *TaskQueue) dispatchUSP(id string) {
 	for q.ctx.Err() == nil {
-		t, ok, err := q.o.Store.ClaimNextTask(q.ctx, id, "usp")
+		t, ok, err := q.o.Store.ClaimNextTask(q.ctx, id, "usp", q.id)
 		if err != nil {
 			if q.ctx.Err() == nil {
 				q.log.Warn("claiming a task failed", "device", id, "err", err)
@@ -513,7 +599,7 @@ func (q *TaskQueue) SessionWork(ctx context.Context, req *duetv1.SessionWorkRequ
 	for _, t := range left {
 		q.settle(ctx, t, nil, devicemodel.Errorf(devicemodel.CodeOutcomeUnknown, "no result came back from CWMP session %s", t.Session))
 	}
-	t, ok, err := q.o.Store.ClaimNextTask(ctx, req.GetDeviceId(), req.GetSessionId())
+	t, ok, err := q.o.Store.ClaimNextTask(ctx, req.GetDeviceId(), req.GetSessionId(), q.id)
 	if err != nil || !ok {
 		return &duetv1.SessionWork{}, err
 	}

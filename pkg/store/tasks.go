@@ -60,18 +60,21 @@ type Task struct {
 	// BatchID is the bulk job (task_batches) that created the task, "" for
 	// one created on its own.
 	BatchID string
+	// Dispatcher is the ID of the TaskQueue that dispatched the task ("" when
+	// queued, or dispatched before dispatchers were recorded).
+	Dispatcher string
 }
 
 const taskColumns = `id, seq, device_id, operation, request, command, non_idempotent, state, COALESCE(unique_key, ''),
 	connection_request, expires_at, created_at, updated_at, dispatched_at, finished_at, session, attempts, result,
-	error_code, error_message, device_fault, COALESCE(retry_of, ''), COALESCE(batch_id, '')`
+	error_code, error_message, device_fault, COALESCE(retry_of, ''), COALESCE(batch_id, ''), dispatcher`
 
 func scanTask(row pgx.Row) (Task, error) {
 	var t Task
 	var st string
 	err := row.Scan(&t.ID, &t.Seq, &t.DeviceID, &t.Operation, &t.Request, &t.Command, &t.NonIdempotent, &st, &t.UniqueKey,
 		&t.ConnectionRequest, &t.ExpiresAt, &t.CreatedAt, &t.UpdatedAt, &t.DispatchedAt, &t.FinishedAt, &t.Session,
-		&t.Attempts, &t.Result, &t.ErrorCode, &t.ErrorMessage, &t.DeviceFault, &t.RetryOf, &t.BatchID)
+		&t.Attempts, &t.Result, &t.ErrorCode, &t.ErrorMessage, &t.DeviceFault, &t.RetryOf, &t.BatchID, &t.Dispatcher)
 	t.State = TaskState(st)
 	return t, err
 }
@@ -245,12 +248,13 @@ func (s *Store) CancelTask(ctx context.Context, id string) (Task, error) {
 }
 
 // ClaimNextTask marks the device's oldest queued, unexpired task
-// dispatched in session and returns it; ok is false when there is none or
-// one is already dispatched (one in flight per device). Claims of the same
-// device are serialised by an advisory transaction lock, so two
+// dispatched in session by dispatcher (a TaskQueue's ID, whose lease
+// "dispatcher.<id>" it holds) and returns it; ok is false when there is
+// none or one is already dispatched (one in flight per device). Claims of
+// the same device are serialised by an advisory transaction lock, so two
 // dispatchers never both send; FOR UPDATE SKIP LOCKED leaves a row being
 // cancelled right now to its canceller.
-func (s *Store) ClaimNextTask(ctx context.Context, deviceID, session string) (t Task, ok bool, err error) {
+func (s *Store) ClaimNextTask(ctx context.Context, deviceID, session, dispatcher string) (t Task, ok bool, err error) {
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('duet.task.' || $1, 0))", deviceID); err != nil {
 			return err
@@ -268,8 +272,8 @@ func (s *Store) ClaimNextTask(ctx context.Context, deviceID, session string) (t 
 			return err
 		}
 		t2, err := scanTask(tx.QueryRow(ctx, `UPDATE tasks SET state = 'dispatched', dispatched_at = now(),
-			updated_at = now(), session = $2, attempts = attempts + 1, error_message = ''
-			WHERE id = $1 RETURNING `+taskColumns, id, session))
+			updated_at = now(), session = $2, dispatcher = $3, attempts = attempts + 1, error_message = ''
+			WHERE id = $1 RETURNING `+taskColumns, id, session, dispatcher))
 		if err != nil {
 			return err
 		}
@@ -322,7 +326,7 @@ func (s *Store) RequeueTask(ctx context.Context, id, why string, delivered bool)
 	if !delivered {
 		undo = 1
 	}
-	tag, err := s.pool.Exec(ctx, `UPDATE tasks SET state = 'queued', session = '', error_message = $2,
+	tag, err := s.pool.Exec(ctx, `UPDATE tasks SET state = 'queued', session = '', dispatcher = '', error_message = $2,
 		attempts = attempts - $3, updated_at = now(),
 		dispatched_at = CASE WHEN attempts - $3 = 0 THEN NULL ELSE dispatched_at END
 		WHERE id = $1 AND state = 'dispatched'`, id, why, undo)
@@ -346,6 +350,41 @@ func (s *Store) DispatchedTasks(ctx context.Context, deviceID string) ([]Task, e
 		return nil, fmt.Errorf("store: dispatched tasks: %w", err)
 	}
 	return out, nil
+}
+
+// OrphanedTasks returns the dispatched tasks whose dispatcher is gone,
+// oldest first: those dispatched before dispatchers were recorded
+// (dispatcher ""), and those whose dispatcher's lease (TryLease
+// "dispatcher.<id>") no live session of this database holds. A session
+// advisory lock on a bigint key shows in pg_locks with the key's high 32
+// bits in classid, the low ones in objid and objsubid 1.
+func (s *Store) OrphanedTasks(ctx context.Context) ([]Task, error) {
+	out, err := collectTasks(s.pool.Query(ctx, "SELECT "+taskColumns+` FROM tasks t
+		WHERE t.state = 'dispatched' AND (t.dispatcher = '' OR NOT EXISTS (
+			SELECT 1 FROM pg_locks l
+			WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
+			  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+			  AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('duet.lease.dispatcher.' || t.dispatcher, 0)))
+		ORDER BY seq`))
+	if err != nil {
+		return nil, fmt.Errorf("store: orphaned tasks: %w", err)
+	}
+	return out, nil
+}
+
+// AdoptTask makes dispatcher the dispatcher of t, an orphan found by
+// OrphanedTasks, if it is still dispatched by t's dispatcher in the same
+// attempt; ok is false when someone else got there first (another
+// replica's sweep, or the task was settled meanwhile). The one that adopts
+// an orphan settles it, so two replicas never both do.
+func (s *Store) AdoptTask(ctx context.Context, t Task, dispatcher string) (ok bool, err error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE tasks SET dispatcher = $4, updated_at = now()
+		WHERE id = $1 AND state = 'dispatched' AND dispatcher = $2 AND attempts = $3`,
+		t.ID, t.Dispatcher, t.Attempts, dispatcher)
+	if err != nil {
+		return false, fmt.Errorf("store: adopt task: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
 }
 
 // ExpireTasks marks queued tasks past their expires_at expired and returns
