@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -43,15 +44,42 @@ func TestMain(m *testing.M) {
 }
 
 // freePort returns a TCP port that was free a moment ago.
+//
+// The port is closed again before duet binds it, so something else may
+// take it in between. Outgoing connections (every test's clients, in
+// every package running in parallel) take their ports from the kernel's
+// ephemeral range, as does a listen on port 0; so the port is drawn at
+// random below that range, where only another listener can land, and
+// never twice in this process.
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 200 {
+		p := portsLow + rand.IntN(portsHigh-portsLow)
+		if portsGiven[p] {
+			continue
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err != nil {
+			continue // taken
+		}
+		l.Close()
+		portsGiven[p] = true
+		return p
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatalf("no free port between %d and %d", portsLow, portsHigh)
+	return 0
 }
+
+// portsLow..portsHigh is below Linux's default ephemeral range
+// (32768-60999, /proc/sys/net/ipv4/ip_local_port_range).
+const portsLow, portsHigh = 20000, 32000
+
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
 
 // syncBuffer collects a process's output safely.
 type syncBuffer struct {
