@@ -135,4 +135,13 @@ func BenchmarkReconcile100k(b *testing.B) {
 			b.Fatalf("%d devices compliant, want %d", c, n)
 		}
 	})
+	// The leader's recount for duet_policy_devices (every 30 s).
+	b.Run("status-counts", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			c, err := st.PolicyStatusCounts(ctx)
+			if err != nil || c[p.ID][store.StatusCompliant] != n {
+				b.Fatalf("counts %v: %v", c, err)
+			}
+		}
+	})
 }
