@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -208,11 +209,11 @@ func buildCommand(r *TaskRequest, d devicemodel.Device, id string) (*duetv1.Comm
 		if err := checkPath("command", r.Command, false, devicemodel.PathCommand); err != nil {
 			return nil, err
 		}
-		cmd.Op = &duetv1.Command_Operate{Operate: &duetv1.OperateRequest{Command: r.Command, CommandKey: orDefault(r.CommandKey, id), InputArgs: r.InputArgs}}
+		cmd.Op = &duetv1.Command_Operate{Operate: &duetv1.OperateRequest{Command: r.Command, CommandKey: cmp.Or(r.CommandKey, id), InputArgs: r.InputArgs}}
 	case "reboot":
-		cmd.Op = &duetv1.Command_Operate{Operate: &duetv1.OperateRequest{Command: root + "Reboot()", CommandKey: orDefault(r.CommandKey, id)}}
+		cmd.Op = &duetv1.Command_Operate{Operate: &duetv1.OperateRequest{Command: root + "Reboot()", CommandKey: cmp.Or(r.CommandKey, id)}}
 	case "factory_reset":
-		cmd.Op = &duetv1.Command_Operate{Operate: &duetv1.OperateRequest{Command: root + "FactoryReset()", CommandKey: orDefault(r.CommandKey, id)}}
+		cmd.Op = &duetv1.Command_Operate{Operate: &duetv1.OperateRequest{Command: root + "FactoryReset()", CommandKey: cmp.Or(r.CommandKey, id)}}
 	case "download", "upload":
 		if r.URL == "" {
 			return nil, invalid("%s needs url", r.Operation)
@@ -228,28 +229,21 @@ func buildCommand(r *TaskRequest, d devicemodel.Device, id string) (*duetv1.Comm
 				args[k] = v
 			}
 			cmd.Op = &duetv1.Command_Operate{Operate: &duetv1.OperateRequest{Command: root + "DeviceInfo.FirmwareImage.1.Download()",
-				CommandKey: orDefault(r.CommandKey, id), InputArgs: args}}
+				CommandKey: cmp.Or(r.CommandKey, id), InputArgs: args}}
 		} else if d.Protocol == devicemodel.ProtocolCWMP {
-			ft := orDefault(r.FileType, "1 Vendor Configuration File")
+			ft := cmp.Or(r.FileType, "1 Vendor Configuration File")
 			cmd.Op = &duetv1.Command_CwmpRpc{CwmpRpc: &duetv1.CwmpRpc{Method: "Upload",
-				Args: map[string]string{"CommandKey": orDefault(r.CommandKey, id), "FileType": ft, "URL": r.URL}}}
+				Args: map[string]string{"CommandKey": cmp.Or(r.CommandKey, id), "FileType": ft, "URL": r.URL}}}
 		} else {
 			args := map[string]string{"URL": r.URL}
 			for k, v := range r.InputArgs {
 				args[k] = v
 			}
 			cmd.Op = &duetv1.Command_Operate{Operate: &duetv1.OperateRequest{Command: root + "DeviceInfo.VendorConfigFile.1.Backup()",
-				CommandKey: orDefault(r.CommandKey, id), InputArgs: args}}
+				CommandKey: cmp.Or(r.CommandKey, id), InputArgs: args}}
 		}
 	}
 	return cmd, nil
-}
-
-func orDefault(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
 
 // Create validates and queues a task for a device and starts its delivery.

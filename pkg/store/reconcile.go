@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -700,7 +701,7 @@ func (s *Store) FinishPolicyTask(ctx context.Context, t Task) (link PolicyTask, 
 			}
 			_, err = tx.Exec(ctx, `UPDATE policy_status SET status = 'failed', error_code = $4, error_message = $5,
 				device_fault = $6, updated_at = now() WHERE policy_id = $1 AND device_id = $2 AND revision = $3`,
-				link.PolicyID, link.DeviceID, link.Revision, orDefault(t.ErrorCode, string(t.State)), msg, t.DeviceFault)
+				link.PolicyID, link.DeviceID, link.Revision, cmp.Or(t.ErrorCode, string(t.State)), msg, t.DeviceFault)
 		}
 		return err
 	})
@@ -708,13 +709,6 @@ func (s *Store) FinishPolicyTask(ctx context.Context, t Task) (link PolicyTask, 
 		return link, false, fmt.Errorf("store: finish policy task: %w", err)
 	}
 	return link, ok, nil
-}
-
-func orDefault(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
 
 // ForgetDeviceState is called for devices that bootstrapped (factory
