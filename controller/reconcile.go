@@ -9,6 +9,7 @@ import (
 	"maps"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -98,7 +99,10 @@ type Reconciler struct {
 	lastSeen map[string]string        // policy ID -> revision/state seen at the last full pass
 	judged   map[string]int           // policy ID -> revision whose full pass finished
 	lastFull time.Time
-	lease    *store.Lease
+	// current: the policies the last pass loaded, for the dirty passes
+	// between ticks (the loop's goroutine only).
+	current []*activePolicy
+	lease   *store.Lease
 	// lastGauge is when duet_policy_devices was last recounted.
 	lastGauge time.Time
 
@@ -171,15 +175,6 @@ func (r *Reconciler) DevicesChanged(ids []string) {
 	r.poke()
 }
 
-// PolicyChanged asks for a full pass now rather than at the next tick's
-// revision check (the API calls it after a change).
-func (r *Reconciler) PolicyChanged() {
-	r.mu.Lock()
-	r.fullAsked = true
-	r.mu.Unlock()
-	r.poke()
-}
-
 func (r *Reconciler) poke() {
 	select {
 	case r.wake <- struct{}{}:
@@ -205,8 +200,17 @@ func (r *Reconciler) loop() {
 		}
 	}()
 	r.fullAsked = true
+	tick := true
 	for {
-		if err := r.pass(ctx); err != nil && ctx.Err() == nil {
+		// A tick is a whole round; a wake (devices reported in, a task
+		// finished) only judges those devices against the policies the
+		// last tick loaded: events arrive far more often than policies
+		// change, and need not each cost a lease check and a policy load.
+		err := r.dirtyPass(ctx, r.current)
+		if tick {
+			err = r.pass(ctx)
+		}
+		if err != nil && ctx.Err() == nil {
 			metricReconcileErrors.Inc()
 			r.log.Warn("reconciliation pass failed; retrying on the next tick", "err", err)
 		}
@@ -214,7 +218,9 @@ func (r *Reconciler) loop() {
 		case <-r.stop:
 			return
 		case <-t.C:
+			tick = true
 		case <-r.wake:
+			tick = false
 		}
 	}
 }
@@ -227,6 +233,7 @@ func (r *Reconciler) pass(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	r.current = policies
 	r.mu.Lock()
 	full := lead && (r.fullAsked || changed || time.Since(r.lastFull) > r.o.Sweep)
 	if lead {
@@ -631,7 +638,7 @@ func (r *Reconciler) tasksFor(p *activePolicy, d devicemodel.Device, plan policy
 		}
 		v.tasks = append(v.tasks, store.Task{
 			ID: id, DeviceID: d.ID, Operation: req.Operation, Request: reqJSON, Command: b,
-			NonIdempotent: operations[req.Operation], UniqueKey: "policy:" + p.ID + ":" + purpose + ":" + target,
+			NonIdempotent: operations[req.Operation], UniqueKey: policyTaskKey + p.ID + ":" + purpose + ":" + target,
 			ConnectionRequest: true,
 		})
 		v.links = append(v.links, store.PolicyTask{TaskID: id, PolicyID: p.ID, DeviceID: d.ID, Revision: p.Revision, Purpose: purpose, Target: target})
@@ -714,14 +721,20 @@ func keyOf(params map[string]string) string {
 // TaskFinished is called by the task queue for every finished task: a
 // policy's task records its outcome and the device is judged again.
 func (r *Reconciler) TaskFinished(ctx context.Context, t store.Task) {
-	link, ok, err := r.o.Store.FinishPolicyTask(ctx, t)
+	if !strings.HasPrefix(t.UniqueKey, policyTaskKey) {
+		return // an operator's or a batch's task: no policy to tell
+	}
+	_, ok, err := r.o.Store.FinishPolicyTask(ctx, t)
 	if err != nil {
 		r.log.Warn("recording a policy task's outcome failed; the sweep will judge the device again", "task", t.ID, "err", err)
 	}
 	if ok || err != nil {
-		r.DevicesChanged([]string{orDefault(link.DeviceID, t.DeviceID)})
+		r.DevicesChanged([]string{t.DeviceID})
 	}
 }
+
+// policyTaskKey starts the unique key of every task a policy creates.
+const policyTaskKey = "policy:"
 
 // typeOf is the cached TR-106 type of path, "" (string) when unknown or
 // not one the task API knows.
