@@ -243,12 +243,10 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 			return fmt.Errorf("task results: %w", err)
 		}
 	}
-	for id, at := range boots {
-		// Before the ack: a crash here redelivers the batch, and
-		// forgetting again is harmless.
-		if err := r.o.Store.ForgetDeviceState(cctx, []string{id}, at); err != nil {
-			return fmt.Errorf("bootstrap of %s: %w", id, err)
-		}
+	// Before the ack: a crash here redelivers the batch, and forgetting
+	// again is harmless.
+	if err := r.o.Store.ForgetDeviceState(cctx, boots); err != nil {
+		return fmt.Errorf("bootstraps: %w", err)
 	}
 	metricApplySeconds.Observe(time.Since(start).Seconds())
 	metricBatchSize.Observe(float64(len(obs)))

@@ -712,21 +712,28 @@ func (s *Store) FinishPolicyTask(ctx context.Context, t Task) (link PolicyTask, 
 }
 
 // ForgetDeviceState is called for devices that bootstrapped (factory
-// reset): what Duet knew of them no longer holds. Their cached
-// parameters learned before at are dropped, and their policy statuses
-// forget accepted attributes, tables read and failures, so every policy
-// is applied to them again.
-func (s *Store) ForgetDeviceState(ctx context.Context, deviceIDs []string, at time.Time) error {
-	if len(deviceIDs) == 0 {
+// reset), each with the time of its bootstrap: what Duet knew of them no
+// longer holds. Their cached parameters learned before that time are
+// dropped, and their policy statuses forget accepted attributes, tables
+// read and failures, so every policy is applied to them again. One
+// transaction for all of them.
+func (s *Store) ForgetDeviceState(ctx context.Context, boots map[string]time.Time) error {
+	if len(boots) == 0 {
 		return nil
 	}
+	ids := make([]string, 0, len(boots))
+	ats := make([]time.Time, 0, len(boots))
+	for id, at := range boots {
+		ids, ats = append(ids, id), append(ats, at)
+	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "DELETE FROM device_parameters WHERE device_id = ANY($1::text[]) AND updated_at < $2", deviceIDs, at); err != nil {
+		if _, err := tx.Exec(ctx, `DELETE FROM device_parameters p USING unnest($1::text[], $2::timestamptz[]) b(d, at)
+			WHERE p.device_id = b.d AND p.updated_at < b.at`, ids, ats); err != nil {
 			return err
 		}
 		_, err := tx.Exec(ctx, `UPDATE policy_status SET attrs_revision = 0, refreshed = '{}',
 			status = CASE WHEN status = 'failed' THEN 'pending' ELSE status END, error_code = '', error_message = '',
-			device_fault = 0, updated_at = now() WHERE device_id = ANY($1::text[])`, deviceIDs)
+			device_fault = 0, updated_at = now() WHERE device_id = ANY($1::text[])`, ids)
 		return err
 	})
 	if err != nil {
