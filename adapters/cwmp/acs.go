@@ -161,6 +161,8 @@ type ACS struct {
 	shutdown bool
 	done     chan struct{} // closed by Shutdown; stops the reaper
 	wg       sync.WaitGroup
+	// decodeLogs rate-limits the warnings about undecodable messages.
+	decodeLogs logLimiter
 }
 
 // New validates o and builds an ACS. Nothing listens until Start.

@@ -51,4 +51,16 @@
 // arguments and DiagnosticsState=Requested in one SetParameterValues; the
 // results are read in the session that carries "8 DIAGNOSTICS COMPLETE"
 // and published as diagnostics_complete (cwmp.md §8).
+//
+// # Refused envelopes
+//
+// CWMP is SOAP 1.1 (TR-069 A.2.1) with methods in a urn:dslforum-org:cwmp-1-*
+// namespace. An Envelope in any other namespace (SOAP 1.2, none, a made-up
+// one), a method in another namespace, or anything but white space,
+// comments or NULs after the Envelope is answered 400, counted in
+// duet_cwmp_bad_requests_total{reason="envelope_namespace"|"cwmp_namespace"|
+// "trailing_data"} and logged at warn (one line per reason a second), and
+// nothing is published. The vendor quirks of testdata/cwmp (prefixes, no
+// Header, CDATA, charsets, gzip, missing fields) are still accepted;
+// testdata/cwmp/rejected holds what is not.
 package cwmp

@@ -126,12 +126,20 @@ func (a *ACS) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			reason = "limits"
 		case errors.Is(err, cwmp.ErrUnsupportedCharset):
 			reason = "charset"
+		case errors.Is(err, cwmp.ErrEnvelopeNamespace):
+			reason = "envelope_namespace"
+		case errors.Is(err, cwmp.ErrCWMPNamespace):
+			reason = "cwmp_namespace"
+		case errors.Is(err, cwmp.ErrTrailingData):
+			reason = "trailing_data"
 		case errors.Is(err, cwmp.ErrBodyTooLarge):
 			a.badRequest(w, r, http.StatusRequestEntityTooLarge, "too_large", "body too large")
 			return
 		}
-		a.log.Warn("undecodable CWMP message answered 400", "remote", r.RemoteAddr, "reason", reason, "err", err)
-		a.badRequest(w, r, http.StatusBadRequest, reason, "bad XML")
+		if n, ok := a.decodeLogs.allow(reason, time.Now()); ok {
+			a.log.Warn("undecodable CWMP message answered 400", "remote", r.RemoteAddr, "reason", reason, "err", err, "suppressed", n)
+		}
+		a.badRequest(w, r, http.StatusBadRequest, reason, "bad SOAP envelope: "+reason)
 		return
 	}
 	if inf, ok := env.Body.(*cwmp.Inform); ok {
@@ -163,11 +171,47 @@ func (a *ACS) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	a.exchange(w, r, s, env, enc)
 }
 
+// decodeReasons are the reasons of undecodable messages, which the caller
+// logs with their error (rate-limited).
+var decodeReasons = map[string]bool{"malformed": true, "dtd": true, "limits": true, "charset": true,
+	"envelope_namespace": true, "cwmp_namespace": true, "trailing_data": true}
+
+// logLimiter lets one log line per reason through per interval and counts
+// the ones it held back, so a flood of bad envelopes cannot flood the log
+// (the metric still counts every one). The zero value allows one a second.
+type logLimiter struct {
+	every time.Duration // default 1 s
+	mu    sync.Mutex
+	last  map[string]time.Time
+	held  map[string]int
+}
+
+// allow reports whether to log reason now and how many were held back
+// since the last line.
+func (l *logLimiter) allow(reason string, now time.Time) (int, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.last == nil {
+		l.last, l.held = map[string]time.Time{}, map[string]int{}
+	}
+	every := l.every
+	if every <= 0 {
+		every = time.Second
+	}
+	if t, ok := l.last[reason]; ok && now.Sub(t) < every {
+		l.held[reason]++
+		return 0, false
+	}
+	n := l.held[reason]
+	l.last[reason], l.held[reason] = now, 0
+	return n, true
+}
+
 // badRequest answers a 4xx with Connection: close, as GenieACS does for
 // unparseable XML and bad state (cwmp.md §1.3).
 func (a *ACS) badRequest(w http.ResponseWriter, r *http.Request, status int, reason, msg string) {
 	metricBadRequests.WithLabelValues(reason).Inc()
-	if reason != "malformed" && reason != "dtd" && reason != "limits" && reason != "charset" {
+	if !decodeReasons[reason] {
 		// Decode failures were logged with their error by the caller.
 		a.log.Warn("CWMP request refused", "remote", r.RemoteAddr, "status", status, "reason", reason)
 	}

@@ -42,7 +42,9 @@ func samples(t testing.TB) []string {
 	}
 	var out []string
 	for _, e := range ents {
-		out = append(out, e.Name())
+		if !e.IsDir() {
+			out = append(out, e.Name())
+		}
 	}
 	if len(out) < 40 {
 		t.Fatalf("only %d samples in %s", len(out), testdataDir)
@@ -458,7 +460,7 @@ func TestHostile(t *testing.T) {
 	laughs := `<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]><Envelope><Body>&lol2;</Body></Envelope>`
 	xxe := `<?xml version="1.0"?><!DOCTYPE foo [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><Envelope><Body>&xxe;</Body></Envelope>`
 	deep := strings.Repeat("<a>", 100000) + strings.Repeat("</a>", 100000)
-	many := "<Envelope><Body><cwmp:GetParameterValues xmlns:cwmp='urn:dslforum-org:cwmp-1-0'><ParameterNames>" +
+	many := "<Envelope xmlns='" + NamespaceSOAPEnv + "'><Body><cwmp:GetParameterValues xmlns:cwmp='urn:dslforum-org:cwmp-1-0'><ParameterNames>" +
 		strings.Repeat("<string>x</string>", 5000) + "</ParameterNames></cwmp:GetParameterValues></Body></Envelope>"
 	full := string(readSample(t, "Inform__zyxel_soapenv_10.xml"))
 	tests := []struct {
@@ -488,6 +490,66 @@ func TestHostile(t *testing.T) {
 	// The same many-element body is fine under the default limits.
 	if _, err := Decode([]byte(many), ""); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func rejectedSamples(t testing.TB) []string {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(testdataDir, "rejected"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	if len(out) < 5 {
+		t.Fatalf("only %d samples in %s/rejected", len(out), testdataDir)
+	}
+	return out
+}
+
+// TestRejectedSamples: testdata/cwmp/rejected holds envelopes a real CPE
+// never sends (issue 11 item 7): named <reason>__<what>.xml, each must
+// fail with the error of its reason.
+func TestRejectedSamples(t *testing.T) {
+	want := map[string]error{
+		"envelope_namespace": ErrEnvelopeNamespace,
+		"cwmp_namespace":     ErrCWMPNamespace,
+		"trailing":           ErrTrailingData,
+	}
+	for _, name := range rejectedSamples(t) {
+		t.Run(name, func(t *testing.T) {
+			reason, _, _ := strings.Cut(name, "__")
+			w, ok := want[reason]
+			if !ok {
+				t.Fatalf("unknown reason %q in the file name", reason)
+			}
+			env, err := Decode(readSample(t, filepath.Join("rejected", name)), "")
+			if !errors.Is(err, w) {
+				t.Fatalf("err %v (env %+v), want %v", err, env, w)
+			}
+		})
+	}
+}
+
+// TestTrailingTolerated: after the Envelope XML allows white space,
+// comments and processing instructions, and C stacks send NULs.
+func TestTrailingTolerated(t *testing.T) {
+	inform := readSample(t, "Inform__zyxel_soapenv_10.xml")
+	for _, tail := range []string{"\r\n\r\n", "\x00", "\n\x00\x00\x00", "<!-- end -->\n", "<?pi x?>", " \t"} {
+		env, err := Decode(append(append([]byte{}, inform...), tail...), "")
+		if err != nil {
+			t.Fatalf("tail %q: %v", tail, err)
+		}
+		if _, ok := env.Body.(*Inform); !ok {
+			t.Fatalf("tail %q: %T", tail, env.Body)
+		}
+	}
+	// A SOAP Fault is in the envelope's namespace, not the cwmp one.
+	env := mustDecode(t, "Fault__spv_9003.xml", "")
+	if _, ok := env.Body.(*Fault); !ok {
+		t.Fatalf("%T", env.Body)
 	}
 }
 
@@ -588,12 +650,19 @@ func FuzzDecode(f *testing.F) {
 		f.Fatal(err)
 	}
 	for _, e := range ents {
+		if e.IsDir() {
+			continue
+		}
 		b, err := os.ReadFile(filepath.Join(testdataDir, e.Name()))
 		if err != nil {
 			f.Fatal(err)
 		}
 		f.Add(b, "")
 		f.Add(b, `text/xml; charset="ISO-8859-1"`)
+	}
+	// What must be refused is in the corpus too.
+	for _, name := range rejectedSamples(f) {
+		f.Add(readSample(f, filepath.Join("rejected", name)), "")
 	}
 	f.Fuzz(func(t *testing.T, body []byte, ct string) {
 		env, err := Decode(body, ct)

@@ -23,6 +23,16 @@ var (
 	ErrUnsupportedCharset  = errors.New("cwmp: unsupported charset")
 	ErrUnsupportedEncoding = errors.New("cwmp: unsupported Content-Encoding")
 	ErrMalformed           = errors.New("cwmp: malformed envelope")
+	// ErrEnvelopeNamespace: the root is not a SOAP 1.1 Envelope
+	// (TR-069 A.2.1 mandates SOAP 1.1; a SOAP 1.2 or made-up namespace is
+	// another protocol, not a vendor quirk).
+	ErrEnvelopeNamespace = errors.New("cwmp: Envelope is not in the SOAP 1.1 namespace " + NamespaceSOAPEnv)
+	// ErrCWMPNamespace: the method element is not in any
+	// urn:dslforum-org:cwmp-1-* namespace (TR-069 A.3.1; cwmp.md §9 #2).
+	ErrCWMPNamespace = errors.New("cwmp: method is not in a urn:dslforum-org:cwmp-1-* namespace")
+	// ErrTrailingData: something other than white space, comments or
+	// processing instructions follows the Envelope.
+	ErrTrailingData = errors.New("cwmp: data after the Envelope")
 )
 
 // Limits bound what Decode accepts. Zero fields take the DefaultLimits value.
@@ -69,6 +79,9 @@ func (l Limits) Decode(body []byte, contentType string) (*Envelope, error) {
 	if err != nil {
 		return nil, err
 	}
+	// C stacks may send their string terminator (and, padded buffers,
+	// more NULs) after the envelope; NUL is not XML, so trim it here.
+	text = bytes.TrimRight(text, "\x00")
 	root, err := parseTree(text, l)
 	if err != nil {
 		return nil, err
@@ -80,6 +93,9 @@ func (l Limits) Decode(body []byte, contentType string) (*Envelope, error) {
 	}
 	if root.local != "Envelope" {
 		return nil, fmt.Errorf("%w: root element is %q, not Envelope", ErrMalformed, root.local)
+	}
+	if root.space != NamespaceSOAPEnv {
+		return nil, fmt.Errorf("%w (got %q)", ErrEnvelopeNamespace, root.space)
 	}
 	env := &Envelope{}
 	for _, a := range root.attrs {
@@ -98,6 +114,10 @@ func (l Limits) Decode(body []byte, contentType string) (*Envelope, error) {
 	if IsCWMPNamespace(m.space) {
 		// The method element's namespace is the one to echo (cwmp.md §1.4).
 		env.Namespace = m.space
+	} else if m.local != "Fault" || m.space != NamespaceSOAPEnv {
+		// Every CWMP method is in the cwmp namespace; only a SOAP Fault is
+		// in the envelope's (TR-069 A.3.1, A.4).
+		return nil, fmt.Errorf("%w (%s in %q)", ErrCWMPNamespace, m.local, m.space)
 	}
 	if m.local == "Fault" {
 		f, err := decodeFault(m)
@@ -237,11 +257,12 @@ func parseTree(text []byte, l Limits) (*node, error) {
 			}
 			stack = append(stack, n)
 		case xml.EndElement:
+			if len(stack) == 0 {
+				return nil, fmt.Errorf("%w: unbalanced end element", ErrMalformed)
+			}
 			stack = stack[:len(stack)-1]
 			if len(stack) == 0 {
-				// Anything after the root element is ignored: some stacks
-				// append NULs or a second newline-terminated blob.
-				return root, nil
+				return root, trailing(d)
 			}
 		case xml.CharData: // text and CDATA alike (cwmp.md §9 #18)
 			if len(stack) > 0 {
@@ -254,6 +275,32 @@ func parseTree(text []byte, l Limits) (*node, error) {
 			return nil, ErrDTD
 		}
 		// Comments and processing instructions are skipped.
+	}
+}
+
+// trailing checks what follows the root element: XML allows only white
+// space, comments and processing instructions there (XML 1.0 §2.1,
+// "Misc"). Anything else (a second document, "<<<<garbage") means the
+// message is not the envelope it seems to be. Trailing NULs that C stacks
+// write with the string terminator were trimmed before parsing.
+func trailing(d *xml.Decoder) error {
+	for {
+		tok, err := d.Token()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrTrailingData, err)
+		}
+		switch t := tok.(type) {
+		case xml.Comment, xml.ProcInst:
+		case xml.CharData:
+			if len(bytes.TrimSpace(t)) != 0 {
+				return fmt.Errorf("%w: text %.20q", ErrTrailingData, t)
+			}
+		default:
+			return fmt.Errorf("%w: %T", ErrTrailingData, tok)
+		}
 	}
 }
 
