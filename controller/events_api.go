@@ -12,7 +12,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/duet-dm/duet/pkg/bus"
@@ -56,15 +55,13 @@ func kindNames() string {
 	return strings.Join(n, ", ")
 }
 
-var eventJSON = protojson.MarshalOptions{UseProtoNames: true}
-
 // EventJSON is a stored device event in the API.
 type EventJSON struct {
 	ID       string          `json:"id"`
 	DeviceID string          `json:"device_id"`
 	Type     string          `json:"type"`
 	Time     time.Time       `json:"time"`
-	Event    json.RawMessage `json:"event"` // the duet.v1.Event, protojson
+	Event    json.RawMessage `json:"event"` // the duet.v1.Event, as protoJSON renders it
 }
 
 // EventList is the body of GET /api/v1/devices/{id}/events.
@@ -104,7 +101,7 @@ func (a *API) listEvents(w http.ResponseWriter, r *http.Request) (int, error) {
 		ej := EventJSON{ID: e.ID, DeviceID: e.DeviceID, Type: e.Kind, Time: e.Time.UTC(), Event: json.RawMessage("null")}
 		ev := &duetv1.Event{}
 		if proto.Unmarshal(e.Payload, ev) == nil {
-			if b, err := eventJSON.Marshal(ev); err == nil {
+			if b, err := protoJSON(ev); err == nil {
 				ej.Event = b
 			}
 		}
@@ -199,11 +196,11 @@ func (a *API) streamEvents(w http.ResponseWriter, r *http.Request) (int, error) 
 			if proto.Unmarshal(m.Data, ev) != nil {
 				continue
 			}
-			b, err := eventJSON.Marshal(ev)
+			b, err := protoJSON(ev)
 			if err != nil {
 				continue
 			}
-			// protojson output is one line (no Multiline), as SSE data needs.
+			// protoJSON's output is one line, as SSE data needs.
 			if _, err := fmt.Fprintf(w, "id: %s\nevent: %s\ndata: %s\n\n", ev.GetId(), bus.EventKind(ev), b); err != nil {
 				return http.StatusOK, nil
 			}

@@ -11,17 +11,20 @@ import (
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 )
 
-var paramTypeNames = func() map[duetv1.ParamType]string {
-	out := map[duetv1.ParamType]string{duetv1.ParamType_PARAM_TYPE_UNSPECIFIED: ""}
-	for name, t := range paramTypes {
-		if name != "" {
-			out[t] = name
-		}
+// paramTypeName is the API's name of a parameter type (jsonenum.go), ""
+// for an unknown one: the cache leaves it out.
+func paramTypeName(t duetv1.ParamType) string {
+	if t == duetv1.ParamType_PARAM_TYPE_UNSPECIFIED {
+		return ""
 	}
-	return out
-}()
+	return APIEnumName(t.Descriptor(), t.String())
+}
 
-var writabilityNames = map[int16]string{0: "unknown", 1: "read_only", 2: "read_write", 3: "write_only"}
+// writabilityName is the API's name of a cached writability (jsonenum.go).
+func writabilityName(w int16) string {
+	v := duetv1.Writability(w)
+	return APIEnumName(v.Descriptor(), v.String())
+}
 
 // cacheParams turns learned values into parameter-cache rows.
 func cacheParams(deviceID string, at time.Time, ps []*duetv1.Parameter) []store.Parameter {
@@ -31,7 +34,7 @@ func cacheParams(deviceID string, at time.Time, ps []*duetv1.Parameter) []store.
 			continue
 		}
 		out = append(out, store.Parameter{DeviceID: deviceID, Path: p.GetPath(), Value: p.GetValue(),
-			Type: paramTypeNames[p.GetType()], Writable: int16(p.GetWritable()), UpdatedAt: at})
+			Type: paramTypeName(p.GetType()), Writable: int16(p.GetWritable()), UpdatedAt: at})
 	}
 	return out
 }
@@ -130,7 +133,7 @@ func (a *API) listParameters(w http.ResponseWriter, r *http.Request) (int, error
 	out := ParameterList{Parameters: make([]ParameterJSON, 0, len(ps)), NextCursor: next}
 	for _, p := range ps {
 		out.Parameters = append(out.Parameters, ParameterJSON{Path: p.Path, Value: p.Value, Type: p.Type,
-			Writable: writabilityNames[p.Writable], UpdatedAt: p.UpdatedAt.UTC()})
+			Writable: writabilityName(p.Writable), UpdatedAt: p.UpdatedAt.UTC()})
 	}
 	return writeJSON(w, http.StatusOK, out), nil
 }

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"time"
 
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/duet-dm/duet/pkg/devicemodel"
@@ -33,7 +32,8 @@ type TaskJSON struct {
 	RetryOf           string          `json:"retry_of,omitempty"`
 	// BatchID is the task batch (POST /api/v1/tasks) that created it.
 	BatchID string `json:"batch_id,omitempty"`
-	// Result is the device's answer, a duet.v1.CommandResult in protojson.
+	// Result is the device's answer, a duet.v1.CommandResult as protoJSON
+	// renders it (enum values by their API names).
 	Result json.RawMessage `json:"result,omitempty"`
 	Error  *TaskErrorJSON  `json:"error,omitempty"`
 }
@@ -51,8 +51,6 @@ type TaskList struct {
 	NextCursor string     `json:"next_cursor,omitempty"`
 }
 
-var resultJSON = protojson.MarshalOptions{UseProtoNames: true}
-
 func taskJSON(t store.Task) TaskJSON {
 	out := TaskJSON{
 		ID: t.ID, DeviceID: t.DeviceID, Operation: t.Operation, State: string(t.State), Request: t.Request,
@@ -63,7 +61,7 @@ func taskJSON(t store.Task) TaskJSON {
 	if len(t.Result) > 0 {
 		res := &duetv1.CommandResult{}
 		if proto.Unmarshal(t.Result, res) == nil {
-			if b, err := resultJSON.Marshal(res); err == nil {
+			if b, err := protoJSON(res); err == nil {
 				out.Result = b
 			}
 		}
