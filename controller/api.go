@@ -121,6 +121,10 @@ func NewAPI(o APIOptions) *API {
 func (a *API) route(pattern string, h func(http.ResponseWriter, *http.Request) (int, error)) {
 	a.patterns = append(a.patterns, pattern)
 	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		if !authorize(w, r, pattern) {
+			metricAPIRequests.WithLabelValues(pattern, strconv.Itoa(http.StatusForbidden)).Inc()
+			return
+		}
 		code, err := h(w, r)
 		if err != nil {
 			code = statusOf(err)

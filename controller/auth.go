@@ -34,21 +34,58 @@ func TokenFrom(ctx context.Context) (store.Token, bool) {
 	return t, ok
 }
 
-// allowed says whether role may use method. Viewers read; operators and
-// admins do everything the API offers today (token management is on the
-// command line, so nothing is admin-only yet).
-func allowed(role store.Role, method string) bool {
-	switch role {
-	case store.RoleAdmin, store.RoleOperator:
-		return true
-	case store.RoleViewer:
-		return method == http.MethodGet || method == http.MethodHead
+// tokenActor names a token's owner in the audit log and on the tasks it
+// creates: "name (id)".
+func tokenActor(t store.Token) string { return t.Name + " (" + t.ID + ")" }
+
+// Roles, each allowed what the one below it is (README "Roles"):
+//   - viewer reads (GET, HEAD) every route;
+//   - operator also runs tasks and task batches, tags devices, and
+//     manages groups and policies, rollouts included;
+//   - admin also sets and deletes device credentials (and manages tokens,
+//     on the command line, and later users).
+var roleRank = map[store.Role]int{store.RoleViewer: 1, store.RoleOperator: 2, store.RoleAdmin: 3}
+
+// adminRoutes are the routes only an admin may use: they hand out or
+// remove a device's secrets.
+var adminRoutes = map[string]bool{
+	"PUT /api/v1/devices/{id}/credentials":    true,
+	"DELETE /api/v1/devices/{id}/credentials": true,
+}
+
+// RouteRole is the least role a route pattern ("METHOD /path") needs.
+func RouteRole(pattern string) store.Role {
+	method, _, _ := strings.Cut(pattern, " ")
+	switch {
+	case adminRoutes[pattern]:
+		return store.RoleAdmin
+	case method == http.MethodGet || method == http.MethodHead:
+		return store.RoleViewer
 	}
+	return store.RoleOperator
+}
+
+// allowed says whether role may use the route pattern.
+func allowed(role store.Role, pattern string) bool {
+	have, ok := roleRank[role]
+	return ok && have >= roleRank[RouteRole(pattern)]
+}
+
+// authorize refuses a request whose token's role may not use the route
+// pattern with 403 (and counts it); it reports whether to go on.
+func authorize(w http.ResponseWriter, r *http.Request, pattern string) bool {
+	t, ok := TokenFrom(r.Context())
+	if ok && allowed(t.Role, pattern) {
+		return true
+	}
+	metricAuthFailures.WithLabelValues("forbidden").Inc()
+	writeError(w, http.StatusForbidden, devicemodel.Errorf(devicemodel.CodeDenied, "role %s may not %s (needs %s)", t.Role, pattern, RouteRole(pattern)))
 	return false
 }
 
 // authenticate wraps the API: every request needs "Authorization: Bearer
-// <token>" (RFC 6750 §2.1) of a live token whose role allows the method.
+// <token>" (RFC 6750 §2.1) of a live token; each route checks the role
+// (authorize).
 func authenticate(tokens TokenFinder, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := r.Header.Get("Authorization")
@@ -75,11 +112,12 @@ func authenticate(tokens TokenFinder, next http.Handler) http.Handler {
 			writeError(w, code, err)
 			return
 		}
-		if !allowed(t.Role, r.Method) {
+		if _, ok := roleRank[t.Role]; !ok {
 			metricAuthFailures.WithLabelValues("forbidden").Inc()
-			writeError(w, http.StatusForbidden, devicemodel.Errorf(devicemodel.CodeDenied, "role %s may not %s", t.Role, r.Method))
+			writeError(w, http.StatusForbidden, devicemodel.Errorf(devicemodel.CodeDenied, "unknown role %q", t.Role))
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), tokenKey{}, t)))
+		ctx := store.ContextWithActor(context.WithValue(r.Context(), tokenKey{}, t), tokenActor(t))
+		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }

@@ -447,7 +447,8 @@ func (b *BulkRunner) createPage(ctx context.Context, j store.TaskBatch, req Task
 	if err != nil {
 		return prog, err
 	}
-	tctx := store.ContextWithTaskBatch(ctx, j.ID)
+	// The batch's tasks carry its actor; the audit log has the batch.
+	tctx := store.ContextWithActor(store.ContextWithTaskBatch(ctx, j.ID), j.Actor)
 	for _, id := range ids {
 		if have[id] {
 			metricBulkTasks.WithLabelValues("skipped").Inc()

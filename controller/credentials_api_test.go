@@ -128,13 +128,14 @@ func TestCredentialsAPINeverReturnsSecrets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Only admins set credentials (issue 11 item 8).
 	res, err := e.doAs(operator, "PUT", "/api/v1/devices/"+dev+"/credentials", credBody)
 	if err != nil {
 		t.Fatal(err)
 	}
 	res.Body.Close()
-	if res.StatusCode != 200 {
-		t.Errorf("operator PUT: %d", res.StatusCode)
+	if res.StatusCode != 403 {
+		t.Errorf("operator PUT: %d, want 403", res.StatusCode)
 	}
 
 	// Invalid bodies change nothing.

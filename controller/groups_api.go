@@ -108,7 +108,7 @@ func actor(r *http.Request) (string, error) {
 	if !ok {
 		return "", devicemodel.Errorf(devicemodel.CodeUnauthenticated, "no authenticated token")
 	}
-	return t.Name + " (" + t.ID + ")", nil
+	return tokenActor(t), nil
 }
 
 // decodeBody reads one JSON object into v, rejecting unknown fields,

@@ -101,6 +101,12 @@ func (a *API) listParameters(w http.ResponseWriter, r *http.Request) (int, error
 		return 0, err
 	}
 	if refresh {
+		// Reading live sends the device a command: a task, so it takes
+		// the role that creates tasks.
+		if t, ok := TokenFrom(r.Context()); !ok || !allowed(t.Role, "POST /api/v1/devices/{id}/tasks") {
+			metricAuthFailures.WithLabelValues("forbidden").Inc()
+			return 0, devicemodel.Errorf(devicemodel.CodeDenied, "refresh=true creates a task; role %s may not (needs %s)", t.Role, store.RoleOperator)
+		}
 		// Read live first: a get task, waited for; its result lands in
 		// the cache (TaskQueue.settle) before the task is final.
 		if r.Method != http.MethodGet || a.o.Tasks == nil {

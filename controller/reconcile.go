@@ -639,7 +639,7 @@ func (r *Reconciler) tasksFor(p *activePolicy, d devicemodel.Device, plan policy
 		v.tasks = append(v.tasks, store.Task{
 			ID: id, DeviceID: d.ID, Operation: req.Operation, Request: reqJSON, Command: b,
 			NonIdempotent: operations[req.Operation], UniqueKey: policyTaskKey + p.ID + ":" + purpose + ":" + target,
-			ConnectionRequest: true,
+			ConnectionRequest: true, CreatedBy: "policy:" + p.ID,
 		})
 		v.links = append(v.links, store.PolicyTask{TaskID: id, PolicyID: p.ID, DeviceID: d.ID, Revision: p.Revision, Purpose: purpose, Target: target})
 		return nil

@@ -32,6 +32,9 @@ type TaskJSON struct {
 	RetryOf           string          `json:"retry_of,omitempty"`
 	// BatchID is the task batch (POST /api/v1/tasks) that created it.
 	BatchID string `json:"batch_id,omitempty"`
+	// CreatedBy is who made it: the API token's owner ("name (id)"), the
+	// batch's actor, or "policy:<id>".
+	CreatedBy string `json:"created_by"`
 	// Result is the device's answer, a duet.v1.CommandResult as protoJSON
 	// renders it (enum values by their API names).
 	Result json.RawMessage `json:"result,omitempty"`
@@ -57,6 +60,7 @@ func taskJSON(t store.Task) TaskJSON {
 		UniqueKey: t.UniqueKey, ConnectionRequest: t.ConnectionRequest, ExpiresAt: utcPtr(t.ExpiresAt),
 		CreatedAt: t.CreatedAt.UTC(), UpdatedAt: t.UpdatedAt.UTC(), DispatchedAt: utcPtr(t.DispatchedAt),
 		FinishedAt: utcPtr(t.FinishedAt), Attempts: t.Attempts, RetryOf: t.RetryOf, BatchID: t.BatchID,
+		CreatedBy: t.CreatedBy,
 	}
 	if len(t.Result) > 0 {
 		res := &duetv1.CommandResult{}

@@ -15,8 +15,9 @@ const tokenUsage = `usage:
   duet token revoke ID
 
 Tokens authenticate the REST API (Authorization: Bearer <token>). A new
-token's secret is printed once; only its SHA-256 is stored. Roles: admin and
-operator may do everything the API offers, viewer may only read (GET).
+token's secret is printed once; only its SHA-256 is stored. Roles: viewer
+may only read (GET); operator also runs tasks, task batches, tags, groups and
+policies (rollouts included); admin also sets and deletes device credentials.
 The database is DUET_DATABASE_URL (or --database-url).
 `
 

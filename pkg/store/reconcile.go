@@ -586,10 +586,10 @@ func (s *Store) ApplyReconciliation(ctx context.Context, r Reconciliation) error
 			rows := make([][]any, len(r.Tasks))
 			for i, t := range r.Tasks {
 				rows[i] = []any{t.ID, t.DeviceID, t.Operation, t.Request, t.Command, t.NonIdempotent, "queued",
-					nullable(t.UniqueKey), t.ConnectionRequest, t.ExpiresAt}
+					nullable(t.UniqueKey), t.ConnectionRequest, t.ExpiresAt, t.CreatedBy}
 			}
 			if _, err := tx.CopyFrom(ctx, pgx.Identifier{"tasks"}, []string{"id", "device_id", "operation", "request", "command",
-				"non_idempotent", "state", "unique_key", "connection_request", "expires_at"}, pgx.CopyFromRows(rows)); err != nil {
+				"non_idempotent", "state", "unique_key", "connection_request", "expires_at", "created_by"}, pgx.CopyFromRows(rows)); err != nil {
 				return err
 			}
 		}

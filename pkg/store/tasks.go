@@ -63,18 +63,21 @@ type Task struct {
 	// Dispatcher is the ID of the TaskQueue that dispatched the task ("" when
 	// queued, or dispatched before dispatchers were recorded).
 	Dispatcher string
+	// CreatedBy is who made the task: an API token's owner, a batch's
+	// actor, "policy:<id>" (CreateTask defaults it to ActorFrom(ctx)).
+	CreatedBy string
 }
 
 const taskColumns = `id, seq, device_id, operation, request, command, non_idempotent, state, COALESCE(unique_key, ''),
 	connection_request, expires_at, created_at, updated_at, dispatched_at, finished_at, session, attempts, result,
-	error_code, error_message, device_fault, COALESCE(retry_of, ''), COALESCE(batch_id, ''), dispatcher`
+	error_code, error_message, device_fault, COALESCE(retry_of, ''), COALESCE(batch_id, ''), dispatcher, created_by`
 
 func scanTask(row pgx.Row) (Task, error) {
 	var t Task
 	var st string
 	err := row.Scan(&t.ID, &t.Seq, &t.DeviceID, &t.Operation, &t.Request, &t.Command, &t.NonIdempotent, &st, &t.UniqueKey,
 		&t.ConnectionRequest, &t.ExpiresAt, &t.CreatedAt, &t.UpdatedAt, &t.DispatchedAt, &t.FinishedAt, &t.Session,
-		&t.Attempts, &t.Result, &t.ErrorCode, &t.ErrorMessage, &t.DeviceFault, &t.RetryOf, &t.BatchID, &t.Dispatcher)
+		&t.Attempts, &t.Result, &t.ErrorCode, &t.ErrorMessage, &t.DeviceFault, &t.RetryOf, &t.BatchID, &t.Dispatcher, &t.CreatedBy)
 	t.State = TaskState(st)
 	return t, err
 }
@@ -112,6 +115,9 @@ func (s *Store) CreateTask(ctx context.Context, t Task) (Task, error) {
 	if t.BatchID == "" {
 		t.BatchID = taskBatchFrom(ctx)
 	}
+	if t.CreatedBy == "" {
+		t.CreatedBy = ActorFrom(ctx)
+	}
 	var out Task
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if t.UniqueKey != "" {
@@ -129,11 +135,15 @@ func (s *Store) CreateTask(ctx context.Context, t Task) (Task, error) {
 		}
 		var err error
 		out, err = scanTask(tx.QueryRow(ctx, `INSERT INTO tasks (id, device_id, operation, request, command, non_idempotent,
-			state, unique_key, connection_request, expires_at, retry_of, batch_id)
-			VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11) RETURNING `+taskColumns,
+			state, unique_key, connection_request, expires_at, retry_of, batch_id, created_by)
+			VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12) RETURNING `+taskColumns,
 			t.ID, t.DeviceID, t.Operation, t.Request, t.Command, t.NonIdempotent, nullable(t.UniqueKey),
-			t.ConnectionRequest, t.ExpiresAt, nullable(t.RetryOf), nullable(t.BatchID)))
-		return err
+			t.ConnectionRequest, t.ExpiresAt, nullable(t.RetryOf), nullable(t.BatchID), t.CreatedBy))
+		if err != nil || out.BatchID != "" || out.CreatedBy == "" {
+			// A batch's tasks are in the audit log as their batch.
+			return err
+		}
+		return audit(ctx, tx, out.CreatedBy, AuditCreate, AuditTask, out.ID, nil, taskAuditOf(out))
 	})
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) && pe.Code == "23503" && pe.ConstraintName != "tasks_batch_id_fkey" { // foreign_key_violation
@@ -235,7 +245,15 @@ func (s *Store) CancelTask(ctx context.Context, id string) (Task, error) {
 		t, err = scanTask(tx.QueryRow(ctx, `UPDATE tasks SET state = 'cancelled', error_code = 'cancelled',
 			error_message = 'cancelled through the API', finished_at = now(), updated_at = now()
 			WHERE id = $1 RETURNING `+taskColumns, id))
-		return err
+		if err != nil {
+			return err
+		}
+		if who := ActorFrom(ctx); who != "" {
+			before := taskAuditOf(t)
+			before.State = TaskState(st)
+			return audit(ctx, tx, who, AuditUpdate, AuditTask, t.ID, before, taskAuditOf(t))
+		}
+		return nil
 	})
 	var de *devicemodel.Error
 	if errors.As(err, &de) {
