@@ -242,11 +242,11 @@ func (g *groupRoutes) devices(w http.ResponseWriter, r *http.Request) (int, erro
 }
 
 func (g *groupRoutes) audit(w http.ResponseWriter, r *http.Request) (int, error) {
-	q, limit, cursor, err := pageParams(r, "object_type", "object_id")
+	q, limit, cursor, err := pageParams(r, "object_type", "object_id", "device")
 	if err != nil {
 		return 0, err
 	}
-	f := store.AuditFilter{ObjectType: q["object_type"], ObjectID: q["object_id"], Limit: limit}
+	f := store.AuditFilter{ObjectType: q["object_type"], ObjectID: q["object_id"], DeviceID: q["device"], Limit: limit}
 	if cursor != "" {
 		if f.Before, err = store.DecodeSeqCursor(cursor); err != nil {
 			return 0, badParam("cursor", "malformed; pass next_cursor from the previous page")

@@ -131,6 +131,23 @@ func TestWhoDidWhat(t *testing.T) {
 		t.Fatalf("admin PUT credentials: %d %s", code, out)
 	}
 
+	// Everything done to the box, newest first: the admin's credentials,
+	// the retry, the cancel, the two tasks.
+	entries = auditOf(t, e, "", "")
+	code, out = e.do(t, "GET", "/api/v1/audit?device="+dev, "")
+	var byDev controller.AuditList
+	if code != 200 || json.Unmarshal([]byte(out), &byDev) != nil {
+		t.Fatalf("audit by device: %d %s", code, out)
+	}
+	var got []string
+	for _, en := range byDev.Entries {
+		who, _, _ := strings.Cut(en.Actor, " (")
+		got = append(got, en.ObjectType+":"+en.Action+":"+who)
+	}
+	if want := "device_credentials:create:test admin task:create:ops-bot task:update:test admin task:create:ops-bot task:create:ops-bot"; strings.Join(got, " ") != want {
+		t.Errorf("audit of %s: %v, want %s (all %d entries: %+v)", dev, got, want, len(entries), entries)
+	}
+
 	// A viewer reads, but reading live (a task) is not reading.
 	_, viewer, err := e.store.CreateToken(ctx, "wall-screen", store.RoleViewer)
 	if err != nil {

@@ -463,6 +463,9 @@ func (s *Store) FindPolicies(ctx context.Context, groupID string) ([]Policy, err
 type AuditFilter struct {
 	ObjectType string
 	ObjectID   string
+	// DeviceID: the entries about one device, its tags, its credentials
+	// and its single-device tasks.
+	DeviceID string
 	// Before is the cursor: entries with a smaller ID than this one.
 	Before int64
 	Limit  int
@@ -483,6 +486,10 @@ func (s *Store) FindAudit(ctx context.Context, f AuditFilter) ([]AuditEntry, str
 	}
 	if f.ObjectID != "" {
 		add("object_id = $%d", f.ObjectID)
+	}
+	if f.DeviceID != "" {
+		add(`((object_type IN ('`+AuditDeviceTags+`', '`+AuditDeviceCredentials+`') AND object_id = $%[1]d)
+			OR (object_type = '`+AuditTask+`' AND after ->> 'device_id' = $%[1]d))`, f.DeviceID)
 	}
 	if f.Before > 0 {
 		add("id < $%d", f.Before)
