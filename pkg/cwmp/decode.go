@@ -28,7 +28,7 @@ var (
 	// another protocol, not a vendor quirk).
 	ErrEnvelopeNamespace = errors.New("cwmp: Envelope is not in the SOAP 1.1 namespace " + NamespaceSOAPEnv)
 	// ErrCWMPNamespace: the method element is not in any
-	// urn:dslforum-org:cwmp-1-* namespace (TR-069 A.3.1; cwmp.md §9 #2).
+	// urn:dslforum-org:cwmp-1-* namespace (TR-069 A.3.1; docs/cwmp-interop.md #2).
 	ErrCWMPNamespace = errors.New("cwmp: method is not in a urn:dslforum-org:cwmp-1-* namespace")
 	// ErrTrailingData: something other than white space, comments or
 	// processing instructions follows the Envelope.
@@ -282,7 +282,8 @@ func parseTree(text []byte, l Limits) (*node, error) {
 // space, comments and processing instructions there (XML 1.0 §2.1,
 // "Misc"). Anything else (a second document, "<<<<garbage") means the
 // message is not the envelope it seems to be. Trailing NULs that C stacks
-// write with the string terminator were trimmed before parsing.
+// write with the string terminator were trimmed before parsing
+// (docs/cwmp-interop.md #32).
 func trailing(d *xml.Decoder) error {
 	for {
 		tok, err := d.Token()
