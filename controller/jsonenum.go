@@ -1,9 +1,9 @@
 package controller
 
 import (
-	"bytes"
-	"encoding/json"
+	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"unicode"
@@ -101,83 +101,223 @@ var apiProtoJSON = protojson.MarshalOptions{UseProtoNames: true}
 
 // protoJSON renders m as the API's JSON: protojson with the .proto field
 // names, every enum value renamed by APIEnumName, whatever the message.
-// The output is one line (SSE data needs that).
+// It rewrites protojson's output in one pass, guided by the message
+// descriptor, so field order stays and the output is one line (SSE data
+// needs that).
 func protoJSON(m proto.Message) ([]byte, error) {
 	raw, err := apiProtoJSON.Marshal(m)
 	if err != nil {
 		return nil, err
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber() // 64-bit integers and floats pass through unchanged
-	var tree any
-	if err := dec.Decode(&tree); err != nil {
-		return nil, fmt.Errorf("controller: re-reading protojson: %w", err)
+	w := enumRewriter{src: raw, out: make([]byte, 0, len(raw))}
+	if err := w.value(shape{msg: m.ProtoReflect().Descriptor()}); err != nil {
+		return nil, fmt.Errorf("controller: rewriting protojson of %s: %w", m.ProtoReflect().Descriptor().FullName(), err)
 	}
-	tree = renameMessage(tree, m.ProtoReflect().Descriptor())
-	var out bytes.Buffer
-	enc := json.NewEncoder(&out)
-	enc.SetEscapeHTML(false) // values are device data, not HTML
-	if err := enc.Encode(tree); err != nil {
-		return nil, err
+	if w.skipSpace(); w.pos != len(w.src) {
+		return nil, fmt.Errorf("controller: rewriting protojson: data after the value")
 	}
-	return bytes.TrimSuffix(out.Bytes(), []byte("\n")), nil
+	return w.out, nil
 }
 
-// renameMessage walks the protojson form v of a message of type md.
-func renameMessage(v any, md protoreflect.MessageDescriptor) any {
-	obj, ok := v.(map[string]any)
-	if !ok {
-		// Well-known types with a JSON form of their own (Timestamp,
-		// Duration, wrappers, Struct's values) hold no enum of ours.
-		return v
-	}
-	if md.FullName() == "google.protobuf.Any" {
-		if url, ok := obj["@type"].(string); ok {
-			if mt, err := protoregistry.GlobalTypes.FindMessageByURL(url); err == nil {
-				md = mt.Descriptor()
-			}
-		}
-	}
-	fields := md.Fields()
-	for k, fv := range obj {
-		fd := fields.ByName(protoreflect.Name(k))
-		if fd == nil {
-			fd = fields.ByJSONName(k)
-		}
-		if fd == nil {
-			continue // "@type", or an Any's embedded well-known "value"
-		}
-		switch {
-		case fd.IsMap():
-			if m, ok := fv.(map[string]any); ok {
-				for mk, mv := range m {
-					m[mk] = renameValue(mv, fd.MapValue())
-				}
-			}
-		case fd.IsList():
-			if l, ok := fv.([]any); ok {
-				for i, e := range l {
-					l[i] = renameValue(e, fd)
-				}
-			}
-		default:
-			obj[k] = renameValue(fv, fd)
-		}
-	}
-	return obj
+// shape says what a JSON value is in protojson terms: a message, an enum
+// value, a map or a list of shapes, or (zero) anything else, copied as is.
+type shape struct {
+	msg   protoreflect.MessageDescriptor
+	enum  protoreflect.EnumDescriptor
+	elem  *shape // a list's elements, or a map's values
+	isMap bool
 }
 
-// renameValue renames one singular value of field fd.
-func renameValue(v any, fd protoreflect.FieldDescriptor) any {
+func singularShape(fd protoreflect.FieldDescriptor) shape {
 	switch fd.Kind() {
 	case protoreflect.EnumKind:
-		if s, ok := v.(string); ok {
-			if n, ok := renamesOf(fd.Enum())[s]; ok {
-				return n
+		return shape{enum: fd.Enum()}
+	case protoreflect.MessageKind, protoreflect.GroupKind:
+		return shape{msg: fd.Message()}
+	}
+	return shape{}
+}
+
+func fieldShape(fd protoreflect.FieldDescriptor) shape {
+	switch {
+	case fd.IsMap():
+		v := singularShape(fd.MapValue())
+		return shape{elem: &v, isMap: true}
+	case fd.IsList():
+		v := singularShape(fd)
+		return shape{elem: &v}
+	}
+	return singularShape(fd)
+}
+
+// enumRewriter copies protojson output (valid JSON, with the random white
+// space protojson adds) without white space, renaming enum values.
+type enumRewriter struct {
+	src []byte
+	pos int
+	out []byte
+}
+
+var errJSONEnd = errors.New("unexpected end of JSON")
+
+func (w *enumRewriter) skipSpace() {
+	for w.pos < len(w.src) {
+		switch w.src[w.pos] {
+		case ' ', '\t', '\n', '\r':
+			w.pos++
+		default:
+			return
+		}
+	}
+}
+
+// str returns the raw JSON string at pos, quotes included, and moves past it.
+func (w *enumRewriter) str() ([]byte, error) {
+	start := w.pos
+	for i := w.pos + 1; i < len(w.src); i++ {
+		switch w.src[i] {
+		case '\\':
+			i++
+		case '"':
+			w.pos = i + 1
+			return w.src[start:w.pos], nil
+		}
+	}
+	return nil, errJSONEnd
+}
+
+func (w *enumRewriter) value(s shape) error {
+	w.skipSpace()
+	if w.pos >= len(w.src) {
+		return errJSONEnd
+	}
+	switch w.src[w.pos] {
+	case '{':
+		return w.object(s)
+	case '[':
+		return w.array(s)
+	case '"':
+		raw, err := w.str()
+		if err != nil {
+			return err
+		}
+		if s.enum != nil {
+			// Enum value names are identifiers: never escaped.
+			if n, ok := renamesOf(s.enum)[string(raw[1:len(raw)-1])]; ok {
+				w.out = strconv.AppendQuote(w.out, n)
+				return nil
 			}
 		}
-	case protoreflect.MessageKind, protoreflect.GroupKind:
-		return renameMessage(v, fd.Message())
+		w.out = append(w.out, raw...)
+		return nil
 	}
-	return v
+	// A number, true, false or null.
+	start := w.pos
+	for w.pos < len(w.src) && !strings.ContainsRune(",]} \t\n\r", rune(w.src[w.pos])) {
+		w.pos++
+	}
+	w.out = append(w.out, w.src[start:w.pos]...)
+	return nil
+}
+
+func (w *enumRewriter) object(s shape) error {
+	w.out = append(w.out, '{')
+	w.pos++
+	md := s.msg
+	for first := true; ; first = false {
+		w.skipSpace()
+		if w.pos >= len(w.src) {
+			return errJSONEnd
+		}
+		if w.src[w.pos] == '}' {
+			w.out = append(w.out, '}')
+			w.pos++
+			return nil
+		}
+		if !first {
+			if w.src[w.pos] != ',' {
+				return fmt.Errorf("expected , at %d", w.pos)
+			}
+			w.out = append(w.out, ',')
+			w.pos++
+			w.skipSpace()
+		}
+		if w.pos >= len(w.src) || w.src[w.pos] != '"' {
+			return fmt.Errorf("expected a key at %d", w.pos)
+		}
+		key, err := w.str()
+		if err != nil {
+			return err
+		}
+		w.out = append(w.out, key...)
+		w.skipSpace()
+		if w.pos >= len(w.src) || w.src[w.pos] != ':' {
+			return fmt.Errorf("expected : at %d", w.pos)
+		}
+		w.out = append(w.out, ':')
+		w.pos++
+		name := string(key[1 : len(key)-1])
+		var child shape
+		switch {
+		case s.isMap:
+			child = *s.elem
+		case md != nil && md.FullName() == "google.protobuf.Any" && name == "@type":
+			// protojson writes an Any's @type first; its other keys are
+			// the fields of the type it names.
+			w.skipSpace()
+			start := len(w.out)
+			if err := w.value(shape{}); err != nil {
+				return err
+			}
+			if url, err := strconv.Unquote(string(w.out[start:])); err == nil {
+				if mt, err := protoregistry.GlobalTypes.FindMessageByURL(url); err == nil {
+					md = mt.Descriptor()
+				}
+			}
+			continue
+		case md != nil:
+			fd := md.Fields().ByName(protoreflect.Name(name))
+			if fd == nil {
+				fd = md.Fields().ByJSONName(name)
+			}
+			if fd != nil {
+				child = fieldShape(fd)
+			}
+			// Else a well-known type's own JSON (Struct's keys, an Any's
+			// embedded "value"): copied as is.
+		}
+		if err := w.value(child); err != nil {
+			return err
+		}
+	}
+}
+
+func (w *enumRewriter) array(s shape) error {
+	w.out = append(w.out, '[')
+	w.pos++
+	var elem shape
+	if s.elem != nil && !s.isMap {
+		elem = *s.elem
+	}
+	for first := true; ; first = false {
+		w.skipSpace()
+		if w.pos >= len(w.src) {
+			return errJSONEnd
+		}
+		if w.src[w.pos] == ']' {
+			w.out = append(w.out, ']')
+			w.pos++
+			return nil
+		}
+		if !first {
+			if w.src[w.pos] != ',' {
+				return fmt.Errorf("expected , at %d", w.pos)
+			}
+			w.out = append(w.out, ',')
+			w.pos++
+		}
+		if err := w.value(elem); err != nil {
+			return err
+		}
+	}
 }
