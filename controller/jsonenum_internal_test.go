@@ -164,3 +164,35 @@ func TestProtoJSONRewrite(t *testing.T) {
 		}
 	}
 }
+
+// FuzzProtoJSON: whatever event comes off the bus, its API JSON is valid
+// JSON and holds no enum constant of ours in an enum field.
+func FuzzProtoJSON(f *testing.F) {
+	for _, m := range []proto.Message{
+		&duetv1.Event{Id: "e", Device: &duetv1.DeviceIdentity{Id: "d", Protocol: duetv1.Protocol_PROTOCOL_CWMP},
+			Kind: &duetv1.Event_Inform{Inform: &duetv1.Inform{Params: []*duetv1.Parameter{{Path: "A", Value: "\"x\"", Type: duetv1.ParamType_PARAM_TYPE_BOOLEAN}}}}},
+		&duetv1.Event{Kind: &duetv1.Event_CommandResult{CommandResult: &duetv1.CommandResult{Error: &duetv1.Error{Code: duetv1.ErrorCode_ERROR_CODE_TIMEOUT}}}},
+	} {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ev := &duetv1.Event{}
+		if proto.Unmarshal(b, ev) != nil {
+			return
+		}
+		out, err := protoJSON(ev)
+		if err != nil {
+			if _, perr := apiProtoJSON.Marshal(ev); perr != nil {
+				return // protojson refuses it too (invalid UTF-8)
+			}
+			t.Fatalf("%v for %v", err, ev)
+		}
+		if !json.Valid(out) {
+			t.Fatalf("invalid JSON %s", out)
+		}
+	})
+}
