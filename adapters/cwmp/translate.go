@@ -333,8 +333,10 @@ func (o *deleteOp) handle(resp cwmp.Message, err *devicemodel.Error) {
 }
 
 func (o *deleteOp) result() *duetv1.CommandResult {
-	if o.err == nil && len(o.errs) > 0 {
-		// CWMP cannot delete atomically; what was deleted stays listed.
+	if o.err == nil && len(o.errs) > 0 && len(o.deleted) == 0 {
+		// Every path failed: the command failed (README, task states).
+		// When some were deleted (CWMP cannot delete atomically) it
+		// succeeded, with the others' errors.
 		e := &devicemodel.Error{Code: devicemodel.Code(o.errs[0].Code), Message: o.errs[0].Message, DeviceFault: o.errs[0].DeviceFault}
 		o.err = e
 	}
