@@ -111,6 +111,25 @@ func (s *settings) parse(name string, args []string, getenv func(string) string,
 // arguments. Each setting is resolved, lowest first, from its default, the
 // settings file (--config or DUET_CONFIG), the environment, then the flags.
 func (s *settings) parseWith(name string, args []string, getenv func(string) string, stderr io.Writer, extra func(*flag.FlagSet)) ([]string, error) {
+	return s.parseOnly(name, args, getenv, stderr, extra, nil)
+}
+
+// dbCommandSettings are the flags of the commands that only reach the
+// database (migrate, token).
+var dbCommandSettings = []string{"database-url", "log-level", "log-format"}
+
+// parseOnly is parseWith offering only the named settings as flags (nil:
+// all), so "duet migrate -h" lists what migrate uses. The others still come
+// from the environment and the settings file, which may hold every setting.
+func (s *settings) parseOnly(name string, args []string, getenv func(string) string, stderr io.Writer, extra func(*flag.FlagSet), only []string) ([]string, error) {
+	offered := func(*setting) bool { return true }
+	if only != nil {
+		set := map[string]bool{}
+		for _, f := range only {
+			set[f] = true
+		}
+		offered = func(st *setting) bool { return set[st.flag] }
+	}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	if extra != nil {
 		extra(fs)
@@ -120,6 +139,9 @@ func (s *settings) parseWith(name string, args []string, getenv func(string) str
 	fs.StringVar(&configPath, "config", "", "YAML settings file (DUET_CONFIG); its keys are these flags' names, and flags and DUET_* variables override it (duet config example)")
 	flags, flagFiles := map[*setting]string{}, map[*setting]string{}
 	for _, st := range s.list {
+		if !offered(st) {
+			continue
+		}
 		fs.Func(st.flag, fmt.Sprintf("%s (%s, default %q)", st.help, st.env, st.def), func(v string) error {
 			flags[st] = v
 			return nil

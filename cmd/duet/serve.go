@@ -72,12 +72,16 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	}
 	comps, httpAddr, realm, credKey := cfg.comps, cfg.httpAddr, cfg.realm, cfg.credKey
 	var started stack
+	var stopping time.Time // set when a signal asked to stop
 	defer func() {
 		// On a start-up failure, undo what was started; on a normal stop,
 		// drain within the budget.
 		sctx, cancel := context.WithTimeout(context.Background(), ShutdownBudget-time.Second)
 		defer cancel()
 		started.unwind(sctx)
+		if !stopping.IsZero() {
+			log.Info("stopped", "shutdown_seconds", roundSeconds(time.Since(stopping)))
+		}
 	}()
 	var ls Listeners
 
@@ -260,7 +264,8 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	}
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down", "budget", ShutdownBudget)
+		stopping = time.Now()
+		log.Info("shutting down", "budget_seconds", ShutdownBudget.Seconds())
 		return nil
 	case err := <-serveErr:
 		return fmt.Errorf("http server: %w", err)
@@ -359,4 +364,10 @@ func displayAddr(a string) string {
 		host = "localhost"
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// roundSeconds is d in seconds to the millisecond, for log lines (slog
+// would print a time.Duration in nanoseconds in JSON).
+func roundSeconds(d time.Duration) float64 {
+	return float64(d.Round(time.Millisecond)) / float64(time.Second)
 }
