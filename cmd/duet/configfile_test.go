@@ -47,12 +47,12 @@ only: [controller, cwmp]
 		t.Fatal(err)
 	}
 	for flag, want := range map[string]string{
-		"cwmp-auth":     "shared",                                          // file
-		"cwmp-username": "from-env",                                        // env over file
-		"cwmp-realm":    "FlagRealm",                                       // flag over env over file
-		"http-addr":     ":9000",                                           // file over default
-		"only":          "controller,cwmp",                                 // a YAML list
-		"ws-path":       "/usp",                                            // default
+		"cwmp-auth":     "shared",                                         // file
+		"cwmp-username": "from-env",                                       // env over file
+		"cwmp-realm":    "FlagRealm",                                      // flag over env over file
+		"http-addr":     ":9000",                                          // file over default
+		"only":          "controller,cwmp",                                // a YAML list
+		"ws-path":       "/usp",                                           // default
 		"database-url":  "postgres://127.0.0.1:5432/duet?sslmode=disable", // default
 	} {
 		if got := s.str(flag); got != want {

@@ -25,7 +25,7 @@ var listenSettings = []struct{ flag, component string }{
 	{"http-addr", ""},
 	{"cwmp-addr", "cwmp"},
 	{"ws-addr", "usp-ws"},
-	{"mqtt-port", "usp-mqtt"},  // embedded broker only
+	{"mqtt-port", "usp-mqtt"},   // embedded broker only
 	{"stomp-port", "usp-stomp"}, // embedded broker only
 	{"nats-port", ""},           // embedded NATS only
 }
