@@ -192,6 +192,8 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		started.push(func(context.Context) { desk.Stop() })
 		pruner := controller.StartHistoryPruner(st, cfg.historyRetention, log)
 		started.push(func(context.Context) { pruner.Stop() })
+		gauge := controller.StartDeviceGauge(st, 0, log)
+		started.push(func(context.Context) { gauge.Stop() })
 		bulk, err := controller.NewBulkRunner(controller.BulkOptions{Store: st, Tasks: tasks, DefaultRate: cfg.bulkRate, Logger: log})
 		if err != nil {
 			_ = hl.Close()

@@ -1,0 +1,36 @@
+package store
+
+import (
+	"context"
+	"fmt"
+)
+
+// DeviceCount is how many devices of a protocol are online or not.
+type DeviceCount struct {
+	Protocol string
+	Online   bool
+	Devices  int
+}
+
+// CountDevicesByState counts the registry by protocol and online state:
+// one aggregate over devices_online_idx, cheap enough to repeat every
+// few tens of seconds at a million devices.
+func (s *Store) CountDevicesByState(ctx context.Context) ([]DeviceCount, error) {
+	rows, err := s.pool.Query(ctx, "SELECT protocol, online, count(*) FROM devices GROUP BY protocol, online")
+	if err != nil {
+		return nil, fmt.Errorf("store: count devices: %w", err)
+	}
+	defer rows.Close()
+	var out []DeviceCount
+	for rows.Next() {
+		var c DeviceCount
+		if err := rows.Scan(&c.Protocol, &c.Online, &c.Devices); err != nil {
+			return nil, fmt.Errorf("store: count devices: %w", err)
+		}
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: count devices: %w", err)
+	}
+	return out, nil
+}
