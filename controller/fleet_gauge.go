@@ -17,10 +17,15 @@ var metricDevices = promauto.NewGaugeVec(prometheus.GaugeOpts{
 	Help: "Devices in the registry by protocol (cwmp, usp) and state (online, offline); known = the sum. Recounted every 30 s by one controller replica (the others report nothing, so sum() over replicas is right).",
 }, []string{"protocol", "state"})
 
+var metricTasksOpen = promauto.NewGaugeVec(prometheus.GaugeOpts{
+	Name: "duet_tasks_open",
+	Help: "The task queue's depth: tasks queued (waiting for their device) and dispatched (awaiting an outcome). Recounted with duet_devices by one replica.",
+}, []string{"state"})
+
 // DeviceGaugeEvery is how often duet_devices is recounted.
 const DeviceGaugeEvery = 30 * time.Second
 
-// DeviceGauge keeps duet_devices current. One controller replica counts,
+// DeviceGauge keeps duet_devices and duet_tasks_open current. One controller replica counts,
 // the holder of the "device-gauge" lease; a replica that loses or lacks
 // it reports nothing, so the replicas never double the fleet.
 type DeviceGauge struct {
@@ -58,6 +63,7 @@ func (g *DeviceGauge) loop(ctx context.Context) {
 			g.lease.Release(rctx)
 			cancel()
 			metricDevices.Reset()
+			metricTasksOpen.Reset()
 		}
 	}()
 	for {
@@ -77,6 +83,7 @@ func (g *DeviceGauge) count(ctx context.Context) error {
 		g.lease.Release(ctx)
 		g.lease = nil
 		metricDevices.Reset() // the next holder reports them
+		metricTasksOpen.Reset()
 	}
 	if g.lease == nil {
 		l, ok, err := g.st.TryLease(ctx, "device-gauge")
@@ -105,6 +112,12 @@ func (g *DeviceGauge) count(ctx context.Context) error {
 	for k, v := range next {
 		metricDevices.WithLabelValues(k[0], k[1]).Set(v)
 	}
+	queued, dispatched, err := g.st.CountOpenTasks(ctx)
+	if err != nil {
+		return err
+	}
+	metricTasksOpen.WithLabelValues("queued").Set(float64(queued))
+	metricTasksOpen.WithLabelValues("dispatched").Set(float64(dispatched))
 	return nil
 }
 

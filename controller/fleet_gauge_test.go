@@ -24,7 +24,7 @@ func devicesGauge(t *testing.T) map[string]float64 {
 	}
 	out := map[string]float64{}
 	for _, mf := range mfs {
-		if mf.GetName() != "duet_devices" {
+		if mf.GetName() != "duet_devices" && mf.GetName() != "duet_tasks_open" {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
@@ -36,6 +36,9 @@ func devicesGauge(t *testing.T) map[string]float64 {
 				case "state":
 					s = l.GetValue()
 				}
+			}
+			if mf.GetName() == "duet_tasks_open" {
+				p = "tasks"
 			}
 			out[p+"/"+s] = m.GetGauge().GetValue()
 		}
@@ -70,7 +73,12 @@ func TestDeviceGauge(t *testing.T) {
 			return nil
 		})
 	}
-	want(map[string]float64{"cwmp/online": 2, "cwmp/offline": 0, "usp/online": 0, "usp/offline": 1})
+	want(map[string]float64{"cwmp/online": 2, "cwmp/offline": 0, "usp/online": 0, "usp/offline": 1, "tasks/queued": 0, "tasks/dispatched": 0})
+	// A task for the offline agent waits: the queue is one deep.
+	if _, err := st.CreateTask(ctx, store.Task{ID: "task-gauge-1", DeviceID: "gauge-agent-1", Operation: "reboot", Request: []byte(`{}`), Command: []byte("cmd"), NonIdempotent: true}); err != nil {
+		t.Fatal(err)
+	}
+	want(map[string]float64{"tasks/queued": 1})
 	if err := st.ApplyObservations(ctx, []store.Observation{{EventID: "g4", Kind: "inform", Time: now.Add(time.Second), Payload: []byte("x"), Online: true,
 		Device: devicemodel.Device{ID: "gauge-agent-1", Protocol: devicemodel.ProtocolUSP}}}); err != nil {
 		t.Fatal(err)

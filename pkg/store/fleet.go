@@ -34,3 +34,15 @@ func (s *Store) CountDevicesByState(ctx context.Context) ([]DeviceCount, error) 
 	}
 	return out, nil
 }
+
+// CountOpenTasks counts the tasks waiting for a device (queued) and those
+// sent and awaiting their outcome (dispatched), from the partial index of
+// open tasks.
+func (s *Store) CountOpenTasks(ctx context.Context) (queued, dispatched int, err error) {
+	err = s.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'dispatched')
+		FROM tasks WHERE state IN ('queued', 'dispatched')`).Scan(&queued, &dispatched)
+	if err != nil {
+		return 0, 0, fmt.Errorf("store: count open tasks: %w", err)
+	}
+	return queued, dispatched, nil
+}
