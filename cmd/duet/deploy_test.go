@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"debug/elf"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -465,5 +466,183 @@ func TestDockerfileBuildIsStatic(t *testing.T) {
 	v, err := exec.Command(out, "--version").Output()
 	if err != nil || string(v) != "duet test\n" {
 		t.Fatalf("--version: %q %v", v, err)
+	}
+}
+
+// metricDef is a metric the code registers: its kind and labels.
+type metricDef struct {
+	kind   string // Counter, Gauge, Histogram, Summary
+	labels []string
+}
+
+// codeMetrics finds every duet_* metric the code defines (promauto or
+// prometheus constructors), reading the source so that vectors nobody
+// has used yet count too.
+func codeMetrics(t *testing.T) map[string]metricDef {
+	t.Helper()
+	def := regexp.MustCompile(`New(Counter|Gauge|Histogram|Summary)(Vec)?\(prometheus\.\w+Opts\{\s*Name:\s*"(duet_[a-z0-9_]+)"`)
+	labelList := regexp.MustCompile(`\[\]string\{([^}]*)\}`)
+	out := map[string]metricDef{}
+	err := filepath.WalkDir("../..", func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == ".git" || d.Name() == "node_modules") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		src := string(b)
+		locs := def.FindAllStringSubmatchIndex(src, -1)
+		for i, l := range locs {
+			md := metricDef{kind: src[l[2]:l[3]]}
+			if l[4] >= 0 { // a Vec: its labels follow the options
+				end := len(src)
+				if i+1 < len(locs) {
+					end = locs[i+1][0]
+				}
+				if m := labelList.FindStringSubmatch(src[l[1]:end]); m != nil {
+					for _, q := range strings.Split(m[1], ",") {
+						if q = strings.Trim(strings.TrimSpace(q), `"`); q != "" {
+							md.labels = append(md.labels, q)
+						}
+					}
+				}
+			}
+			out[src[l[6]:l[7]]] = md
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// checkExpr holds one PromQL expression to the code's metrics: every
+// duet_* name exists (a histogram's _bucket, _sum and _count series
+// included) and every label it matches on or groups by is one of them.
+func checkExpr(t *testing.T, where, expr string, metrics map[string]metricDef) {
+	t.Helper()
+	ref := regexp.MustCompile(`(duet_[a-z0-9_]+)(\{[^}]*\})?`)
+	for _, m := range ref.FindAllStringSubmatch(expr, -1) {
+		name := m[1]
+		md, ok := metrics[name]
+		if !ok {
+			for _, suf := range []string{"_bucket", "_sum", "_count"} {
+				if base, cut := strings.CutSuffix(name, suf); cut {
+					if d, found := metrics[base]; found && (d.kind == "Histogram" || d.kind == "Summary") {
+						md, ok = d, true
+						if suf == "_bucket" {
+							md.labels = append(slices.Clone(md.labels), "le")
+						}
+					}
+				}
+			}
+		}
+		if !ok {
+			t.Errorf("%s: %s is not a metric of the code: %s", where, name, expr)
+			continue
+		}
+		for _, lm := range regexp.MustCompile(`([a-z_]+)\s*(=~|!~|!=|=)`).FindAllStringSubmatch(m[2], -1) {
+			if !slices.Contains(md.labels, lm[1]) {
+				t.Errorf("%s: %s has no label %q (has %v)", where, name, lm[1], md.labels)
+			}
+		}
+	}
+	// by (...) labels must belong to at least one metric of the expression.
+	for _, by := range regexp.MustCompile(`by \(([^)]*)\)`).FindAllStringSubmatch(expr, -1) {
+		for _, l := range strings.Split(by[1], ",") {
+			l = strings.TrimSpace(l)
+			found := false
+			for _, m := range ref.FindAllStringSubmatch(expr, -1) {
+				name := m[1]
+				for _, suf := range []string{"", "_bucket"} {
+					if d, ok := metrics[strings.TrimSuffix(name, suf)]; ok && (slices.Contains(d.labels, l) || (suf == "_bucket" && l == "le")) {
+						found = true
+					}
+				}
+			}
+			if !found {
+				t.Errorf("%s: grouping by %q, which no metric of the expression has: %s", where, l, expr)
+			}
+		}
+	}
+}
+
+// TestOpsMetricsExist: every metric and label the Grafana dashboard and
+// the Prometheus alerts use exists in the code, so renaming a metric
+// breaks this test rather than a dashboard in production.
+func TestOpsMetricsExist(t *testing.T) {
+	metrics := codeMetrics(t)
+	for _, want := range []string{"duet_devices", "duet_tasks_open", "duet_cwmp_sessions_total", "duet_cwmp_session_duration_seconds"} {
+		if _, ok := metrics[want]; !ok {
+			t.Fatalf("the source scan misses %s (found %d metrics)", want, len(metrics))
+		}
+	}
+	if d := metrics["duet_devices"]; !slices.Equal(d.labels, []string{"protocol", "state"}) {
+		t.Fatalf("duet_devices labels %v", d.labels)
+	}
+	// Grafana.
+	var dash struct {
+		Panels []struct {
+			Title   string
+			Type    string
+			Targets []struct{ Expr string }
+		}
+	}
+	b, err := os.ReadFile("../../deploy/grafana/duet.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &dash); err != nil {
+		t.Fatalf("duet.json: %v", err)
+	}
+	exprs := 0
+	for _, p := range dash.Panels {
+		if p.Type != "row" && len(p.Targets) == 0 {
+			t.Errorf("dashboard panel %q has no query", p.Title)
+		}
+		for _, tg := range p.Targets {
+			checkExpr(t, "dashboard "+p.Title, tg.Expr, metrics)
+			exprs++
+		}
+	}
+	// Alerts.
+	var rules struct {
+		Groups []struct {
+			Name  string
+			Rules []struct {
+				Alert, Expr, For string
+				Labels           map[string]string
+				Annotations      map[string]string
+			}
+		}
+	}
+	b, err = os.ReadFile("../../deploy/prometheus/alerts.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&rules); err != nil {
+		t.Fatalf("alerts.yaml: %v", err)
+	}
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			if r.Alert == "" || r.Expr == "" || r.Labels["severity"] == "" || r.Annotations["summary"] == "" {
+				t.Errorf("alert %q lacks a name, expr, severity or summary", r.Alert)
+			}
+			checkExpr(t, "alert "+r.Alert, r.Expr, metrics)
+			exprs++
+		}
+	}
+	if exprs < 30 {
+		t.Fatalf("only %d expressions checked", exprs)
 	}
 }
