@@ -184,20 +184,25 @@ func (s *settings) parseOnly(name string, args []string, getenv func(string) str
 		flagLvl := level{source: "flag", what: "--" + st.flag, whatFile: "--" + st.flag + "-file"}
 		flagLvl.v, flagLvl.ok = flags[st]
 		flagLvl.vFile, flagLvl.okFile = flagFiles[st]
+		var win *level // the highest level that gives the setting
 		for _, l := range []level{fileLvl, envLvl, flagLvl} { // lowest first
 			if l.ok && l.okFile {
 				return nil, fmt.Errorf("setting %s: give %s or %s, not both", st.env, l.what, l.whatFile)
 			}
-			switch {
-			case l.ok:
-				st.value, st.set, st.source = l.v, true, l.source
-			case l.okFile:
-				v, err := readSecretFile(l.vFile)
-				if err != nil {
-					return nil, fmt.Errorf("setting %s (%s): %v", st.env, l.whatFile, err)
-				}
-				st.value, st.set, st.source = v, true, l.source
+			if l.ok || l.okFile {
+				win = &l
 			}
+		}
+		switch {
+		case win == nil:
+		case win.ok:
+			st.value, st.set, st.source = win.v, true, win.source
+		default: // only the file that wins is read
+			v, err := readSecretFile(win.vFile)
+			if err != nil {
+				return nil, fmt.Errorf("setting %s (%s): %v", st.env, win.whatFile, err)
+			}
+			st.value, st.set, st.source = v, true, win.source
 		}
 	}
 	return fs.Args(), nil
