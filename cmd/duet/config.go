@@ -52,6 +52,9 @@ func newSettings() *settings {
 	add("event-history-retention", "DUET_EVENT_HISTORY_RETENTION", "720h", "how long device history (GET /api/v1/devices/{id}/events) is kept in PostgreSQL")
 	add("bulk-rate", "DUET_BULK_RATE", "50", "tasks per second a task batch (POST /api/v1/tasks) creates when its request names no rate (at most 1000)")
 	add("policy-sweep", "DUET_POLICY_SWEEP", "10m", "how often every device is checked against the enabled policies even without a change (changes and device events are checked at once)")
+	add("reboot-timeout", "DUET_REBOOT_TIMEOUT", "10m", "a reboot or factory reset task fails with timeout when the device is not back (USP Boot!, CWMP 1 BOOT) within this")
+	add("transfer-timeout", "DUET_TRANSFER_TIMEOUT", "1h", "a download or upload the device accepted for later (Status 1) fails with timeout when no TransferComplete comes within this")
+	add("operation-timeout", "DUET_OPERATION_TIMEOUT", "1h", "an asynchronous command (USP OperationComplete, CWMP diagnostics) fails with timeout when its completion does not come within this")
 	add("admin-token", "DUET_ADMIN_TOKEN", "", "API admin bearer token to create at start (at least 24 characters); unset, the first start generates one and prints it once")
 	// CWMP
 	add("cwmp-addr", "DUET_CWMP_ADDR", ":7547", "listen address of the CWMP ACS")
