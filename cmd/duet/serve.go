@@ -159,13 +159,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			}
 			return nil
 		}
-		var awaitTimeouts [3]time.Duration
-		for i, name := range []string{"reboot-timeout", "transfer-timeout", "operation-timeout"} {
-			if awaitTimeouts[i], err = s.duration(name, time.Second); err != nil {
-				_ = hl.Close()
-				return err
-			}
-		}
+		awaitTimeouts := cfg.awaitTimeouts
 		tasks, err := controller.NewTaskQueue(controller.TaskQueueOptions{Store: st, Bus: b, CredentialKey: credKey, Logger: log,
 			RebootTimeout: awaitTimeouts[0], TransferTimeout: awaitTimeouts[1], OperationTimeout: awaitTimeouts[2]})
 		if err != nil {

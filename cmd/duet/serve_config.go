@@ -12,7 +12,8 @@ import (
 
 // serveConfig is every setting of `duet serve`, checked. checkServe builds
 // it before anything starts, so a bad value of any component stops start-up
-// before a migration runs, a server listens or a token is made.
+// before a migration runs, a server listens or a token is made. A new
+// setting is parsed here, not where it is used (TestBadSettingStartsNothing).
 type serveConfig struct {
 	comps            map[string]bool
 	retention        time.Duration
@@ -23,6 +24,7 @@ type serveConfig struct {
 	natsPort         int // embedded NATS only
 	policySweep      time.Duration
 	bulkRate         float64
+	awaitTimeouts    [3]time.Duration // reboot, transfer, operation
 
 	cwmp cwmpadapter.Options // without Bus and Logger
 
@@ -71,6 +73,11 @@ func (s *settings) checkServe() (*serveConfig, error) {
 		}
 		if c.bulkRate, err = s.float("bulk-rate", 0, controller.MaxBulkRate); err != nil {
 			return nil, err
+		}
+		for i, name := range []string{"reboot-timeout", "transfer-timeout", "operation-timeout"} {
+			if c.awaitTimeouts[i], err = s.duration(name, time.Second); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if c.comps["cwmp"] {

@@ -52,6 +52,8 @@ func TestBadSettingStartsNothing(t *testing.T) {
 		{"DUET_ADMIN_TOKEN", "short"},
 		{"DUET_POLICY_SWEEP", "1s"},
 		{"DUET_BULK_RATE", "0"},
+		{"DUET_REBOOT_TIMEOUT", "0s"},
+		{"DUET_OPERATION_TIMEOUT", "soon"},
 	} {
 		t.Run(c.env+"="+c.value, func(t *testing.T) {
 			db := storetest.NewDatabase(t)
