@@ -187,8 +187,9 @@ func (s *settings) parseOnly(name string, args []string, getenv func(string) str
 		flagLvl := level{source: "flag", what: "--" + st.flag, whatFile: "--" + st.flag + "-file"}
 		flagLvl.v, flagLvl.ok = flags[st]
 		flagLvl.vFile, flagLvl.okFile = flagFiles[st]
-		var win *level // the highest level that gives the setting
-		for _, l := range []level{fileLvl, envLvl, flagLvl} { // lowest first
+		// win is the highest level that gives the setting, lowest first.
+		var win *level
+		for _, l := range []level{fileLvl, envLvl, flagLvl} {
 			if l.ok && l.okFile {
 				return nil, fmt.Errorf("setting %s: give %s or %s, not both", st.env, l.what, l.whatFile)
 			}
