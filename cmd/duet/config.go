@@ -43,6 +43,7 @@ func newSettings() *settings {
 	add("nats-url", "DUET_NATS_URL", "", "external NATS server URL; empty embeds a NATS server with JetStream")
 	add("nats-host", "DUET_NATS_HOST", "127.0.0.1", "listen host of the embedded NATS server")
 	add("nats-port", "DUET_NATS_PORT", "4222", "listen port of the embedded NATS server")
+	add("nats-replicas", "DUET_NATS_REPLICAS", "1", "copies JetStream keeps of Duet's streams on a clustered external NATS (1 to 5, at most the cluster's size; 3 survives the loss of one node); 1 with the embedded server")
 	add("http-addr", "DUET_HTTP_ADDR", ":8080", "address of the REST API, /healthz, /readyz and /metrics")
 	add("data-dir", "DUET_DATA_DIR", "duet-data", "directory for embedded NATS (JetStream) data")
 	add("log-level", "DUET_LOG_LEVEL", "info", "debug, info, warn or error")

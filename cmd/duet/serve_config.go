@@ -22,6 +22,7 @@ type serveConfig struct {
 	realm            string
 	credKey          *store.CredentialKey
 	natsPort         int // embedded NATS only
+	natsReplicas     int
 	policySweep      time.Duration
 	bulkRate         float64
 	awaitTimeouts    [3]time.Duration // reboot, transfer, operation
@@ -59,9 +60,15 @@ func (s *settings) checkServe() (*serveConfig, error) {
 			return nil, s.errSetting("credentials-key", "%v", err)
 		}
 	}
+	if c.natsReplicas, err = s.integer("nats-replicas", 1, 5); err != nil {
+		return nil, err
+	}
 	if s.str("nats-url") == "" {
 		if c.natsPort, err = s.port("nats-port"); err != nil {
 			return nil, err
+		}
+		if c.natsReplicas != 1 {
+			return nil, s.errSetting("nats-replicas", "the embedded NATS server is a single node: replicas must be 1 (set DUET_NATS_URL to a cluster)")
 		}
 	}
 	if c.comps["controller"] {
