@@ -5,18 +5,20 @@ import (
 	"fmt"
 )
 
-// DeviceCount is how many devices of a protocol are online or not.
+// DeviceCount is how many devices of a protocol are online or not, and
+// rebooting (a reboot task awaits their return) or not.
 type DeviceCount struct {
-	Protocol string
-	Online   bool
-	Devices  int
+	Protocol  string
+	Online    bool
+	Rebooting bool
+	Devices   int
 }
 
 // CountDevicesByState counts the registry by protocol and online state:
 // one aggregate over devices_online_idx, cheap enough to repeat every
 // few tens of seconds at a million devices.
 func (s *Store) CountDevicesByState(ctx context.Context) ([]DeviceCount, error) {
-	rows, err := s.pool.Query(ctx, "SELECT protocol, online, count(*) FROM devices GROUP BY protocol, online")
+	rows, err := s.pool.Query(ctx, "SELECT protocol, online, rebooting_task <> '', count(*) FROM devices GROUP BY 1, 2, 3")
 	if err != nil {
 		return nil, fmt.Errorf("store: count devices: %w", err)
 	}
@@ -24,7 +26,7 @@ func (s *Store) CountDevicesByState(ctx context.Context) ([]DeviceCount, error) 
 	var out []DeviceCount
 	for rows.Next() {
 		var c DeviceCount
-		if err := rows.Scan(&c.Protocol, &c.Online, &c.Devices); err != nil {
+		if err := rows.Scan(&c.Protocol, &c.Online, &c.Rebooting, &c.Devices); err != nil {
 			return nil, fmt.Errorf("store: count devices: %w", err)
 		}
 		out = append(out, c)
