@@ -19,7 +19,7 @@ var metricDevices = promauto.NewGaugeVec(prometheus.GaugeOpts{
 
 var metricTasksOpen = promauto.NewGaugeVec(prometheus.GaugeOpts{
 	Name: "duet_tasks_open",
-	Help: "The task queue's depth: tasks queued (waiting for their device) and dispatched (awaiting an outcome). Recounted with duet_devices by one replica.",
+	Help: "The task queue's depth: tasks queued (waiting for their device), dispatched (waiting for the device's answer) and awaiting (accepted by the device, waiting for its completion: a transfer, an async command, a reboot). Recounted with duet_devices by one replica.",
 }, []string{"state"})
 
 // DeviceGaugeEvery is how often duet_devices is recounted.
@@ -115,12 +115,13 @@ func (g *DeviceGauge) count(ctx context.Context) error {
 	for k, v := range next {
 		metricDevices.WithLabelValues(k[0], k[1]).Set(v)
 	}
-	queued, dispatched, err := g.st.CountOpenTasks(ctx)
+	queued, dispatched, awaiting, err := g.st.CountOpenTasks(ctx)
 	if err != nil {
 		return err
 	}
 	metricTasksOpen.WithLabelValues("queued").Set(float64(queued))
 	metricTasksOpen.WithLabelValues("dispatched").Set(float64(dispatched))
+	metricTasksOpen.WithLabelValues("awaiting").Set(float64(awaiting))
 	return nil
 }
 

@@ -91,7 +91,7 @@ func TestDeviceGauge(t *testing.T) {
 	if _, ok, err := st.AwaitTask(ctx, "task-gauge-1", store.SubStateAwaitingBoot, "k", now.Add(time.Hour), nil); err != nil || !ok {
 		t.Fatalf("await: %v %v", ok, err)
 	}
-	want(map[string]float64{"usp/online": 0, "usp/rebooting": 1, "tasks/dispatched": 1})
+	want(map[string]float64{"usp/online": 0, "usp/rebooting": 1, "tasks/dispatched": 0, "tasks/awaiting": 1})
 	g.Stop()
 	if got := devicesGauge(t); len(got) != 0 {
 		t.Fatalf("a stopped gauge still reports %v", got)

@@ -37,14 +37,16 @@ func (s *Store) CountDevicesByState(ctx context.Context) ([]DeviceCount, error) 
 	return out, nil
 }
 
-// CountOpenTasks counts the tasks waiting for a device (queued) and those
-// sent and awaiting their outcome (dispatched), from the partial index of
-// open tasks.
-func (s *Store) CountOpenTasks(ctx context.Context) (queued, dispatched int, err error) {
-	err = s.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'dispatched')
-		FROM tasks WHERE state IN ('queued', 'dispatched')`).Scan(&queued, &dispatched)
+// CountOpenTasks counts the tasks waiting for a device (queued), those
+// sent and awaiting the device's answer (dispatched), and those the device
+// accepted and finishes later (awaiting: a sub-state, such as a transfer
+// or a reboot), from the partial index of open tasks.
+func (s *Store) CountOpenTasks(ctx context.Context) (queued, dispatched, awaiting int, err error) {
+	err = s.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE state = 'queued'),
+		count(*) FILTER (WHERE state = 'dispatched' AND sub_state = ''), count(*) FILTER (WHERE state = 'dispatched' AND sub_state <> '')
+		FROM tasks WHERE state IN ('queued', 'dispatched')`).Scan(&queued, &dispatched, &awaiting)
 	if err != nil {
-		return 0, 0, fmt.Errorf("store: count open tasks: %w", err)
+		return 0, 0, 0, fmt.Errorf("store: count open tasks: %w", err)
 	}
-	return queued, dispatched, nil
+	return queued, dispatched, awaiting, nil
 }
