@@ -358,3 +358,22 @@ func TestGetOfOnlyInvalidPathFails(t *testing.T) {
 		t.Fatalf("get with one invalid path of two: %d %s", code, body)
 	}
 }
+
+// TestCWMPDiagnosticsEndOnDiagnosticsComplete: a CWMP diagnostics run
+// (SetParameterValues DiagnosticsState=Requested) ends on the CPE's
+// "8 DIAGNOSTICS COMPLETE", with the results as output arguments.
+func TestCWMPDiagnosticsEndOnDiagnosticsComplete(t *testing.T) {
+	env := baseEnv(t, storetest.NewDatabase(t))
+	d := startDuet(t, env, "serve")
+	d.waitReady(30 * time.Second)
+	c := startCPEWith(t, cpe.Options{ACSURL: "http://" + env["DUET_CWMP_ADDR"] + "/", Serial: "DIAG1"})
+	dev := c.DeviceID()
+	d.waitDevice(dev)
+	_, ping := d.postTask(dev, `{"operation":"operate","command":"Device.IP.Diagnostics.IPPing()","input_args":{"Host":"127.0.0.1","NumberOfRepetitions":"2"}}`)
+	tk := d.waitFull(ping.ID, 60*time.Second, func(tk fullTask) bool { return tk.State != "dispatched" && tk.State != "queued" })
+	if tk.State != "succeeded" || tk.Result.Operate == nil || tk.Result.Operate.OutputArgs["DiagnosticsState"] != "Complete" ||
+		tk.Result.Operate.OutputArgs["SuccessCount"] != "2" {
+		_, body := d.fullTask(ping.ID)
+		t.Fatalf("diagnostics: %s", body)
+	}
+}
