@@ -309,7 +309,9 @@ func TestUSPAsyncOperateEndsOnOperationComplete(t *testing.T) {
 	d.waitOnline(dev, true)
 
 	_, ping := d.postTask(dev, `{"operation":"operate","command":"Device.IP.Diagnostics.IPPing()","input_args":{"ProtocolVersion":"Any","Host":"192.0.2.1","NumberOfRepetitions":"3","Timeout":"1000","DataBlockSize":"64"}}`)
-	tk := d.waitFull(ping.ID, 60*time.Second, func(tk fullTask) bool { return tk.SubState == "awaiting_completion" || tk.State != "queued" && tk.State != "dispatched" })
+	tk := d.waitFull(ping.ID, 60*time.Second, func(tk fullTask) bool {
+		return tk.SubState == "awaiting_completion" || tk.State != "queued" && tk.State != "dispatched"
+	})
 	if tk.State != "dispatched" {
 		_, body := d.fullTask(ping.ID)
 		t.Fatalf("async IPPing() before OperationComplete: %s", body)
@@ -323,7 +325,9 @@ func TestUSPAsyncOperateEndsOnOperationComplete(t *testing.T) {
 
 	// ScheduleTimer(): no output arguments, ends when the timer fired.
 	_, timer := d.postTask(dev, `{"operation":"operate","command":"Device.LocalAgent.ScheduleTimer()","input_args":{"DelaySeconds":"20"}}`)
-	tk = d.waitFull(timer.ID, 60*time.Second, func(tk fullTask) bool { return tk.SubState == "awaiting_completion" || tk.State != "queued" && tk.State != "dispatched" })
+	tk = d.waitFull(timer.ID, 60*time.Second, func(tk fullTask) bool {
+		return tk.SubState == "awaiting_completion" || tk.State != "queued" && tk.State != "dispatched"
+	})
 	if tk.State != "dispatched" {
 		_, body := d.fullTask(timer.ID)
 		t.Fatalf("ScheduleTimer() before it fired: %s", body)
