@@ -47,6 +47,14 @@ type Config struct {
 	// matching Event subscriptions (usp.md §9.6). Tests set milliseconds.
 	PeriodicInterval time.Duration
 
+	// NoFactorySubscriptions leaves Device.LocalAgent.Subscription. empty
+	// at the factory default. By default it holds one row, as real agents
+	// ship (obuspa's factory-reset database): "factory-boot", an Event
+	// subscription to Device.Boot! for Controller.1, persistent and with
+	// NotifRetry. A reboot then sends one Boot! per matching subscription,
+	// this one and the Controller's own (usp.md §9.6).
+	NoFactorySubscriptions bool
+
 	// AsyncDelay is how long the asynchronous IPPing() runs; default 50 ms.
 	AsyncDelay time.Duration
 
@@ -215,6 +223,16 @@ func (a *Agent) factoryModel() *model {
 	}
 	m.next["Device.NAT.PortMapping."] = 1
 	m.next["Device.LocalAgent.Subscription."] = 1
+	if !c.NoFactorySubscriptions {
+		sub := m.addInstance("Device.LocalAgent.Subscription.")
+		for k, v := range map[string]string{
+			"Alias": "cpe-1", "Enable": "true", "ID": "factory-boot", "Recipient": ctrl[:len(ctrl)-1],
+			"NotifType": "Event", "ReferenceList": "Device.Boot!", "Persistent": "true", "NotifRetry": "true",
+			"TimeToLive": "0", "NotifExpiration": "0",
+		} {
+			m.values[sub+k] = v
+		}
+	}
 	m.next["Device.LocalAgent.Request."] = 1
 	return m
 }
