@@ -463,12 +463,30 @@ func (e *Endpoint) Disconnected(mtp MTP, endpointID string) {
 // touch records that eid is reachable over mtp at from, creating the session
 // (online event, command subscription, onboarding) when it is new.
 func (e *Endpoint) touch(mtp MTP, eid string, from Address) *session {
+	s, created, seen := e.openSession(mtp, eid, from)
+	if !created {
+		return s
+	}
+	e.log.Info("usp agent online", "device", eid, "mtp", mtp.Name(), "address", from.reachability())
+	// One online event per connection: an agent onboarded for the first
+	// time gets it from onboarding, with the DeviceInfo facts; the others
+	// get it now.
+	if seen || !e.startOnboarding(eid, onboardFull) {
+		e.announce(s, nil)
+	}
+	return s
+}
+
+// openSession returns eid's session, updating its address, or creates it
+// with its command subscription (created). seen tells whether this process
+// onboarded the agent before. s is nil once the endpoint is closed.
+func (e *Endpoint) openSession(mtp MTP, eid string, from Address) (s *session, created, seen bool) {
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
-		return nil
+		return nil, false, false
 	}
-	s := e.agents[eid]
+	s = e.agents[eid]
 	if s != nil {
 		if s.mtp != mtp {
 			// The agent moved to another MTP: later requests follow it.
@@ -478,12 +496,12 @@ func (e *Endpoint) touch(mtp MTP, eid string, from Address) *session {
 			s.addr = from
 		}
 		e.mu.Unlock()
-		return s
+		return s, false, true
 	}
 	s = &session{eid: eid, mtp: mtp, addr: from, sem: make(chan struct{}, e.opts.MaxInFlightPerAgent), pending: map[string]chan reply{}}
 	s.lastHeard.Store(time.Now().UnixNano())
 	e.agents[eid] = s
-	_, seen := e.known.get(eid)
+	_, seen = e.known.get(eid)
 	e.mu.Unlock()
 	metricAgentsOnline.Inc()
 
@@ -501,14 +519,7 @@ func (e *Endpoint) touch(mtp MTP, eid string, from Address) *session {
 		s.sub = sub
 		e.mu.Unlock()
 	}
-	e.log.Info("usp agent online", "device", eid, "mtp", mtp.Name(), "address", from.reachability())
-	// One online event per connection: an agent onboarded for the first
-	// time gets it from onboarding, with the DeviceInfo facts; the others
-	// get it now.
-	if seen || !e.startOnboarding(eid, onboardFull) {
-		e.announce(s, nil)
-	}
-	return s
+	return s, true, seen
 }
 
 // connected handles a Connect record. An agent onboarded before is

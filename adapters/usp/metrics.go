@@ -46,3 +46,8 @@ var (
 		Help: "Onboarding runs, by outcome (ok, failed; coalesced: asked for again for the same happening and not run).",
 	}, []string{"outcome"})
 )
+
+var metricRestored = promauto.NewCounterVec(prometheus.CounterOpts{
+	Name: "duet_usp_routes_restored_total",
+	Help: "Agents the adapter was told to serve at start (last online over its MTP), by MTP and outcome (answered, lost, invalid).",
+}, []string{"mtp", "outcome"})

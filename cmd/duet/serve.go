@@ -395,6 +395,8 @@ func (m *Main) startUSP(s *settings, comps map[string]bool, b *bus.Bus, log *slo
 		if err := t.Start(); err != nil {
 			return s.errSetting("mqtt-url", "%v", err)
 		}
+		// Agents that stayed connected to the broker while Duet was down.
+		ep.RestoreRoutes(t)
 		started.push(func(ctx context.Context) { _ = t.Shutdown(ctx) })
 		ls.MQTT = url + " topic " + t.Topic()
 	}

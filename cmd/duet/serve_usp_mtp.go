@@ -41,6 +41,8 @@ func (m *Main) startUSPStomp(s *settings, comps map[string]bool, ep *uspadapter.
 	if err := t.Start(); err != nil {
 		return s.errSetting("stomp-addr", "%v", err)
 	}
+	// Agents that stayed connected to the broker while Duet was down.
+	ep.RestoreRoutes(t)
 	started.push(func(ctx context.Context) { _ = t.Shutdown(ctx) })
 	ls.STOMP = "stomp://" + addr + " destination " + t.Destination()
 	return nil
