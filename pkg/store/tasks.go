@@ -63,18 +63,26 @@ type Task struct {
 	// Dispatcher is the ID of the TaskQueue that dispatched the task ("" when
 	// queued, or dispatched before dispatchers were recorded).
 	Dispatcher string
+	// WaitingReason says why a queued task waits ("" when unknown or not
+	// waiting), since WaitingSince; LastAttemptAt is its last dispatch
+	// (task_waiting.go).
+	WaitingReason string
+	WaitingSince  *time.Time
+	LastAttemptAt *time.Time
 }
 
 const taskColumns = `id, seq, device_id, operation, request, command, non_idempotent, state, COALESCE(unique_key, ''),
 	connection_request, expires_at, created_at, updated_at, dispatched_at, finished_at, session, attempts, result,
-	error_code, error_message, device_fault, COALESCE(retry_of, ''), COALESCE(batch_id, ''), dispatcher`
+	error_code, error_message, device_fault, COALESCE(retry_of, ''), COALESCE(batch_id, ''), dispatcher,
+	waiting_reason, waiting_since, last_attempt_at`
 
 func scanTask(row pgx.Row) (Task, error) {
 	var t Task
 	var st string
 	err := row.Scan(&t.ID, &t.Seq, &t.DeviceID, &t.Operation, &t.Request, &t.Command, &t.NonIdempotent, &st, &t.UniqueKey,
 		&t.ConnectionRequest, &t.ExpiresAt, &t.CreatedAt, &t.UpdatedAt, &t.DispatchedAt, &t.FinishedAt, &t.Session,
-		&t.Attempts, &t.Result, &t.ErrorCode, &t.ErrorMessage, &t.DeviceFault, &t.RetryOf, &t.BatchID, &t.Dispatcher)
+		&t.Attempts, &t.Result, &t.ErrorCode, &t.ErrorMessage, &t.DeviceFault, &t.RetryOf, &t.BatchID, &t.Dispatcher,
+		&t.WaitingReason, &t.WaitingSince, &t.LastAttemptAt)
 	t.State = TaskState(st)
 	return t, err
 }
@@ -272,7 +280,8 @@ func (s *Store) ClaimNextTask(ctx context.Context, deviceID, session, dispatcher
 			return err
 		}
 		t2, err := scanTask(tx.QueryRow(ctx, `UPDATE tasks SET state = 'dispatched', dispatched_at = now(),
-			updated_at = now(), session = $2, dispatcher = $3, attempts = attempts + 1, error_message = ''
+			updated_at = now(), session = $2, dispatcher = $3, attempts = attempts + 1, error_message = '',
+			last_attempt_at = now(), waiting_reason = '', waiting_since = NULL
 			WHERE id = $1 RETURNING `+taskColumns, id, session, dispatcher))
 		if err != nil {
 			return err
