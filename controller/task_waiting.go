@@ -25,17 +25,17 @@ const waitNoAnswer = "no_answer"
 
 // waiting records why deviceID's queued tasks wait and logs a change.
 func (q *TaskQueue) waiting(ctx context.Context, deviceID, reason string) {
-	n, err := q.o.Store.SetTasksWaiting(ctx, deviceID, reason)
+	changed, err := q.o.Store.SetTasksWaiting(ctx, deviceID, reason)
 	if err != nil {
 		if ctx.Err() == nil {
 			q.log.Warn("recording why tasks wait failed", "device", deviceID, "reason", reason, "err", err)
 		}
 		return
 	}
-	if n > 0 {
+	if changed {
 		label, _, _ := strings.Cut(reason, ":")
 		metricTasksWaiting.WithLabelValues(label).Inc()
-		q.log.Info("tasks waiting", "device", deviceID, "reason", reason, "tasks", n)
+		q.log.Info("tasks waiting", "device", deviceID, "reason", reason)
 	}
 }
 
@@ -64,9 +64,9 @@ func (q *TaskQueue) markOfflineWaiting(ctx context.Context) {
 		}
 		return
 	}
-	for _, c := range changes {
+	for _, id := range changes {
 		metricTasksWaiting.WithLabelValues(store.WaitDeviceOffline).Inc()
-		q.log.Info("tasks waiting", "device", c.DeviceID, "reason", store.WaitDeviceOffline, "tasks", c.Tasks)
+		q.log.Info("tasks waiting", "device", id, "reason", store.WaitDeviceOffline)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/bus/bustest"
 	"github.com/duet-dm/duet/pkg/sim/agent"
+	"github.com/duet-dm/duet/pkg/sim/cpe"
 	"github.com/duet-dm/duet/pkg/store/storetest"
 )
 
@@ -119,5 +120,71 @@ func TestUSPAgentOnBrokerSurvivesRestart(t *testing.T) {
 				t.Fatalf("device after restart: %d %s", code, body)
 			}
 		})
+	}
+}
+
+// TestCWMPDevicesGoOfflineWhenTheyStopInforming: CPEs (TR-181 and TR-098)
+// told to inform every second stop informing and go offline within
+// PeriodicInformInterval × DUET_CWMP_OFFLINE_TOLERANCE + grace, with an
+// offline event (reason inform_overdue) in their history; one that keeps
+// informing stays online. Before issue 11 §3 they stayed online forever.
+// The interval is learned from the parameter cache (the set task's
+// values); the default for an unknown interval is an hour here, so only a
+// learned interval can take them offline in time.
+func TestCWMPDevicesGoOfflineWhenTheyStopInforming(t *testing.T) {
+	env := baseEnv(t, storetest.NewDatabase(t))
+	env["DUET_CWMP_OFFLINE_TOLERANCE"] = "2"
+	env["DUET_CWMP_OFFLINE_GRACE"] = "1s"
+	env["DUET_CWMP_OFFLINE_AFTER"] = "1h"
+	env["DUET_CWMP_OFFLINE_SWEEP"] = "200ms"
+	d := startDuet(t, env, "serve")
+	d.waitReady(30 * time.Second)
+	acs := "http://" + env["DUET_CWMP_ADDR"] + "/"
+	type dev struct {
+		c    *cpe.CPE
+		id   string
+		root string
+	}
+	var devs []dev
+	for i, m := range []struct{ path, root string }{
+		{cwmpModels[0].path, "Device."}, {cwmpModels[1].path, "InternetGatewayDevice."}, {cwmpModels[0].path, "Device."},
+	} {
+		c, err := cpe.New(cpe.Options{ACSURL: acs, DataModelPath: m.path, OUI: "00D09E", ProductClass: "PRES",
+			Serial: fmt.Sprintf("PRESENCE%d", i), RetryMinWait: 200 * time.Millisecond, Bootstrapped: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		devs = append(devs, dev{c: c, id: c.DeviceID(), root: m.root})
+	}
+	for _, dv := range devs {
+		d.waitDevice(dv.id)
+		ms := dv.root + "ManagementServer."
+		d.runTask(dv.id, `{"operation":"set","params":[{"path":"`+ms+`PeriodicInformEnable","value":"true","type":"boolean"},{"path":"`+ms+`PeriodicInformInterval","value":"1","type":"unsignedInt"}]}`)
+	}
+	stopped, keeps := devs[:2], devs[2]
+	for _, dv := range stopped {
+		_ = dv.c.Close()
+	}
+	start := time.Now()
+	for _, dv := range stopped {
+		d.waitOnline(dv.id, false)
+	}
+	t.Logf("offline %s after the CPEs stopped (interval 1 s, tolerance 2, grace 1 s)", time.Since(start).Round(time.Millisecond))
+	for _, dv := range stopped {
+		code, body := d.get("/api/v1/devices/" + url.PathEscape(dv.id) + "/events?type=offline")
+		if code != 200 || !strings.Contains(body, "inform_overdue") {
+			t.Fatalf("history of %s: %d %s", dv.id, code, body)
+		}
+	}
+	if code, body := d.get("/api/v1/devices/" + url.PathEscape(keeps.id)); code != 200 || !strings.Contains(body, `"online":true`) {
+		t.Fatalf("a CPE that keeps informing: %d %s", code, body)
+	}
+	code, body := d.get("/api/v1/devices?protocol=cwmp&online=true")
+	if code != 200 || !strings.Contains(body, keeps.id) || strings.Contains(body, stopped[0].id) || strings.Contains(body, stopped[1].id) {
+		t.Fatalf("?online=true: %d %s", code, body)
 	}
 }

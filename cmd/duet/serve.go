@@ -189,6 +189,12 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			Sweep: policySweep, Logger: log})
 		// Before the queue starts: no finished policy task goes unheard.
 		tasks.OnFinished(rec.TaskFinished)
+		presence, err := m.presenceSweeper(s, st, b, log)
+		if err != nil {
+			_ = hl.Close()
+			return err
+		}
+		tasks.OnConnectionRequestFailed(presence.ConnectionRequestFailed)
 		if err := tasks.Start(ctx); err != nil {
 			_ = hl.Close()
 			return err
@@ -201,6 +207,8 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		}
 		reg.Start()
 		started.push(func(context.Context) { reg.Stop() })
+		presence.Start()
+		started.push(func(context.Context) { presence.Stop() })
 		rec.Start()
 		started.push(func(context.Context) { rec.Stop() })
 		desk, err := controller.StartAdapterDeskWith(controller.AdapterDeskOptions{

@@ -63,9 +63,9 @@ type Task struct {
 	// Dispatcher is the ID of the TaskQueue that dispatched the task ("" when
 	// queued, or dispatched before dispatchers were recorded).
 	Dispatcher string
-	// WaitingReason says why a queued task waits ("" when unknown or not
-	// waiting), since WaitingSince; LastAttemptAt is its last dispatch
-	// (task_waiting.go).
+	// WaitingReason says why the device's queued tasks wait ("" when
+	// unknown), since WaitingSince; LastAttemptAt is the task's last
+	// dispatch (task_waiting.go).
 	WaitingReason string
 	WaitingSince  *time.Time
 	LastAttemptAt *time.Time
@@ -74,7 +74,8 @@ type Task struct {
 const taskColumns = `id, seq, device_id, operation, request, command, non_idempotent, state, COALESCE(unique_key, ''),
 	connection_request, expires_at, created_at, updated_at, dispatched_at, finished_at, session, attempts, result,
 	error_code, error_message, device_fault, COALESCE(retry_of, ''), COALESCE(batch_id, ''), dispatcher,
-	waiting_reason, waiting_since, last_attempt_at`
+	last_attempt_at, COALESCE((SELECT w.wait_reason FROM device_task_waits w WHERE w.wait_device = device_id), ''),
+	(SELECT w.wait_since FROM device_task_waits w WHERE w.wait_device = device_id)`
 
 func scanTask(row pgx.Row) (Task, error) {
 	var t Task
@@ -82,7 +83,7 @@ func scanTask(row pgx.Row) (Task, error) {
 	err := row.Scan(&t.ID, &t.Seq, &t.DeviceID, &t.Operation, &t.Request, &t.Command, &t.NonIdempotent, &st, &t.UniqueKey,
 		&t.ConnectionRequest, &t.ExpiresAt, &t.CreatedAt, &t.UpdatedAt, &t.DispatchedAt, &t.FinishedAt, &t.Session,
 		&t.Attempts, &t.Result, &t.ErrorCode, &t.ErrorMessage, &t.DeviceFault, &t.RetryOf, &t.BatchID, &t.Dispatcher,
-		&t.WaitingReason, &t.WaitingSince, &t.LastAttemptAt)
+		&t.LastAttemptAt, &t.WaitingReason, &t.WaitingSince)
 	t.State = TaskState(st)
 	return t, err
 }
@@ -281,11 +282,16 @@ func (s *Store) ClaimNextTask(ctx context.Context, deviceID, session, dispatcher
 		}
 		t2, err := scanTask(tx.QueryRow(ctx, `UPDATE tasks SET state = 'dispatched', dispatched_at = now(),
 			updated_at = now(), session = $2, dispatcher = $3, attempts = attempts + 1, error_message = '',
-			last_attempt_at = now(), waiting_reason = '', waiting_since = NULL
+			last_attempt_at = now()
 			WHERE id = $1 RETURNING `+taskColumns, id, session, dispatcher))
 		if err != nil {
 			return err
 		}
+		// Delivered now: no longer waiting (task_waiting.go).
+		if _, err := tx.Exec(ctx, "DELETE FROM device_task_waits WHERE wait_device = $1", deviceID); err != nil {
+			return err
+		}
+		t2.WaitingReason, t2.WaitingSince = "", nil
 		t, ok = t2, true
 		return nil
 	})
