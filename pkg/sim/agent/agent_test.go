@@ -3,7 +3,6 @@ package agent_test
 import (
 	"errors"
 	"runtime"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -40,9 +39,7 @@ type ctl struct {
 
 func newAgent(t *testing.T, serial string) *ctl {
 	t.Helper()
-	// Without the factory Boot! subscription: these tests count Notifies
-	// of the subscriptions they create (TestFactoryBootSubscription has it).
-	a, err := agent.New(agent.Config{SerialNumber: serial, ControllerID: ctrlID, NoFactorySubscriptions: true,
+	a, err := agent.New(agent.Config{SerialNumber: serial, ControllerID: ctrlID, NoFactorySubscription: true,
 		RetryMinWait: 20 * time.Millisecond, RetryMultiplier: 1000, AsyncDelay: 5 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -600,34 +597,5 @@ func TestPeriodicEvent(t *testing.T) {
 		if ev := n.GetEvent(); n.GetSubscriptionId() != "periodic" || ev.GetObjPath() != "Device.LocalAgent." || ev.GetEventName() != "Periodic!" {
 			t.Fatalf("periodic: %v", n)
 		}
-	}
-}
-
-// TestFactoryBootSubscription: by default the agent ships a factory Boot!
-// subscription, as real agents do, so a boot sends one Boot! per matching
-// subscription: the factory one and the Controller's (usp.md §9.6).
-func TestFactoryBootSubscription(t *testing.T) {
-	a, err := agent.New(agent.Config{SerialNumber: "SNF", ControllerID: ctrlID, RetryMinWait: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	c := &ctl{t: t, a: a}
-	c.subscribe("duet-boot", "Event", "Device.Boot!", true, true)
-	a.Reboot()
-	if o := c.next(); !o.Restart {
-		t.Fatal("no restart")
-	}
-	var subs []string
-	for range 2 {
-		_, n := c.nextNotify()
-		if n.GetEvent().GetEventName() != "Boot!" || !n.GetSendResp() {
-			t.Fatalf("not a Boot! with send_resp: %v", n)
-		}
-		subs = append(subs, n.GetSubscriptionId())
-	}
-	sort.Strings(subs)
-	if subs[0] != "duet-boot" || subs[1] != "factory-boot" {
-		t.Fatalf("Boot! subscriptions %v", subs)
 	}
 }
