@@ -724,9 +724,15 @@ func (q *TaskQueue) wakeCWMP(deviceID, url string) {
 			if try == connReqTries || devicemodel.ErrorCode(err) == devicemodel.CodeUnauthenticated {
 				metricConnReqs.WithLabelValues("failed").Inc()
 				q.log.Info("connection request failed; the tasks wait for the next inform", "device", deviceID, "err", err)
-				q.waiting(q.ctx, deviceID, store.WaitConnReqFailed+": "+connReqFailure(err))
-				if q.connReqFailed != nil {
-					q.connReqFailed(q.ctx, deviceID, err)
+				if strings.Contains(devicemodel.ErrorMessage(err), "nobody serves") {
+					// No CWMP adapter running: Duet's trouble, not the
+					// device's, so no evidence about its presence either.
+					q.waiting(q.ctx, deviceID, store.WaitNoAdapter)
+				} else {
+					q.waiting(q.ctx, deviceID, store.WaitConnReqFailed+": "+connReqFailure(err))
+					if q.connReqFailed != nil {
+						q.connReqFailed(q.ctx, deviceID, err)
+					}
 				}
 				return
 			}
