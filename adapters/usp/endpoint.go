@@ -463,7 +463,7 @@ func (e *Endpoint) Disconnected(mtp MTP, endpointID string) {
 // touch records that eid is reachable over mtp at from, creating the session
 // (online event, command subscription, onboarding) when it is new.
 func (e *Endpoint) touch(mtp MTP, eid string, from Address) *session {
-	s, created, seen := e.openSession(mtp, eid, from)
+	s, created, seen := e.openSession(mtp, eid, from, false)
 	if !created {
 		return s
 	}
@@ -477,16 +477,22 @@ func (e *Endpoint) touch(mtp MTP, eid string, from Address) *session {
 	return s
 }
 
-// openSession returns eid's session, updating its address, or creates it
-// with its command subscription (created). seen tells whether this process
-// onboarded the agent before. s is nil once the endpoint is closed.
-func (e *Endpoint) openSession(mtp MTP, eid string, from Address) (s *session, created, seen bool) {
+// openSession returns eid's session, updating its address (unless
+// keepExisting: a restored route never overrides what the agent itself
+// said), or creates it with its command subscription (created). seen tells
+// whether this process onboarded the agent before. s is nil once the
+// endpoint is closed.
+func (e *Endpoint) openSession(mtp MTP, eid string, from Address, keepExisting bool) (s *session, created, seen bool) {
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
 		return nil, false, false
 	}
 	s = e.agents[eid]
+	if s != nil && keepExisting {
+		e.mu.Unlock()
+		return s, false, true
+	}
 	if s != nil {
 		if s.mtp != mtp {
 			// The agent moved to another MTP: later requests follow it.

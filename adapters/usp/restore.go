@@ -70,7 +70,7 @@ func (e *Endpoint) restoreRoutes(mtp MTP) {
 				e.log.Warn("route to restore ignored", "mtp", mtp.Name(), "device", r.GetDeviceId(), "address", r.GetAddress())
 				continue
 			}
-			s, created, _ := e.openSession(mtp, r.GetDeviceId(), Address{Reply: r.GetAddress()})
+			s, created, _ := e.openSession(mtp, r.GetDeviceId(), Address{Reply: r.GetAddress()}, true)
 			if s == nil {
 				return // shutting down
 			}

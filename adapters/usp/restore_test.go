@@ -17,6 +17,12 @@ func TestRestoreRoutesProbesAgents(t *testing.T) {
 	alive := f.agent("os::00D09E-ALIVE")
 	dead := f.agent("os::00D09E-DEAD")
 	dead.Silent.Store(true)
+	// Connected already (it spoke first): its own address wins over the
+	// registry's.
+	live := f.agent("os::00D09E-LIVE")
+	wLive := watchEvents(t, f.bus, live.ID)
+	f.connect(live)
+	wLive.wait("online", nil)
 	wAlive := watchEvents(t, f.bus, alive.ID)
 	wDead := watchEvents(t, f.bus, dead.ID)
 	asked := make(chan *duetv1.RoutesRequest, 8)
@@ -25,7 +31,8 @@ func TestRestoreRoutesProbesAgents(t *testing.T) {
 		if req.GetAfter() == "" {
 			return &duetv1.Routes{Routes: []*duetv1.Route{{DeviceId: alive.ID, Address: alive.ID}}, More: true}, nil
 		}
-		return &duetv1.Routes{Routes: []*duetv1.Route{{DeviceId: dead.ID, Address: dead.ID}, {DeviceId: "bad id", Address: "x"}}}, nil
+		return &duetv1.Routes{Routes: []*duetv1.Route{{DeviceId: dead.ID, Address: dead.ID}, {DeviceId: live.ID, Address: "stale/topic"},
+			{DeviceId: "bad id", Address: "x"}}}, nil
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -54,4 +61,11 @@ func TestRestoreRoutesProbesAgents(t *testing.T) {
 	if f.ep.session(dead.ID) != nil {
 		t.Fatal("silent agent still has a session")
 	}
+	f.ep.mu.Lock()
+	addr := f.ep.agents[live.ID].addr.Reply
+	f.ep.mu.Unlock()
+	if addr != live.ID {
+		t.Fatalf("a restored route replaced a live session's address with %q", addr)
+	}
+	f.mustDo(live.ID, &duetv1.Command{Op: &duetv1.Command_Get{Get: &duetv1.GetRequest{Paths: []string{"Device.DeviceInfo.ModelName"}}}})
 }
