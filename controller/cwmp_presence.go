@@ -37,7 +37,10 @@ var metricCWMPOffline = promauto.NewCounterVec(prometheus.CounterOpts{
 const (
 	OfflineInformOverdue = "inform_overdue"
 	OfflineConnReqFailed = "connection_request_failed"
-	presencePage         = 1000
+	// A sweep publishes pages of presencePage, at most presenceMaxPages
+	// (100k CPEs); the rest wait for the next sweep.
+	presencePage     = 1000
+	presenceMaxPages = 100
 )
 
 // PresenceOptions configure NewPresenceSweeper.
@@ -171,22 +174,30 @@ func (p *PresenceSweeper) Stop() {
 // sweep before the registry applied the first publishes nothing new (the
 // stream and the history de-duplicate on it).
 func (p *PresenceSweeper) Sweep(ctx context.Context, now time.Time) (int, error) {
-	// One page per sweep: the registry applies these before the next, so
-	// the next query finds the following ones rather than these again.
-	ds, err := p.o.Store.FindOverdueCWMP(ctx, now, p.rule(), presencePage)
-	if err != nil || len(ds) == 0 {
-		return 0, err
+	n := 0
+	var after *store.OverdueCursor
+	for range presenceMaxPages {
+		ds, err := p.o.Store.FindOverdueCWMP(ctx, now, p.rule(), after, presencePage)
+		if err != nil || len(ds) == 0 {
+			return n, err
+		}
+		evs := make([]*duetv1.Event, 0, len(ds))
+		for _, d := range ds {
+			evs = append(evs, offlineEvent(d.ID, d.Deadline, OfflineInformOverdue))
+			p.log.Debug("cpe overdue", "device", d.ID, "last_seen", d.LastSeen, "interval", d.Interval, "deadline", d.Deadline)
+		}
+		if err := p.o.Bus.PublishEvents(ctx, evs...); err != nil {
+			return n, err
+		}
+		metricCWMPOffline.WithLabelValues(OfflineInformOverdue).Add(float64(len(evs)))
+		n += len(evs)
+		if len(ds) < presencePage {
+			return n, nil
+		}
+		last := ds[len(ds)-1]
+		after = &store.OverdueCursor{LastSeen: last.LastSeen, ID: last.ID}
 	}
-	evs := make([]*duetv1.Event, 0, len(ds))
-	for _, d := range ds {
-		evs = append(evs, offlineEvent(d.ID, d.Deadline, OfflineInformOverdue))
-		p.log.Debug("cpe overdue", "device", d.ID, "last_seen", d.LastSeen, "interval", d.Interval, "deadline", d.Deadline)
-	}
-	if err := p.o.Bus.PublishEvents(ctx, evs...); err != nil {
-		return 0, err
-	}
-	metricCWMPOffline.WithLabelValues(OfflineInformOverdue).Add(float64(len(evs)))
-	return len(evs), nil
+	return n, nil
 }
 
 // ConnectionRequestFailed is told of a connection request that failed for

@@ -28,20 +28,33 @@ type PresenceRule struct {
 	Unknown   time.Duration
 }
 
-// FindOverdueCWMP returns, oldest first, at most limit online CWMP devices
-// overdue at now under rule. A range scan of devices_cwmp_online_seen_idx
+// OverdueCursor continues FindOverdueCWMP after the last device of a page.
+type OverdueCursor struct {
+	LastSeen time.Time
+	ID       string
+}
+
+// FindOverdueCWMP returns, oldest first (last_seen, id), at most limit
+// online CWMP devices overdue at now under rule, after the cursor (nil
+// for the first page). A range scan of devices_cwmp_online_seen_idx
 // bounded by the shortest possible window (Grace), each row then checked
 // against its own deadline.
-func (s *Store) FindOverdueCWMP(ctx context.Context, now time.Time, rule PresenceRule, limit int) ([]OverdueDevice, error) {
+func (s *Store) FindOverdueCWMP(ctx context.Context, now time.Time, rule PresenceRule, after *OverdueCursor, limit int) ([]OverdueDevice, error) {
+	var afterSeen time.Time
+	afterID := ""
+	if after != nil {
+		afterSeen, afterID = after.LastSeen, after.ID
+	}
 	rows, err := s.pool.Query(ctx, `SELECT id, last_seen, inform_interval, deadline FROM (
 			SELECT id, last_seen, inform_interval,
 				last_seen + CASE WHEN inform_interval > 0
 					THEN make_interval(secs => inform_interval * $2::float8) + $3::interval
 					ELSE $4::interval END AS deadline
 			FROM devices
-			WHERE protocol = 'cwmp' AND online AND last_seen < $1::timestamptz - $3::interval) o
+			WHERE protocol = 'cwmp' AND online AND last_seen < $1::timestamptz - $3::interval
+			  AND (last_seen, id) > ($6::timestamptz, $7::text)) o
 		WHERE deadline <= $1
-		ORDER BY last_seen LIMIT $5`, now, rule.Tolerance, rule.Grace, rule.Unknown, limit)
+		ORDER BY last_seen, id LIMIT $5`, now, rule.Tolerance, rule.Grace, rule.Unknown, limit, afterSeen, afterID)
 	if err != nil {
 		return nil, fmt.Errorf("store: overdue cpes: %w", err)
 	}

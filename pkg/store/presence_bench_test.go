@@ -22,7 +22,7 @@ func BenchmarkFindOverdueCWMP100k(b *testing.B) {
 	}
 	b.ResetTimer()
 	for b.Loop() {
-		ds, err := s.FindOverdueCWMP(ctx, time.Now(), rule, 1000)
+		ds, err := s.FindOverdueCWMP(ctx, time.Now(), rule, nil, 1000)
 		if err != nil || len(ds) != 1000 {
 			b.Fatalf("%d %v", len(ds), err)
 		}
