@@ -43,6 +43,7 @@ func newSettings() *settings {
 	add("nats-url", "DUET_NATS_URL", "", "external NATS server URL; empty embeds a NATS server with JetStream")
 	add("nats-host", "DUET_NATS_HOST", "127.0.0.1", "listen host of the embedded NATS server")
 	add("nats-port", "DUET_NATS_PORT", "4222", "listen port of the embedded NATS server")
+	add("nats-replicas", "DUET_NATS_REPLICAS", "1", "copies JetStream keeps of Duet's streams on a clustered external NATS (1 to 5, at most the cluster's size; 3 survives the loss of one node); 1 with the embedded server")
 	add("http-addr", "DUET_HTTP_ADDR", ":8080", "address of the REST API, /healthz, /readyz and /metrics")
 	add("data-dir", "DUET_DATA_DIR", "duet-data", "directory for embedded NATS (JetStream) data")
 	add("log-level", "DUET_LOG_LEVEL", "info", "debug, info, warn or error")
@@ -68,6 +69,10 @@ func newSettings() *settings {
 	add("cwmp-tls-key", "DUET_CWMP_TLS_KEY", "", "PEM key file for cwmp-tls-cert")
 	add("cwmp-allow-basic-http", "DUET_CWMP_ALLOW_BASIC_HTTP", "false", "accept Basic auth over plain HTTP (for CPEs that can do nothing else)")
 	add("cwmp-max-sessions", "DUET_CWMP_MAX_SESSIONS", "1000", "concurrent CWMP sessions before new ones get 503")
+	add("cwmp-offline-tolerance", "DUET_CWMP_OFFLINE_TOLERANCE", "2.5", "a CPE is offline (reason inform_overdue) when no session came for its PeriodicInformInterval times this, plus DUET_CWMP_OFFLINE_GRACE (at least 1)")
+	add("cwmp-offline-grace", "DUET_CWMP_OFFLINE_GRACE", "1m", "added to every CPE's inform deadline")
+	add("cwmp-offline-after", "DUET_CWMP_OFFLINE_AFTER", "24h", "inform deadline of a CPE whose PeriodicInformInterval Duet has not learned (from the parameter cache: an Inform, a get, a set)")
+	add("cwmp-offline-sweep", "DUET_CWMP_OFFLINE_SWEEP", "15s", "how often the controller looks for CPEs past their inform deadline")
 	add("cwmp-min-inform-interval", "DUET_CWMP_MIN_INFORM_INTERVAL", "0s", "a device informing more often than this gets 503 (0 = off)")
 	// USP
 	add("usp-endpoint-id", "DUET_USP_ENDPOINT_ID", "self::duet-controller", "the controller's USP endpoint ID")
@@ -187,20 +192,26 @@ func (s *settings) parseOnly(name string, args []string, getenv func(string) str
 		flagLvl := level{source: "flag", what: "--" + st.flag, whatFile: "--" + st.flag + "-file"}
 		flagLvl.v, flagLvl.ok = flags[st]
 		flagLvl.vFile, flagLvl.okFile = flagFiles[st]
-		for _, l := range []level{fileLvl, envLvl, flagLvl} { // lowest first
+		// win is the highest level that gives the setting, lowest first.
+		var win *level
+		for _, l := range []level{fileLvl, envLvl, flagLvl} {
 			if l.ok && l.okFile {
 				return nil, fmt.Errorf("setting %s: give %s or %s, not both", st.env, l.what, l.whatFile)
 			}
-			switch {
-			case l.ok:
-				st.value, st.set, st.source = l.v, true, l.source
-			case l.okFile:
-				v, err := readSecretFile(l.vFile)
-				if err != nil {
-					return nil, fmt.Errorf("setting %s (%s): %v", st.env, l.whatFile, err)
-				}
-				st.value, st.set, st.source = v, true, l.source
+			if l.ok || l.okFile {
+				win = &l
 			}
+		}
+		switch {
+		case win == nil:
+		case win.ok:
+			st.value, st.set, st.source = win.v, true, win.source
+		default: // only the file that wins is read
+			v, err := readSecretFile(win.vFile)
+			if err != nil {
+				return nil, fmt.Errorf("setting %s (%s): %v", st.env, win.whatFile, err)
+			}
+			st.value, st.set, st.source = v, true, win.source
 		}
 	}
 	return fs.Args(), nil

@@ -105,8 +105,12 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		log.Info("embedded NATS started", "url", natsURL, "store", dir)
 	}
 	ls.NATS = natsURL
-	b, err := bus.Connect(ctx, bus.Options{URL: natsURL, Name: "duet", EventMaxAge: cfg.retention, Logger: log})
+	b, err := bus.Connect(ctx, bus.Options{URL: natsURL, Name: "duet", EventMaxAge: cfg.retention, Replicas: cfg.natsReplicas, Logger: log})
 	if err != nil {
+		if cfg.natsReplicas > 1 && strings.Contains(err.Error(), "stream") {
+			// Most likely the servers are fewer than the replicas.
+			return s.errSetting("nats-replicas", "%v", err)
+		}
 		return s.errSetting("nats-url", "%v", err)
 	}
 	started.push(func(context.Context) { b.Close() })
@@ -159,13 +163,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			}
 			return nil
 		}
-		var awaitTimeouts [3]time.Duration
-		for i, name := range []string{"reboot-timeout", "transfer-timeout", "operation-timeout"} {
-			if awaitTimeouts[i], err = s.duration(name, time.Second); err != nil {
-				_ = hl.Close()
-				return err
-			}
-		}
+		awaitTimeouts := cfg.awaitTimeouts
 		tasks, err := controller.NewTaskQueue(controller.TaskQueueOptions{Store: st, Bus: b, CredentialKey: credKey, Logger: log,
 			RebootTimeout: awaitTimeouts[0], TransferTimeout: awaitTimeouts[1], OperationTimeout: awaitTimeouts[2]})
 		if err != nil {
@@ -177,6 +175,12 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			Sweep: cfg.policySweep, Logger: log})
 		// Before the queue starts: no finished policy task goes unheard.
 		tasks.OnFinished(rec.TaskFinished)
+		presence, err := m.presenceSweeper(s, st, b, log)
+		if err != nil {
+			_ = hl.Close()
+			return err
+		}
+		tasks.OnConnectionRequestFailed(presence.ConnectionRequestFailed)
 		if err := tasks.Start(ctx); err != nil {
 			_ = hl.Close()
 			return err
@@ -189,6 +193,8 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		}
 		reg.Start()
 		started.push(func(context.Context) { reg.Stop() })
+		presence.Start()
+		started.push(func(context.Context) { presence.Stop() })
 		rec.Start()
 		started.push(func(context.Context) { rec.Stop() })
 		desk, err := controller.StartAdapterDeskWith(controller.AdapterDeskOptions{
@@ -330,6 +336,8 @@ func (m *Main) startUSP(s *settings, cfg *serveConfig, b *bus.Bus, log *slog.Log
 		if err := t.Start(); err != nil {
 			return s.errSetting("mqtt-url", "%v", err)
 		}
+		// Agents that stayed connected to the broker while Duet was down.
+		ep.RestoreRoutes(t)
 		started.push(func(ctx context.Context) { _ = t.Shutdown(ctx) })
 		ls.MQTT = url + " topic " + t.Topic()
 	}
