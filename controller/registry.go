@@ -190,6 +190,7 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	var seen []string
 	seenSet := map[string]bool{}
 	boots := map[string]time.Time{}
+	taskResults := map[int]string{} // index in obs -> command ID
 	for _, m := range msgs {
 		o, ev, err := decodeObservation(m)
 		if err != nil {
@@ -213,6 +214,9 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 				cr.DeviceId = o.Device.ID
 			}
 			results = append(results, cr)
+			if r.o.Tasks != nil && cr.GetCommandId() != "" && len(o.Params) > 0 {
+				taskResults[len(obs)-1] = cr.GetCommandId()
+			}
 		}
 		if isBootstrap(ev) {
 			// The device was factory reset: what Duet knew of it before
@@ -235,6 +239,9 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	// part of a clean stop.
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
+	if err := r.leaveTaskResultsToTasks(cctx, obs, taskResults); err != nil {
+		return err
+	}
 	if err := r.o.Store.ApplyObservations(cctx, obs); err != nil {
 		return err
 	}
@@ -261,6 +268,33 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	}
 	if r.o.Reconciler != nil {
 		r.o.Reconciler.DevicesChanged(seen)
+	}
+	return nil
+}
+
+// leaveTaskResultsToTasks drops the values of command_result events whose
+// command is a task: the task queue caches them when it settles the task
+// (from this event or from the CWMP session, whichever comes first), once,
+// stamped with the task's dispatch time. Writing them here as well was a
+// second writer that could land after a later Delete had removed the
+// rows and bring them back for good (issue 12 item 2). Results of
+// commands that are not tasks are still cached from their event.
+func (r *Registry) leaveTaskResultsToTasks(ctx context.Context, obs []store.Observation, taskResults map[int]string) error {
+	if len(taskResults) == 0 {
+		return nil
+	}
+	ids := make([]string, 0, len(taskResults))
+	for _, id := range taskResults {
+		ids = append(ids, id)
+	}
+	tasks, err := r.o.Store.FindTaskIDs(ctx, ids)
+	if err != nil {
+		return err
+	}
+	for i, id := range taskResults {
+		if tasks[id] {
+			obs[i].Params = nil
+		}
 	}
 	return nil
 }

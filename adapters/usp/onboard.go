@@ -6,6 +6,8 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 	"github.com/duet-dm/duet/proto/usp/uspmsg"
@@ -137,7 +139,12 @@ func (e *Endpoint) onboard(ctx context.Context, eid string) error {
 	e.mu.Lock()
 	mtp, addr := s.mtp, s.addr
 	e.mu.Unlock()
-	e.publish(eid, mtp, addr, &duetv1.Event{Device: id, Kind: &duetv1.Event_Online{Online: &duetv1.Online{}}}, nil)
+	// The time of this read stamps the online event that carries it and
+	// the bootstrap this onboarding may end with: what was read during
+	// the bootstrap is not older than it, and is kept when the controller
+	// forgets what it knew before (issue 12 item 1).
+	seen := timestamppb.Now()
+	e.publish(eid, mtp, addr, &duetv1.Event{Device: id, Time: seen, Kind: &duetv1.Event_Online{Online: &duetv1.Online{}}}, nil)
 
 	subs, err := e.get(ctx, eid, []string{"Device.LocalAgent.Subscription."}, 0)
 	if err != nil {
@@ -176,7 +183,7 @@ func (e *Endpoint) onboard(ctx context.Context, eid string) error {
 		// a factory reset wiped it. Either way it is a bootstrap, as
 		// CWMP's "0 BOOTSTRAP" (cwmp.md): what Duet knew of its settings
 		// no longer holds, and policies provision it again.
-		e.publish(eid, mtp, addr, &duetv1.Event{Kind: &duetv1.Event_Bootstrap{Bootstrap: &duetv1.Bootstrap{}}}, nil)
+		e.publish(eid, mtp, addr, &duetv1.Event{Time: seen, Kind: &duetv1.Event_Bootstrap{Bootstrap: &duetv1.Bootstrap{}}}, nil)
 	}
 	return e.completeOnboarding(ctx, eid)
 }
