@@ -71,6 +71,9 @@ type RegistryOptions struct {
 	// Reconciler, when set, is told of the devices that were seen, so
 	// policies are checked against what they reported.
 	Reconciler *Reconciler
+	// History says which kinds get a device_events row (ByKind 0: none);
+	// the zero value stores every event.
+	History HistoryOptions
 	Logger     *slog.Logger
 }
 
@@ -206,6 +209,13 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 			continue
 		}
 		o.Params = learnedParams(ev, o.Device.ID, o.Time)
+		// A device's routine reports are counted on it; whether each also
+		// gets a history row is the History setting's (issue 12 item 5).
+		o.CountsAsInform = o.Kind == "inform" || (o.Kind == "periodic" && o.Device.Protocol == devicemodel.ProtocolUSP)
+		if !r.o.History.keeps(o.Kind) {
+			o.SkipHistory = true
+			metricHistorySkipped.WithLabelValues(o.Kind).Inc()
+		}
 		obs = append(obs, o)
 		good = append(good, m)
 		kinds = append(kinds, o.Kind)

@@ -78,6 +78,15 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	if err != nil {
 		return err
 	}
+	historyKinds, err := controller.ParseHistoryKinds(s.str("event-history-kinds"))
+	if err != nil {
+		return s.errSetting("event-history-kinds", "%v", err)
+	}
+	latestOnly, err := controller.ParseEventKinds(s.str("event-stream-latest-only"))
+	if err != nil {
+		return s.errSetting("event-stream-latest-only", "%v", err)
+	}
+	history := controller.HistoryOptions{Retention: historyRetention, ByKind: historyKinds, TombstoneRetention: retention}
 	httpAddr, err := s.addr("http-addr")
 	if err != nil {
 		return err
@@ -126,7 +135,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		log.Info("embedded NATS started", "url", natsURL, "store", dir)
 	}
 	ls.NATS = natsURL
-	b, err := bus.Connect(ctx, bus.Options{URL: natsURL, Name: "duet", EventMaxAge: retention, Logger: log})
+	b, err := bus.Connect(ctx, bus.Options{URL: natsURL, Name: "duet", EventMaxAge: retention, LatestOnlyKinds: latestOnly, Logger: log})
 	if err != nil {
 		return s.errSetting("nats-url", "%v", err)
 	}
@@ -194,7 +203,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			return err
 		}
 		started.push(func(context.Context) { tasks.Stop() })
-		reg, err := controller.NewRegistry(ctx, controller.RegistryOptions{Bus: b, Store: st, Tasks: tasks, Reconciler: rec, Logger: log})
+		reg, err := controller.NewRegistry(ctx, controller.RegistryOptions{Bus: b, Store: st, Tasks: tasks, Reconciler: rec, History: history, Logger: log})
 		if err != nil {
 			_ = hl.Close()
 			return err
@@ -210,7 +219,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			return err
 		}
 		started.push(func(context.Context) { desk.Stop() })
-		pruner := controller.StartHistoryPruner(st, historyRetention, log)
+		pruner := controller.StartHistoryPrunerWith(st, history, log)
 		started.push(func(context.Context) { pruner.Stop() })
 		bulkRate, err := s.float("bulk-rate", 0, controller.MaxBulkRate)
 		if err != nil {
