@@ -74,7 +74,7 @@ type RegistryOptions struct {
 	// History says which kinds get a device_events row (ByKind 0: none);
 	// the zero value stores every event.
 	History HistoryOptions
-	Logger     *slog.Logger
+	Logger  *slog.Logger
 }
 
 // Registry consumes device events into the device registry.
