@@ -212,10 +212,7 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 		// A device's routine reports are counted on it; whether each also
 		// gets a history row is the History setting's (issue 12 item 5).
 		o.CountsAsInform = o.Kind == "inform" || (o.Kind == "periodic" && o.Device.Protocol == devicemodel.ProtocolUSP)
-		if !r.o.History.keeps(o.Kind) {
-			o.SkipHistory = true
-			metricHistorySkipped.WithLabelValues(o.Kind).Inc()
-		}
+		o.SkipHistory = !r.o.History.keeps(o.Kind)
 		obs = append(obs, o)
 		good = append(good, m)
 		kinds = append(kinds, o.Kind)
@@ -272,6 +269,9 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 			r.log.Warn("ack failed; the event will be redelivered and applied again harmlessly", "subject", m.Subject(), "err", err)
 		}
 		metricEventsApplied.WithLabelValues(kinds[i]).Inc()
+		if obs[i].SkipHistory {
+			metricHistorySkipped.WithLabelValues(kinds[i]).Inc()
+		}
 	}
 	if r.o.Tasks != nil {
 		r.o.Tasks.DevicesSeen(cctx, seen)
