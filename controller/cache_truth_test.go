@@ -134,6 +134,12 @@ func TestParseHistoryKinds(t *testing.T) {
 			t.Errorf("%q: %v, want an error with %q", in, err, want)
 		}
 	}
+	if got, err := controller.ParseHistoryKinds("none"); err != nil || len(got) != 0 {
+		t.Errorf("none: %v %v", got, err)
+	}
+	if got, err := controller.ParseEventKinds("none"); err != nil || len(got) != 0 {
+		t.Errorf("none: %v %v", got, err)
+	}
 	if _, err := controller.ParseEventKinds("inform,nope"); err == nil {
 		t.Error("unknown kind accepted")
 	}

@@ -36,11 +36,15 @@ var (
 const DefaultHistoryKinds = "inform=0,periodic=0,online=168h,offline=168h,connection_request=168h"
 
 // ParseHistoryKinds reads a per-kind retention list, "kind=duration,…"
-// (a Go duration; 0 keeps no row of that kind). An unknown kind, a
+// (a Go duration; 0 keeps no row of that kind), or "none" (no kind has a
+// retention of its own). An unknown kind, a
 // malformed or negative duration, or a kind given twice is an error that
 // names it.
 func ParseHistoryKinds(s string) (map[string]time.Duration, error) {
 	out := map[string]time.Duration{}
+	if strings.TrimSpace(s) == "none" {
+		return out, nil
+	}
 	for _, item := range strings.Split(s, ",") {
 		item = strings.TrimSpace(item)
 		if item == "" {
@@ -70,10 +74,13 @@ func ParseHistoryKinds(s string) (map[string]time.Duration, error) {
 // only each device's newest by default (bus.Options.LatestOnlyKinds).
 const DefaultLatestOnlyKinds = "inform,periodic"
 
-// ParseEventKinds reads a comma list of event kinds; an unknown one is an
-// error that names it.
+// ParseEventKinds reads a comma list of event kinds, or "none"; an
+// unknown kind is an error that names it.
 func ParseEventKinds(s string) ([]string, error) {
 	var out []string
+	if strings.TrimSpace(s) == "none" {
+		return nil, nil
+	}
 	for _, k := range strings.Split(s, ",") {
 		k = strings.TrimSpace(k)
 		if k == "" {
