@@ -820,7 +820,7 @@ func (q *TaskQueue) cacheChanges(ctx context.Context, t store.Task, res *duetv1.
 		if len(paths) == 0 {
 			paths = cmd.GetDelete().GetObjectPaths()
 		}
-		cerr = q.o.Store.DeleteParameterSubtrees(ctx, t.DeviceID, paths, now)
+		cerr = q.o.Store.DeleteParameterSubtreesAt(ctx, t.DeviceID, paths, now)
 	}
 	if len(ps) > 0 {
 		cerr = q.o.Store.UpsertParameters(ctx, cacheParams(t.DeviceID, now, ps))

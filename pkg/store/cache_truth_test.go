@@ -89,7 +89,7 @@ func TestDeletedSubtreeStaysDeleted(t *testing.T) {
 	if err := s.UpsertParameters(ctx, read); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.DeleteParameterSubtrees(ctx, dev, []string{"Device.NAT.PortMapping.2."}, t0.Add(2*time.Second)); err != nil {
+	if err := s.DeleteParameterSubtreesAt(ctx, dev, []string{"Device.NAT.PortMapping.2."}, t0.Add(2*time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	// The same Get result written again, late (the second writer).

@@ -22,7 +22,7 @@ type Parameter struct {
 // (device, path) only the newest (UpdatedAt) wins, in the batch and
 // against the table, so replays and reordering are harmless; an unknown
 // type or writability never overwrites a known one. A value observed
-// before a deletion that covers its path (DeleteParameterSubtrees,
+// before a deletion that covers its path (DeleteParameterSubtreesAt,
 // ForgetDeviceState) is not stored: it was read before the delete and
 // must not outlive it, however late it arrives. Values learned from
 // events go through ApplyObservations instead, in the events' transaction.

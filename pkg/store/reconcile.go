@@ -760,12 +760,18 @@ func forgetParameters(ctx context.Context, tx pgx.Tx, ids []string, ats []time.T
 	return tx.SendBatch(ctx, b).Close()
 }
 
-// DeleteParameterSubtrees drops a device's cached parameters under the
+// DeleteParameterSubtrees is DeleteParameterSubtreesAt observed now: it
+// refuses afterwards every value under prefixes observed before this call.
+func (s *Store) DeleteParameterSubtrees(ctx context.Context, deviceID string, prefixes []string) error {
+	return s.DeleteParameterSubtreesAt(ctx, deviceID, prefixes, time.Now())
+}
+
+// DeleteParameterSubtreesAt drops a device's cached parameters under the
 // given object paths (instances it deleted), all of them, and leaves a
 // tombstone per path at at, when the deletion was observed: a value under it observed before at (a Get
 // answered before the Delete, applied late) is never stored again, while
 // one observed after (the instance created anew) is.
-func (s *Store) DeleteParameterSubtrees(ctx context.Context, deviceID string, prefixes []string, at time.Time) error {
+func (s *Store) DeleteParameterSubtreesAt(ctx context.Context, deviceID string, prefixes []string, at time.Time) error {
 	if len(prefixes) == 0 {
 		return nil
 	}
