@@ -163,7 +163,7 @@ func TestDeletedInstanceStaysDeleted(t *testing.T) {
 	env := baseEnv(t, storetest.NewDatabase(t))
 	d := startDuet(t, env, "serve")
 	d.waitReady(30 * time.Second)
-	const rounds = 12
+	const rounds = 20
 
 	run := func(t *testing.T, dev string, onDevice func(string) (string, bool), late func(inst string, at time.Time)) {
 		for i := range rounds {

@@ -227,6 +227,8 @@ func TestStartupErrorsNameTheSetting(t *testing.T) {
 		{"mqtt port busy", "DUET_MQTT_PORT", busyPort, "DUET_MQTT_PORT"},
 		{"cwmp port busy", "DUET_CWMP_ADDR", "127.0.0.1:" + busyPort, "DUET_CWMP_ADDR"},
 		{"bad retention", "DUET_EVENT_RETENTION", "forever", "DUET_EVENT_RETENTION"},
+		{"bad history kind", "DUET_EVENT_HISTORY_KINDS", "informs=0", "DUET_EVENT_HISTORY_KINDS"},
+		{"bad latest-only kind", "DUET_EVENT_STREAM_LATEST_ONLY", "inform,heartbeat", "DUET_EVENT_STREAM_LATEST_ONLY"},
 		{"bad log level", "DUET_LOG_LEVEL", "loud", "DUET_LOG_LEVEL"},
 		{"cwmp auth unset", "DUET_CWMP_AUTH", "", "DUET_CWMP_AUTH"},
 		{"cwmp auth bogus", "DUET_CWMP_AUTH", "trust-me", "DUET_CWMP_AUTH"},
