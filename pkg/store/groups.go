@@ -577,7 +577,7 @@ func (s *Store) scanDevices(ctx context.Context, where string, args []any, limit
 		var lastInform *time.Time
 		if err := rows.Scan(&d.ID, &p, &d.Manufacturer, &d.OUI, &d.ProductClass, &d.SerialNumber, &d.ModelName,
 			&d.SoftwareVersion, &d.HardwareVersion, &d.ProvisioningCode, &d.DataModel, &d.FirstSeen, &d.LastSeen,
-			&d.Online, &d.Transport, &d.Address, &d.ConnectionRequestURL, &d.InformsTotal, &lastInform, &tags); err != nil {
+			&d.Online, &d.Transport, &d.Address, &d.ConnectionRequestURL, &d.Rebooting, &d.InformsTotal, &lastInform, &tags); err != nil {
 			return nil, fmt.Errorf("store: scan devices: %w", err)
 		}
 		d.Protocol = devicemodel.Protocol(p)
