@@ -205,7 +205,7 @@ func (e *Endpoint) onboard(ctx context.Context, eid string, mode onboardMode) er
 	// is kept when the controller forgets what it knew before (issue 12
 	// item 1).
 	seen := timestamppb.Now()
-	e.announce(s, id)
+	announced := e.announce(s, id)
 	e.mu.Lock()
 	mtp, addr := s.mtp, s.addr
 	e.mu.Unlock()
@@ -241,12 +241,14 @@ func (e *Endpoint) onboard(ctx context.Context, eid string, mode onboardMode) er
 		// CWMP's "0 BOOTSTRAP" (cwmp.md): what Duet knew of its settings
 		// no longer holds, and policies provision it again.
 		e.publish(eid, mtp, addr, &duetv1.Event{Time: seen, Kind: &duetv1.Event_Bootstrap{Bootstrap: &duetv1.Bootstrap{}}}, nil)
-		// announce says nothing when the facts did not change (a factory
-		// reset keeps them), yet the bootstrap makes the controller forget
-		// the DeviceInfo it cached before: tell it again what was just
-		// read, at the time it was read, so the cache keeps it.
-		e.publish(eid, mtp, addr, &duetv1.Event{Device: proto.Clone(id).(*duetv1.DeviceIdentity), Time: seen,
-			Kind: &duetv1.Event_Online{Online: &duetv1.Online{}}}, nil)
+		if !announced {
+			// announce said nothing (this session announced the same
+			// facts before), yet the bootstrap makes the controller
+			// forget the DeviceInfo it cached before: tell it again what
+			// was just read, at the time it was read, so the cache keeps it.
+			e.publish(eid, mtp, addr, &duetv1.Event{Device: proto.Clone(id).(*duetv1.DeviceIdentity), Time: seen,
+				Kind: &duetv1.Event_Online{Online: &duetv1.Online{}}}, nil)
+		}
 	}
 	return e.completeOnboarding(ctx, eid)
 }
