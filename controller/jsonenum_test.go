@@ -68,7 +68,7 @@ func jsonAt(t *testing.T, doc string, path ...any) any {
 			v = m[k]
 		case int:
 			l, _ := v.([]any)
-			if k >= len(l) {
+			if k < 0 || k >= len(l) {
 				return nil
 			}
 			v = l[k]
@@ -175,6 +175,17 @@ func TestJSONSurfacesSpeakOneVocabulary(t *testing.T) {
 	devBody := get("/api/v1/devices/" + esc)
 	get("/api/v1/devices")
 	params := get("/api/v1/devices/" + esc + "/parameters")
+	// The cached UpTime, wherever it is in the list.
+	var cached controller.ParameterList
+	if err := json.Unmarshal([]byte(params), &cached); err != nil {
+		t.Fatal(err)
+	}
+	uptime := -1
+	for i, p := range cached.Parameters {
+		if p.Path == "Device.DeviceInfo.UpTime" {
+			uptime = i
+		}
+	}
 	get("/api/v1/devices/" + esc + "/tasks")
 	var taskBodies []string
 	for _, id := range tasks {
@@ -202,8 +213,8 @@ func TestJSONSurfacesSpeakOneVocabulary(t *testing.T) {
 		want any
 	}{
 		{"device protocol", devBody, []any{"protocol"}, "usp"},
-		{"cached type", params, []any{"parameters", 0, "type"}, "unsignedInt"},
-		{"cached writable", params, []any{"parameters", 0, "writable"}, "read_only"},
+		{"cached type", params, []any{"parameters", uptime, "type"}, "unsignedInt"},
+		{"cached writable", params, []any{"parameters", uptime, "writable"}, "read_only"},
 		{"get result type", taskBodies[0], []any{"result", "get", "params", 0, "type"}, "unsignedInt"},
 		{"get result writable", taskBodies[0], []any{"result", "get", "params", 0, "writable"}, "read_only"},
 		{"get result path error", taskBodies[0], []any{"result", "get", "errors", 0, "code"}, "invalid_path"},
