@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/ratelog"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 )
 
@@ -78,6 +79,8 @@ type Bus struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	log  *slog.Logger
+	// refusals logs texts SanitizeEvent refused, within a budget.
+	refusals *ratelog.Logger
 
 	mu     sync.Mutex
 	subs   map[*Subscription]struct{}
@@ -118,7 +121,7 @@ func Connect(ctx context.Context, opts Options) (*Bus, error) {
 		nc.Close()
 		return nil, fmt.Errorf("bus: jetstream: %w", err)
 	}
-	b := &Bus{opts: opts, nc: nc, js: js, log: log, subs: map[*Subscription]struct{}{}}
+	b := &Bus{opts: opts, nc: nc, js: js, log: log, refusals: ratelog.New(log, 0, 0), subs: map[*Subscription]struct{}{}}
 	if err := b.ensureStreams(ctx); err != nil {
 		nc.Close()
 		return nil, err
@@ -145,7 +148,7 @@ func (b *Bus) EventStreamConfig() jetstream.StreamConfig {
 }
 
 func (b *Bus) ensureStreams(ctx context.Context) error {
-	for _, cfg := range []jetstream.StreamConfig{b.EventStreamConfig(), b.PolicyStreamConfig()} {
+	for _, cfg := range []jetstream.StreamConfig{b.EventStreamConfig(), b.PolicyStreamConfig(), b.DeadLetterStreamConfig()} {
 		if _, err := b.js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return fmt.Errorf("bus: create stream %s: %w", cfg.Name, err)
 		}
@@ -262,6 +265,8 @@ func (b *Bus) PublishEvents(ctx context.Context, evs ...*duetv1.Event) error {
 	}
 	msgs := make([]out, 0, len(evs))
 	for _, ev := range evs {
+		// Before the event is marshalled: proto3 strings must be UTF-8.
+		b.noteRefusals(ev, SanitizeEvent(ev))
 		m, p, kind, err := eventMsg(ev)
 		if err != nil {
 			return err
