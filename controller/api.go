@@ -17,6 +17,7 @@ import (
 	"github.com/duet-dm/duet/controller/policy"
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/ratelog"
 	"github.com/duet-dm/duet/pkg/store"
 )
 
@@ -82,7 +83,7 @@ func NewAPI(o APIOptions) *API {
 		o.CWMPRealm = "Duet"
 	}
 	a := &API{o: o, stop: make(chan struct{}), store: o.Store, log: o.Logger.With("component", "api"), mux: http.NewServeMux()}
-	a.handler = authenticate(o.Tokens, a.mux)
+	a.handler = rejectNUL(ratelog.New(a.log, 0, 0), authenticate(o.Tokens, a.mux))
 	a.route("GET /api/v1/devices", a.listDevices)
 	a.route("GET /api/v1/devices/{id}", a.getDevice)
 	a.route("GET /api/v1/devices/{id}/events", a.listEvents)
