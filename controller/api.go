@@ -37,6 +37,7 @@ type API struct {
 	handler http.Handler
 	// patterns lists every route registered, for the OpenAPI check.
 	patterns []string
+	secrets  secretNames
 }
 
 // APIOptions configure NewAPI.
@@ -65,7 +66,10 @@ type APIOptions struct {
 	// CWMPRealm is the Digest realm the ACS challenges with; stored HA1s
 	// are computed for it. Default "Duet".
 	CWMPRealm string
-	Logger    *slog.Logger
+	// SecretParams are parameter-name endings whose values are secrets,
+	// besides DefaultSecretParams: the API shows them as "***".
+	SecretParams []string
+	Logger       *slog.Logger
 }
 
 // NewAPI builds the REST API handler. Every route needs a bearer token.
@@ -82,7 +86,8 @@ func NewAPI(o APIOptions) *API {
 	if o.CWMPRealm == "" {
 		o.CWMPRealm = "Duet"
 	}
-	a := &API{o: o, stop: make(chan struct{}), store: o.Store, log: o.Logger.With("component", "api"), mux: http.NewServeMux()}
+	a := &API{o: o, stop: make(chan struct{}), store: o.Store, log: o.Logger.With("component", "api"), mux: http.NewServeMux(),
+		secrets: newSecretNames(o.SecretParams)}
 	a.handler = rejectNUL(ratelog.New(a.log, 0, 0), authenticate(o.Tokens, a.mux))
 	a.route("GET /api/v1/devices", a.listDevices)
 	a.route("GET /api/v1/devices/{id}", a.getDevice)

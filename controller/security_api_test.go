@@ -4,12 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/duet-dm/duet/controller"
 	"github.com/duet-dm/duet/pkg/bus/bustest"
+	"github.com/duet-dm/duet/pkg/store"
+	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 )
 
 // TestAPIRefusesNUL: a NUL anywhere in API input (path segment, query
@@ -57,5 +61,128 @@ func TestAPIRefusesNUL(t *testing.T) {
 	res.Body.Close()
 	if res.StatusCode != http.StatusAccepted {
 		t.Errorf("literal backslash-u0000: %d, want 202", res.StatusCode)
+	}
+}
+
+// TestSecretsRedacted: a secret parameter (…KeyPassphrase, …Password) is
+// "***" with "redacted": true for viewers, operators and admins in the
+// parameter cache, the device history and task requests; an admin reveals
+// a cached one with reveal=true, which is audited; other roles get 403
+// for reveal (issue 15 §9). Before, viewers read "hunter2" from all three.
+func TestSecretsRedacted(t *testing.T) {
+	e := newEnv(t)
+	e.startRegistry(t)
+	ctx := context.Background()
+	_, viewer, err := e.store.CreateToken(ctx, "viewer", store.RoleViewer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, operator, err := e.store.CreateToken(ctx, "operator", store.RoleOperator)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const secretPath, secret = "Device.WiFi.AccessPoint.1.Security.KeyPassphrase", "hunter2-secret"
+	ev := informEvent("sec-dev", "1")
+	ev.GetInform().Params = []*duetv1.Parameter{{Path: secretPath, Value: secret}, {Path: "Device.WiFi.SSID.1.SSID", Value: "home"}}
+	if err := e.bus.PublishEvent(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	read := func(tok, path string) (int, string) {
+		res, err := e.doAs(tok, "GET", path, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode, string(b)
+	}
+	bustest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if code, body := read(e.token, "/api/v1/devices/sec-dev/parameters"); code != 200 || !strings.Contains(body, "home") {
+			return fmt.Errorf("%d %s", code, body)
+		}
+		return nil
+	})
+	for name, tok := range map[string]string{"viewer": viewer, "operator": operator, "admin": e.token} {
+		code, body := read(tok, "/api/v1/devices/sec-dev/parameters")
+		var list controller.ParameterList
+		_ = json.Unmarshal([]byte(body), &list)
+		if code != 200 || strings.Contains(body, secret) {
+			t.Errorf("%s: parameters %d show the secret: %s", name, code, body)
+		}
+		for _, p := range list.Parameters {
+			if p.Path == secretPath && (p.Value != "***" || !p.Redacted) {
+				t.Errorf("%s: %+v, want *** and redacted", name, p)
+			}
+			if p.Path != secretPath && (p.Value != "home" || p.Redacted) {
+				t.Errorf("%s: %+v redacted", name, p)
+			}
+		}
+		if code, body := read(tok, "/api/v1/devices/sec-dev/events"); code != 200 || strings.Contains(body, secret) || !strings.Contains(body, `"redacted":true`) {
+			t.Errorf("%s: history %d: %s", name, code, body)
+		}
+	}
+	for name, tok := range map[string]string{"viewer": viewer, "operator": operator} {
+		if code, _ := read(tok, "/api/v1/devices/sec-dev/parameters?reveal=true"); code != http.StatusForbidden {
+			t.Errorf("%s reveal: %d, want 403", name, code)
+		}
+	}
+	code, body := read(e.token, "/api/v1/devices/sec-dev/parameters?reveal=true")
+	if code != 200 || !strings.Contains(body, secret) {
+		t.Fatalf("admin reveal: %d %s", code, body)
+	}
+	if code, body := read(e.token, "/api/v1/audit?object_type=device"); code != 200 || !strings.Contains(body, "reveal_secrets") || !strings.Contains(body, secretPath) || strings.Contains(body, secret) {
+		t.Errorf("audit of the reveal: %d %s", code, body)
+	}
+
+	// A task carrying a secret: its request is redacted for everyone.
+	res, err := e.doAs(operator, "POST", "/api/v1/devices/sec-dev/tasks",
+		`{"operation":"set","connection_request":false,"params":[{"path":"`+secretPath+`","value":"`+secret+`"}]}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var task controller.TaskJSON
+	_ = json.NewDecoder(res.Body).Decode(&task)
+	res.Body.Close()
+	if res.StatusCode != http.StatusAccepted || strings.Contains(string(task.Request), secret) || !task.Redacted {
+		t.Fatalf("create: %d %s", res.StatusCode, task.Request)
+	}
+	for name, tok := range map[string]string{"viewer": viewer, "admin": e.token} {
+		if code, body := read(tok, "/api/v1/tasks/"+task.ID); code != 200 || strings.Contains(body, secret) {
+			t.Errorf("%s: task %d %s", name, code, body)
+		}
+	}
+}
+
+// TestViewerCannotRefresh: refresh=true creates a get task and a
+// connection request, so a read-only role gets 403 and no task is made
+// (issue 15 §10). Before, the viewer's request created the task.
+func TestViewerCannotRefresh(t *testing.T) {
+	e := newEnv(t)
+	e.startRegistry(t)
+	ctx := context.Background()
+	_, viewer, err := e.store.CreateToken(ctx, "viewer", store.RoleViewer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.bus.PublishEvent(ctx, informEvent("ref-dev", "1")); err != nil {
+		t.Fatal(err)
+	}
+	bustest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if code, _ := getDevice(t, e, "ref-dev"); code != http.StatusOK {
+			return fmt.Errorf("device not applied (%d)", code)
+		}
+		return nil
+	})
+	res, err := e.doAs(viewer, "GET", "/api/v1/devices/ref-dev/parameters?path=Device.DeviceInfo.&refresh=true", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusForbidden {
+		t.Fatalf("viewer refresh: %d, want 403", res.StatusCode)
+	}
+	ts, _, err := e.store.FindTasks(ctx, store.TaskFilter{DeviceID: "ref-dev"})
+	if err != nil || len(ts) != 0 {
+		t.Fatalf("viewer refresh created %d tasks (%v)", len(ts), err)
 	}
 }
