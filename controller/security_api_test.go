@@ -186,3 +186,93 @@ func TestViewerCannotRefresh(t *testing.T) {
 		t.Fatalf("viewer refresh created %d tasks (%v)", len(ts), err)
 	}
 }
+
+// TestCheapDenialOfServiceRefused (issue 15 §8): 300 param conditions are
+// a 400 (before: a 200 after minutes of planning on a real fleet) while
+// ordinary requests made at the same time are answered; wait 1e308 is a
+// 400 (before: accepted); an oversized task body is a 413 (before: 429).
+func TestCheapDenialOfServiceRefused(t *testing.T) {
+	e := newEnv(t)
+	e.startRegistry(t)
+	ctx := context.Background()
+	_, viewer, err := e.store.CreateToken(ctx, "viewer", store.RoleViewer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.bus.PublishEvent(ctx, informEvent("dos-dev", "1")); err != nil {
+		t.Fatal(err)
+	}
+	bustest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if code, _ := getDevice(t, e, "dos-dev"); code != http.StatusOK {
+			return fmt.Errorf("device not applied (%d)", code)
+		}
+		return nil
+	})
+	var q strings.Builder
+	for i := 0; i < 300; i++ {
+		fmt.Fprintf(&q, "&param=Device.X.P%d:eq:v", i)
+	}
+	heavy := "/api/v1/devices?limit=10" + q.String()
+	done := make(chan int, 16)
+	for i := 0; i < 16; i++ {
+		go func() {
+			res, err := e.doAs(viewer, "GET", heavy, "")
+			if err != nil {
+				done <- 0
+				return
+			}
+			var body controller.ErrorJSON
+			_ = json.NewDecoder(res.Body).Decode(&body)
+			res.Body.Close()
+			if !strings.Contains(body.Message, "at most 16") {
+				done <- -res.StatusCode
+				return
+			}
+			done <- res.StatusCode
+		}()
+	}
+	// Normal requests, meanwhile.
+	for i := 0; i < 5; i++ {
+		if code, _ := getDevice(t, e, "dos-dev"); code != http.StatusOK {
+			t.Fatalf("normal request during the flood: %d", code)
+		}
+	}
+	for i := 0; i < 16; i++ {
+		if code := <-done; code != http.StatusBadRequest {
+			t.Fatalf("300 param conditions: %d, want 400 naming the limit", code)
+		}
+	}
+	// Sixteen are fine.
+	var q16 strings.Builder
+	for i := 0; i < 16; i++ {
+		fmt.Fprintf(&q16, "&param=Device.X.P%d:eq:v", i)
+	}
+	res, err := e.doAs(viewer, "GET", "/api/v1/devices?limit=10"+q16.String(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("16 conditions: %d", res.StatusCode)
+	}
+
+	for _, wait := range []string{"1e308", "121", "-1"} {
+		res, err := e.doAs(e.token, "POST", "/api/v1/devices/dos-dev/tasks", `{"operation":"reboot","connection_request":false,"wait":`+wait+`}`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusBadRequest {
+			t.Errorf("wait %s: %d, want 400", wait, res.StatusCode)
+		}
+	}
+	big := `{"operation":"set","params":[{"path":"Device.X","value":"` + strings.Repeat("a", 2<<20) + `"}]}`
+	res, err = e.doAs(e.token, "POST", "/api/v1/devices/dos-dev/tasks", big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("oversized task body: %d, want 413", res.StatusCode)
+	}
+}

@@ -257,7 +257,8 @@ func (q *TaskQueue) create(ctx context.Context, deviceID string, r TaskRequest, 
 	if err := devicemodel.ValidateDeviceID(deviceID); err != nil {
 		return store.Task{}, invalid("device id: %s", devicemodel.ErrorMessage(err))
 	}
-	if r.Wait < 0 || time.Duration(r.Wait*float64(time.Second)) > MaxWait {
+	// Compared in seconds: wait 1e308 overflowed the Duration and passed.
+	if !(r.Wait >= 0 && r.Wait <= MaxWait.Seconds()) {
 		return store.Task{}, invalid("wait: %v is not from 0 to %d seconds", r.Wait, int(MaxWait.Seconds()))
 	}
 	if r.ExpiresAt != nil && !r.ExpiresAt.After(time.Now()) && retryOf == "" {

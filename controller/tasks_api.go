@@ -10,7 +10,6 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 )
@@ -105,7 +104,7 @@ func (a *API) createTask(w http.ResponseWriter, r *http.Request) (int, error) {
 	if err := dec.Decode(&req); err != nil {
 		var mb *http.MaxBytesError
 		if errors.As(err, &mb) {
-			return 0, devicemodel.Errorf(devicemodel.CodeResourcesExceeded, "body larger than %d bytes", maxBody)
+			return 0, errBodyTooLarge(maxBody)
 		}
 		return 0, invalid("body: %v", err)
 	}

@@ -34,11 +34,14 @@ func RedactURL(s string) string {
 		}
 		return s
 	}
+	info := "***"
 	if _, has := u.User.Password(); has {
-		u.User = url.UserPassword(u.User.Username(), "***")
-	} else {
-		// A lone userinfo is often a token (nats://<token>@host).
-		u.User = url.User("***")
+		info = u.User.Username() + ":***"
+	} // else a lone userinfo is often a token (nats://<token>@host)
+	u.User = nil
+	out := u.String()
+	if j := strings.Index(out, "://"); j >= 0 {
+		return out[:j+3] + info + "@" + out[j+3:]
 	}
-	return u.String()
+	return info + "@" + out
 }

@@ -1,8 +1,11 @@
 package store
 
 import (
+	"errors"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // storable makes s fit PostgreSQL text: a NUL byte (which text cannot hold)
@@ -44,4 +47,11 @@ func sanitizeObservations(obs []Observation) []Observation {
 		out[i] = o
 	}
 	return out
+}
+
+// IsQueryTimeout reports a statement PostgreSQL cancelled because it ran
+// past statement_timeout (SQLSTATE 57014, query_canceled).
+func IsQueryTimeout(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "57014"
 }
