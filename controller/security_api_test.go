@@ -276,3 +276,39 @@ func TestCheapDenialOfServiceRefused(t *testing.T) {
 		t.Errorf("oversized task body: %d, want 413", res.StatusCode)
 	}
 }
+
+// TestTaskURLSchemes: file:// and schemes other than http, https and ftp
+// are refused in download and upload URLs and in URL arguments at task
+// creation (issue 15 §7); before, file:///etc/passwd was queued.
+func TestTaskURLSchemes(t *testing.T) {
+	e := newEnv(t)
+	e.startRegistry(t)
+	if err := e.bus.PublishEvent(context.Background(), informEvent("url-dev", "1")); err != nil {
+		t.Fatal(err)
+	}
+	bustest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if code, _ := getDevice(t, e, "url-dev"); code != http.StatusOK {
+			return fmt.Errorf("device not applied (%d)", code)
+		}
+		return nil
+	})
+	for body, want := range map[string]int{
+		`{"operation":"download","url":"file:///etc/passwd"}`:                                        400,
+		`{"operation":"upload","url":"file:///tmp/x"}`:                                               400,
+		`{"operation":"download","url":"gopher://h/x"}`:                                              400,
+		`{"operation":"download","url":"tftp://h/fw.bin"}`:                                           400,
+		`{"operation":"download","url":"/relative"}`:                                                 400,
+		`{"operation":"operate","command":"Device.X.Y()","input_args":{"URL":"file:///etc/shadow"}}`: 400,
+		`{"operation":"download","url":"https://files.example/fw.bin","connection_request":false}`:   202,
+		`{"operation":"download","url":"ftp://files.example/fw.bin","connection_request":false}`:     202,
+	} {
+		res, err := e.doAs(e.token, "POST", "/api/v1/devices/url-dev/tasks", body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != want {
+			t.Errorf("%s: %d, want %d", body, res.StatusCode, want)
+		}
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/duet-dm/duet/pkg/bus"
+	"github.com/duet-dm/duet/pkg/netguard"
 	"github.com/duet-dm/duet/pkg/devicemodel"
 )
 
@@ -59,6 +60,10 @@ type Options struct {
 	// ConnReqTimeout bounds each connection request GET; default 2 s
 	// (cwmp.md §6.1).
 	ConnReqTimeout time.Duration
+	// ConnReqTargets decides which addresses connection requests may go
+	// to, checked on the resolved address at dial time; nil is the default
+	// (no loopback, link-local, unspecified or multicast: issue 15 §7).
+	ConnReqTargets *netguard.Targets
 	// AdapterID names this instance in events (Event.source); default
 	// "cwmp-<random>".
 	AdapterID string
@@ -179,7 +184,7 @@ func New(o Options) (*ACS, error) {
 	if o.Auth == AuthShared {
 		a.shared = ha1(o.Username, o.Realm, o.Password)
 	}
-	a.connReq = newConnectionRequester(o.ConnReqTimeout)
+	a.connReq = newConnectionRequester(o.ConnReqTimeout, o.ConnReqTargets)
 	a.mux = http.NewServeMux()
 	a.mux.HandleFunc(o.Path, a.serveHTTP)
 	return a, nil
