@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -23,6 +24,8 @@ import (
 	"github.com/duet-dm/duet/controller/policy"
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/netguard"
+	"github.com/duet-dm/duet/pkg/ratelog"
 	"github.com/duet-dm/duet/pkg/store"
 )
 
@@ -228,8 +231,34 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			return err
 		}
 		started.push(func(context.Context) { bulk.Stop() })
-		api = controller.NewAPI(controller.APIOptions{Store: st, Tasks: tasks, Bulk: bulk, Bus: b, PolicyEnv: policyEnv,
-			CredentialKey: credKey, CWMPRealm: realm, Logger: log})
+		apiConns, err := s.integer("api-db-conns", 2, 1000)
+		if err != nil {
+			_ = hl.Close()
+			return err
+		}
+		queryTimeout, err := s.duration("api-query-timeout", 100*time.Millisecond)
+		if err != nil {
+			_ = hl.Close()
+			return err
+		}
+		searches, err := s.integer("api-search-concurrency", 1, 1000)
+		if err != nil {
+			_ = hl.Close()
+			return err
+		}
+		// The API's own pool, with a statement timeout: a costly search
+		// cannot take the connections events, tasks and token checks need
+		// (issue 15 §8). Tokens are checked on the main pool.
+		apiStore, err := store.Open(ctx, store.Options{URL: s.str("database-url"), MaxConns: int32(apiConns),
+			StatementTimeout: queryTimeout, Logger: log})
+		if err != nil {
+			_ = hl.Close()
+			return s.errSetting("database-url", "%v", err)
+		}
+		started.push(func(context.Context) { apiStore.Close() })
+		api = controller.NewAPI(controller.APIOptions{Store: apiStore, Tokens: st, Tasks: tasks, Bulk: bulk, Bus: b, PolicyEnv: policyEnv,
+			CredentialKey: credKey, CWMPRealm: realm, SearchConcurrency: searches,
+			SecretParams: strings.Split(s.str("secret-params"), ","), Logger: log})
 		if credKey == nil {
 			log.Warn("DUET_CREDENTIALS_KEY is not set: the device credentials API answers 503 and per-device CWMP auth finds no credentials")
 		}
@@ -253,9 +282,22 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	mux.HandleFunc("GET /readyz", readyHandler(checks))
+	mux.HandleFunc("GET /readyz", readyHandler(checks, log))
 	mux.Handle("GET /metrics", promhttp.Handler())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	srv, err := httpServer(s, mux, log)
+	if err != nil {
+		_ = hl.Close()
+		return err
+	}
+	perIP, err := s.integer("http-max-conns-per-ip", 0, 1_000_000)
+	if err != nil {
+		_ = hl.Close()
+		return err
+	}
+	refusals := ratelog.New(log, 0, 0)
+	hl = netguard.LimitPerSource(hl, perIP, func(src string) {
+		refusals.Warn("API connection refused: too many from one address (DUET_HTTP_MAX_CONNS_PER_IP)", "source", src)
+	})
 	if api != nil {
 		// Event streams never end on their own; end them when draining.
 		srv.RegisterOnShutdown(api.Close)
@@ -264,14 +306,15 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	go func() { serveErr <- srv.Serve(hl) }()
 	started.push(func(ctx context.Context) { _ = srv.Shutdown(ctx) })
 
-	log.Info("duet is up", "version", version(), "http", ls.HTTP, "nats", ls.NATS, "cwmp", ls.CWMP,
-		"mqtt", ls.MQTT, "stomp", ls.STOMP, "websocket", ls.WS)
+	// URLs may carry credentials (nats://user:pass@…): never print them.
+	log.Info("duet is up", "version", version(), "http", ls.HTTP, "nats", netguard.RedactURL(ls.NATS), "cwmp", ls.CWMP,
+		"mqtt", netguard.RedactURL(ls.MQTT), "stomp", ls.STOMP, "websocket", ls.WS)
 	fmt.Fprintf(m.Stdout, "duet %s is up\n", version())
 	for _, l := range []struct{ what, where string }{
 		{"API, /healthz, /readyz, /metrics", "http://" + displayAddr(ls.HTTP)},
-		{"NATS bus", ls.NATS},
+		{"NATS bus", netguard.RedactURL(ls.NATS)},
 		{"CWMP ACS (TR-069)", ls.CWMP},
-		{"USP over MQTT (broker)", ls.MQTT},
+		{"USP over MQTT (broker)", netguard.RedactURL(ls.MQTT)},
 		{"USP over STOMP (broker)", ls.STOMP},
 		{"USP over WebSocket", ls.WS},
 	} {
@@ -324,8 +367,17 @@ func (m *Main) startCWMP(s *settings, realm string, b *bus.Bus, log *slog.Logger
 	if !strings.HasPrefix(s.str("cwmp-path"), "/") {
 		return s.errSetting("cwmp-path", "%q must start with /", s.str("cwmp-path"))
 	}
+	allow, err := netguard.ParsePrefixes(s.str("cwmp-connreq-allow"))
+	if err != nil {
+		return s.errSetting("cwmp-connreq-allow", "%v", err)
+	}
+	refuse, err := netguard.ParsePrefixes(s.str("cwmp-connreq-refuse"))
+	if err != nil {
+		return s.errSetting("cwmp-connreq-refuse", "%v", err)
+	}
 	acs, err := cwmpadapter.New(cwmpadapter.Options{
-		Addr: addr, Path: s.str("cwmp-path"), Auth: auth,
+		ConnReqTargets: &netguard.Targets{Allow: allow, Refuse: refuse},
+		Addr:           addr, Path: s.str("cwmp-path"), Auth: auth,
 		Username: s.str("cwmp-username"), Password: s.str("cwmp-password"), Realm: realm,
 		TLSCertFile: s.str("cwmp-tls-cert"), TLSKeyFile: s.str("cwmp-tls-key"),
 		AllowBasicOverHTTP: basic, MaxSessions: maxSessions, MinInformInterval: minInform,
@@ -409,24 +461,87 @@ type readyCheck struct {
 	fn   func(context.Context) error
 }
 
-func readyHandler(checks []readyCheck) http.HandlerFunc {
+// readyHandler answers /readyz. The body says only "ready" or "not
+// ready": it is public, and a failed check's error names the database
+// user, host and name (issue 15 §9). What failed goes to the log.
+func readyHandler(checks []readyCheck, log *slog.Logger) http.HandlerFunc {
+	rl := ratelog.New(log, 0, 0)
 	return func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 		defer cancel()
-		var failed []string
+		ready := true
 		for _, c := range checks {
 			if err := c.fn(ctx); err != nil {
-				failed = append(failed, c.name+": "+err.Error())
+				ready = false
+				rl.Warn("not ready", "check", c.name, "err", err)
 			}
 		}
 		w.Header().Set("Content-Type", "text/plain")
-		if len(failed) > 0 {
+		if !ready {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte("not ready\n" + strings.Join(failed, "\n") + "\n"))
+			_, _ = w.Write([]byte("not ready\n"))
 			return
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	}
+}
+
+// httpServer is the API server with its timeouts (issue 15 §8: idle API
+// connections stayed open for good).
+func httpServer(s *settings, h http.Handler, log *slog.Logger) (*http.Server, error) {
+	read, err := s.duration("http-read-timeout", time.Second)
+	if err != nil {
+		return nil, err
+	}
+	write, err := s.duration("http-write-timeout", time.Second)
+	if err != nil {
+		return nil, err
+	}
+	idle, err := s.duration("http-idle-timeout", time.Second)
+	if err != nil {
+		return nil, err
+	}
+	// No http.Server ReadTimeout: its deadline stays on the connection
+	// while the handler runs and, once passed, cancels the request's
+	// context, which would end event streams and task waits. The body
+	// gets the deadline instead (bodyDeadline).
+	return &http.Server{Handler: bodyDeadline(read, h), ReadHeaderTimeout: min(10*time.Second, read), WriteTimeout: write,
+		IdleTimeout: idle, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}, nil
+}
+
+// bodyDeadline gives reading a request body d, lifted once the body is
+// read (or closed), so a client trickling a body cannot hold a connection.
+func bodyDeadline(d time.Duration, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body == nil || r.Body == http.NoBody {
+			next.ServeHTTP(w, r)
+			return
+		}
+		rc := http.NewResponseController(w)
+		_ = rc.SetReadDeadline(time.Now().Add(d))
+		var once sync.Once
+		lift := func() { once.Do(func() { _ = rc.SetReadDeadline(time.Time{}) }) }
+		r.Body = &liftingBody{ReadCloser: r.Body, lift: lift}
+		next.ServeHTTP(w, r)
+	})
+}
+
+type liftingBody struct {
+	io.ReadCloser
+	lift func()
+}
+
+func (b *liftingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil {
+		b.lift()
+	}
+	return n, err
+}
+
+func (b *liftingBody) Close() error {
+	b.lift()
+	return b.ReadCloser.Close()
 }
 
 // displayAddr turns ":8080" / "[::]:8080" into "localhost:8080" for humans.

@@ -6,6 +6,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"time"
 
 	uspadapter "github.com/duet-dm/duet/adapters/usp"
 	uspstomp "github.com/duet-dm/duet/adapters/usp/stomp"
@@ -62,8 +63,21 @@ func (m *Main) startUSPWebSocket(s *settings, comps map[string]bool, ep *uspadap
 	if !strings.HasPrefix(s.str("ws-path"), "/") {
 		return s.errSetting("ws-path", "%q must start with /", s.str("ws-path"))
 	}
+	perIP, err := s.integer("ws-max-conns-per-ip", 0, 1_000_000)
+	if err != nil {
+		return err
+	}
+	read, err := s.duration("http-read-timeout", time.Second)
+	if err != nil {
+		return err
+	}
+	idle, err := s.duration("http-idle-timeout", time.Second)
+	if err != nil {
+		return err
+	}
 	t, err := uspws.New(uspws.Options{Endpoint: ep, Addr: addr, Path: s.str("ws-path"),
-		TLSCertFile: s.str("ws-tls-cert"), TLSKeyFile: s.str("ws-tls-key"), Logger: log})
+		TLSCertFile: s.str("ws-tls-cert"), TLSKeyFile: s.str("ws-tls-key"),
+		HandshakeTimeout: read, HTTPIdleTimeout: idle, MaxConnsPerSource: perIP, Logger: log})
 	if err != nil {
 		return s.errSetting("ws-addr", "%v", err)
 	}
