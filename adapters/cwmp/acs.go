@@ -15,6 +15,7 @@ import (
 
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/netguard"
+	"github.com/duet-dm/duet/pkg/ratelog"
 	"github.com/duet-dm/duet/pkg/devicemodel"
 )
 
@@ -150,6 +151,9 @@ func (o *Options) setDefaults() error {
 type ACS struct {
 	o      Options
 	log    *slog.Logger
+	// refusals logs what a peer can cause at will (bad requests, failed
+	// logins) within a budget (issue 15 §8).
+	refusals *ratelog.Logger
 	shared string // HA1 of the shared credentials
 	mux    *http.ServeMux
 
@@ -185,6 +189,7 @@ func New(o Options) (*ACS, error) {
 		a.shared = ha1(o.Username, o.Realm, o.Password)
 	}
 	a.connReq = newConnectionRequester(o.ConnReqTimeout, o.ConnReqTargets)
+	a.refusals = ratelog.New(a.log, 0, 0)
 	a.mux = http.NewServeMux()
 	a.mux.HandleFunc(o.Path, a.serveHTTP)
 	return a, nil

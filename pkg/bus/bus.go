@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/netguard"
 	"github.com/duet-dm/duet/pkg/ratelog"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 )
@@ -103,7 +104,7 @@ func Connect(ctx context.Context, opts Options) (*Bus, error) {
 				log.Warn("nats disconnected", "err", err)
 			}
 		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrl()) }),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrlRedacted()) }),
 		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
 			subj := ""
 			if s != nil {
@@ -114,7 +115,7 @@ func Connect(ctx context.Context, opts Options) (*Bus, error) {
 		}),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("bus: connect to %s: %w", opts.URL, err)
+		return nil, fmt.Errorf("bus: connect to %s: %w", netguard.RedactURL(opts.URL), err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
