@@ -225,15 +225,28 @@ func (r *Registry) isolate(ctx context.Context, msgs []jetstream.Msg, batchErr e
 	return true
 }
 
+// isDataError: the error is about the event's content (a domain
+// validation error), not the database's state.
+func isDataError(err error) bool {
+	var de *devicemodel.Error
+	return errors.As(err, &de)
+}
+
 // failedAlone redelivers or dead-letters one event that failed on its own.
 func (r *Registry) failedAlone(ctx context.Context, m jetstream.Msg, err error, backoff time.Duration) {
 	var delivered, seq uint64
 	if meta, merr := m.Metadata(); merr == nil {
 		delivered, seq = meta.NumDelivered, meta.Sequence.Stream
 	}
-	if delivered < uint64(r.o.MaxDeliveries) {
-		r.log.Warn("event failed on its own; it will be redelivered", "subject", m.Subject(), "deliveries", delivered, "err", err)
-		_ = m.NakWithDelay(backoff)
+	// Only what PostgreSQL refused for its data (or what cannot be
+	// decoded, terminated in apply) is the event's fault; a lost
+	// connection or a deadlock is retried however often it happens.
+	if delivered < uint64(r.o.MaxDeliveries) || (store.IsTransient(err) && !isDataError(err)) {
+		// Later each time: each return fails its batch, which is then
+		// applied one event at a time.
+		delay := max(backoff, min(100*time.Millisecond<<min(delivered, 10), 30*time.Second))
+		r.log.Warn("event failed on its own; it will be redelivered", "subject", m.Subject(), "deliveries", delivered, "in", delay, "err", err)
+		_ = m.NakWithDelay(delay)
 		return
 	}
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)

@@ -55,3 +55,18 @@ func IsQueryTimeout(err error) bool {
 	var pe *pgconn.PgError
 	return errors.As(err, &pe) && pe.Code == "57014"
 }
+
+// IsTransient reports a failure that says nothing about the data: the
+// connection, the server's resources, a deadlock or serialization
+// conflict, an administrator's cancel (SQLSTATE classes 08, 40, 53, 57P,
+// and a cancelled statement), or no PostgreSQL error at all. Retrying
+// such a failure may succeed; the controller never dead-letters for one.
+func IsTransient(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return true
+	}
+	c := pe.Code
+	return strings.HasPrefix(c, "08") || strings.HasPrefix(c, "40") || strings.HasPrefix(c, "53") ||
+		strings.HasPrefix(c, "57P") || c == "57014"
+}
