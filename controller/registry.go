@@ -270,6 +270,7 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	good := make([]jetstream.Msg, 0, len(msgs))
 	kinds := make([]string, 0, len(msgs))
 	var results []*duetv1.CommandResult
+	var completions []Completion
 	var seen []string
 	seenSet := map[string]bool{}
 	boots := map[string]time.Time{}
@@ -297,6 +298,9 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 			}
 			results = append(results, cr)
 		}
+		if c, ok := completionOf(o.Device.ID, o.Time, ev); ok {
+			completions = append(completions, c)
+		}
 		if isBootstrap(ev) {
 			// The device was factory reset: what Duet knew of it before
 			// this event no longer holds (issue 6 §3: it is provisioned
@@ -313,6 +317,7 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	if len(obs) == 0 {
 		return nil
 	}
+	var ended []string
 	start := time.Now()
 	// Commit even if ctx is being cancelled: finishing the batch in hand is
 	// part of a clean stop.
@@ -324,6 +329,12 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	if r.o.Tasks != nil {
 		if err := r.o.Tasks.Results(cctx, results); err != nil {
 			return fmt.Errorf("task results: %w", err)
+		}
+		// After the results: a task's first reply and its completion can
+		// come in one batch. Before the ack, so none is lost.
+		var err error
+		if ended, err = r.o.Tasks.Complete(cctx, completions); err != nil {
+			return fmt.Errorf("task completions: %w", err)
 		}
 	}
 	// Before the ack: a crash here redelivers the batch, and forgetting
@@ -341,6 +352,8 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	}
 	if r.o.Tasks != nil {
 		r.o.Tasks.DevicesSeen(cctx, seen)
+		// A device back from a reboot gets the tasks that waited for it.
+		r.o.Tasks.DeliverQueued(cctx, ended)
 	}
 	if r.o.Reconciler != nil {
 		r.o.Reconciler.DevicesChanged(seen)

@@ -99,19 +99,17 @@ func TestReadyzSaysNoMore(t *testing.T) {
 func TestIdleAPIConnectionsClosed(t *testing.T) {
 	s := newSettings()
 	if err := s.parse("serve", nil, func(k string) string {
-		if k == "DUET_HTTP_IDLE_TIMEOUT" {
-			return "1s"
-		}
-		return ""
+		return map[string]string{"DUET_HTTP_IDLE_TIMEOUT": "1s", "DUET_ONLY": "controller"}[k]
 	}, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := httpServer(s, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.WriteString(w, "ok")
-	}), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	cfg, err := s.checkServe()
 	if err != nil {
 		t.Fatal(err)
 	}
+	srv := httpServer(cfg, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "ok")
+	}), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -145,21 +143,19 @@ func TestIdleAPIConnectionsClosed(t *testing.T) {
 func TestSlowBodyCutOff(t *testing.T) {
 	s := newSettings()
 	if err := s.parse("serve", nil, func(k string) string {
-		if k == "DUET_HTTP_READ_TIMEOUT" {
-			return "1s"
-		}
-		return ""
+		return map[string]string{"DUET_HTTP_READ_TIMEOUT": "1s", "DUET_ONLY": "controller"}[k]
 	}, io.Discard); err != nil {
 		t.Fatal(err)
 	}
 	got := make(chan error, 1)
-	srv, err := httpServer(s, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, err := io.ReadAll(r.Body)
-		got <- err
-	}), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	cfg, err := s.checkServe()
 	if err != nil {
 		t.Fatal(err)
 	}
+	srv := httpServer(cfg, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, err := io.ReadAll(r.Body)
+		got <- err
+	}), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
