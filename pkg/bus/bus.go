@@ -442,6 +442,9 @@ func (b *Bus) ServeCommands(subject, queue string, h CommandHandler) (*Subscript
 		if res.DeviceId == "" {
 			res.DeviceId = cmd.DeviceId
 		}
+		// A result carries what the device answered: bounded like an
+		// event's texts before it leaves the adapter (sanitize.go).
+		b.noteResultRefusals(res, SanitizeResult(res))
 		return res, nil
 	})
 }

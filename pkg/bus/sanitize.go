@@ -170,3 +170,23 @@ func (b *Bus) noteRefusals(ev *duetv1.Event, rs []Refusal) {
 func MetricFieldsRefused(field, reason string) prometheus.Counter {
 	return metricFieldsRefused.WithLabelValues(field, reason)
 }
+
+// SanitizeResult bounds the texts of a command result as SanitizeEvent
+// does an event's: a device's answer to a Get reaches the parameter cache
+// through it.
+func SanitizeResult(res *duetv1.CommandResult) []Refusal {
+	var out []Refusal
+	sanitizeMessage(res.ProtoReflect(), "result", &out)
+	return out
+}
+
+func (b *Bus) noteResultRefusals(res *duetv1.CommandResult, rs []Refusal) {
+	for _, r := range rs {
+		metricFieldsRefused.WithLabelValues(r.Field, r.Reason).Inc()
+	}
+	if len(rs) > 0 && b.refusals != nil {
+		b.refusals.Warn("device answered texts Duet does not store as sent; dropped or cleaned (docs/bus.md, Field limits)",
+			slog.String("device", res.GetDeviceId()), slog.String("field", rs[0].Field),
+			slog.String("reason", rs[0].Reason), slog.Int("fields", len(rs)))
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
@@ -65,5 +66,31 @@ func TestPublishEventBoundsDeviceTexts(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(bus.MetricFieldsRefused("device.manufacturer", "too_long")) - before; n != 1 {
 		t.Errorf("refusals counted %v, want 1", n)
+	}
+}
+
+// TestCommandResultBounded: a device's answer to a command (a Get result
+// with a NUL value and a path past the limit) is bounded before the reply
+// leaves the adapter, as events are.
+func TestCommandResultBounded(t *testing.T) {
+	b, _ := bustest.Start(t)
+	sub, err := b.ServeCommands(bus.CommandSubject("usp", "os::dev-res"), "", func(ctx context.Context, cmd *duetv1.Command) *duetv1.CommandResult {
+		return &duetv1.CommandResult{Result: &duetv1.CommandResult_Get{Get: &duetv1.GetResult{Params: []*duetv1.Parameter{
+			{Path: "Device.A", Value: "ok"}, {Path: "Device.B", Value: "x\x00y"}, {Path: "Device." + strings.Repeat("P", 3000), Value: "v"},
+		}}}}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := b.Request(ctx, "usp", &duetv1.Command{DeviceId: "os::dev-res", Op: &duetv1.Command_Get{Get: &duetv1.GetRequest{Paths: []string{"Device."}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := res.GetGet().GetParams()
+	if len(ps) != 1 || ps[0].Path != "Device.A" {
+		t.Fatalf("params %v, want only Device.A", ps)
 	}
 }
