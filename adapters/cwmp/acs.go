@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"github.com/duet-dm/duet/pkg/bus"
+	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/netguard"
 	"github.com/duet-dm/duet/pkg/ratelog"
-	"github.com/duet-dm/duet/pkg/devicemodel"
 )
 
 // Auth modes for Options.Auth (cwmp.md §7).
@@ -149,13 +149,13 @@ func (o *Options) setDefaults() error {
 // running CWMP sessions, translating bus commands into RPCs, publishing
 // device events, and sending connection requests.
 type ACS struct {
-	o      Options
-	log    *slog.Logger
+	o   Options
+	log *slog.Logger
 	// refusals logs what a peer can cause at will (bad requests, failed
 	// logins) within a budget (issue 15 §8).
 	refusals *ratelog.Logger
-	shared string // HA1 of the shared credentials
-	mux    *http.ServeMux
+	shared   string // HA1 of the shared credentials
+	mux      *http.ServeMux
 
 	sessions *sessionTable
 	nonces   *nonceStore
