@@ -190,12 +190,23 @@ type DeviceJSON struct {
 	Transport            string `json:"transport"`
 	Address              string `json:"address"`
 	ConnectionRequestURL string `json:"connection_request_url,omitempty"`
+	// InformsTotal and LastInformAt count the device's routine reports
+	// (CWMP Informs, USP Periodic!), which history does not keep a row
+	// each of by default (DUET_EVENT_HISTORY_KINDS).
+	InformsTotal int64      `json:"informs_total"`
+	LastInformAt *time.Time `json:"last_inform_at,omitempty"`
 	// Tags are the operator's labels, sorted.
 	Tags []string `json:"tags"`
 }
 
 func deviceJSON(d devicemodel.Device) DeviceJSON {
+	var lastInform *time.Time
+	if !d.LastInformAt.IsZero() {
+		t := d.LastInformAt.UTC()
+		lastInform = &t
+	}
 	return DeviceJSON{
+		InformsTotal: d.InformsTotal, LastInformAt: lastInform,
 		ID: d.ID, Protocol: string(d.Protocol), Manufacturer: d.Manufacturer, OUI: d.OUI,
 		ProductClass: d.ProductClass, SerialNumber: d.SerialNumber, ModelName: d.ModelName,
 		SoftwareVersion: d.SoftwareVersion, HardwareVersion: d.HardwareVersion,
@@ -224,6 +235,11 @@ type DeviceList struct {
 	NextCursor string       `json:"next_cursor,omitempty"`
 	// Count is the number of matching devices, with count=true.
 	Count *int64 `json:"count,omitempty"`
+	// Unknown, with param conditions, counts per condition path the
+	// devices matching the other filters whose cache holds no value for
+	// it: they match no condition on it, for want of a value, not
+	// because of it (on the first page only).
+	Unknown map[string]int64 `json:"unknown,omitempty"`
 }
 
 // listDevices serves GET /api/v1/devices: filters (each also a key of a
@@ -324,6 +340,13 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request) (int, error) {
 		return 0, err
 	}
 	out := DeviceList{Devices: make([]DeviceJSON, 0, len(devs)), NextCursor: next, Count: f.Count}
+	if len(f.Params) > 0 && cursor == "" {
+		// A condition on a parameter never read matches nothing; say how
+		// many devices could not be judged (issue 12 item 6).
+		if out.Unknown, err = a.store.CountDevicesWithoutParams(r.Context(), f); err != nil {
+			return 0, err
+		}
+	}
 	for _, d := range devs {
 		dj := deviceJSON(d)
 		if t := tags[d.ID]; t != nil {

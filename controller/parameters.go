@@ -48,8 +48,31 @@ func learnedParams(ev *duetv1.Event, deviceID string, at time.Time) []store.Para
 		return cacheParams(deviceID, at, ev.GetDiagnosticsComplete().GetParams())
 	case ev.GetCommandResult().GetGet() != nil:
 		return cacheParams(deviceID, at, ev.GetCommandResult().GetGet().GetParams())
+	case ev.GetOnline() != nil && ev.GetDevice().GetProtocol() == duetv1.Protocol_PROTOCOL_USP:
+		return cacheParams(deviceID, at, onboardingParams(ev.GetDevice()))
 	}
 	return nil
+}
+
+// onboardingParams are the Device.DeviceInfo. values a USP agent's
+// onboarding read (adapters/usp onboard: a Get of Device.DeviceInfo.),
+// which its online event carries as identity facts: they are the first
+// values Duet learns of an agent and belong in the cache as an Inform's
+// do (issue 12 item 1). An online event without facts (a reconnection)
+// teaches nothing.
+func onboardingParams(d *duetv1.DeviceIdentity) []*duetv1.Parameter {
+	var out []*duetv1.Parameter
+	for _, f := range []struct{ name, value string }{
+		{"Manufacturer", d.GetManufacturer()}, {"ManufacturerOUI", d.GetOui()}, {"ModelName", d.GetModelName()},
+		{"ProductClass", d.GetProductClass()}, {"SerialNumber", d.GetSerialNumber()},
+		{"SoftwareVersion", d.GetSoftwareVersion()}, {"HardwareVersion", d.GetHardwareVersion()},
+		{"ProvisioningCode", d.GetProvisioningCode()},
+	} {
+		if f.value != "" {
+			out = append(out, &duetv1.Parameter{Path: "Device.DeviceInfo." + f.name, Value: f.value})
+		}
+	}
+	return out
 }
 
 // ParameterJSON is a cached parameter in the API.

@@ -79,7 +79,10 @@ type RegistryOptions struct {
 	// Reconciler, when set, is told of the devices that were seen, so
 	// policies are checked against what they reported.
 	Reconciler *Reconciler
-	Logger     *slog.Logger
+	// History says which kinds get a device_events row (ByKind 0: none);
+	// the zero value stores every event.
+	History HistoryOptions
+	Logger  *slog.Logger
 }
 
 // Registry consumes device events into the device registry.
@@ -274,6 +277,7 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	var seen []string
 	seenSet := map[string]bool{}
 	boots := map[string]time.Time{}
+	taskResults := map[int]string{} // index in obs -> command ID
 	for _, m := range msgs {
 		o, ev, err := decodeObservation(m)
 		if err != nil {
@@ -289,6 +293,10 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 			continue
 		}
 		o.Params = learnedParams(ev, o.Device.ID, o.Time)
+		// A device's routine reports are counted on it; whether each also
+		// gets a history row is the History setting's (issue 12 item 5).
+		o.CountsAsInform = o.Kind == "inform" || (o.Kind == "periodic" && o.Device.Protocol == devicemodel.ProtocolUSP)
+		o.SkipHistory = !r.o.History.keeps(o.Kind)
 		obs = append(obs, o)
 		good = append(good, m)
 		kinds = append(kinds, o.Kind)
@@ -297,6 +305,9 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 				cr.DeviceId = o.Device.ID
 			}
 			results = append(results, cr)
+			if r.o.Tasks != nil && cr.GetCommandId() != "" && len(o.Params) > 0 {
+				taskResults[len(obs)-1] = cr.GetCommandId()
+			}
 		}
 		if c, ok := completionOf(o.Device.ID, o.Time, ev); ok {
 			completions = append(completions, c)
@@ -323,6 +334,9 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	// part of a clean stop.
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
+	if err := r.leaveTaskResultsToTasks(cctx, obs, taskResults); err != nil {
+		return err
+	}
 	if err := r.o.Store.ApplyObservations(cctx, obs); err != nil {
 		return err
 	}
@@ -349,6 +363,9 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 			r.log.Warn("ack failed; the event will be redelivered and applied again harmlessly", "subject", m.Subject(), "err", err)
 		}
 		metricEventsApplied.WithLabelValues(kinds[i]).Inc()
+		if obs[i].SkipHistory {
+			metricHistorySkipped.WithLabelValues(kinds[i]).Inc()
+		}
 	}
 	if r.o.Tasks != nil {
 		r.o.Tasks.DevicesSeen(cctx, seen)
@@ -357,6 +374,33 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	}
 	if r.o.Reconciler != nil {
 		r.o.Reconciler.DevicesChanged(seen)
+	}
+	return nil
+}
+
+// leaveTaskResultsToTasks drops the values of command_result events whose
+// command is a task: the task queue caches them when it settles the task
+// (from this event or from the CWMP session, whichever comes first), once,
+// stamped with the task's dispatch time. Writing them here as well was a
+// second writer that could land after a later Delete had removed the
+// rows and bring them back for good (issue 12 item 2). Results of
+// commands that are not tasks are still cached from their event.
+func (r *Registry) leaveTaskResultsToTasks(ctx context.Context, obs []store.Observation, taskResults map[int]string) error {
+	if len(taskResults) == 0 {
+		return nil
+	}
+	ids := make([]string, 0, len(taskResults))
+	for _, id := range taskResults {
+		ids = append(ids, id)
+	}
+	tasks, err := r.o.Store.FindTaskIDs(ctx, ids)
+	if err != nil {
+		return err
+	}
+	for i, id := range taskResults {
+		if tasks[id] {
+			obs[i].Params = nil
+		}
 	}
 	return nil
 }

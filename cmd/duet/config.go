@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/duet-dm/duet/controller"
 )
 
 // setting is one configuration knob: a flag, a DUET_* variable and a key of
@@ -51,6 +53,8 @@ func newSettings() *settings {
 	add("only", "DUET_ONLY", "", "comma list of components to run: controller, cwmp, usp-mqtt, usp-stomp, usp-ws (default: all)")
 	add("event-retention", "DUET_EVENT_RETENTION", "168h", "how long the event stream keeps device events")
 	add("event-history-retention", "DUET_EVENT_HISTORY_RETENTION", "720h", "how long device history (GET /api/v1/devices/{id}/events) is kept in PostgreSQL")
+	add("event-history-kinds", "DUET_EVENT_HISTORY_KINDS", controller.DefaultHistoryKinds, "per event kind, how long its history is kept instead (kind=duration, comma separated, or none); 0 stores none: Informs are then only counted on the device (informs_total, last_inform_at)")
+	add("event-stream-latest-only", "DUET_EVENT_STREAM_LATEST_ONLY", controller.DefaultLatestOnlyKinds, "event kinds of which the event stream keeps only each device's newest (comma list; none keeps every event for DUET_EVENT_RETENTION)")
 	add("bulk-rate", "DUET_BULK_RATE", "50", "tasks per second a task batch (POST /api/v1/tasks) creates when its request names no rate (at most 1000)")
 	add("policy-sweep", "DUET_POLICY_SWEEP", "10m", "how often every device is checked against the enabled policies even without a change (changes and device events are checked at once)")
 	add("http-read-timeout", "DUET_HTTP_READ_TIMEOUT", "30s", "longest time to read a request (headers and body) on the API and the USP WebSocket upgrade")

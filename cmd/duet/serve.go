@@ -108,7 +108,8 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		log.Info("embedded NATS started", "url", natsURL, "store", dir)
 	}
 	ls.NATS = natsURL
-	b, err := bus.Connect(ctx, bus.Options{URL: natsURL, Name: "duet", EventMaxAge: cfg.retention, Replicas: cfg.natsReplicas, Logger: log})
+	b, err := bus.Connect(ctx, bus.Options{URL: natsURL, Name: "duet", EventMaxAge: cfg.retention, Replicas: cfg.natsReplicas,
+		LatestOnlyKinds: cfg.latestOnly, Logger: log})
 	if err != nil {
 		if cfg.natsReplicas > 1 && strings.Contains(err.Error(), "stream") {
 			// Most likely the servers are fewer than the replicas.
@@ -189,7 +190,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			return err
 		}
 		started.push(func(context.Context) { tasks.Stop() })
-		reg, err := controller.NewRegistry(ctx, controller.RegistryOptions{Bus: b, Store: st, Tasks: tasks, Reconciler: rec, Logger: log})
+		reg, err := controller.NewRegistry(ctx, controller.RegistryOptions{Bus: b, Store: st, Tasks: tasks, Reconciler: rec, History: cfg.history, Logger: log})
 		if err != nil {
 			_ = hl.Close()
 			return err
@@ -207,7 +208,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			return err
 		}
 		started.push(func(context.Context) { desk.Stop() })
-		pruner := controller.StartHistoryPruner(st, cfg.historyRetention, log)
+		pruner := controller.StartHistoryPrunerWith(st, cfg.history, log)
 		started.push(func(context.Context) { pruner.Stop() })
 		gauge := controller.StartDeviceGauge(st, 0, log)
 		started.push(func(context.Context) { gauge.Stop() })

@@ -19,6 +19,8 @@ type serveConfig struct {
 	comps            map[string]bool
 	retention        time.Duration
 	historyRetention time.Duration
+	history          controller.HistoryOptions // issue 12 item 5
+	latestOnly       []string
 	httpAddr         string
 	realm            string
 	credKey          *store.CredentialKey
@@ -57,6 +59,14 @@ func (s *settings) checkServe() (*serveConfig, error) {
 	}
 	if c.historyRetention, err = s.duration("event-history-retention", time.Minute); err != nil {
 		return nil, err
+	}
+	historyKinds, err := controller.ParseHistoryKinds(s.str("event-history-kinds"))
+	if err != nil {
+		return nil, s.errSetting("event-history-kinds", "%v", err)
+	}
+	c.history = controller.HistoryOptions{Retention: c.historyRetention, ByKind: historyKinds, TombstoneRetention: c.retention}
+	if c.latestOnly, err = controller.ParseEventKinds(s.str("event-stream-latest-only")); err != nil {
+		return nil, s.errSetting("event-stream-latest-only", "%v", err)
 	}
 	if c.httpAddr, err = s.addr("http-addr"); err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -31,6 +32,10 @@ type Options struct {
 	EventMaxAge time.Duration
 	// EventMaxBytes bounds the event stream's size. Default 1 GiB.
 	EventMaxBytes int64
+	// LatestOnlyKinds are event kinds of which the stream keeps only the
+	// newest per device (a JetStream rollup of the event's subject): the
+	// routine reports (issue 12 item 5; docs/bus.md). None by default.
+	LatestOnlyKinds []string
 	// Replicas of the event stream on a clustered JetStream. Default 1.
 	Replicas int
 	// DefaultTimeout applies to requests whose context has no deadline.
@@ -145,6 +150,9 @@ func (b *Bus) EventStreamConfig() jetstream.StreamConfig {
 		// Publishers set Nats-Msg-Id to the event ID, so an adapter that
 		// retries a publish after a lost ack stores the event once.
 		Duplicates: 2 * time.Minute,
+		// Routine events replace the previous one of their subject
+		// (Options.LatestOnlyKinds), as a KV bucket's values do.
+		AllowRollup: true,
 	}
 }
 
@@ -271,6 +279,11 @@ func (b *Bus) PublishEvents(ctx context.Context, evs ...*duetv1.Event) error {
 		m, p, kind, err := eventMsg(ev)
 		if err != nil {
 			return err
+		}
+		if slices.Contains(b.opts.LatestOnlyKinds, kind) {
+			// The stream keeps this one and drops the device's earlier
+			// events of the kind (subject duet.evt.<p>.<device>.<kind>).
+			m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 		}
 		msgs = append(msgs, out{m, p, kind})
 	}
