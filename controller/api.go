@@ -3,6 +3,7 @@ package controller
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -17,6 +18,7 @@ import (
 	"github.com/duet-dm/duet/controller/policy"
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/ratelog"
 	"github.com/duet-dm/duet/pkg/store"
 )
 
@@ -36,6 +38,9 @@ type API struct {
 	handler http.Handler
 	// patterns lists every route registered, for the OpenAPI check.
 	patterns []string
+	secrets  secretNames
+	// searches holds a token per device search running.
+	searches chan struct{}
 }
 
 // APIOptions configure NewAPI.
@@ -64,7 +69,14 @@ type APIOptions struct {
 	// CWMPRealm is the Digest realm the ACS challenges with; stored HA1s
 	// are computed for it. Default "Duet".
 	CWMPRealm string
-	Logger    *slog.Logger
+	// SearchConcurrency bounds the device searches (GET /api/v1/devices)
+	// running at once, so costly ones cannot take every connection of the
+	// pool; past it a search waits up to 5 s, then gets 503. Default 4.
+	SearchConcurrency int
+	// SecretParams are parameter-name endings whose values are secrets,
+	// besides DefaultSecretParams: the API shows them as "***".
+	SecretParams []string
+	Logger       *slog.Logger
 }
 
 // NewAPI builds the REST API handler. Every route needs a bearer token.
@@ -81,8 +93,13 @@ func NewAPI(o APIOptions) *API {
 	if o.CWMPRealm == "" {
 		o.CWMPRealm = "Duet"
 	}
-	a := &API{o: o, stop: make(chan struct{}), store: o.Store, log: o.Logger.With("component", "api"), mux: http.NewServeMux()}
-	a.handler = authenticate(o.Tokens, a.mux)
+	a := &API{o: o, stop: make(chan struct{}), store: o.Store, log: o.Logger.With("component", "api"), mux: http.NewServeMux(),
+		secrets: newSecretNames(o.SecretParams)}
+	if o.SearchConcurrency <= 0 {
+		o.SearchConcurrency = 4
+	}
+	a.searches = make(chan struct{}, o.SearchConcurrency)
+	a.handler = rejectNUL(ratelog.New(a.log, 0, 0), authenticate(o.Tokens, a.mux))
 	a.route("GET /api/v1/devices", a.listDevices)
 	a.route("GET /api/v1/devices/{id}", a.getDevice)
 	a.route("GET /api/v1/devices/{id}/events", a.listEvents)
@@ -126,6 +143,15 @@ func (a *API) route(pattern string, h func(http.ResponseWriter, *http.Request) (
 			return
 		}
 		code, err := h(w, r)
+		if err != nil && store.IsQueryTimeout(err) {
+			// PostgreSQL cancelled it (APIOptions: the API's pool has a
+			// statement timeout): a 503 that says so, not an internal error.
+			metricAPIRefused.WithLabelValues("query_timeout").Inc()
+			a.log.Warn("api query cancelled by the statement timeout", "method", r.Method, "path", r.URL.Path)
+			w.Header().Set("Retry-After", "5")
+			code, err = http.StatusServiceUnavailable, nil
+			writeError(w, code, devicemodel.Errorf(devicemodel.CodeUnavailable, "the query ran longer than the API allows (DUET_API_QUERY_TIMEOUT); narrow the filter"))
+		}
 		if err != nil {
 			code = statusOf(err)
 			if code >= 500 {
@@ -263,6 +289,11 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request) (int, error) {
 		return 0, badParam("q", devicemodel.ErrorMessage(err))
 	}
 	f.Query = q["q"]
+	if n := len(multi["param"]); n > MaxParamConditions {
+		// Each condition is a join PostgreSQL plans; 100 took 12 s and 300
+		// over two minutes (issue 15 §8).
+		return 0, badParam("param", fmt.Sprintf("%d conditions; at most %d", n, MaxParamConditions))
+	}
 	for i, v := range multi["param"] {
 		c, err := store.ParseParamCondition(v)
 		if err != nil {
@@ -295,7 +326,12 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request) (int, error) {
 		}
 		f.After, f.AfterKey = after, key
 	}
+	release, err := a.acquireSearch(r)
+	if err != nil {
+		return 0, err
+	}
 	devs, next, err := a.store.FindDevices(r.Context(), f)
+	release()
 	if err != nil {
 		return 0, err
 	}
@@ -343,6 +379,38 @@ func (a *API) getDevice(w http.ResponseWriter, r *http.Request) (int, error) {
 		dj.Tags = t
 	}
 	return writeJSON(w, http.StatusOK, dj), nil
+}
+
+// MaxParamConditions bounds the param conditions of one device search
+// (GET /api/v1/devices, a task batch's filter).
+const MaxParamConditions = 16
+
+var errSearchBusy = devicemodel.Errorf(devicemodel.CodeResourcesExceeded, "too many device searches at once; retry shortly")
+
+// acquireSearch takes a search slot, waiting at most 5 s.
+func (a *API) acquireSearch(r *http.Request) (func(), error) {
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
+	select {
+	case a.searches <- struct{}{}:
+		return func() { <-a.searches }, nil
+	case <-t.C:
+		metricAPIRefused.WithLabelValues("search_busy").Inc()
+		return nil, errSearchBusy
+	case <-r.Context().Done():
+		return nil, r.Context().Err()
+	}
+}
+
+// bodyTooLargeError is a request body over its route's limit: 413.
+type bodyTooLargeError struct{ err *devicemodel.Error }
+
+func (e *bodyTooLargeError) Error() string { return e.err.Error() }
+func (e *bodyTooLargeError) Unwrap() error { return e.err }
+
+func errBodyTooLarge(limit int64) error {
+	return &bodyTooLargeError{&devicemodel.Error{Code: devicemodel.CodeInvalidArgument,
+		Message: fmt.Sprintf("request body is larger than %d bytes", limit)}}
 }
 
 // parseQuery is url.ParseQuery without its silent dropping of malformed
@@ -425,6 +493,10 @@ func badParam(name, why string) error {
 }
 
 func statusOf(err error) int {
+	var tl *bodyTooLargeError
+	if errors.As(err, &tl) {
+		return http.StatusRequestEntityTooLarge
+	}
 	var e *devicemodel.Error
 	if !errors.As(err, &e) {
 		return http.StatusInternalServerError

@@ -9,7 +9,6 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 )
@@ -43,6 +42,8 @@ type TaskJSON struct {
 	// renders it (enum values by their API names).
 	Result json.RawMessage `json:"result,omitempty"`
 	Error  *TaskErrorJSON  `json:"error,omitempty"`
+	// Redacted: secret values in request or result show as "***".
+	Redacted bool `json:"redacted,omitempty"`
 	// LastAttemptAt is the task's last delivery attempt (a dispatch).
 	LastAttemptAt *time.Time `json:"last_attempt_at,omitempty"`
 	// Waiting says why a queued task waits, when that is known.
@@ -71,7 +72,15 @@ type TaskList struct {
 	NextCursor string     `json:"next_cursor,omitempty"`
 }
 
-func taskJSON(t store.Task) TaskJSON {
+// taskJSON renders a task with its secret values hidden (issue 15 §9):
+// task results and requests are never revealed; an admin reads a secret
+// from the parameter cache with ?reveal=true, audited.
+func (a *API) taskJSON(t store.Task) TaskJSON {
+	out := taskJSON(t, a.secrets)
+	return out
+}
+
+func taskJSON(t store.Task, secrets secretNames) TaskJSON {
 	out := TaskJSON{
 		ID: t.ID, DeviceID: t.DeviceID, Operation: t.Operation, State: string(t.State), SubState: t.SubState, Request: t.Request,
 		UniqueKey: t.UniqueKey, ConnectionRequest: t.ConnectionRequest, ExpiresAt: utcPtr(t.ExpiresAt),
@@ -79,10 +88,13 @@ func taskJSON(t store.Task) TaskJSON {
 		FinishedAt: utcPtr(t.FinishedAt), Attempts: t.Attempts, RetryOf: t.RetryOf, BatchID: t.BatchID,
 		CreatedBy: t.CreatedBy,
 	}
+	out.Request, out.Redacted = secrets.redactTaskRequest(t.Request)
 	if len(t.Result) > 0 {
 		res := &duetv1.CommandResult{}
 		if proto.Unmarshal(t.Result, res) == nil {
-			if b, err := protoJSON(res); err == nil {
+			m, hidden := secrets.redactProto(res)
+			out.Redacted = out.Redacted || hidden
+			if b, err := protoJSON(m); err == nil {
 				out.Result = b
 			}
 		}
@@ -115,7 +127,7 @@ func (a *API) createTask(w http.ResponseWriter, r *http.Request) (int, error) {
 	if err := dec.Decode(&req); err != nil {
 		var mb *http.MaxBytesError
 		if errors.As(err, &mb) {
-			return 0, devicemodel.Errorf(devicemodel.CodeResourcesExceeded, "body larger than %d bytes", maxBody)
+			return 0, errBodyTooLarge(maxBody)
 		}
 		return 0, invalid("body: %v", err)
 	}
@@ -133,10 +145,10 @@ func (a *API) createTask(w http.ResponseWriter, r *http.Request) (int, error) {
 			return 0, err
 		}
 		if t.State.Terminal() {
-			return writeJSON(w, http.StatusOK, taskJSON(t)), nil
+			return writeJSON(w, http.StatusOK, a.taskJSON(t)), nil
 		}
 	}
-	return writeJSON(w, http.StatusAccepted, taskJSON(t)), nil
+	return writeJSON(w, http.StatusAccepted, a.taskJSON(t)), nil
 }
 
 func (a *API) getTask(w http.ResponseWriter, r *http.Request) (int, error) {
@@ -144,7 +156,7 @@ func (a *API) getTask(w http.ResponseWriter, r *http.Request) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return writeJSON(w, http.StatusOK, taskJSON(t)), nil
+	return writeJSON(w, http.StatusOK, a.taskJSON(t)), nil
 }
 
 var taskStates = map[string]bool{"queued": true, "dispatched": true, "succeeded": true, "failed": true, "expired": true, "cancelled": true}
@@ -177,7 +189,7 @@ func (a *API) listTasks(w http.ResponseWriter, r *http.Request) (int, error) {
 	}
 	out := TaskList{Tasks: make([]TaskJSON, 0, len(ts)), NextCursor: next}
 	for _, t := range ts {
-		out.Tasks = append(out.Tasks, taskJSON(t))
+		out.Tasks = append(out.Tasks, a.taskJSON(t))
 	}
 	return writeJSON(w, http.StatusOK, out), nil
 }
@@ -187,7 +199,7 @@ func (a *API) cancelTask(w http.ResponseWriter, r *http.Request) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return writeJSON(w, http.StatusOK, taskJSON(t)), nil
+	return writeJSON(w, http.StatusOK, a.taskJSON(t)), nil
 }
 
 func (a *API) retryTask(w http.ResponseWriter, r *http.Request) (int, error) {
@@ -196,5 +208,5 @@ func (a *API) retryTask(w http.ResponseWriter, r *http.Request) (int, error) {
 		return 0, err
 	}
 	w.Header().Set("Location", "/api/v1/tasks/"+t.ID)
-	return writeJSON(w, http.StatusAccepted, taskJSON(t)), nil
+	return writeJSON(w, http.StatusAccepted, a.taskJSON(t)), nil
 }

@@ -59,7 +59,7 @@
 // one), a method in another namespace, or anything but white space,
 // comments or NULs after the Envelope is answered 400, counted in
 // duet_cwmp_bad_requests_total{reason="envelope_namespace"|"cwmp_namespace"|
-// "trailing_data"} and logged at warn (one line per reason a second), and
+// "trailing_data"} and logged at warn (rate-limited), and
 // nothing is published. The vendor quirks of testdata/cwmp (prefixes, no
 // Header, CDATA, charsets, gzip, missing fields) are still accepted;
 // testdata/cwmp/rejected holds what is not.

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -63,26 +62,5 @@ func TestRejectedEnvelopes(t *testing.T) {
 		if id := ev.GetDevice().GetId(); id != good.id() {
 			t.Errorf("event %s for %s from a rejected envelope", bus.EventKind(ev), id)
 		}
-	}
-}
-
-// TestDecodeLogsRateLimited: one warning per reason a second, saying how
-// many were held back; other reasons are not held back by it.
-func TestDecodeLogsRateLimited(t *testing.T) {
-	var l logLimiter
-	t0 := time.Unix(1000, 0)
-	if n, ok := l.allow("trailing_data", t0); !ok || n != 0 {
-		t.Fatalf("first: %d %v", n, ok)
-	}
-	for i := 0; i < 5; i++ {
-		if _, ok := l.allow("trailing_data", t0.Add(time.Duration(i)*100*time.Millisecond)); ok {
-			t.Fatalf("line %d let through within the second", i)
-		}
-	}
-	if _, ok := l.allow("cwmp_namespace", t0); !ok {
-		t.Fatal("another reason held back")
-	}
-	if n, ok := l.allow("trailing_data", t0.Add(time.Second)); !ok || n != 5 {
-		t.Fatalf("after a second: %d held back, allowed %v; want 5, true", n, ok)
 	}
 }

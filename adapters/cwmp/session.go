@@ -136,9 +136,7 @@ func (a *ACS) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			a.badRequest(w, r, http.StatusRequestEntityTooLarge, "too_large", "body too large")
 			return
 		}
-		if n, ok := a.decodeLogs.allow(reason, time.Now()); ok {
-			a.log.Warn("undecodable CWMP message answered 400", "remote", r.RemoteAddr, "reason", reason, "err", err, "suppressed", n)
-		}
+		a.refusals.Warn("undecodable CWMP message answered 400", "remote", r.RemoteAddr, "reason", reason, "err", err)
 		a.badRequest(w, r, http.StatusBadRequest, reason, "bad SOAP envelope: "+reason)
 		return
 	}
@@ -176,44 +174,13 @@ func (a *ACS) serveHTTP(w http.ResponseWriter, r *http.Request) {
 var decodeReasons = map[string]bool{"malformed": true, "dtd": true, "limits": true, "charset": true,
 	"envelope_namespace": true, "cwmp_namespace": true, "trailing_data": true}
 
-// logLimiter lets one log line per reason through per interval and counts
-// the ones it held back, so a flood of bad envelopes cannot flood the log
-// (the metric still counts every one). The zero value allows one a second.
-type logLimiter struct {
-	every time.Duration // default 1 s
-	mu    sync.Mutex
-	last  map[string]time.Time
-	held  map[string]int
-}
-
-// allow reports whether to log reason now and how many were held back
-// since the last line.
-func (l *logLimiter) allow(reason string, now time.Time) (int, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.last == nil {
-		l.last, l.held = map[string]time.Time{}, map[string]int{}
-	}
-	every := l.every
-	if every <= 0 {
-		every = time.Second
-	}
-	if t, ok := l.last[reason]; ok && now.Sub(t) < every {
-		l.held[reason]++
-		return 0, false
-	}
-	n := l.held[reason]
-	l.last[reason], l.held[reason] = now, 0
-	return n, true
-}
-
 // badRequest answers a 4xx with Connection: close, as GenieACS does for
 // unparseable XML and bad state (cwmp.md §1.3).
 func (a *ACS) badRequest(w http.ResponseWriter, r *http.Request, status int, reason, msg string) {
 	metricBadRequests.WithLabelValues(reason).Inc()
 	if !decodeReasons[reason] {
 		// Decode failures were logged with their error by the caller.
-		a.log.Warn("CWMP request refused", "remote", r.RemoteAddr, "status", status, "reason", reason)
+		a.refusals.Warn("CWMP request refused", "remote", r.RemoteAddr, "status", status, "reason", reason)
 	}
 	w.Header().Set("Connection", "close")
 	http.Error(w, msg, status)
@@ -339,7 +306,7 @@ func (a *ACS) exchange(w http.ResponseWriter, r *http.Request, s *session, env *
 func (a *ACS) response(w http.ResponseWriter, ctx context.Context, s *session, enc string, m cwmp.Message) {
 	if s.state != stateACS || s.sent == nil {
 		metricBadRequests.WithLabelValues("state").Inc()
-		a.log.Warn("CWMP response outside the ACS's turn refused", "device", s.deviceID, "method", m.MethodName())
+		a.refusals.Warn("CWMP response outside the ACS's turn refused", "device", s.deviceID, "method", m.MethodName())
 		w.Header().Set("Connection", "close")
 		http.Error(w, "Bad session state", http.StatusBadRequest)
 		return

@@ -17,6 +17,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/netguard"
+	"github.com/duet-dm/duet/pkg/ratelog"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 )
 
@@ -83,6 +85,8 @@ type Bus struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	log  *slog.Logger
+	// refusals logs texts SanitizeEvent refused, within a budget.
+	refusals *ratelog.Logger
 
 	mu     sync.Mutex
 	subs   map[*Subscription]struct{}
@@ -105,7 +109,7 @@ func Connect(ctx context.Context, opts Options) (*Bus, error) {
 				log.Warn("nats disconnected", "err", err)
 			}
 		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrl()) }),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrlRedacted()) }),
 		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
 			subj := ""
 			if s != nil {
@@ -116,14 +120,14 @@ func Connect(ctx context.Context, opts Options) (*Bus, error) {
 		}),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("bus: connect to %s: %w", opts.URL, err)
+		return nil, fmt.Errorf("bus: connect to %s: %w", netguard.RedactURL(opts.URL), err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("bus: jetstream: %w", err)
 	}
-	b := &Bus{opts: opts, nc: nc, js: js, log: log, subs: map[*Subscription]struct{}{}}
+	b := &Bus{opts: opts, nc: nc, js: js, log: log, refusals: ratelog.New(log, 0, 0), subs: map[*Subscription]struct{}{}}
 	if err := b.ensureStreams(ctx); err != nil {
 		nc.Close()
 		return nil, err
@@ -153,7 +157,7 @@ func (b *Bus) EventStreamConfig() jetstream.StreamConfig {
 }
 
 func (b *Bus) ensureStreams(ctx context.Context) error {
-	for _, cfg := range []jetstream.StreamConfig{b.EventStreamConfig(), b.PolicyStreamConfig()} {
+	for _, cfg := range []jetstream.StreamConfig{b.EventStreamConfig(), b.PolicyStreamConfig(), b.DeadLetterStreamConfig()} {
 		if _, err := b.js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return fmt.Errorf("bus: create stream %s: %w", cfg.Name, err)
 		}
@@ -270,6 +274,8 @@ func (b *Bus) PublishEvents(ctx context.Context, evs ...*duetv1.Event) error {
 	}
 	msgs := make([]out, 0, len(evs))
 	for _, ev := range evs {
+		// Before the event is marshalled: proto3 strings must be UTF-8.
+		b.noteRefusals(ev, SanitizeEvent(ev))
 		m, p, kind, err := eventMsg(ev)
 		if err != nil {
 			return err
@@ -449,6 +455,9 @@ func (b *Bus) ServeCommands(subject, queue string, h CommandHandler) (*Subscript
 		if res.DeviceId == "" {
 			res.DeviceId = cmd.DeviceId
 		}
+		// A result carries what the device answered: bounded like an
+		// event's texts before it leaves the adapter (sanitize.go).
+		b.noteResultRefusals(res, SanitizeResult(res))
 		return res, nil
 	})
 }

@@ -66,6 +66,7 @@ func (s *Store) ApplyObservations(ctx context.Context, obs []Observation) error 
 	if len(obs) == 0 {
 		return nil
 	}
+	obs = sanitizeObservations(obs)
 	// Merge per device in event-time order.
 	sorted := make([]Observation, len(obs))
 	copy(sorted, obs)

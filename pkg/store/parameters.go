@@ -57,6 +57,8 @@ func upsertParametersStatement(ps []Parameter) (string, []any) {
 	type key struct{ d, p string }
 	latest := make(map[key]Parameter, len(ps))
 	for _, p := range ps {
+		// The last line against texts PostgreSQL cannot hold (sanitize.go).
+		p.Path, p.Value, p.Type = storable(p.Path), storable(p.Value), storable(p.Type)
 		k := key{p.DeviceID, p.Path}
 		cur, ok := latest[k]
 		if !ok {
