@@ -316,7 +316,13 @@ func TestReconcilerAddsAnInstanceOnce(t *testing.T) {
 		}
 		e.r.TaskFinished(e.ctx, final)
 	}
-	settle(only("get")) // the table is read: it is empty
+	get := only("get")
+	// The table is read: it is empty. The task queue records the listing
+	// when a Get of the table succeeds (recordListings).
+	if err := e.st.RecordTableListings(e.ctx, "dev-00", []string{table}, store.ListingFull, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	settle(get)
 	e.pass()
 	add := only("add")
 	if _, err := e.st.Pool().Exec(e.ctx, "UPDATE tasks SET state = 'dispatched' WHERE id = $1", add.ID); err != nil {

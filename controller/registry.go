@@ -187,6 +187,12 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	good := make([]jetstream.Msg, 0, len(msgs))
 	kinds := make([]string, 0, len(msgs))
 	var results []*duetv1.CommandResult
+	type listingEvent struct {
+		device string
+		ev     *duetv1.Event
+		at     time.Time
+	}
+	var listingEvents []listingEvent
 	var seen []string
 	seenSet := map[string]bool{}
 	boots := map[string]time.Time{}
@@ -213,6 +219,9 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 				cr.DeviceId = o.Device.ID
 			}
 			results = append(results, cr)
+		}
+		if ev.GetObjectCreated() != nil || ev.GetObjectDeleted() != nil {
+			listingEvents = append(listingEvents, listingEvent{o.Device.ID, ev, o.Time})
 		}
 		if isBootstrap(ev) {
 			// The device was factory reset: what Duet knew of it before
@@ -241,6 +250,13 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	if r.o.Tasks != nil {
 		if err := r.o.Tasks.Results(cctx, results); err != nil {
 			return fmt.Errorf("task results: %w", err)
+		}
+	}
+	// After the instances' keys are cached with the batch; before the
+	// ack, so a crash applies them again (harmlessly).
+	for _, le := range listingEvents {
+		if err := r.eventListings(cctx, le.device, le.ev, le.at); err != nil {
+			return fmt.Errorf("table listings: %w", err)
 		}
 	}
 	// Before the ack: a crash here redelivers the batch, and forgetting

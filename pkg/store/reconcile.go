@@ -731,6 +731,9 @@ func (s *Store) ForgetDeviceState(ctx context.Context, boots map[string]time.Tim
 			WHERE p.device_id = b.d AND p.updated_at < b.at`, ids, ats); err != nil {
 			return err
 		}
+		if err := forgetTableListings(ctx, tx, ids, ats); err != nil {
+			return err
+		}
 		_, err := tx.Exec(ctx, `UPDATE policy_status SET attrs_revision = 0, refreshed = '{}',
 			status = CASE WHEN status = 'failed' THEN 'pending' ELSE status END, error_code = '', error_message = '',
 			device_fault = 0, updated_at = now() WHERE device_id = ANY($1::text[])`, ids)
