@@ -44,8 +44,15 @@ func (q *TaskQueue) recordListings(ctx context.Context, t store.Task, res *duetv
 	change := ""
 	switch {
 	case cmd.GetGet() != nil && res.GetGet() != nil:
-		if paths := listedByGet(cmd.GetGet(), res.GetGet()); len(paths) > 0 {
-			err, change = q.o.Store.RecordTableListings(ctx, t.DeviceID, paths, store.ListingFull, at), "listed"
+		listed, failed := listedByGet(cmd.GetGet(), res.GetGet())
+		if len(failed) > 0 {
+			// The device would not read them: what Duet listed there
+			// before no longer holds (and a policy that asked for the
+			// read reports it rather than asking again).
+			err, change = q.o.Store.DropTableListings(ctx, t.DeviceID, failed), "dropped"
+		}
+		if err == nil && len(listed) > 0 {
+			err, change = q.o.Store.RecordTableListings(ctx, t.DeviceID, listed, store.ListingFull, at), "listed"
 		}
 	case cmd.GetGetInstances() != nil && res.GetGetInstances() != nil:
 		r := res.GetGetInstances()
@@ -87,24 +94,25 @@ func (q *TaskQueue) recordListings(ctx context.Context, t store.Task, res *duetv
 
 // listedByGet returns the object paths a Get read whole: partial paths
 // (ending in '.') with no depth limit, no wildcard or search expression,
-// and no error in the result. A table with no instances is listed too: its
-// Get succeeds with nothing under it (TR-369 R-GET.0 resolves the path to
-// no parameters; CWMP GetParameterNames returns only the table).
-func listedByGet(req *duetv1.GetRequest, res *duetv1.GetResult) []string {
-	if req.GetMaxDepth() != 0 {
-		return nil
-	}
-	failed := map[string]bool{}
+// and no error in the result; and those of them the device answered with
+// an error. A table with no instances is listed too: its Get succeeds with
+// nothing under it (TR-369 R-GET.0 resolves the path to no parameters;
+// CWMP GetParameterNames returns only the table).
+func listedByGet(req *duetv1.GetRequest, res *duetv1.GetResult) (listed, failed []string) {
+	errs := map[string]bool{}
 	for _, e := range res.GetErrors() {
-		failed[e.GetPath()] = true
+		errs[e.GetPath()] = true
 	}
-	var out []string
 	for _, p := range req.GetPaths() {
-		if listablePath(p) && !failed[p] {
-			out = append(out, p)
+		switch {
+		case !listablePath(p):
+		case errs[p]:
+			failed = append(failed, p)
+		case req.GetMaxDepth() == 0:
+			listed = append(listed, p)
 		}
 	}
-	return out
+	return listed, failed
 }
 
 // listedByInstances returns the tables a GetInstances listed: with every

@@ -53,7 +53,7 @@ func TestObjectNotificationsKeepListings(t *testing.T) {
 			return fmt.Errorf("created instance in the cache: %+v %v", ps, err)
 		}
 		l, err := e.store.FindTableListings(ctx, []string{id}, []string{table})
-		if err != nil || l[id][table] != store.ListingInstances {
+		if err != nil || l[id][table].Level != store.ListingInstances {
 			return fmt.Errorf("listing after the creation: %v %v", l, err)
 		}
 		return nil
@@ -70,7 +70,7 @@ func TestObjectNotificationsKeepListings(t *testing.T) {
 		}
 		return nil
 	})
-	if l, _ := e.store.FindTableListings(ctx, []string{id}, []string{table}); l[id][table] != store.ListingInstances {
+	if l, _ := e.store.FindTableListings(ctx, []string{id}, []string{table}); l[id][table].Level != store.ListingInstances {
 		t.Fatalf("listing after the deletion: %v", l)
 	}
 }

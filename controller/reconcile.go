@@ -65,6 +65,10 @@ type ReconcilerOptions struct {
 	// PageSize is how many devices are judged per transaction (default
 	// 500).
 	PageSize int
+	// ListingMaxAge: a table listed longer ago is read again before a
+	// policy adds an instance to it or reports one missing (default
+	// policy.ListingMaxAge).
+	ListingMaxAge time.Duration
 }
 
 // Reconciler makes enabled policies true (issue 6 §3, §4). It judges
@@ -135,6 +139,9 @@ func NewReconciler(o ReconcilerOptions) *Reconciler {
 	}
 	if o.PageSize <= 0 {
 		o.PageSize = 500
+	}
+	if o.ListingMaxAge <= 0 {
+		o.ListingMaxAge = policy.ListingMaxAge
 	}
 	return &Reconciler{
 		o: o, log: o.Logger.With("component", "reconciler"),
@@ -456,7 +463,7 @@ func (r *Reconciler) judge(ctx context.Context, policies []*activePolicy, devs [
 	}
 	n := need(policies)
 	var params, types map[string]map[string]string
-	var listings map[string]map[string]int
+	var listings map[string]map[string]store.TableListing
 	if !n.None() {
 		if params, types, err = r.o.Store.FindParameterValuesAndTypes(ctx, ids, n.Paths, n.All, n.Prefixes...); err != nil {
 			return err
@@ -573,7 +580,7 @@ func (r *Reconciler) judgeDevice(policies []*activePolicy, d policy.DeviceFacts,
 			out = append(out, verdict{status: st})
 			continue
 		}
-		plan := policy.Diff(kept, d.Params, d.Listings, prev.AttrsRevision == p.Revision, prev.Refreshed)
+		plan := policy.Diff(kept, d.Params, d.Listings, d.Now.Add(-r.o.ListingMaxAge), prev.AttrsRevision == p.Revision, prev.Refreshed)
 		if !plan.Empty() {
 			st.Plan, _ = json.Marshal(plan)
 		}

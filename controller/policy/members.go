@@ -99,7 +99,7 @@ func scan(ctx context.Context, st *store.Store, f *Filter, cursor string, limit,
 			return MemberPage{}, err
 		}
 		var params map[string]map[string]string
-		var listings map[string]map[string]int
+		var listings map[string]map[string]store.TableListing
 		if !need.None() && len(devs) > 0 {
 			ids := make([]string, len(devs))
 			for i, d := range devs {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
@@ -243,6 +244,7 @@ func Preview(ctx context.Context, st *store.Store, g store.Group, spec *CheckedS
 		return PreviewPage{}, err
 	}
 	out := PreviewPage{Devices: []DevicePreview{}}
+	now := time.Now()
 	mp, err := scan(ctx, st, f, cursor, limit, scanBudget, f.Params().Union(spec.Need()), func(d DeviceFacts) {
 		dp := DevicePreview{DeviceID: d.Device.ID, Changes: []Change{}}
 		wants, err := spec.Wants(d, env)
@@ -252,7 +254,7 @@ func Preview(ctx context.Context, st *store.Store, g store.Group, spec *CheckedS
 			// As for a device never reconciled: attributes not applied,
 			// no table read for the policy yet (tables listed by anyone
 			// count).
-			plan := Diff(wants, d.Params, d.Listings, false, nil)
+			plan := Diff(wants, d.Params, d.Listings, now.Add(-ListingMaxAge), false, nil)
 			if plan.Set != nil {
 				dp.Changes = plan.Set
 			}

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/duet-dm/duet/pkg/store"
 )
@@ -148,34 +149,45 @@ func (p Plan) Empty() bool {
 }
 
 // Listings is what Duet knows of the completeness of one device's tables
-// (store.FindTableListings): listed object path -> level (store.Listing*).
-// The cache alone cannot tell a complete table from a partial one: one
-// Get of one parameter puts a row under the table.
-type Listings map[string]int
+// (store.FindTableListings): listed object path -> level (store.Listing*)
+// and when it was listed. The cache alone cannot tell a complete table
+// from a partial one: one Get of one parameter puts a row under the table.
+type Listings map[string]store.TableListing
 
-// Of is the level of table's listing: that of the most specific listed
-// path covering it ("Device.NAT." covers "Device.NAT.PortMapping.").
-func (l Listings) Of(table string) int {
-	best, level := -1, store.ListingNone
+// Of is table's listing: that of the most specific listed path covering
+// it ("Device.NAT." covers "Device.NAT.PortMapping."); the zero listing
+// (store.ListingNone) when none does.
+func (l Listings) Of(table string) store.TableListing {
+	best, out := -1, store.TableListing{}
 	for p, lv := range l {
 		if len(p) > best && strings.HasPrefix(table, p) {
-			best, level = len(p), lv
+			best, out = len(p), lv
 		}
 	}
-	return level
+	return out
 }
+
+// ListingMaxAge is how old a complete listing may be for a policy to add
+// an instance, or report one missing, on it: an older table is read again
+// first, so what the device's own user created since (which no
+// notification told, and CWMP has none) is found and adopted, not
+// twinned. One read per decision to act, none for a device that
+// complies.
+const ListingMaxAge = time.Hour
 
 // Diff computes the Plan for wants against known, the device's cached
 // parameters (full paths; it must hold every path under each object
 // Want's Table that the cache has). listings says which tables Duet holds
 // a complete listing of: an instance is decided missing (added, reported,
 // or swept as stale) only on one; otherwise the table is read first
-// (Refresh). attrsApplied says the policy's attributes were already
+// (Refresh); before an instance is added or reported missing, also when
+// the listing is older than freshSince (zero: any age). attrsApplied says
+// the policy's attributes were already
 // applied at this revision. refreshed lists tables this policy read from
 // the device since its last bootstrap and since an instance appeared in
 // them: one still not listed is Undecided rather than read again and
 // again.
-func Diff(wants []Want, known map[string]string, listings Listings, attrsApplied bool, refreshed []string) Plan {
+func Diff(wants []Want, known map[string]string, listings Listings, freshSince time.Time, attrsApplied bool, refreshed []string) Plan {
 	var p Plan
 	for _, w := range wants {
 		switch {
@@ -197,7 +209,8 @@ func Diff(wants []Want, known map[string]string, listings Listings, attrsApplied
 			o := w.Object
 			sweepOnly := o.KeyValue == "" && o.StalePrefix != ""
 			inst := findInstance(known, o.Table, o.KeyParam, o.KeyValue)
-			if !listed(known, listings.Of(o.Table), o.Table, o.KeyParam) {
+			listing := listings.Of(o.Table)
+			if !listed(known, listing.Level, o.Table, o.KeyParam) {
 				// An instance found by its key is acted on without the
 				// rest of the table; deciding one is absent needs it all.
 				if inst != "" && !sweepOnly && o.StalePrefix == "" {
@@ -224,6 +237,11 @@ func Diff(wants []Want, known map[string]string, listings Listings, attrsApplied
 			}
 			switch {
 			case sweepOnly:
+			case inst == "" && o.Present && listing.ListedAt.Before(freshSince):
+				// The table was listed, long ago: read it again before
+				// acting on what is not there (the read worked before, so
+				// refreshed does not stop it).
+				p.Refresh = appendOnce(p.Refresh, o.Table)
 			case inst == "" && o.Present && o.Create:
 				params := map[string]string{}
 				maps.Copy(params, o.CreateOnly)

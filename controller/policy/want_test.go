@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/duet-dm/duet/controller/policy"
 	"github.com/duet-dm/duet/pkg/store"
@@ -27,7 +28,16 @@ func portMapping(present, create bool, params map[string]string) policy.Want {
 }
 
 // full lists the tables of these tests with every value.
-var full = policy.Listings{"Device.NAT.PortMapping.": store.ListingFull, subs: store.ListingFull, "Device.LocalAgent.Controller.": store.ListingFull}
+var full = policy.Listings{"Device.NAT.PortMapping.": listedNow(store.ListingFull), subs: listedNow(store.ListingFull),
+	"Device.LocalAgent.Controller.": listedNow(store.ListingFull)}
+
+// listedNow is a listing of the given level taken now; freshSince is the
+// Diff argument that accepts it.
+func listedNow(level int) store.TableListing {
+	return store.TableListing{Level: level, ListedAt: time.Now()}
+}
+
+var freshSince = time.Now().Add(-time.Minute)
 
 func TestDiffObjects(t *testing.T) {
 	existing := map[string]string{
@@ -70,20 +80,32 @@ func TestDiffObjects(t *testing.T) {
 		{"read for the policy and still not listed: undecided, not read again", portMapping(true, true, hold), map[string]string{}, nil, []string{"Device.NAT.PortMapping."},
 			`{"undecided":["Device.NAT.PortMapping."]}`},
 		{"a listing of instances with every key cached decides", portMapping(true, true, nil), map[string]string{"Device.NAT.PortMapping.1.Alias": "web"},
-			policy.Listings{"Device.NAT.PortMapping.": store.ListingInstances}, nil,
+			policy.Listings{"Device.NAT.PortMapping.": listedNow(store.ListingInstances)}, nil,
 			`{"add":[{"table":"Device.NAT.PortMapping.","params":{"Alias":"voip-sip"}}]}`},
 		{"a listing of instances with a key not cached is read", portMapping(true, true, nil),
 			map[string]string{"Device.NAT.PortMapping.1.Alias": "web", "Device.NAT.PortMapping.2.Enable": "true"},
-			policy.Listings{"Device.NAT.PortMapping.": store.ListingInstances}, nil,
+			policy.Listings{"Device.NAT.PortMapping.": listedNow(store.ListingInstances)}, nil,
 			`{"refresh":["Device.NAT.PortMapping."]}`},
-		{"an ancestor read whole lists the table", portMapping(true, true, nil), map[string]string{}, policy.Listings{"Device.NAT.": store.ListingFull}, nil,
+		{"an ancestor read whole lists the table", portMapping(true, true, nil), map[string]string{}, policy.Listings{"Device.NAT.": listedNow(store.ListingFull)}, nil,
 			`{"add":[{"table":"Device.NAT.PortMapping.","params":{"Alias":"voip-sip"}}]}`},
+		// An instance created on the device after a listing, unknown to
+		// Duet: an old listing is read again before adding or reporting
+		// missing, not before doing nothing.
+		{"an old listing is read again before adding", portMapping(true, true, hold), map[string]string{"Device.NAT.PortMapping.1.Alias": "web"},
+			policy.Listings{"Device.NAT.PortMapping.": {Level: store.ListingFull, ListedAt: time.Now().Add(-2 * time.Hour)}}, []string{"Device.NAT.PortMapping."},
+			`{"refresh":["Device.NAT.PortMapping."]}`},
+		{"an old listing is read again before reporting missing", portMapping(true, false, hold), map[string]string{"Device.NAT.PortMapping.1.Alias": "web"},
+			policy.Listings{"Device.NAT.PortMapping.": {Level: store.ListingFull, ListedAt: time.Now().Add(-2 * time.Hour)}}, nil,
+			`{"refresh":["Device.NAT.PortMapping."]}`},
+		{"an old listing decides that nothing needs deleting", portMapping(false, false, nil), map[string]string{"Device.NAT.PortMapping.1.Alias": "web"},
+			policy.Listings{"Device.NAT.PortMapping.": {Level: store.ListingFull, ListedAt: time.Now().Add(-2 * time.Hour)}}, nil,
+			`{}`},
 		{"a more specific incomplete listing wins", portMapping(true, true, nil), map[string]string{},
-			policy.Listings{"Device.": store.ListingFull, "Device.NAT.PortMapping.": store.ListingNone}, nil,
+			policy.Listings{"Device.": listedNow(store.ListingFull), "Device.NAT.PortMapping.": listedNow(store.ListingNone)}, nil,
 			`{"refresh":["Device.NAT.PortMapping."]}`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			got := planJSON(t, policy.Diff([]policy.Want{c.want}, c.known, c.listings, false, c.refreshed))
+			got := planJSON(t, policy.Diff([]policy.Want{c.want}, c.known, c.listings, freshSince, false, c.refreshed))
 			if got != c.plan {
 				t.Fatalf("plan\n %s\nwant\n %s", got, c.plan)
 			}
@@ -97,11 +119,11 @@ func TestDiffCreateOnlyIsNotCompared(t *testing.T) {
 		CreateOnly: map[string]string{"ReferenceList": "Device.A,Device.B"}}}
 	// The agent may spell the list its own way; it is never Set again.
 	known := map[string]string{subs + "2.ID": "duet-pol_1-aaa", subs + "2.Enable": "true", subs + "2.ReferenceList": "Device.A, Device.B"}
-	if p := policy.Diff([]policy.Want{w}, known, nil, false, nil); !p.Empty() {
+	if p := policy.Diff([]policy.Want{w}, known, nil, freshSince, false, nil); !p.Empty() {
 		t.Fatalf("plan %s, want empty", planJSON(t, p))
 	}
 	// Added, it carries the list.
-	p := policy.Diff([]policy.Want{w}, map[string]string{}, full, false, []string{subs})
+	p := policy.Diff([]policy.Want{w}, map[string]string{}, full, freshSince, false, []string{subs})
 	if got, want := planJSON(t, p), `{"add":[{"table":"`+subs+`","params":{"Enable":"true","ID":"duet-pol_1-aaa","ReferenceList":"Device.A,Device.B"}}]}`; got != want {
 		t.Fatalf("plan %s, want %s", got, want)
 	}
@@ -118,30 +140,30 @@ func TestDiffStalePrefix(t *testing.T) {
 	}
 	current := policy.Want{Object: &policy.ObjectWant{Table: subs, KeyParam: "ID", KeyValue: "duet-pol_1-aaa", Present: true, Create: true,
 		StalePrefix: "duet-pol_1-"}}
-	if got, want := planJSON(t, policy.Diff([]policy.Want{current}, known, full, false, nil)), `{"delete":["`+subs+`3."]}`; got != want {
+	if got, want := planJSON(t, policy.Diff([]policy.Want{current}, known, full, freshSince, false, nil)), `{"delete":["`+subs+`3."]}`; got != want {
 		t.Fatalf("plan %s, want %s", got, want)
 	}
 	// The current one missing: added, and the stale one still deleted.
 	delete(known, subs+"2.ID")
-	if got, want := planJSON(t, policy.Diff([]policy.Want{current}, known, full, false, nil)),
+	if got, want := planJSON(t, policy.Diff([]policy.Want{current}, known, full, freshSince, false, nil)),
 		`{"add":[{"table":"`+subs+`","params":{"ID":"duet-pol_1-aaa"}}],"delete":["`+subs+`3."]}`; got != want {
 		t.Fatalf("plan %s, want %s", got, want)
 	}
 	// Sweep only: every instance of the policy goes.
 	known[subs+"2.ID"] = "duet-pol_1-aaa"
 	sweep := policy.Want{Object: &policy.ObjectWant{Table: subs, KeyParam: "ID", StalePrefix: "duet-pol_1-"}}
-	if got, want := planJSON(t, policy.Diff([]policy.Want{sweep}, known, full, false, nil)), `{"delete":["`+subs+`2.","`+subs+`3."]}`; got != want {
+	if got, want := planJSON(t, policy.Diff([]policy.Want{sweep}, known, full, freshSince, false, nil)), `{"delete":["`+subs+`2.","`+subs+`3."]}`; got != want {
 		t.Fatalf("plan %s, want %s", got, want)
 	}
 	if got, want := sweep.Key(), "objects "+subs+"[ID^=duet-pol_1-]"; got != want {
 		t.Fatalf("key %q, want %q", got, want)
 	}
 	// A table never read is read first, for a sweep too.
-	if got, want := planJSON(t, policy.Diff([]policy.Want{sweep}, map[string]string{}, nil, false, nil)), `{"refresh":["`+subs+`"]}`; got != want {
+	if got, want := planJSON(t, policy.Diff([]policy.Want{sweep}, map[string]string{}, nil, freshSince, false, nil)), `{"refresh":["`+subs+`"]}`; got != want {
 		t.Fatalf("plan %s, want %s", got, want)
 	}
 	// Nothing of the policy's left: nothing to do.
-	if p := policy.Diff([]policy.Want{sweep}, map[string]string{subs + "1.ID": "cpe-1"}, full, false, nil); !p.Empty() {
+	if p := policy.Diff([]policy.Want{sweep}, map[string]string{subs + "1.ID": "cpe-1"}, full, freshSince, false, nil); !p.Empty() {
 		t.Fatalf("plan %s, want empty", planJSON(t, p))
 	}
 }
@@ -153,11 +175,11 @@ func TestDiffParamsAndAttributes(t *testing.T) {
 		{Attr: &policy.AttrWant{Path: "Device.Z", Notification: 2}},
 	}
 	known := map[string]string{"Device.X": "1", "Device.Y": "3"}
-	if got, want := planJSON(t, policy.Diff(wants, known, nil, false, nil)),
+	if got, want := planJSON(t, policy.Diff(wants, known, nil, freshSince, false, nil)),
 		`{"set":[{"path":"Device.Y","current":"3","desired":"2"}],"attributes":[{"path":"Device.Z","notification":2}]}`; got != want {
 		t.Fatalf("plan %s, want %s", got, want)
 	}
-	if got, want := planJSON(t, policy.Diff(wants, known, nil, true, nil)), `{"set":[{"path":"Device.Y","current":"3","desired":"2"}]}`; got != want {
+	if got, want := planJSON(t, policy.Diff(wants, known, nil, freshSince, true, nil)), `{"set":[{"path":"Device.Y","current":"3","desired":"2"}]}`; got != want {
 		t.Fatalf("attributes applied: plan %s, want %s", got, want)
 	}
 }

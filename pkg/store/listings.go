@@ -143,15 +143,22 @@ func (s *Store) DropTableListings(ctx context.Context, deviceID string, objPaths
 	return nil
 }
 
+// TableListing is one listed path of a device: its level and when it was
+// listed (the time of the observation).
+type TableListing struct {
+	Level    int
+	ListedAt time.Time
+}
+
 // FindTableListings returns, for each of the devices, the listings that
-// cover any of the tables: device ID -> listed path -> level. A table's
-// level is its most specific covering path's (see policy.Listings).
-func (s *Store) FindTableListings(ctx context.Context, deviceIDs, tables []string) (map[string]map[string]int, error) {
-	out := map[string]map[string]int{}
+// cover any of the tables: device ID -> listed path -> listing. A table's
+// listing is its most specific covering path's (see policy.Listings).
+func (s *Store) FindTableListings(ctx context.Context, deviceIDs, tables []string) (map[string]map[string]TableListing, error) {
+	out := map[string]map[string]TableListing{}
 	if len(deviceIDs) == 0 || len(tables) == 0 {
 		return out, nil
 	}
-	rows, err := s.pool.Query(ctx, `SELECT device_id, table_path, level FROM table_listings l
+	rows, err := s.pool.Query(ctx, `SELECT device_id, table_path, level, listed_at FROM table_listings l
 		WHERE device_id = ANY($1::text[]) AND EXISTS (SELECT 1 FROM unnest($2::text[]) t WHERE starts_with(t, l.table_path))`,
 		deviceIDs, tables)
 	if err != nil {
@@ -161,13 +168,14 @@ func (s *Store) FindTableListings(ctx context.Context, deviceIDs, tables []strin
 	for rows.Next() {
 		var d, p string
 		var lv int16
-		if err := rows.Scan(&d, &p, &lv); err != nil {
+		var at time.Time
+		if err := rows.Scan(&d, &p, &lv, &at); err != nil {
 			return nil, fmt.Errorf("store: find table listings: %w", err)
 		}
 		if out[d] == nil {
-			out[d] = map[string]int{}
+			out[d] = map[string]TableListing{}
 		}
-		out[d][p] = int(lv)
+		out[d][p] = TableListing{Level: int(lv), ListedAt: at}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("store: find table listings: %w", err)

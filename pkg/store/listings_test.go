@@ -28,13 +28,23 @@ func TestTableListingsFollowTheDevice(t *testing.T) {
 		Device: devicemodel.Device{ID: dev, Protocol: devicemodel.ProtocolCWMP, Manufacturer: "ACME"}}}); err != nil {
 		t.Fatal(err)
 	}
+	levels := func(l map[string]store.TableListing) map[string]int {
+		if l == nil {
+			return nil
+		}
+		out := map[string]int{}
+		for p, v := range l {
+			out[p] = v.Level
+		}
+		return out
+	}
 	listings := func() map[string]int {
 		t.Helper()
 		got, err := s.FindTableListings(ctx, []string{dev}, []string{pm})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return got[dev]
+		return levels(got[dev])
 	}
 	expect := func(step string, want map[string]int) {
 		t.Helper()
@@ -60,6 +70,9 @@ func TestTableListingsFollowTheDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect("a Get of Device.NAT.", map[string]int{nat: store.ListingFull})
+	if got, _ := s.FindTableListings(ctx, []string{dev}, []string{pm}); !got[dev][nat].ListedAt.Equal(at(2)) {
+		t.Fatalf("listed at %v, want %v", got[dev][nat].ListedAt, at(2))
+	}
 	ps, _, err := s.FindParameters(ctx, store.ParameterFilter{DeviceID: dev, Prefix: pm})
 	if err != nil || len(ps) != 1 || ps[0].Path != pm+"1.Alias" {
 		t.Fatalf("cache under the listed path: %+v %v", ps, err)
@@ -126,7 +139,7 @@ func TestTableListingsFollowTheDevice(t *testing.T) {
 	if err := s.DropTableListings(ctx, dev, []string{pm + "1."}); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := s.FindTableListings(ctx, []string{dev}, []string{pm + "1.Sub."}); !maps.Equal(got[dev], map[string]int{nat: store.ListingFull}) {
+	if got, _ := s.FindTableListings(ctx, []string{dev}, []string{pm + "1.Sub."}); !maps.Equal(levels(got[dev]), map[string]int{nat: store.ListingFull}) {
 		t.Fatalf("after the delete: %v", got)
 	}
 
