@@ -356,3 +356,67 @@ func TestReconcilerAddsAnInstanceOnce(t *testing.T) {
 		t.Fatalf("duet_policy_devices{compliant} = %v", n)
 	}
 }
+
+// TestReconcilerReadsAnOldListingBeforeAdding: Duet listed the table two
+// hours ago, and the device's user has since created the policy's
+// instance (no notification). The policy reads the table again before
+// adding, finds that instance and sets it in place (issue 12 §3).
+func TestReconcilerReadsAnOldListingBeforeAdding(t *testing.T) {
+	e := newReconcileEnv(t, 1)
+	const table, dev = "Device.NAT.PortMapping.", "dev-00"
+	now := time.Now()
+	if err := e.st.UpsertParameters(e.ctx, []store.Parameter{{DeviceID: dev, Path: table + "1.Alias", Value: "web", UpdatedAt: now.Add(-2 * time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.RecordTableListings(e.ctx, dev, []string{table}, store.ListingFull, now.Add(-2*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	g, err := e.st.CreateGroup(e.ctx, "t", store.Group{Name: "nat", Filter: `manufacturer == "ACME"`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := e.st.CreatePolicy(e.ctx, "t", store.Policy{GroupID: g.ID, Name: "nat", Kind: "objects",
+		Spec: json.RawMessage(`{"objects":[{"table":"` + table + `","key":{"Alias":"sip"},"parameters":{"Enable":"true"}}]}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.enable(p, `{"batch_percent":100}`)
+	e.pass()
+	e.pass()
+	q := e.queued()
+	get, ok := q[dev]
+	if len(q) != 1 || !ok || get.Operation != "get" {
+		t.Fatalf("want the table read before adding, have %+v", q)
+	}
+	// The read finds the user's instance; the task queue caches it and
+	// records the listing, then the task finishes.
+	if _, err := e.st.Pool().Exec(e.ctx, "UPDATE tasks SET state = 'dispatched' WHERE id = $1", get.ID); err != nil {
+		t.Fatal(err)
+	}
+	read := time.Now()
+	if err := e.st.UpsertParameters(e.ctx, []store.Parameter{
+		{DeviceID: dev, Path: table + "1.Alias", Value: "web", UpdatedAt: read},
+		{DeviceID: dev, Path: table + "2.Alias", Value: "sip", UpdatedAt: read},
+		{DeviceID: dev, Path: table + "2.Enable", Value: "false", UpdatedAt: read},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.RecordTableListings(e.ctx, dev, []string{table}, store.ListingFull, read); err != nil {
+		t.Fatal(err)
+	}
+	final, done, err := e.st.FinishTask(e.ctx, get.ID, store.TaskOutcome{State: store.TaskSucceeded})
+	if err != nil || !done {
+		t.Fatalf("finish: %v %v", done, err)
+	}
+	e.r.TaskFinished(e.ctx, final)
+	e.pass()
+	q = e.queued()
+	set, ok := q[dev]
+	if len(q) != 1 || !ok || set.Operation != "set" {
+		t.Fatalf("want the user's instance set in place, have %+v", q)
+	}
+	var req TaskRequest
+	if err := json.Unmarshal(set.Request, &req); err != nil || len(req.Params) != 1 || req.Params[0].Path != table+"2.Enable" || req.Params[0].Value != "true" {
+		t.Fatalf("set %+v %v", req, err)
+	}
+}
