@@ -49,7 +49,7 @@ func (q *TaskQueue) recordListings(ctx context.Context, t store.Task, res *duetv
 			// The device would not read them: what Duet listed there
 			// before no longer holds (and a policy that asked for the
 			// read reports it rather than asking again).
-			err, change = q.o.Store.DropTableListings(ctx, t.DeviceID, failed), "dropped"
+			err, change = q.o.Store.UnlistTables(ctx, t.DeviceID, failed, at), "dropped"
 		}
 		if err == nil && len(listed) > 0 {
 			err, change = q.o.Store.RecordTableListings(ctx, t.DeviceID, listed, store.ListingFull, at), "listed"

@@ -150,6 +150,33 @@ type TableListing struct {
 	ListedAt time.Time
 }
 
+// UnlistTables records that one device's paths are no longer known to
+// be complete as of `at` (the device answered a read of them with an
+// error): a level-0 row for each overrides a listing of an ancestor, and
+// older rows below them go.
+func (s *Store) UnlistTables(ctx context.Context, deviceID string, paths []string, at time.Time) error {
+	if len(paths) == 0 {
+		return nil
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `DELETE FROM table_listings l USING unnest($2::text[]) p(path)
+			WHERE l.device_id = $1 AND starts_with(l.table_path, p.path) AND l.table_path <> p.path AND l.listed_at <= $3`,
+			deviceID, paths, at); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO table_listings AS l (device_id, table_path, level, listed_at)
+			SELECT $1, p.path, 0, $3 FROM (SELECT DISTINCT unnest($2::text[]) AS path) p
+			WHERE EXISTS (SELECT 1 FROM devices WHERE id = $1)
+			ON CONFLICT (device_id, table_path) DO UPDATE SET level = 0, listed_at = excluded.listed_at
+			WHERE l.listed_at <= excluded.listed_at`, deviceID, paths, at)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store: unlist tables: %w", err)
+	}
+	return nil
+}
+
 // FindTableListings returns, for each of the devices, the listings that
 // cover any of the tables: device ID -> listed path -> listing. A table's
 // listing is its most specific covering path's (see policy.Listings).

@@ -156,7 +156,17 @@ func TestTableListingsFollowTheDevice(t *testing.T) {
 	}
 	expect("listed after the bootstrap", map[string]int{pm: store.ListingFull})
 
-	if err := s.RecordTableListings(ctx, dev, []string{pm}, 0, at(10)); err == nil {
+	// A read of the table that the device refused unlists it, even under
+	// a listed ancestor.
+	if err := s.RecordTableListings(ctx, dev, []string{nat}, store.ListingFull, at(10)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UnlistTables(ctx, dev, []string{pm}, at(11)); err != nil {
+		t.Fatal(err)
+	}
+	expect("unlisted", map[string]int{nat: store.ListingFull, pm: store.ListingNone})
+
+	if err := s.RecordTableListings(ctx, dev, []string{pm}, 0, at(12)); err == nil {
 		t.Fatal("level 0 recorded as a complete listing")
 	}
 }
