@@ -464,16 +464,19 @@ func (r *Reconciler) judge(ctx context.Context, policies []*activePolicy, devs [
 	n := need(policies)
 	var params, types map[string]map[string]string
 	var listings map[string]map[string]store.TableListing
-	if !n.None() {
-		if params, types, err = r.o.Store.FindParameterValuesAndTypes(ctx, ids, n.Paths, n.All, n.Prefixes...); err != nil {
+	if len(n.Prefixes) > 0 {
+		// Listings before parameters, for the same reason: a listing is
+		// recorded after the values it lists are cached
+		// (TaskQueue.settle), so the parameters read next hold at least
+		// what any listing read here lists. The other order could pair a
+		// listing that just completed with the cache from before it and
+		// add an instance the read had found.
+		if listings, err = r.o.Store.FindTableListings(ctx, ids, n.Prefixes); err != nil {
 			return err
 		}
 	}
-	if len(n.Prefixes) > 0 {
-		// After the parameters: a listing is recorded after the values it
-		// describes are cached (TaskQueue.settle), so any listing read
-		// here comes with them in the parameters read above.
-		if listings, err = r.o.Store.FindTableListings(ctx, ids, n.Prefixes); err != nil {
+	if !n.None() {
+		if params, types, err = r.o.Store.FindParameterValuesAndTypes(ctx, ids, n.Paths, n.All, n.Prefixes...); err != nil {
 			return err
 		}
 	}

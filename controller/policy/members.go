@@ -105,13 +105,15 @@ func scan(ctx context.Context, st *store.Store, f *Filter, cursor string, limit,
 			for i, d := range devs {
 				ids[i] = d.Device.ID
 			}
-			if params, err = st.FindParameterValues(ctx, ids, need.Paths, need.All, need.Prefixes...); err != nil {
-				return MemberPage{}, err
-			}
+			// Listings first: one recorded meanwhile lists values already
+			// cached (see Reconciler.judge).
 			if len(need.Prefixes) > 0 {
 				if listings, err = st.FindTableListings(ctx, ids, need.Prefixes); err != nil {
 					return MemberPage{}, err
 				}
+			}
+			if params, err = st.FindParameterValues(ctx, ids, need.Paths, need.All, need.Prefixes...); err != nil {
+				return MemberPage{}, err
 			}
 		}
 		for _, d := range devs {
