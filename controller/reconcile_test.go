@@ -420,3 +420,61 @@ func TestReconcilerReadsAnOldListingBeforeAdding(t *testing.T) {
 		t.Fatalf("set %+v %v", req, err)
 	}
 }
+
+// TestReconcilerReportsATableItCannotList: the device answers the
+// policy's read of the table with an error for it (the Get succeeds, the
+// path does not), so Duet still holds no listing. The device is reported
+// failed, once, instead of being read again and again; a retry reads it
+// again.
+func TestReconcilerReportsATableItCannotList(t *testing.T) {
+	e := newReconcileEnv(t, 1)
+	const table, dev = "Device.NAT.PortMapping.", "dev-00"
+	g, err := e.st.CreateGroup(e.ctx, "t", store.Group{Name: "nat", Filter: `manufacturer == "ACME"`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := e.st.CreatePolicy(e.ctx, "t", store.Policy{GroupID: g.ID, Name: "nat", Kind: "objects",
+		Spec: json.RawMessage(`{"objects":[{"table":"` + table + `","key":{"Alias":"sip"}}]}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.enable(p, `{"batch_percent":100}`)
+	e.pass()
+	e.pass()
+	get, ok := e.queued()[dev]
+	if !ok || get.Operation != "get" {
+		t.Fatalf("want the table read, have %+v", e.queued())
+	}
+	if _, err := e.st.Pool().Exec(e.ctx, "UPDATE tasks SET state = 'dispatched' WHERE id = $1", get.ID); err != nil {
+		t.Fatal(err)
+	}
+	// What the task queue records for an error on the table's path.
+	if err := e.st.UnlistTables(e.ctx, dev, []string{table}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	final, done, err := e.st.FinishTask(e.ctx, get.ID, store.TaskOutcome{State: store.TaskSucceeded})
+	if err != nil || !done {
+		t.Fatalf("finish: %v %v", done, err)
+	}
+	e.r.TaskFinished(e.ctx, final)
+	e.pass()
+	e.pass()
+	if q := e.queued(); len(q) != 0 {
+		t.Fatalf("the table is read again and again: %+v", q)
+	}
+	st, err := e.st.DeviceStatuses(e.ctx, []string{dev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := st[p.ID][dev]; s.Status != store.StatusFailed || s.ErrorCode != "unavailable" {
+		t.Fatalf("status %+v", s)
+	}
+	if _, _, err := e.st.ResumeRollout(e.ctx, "ops", p.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	e.pass()
+	e.pass()
+	if get, ok := e.queued()[dev]; !ok || get.Operation != "get" {
+		t.Fatalf("a retry reads the table again; have %+v", e.queued())
+	}
+}
