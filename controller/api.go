@@ -143,23 +143,27 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.handler.Serv
 
 // DeviceJSON is the API's representation of a device.
 type DeviceJSON struct {
-	ID                   string    `json:"id"`
-	Protocol             string    `json:"protocol"`
-	Manufacturer         string    `json:"manufacturer"`
-	OUI                  string    `json:"oui"`
-	ProductClass         string    `json:"product_class"`
-	SerialNumber         string    `json:"serial_number"`
-	ModelName            string    `json:"model_name"`
-	SoftwareVersion      string    `json:"software_version"`
-	HardwareVersion      string    `json:"hardware_version"`
-	ProvisioningCode     string    `json:"provisioning_code"`
-	DataModel            string    `json:"data_model"`
-	FirstSeen            time.Time `json:"first_seen"`
-	LastSeen             time.Time `json:"last_seen"`
-	Online               bool      `json:"online"`
-	Transport            string    `json:"transport"`
-	Address              string    `json:"address"`
-	ConnectionRequestURL string    `json:"connection_request_url,omitempty"`
+	ID               string    `json:"id"`
+	Protocol         string    `json:"protocol"`
+	Manufacturer     string    `json:"manufacturer"`
+	OUI              string    `json:"oui"`
+	ProductClass     string    `json:"product_class"`
+	SerialNumber     string    `json:"serial_number"`
+	ModelName        string    `json:"model_name"`
+	SoftwareVersion  string    `json:"software_version"`
+	HardwareVersion  string    `json:"hardware_version"`
+	ProvisioningCode string    `json:"provisioning_code"`
+	DataModel        string    `json:"data_model"`
+	FirstSeen        time.Time `json:"first_seen"`
+	LastSeen         time.Time `json:"last_seen"`
+	// Online: reachable now (false while rebooting).
+	Online bool `json:"online"`
+	// State is online, offline or rebooting: a reboot or factory reset
+	// was accepted and the device has not announced it is back.
+	State                string `json:"state"`
+	Transport            string `json:"transport"`
+	Address              string `json:"address"`
+	ConnectionRequestURL string `json:"connection_request_url,omitempty"`
 	// Tags are the operator's labels, sorted.
 	Tags []string `json:"tags"`
 }
@@ -170,10 +174,22 @@ func deviceJSON(d devicemodel.Device) DeviceJSON {
 		ProductClass: d.ProductClass, SerialNumber: d.SerialNumber, ModelName: d.ModelName,
 		SoftwareVersion: d.SoftwareVersion, HardwareVersion: d.HardwareVersion,
 		ProvisioningCode: d.ProvisioningCode, DataModel: d.DataModel,
-		FirstSeen: d.FirstSeen.UTC(), LastSeen: d.LastSeen.UTC(), Online: d.Online,
-		Transport: d.Transport, Address: d.Address, ConnectionRequestURL: d.ConnectionRequestURL,
+		FirstSeen: d.FirstSeen.UTC(), LastSeen: d.LastSeen.UTC(), Online: d.Online && !d.Rebooting,
+		State: deviceState(d), Transport: d.Transport, Address: d.Address, ConnectionRequestURL: d.ConnectionRequestURL,
 		Tags: []string{},
 	}
+}
+
+// deviceState derives the device's state: the rebooting marker first
+// (the reboot task is awaiting_boot), then the online flag.
+func deviceState(d devicemodel.Device) string {
+	switch {
+	case d.Rebooting:
+		return "rebooting"
+	case d.Online:
+		return "online"
+	}
+	return "offline"
 }
 
 // DeviceList is the body of GET /api/v1/devices.

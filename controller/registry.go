@@ -187,6 +187,7 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	good := make([]jetstream.Msg, 0, len(msgs))
 	kinds := make([]string, 0, len(msgs))
 	var results []*duetv1.CommandResult
+	var completions []Completion
 	type listingEvent struct {
 		device string
 		ev     *duetv1.Event
@@ -220,6 +221,9 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 			}
 			results = append(results, cr)
 		}
+		if c, ok := completionOf(o.Device.ID, o.Time, ev); ok {
+			completions = append(completions, c)
+		}
 		if ev.GetObjectCreated() != nil || ev.GetObjectDeleted() != nil {
 			listingEvents = append(listingEvents, listingEvent{o.Device.ID, ev, o.Time})
 		}
@@ -239,6 +243,7 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	if len(obs) == 0 {
 		return nil
 	}
+	var ended []string
 	start := time.Now()
 	// Commit even if ctx is being cancelled: finishing the batch in hand is
 	// part of a clean stop.
@@ -250,6 +255,12 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	if r.o.Tasks != nil {
 		if err := r.o.Tasks.Results(cctx, results); err != nil {
 			return fmt.Errorf("task results: %w", err)
+		}
+		// After the results: a task's first reply and its completion can
+		// come in one batch. Before the ack, so none is lost.
+		var err error
+		if ended, err = r.o.Tasks.Complete(cctx, completions); err != nil {
+			return fmt.Errorf("task completions: %w", err)
 		}
 	}
 	// After the instances' keys are cached with the batch; before the
@@ -274,6 +285,8 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	}
 	if r.o.Tasks != nil {
 		r.o.Tasks.DevicesSeen(cctx, seen)
+		// A device back from a reboot gets the tasks that waited for it.
+		r.o.Tasks.DeliverQueued(cctx, ended)
 	}
 	if r.o.Reconciler != nil {
 		r.o.Reconciler.DevicesChanged(seen)

@@ -219,16 +219,22 @@ func buildCommand(r *TaskRequest, d devicemodel.Device, id string) (*duetv1.Comm
 			return nil, invalid("%s needs url", r.Operation)
 		}
 		if r.Operation == "download" {
-			// FirmwareImage.{i}.Download() (TR-181); the CWMP adapter
-			// turns any …Download() into the Download RPC.
-			args := map[string]string{"URL": r.URL, "AutoActivate": "true"}
+			// USP: FirmwareImage.{i}.Download() (TR-181). CWMP: the
+			// Download RPC, named by the bare "Download()" the CWMP adapter
+			// knows, since TR-098 has no FirmwareImage table.
+			args := map[string]string{"URL": r.URL}
+			command := "Download()"
+			if d.Protocol == devicemodel.ProtocolUSP {
+				args["AutoActivate"] = "true"
+				command = root + "DeviceInfo.FirmwareImage.1.Download()"
+			}
 			if r.FileType != "" {
 				args["FileType"] = r.FileType
 			}
 			for k, v := range r.InputArgs {
 				args[k] = v
 			}
-			cmd.Op = &duetv1.Command_Operate{Operate: &duetv1.OperateRequest{Command: root + "DeviceInfo.FirmwareImage.1.Download()",
+			cmd.Op = &duetv1.Command_Operate{Operate: &duetv1.OperateRequest{Command: command,
 				CommandKey: cmp.Or(r.CommandKey, id), InputArgs: args}}
 		} else if d.Protocol == devicemodel.ProtocolCWMP {
 			ft := cmp.Or(r.FileType, "1 Vendor Configuration File")

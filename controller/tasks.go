@@ -68,6 +68,16 @@ type TaskQueueOptions struct {
 	// devices wait in line for a slot (at most MaxPendingWakeups of them;
 	// past that a task waits for the device's next inform). Default 32.
 	MaxConnectionRequests int
+	// RebootTimeout bounds the wait for a rebooted or factory-reset device
+	// to come back (Boot!, 1 BOOT) before its task fails with timeout.
+	// Default 10 min.
+	RebootTimeout time.Duration
+	// TransferTimeout bounds the wait for the TransferComplete of a
+	// transfer the device accepted with Status 1. Default 1 h.
+	TransferTimeout time.Duration
+	// OperationTimeout bounds the wait for the OperationComplete of an
+	// asynchronous command (and CWMP diagnostics). Default 1 h.
+	OperationTimeout time.Duration
 	// CredentialKey opens the stored connection-request passwords; without
 	// it connection requests go out without credentials.
 	CredentialKey *store.CredentialKey
@@ -136,6 +146,15 @@ func NewTaskQueue(o TaskQueueOptions) (*TaskQueue, error) {
 	}
 	if o.MaxConnectionRequests <= 0 {
 		o.MaxConnectionRequests = 32
+	}
+	if o.RebootTimeout <= 0 {
+		o.RebootTimeout = DefaultRebootTimeout
+	}
+	if o.TransferTimeout <= 0 {
+		o.TransferTimeout = DefaultTransferTimeout
+	}
+	if o.OperationTimeout <= 0 {
+		o.OperationTimeout = DefaultOperationTimeout
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -292,6 +311,7 @@ func (q *TaskQueue) sweepLoop() {
 			metricTasksFinished.WithLabelValues(string(store.TaskExpired)).Inc()
 			q.notify(id)
 		}
+		q.failOverdue(q.ctx)
 		q.rescan(q.ctx, nil, false)
 	}
 }
@@ -493,6 +513,12 @@ func (q *TaskQueue) settle(ctx context.Context, t store.Task, res *duetv1.Comman
 		e := res.GetError()
 		err = &devicemodel.Error{Code: devicemodel.Code(e.GetCode()), Message: e.GetMessage(), DeviceFault: e.GetDeviceFault()}
 	}
+	if err == nil {
+		// One rule for operations on several paths (README, task states).
+		if perr := allPathsFailed(t, res); perr != nil {
+			err = perr
+		}
+	}
 	code := devicemodel.ErrorCode(err)
 	unknown := code == devicemodel.CodeOutcomeUnknown || code == devicemodel.CodeTimeout ||
 		(code == devicemodel.CodeUnavailable && !neverSent(err))
@@ -536,6 +562,11 @@ func (q *TaskQueue) settle(ctx context.Context, t store.Task, res *duetv1.Comman
 		}
 	}
 	if err == nil {
+		if p, ok := q.planAwait(t, res); ok && q.await(ctx, t, p) {
+			// Accepted, not done: the device reports the outcome later
+			// (completion.go).
+			return false
+		}
 		// What the device accepted is now its state: cache it before the
 		// task turns final, so whoever it wakes (a client, the
 		// reconciler) reads the new values.
@@ -573,6 +604,11 @@ func (q *TaskQueue) Results(ctx context.Context, results []*duetv1.CommandResult
 			return err
 		}
 		if t.State != store.TaskDispatched && !(t.State == store.TaskFailed && t.ErrorCode == devicemodel.CodeOutcomeUnknown.String()) {
+			continue
+		}
+		if t.SubState != "" {
+			// Already answered; it waits for its completion (a
+			// redelivered result changes nothing).
 			continue
 		}
 		if t.DeviceID != r.GetDeviceId() && r.GetDeviceId() != "" {

@@ -17,10 +17,14 @@ import (
 
 // TaskJSON is the API's representation of a task.
 type TaskJSON struct {
-	ID                string          `json:"id"`
-	DeviceID          string          `json:"device_id"`
-	Operation         string          `json:"operation"`
-	State             string          `json:"state"`
+	ID        string `json:"id"`
+	DeviceID  string `json:"device_id"`
+	Operation string `json:"operation"`
+	State     string `json:"state"`
+	// SubState says what a dispatched task the device accepted waits for:
+	// awaiting_completion (a transfer, an async command) or awaiting_boot
+	// (a reboot or factory reset).
+	SubState          string          `json:"sub_state,omitempty"`
 	Request           json.RawMessage `json:"request"`
 	UniqueKey         string          `json:"unique_key,omitempty"`
 	ConnectionRequest bool            `json:"connection_request"`
@@ -55,7 +59,7 @@ var resultJSON = protojson.MarshalOptions{UseProtoNames: true}
 
 func taskJSON(t store.Task) TaskJSON {
 	out := TaskJSON{
-		ID: t.ID, DeviceID: t.DeviceID, Operation: t.Operation, State: string(t.State), Request: t.Request,
+		ID: t.ID, DeviceID: t.DeviceID, Operation: t.Operation, State: string(t.State), SubState: t.SubState, Request: t.Request,
 		UniqueKey: t.UniqueKey, ConnectionRequest: t.ConnectionRequest, ExpiresAt: utcPtr(t.ExpiresAt),
 		CreatedAt: t.CreatedAt.UTC(), UpdatedAt: t.UpdatedAt.UTC(), DispatchedAt: utcPtr(t.DispatchedAt),
 		FinishedAt: utcPtr(t.FinishedAt), Attempts: t.Attempts, RetryOf: t.RetryOf, BatchID: t.BatchID,

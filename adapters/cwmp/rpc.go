@@ -85,6 +85,22 @@ func (o *rawOp) handle(resp cwmp.Message, err *devicemodel.Error) {
 }
 
 func (o *rawOp) result() *duetv1.CommandResult {
+	// A transfer's result is the neutral form, so the controller can tell
+	// "accepted" (Status 1) from "done" whichever way it was asked.
+	switch r := o.last.(type) {
+	case *cwmp.Download:
+		t := &duetv1.TransferResult{CommandKey: r.CommandKey}
+		if st, err := strconv.Atoi(o.values["Status"]); err == nil && o.err == nil {
+			transferStatus(t, st, parseValueTime(o.values["StartTime"]), parseValueTime(o.values["CompleteTime"]))
+		}
+		return o.finish(&duetv1.CommandResult{Result: &duetv1.CommandResult_Transfer{Transfer: t}})
+	case *cwmp.Upload:
+		t := &duetv1.TransferResult{CommandKey: r.CommandKey, Upload: true}
+		if st, err := strconv.Atoi(o.values["Status"]); err == nil && o.err == nil {
+			transferStatus(t, st, parseValueTime(o.values["StartTime"]), parseValueTime(o.values["CompleteTime"]))
+		}
+		return o.finish(&duetv1.CommandResult{Result: &duetv1.CommandResult_Transfer{Transfer: t}})
+	}
 	return o.finish(&duetv1.CommandResult{Result: &duetv1.CommandResult_CwmpRpc{CwmpRpc: &duetv1.CwmpRpcResult{Method: o.method, Values: o.values}}})
 }
 
@@ -278,4 +294,13 @@ func sortedKeys(m map[string]string) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// parseValueTime reads a flattened dateTime value back; unknown is zero.
+func parseValueTime(v string) time.Time {
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return time.Time{}
+	}
+	return t
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/cwmp"
@@ -332,8 +333,10 @@ func (o *deleteOp) handle(resp cwmp.Message, err *devicemodel.Error) {
 }
 
 func (o *deleteOp) result() *duetv1.CommandResult {
-	if o.err == nil && len(o.errs) > 0 {
-		// CWMP cannot delete atomically; what was deleted stays listed.
+	if o.err == nil && len(o.errs) > 0 && len(o.deleted) == 0 {
+		// Every path failed: the command failed (README, task states).
+		// When some were deleted (CWMP cannot delete atomically) it
+		// succeeded, with the others' errors.
 		e := &devicemodel.Error{Code: devicemodel.Code(o.errs[0].Code), Message: o.errs[0].Message, DeviceFault: o.errs[0].DeviceFault}
 		o.err = e
 	}
@@ -350,6 +353,11 @@ type operateOp struct {
 	async   bool
 	request string
 	outputs map[string]string
+	// reboot and transfer, when set, are the result: CWMP's Reboot,
+	// FactoryReset and Download are not data-model commands, so their
+	// result is the neutral form (issue 11: no made-up command paths).
+	reboot   *duetv1.RebootResult
+	transfer *duetv1.TransferResult
 }
 
 // diagnosticInputs lists diagnostics inputs that are not strings (cwmp.md
@@ -407,9 +415,12 @@ func newOperate(r *duetv1.OperateRequest, cmdID string) op {
 	switch {
 	case c == root+"Reboot()":
 		o.pending = []cwmp.Message{&cwmp.Reboot{CommandKey: key}}
-		o.request = key
+		o.reboot = &duetv1.RebootResult{CommandKey: key}
 	case c == root+"FactoryReset()":
+		// FactoryReset has no CommandKey (TR-069 A.4.1.9): its completion
+		// is the next 0 BOOTSTRAP.
 		o.pending = []cwmp.Message{&cwmp.FactoryReset{}}
+		o.reboot = &duetv1.RebootResult{FactoryReset: true}
 	default:
 		if obj, ok := diagnosticsObject(c); ok {
 			pl := make([]cwmp.ParameterValueStruct, 0, len(args)+1)
@@ -449,7 +460,7 @@ func newOperate(r *duetv1.OperateRequest, cmdID string) op {
 				return o
 			}
 			o.pending = []cwmp.Message{d}
-			o.async, o.request = true, key
+			o.transfer = &duetv1.TransferResult{CommandKey: key}
 			break
 		}
 		o.fail(devicemodel.Errorf(devicemodel.CodeUnsupported, "operate: %q has no CWMP equivalent (use cwmp_rpc)", c))
@@ -468,15 +479,27 @@ func (o *operateOp) handle(resp cwmp.Message, err *devicemodel.Error) {
 		return
 	}
 	if d, ok := resp.(*cwmp.DownloadResponse); ok {
-		o.outputs["Status"] = strconv.Itoa(d.Status)
-		if d.Status == 0 {
-			// Already applied: no TransferComplete will follow (cwmp.md §2).
-			o.async = false
-		}
+		transferStatus(o.transfer, d.Status, d.StartTime, d.CompleteTime)
+	}
+}
+
+// transferStatus records a Download/UploadResponse: Status 0 means done
+// (with its times), 1 accepted, completion reported later by
+// TransferComplete (TR-069 A.3.2.8, A.3.2.9).
+func transferStatus(t *duetv1.TransferResult, status int, start, complete time.Time) {
+	t.Status = uint32(status)
+	if status == 0 {
+		t.StartTime, t.CompleteTime = timestamp(start), timestamp(complete)
 	}
 }
 
 func (o *operateOp) result() *duetv1.CommandResult {
+	switch {
+	case o.reboot != nil:
+		return o.finish(&duetv1.CommandResult{Result: &duetv1.CommandResult_Reboot{Reboot: o.reboot}})
+	case o.transfer != nil:
+		return o.finish(&duetv1.CommandResult{Result: &duetv1.CommandResult_Transfer{Transfer: o.transfer}})
+	}
 	return o.finish(&duetv1.CommandResult{Result: &duetv1.CommandResult_Operate{Operate: &duetv1.OperateResult{
 		ExecutedCommand: o.command, OutputArgs: o.outputs, RequestPath: o.request, Async: o.async,
 	}}})

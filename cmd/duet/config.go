@@ -5,17 +5,23 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"time"
 )
 
-// setting is one configuration knob: a flag and a DUET_* variable. The flag
-// wins over the variable, the variable over the default.
+// setting is one configuration knob: a flag, a DUET_* variable and a key of
+// the settings file (--config), all three with the same name. The flag wins
+// over the variable, the variable over the file, the file over the default.
 type setting struct {
 	flag, env, def, help string
 	value                string
-	set                  bool // given by flag or environment
+	set                  bool   // given by flag, environment or file
+	source               string // where value came from: default, file, environment, flag
+	// secret settings can also be read from a file (--x-file, DUET_X_FILE,
+	// x-file:), and are never echoed in errors or by `duet config`.
+	secret bool
 }
 
 // settings is every knob of `duet serve`, in the order the README's table
@@ -46,6 +52,9 @@ func newSettings() *settings {
 	add("event-history-retention", "DUET_EVENT_HISTORY_RETENTION", "720h", "how long device history (GET /api/v1/devices/{id}/events) is kept in PostgreSQL")
 	add("bulk-rate", "DUET_BULK_RATE", "50", "tasks per second a task batch (POST /api/v1/tasks) creates when its request names no rate (at most 1000)")
 	add("policy-sweep", "DUET_POLICY_SWEEP", "10m", "how often every device is checked against the enabled policies even without a change (changes and device events are checked at once)")
+	add("reboot-timeout", "DUET_REBOOT_TIMEOUT", "10m", "a reboot or factory reset task fails with timeout when the device is not back (USP Boot!, CWMP 1 BOOT) within this")
+	add("transfer-timeout", "DUET_TRANSFER_TIMEOUT", "1h", "a download or upload the device accepted for later (Status 1) fails with timeout when no TransferComplete comes within this")
+	add("operation-timeout", "DUET_OPERATION_TIMEOUT", "1h", "an asynchronous command (USP OperationComplete, CWMP diagnostics) fails with timeout when its completion does not come within this")
 	add("admin-token", "DUET_ADMIN_TOKEN", "", "API admin bearer token to create at start (at least 24 characters); unset, the first start generates one and prints it once")
 	// CWMP
 	add("cwmp-addr", "DUET_CWMP_ADDR", ":7547", "listen address of the CWMP ACS")
@@ -80,6 +89,12 @@ func newSettings() *settings {
 	add("ws-path", "DUET_WS_PATH", "/usp", "URL path of the USP WebSocket server")
 	add("ws-tls-cert", "DUET_WS_TLS_CERT", "", "PEM certificate file; enables wss://")
 	add("ws-tls-key", "DUET_WS_TLS_KEY", "", "PEM key file for ws-tls-cert")
+
+	// Secrets: each also reads from a file (x-file / DUET_X_FILE), for
+	// Docker and Kubernetes secrets mounted as files.
+	for _, f := range []string{"database-url", "admin-token", "cwmp-password", "credentials-key", "mqtt-password", "stomp-passcode"} {
+		s.byFlag[f].secret = true
+	}
 	return s
 }
 
@@ -96,31 +111,121 @@ func (s *settings) parse(name string, args []string, getenv func(string) string,
 }
 
 // parseWith is parse with extra command flags, returning the positional
-// arguments.
+// arguments. Each setting is resolved, lowest first, from its default, the
+// settings file (--config or DUET_CONFIG), the environment, then the flags.
 func (s *settings) parseWith(name string, args []string, getenv func(string) string, stderr io.Writer, extra func(*flag.FlagSet)) ([]string, error) {
+	return s.parseOnly(name, args, getenv, stderr, extra, nil)
+}
+
+// dbCommandSettings are the flags of the commands that only reach the
+// database (migrate, token).
+var dbCommandSettings = []string{"database-url", "log-level", "log-format"}
+
+// parseOnly is parseWith offering only the named settings as flags (nil:
+// all), so "duet migrate -h" lists what migrate uses. The others still come
+// from the environment and the settings file, which may hold every setting.
+func (s *settings) parseOnly(name string, args []string, getenv func(string) string, stderr io.Writer, extra func(*flag.FlagSet), only []string) ([]string, error) {
+	offered := func(*setting) bool { return true }
+	if only != nil {
+		set := map[string]bool{}
+		for _, f := range only {
+			set[f] = true
+		}
+		offered = func(st *setting) bool { return set[st.flag] }
+	}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	if extra != nil {
 		extra(fs)
 	}
 	fs.SetOutput(stderr)
+	var configPath string
+	fs.StringVar(&configPath, "config", "", "YAML settings file (DUET_CONFIG); its keys are these flags' names, and flags and DUET_* variables override it (duet config example)")
+	flags, flagFiles := map[*setting]string{}, map[*setting]string{}
 	for _, st := range s.list {
-		st.value = st.def
-		if v := getenv(st.env); v != "" {
-			st.value, st.set = v, true
+		if !offered(st) {
+			continue
 		}
 		fs.Func(st.flag, fmt.Sprintf("%s (%s, default %q)", st.help, st.env, st.def), func(v string) error {
-			st.value, st.set = v, true
+			flags[st] = v
 			return nil
 		})
+		if st.secret {
+			fs.Func(st.flag+"-file", fmt.Sprintf("file holding --%s (%s_FILE)", st.flag, st.env), func(v string) error {
+				flagFiles[st] = v
+				return nil
+			})
+		}
 	}
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: duet %s [flags]\n\nEvery flag can also be set with its DUET_* environment variable.\n\n", name)
+		fmt.Fprintf(stderr, "usage: duet %s [flags]\n\nEvery flag can also be set with its DUET_* environment variable or as a key\nof the --config file.\n\n", name)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
+	if configPath == "" {
+		configPath = getenv("DUET_CONFIG")
+	}
+	var file map[string]string
+	if configPath != "" {
+		var err error
+		if file, err = s.readFile(configPath); err != nil {
+			return nil, err
+		}
+	}
+	for _, st := range s.list {
+		st.value, st.set, st.source = st.def, false, "default"
+		envLvl := level{source: "environment", what: st.env, whatFile: st.env + "_FILE", v: getenv(st.env)}
+		envLvl.ok = envLvl.v != "" // an empty variable is unset
+		if st.secret {
+			envLvl.vFile = getenv(st.env + "_FILE")
+			envLvl.okFile = envLvl.vFile != ""
+		}
+		fileLvl := level{source: "file", what: configPath + ": " + st.flag, whatFile: configPath + ": " + st.flag + "-file"}
+		fileLvl.v, fileLvl.ok = file[st.flag]
+		fileLvl.vFile, fileLvl.okFile = file[st.flag+"-file"]
+		flagLvl := level{source: "flag", what: "--" + st.flag, whatFile: "--" + st.flag + "-file"}
+		flagLvl.v, flagLvl.ok = flags[st]
+		flagLvl.vFile, flagLvl.okFile = flagFiles[st]
+		for _, l := range []level{fileLvl, envLvl, flagLvl} { // lowest first
+			if l.ok && l.okFile {
+				return nil, fmt.Errorf("setting %s: give %s or %s, not both", st.env, l.what, l.whatFile)
+			}
+			switch {
+			case l.ok:
+				st.value, st.set, st.source = l.v, true, l.source
+			case l.okFile:
+				v, err := readSecretFile(l.vFile)
+				if err != nil {
+					return nil, fmt.Errorf("setting %s (%s): %v", st.env, l.whatFile, err)
+				}
+				st.value, st.set, st.source = v, true, l.source
+			}
+		}
+	}
 	return fs.Args(), nil
+}
+
+// level is where one setting may be given: the file, the environment or
+// the flags, each as a value or (secrets) as a file holding it.
+type level struct {
+	source, what, whatFile string
+	v, vFile               string
+	ok, okFile             bool
+}
+
+// readSecretFile reads a secret from a file, without the line ending most
+// editors and `echo` add (Docker and Kubernetes secrets often have one).
+func readSecretFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	v := strings.TrimRight(string(b), "\r\n")
+	if v == "" {
+		return "", fmt.Errorf("%s is empty", path)
+	}
+	return v, nil
 }
 
 func (s *settings) str(flag string) string { return s.byFlag[flag].value }

@@ -1,10 +1,12 @@
 // Command duet is the Duet device management server: a TR-069 ACS and a
 // TR-369 USP controller behind one API.
 //
-//	duet serve     run the server (every component, or --only some)
-//	duet migrate   apply database migrations and exit
-//	duet token     create, list or revoke API tokens
-//	duet version   print the version
+//	duet serve        run the server (every component, or --only some)
+//	duet migrate      apply database migrations and exit
+//	duet token        create, list or revoke API tokens
+//	duet config       print a reference settings file, or check settings
+//	duet healthcheck  exit 0 when a running duet answers /readyz
+//	duet version      print the version
 package main
 
 import (
@@ -68,9 +70,17 @@ func (m *Main) Run(ctx context.Context, args []string) int {
 		err = m.migrate(ctx, args[1:])
 	case "token":
 		err = m.token(ctx, args[1:])
-	case "version":
+	case "config":
+		err = m.config(ctx, args[1:])
+	case "healthcheck":
+		err = m.healthcheck(ctx, args[1:])
+	case "version", "--version":
 		fmt.Fprintf(m.Stdout, "duet %s\n", version())
 	case "help", "-h", "--help":
+		if len(args) > 1 && args[1] != "help" {
+			// duet help <command> is duet <command> -h: that command's flags only.
+			return m.Run(ctx, []string{args[1], "-h"})
+		}
 		m.usage()
 	default:
 		fmt.Fprintf(m.Stderr, "duet: unknown command %q\n\n", args[0])
@@ -91,12 +101,17 @@ func (m *Main) usage() {
 	fmt.Fprint(m.Stderr, `usage: duet <command> [flags]
 
 commands:
-  serve     run the server
-  migrate   apply database migrations and exit
-  token     create, list or revoke API tokens (duet token -h)
-  version   print the version
+  serve        run the server
+  migrate      apply database migrations and exit
+  token        create, list or revoke API tokens
+  config       print a reference settings file (config example) or check
+               settings without starting (config check)
+  healthcheck  exit 0 when the local duet answers /readyz (for containers)
+  version      print the version (also duet --version)
 
-Run "duet serve -h" for every setting; each has a DUET_* environment variable.
+"duet help <command>" or "duet <command> -h" shows that command's flags.
+Every setting is a flag, a DUET_* environment variable and a key of the
+--config YAML file (duet config example).
 `)
 }
 
@@ -112,7 +127,7 @@ func version() string {
 
 func (m *Main) migrate(ctx context.Context, args []string) error {
 	s := newSettings()
-	if err := s.parse("migrate", args, m.Getenv, m.Stderr); err != nil {
+	if _, err := s.parseOnly("migrate", args, m.Getenv, m.Stderr, nil, dbCommandSettings); err != nil {
 		return err
 	}
 	log, err := m.logger(s)

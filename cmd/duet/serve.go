@@ -22,7 +22,6 @@ import (
 	"github.com/duet-dm/duet/controller"
 	"github.com/duet-dm/duet/controller/policy"
 	"github.com/duet-dm/duet/pkg/bus"
-	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
 )
 
@@ -66,50 +65,30 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	if err != nil {
 		return err
 	}
-	comps, err := s.components()
+	// Every setting is checked before anything starts.
+	cfg, err := s.checkServe()
 	if err != nil {
 		return err
 	}
-	retention, err := s.duration("event-retention", time.Minute)
-	if err != nil {
-		return err
-	}
-	historyRetention, err := s.duration("event-history-retention", time.Minute)
-	if err != nil {
-		return err
-	}
-	httpAddr, err := s.addr("http-addr")
-	if err != nil {
-		return err
-	}
-	realm, err := s.realm()
-	if err != nil {
-		return err
-	}
-	var credKey *store.CredentialKey
-	if v := s.str("credentials-key"); v != "" {
-		if credKey, err = store.ParseCredentialKey(v); err != nil {
-			// Never echo the value: it is a secret.
-			return s.errSetting("credentials-key", "%v", err)
-		}
-	}
+	comps, httpAddr, realm, credKey := cfg.comps, cfg.httpAddr, cfg.realm, cfg.credKey
 	var started stack
+	var stopping time.Time // set when a signal asked to stop
 	defer func() {
 		// On a start-up failure, undo what was started; on a normal stop,
 		// drain within the budget.
 		sctx, cancel := context.WithTimeout(context.Background(), ShutdownBudget-time.Second)
 		defer cancel()
 		started.unwind(sctx)
+		if !stopping.IsZero() {
+			log.Info("stopped", "shutdown_seconds", roundSeconds(time.Since(stopping)))
+		}
 	}()
 	var ls Listeners
 
 	// The bus: external, or embedded with JetStream under the data dir.
 	natsURL := s.str("nats-url")
 	if natsURL == "" {
-		port, err := s.port("nats-port")
-		if err != nil {
-			return err
-		}
+		port := cfg.natsPort
 		dir := filepath.Join(s.str("data-dir"), "nats")
 		if err := os.MkdirAll(dir, 0o750); err != nil {
 			return s.errSetting("data-dir", "cannot create %s: %v", dir, err)
@@ -126,7 +105,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		log.Info("embedded NATS started", "url", natsURL, "store", dir)
 	}
 	ls.NATS = natsURL
-	b, err := bus.Connect(ctx, bus.Options{URL: natsURL, Name: "duet", EventMaxAge: retention, Logger: log})
+	b, err := bus.Connect(ctx, bus.Options{URL: natsURL, Name: "duet", EventMaxAge: cfg.retention, Logger: log})
 	if err != nil {
 		return s.errSetting("nats-url", "%v", err)
 	}
@@ -141,6 +120,10 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	mux := http.NewServeMux()
 	var checks []readyCheck
 	var api *controller.API
+	// ensureAdmin creates (and prints, once) the first admin token. It runs
+	// after every component started, so a start that fails never creates
+	// a token nobody saw.
+	ensureAdmin := func() error { return nil }
 	checks = append(checks, readyCheck{"nats", b.Ping})
 
 	if comps["controller"] {
@@ -164,29 +147,34 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			}
 			return nil
 		}})
-		adminToken, err := st.EnsureAdminToken(ctx, s.str("admin-token"))
-		if err != nil {
-			_ = hl.Close()
-			return s.errSetting("admin-token", "%v", err)
+		ensureAdmin = func() error {
+			adminToken, err := st.EnsureAdminToken(ctx, s.str("admin-token"))
+			if err != nil {
+				return s.errSetting("admin-token", "%v", err)
+			}
+			if adminToken != "" {
+				// Printed once, to stdout only (not the log, which is often
+				// shipped elsewhere); only its hash is stored.
+				fmt.Fprintf(m.Stdout, "\nNo API token existed, so an admin token was created. It is shown only now:\n\n  %s\n\nUse it as \"Authorization: Bearer <token>\"; manage tokens with \"duet token\".\n\n", adminToken)
+			}
+			return nil
 		}
-		if adminToken != "" {
-			// Printed once, to stdout only (not the log, which is often
-			// shipped elsewhere); only its hash is stored.
-			fmt.Fprintf(m.Stdout, "\nNo API token existed, so an admin token was created. It is shown only now:\n\n  %s\n\nUse it as \"Authorization: Bearer <token>\"; manage tokens with \"duet token\".\n\n", adminToken)
+		var awaitTimeouts [3]time.Duration
+		for i, name := range []string{"reboot-timeout", "transfer-timeout", "operation-timeout"} {
+			if awaitTimeouts[i], err = s.duration(name, time.Second); err != nil {
+				_ = hl.Close()
+				return err
+			}
 		}
-		tasks, err := controller.NewTaskQueue(controller.TaskQueueOptions{Store: st, Bus: b, CredentialKey: credKey, Logger: log})
-		if err != nil {
-			_ = hl.Close()
-			return err
-		}
-		policySweep, err := s.duration("policy-sweep", time.Minute)
+		tasks, err := controller.NewTaskQueue(controller.TaskQueueOptions{Store: st, Bus: b, CredentialKey: credKey, Logger: log,
+			RebootTimeout: awaitTimeouts[0], TransferTimeout: awaitTimeouts[1], OperationTimeout: awaitTimeouts[2]})
 		if err != nil {
 			_ = hl.Close()
 			return err
 		}
 		policyEnv := policy.Env{USPEndpointID: s.str("usp-endpoint-id")}
 		rec := controller.NewReconciler(controller.ReconcilerOptions{Store: st, Tasks: tasks, Bus: b, Env: policyEnv,
-			Sweep: policySweep, Logger: log})
+			Sweep: cfg.policySweep, Logger: log})
 		// Before the queue starts: no finished policy task goes unheard.
 		tasks.OnFinished(rec.TaskFinished)
 		if err := tasks.Start(ctx); err != nil {
@@ -210,14 +198,11 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			return err
 		}
 		started.push(func(context.Context) { desk.Stop() })
-		pruner := controller.StartHistoryPruner(st, historyRetention, log)
+		pruner := controller.StartHistoryPruner(st, cfg.historyRetention, log)
 		started.push(func(context.Context) { pruner.Stop() })
-		bulkRate, err := s.float("bulk-rate", 0, controller.MaxBulkRate)
-		if err != nil {
-			_ = hl.Close()
-			return err
-		}
-		bulk, err := controller.NewBulkRunner(controller.BulkOptions{Store: st, Tasks: tasks, DefaultRate: bulkRate, Logger: log})
+		gauge := controller.StartDeviceGauge(st, 0, log)
+		started.push(func(context.Context) { gauge.Stop() })
+		bulk, err := controller.NewBulkRunner(controller.BulkOptions{Store: st, Tasks: tasks, DefaultRate: cfg.bulkRate, Logger: log})
 		if err != nil {
 			_ = hl.Close()
 			return err
@@ -237,16 +222,21 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	}
 
 	if comps["cwmp"] {
-		if err := m.startCWMP(s, realm, b, log, &started, &ls); err != nil {
+		if err := m.startCWMP(s, cfg, b, log, &started, &ls); err != nil {
 			_ = hl.Close()
 			return err
 		}
 	}
 	if comps["usp-mqtt"] || comps["usp-stomp"] || comps["usp-ws"] {
-		if err := m.startUSP(s, comps, b, log, &started, &ls); err != nil {
+		if err := m.startUSP(s, cfg, b, log, &started, &ls); err != nil {
 			_ = hl.Close()
 			return err
 		}
+	}
+
+	if err := ensureAdmin(); err != nil {
+		_ = hl.Close()
+		return err
 	}
 
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -284,53 +274,18 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	}
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down", "budget", ShutdownBudget)
+		stopping = time.Now()
+		log.Info("shutting down", "budget_seconds", ShutdownBudget.Seconds())
 		return nil
 	case err := <-serveErr:
 		return fmt.Errorf("http server: %w", err)
 	}
 }
 
-func (m *Main) startCWMP(s *settings, realm string, b *bus.Bus, log *slog.Logger, started *stack, ls *Listeners) error {
-	addr, err := s.addr("cwmp-addr")
-	if err != nil {
-		return err
-	}
-	auth, err := s.oneOf("cwmp-auth", cwmpadapter.AuthNone, cwmpadapter.AuthShared, cwmpadapter.AuthPerDevice)
-	if err != nil {
-		if s.str("cwmp-auth") == "" {
-			return s.errSetting("cwmp-auth", "must be chosen: none, shared or per-device (none has to be explicit; run with --only to skip the cwmp component)")
-		}
-		return err
-	}
-	if auth == cwmpadapter.AuthShared && (s.str("cwmp-username") == "" || s.str("cwmp-password") == "") {
-		return s.errSetting("cwmp-auth", "shared mode needs DUET_CWMP_USERNAME and DUET_CWMP_PASSWORD")
-	}
-	basic, err := s.boolean("cwmp-allow-basic-http")
-	if err != nil {
-		return err
-	}
-	maxSessions, err := s.integer("cwmp-max-sessions", 1, 1_000_000)
-	if err != nil {
-		return err
-	}
-	minInform, err := s.duration("cwmp-min-inform-interval", 0)
-	if err != nil {
-		return err
-	}
-	if (s.str("cwmp-tls-cert") == "") != (s.str("cwmp-tls-key") == "") {
-		return s.errSetting("cwmp-tls-cert", "DUET_CWMP_TLS_CERT and DUET_CWMP_TLS_KEY must be set together")
-	}
-	if !strings.HasPrefix(s.str("cwmp-path"), "/") {
-		return s.errSetting("cwmp-path", "%q must start with /", s.str("cwmp-path"))
-	}
-	acs, err := cwmpadapter.New(cwmpadapter.Options{
-		Addr: addr, Path: s.str("cwmp-path"), Auth: auth,
-		Username: s.str("cwmp-username"), Password: s.str("cwmp-password"), Realm: realm,
-		TLSCertFile: s.str("cwmp-tls-cert"), TLSKeyFile: s.str("cwmp-tls-key"),
-		AllowBasicOverHTTP: basic, MaxSessions: maxSessions, MinInformInterval: minInform,
-		Bus: b, Logger: log,
-	})
+func (m *Main) startCWMP(s *settings, cfg *serveConfig, b *bus.Bus, log *slog.Logger, started *stack, ls *Listeners) error {
+	opts := cfg.cwmp
+	opts.Bus, opts.Logger = b, log
+	acs, err := cwmpadapter.New(opts)
 	if err != nil {
 		return s.errSetting("cwmp-auth", "%v", err)
 	}
@@ -347,27 +302,10 @@ func (m *Main) startCWMP(s *settings, realm string, b *bus.Bus, log *slog.Logger
 	return nil
 }
 
-func (m *Main) startUSP(s *settings, comps map[string]bool, b *bus.Bus, log *slog.Logger, started *stack, ls *Listeners) error {
-	keepAlive, err := s.duration("usp-keepalive", 0)
-	if err != nil {
-		return err
-	}
-	if keepAlive == 0 {
-		keepAlive = -1 // the endpoint's "off"
-	} else if keepAlive < 10*time.Second {
-		return s.errSetting("usp-keepalive", "%s is below 10s; 0 turns it off", keepAlive)
-	}
-	valueChange := []string{}
-	for _, p := range strings.Split(s.str("usp-valuechange"), ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			if _, err := devicemodel.ParsePath(p, false); err != nil {
-				return s.errSetting("usp-valuechange", "%v", err)
-			}
-			valueChange = append(valueChange, p)
-		}
-	}
+func (m *Main) startUSP(s *settings, cfg *serveConfig, b *bus.Bus, log *slog.Logger, started *stack, ls *Listeners) error {
+	comps := cfg.comps
 	ep, err := uspadapter.New(uspadapter.Options{EndpointID: s.str("usp-endpoint-id"), Bus: b, Logger: log,
-		KeepAliveInterval: keepAlive, OnboardValueChange: valueChange})
+		KeepAliveInterval: cfg.uspKeepAlive, OnboardValueChange: cfg.uspValueChange})
 	if err != nil {
 		return s.errSetting("usp-endpoint-id", "%v", err)
 	}
@@ -375,10 +313,7 @@ func (m *Main) startUSP(s *settings, comps map[string]bool, b *bus.Bus, log *slo
 	if comps["usp-mqtt"] {
 		url := s.str("mqtt-url")
 		if url == "" {
-			port, err := s.port("mqtt-port")
-			if err != nil {
-				return err
-			}
+			port := cfg.mqttPort
 			br, err := uspmqtt.StartEmbeddedBroker(":" + strconv.Itoa(port))
 			if err != nil {
 				return s.errSetting("mqtt-port", "%v (set DUET_MQTT_PORT to a free port, or DUET_MQTT_URL to use that broker)", err)
@@ -398,10 +333,10 @@ func (m *Main) startUSP(s *settings, comps map[string]bool, b *bus.Bus, log *slo
 		started.push(func(ctx context.Context) { _ = t.Shutdown(ctx) })
 		ls.MQTT = url + " topic " + t.Topic()
 	}
-	if err := m.startUSPStomp(s, comps, ep, log, started, ls); err != nil {
+	if err := m.startUSPStomp(s, cfg, ep, log, started, ls); err != nil {
 		return err
 	}
-	return m.startUSPWebSocket(s, comps, ep, log, started, ls)
+	return m.startUSPWebSocket(s, cfg, ep, log, started, ls)
 }
 
 type readyCheck struct {
@@ -439,4 +374,10 @@ func displayAddr(a string) string {
 		host = "localhost"
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// roundSeconds is d in seconds to the millisecond, for log lines (slog
+// would print a time.Duration in nanoseconds in JSON).
+func roundSeconds(d time.Duration) float64 {
+	return float64(d.Round(time.Millisecond)) / float64(time.Second)
 }

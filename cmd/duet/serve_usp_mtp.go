@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
-	"strings"
 
 	uspadapter "github.com/duet-dm/duet/adapters/usp"
 	uspstomp "github.com/duet-dm/duet/adapters/usp/stomp"
@@ -14,24 +13,19 @@ import (
 
 // startUSPStomp runs the STOMP MTP: a client of DUET_STOMP_ADDR, or of the
 // embedded go-stomp broker on DUET_STOMP_PORT.
-func (m *Main) startUSPStomp(s *settings, comps map[string]bool, ep *uspadapter.Endpoint, log *slog.Logger, started *stack, ls *Listeners) error {
-	if !comps["usp-stomp"] {
+func (m *Main) startUSPStomp(s *settings, cfg *serveConfig, ep *uspadapter.Endpoint, log *slog.Logger, started *stack, ls *Listeners) error {
+	if !cfg.comps["usp-stomp"] {
 		return nil
 	}
 	addr := s.str("stomp-addr")
 	if addr == "" {
-		port, err := s.port("stomp-port")
-		if err != nil {
-			return err
-		}
+		port := cfg.stompPort
 		br, err := uspstomp.StartEmbeddedBroker(":" + strconv.Itoa(port))
 		if err != nil {
 			return s.errSetting("stomp-port", "%v (set DUET_STOMP_PORT to a free port, or DUET_STOMP_ADDR to use that broker)", err)
 		}
 		started.push(func(context.Context) { _ = br.Close() })
 		addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	} else if _, err := s.addr("stomp-addr"); err != nil {
-		return err
 	}
 	t, err := uspstomp.New(uspstomp.Options{Endpoint: ep, BrokerAddr: addr, Login: s.str("stomp-login"),
 		Passcode: s.str("stomp-passcode"), VHost: s.str("stomp-vhost"), Destination: s.str("stomp-destination"), Logger: log})
@@ -48,20 +42,11 @@ func (m *Main) startUSPStomp(s *settings, comps map[string]bool, ep *uspadapter.
 
 // startUSPWebSocket runs the WebSocket MTP: Duet is the server agents dial
 // (usp.md §8.4), on DUET_WS_ADDR at DUET_WS_PATH, wss:// with a certificate.
-func (m *Main) startUSPWebSocket(s *settings, comps map[string]bool, ep *uspadapter.Endpoint, log *slog.Logger, started *stack, ls *Listeners) error {
-	if !comps["usp-ws"] {
+func (m *Main) startUSPWebSocket(s *settings, cfg *serveConfig, ep *uspadapter.Endpoint, log *slog.Logger, started *stack, ls *Listeners) error {
+	if !cfg.comps["usp-ws"] {
 		return nil
 	}
-	addr, err := s.addr("ws-addr")
-	if err != nil {
-		return err
-	}
-	if (s.str("ws-tls-cert") == "") != (s.str("ws-tls-key") == "") {
-		return s.errSetting("ws-tls-cert", "DUET_WS_TLS_CERT and DUET_WS_TLS_KEY must be set together")
-	}
-	if !strings.HasPrefix(s.str("ws-path"), "/") {
-		return s.errSetting("ws-path", "%q must start with /", s.str("ws-path"))
-	}
+	addr := cfg.wsAddr
 	t, err := uspws.New(uspws.Options{Endpoint: ep, Addr: addr, Path: s.str("ws-path"),
 		TLSCertFile: s.str("ws-tls-cert"), TLSKeyFile: s.str("ws-tls-key"), Logger: log})
 	if err != nil {

@@ -33,12 +33,12 @@ func (m *Main) token(ctx context.Context, args []string) error {
 	sub := args[0]
 	var name, role string
 	s := newSettings()
-	rest, err := s.parseWith("token "+sub, args[1:], m.Getenv, m.Stderr, func(fs *flag.FlagSet) {
+	rest, err := s.parseOnly("token "+sub, args[1:], m.Getenv, m.Stderr, func(fs *flag.FlagSet) {
 		if sub == "create" {
 			fs.StringVar(&name, "name", "", "what the token is for (required)")
 			fs.StringVar(&role, "role", "operator", "admin, operator or viewer")
 		}
-	})
+	}, dbCommandSettings)
 	if err != nil {
 		return err
 	}

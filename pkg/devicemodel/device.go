@@ -99,6 +99,9 @@ type Device struct {
 	FirstSeen        time.Time
 	LastSeen         time.Time
 	Online           bool
+	// Rebooting: a reboot or factory reset was accepted and the device has
+	// not announced it is back yet (its task is awaiting_boot).
+	Rebooting bool
 	// Transport names how the device was last reached: "cwmp" for a CWMP
 	// session, "mqtt", "stomp" or "websocket" for USP.
 	Transport string

@@ -288,14 +288,14 @@ func DecodeCursor(c string) (string, error) {
 
 const deviceColumns = `id, protocol, manufacturer, oui, product_class, serial_number, model_name,
 	software_version, hardware_version, provisioning_code, data_model, first_seen, last_seen, online,
-	transport, address, connection_request_url`
+	transport, address, connection_request_url, rebooting_task <> ''`
 
 func scanDevice(row pgx.Row) (devicemodel.Device, error) {
 	var d devicemodel.Device
 	var p string
 	err := row.Scan(&d.ID, &p, &d.Manufacturer, &d.OUI, &d.ProductClass, &d.SerialNumber, &d.ModelName,
 		&d.SoftwareVersion, &d.HardwareVersion, &d.ProvisioningCode, &d.DataModel, &d.FirstSeen, &d.LastSeen,
-		&d.Online, &d.Transport, &d.Address, &d.ConnectionRequestURL)
+		&d.Online, &d.Transport, &d.Address, &d.ConnectionRequestURL, &d.Rebooting)
 	d.Protocol = devicemodel.Protocol(p)
 	return d, err
 }
@@ -312,7 +312,13 @@ func deviceConditions(f DeviceFilter, args []any) (where []string, _ []any) {
 		add("protocol = $%d", string(f.Protocol))
 	}
 	if f.Online != nil {
-		add("online = $%d", *f.Online)
+		// A rebooting device is not online whatever its connection says
+		// (issue 11 §1): online=true means reachable now.
+		if *f.Online {
+			add("online = $%d AND rebooting_task = ''", true)
+		} else {
+			add("(online = $%d OR rebooting_task <> '')", false)
+		}
 	}
 	if f.Manufacturer != "" {
 		add("manufacturer = $%d", f.Manufacturer)

@@ -576,7 +576,7 @@ func (s *Store) scanDevices(ctx context.Context, where string, args []any, limit
 		var tags []string
 		if err := rows.Scan(&d.ID, &p, &d.Manufacturer, &d.OUI, &d.ProductClass, &d.SerialNumber, &d.ModelName,
 			&d.SoftwareVersion, &d.HardwareVersion, &d.ProvisioningCode, &d.DataModel, &d.FirstSeen, &d.LastSeen,
-			&d.Online, &d.Transport, &d.Address, &d.ConnectionRequestURL, &tags); err != nil {
+			&d.Online, &d.Transport, &d.Address, &d.ConnectionRequestURL, &d.Rebooting, &tags); err != nil {
 			return nil, fmt.Errorf("store: scan devices: %w", err)
 		}
 		d.Protocol = devicemodel.Protocol(p)

@@ -63,18 +63,34 @@ type Task struct {
 	// Dispatcher is the ID of the TaskQueue that dispatched the task ("" when
 	// queued, or dispatched before dispatchers were recorded).
 	Dispatcher string
+	// SubState says what a dispatched task the device accepted waits for
+	// (SubStateAwaitingCompletion, SubStateAwaitingBoot), "" otherwise.
+	SubState string
+	// AwaitKey is what the completion must carry (a CommandKey, or the
+	// diagnostics object of a CWMP diagnostics run).
+	AwaitKey string
+	// AwaitDeadline: past it an awaiting task fails with timeout.
+	AwaitDeadline *time.Time
 }
+
+// Sub-states of a dispatched task (0030_task_completion.sql).
+const (
+	SubStateAwaitingCompletion = "awaiting_completion"
+	SubStateAwaitingBoot       = "awaiting_boot"
+)
 
 const taskColumns = `id, seq, device_id, operation, request, command, non_idempotent, state, COALESCE(unique_key, ''),
 	connection_request, expires_at, created_at, updated_at, dispatched_at, finished_at, session, attempts, result,
-	error_code, error_message, device_fault, COALESCE(retry_of, ''), COALESCE(batch_id, ''), dispatcher`
+	error_code, error_message, device_fault, COALESCE(retry_of, ''), COALESCE(batch_id, ''), dispatcher,
+	sub_state, await_key, await_deadline`
 
 func scanTask(row pgx.Row) (Task, error) {
 	var t Task
 	var st string
 	err := row.Scan(&t.ID, &t.Seq, &t.DeviceID, &t.Operation, &t.Request, &t.Command, &t.NonIdempotent, &st, &t.UniqueKey,
 		&t.ConnectionRequest, &t.ExpiresAt, &t.CreatedAt, &t.UpdatedAt, &t.DispatchedAt, &t.FinishedAt, &t.Session,
-		&t.Attempts, &t.Result, &t.ErrorCode, &t.ErrorMessage, &t.DeviceFault, &t.RetryOf, &t.BatchID, &t.Dispatcher)
+		&t.Attempts, &t.Result, &t.ErrorCode, &t.ErrorMessage, &t.DeviceFault, &t.RetryOf, &t.BatchID, &t.Dispatcher,
+		&t.SubState, &t.AwaitKey, &t.AwaitDeadline)
 	t.State = TaskState(st)
 	return t, err
 }
@@ -250,7 +266,10 @@ func (s *Store) CancelTask(ctx context.Context, id string) (Task, error) {
 // ClaimNextTask marks the device's oldest queued, unexpired task
 // dispatched in session by dispatcher (a TaskQueue's ID, whose lease
 // "dispatcher.<id>" it holds) and returns it; ok is false when there is
-// none or one is already dispatched (one in flight per device). Claims of
+// none or one is already dispatched (one in flight per device). A task
+// awaiting_completion (a transfer or async command running on the device)
+// does not hold the queue; one awaiting_boot does (the device is going
+// away). Claims of
 // the same device are serialised by an advisory transaction lock, so two
 // dispatchers never both send; FOR UPDATE SKIP LOCKED leaves a row being
 // cancelled right now to its canceller.
@@ -262,7 +281,8 @@ func (s *Store) ClaimNextTask(ctx context.Context, deviceID, session, dispatcher
 		var id string
 		err := tx.QueryRow(ctx, `SELECT id FROM tasks
 			WHERE device_id = $1 AND state = 'queued' AND (expires_at IS NULL OR expires_at > now())
-			  AND NOT EXISTS (SELECT 1 FROM tasks d WHERE d.device_id = $1 AND d.state = 'dispatched')
+			  AND NOT EXISTS (SELECT 1 FROM tasks d WHERE d.device_id = $1 AND d.state = 'dispatched'
+			                  AND d.sub_state <> 'awaiting_completion')
 			ORDER BY seq LIMIT 1
 			FOR UPDATE SKIP LOCKED`, deviceID).Scan(&id)
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -305,10 +325,12 @@ func (s *Store) FinishTask(ctx context.Context, id string, o TaskOutcome) (t Tas
 	if o.State != TaskSucceeded && o.State != TaskFailed {
 		return t, false, fmt.Errorf("store: finish task %s as %q", id, o.State)
 	}
-	t, err = scanTask(s.pool.QueryRow(ctx, `UPDATE tasks SET state = $2, result = $3, error_code = $4,
-		error_message = $5, device_fault = $6, finished_at = now(), updated_at = now()
+	// The device's rebooting marker goes with the reboot task that set it.
+	t, err = scanTask(s.pool.QueryRow(ctx, `WITH u AS (UPDATE tasks SET state = $2, result = $3, error_code = $4,
+		error_message = $5, device_fault = $6, finished_at = now(), updated_at = now(), sub_state = ''
 		WHERE id = $1 AND (state = 'dispatched' OR (state = 'failed' AND error_code = 'outcome_unknown'))
-		RETURNING `+taskColumns, id, string(o.State), o.Result, o.ErrorCode, o.ErrorMessage, o.DeviceFault))
+		RETURNING *), r AS (UPDATE devices SET rebooting_task = '' WHERE id = (SELECT device_id FROM u) AND rebooting_task = $1)
+		SELECT `+taskColumns+` FROM u`, id, string(o.State), o.Result, o.ErrorCode, o.ErrorMessage, o.DeviceFault))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return t, false, nil
 	}
@@ -337,9 +359,10 @@ func (s *Store) RequeueTask(ctx context.Context, id, why string, delivered bool)
 }
 
 // DispatchedTasks returns the device's dispatched tasks ("" for every
-// device), oldest first.
+// device) that wait for the device's answer, oldest first; tasks the
+// device accepted and finishes later (a SubState) are not among them.
 func (s *Store) DispatchedTasks(ctx context.Context, deviceID string) ([]Task, error) {
-	q := "SELECT " + taskColumns + " FROM tasks WHERE state = 'dispatched'"
+	q := "SELECT " + taskColumns + " FROM tasks WHERE state = 'dispatched' AND sub_state = ''"
 	args := []any{}
 	if deviceID != "" {
 		q += " AND device_id = $1"
@@ -352,7 +375,8 @@ func (s *Store) DispatchedTasks(ctx context.Context, deviceID string) ([]Task, e
 	return out, nil
 }
 
-// OrphanedTasks returns the dispatched tasks whose dispatcher is gone,
+// OrphanedTasks returns the dispatched tasks whose dispatcher is gone
+// (not those awaiting the device: any controller completes them),
 // oldest first: those dispatched before dispatchers were recorded
 // (dispatcher ""), and those whose dispatcher's lease (TryLease
 // "dispatcher.<id>") no live session of this database holds. A session
@@ -360,7 +384,7 @@ func (s *Store) DispatchedTasks(ctx context.Context, deviceID string) ([]Task, e
 // bits in classid, the low ones in objid and objsubid 1.
 func (s *Store) OrphanedTasks(ctx context.Context) ([]Task, error) {
 	out, err := collectTasks(s.pool.Query(ctx, "SELECT "+taskColumns+` FROM tasks t
-		WHERE t.state = 'dispatched' AND (t.dispatcher = '' OR NOT EXISTS (
+		WHERE t.state = 'dispatched' AND t.sub_state = '' AND (t.dispatcher = '' OR NOT EXISTS (
 			SELECT 1 FROM pg_locks l
 			WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
 			  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
@@ -440,4 +464,44 @@ func (s *Store) DevicesWithQueuedTasks(ctx context.Context, ids []string) ([]Dev
 		out = append(out, d)
 	}
 	return out, rows.Err()
+}
+
+// AwaitTask keeps a dispatched task open after the device accepted it:
+// it records the sub-state, the key the completion must carry, the
+// deadline and the interim result. With SubStateAwaitingBoot the device
+// is marked rebooting until the task ends (FinishTask). ok is false when
+// the task was no longer dispatched.
+func (s *Store) AwaitTask(ctx context.Context, id, subState, key string, deadline time.Time, result []byte) (t Task, ok bool, err error) {
+	t, err = scanTask(s.pool.QueryRow(ctx, `WITH u AS (UPDATE tasks SET sub_state = $2, await_key = $3,
+		await_deadline = $4, result = $5, updated_at = now()
+		WHERE id = $1 AND state = 'dispatched' RETURNING *),
+		r AS (UPDATE devices SET rebooting_task = $1 WHERE $2 = 'awaiting_boot' AND id = (SELECT device_id FROM u))
+		SELECT `+taskColumns+` FROM u`, id, subState, key, deadline, result))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return t, false, nil
+	}
+	if err != nil {
+		return t, false, fmt.Errorf("store: await task: %w", err)
+	}
+	return t, true, nil
+}
+
+// AwaitingTasks returns the device's tasks in subState, oldest first.
+func (s *Store) AwaitingTasks(ctx context.Context, deviceID, subState string) ([]Task, error) {
+	out, err := collectTasks(s.pool.Query(ctx, "SELECT "+taskColumns+` FROM tasks
+		WHERE device_id = $1 AND state = 'dispatched' AND sub_state = $2 ORDER BY seq`, deviceID, subState))
+	if err != nil {
+		return nil, fmt.Errorf("store: awaiting tasks: %w", err)
+	}
+	return out, nil
+}
+
+// OverdueTasks returns the awaiting tasks past their deadline, oldest first.
+func (s *Store) OverdueTasks(ctx context.Context) ([]Task, error) {
+	out, err := collectTasks(s.pool.Query(ctx, "SELECT "+taskColumns+` FROM tasks
+		WHERE state = 'dispatched' AND sub_state <> '' AND await_deadline <= now() ORDER BY seq LIMIT 1000`))
+	if err != nil {
+		return nil, fmt.Errorf("store: overdue tasks: %w", err)
+	}
+	return out, nil
 }

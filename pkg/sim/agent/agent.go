@@ -49,6 +49,22 @@ type Config struct {
 
 	// AsyncDelay is how long the asynchronous IPPing() runs; default 50 ms.
 	AsyncDelay time.Duration
+	// TimerUnit is what one DelaySeconds of ScheduleTimer() lasts; default
+	// one second (tests shorten it).
+	TimerUnit time.Duration
+
+	// RebootDowntime is how long the agent stays away (its MTP
+	// disconnected) after Reboot() or FactoryReset() before it reconnects
+	// and sends Boot!, as a real device takes a while to restart. Default
+	// 0: at once. RebootNeverReturns rigs a device that never comes back.
+	RebootDowntime     time.Duration
+	RebootNeverReturns bool
+
+	// NoFactorySubscription leaves out the factory-default Boot!
+	// subscription real agents ship with (a persistent Event subscription
+	// on Device.Boot! for the provisioned Controller), so a Boot! goes
+	// only to the subscriptions a Controller created.
+	NoFactorySubscription bool
 
 	// OutgoingQueue bounds the queue behind Outgoing; default 256. When it
 	// is full new items are dropped and counted (see Dropped): a Notify with
@@ -86,6 +102,9 @@ func (c *Config) defaults() error {
 	if c.AsyncDelay == 0 {
 		c.AsyncDelay = 50 * time.Millisecond
 	}
+	if c.TimerUnit == 0 {
+		c.TimerUnit = time.Second
+	}
 	if c.OutgoingQueue == 0 {
 		c.OutgoingQueue = 256
 	}
@@ -104,6 +123,10 @@ type Outgoing struct {
 	// reconnects and sends its Connect record before anything that follows
 	// (R-MTP.6, R-MTP.8).
 	Restart bool
+	// Downtime is how long the MTP stays disconnected after a Restart;
+	// Gone: it never reconnects (a device that did not come back).
+	Downtime time.Duration
+	Gone     bool
 }
 
 // Agent is one simulated USP agent. Its methods are safe for concurrent use.
@@ -215,6 +238,21 @@ func (a *Agent) factoryModel() *model {
 	}
 	m.next["Device.NAT.PortMapping."] = 1
 	m.next["Device.LocalAgent.Subscription."] = 1
+	if !c.NoFactorySubscription {
+		// Agents ship subscribed to their own Boot! for the provisioned
+		// Controller (obuspa's factory reset database does, for one): a
+		// reboot then reaches the Controller even before it subscribed,
+		// and one Boot! goes to each matching subscription (TR-369
+		// "Notification Types": one Notify per subscription).
+		sub := m.addInstance("Device.LocalAgent.Subscription.")
+		for k, v := range map[string]string{
+			"Alias": "cpe-boot", "Enable": "true", "ID": "factory-boot", "Recipient": ctrl[:len(ctrl)-1],
+			"NotifType": "Event", "ReferenceList": "Device.Boot!", "Persistent": "true", "NotifRetry": "true",
+			"TimeToLive": "0", "NotifExpiration": "0",
+		} {
+			m.values[sub+k] = v
+		}
+	}
 	m.next["Device.LocalAgent.Request."] = 1
 	return m
 }

@@ -39,7 +39,7 @@ type ctl struct {
 
 func newAgent(t *testing.T, serial string) *ctl {
 	t.Helper()
-	a, err := agent.New(agent.Config{SerialNumber: serial, ControllerID: ctrlID,
+	a, err := agent.New(agent.Config{SerialNumber: serial, ControllerID: ctrlID, NoFactorySubscription: true,
 		RetryMinWait: 20 * time.Millisecond, RetryMultiplier: 1000, AsyncDelay: 5 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

@@ -94,7 +94,10 @@ var schema = buildSchema([]objDef{
 	{path: "Device.LocalAgent.", params: []paramDef{
 		ro("EndpointID", typeString), ro("SoftwareVersion", typeString), ro("SupportedProtocols", typeString),
 		ro("UpTime", typeUint),
-	}, events: []string{"Periodic!"}},
+	}, events: []string{"Periodic!", "Timer!"},
+		// TR-181 Device.LocalAgent.ScheduleTimer(): async, completes after
+		// DelaySeconds (and raises Timer!).
+		commands: []cmdDef{{name: "ScheduleTimer()", async: true, inputs: []string{"DelaySeconds"}}}},
 	{path: "Device.LocalAgent.MTP.{i}.", multi: true, keys: [][]string{{"Alias"}}, params: []paramDef{
 		rw("Alias", typeString, ""), rw("Enable", typeBool, "false"),
 		{name: "Protocol", typ: typeString, writable: true, def: "MQTT", enum: []string{"MQTT", "STOMP", "WebSocket", "UDS"}},

@@ -42,6 +42,10 @@ type Client struct {
 	connects atomic.Int64
 	errMu    sync.Mutex
 	lastErr  error
+	// down and gone: how long to stay away after the restart being
+	// served (set by serve, read by run, one goroutine).
+	down time.Duration
+	gone bool
 }
 
 // retryMin and retryMax bound the reconnect back-off.
@@ -101,6 +105,23 @@ func (c *Client) run(ctx context.Context, s session) {
 			if agentClosed {
 				return
 			}
+			down, gone := c.down, c.gone
+			c.down, c.gone = 0, false
+			if gone {
+				// Rigged: the device never comes back. The agent's
+				// queue fills and drops (counted) meanwhile.
+				<-ctx.Done()
+				return
+			}
+			if down > 0 {
+				t := time.NewTimer(down)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return
+				case <-t.C:
+				}
+			}
 		}
 		if ctx.Err() != nil {
 			return
@@ -148,6 +169,7 @@ func (c *Client) serve(ctx context.Context, s session) (agentClosed bool) {
 				return true
 			}
 			if o.Restart {
+				c.down, c.gone = o.Downtime, o.Gone
 				return false
 			}
 			if err := s.send(o.Record); err != nil {

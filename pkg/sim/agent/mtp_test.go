@@ -133,7 +133,7 @@ func exercise(t *testing.T, w *wireCtl, a *agent.Agent, c *agent.Client, connect
 
 func newWireAgent(t *testing.T, serial, mtp string) *agent.Agent {
 	t.Helper()
-	a, err := agent.New(agent.Config{SerialNumber: serial, ControllerID: ctrlID, MTPProtocol: mtp,
+	a, err := agent.New(agent.Config{SerialNumber: serial, ControllerID: ctrlID, MTPProtocol: mtp, NoFactorySubscription: true,
 		RetryMinWait: 50 * time.Millisecond, RetryMultiplier: 1000})
 	if err != nil {
 		t.Fatal(err)

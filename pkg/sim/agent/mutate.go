@@ -3,6 +3,7 @@ package agent
 import (
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/usp"
@@ -326,6 +327,17 @@ func (a *Agent) operate(id string, op *uspmsg.Operate, from string) *uspmsg.Msg 
 			}
 			req := a.startIPPing(from, o+name, op.GetCommandKey(), op.GetInputArgs())
 			r.OperationResp = &uspmsg.OperateResp_OperationResult_ReqObjPath{ReqObjPath: req}
+		case "Device.LocalAgent.ScheduleTimer()":
+			n, err := strconv.ParseUint(op.GetInputArgs()["DelaySeconds"], 10, 32)
+			if err != nil {
+				failures = true
+				r.OperationResp = &uspmsg.OperateResp_OperationResult_CmdFailure{CmdFailure: &uspmsg.OperateResp_OperationResult_CommandFailure{
+					ErrCode: usp.ErrCodeInvalidCommandArguments, ErrMsg: "DelaySeconds must be an unsigned integer",
+				}}
+				break
+			}
+			req := a.startTimer(from, o+name, op.GetCommandKey(), time.Duration(n)*a.cfg.TimerUnit)
+			r.OperationResp = &uspmsg.OperateResp_OperationResult_ReqObjPath{ReqObjPath: req}
 		default: // Device.LocalAgent.Controller.{i}.SendOnBoardRequest()
 			a.sendOnBoardRequest()
 			sync(nil)
@@ -371,6 +383,34 @@ func (a *Agent) startIPPing(from, command, key string, args map[string]string) s
 			return
 		}
 		a.operationComplete(command, key, out, nil)
+	})
+	return req
+}
+
+// startTimer creates the Request row of an async ScheduleTimer() and,
+// after delay, raises Device.LocalAgent.Timer! and completes it with an
+// OperationComplete without output arguments (TR-181 ScheduleTimer()).
+func (a *Agent) startTimer(from, command, key string, delay time.Duration) string {
+	before, work := a.m, a.m.clone()
+	req := work.addInstance("Device.LocalAgent.Request.")
+	work.values[req+"Originator"] = from
+	work.values[req+"Command"] = command
+	work.values[req+"CommandKey"] = key
+	work.values[req+"Status"] = "Active"
+	a.commit(before, work)
+	boot := a.boots
+	a.after(delay, func() {
+		if a.boots != boot {
+			return // lost on reboot
+		}
+		before, work := a.m, a.m.clone()
+		work.deleteObject(req)
+		a.commit(before, work)
+		for _, s := range a.matching("Event", "Device.LocalAgent.Timer!") {
+			a.sendNotify(s.id, s.retry, &uspmsg.Notify{Notification: &uspmsg.Notify_Event_{Event: &uspmsg.Notify_Event{
+				ObjPath: "Device.LocalAgent.", EventName: "Timer!"}}})
+		}
+		a.operationComplete(command, key, map[string]string{}, nil)
 	})
 	return req
 }

@@ -196,7 +196,7 @@ func (a *Agent) reboot(cause, commandKey string, factory bool) {
 	}
 	a.boots++
 	a.bootTime = a.cfg.Now()
-	a.emit(Outgoing{Restart: true})
+	a.emit(Outgoing{Restart: true, Downtime: a.cfg.RebootDowntime, Gone: a.cfg.RebootNeverReturns})
 	a.sendBoot()
 }
 

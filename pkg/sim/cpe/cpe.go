@@ -78,6 +78,20 @@ type Options struct {
 	// (or TargetFileName) and reports 1 BOOT as a real upgrade would.
 	FirmwareUpdatesVersion bool
 
+	// RebootDowntime is how long the CPE is away after a Reboot or
+	// FactoryReset (which happen once the session ended, TR-069 A.3.2.3):
+	// no session, connection requests refused, then it informs with
+	// 1 BOOT + M Reboot (or 0 BOOTSTRAP). Default 0: at once.
+	// RebootNeverReturns rigs a CPE that never comes back.
+	RebootDowntime     time.Duration
+	RebootNeverReturns bool
+
+	// TransferFault, when non-zero, makes every Download and Upload fail
+	// with this FaultCode (and TransferFaultString) in its
+	// TransferComplete, as a CPE whose transfer broke (9010, 9016 ...).
+	TransferFault       uint32
+	TransferFaultString string
+
 	// Bootstrapped starts the CPE as if it had contacted an ACS before: the
 	// first Inform carries 1 BOOT without 0 BOOTSTRAP.
 	Bootstrapped bool
@@ -142,6 +156,9 @@ type CPE struct {
 	actions   []func() // run after the current session ends
 	retries   uint32
 	nextID    uint64
+	// awayUntil: rebooting, no sessions before it; gone: never back.
+	awayUntil time.Time
+	gone      bool
 
 	wake   chan struct{} // a connection request arrived
 	kick   chan struct{} // new work: re-evaluate now
@@ -473,6 +490,24 @@ func (c *CPE) run() {
 		}
 		c.mu.Unlock()
 
+		c.mu.Lock()
+		away, gone := c.awayUntil, c.gone
+		c.mu.Unlock()
+		if gone {
+			<-c.ctx.Done() // rigged: the CPE never came back from its reboot
+			return
+		}
+		if now.Before(away) {
+			// Restarting: nothing happens until it is up again.
+			t := time.NewTimer(away.Sub(now))
+			select {
+			case <-c.ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			continue
+		}
 		if pending && (retryAt.IsZero() || !now.Before(retryAt)) {
 			if err := c.session(); err != nil {
 				c.stats.failed.Add(1)
@@ -749,7 +784,10 @@ func (c *CPE) serveConnReq(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if c.inSess.Load() {
+	c.mu.Lock()
+	away := c.gone || time.Now().Before(c.awayUntil)
+	c.mu.Unlock()
+	if c.inSess.Load() || away {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		return
 	}

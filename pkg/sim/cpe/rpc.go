@@ -205,9 +205,16 @@ func (c *CPE) afterSession() {
 	}
 }
 
+// goAway takes the CPE down for its restart. Caller holds c.mu.
+func (c *CPE) goAway() {
+	c.awayUntil = time.Now().Add(c.opts.RebootDowntime)
+	c.gone = c.opts.RebootNeverReturns
+}
+
 func (c *CPE) reboot(key string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.goAway()
 	c.m.set(c.m.root+"DeviceInfo.UpTime", "0")
 	c.addEvent(cwmp.EventBoot, "")
 	c.addEvent(cwmp.EventMReboot, key)
@@ -218,6 +225,7 @@ func (c *CPE) reboot(key string) {
 func (c *CPE) factoryReset() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.goAway()
 	c.m = c.defaults.clone()
 	c.events, c.changed, c.transfers, c.pendingTC, c.pendingDU, c.scheduled = nil, nil, nil, nil, nil, nil
 	c.addEvent(cwmp.EventBootstrap, "")
@@ -323,9 +331,12 @@ func (c *CPE) runDueTransfers() {
 		var code uint32
 		var msg string
 		var body []byte
-		if t.kind == kindUpload {
+		switch {
+		case c.opts.TransferFault != 0:
+			code, msg = c.opts.TransferFault, c.opts.TransferFaultString
+		case t.kind == kindUpload:
 			code, msg = c.doUpload(t.ul, upload)
-		} else {
+		default:
 			body, code, msg = c.doDownload(t.dl)
 		}
 		if c.ctx.Err() != nil {

@@ -15,6 +15,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -1154,6 +1155,8 @@ type CommandResult struct {
 	//	*CommandResult_GetAttributes
 	//	*CommandResult_CwmpRpc
 	//	*CommandResult_ConnectionRequest
+	//	*CommandResult_Reboot
+	//	*CommandResult_Transfer
 	Result        isCommandResult_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1325,6 +1328,24 @@ func (x *CommandResult) GetConnectionRequest() *ConnectionRequestResult {
 	return nil
 }
 
+func (x *CommandResult) GetReboot() *RebootResult {
+	if x != nil {
+		if x, ok := x.Result.(*CommandResult_Reboot); ok {
+			return x.Reboot
+		}
+	}
+	return nil
+}
+
+func (x *CommandResult) GetTransfer() *TransferResult {
+	if x != nil {
+		if x, ok := x.Result.(*CommandResult_Transfer); ok {
+			return x.Transfer
+		}
+	}
+	return nil
+}
+
 type isCommandResult_Result interface {
 	isCommandResult_Result()
 }
@@ -1377,6 +1398,14 @@ type CommandResult_ConnectionRequest struct {
 	ConnectionRequest *ConnectionRequestResult `protobuf:"bytes,21,opt,name=connection_request,json=connectionRequest,proto3,oneof"`
 }
 
+type CommandResult_Reboot struct {
+	Reboot *RebootResult `protobuf:"bytes,22,opt,name=reboot,proto3,oneof"`
+}
+
+type CommandResult_Transfer struct {
+	Transfer *TransferResult `protobuf:"bytes,23,opt,name=transfer,proto3,oneof"`
+}
+
 func (*CommandResult_Get) isCommandResult_Result() {}
 
 func (*CommandResult_Set) isCommandResult_Result() {}
@@ -1400,6 +1429,10 @@ func (*CommandResult_GetAttributes) isCommandResult_Result() {}
 func (*CommandResult_CwmpRpc) isCommandResult_Result() {}
 
 func (*CommandResult_ConnectionRequest) isCommandResult_Result() {}
+
+func (*CommandResult_Reboot) isCommandResult_Result() {}
+
+func (*CommandResult_Transfer) isCommandResult_Result() {}
 
 type GetResult struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -2610,11 +2643,190 @@ func (x *Credentials) GetRealm() string {
 	return ""
 }
 
+// RebootResult is the protocol-neutral result of a reboot or factory reset
+// (CWMP Reboot/FactoryReset RPC; USP Reboot()/FactoryReset() once the
+// agent is back). The adapter fills command_key and factory_reset; the
+// controller adds what the device said when it came back.
+type RebootResult struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	CommandKey   string                 `protobuf:"bytes,1,opt,name=command_key,json=commandKey,proto3" json:"command_key,omitempty"`
+	FactoryReset bool                   `protobuf:"varint,2,opt,name=factory_reset,json=factoryReset,proto3" json:"factory_reset,omitempty"`
+	// When the device announced it was back (CWMP 1 BOOT, USP Boot!).
+	BootTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=boot_time,json=bootTime,proto3" json:"boot_time,omitempty"`
+	// USP Boot! Cause ("RemoteReboot", "RemoteFactoryReset", ...).
+	Cause           string `protobuf:"bytes,4,opt,name=cause,proto3" json:"cause,omitempty"`
+	FirmwareUpdated bool   `protobuf:"varint,5,opt,name=firmware_updated,json=firmwareUpdated,proto3" json:"firmware_updated,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RebootResult) Reset() {
+	*x = RebootResult{}
+	mi := &file_duet_v1_command_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RebootResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RebootResult) ProtoMessage() {}
+
+func (x *RebootResult) ProtoReflect() protoreflect.Message {
+	mi := &file_duet_v1_command_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RebootResult.ProtoReflect.Descriptor instead.
+func (*RebootResult) Descriptor() ([]byte, []int) {
+	return file_duet_v1_command_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *RebootResult) GetCommandKey() string {
+	if x != nil {
+		return x.CommandKey
+	}
+	return ""
+}
+
+func (x *RebootResult) GetFactoryReset() bool {
+	if x != nil {
+		return x.FactoryReset
+	}
+	return false
+}
+
+func (x *RebootResult) GetBootTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BootTime
+	}
+	return nil
+}
+
+func (x *RebootResult) GetCause() string {
+	if x != nil {
+		return x.Cause
+	}
+	return ""
+}
+
+func (x *RebootResult) GetFirmwareUpdated() bool {
+	if x != nil {
+		return x.FirmwareUpdated
+	}
+	return false
+}
+
+// TransferResult is the protocol-neutral result of a file transfer (CWMP
+// Download/Upload and their TransferComplete, TR-069 A.3.2.8, A.4.1.5).
+type TransferResult struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	CommandKey string                 `protobuf:"bytes,1,opt,name=command_key,json=commandKey,proto3" json:"command_key,omitempty"`
+	// The device's FaultCode (0 = success) and FaultString.
+	FaultCode    uint32                 `protobuf:"varint,2,opt,name=fault_code,json=faultCode,proto3" json:"fault_code,omitempty"`
+	FaultString  string                 `protobuf:"bytes,3,opt,name=fault_string,json=faultString,proto3" json:"fault_string,omitempty"`
+	StartTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	CompleteTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=complete_time,json=completeTime,proto3" json:"complete_time,omitempty"`
+	// The Download/UploadResponse Status: 0 done, 1 accepted, completion
+	// reported later by TransferComplete.
+	Status        uint32 `protobuf:"varint,6,opt,name=status,proto3" json:"status,omitempty"`
+	Upload        bool   `protobuf:"varint,7,opt,name=upload,proto3" json:"upload,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferResult) Reset() {
+	*x = TransferResult{}
+	mi := &file_duet_v1_command_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferResult) ProtoMessage() {}
+
+func (x *TransferResult) ProtoReflect() protoreflect.Message {
+	mi := &file_duet_v1_command_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferResult.ProtoReflect.Descriptor instead.
+func (*TransferResult) Descriptor() ([]byte, []int) {
+	return file_duet_v1_command_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *TransferResult) GetCommandKey() string {
+	if x != nil {
+		return x.CommandKey
+	}
+	return ""
+}
+
+func (x *TransferResult) GetFaultCode() uint32 {
+	if x != nil {
+		return x.FaultCode
+	}
+	return 0
+}
+
+func (x *TransferResult) GetFaultString() string {
+	if x != nil {
+		return x.FaultString
+	}
+	return ""
+}
+
+func (x *TransferResult) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *TransferResult) GetCompleteTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CompleteTime
+	}
+	return nil
+}
+
+func (x *TransferResult) GetStatus() uint32 {
+	if x != nil {
+		return x.Status
+	}
+	return 0
+}
+
+func (x *TransferResult) GetUpload() bool {
+	if x != nil {
+		return x.Upload
+	}
+	return false
+}
+
 var File_duet_v1_command_proto protoreflect.FileDescriptor
 
 const file_duet_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x15duet/v1/command.proto\x12\aduet.v1\x1a\x14duet/v1/device.proto\x1a\x1egoogle/protobuf/duration.proto\"\xce\x06\n" +
+	"\x15duet/v1/command.proto\x12\aduet.v1\x1a\x14duet/v1/device.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xce\x06\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x123\n" +
@@ -2698,7 +2910,7 @@ const file_duet_v1_command_proto_rawDesc = "" +
 	"\busername\x18\x02 \x01(\tR\busername\x12\x1a\n" +
 	"\bpassword\x18\x03 \x01(\tR\bpassword\x12\x1f\n" +
 	"\vallow_basic\x18\x04 \x01(\bR\n" +
-	"allowBasic\"\xda\x06\n" +
+	"allowBasic\"\xc2\a\n" +
 	"\rCommandResult\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x1b\n" +
@@ -2716,7 +2928,9 @@ const file_duet_v1_command_proto_rawDesc = "" +
 	"\x0eset_attributes\x18\x12 \x01(\v2\x1c.duet.v1.SetAttributesResultH\x00R\rsetAttributes\x12E\n" +
 	"\x0eget_attributes\x18\x13 \x01(\v2\x1c.duet.v1.GetAttributesResultH\x00R\rgetAttributes\x123\n" +
 	"\bcwmp_rpc\x18\x14 \x01(\v2\x16.duet.v1.CwmpRpcResultH\x00R\acwmpRpc\x12Q\n" +
-	"\x12connection_request\x18\x15 \x01(\v2 .duet.v1.ConnectionRequestResultH\x00R\x11connectionRequestB\b\n" +
+	"\x12connection_request\x18\x15 \x01(\v2 .duet.v1.ConnectionRequestResultH\x00R\x11connectionRequest\x12/\n" +
+	"\x06reboot\x18\x16 \x01(\v2\x15.duet.v1.RebootResultH\x00R\x06reboot\x125\n" +
+	"\btransfer\x18\x17 \x01(\v2\x17.duet.v1.TransferResultH\x00R\btransferB\b\n" +
 	"\x06result\"d\n" +
 	"\tGetResult\x12*\n" +
 	"\x06params\x18\x01 \x03(\v2\x12.duet.v1.ParameterR\x06params\x12+\n" +
@@ -2815,7 +3029,25 @@ const file_duet_v1_command_proto_rawDesc = "" +
 	"\busername\x18\x02 \x01(\tR\busername\x12\x1d\n" +
 	"\n" +
 	"digest_ha1\x18\x03 \x01(\tR\tdigestHa1\x12\x14\n" +
-	"\x05realm\x18\x04 \x01(\tR\x05realm*W\n" +
+	"\x05realm\x18\x04 \x01(\tR\x05realm\"\xce\x01\n" +
+	"\fRebootResult\x12\x1f\n" +
+	"\vcommand_key\x18\x01 \x01(\tR\n" +
+	"commandKey\x12#\n" +
+	"\rfactory_reset\x18\x02 \x01(\bR\ffactoryReset\x127\n" +
+	"\tboot_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bbootTime\x12\x14\n" +
+	"\x05cause\x18\x04 \x01(\tR\x05cause\x12)\n" +
+	"\x10firmware_updated\x18\x05 \x01(\bR\x0ffirmwareUpdated\"\x9f\x02\n" +
+	"\x0eTransferResult\x12\x1f\n" +
+	"\vcommand_key\x18\x01 \x01(\tR\n" +
+	"commandKey\x12\x1d\n" +
+	"\n" +
+	"fault_code\x18\x02 \x01(\rR\tfaultCode\x12!\n" +
+	"\ffault_string\x18\x03 \x01(\tR\vfaultString\x129\n" +
+	"\n" +
+	"start_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x12?\n" +
+	"\rcomplete_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\fcompleteTime\x12\x16\n" +
+	"\x06status\x18\x06 \x01(\rR\x06status\x12\x16\n" +
+	"\x06upload\x18\a \x01(\bR\x06upload*W\n" +
 	"\fNotification\x12\x14\n" +
 	"\x10NOTIFICATION_OFF\x10\x00\x12\x18\n" +
 	"\x14NOTIFICATION_PASSIVE\x10\x01\x12\x17\n" +
@@ -2834,7 +3066,7 @@ func file_duet_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_duet_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_duet_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_duet_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_duet_v1_command_proto_goTypes = []any{
 	(Notification)(0),                   // 0: duet.v1.Notification
 	(*Command)(nil),                     // 1: duet.v1.Command
@@ -2873,21 +3105,24 @@ var file_duet_v1_command_proto_goTypes = []any{
 	(*SessionWork)(nil),                 // 34: duet.v1.SessionWork
 	(*CredentialsRequest)(nil),          // 35: duet.v1.CredentialsRequest
 	(*Credentials)(nil),                 // 36: duet.v1.Credentials
-	nil,                                 // 37: duet.v1.OperateRequest.InputArgsEntry
-	nil,                                 // 38: duet.v1.CwmpRpc.ArgsEntry
-	nil,                                 // 39: duet.v1.AddResult.UniqueKeysEntry
-	nil,                                 // 40: duet.v1.OperateResult.OutputArgsEntry
-	nil,                                 // 41: duet.v1.Instance.UniqueKeysEntry
-	nil,                                 // 42: duet.v1.CwmpRpcResult.ValuesEntry
-	(*durationpb.Duration)(nil),         // 43: google.protobuf.Duration
-	(*Parameter)(nil),                   // 44: duet.v1.Parameter
-	(*Error)(nil),                       // 45: duet.v1.Error
-	(*ParamError)(nil),                  // 46: duet.v1.ParamError
-	(Writability)(0),                    // 47: duet.v1.Writability
-	(ParamType)(0),                      // 48: duet.v1.ParamType
+	(*RebootResult)(nil),                // 37: duet.v1.RebootResult
+	(*TransferResult)(nil),              // 38: duet.v1.TransferResult
+	nil,                                 // 39: duet.v1.OperateRequest.InputArgsEntry
+	nil,                                 // 40: duet.v1.CwmpRpc.ArgsEntry
+	nil,                                 // 41: duet.v1.AddResult.UniqueKeysEntry
+	nil,                                 // 42: duet.v1.OperateResult.OutputArgsEntry
+	nil,                                 // 43: duet.v1.Instance.UniqueKeysEntry
+	nil,                                 // 44: duet.v1.CwmpRpcResult.ValuesEntry
+	(*durationpb.Duration)(nil),         // 45: google.protobuf.Duration
+	(*Parameter)(nil),                   // 46: duet.v1.Parameter
+	(*Error)(nil),                       // 47: duet.v1.Error
+	(*ParamError)(nil),                  // 48: duet.v1.ParamError
+	(Writability)(0),                    // 49: duet.v1.Writability
+	(ParamType)(0),                      // 50: duet.v1.ParamType
+	(*timestamppb.Timestamp)(nil),       // 51: google.protobuf.Timestamp
 }
 var file_duet_v1_command_proto_depIdxs = []int32{
-	43, // 0: duet.v1.Command.timeout:type_name -> google.protobuf.Duration
+	45, // 0: duet.v1.Command.timeout:type_name -> google.protobuf.Duration
 	2,  // 1: duet.v1.Command.get:type_name -> duet.v1.GetRequest
 	3,  // 2: duet.v1.Command.set:type_name -> duet.v1.SetRequest
 	4,  // 3: duet.v1.Command.add:type_name -> duet.v1.AddRequest
@@ -2900,13 +3135,13 @@ var file_duet_v1_command_proto_depIdxs = []int32{
 	12, // 10: duet.v1.Command.get_attributes:type_name -> duet.v1.GetAttributesRequest
 	13, // 11: duet.v1.Command.cwmp_rpc:type_name -> duet.v1.CwmpRpc
 	14, // 12: duet.v1.Command.connection_request:type_name -> duet.v1.ConnectionRequest
-	44, // 13: duet.v1.SetRequest.params:type_name -> duet.v1.Parameter
-	44, // 14: duet.v1.AddRequest.params:type_name -> duet.v1.Parameter
-	37, // 15: duet.v1.OperateRequest.input_args:type_name -> duet.v1.OperateRequest.InputArgsEntry
+	46, // 13: duet.v1.SetRequest.params:type_name -> duet.v1.Parameter
+	46, // 14: duet.v1.AddRequest.params:type_name -> duet.v1.Parameter
+	39, // 15: duet.v1.OperateRequest.input_args:type_name -> duet.v1.OperateRequest.InputArgsEntry
 	0,  // 16: duet.v1.ParameterAttribute.notification:type_name -> duet.v1.Notification
 	10, // 17: duet.v1.SetAttributesRequest.attributes:type_name -> duet.v1.ParameterAttribute
-	38, // 18: duet.v1.CwmpRpc.args:type_name -> duet.v1.CwmpRpc.ArgsEntry
-	45, // 19: duet.v1.CommandResult.error:type_name -> duet.v1.Error
+	40, // 18: duet.v1.CwmpRpc.args:type_name -> duet.v1.CwmpRpc.ArgsEntry
+	47, // 19: duet.v1.CommandResult.error:type_name -> duet.v1.Error
 	16, // 20: duet.v1.CommandResult.get:type_name -> duet.v1.GetResult
 	17, // 21: duet.v1.CommandResult.set:type_name -> duet.v1.SetResult
 	18, // 22: duet.v1.CommandResult.add:type_name -> duet.v1.AddResult
@@ -2919,33 +3154,38 @@ var file_duet_v1_command_proto_depIdxs = []int32{
 	30, // 29: duet.v1.CommandResult.get_attributes:type_name -> duet.v1.GetAttributesResult
 	31, // 30: duet.v1.CommandResult.cwmp_rpc:type_name -> duet.v1.CwmpRpcResult
 	32, // 31: duet.v1.CommandResult.connection_request:type_name -> duet.v1.ConnectionRequestResult
-	44, // 32: duet.v1.GetResult.params:type_name -> duet.v1.Parameter
-	46, // 33: duet.v1.GetResult.errors:type_name -> duet.v1.ParamError
-	44, // 34: duet.v1.SetResult.updated:type_name -> duet.v1.Parameter
-	46, // 35: duet.v1.SetResult.errors:type_name -> duet.v1.ParamError
-	39, // 36: duet.v1.AddResult.unique_keys:type_name -> duet.v1.AddResult.UniqueKeysEntry
-	46, // 37: duet.v1.AddResult.param_errors:type_name -> duet.v1.ParamError
-	46, // 38: duet.v1.DeleteResult.errors:type_name -> duet.v1.ParamError
-	40, // 39: duet.v1.OperateResult.output_args:type_name -> duet.v1.OperateResult.OutputArgsEntry
-	47, // 40: duet.v1.SupportedParam.access:type_name -> duet.v1.Writability
-	48, // 41: duet.v1.SupportedParam.type:type_name -> duet.v1.ParamType
-	21, // 42: duet.v1.SupportedObject.params:type_name -> duet.v1.SupportedParam
-	22, // 43: duet.v1.SupportedObject.commands:type_name -> duet.v1.SupportedCommand
-	23, // 44: duet.v1.SupportedObject.events:type_name -> duet.v1.SupportedEvent
-	24, // 45: duet.v1.GetSupportedDMResult.objects:type_name -> duet.v1.SupportedObject
-	46, // 46: duet.v1.GetSupportedDMResult.errors:type_name -> duet.v1.ParamError
-	41, // 47: duet.v1.Instance.unique_keys:type_name -> duet.v1.Instance.UniqueKeysEntry
-	26, // 48: duet.v1.GetInstancesResult.instances:type_name -> duet.v1.Instance
-	46, // 49: duet.v1.GetInstancesResult.errors:type_name -> duet.v1.ParamError
-	10, // 50: duet.v1.GetAttributesResult.attributes:type_name -> duet.v1.ParameterAttribute
-	42, // 51: duet.v1.CwmpRpcResult.values:type_name -> duet.v1.CwmpRpcResult.ValuesEntry
-	15, // 52: duet.v1.SessionWorkRequest.results:type_name -> duet.v1.CommandResult
-	1,  // 53: duet.v1.SessionWork.commands:type_name -> duet.v1.Command
-	54, // [54:54] is the sub-list for method output_type
-	54, // [54:54] is the sub-list for method input_type
-	54, // [54:54] is the sub-list for extension type_name
-	54, // [54:54] is the sub-list for extension extendee
-	0,  // [0:54] is the sub-list for field type_name
+	37, // 32: duet.v1.CommandResult.reboot:type_name -> duet.v1.RebootResult
+	38, // 33: duet.v1.CommandResult.transfer:type_name -> duet.v1.TransferResult
+	46, // 34: duet.v1.GetResult.params:type_name -> duet.v1.Parameter
+	48, // 35: duet.v1.GetResult.errors:type_name -> duet.v1.ParamError
+	46, // 36: duet.v1.SetResult.updated:type_name -> duet.v1.Parameter
+	48, // 37: duet.v1.SetResult.errors:type_name -> duet.v1.ParamError
+	41, // 38: duet.v1.AddResult.unique_keys:type_name -> duet.v1.AddResult.UniqueKeysEntry
+	48, // 39: duet.v1.AddResult.param_errors:type_name -> duet.v1.ParamError
+	48, // 40: duet.v1.DeleteResult.errors:type_name -> duet.v1.ParamError
+	42, // 41: duet.v1.OperateResult.output_args:type_name -> duet.v1.OperateResult.OutputArgsEntry
+	49, // 42: duet.v1.SupportedParam.access:type_name -> duet.v1.Writability
+	50, // 43: duet.v1.SupportedParam.type:type_name -> duet.v1.ParamType
+	21, // 44: duet.v1.SupportedObject.params:type_name -> duet.v1.SupportedParam
+	22, // 45: duet.v1.SupportedObject.commands:type_name -> duet.v1.SupportedCommand
+	23, // 46: duet.v1.SupportedObject.events:type_name -> duet.v1.SupportedEvent
+	24, // 47: duet.v1.GetSupportedDMResult.objects:type_name -> duet.v1.SupportedObject
+	48, // 48: duet.v1.GetSupportedDMResult.errors:type_name -> duet.v1.ParamError
+	43, // 49: duet.v1.Instance.unique_keys:type_name -> duet.v1.Instance.UniqueKeysEntry
+	26, // 50: duet.v1.GetInstancesResult.instances:type_name -> duet.v1.Instance
+	48, // 51: duet.v1.GetInstancesResult.errors:type_name -> duet.v1.ParamError
+	10, // 52: duet.v1.GetAttributesResult.attributes:type_name -> duet.v1.ParameterAttribute
+	44, // 53: duet.v1.CwmpRpcResult.values:type_name -> duet.v1.CwmpRpcResult.ValuesEntry
+	15, // 54: duet.v1.SessionWorkRequest.results:type_name -> duet.v1.CommandResult
+	1,  // 55: duet.v1.SessionWork.commands:type_name -> duet.v1.Command
+	51, // 56: duet.v1.RebootResult.boot_time:type_name -> google.protobuf.Timestamp
+	51, // 57: duet.v1.TransferResult.start_time:type_name -> google.protobuf.Timestamp
+	51, // 58: duet.v1.TransferResult.complete_time:type_name -> google.protobuf.Timestamp
+	59, // [59:59] is the sub-list for method output_type
+	59, // [59:59] is the sub-list for method input_type
+	59, // [59:59] is the sub-list for extension type_name
+	59, // [59:59] is the sub-list for extension extendee
+	0,  // [0:59] is the sub-list for field type_name
 }
 
 func init() { file_duet_v1_command_proto_init() }
@@ -2981,6 +3221,8 @@ func file_duet_v1_command_proto_init() {
 		(*CommandResult_GetAttributes)(nil),
 		(*CommandResult_CwmpRpc)(nil),
 		(*CommandResult_ConnectionRequest)(nil),
+		(*CommandResult_Reboot)(nil),
+		(*CommandResult_Transfer)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2988,7 +3230,7 @@ func file_duet_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_duet_v1_command_proto_rawDesc), len(file_duet_v1_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   42,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,177 @@
+package main
+
+import (
+	"strings"
+	"time"
+
+	cwmpadapter "github.com/duet-dm/duet/adapters/cwmp"
+	"github.com/duet-dm/duet/controller"
+	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/store"
+)
+
+// serveConfig is every setting of `duet serve`, checked. checkServe builds
+// it before anything starts, so a bad value of any component stops start-up
+// before a migration runs, a server listens or a token is made.
+type serveConfig struct {
+	comps            map[string]bool
+	retention        time.Duration
+	historyRetention time.Duration
+	httpAddr         string
+	realm            string
+	credKey          *store.CredentialKey
+	natsPort         int // embedded NATS only
+	policySweep      time.Duration
+	bulkRate         float64
+
+	cwmp cwmpadapter.Options // without Bus and Logger
+
+	uspKeepAlive   time.Duration // -1 is off
+	uspValueChange []string
+	mqttPort       int // embedded broker only
+	stompPort      int // embedded broker only
+	wsAddr         string
+}
+
+func (s *settings) checkServe() (*serveConfig, error) {
+	c := &serveConfig{}
+	var err error
+	if c.comps, err = s.components(); err != nil {
+		return nil, err
+	}
+	if c.retention, err = s.duration("event-retention", time.Minute); err != nil {
+		return nil, err
+	}
+	if c.historyRetention, err = s.duration("event-history-retention", time.Minute); err != nil {
+		return nil, err
+	}
+	if c.httpAddr, err = s.addr("http-addr"); err != nil {
+		return nil, err
+	}
+	if c.realm, err = s.realm(); err != nil {
+		return nil, err
+	}
+	if v := s.str("credentials-key"); v != "" {
+		if c.credKey, err = store.ParseCredentialKey(v); err != nil {
+			// Never echo the value: it is a secret.
+			return nil, s.errSetting("credentials-key", "%v", err)
+		}
+	}
+	if s.str("nats-url") == "" {
+		if c.natsPort, err = s.port("nats-port"); err != nil {
+			return nil, err
+		}
+	}
+	if c.comps["controller"] {
+		if v := s.str("admin-token"); v != "" && len(v) < store.MinTokenLen {
+			return nil, s.errSetting("admin-token", "is shorter than %d characters", store.MinTokenLen)
+		}
+		if c.policySweep, err = s.duration("policy-sweep", time.Minute); err != nil {
+			return nil, err
+		}
+		if c.bulkRate, err = s.float("bulk-rate", 0, controller.MaxBulkRate); err != nil {
+			return nil, err
+		}
+	}
+	if c.comps["cwmp"] {
+		if c.cwmp, err = s.checkCWMP(c.realm); err != nil {
+			return nil, err
+		}
+	}
+	if c.comps["usp-mqtt"] || c.comps["usp-stomp"] || c.comps["usp-ws"] {
+		if err := s.checkUSP(c); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+func (s *settings) checkCWMP(realm string) (cwmpadapter.Options, error) {
+	var o cwmpadapter.Options
+	addr, err := s.addr("cwmp-addr")
+	if err != nil {
+		return o, err
+	}
+	auth, err := s.oneOf("cwmp-auth", cwmpadapter.AuthNone, cwmpadapter.AuthShared, cwmpadapter.AuthPerDevice)
+	if err != nil {
+		if s.str("cwmp-auth") == "" {
+			return o, s.errSetting("cwmp-auth", "must be chosen: none, shared or per-device (none has to be explicit; run with --only to skip the cwmp component)")
+		}
+		return o, err
+	}
+	if auth == cwmpadapter.AuthShared && (s.str("cwmp-username") == "" || s.str("cwmp-password") == "") {
+		return o, s.errSetting("cwmp-auth", "shared mode needs DUET_CWMP_USERNAME and DUET_CWMP_PASSWORD")
+	}
+	basic, err := s.boolean("cwmp-allow-basic-http")
+	if err != nil {
+		return o, err
+	}
+	maxSessions, err := s.integer("cwmp-max-sessions", 1, 1_000_000)
+	if err != nil {
+		return o, err
+	}
+	minInform, err := s.duration("cwmp-min-inform-interval", 0)
+	if err != nil {
+		return o, err
+	}
+	if (s.str("cwmp-tls-cert") == "") != (s.str("cwmp-tls-key") == "") {
+		return o, s.errSetting("cwmp-tls-cert", "DUET_CWMP_TLS_CERT and DUET_CWMP_TLS_KEY must be set together")
+	}
+	if !strings.HasPrefix(s.str("cwmp-path"), "/") {
+		return o, s.errSetting("cwmp-path", "%q must start with /", s.str("cwmp-path"))
+	}
+	return cwmpadapter.Options{
+		Addr: addr, Path: s.str("cwmp-path"), Auth: auth,
+		Username: s.str("cwmp-username"), Password: s.str("cwmp-password"), Realm: realm,
+		TLSCertFile: s.str("cwmp-tls-cert"), TLSKeyFile: s.str("cwmp-tls-key"),
+		AllowBasicOverHTTP: basic, MaxSessions: maxSessions, MinInformInterval: minInform,
+	}, nil
+}
+
+func (s *settings) checkUSP(c *serveConfig) error {
+	keepAlive, err := s.duration("usp-keepalive", 0)
+	if err != nil {
+		return err
+	}
+	if keepAlive == 0 {
+		keepAlive = -1 // the endpoint's "off"
+	} else if keepAlive < 10*time.Second {
+		return s.errSetting("usp-keepalive", "%s is below 10s; 0 turns it off", keepAlive)
+	}
+	c.uspKeepAlive = keepAlive
+	c.uspValueChange = []string{}
+	for _, p := range strings.Split(s.str("usp-valuechange"), ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			if _, err := devicemodel.ParsePath(p, false); err != nil {
+				return s.errSetting("usp-valuechange", "%v", err)
+			}
+			c.uspValueChange = append(c.uspValueChange, p)
+		}
+	}
+	if c.comps["usp-mqtt"] && s.str("mqtt-url") == "" {
+		if c.mqttPort, err = s.port("mqtt-port"); err != nil {
+			return err
+		}
+	}
+	if c.comps["usp-stomp"] {
+		if s.str("stomp-addr") == "" {
+			if c.stompPort, err = s.port("stomp-port"); err != nil {
+				return err
+			}
+		} else if _, err := s.addr("stomp-addr"); err != nil {
+			return err
+		}
+	}
+	if c.comps["usp-ws"] {
+		if c.wsAddr, err = s.addr("ws-addr"); err != nil {
+			return err
+		}
+		if (s.str("ws-tls-cert") == "") != (s.str("ws-tls-key") == "") {
+			return s.errSetting("ws-tls-cert", "DUET_WS_TLS_CERT and DUET_WS_TLS_KEY must be set together")
+		}
+		if !strings.HasPrefix(s.str("ws-path"), "/") {
+			return s.errSetting("ws-path", "%q must start with /", s.str("ws-path"))
+		}
+	}
+	return nil
+}
