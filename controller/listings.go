@@ -23,7 +23,7 @@ var metricListings = promauto.NewCounterVec(prometheus.CounterOpts{
 // recordListings keeps table_listings (store.RecordTableListings) true
 // after a task succeeded: a Get of an object path with no depth limit is
 // a full listing of it; a GetInstances a listing of its instances (their
-// unique keys are cached with it); Duet's own Add extends the table it
+// unique keys are cached with it) when the cache shows every one; Duet's own Add extends the table it
 // added to, and a Delete drops the listings under what it deleted. It is
 // a separate step from the parameter cache's own writes (cacheChanges
 // and the Get result), called after them: a failure is logged and
@@ -65,8 +65,20 @@ func (q *TaskQueue) recordListings(ctx context.Context, t store.Task, res *duetv
 		if len(ps) > 0 {
 			err = q.o.Store.UpsertParameters(ctx, cacheParams(t.DeviceID, time.Now(), ps))
 		}
-		if paths := listedByInstances(cmd.GetGetInstances(), r); err == nil && len(paths) > 0 {
-			err, change = q.o.Store.RecordTableListings(ctx, t.DeviceID, paths, store.ListingInstances, at), "listed"
+		for _, table := range listedByInstances(cmd.GetGetInstances(), r) {
+			if err != nil {
+				break
+			}
+			var insts []string
+			for _, in := range r.GetInstances() {
+				if strings.HasPrefix(in.GetPath(), table) {
+					insts = append(insts, in.GetPath())
+				}
+			}
+			var ok bool
+			if ok, err = q.o.Store.RecordInstanceListing(ctx, t.DeviceID, table, insts, at); ok {
+				change = "listed"
+			}
 		}
 	case cmd.GetAdd() != nil:
 		if inst := res.GetAdd().GetInstancePath(); strings.HasSuffix(inst, ".") {
@@ -117,10 +129,9 @@ func listedByGet(req *duetv1.GetRequest, res *duetv1.GetResult) (listed, failed 
 
 // listedByInstances returns the tables a GetInstances listed: with every
 // level below them (first_level_only false, so nested tables are listed
-// too), no error, and every instance cached by a unique key. CWMP has no
-// unique keys (GetParameterNames lists instance numbers only), so its
-// instances would be invisible in the cache: such an answer lists nothing;
-// a Get of the table does.
+// too) and no error. Whether the cache can show each instance (USP
+// answers carry unique keys, which are cached; CWMP GetParameterNames
+// gives instance numbers only) is for store.RecordInstanceListing.
 func listedByInstances(req *duetv1.GetInstancesRequest, res *duetv1.GetInstancesResult) []string {
 	if req.GetFirstLevelOnly() {
 		return nil
@@ -128,11 +139,6 @@ func listedByInstances(req *duetv1.GetInstancesRequest, res *duetv1.GetInstances
 	failed := map[string]bool{}
 	for _, e := range res.GetErrors() {
 		failed[e.GetPath()] = true
-	}
-	for _, in := range res.GetInstances() {
-		if len(in.GetUniqueKeys()) == 0 {
-			return nil
-		}
 	}
 	var out []string
 	for _, p := range req.GetPaths() {

@@ -9,7 +9,7 @@ import (
 
 // TestWhatAReadLists: a Get lists the partial paths it read whole without
 // error; a depth limit, a wildcard or a single parameter list nothing; a
-// GetInstances lists only with every level and every instance keyed.
+// GetInstances only with every level and no error.
 func TestWhatAReadLists(t *testing.T) {
 	get := &duetv1.GetRequest{Paths: []string{"Device.NAT.PortMapping.", "Device.LocalAgent.Controller.1.EndpointID",
 		"Device.WiFi.SSID.*.", "Device.LocalAgent.Subscription.", "Device.X."}}
@@ -28,10 +28,9 @@ func TestWhatAReadLists(t *testing.T) {
 	if got := listedByInstances(gi, keyed); !slices.Equal(got, []string{"Device.NAT.PortMapping."}) {
 		t.Fatalf("get_instances: %v", got)
 	}
-	// CWMP: instance numbers only, nothing the cache could show.
-	bare := &duetv1.GetInstancesResult{Instances: []*duetv1.Instance{{Path: "Device.NAT.PortMapping.1."}}}
-	if got := listedByInstances(gi, bare); len(got) != 0 {
-		t.Fatalf("get_instances without keys listed %v", got)
+	refused := &duetv1.GetInstancesResult{Errors: []*duetv1.ParamError{{Path: "Device.NAT.PortMapping."}}}
+	if got := listedByInstances(gi, refused); len(got) != 0 {
+		t.Fatalf("get_instances with an error listed %v", got)
 	}
 	gi.FirstLevelOnly = true
 	if got := listedByInstances(gi, keyed); len(got) != 0 {

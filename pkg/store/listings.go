@@ -41,11 +41,6 @@ func (s *Store) RecordTableListings(ctx context.Context, deviceID string, paths 
 		return fmt.Errorf("store: record table listings: level %d is not a complete listing", level)
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `DELETE FROM table_listings l USING unnest($2::text[]) p(path)
-			WHERE l.device_id = $1 AND starts_with(l.table_path, p.path) AND l.table_path <> p.path AND l.listed_at <= $3`,
-			deviceID, paths, at); err != nil {
-			return err
-		}
 		if level == ListingFull {
 			// What was cached under a path read whole, before the read,
 			// and not refreshed by it, is no longer on the device.
@@ -54,17 +49,66 @@ func (s *Store) RecordTableListings(ctx context.Context, deviceID string, paths 
 				return err
 			}
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO table_listings AS l (device_id, table_path, level, listed_at)
-			SELECT $1, p.path, $3, $4 FROM (SELECT DISTINCT unnest($2::text[]) AS path) p
-			WHERE EXISTS (SELECT 1 FROM devices WHERE id = $1)
-			ON CONFLICT (device_id, table_path) DO UPDATE SET level = excluded.level, listed_at = excluded.listed_at
-			WHERE l.listed_at <= excluded.listed_at`, deviceID, paths, level, at)
-		return err
+		return recordListings(ctx, tx, deviceID, paths, level, at)
 	})
 	if err != nil {
 		return fmt.Errorf("store: record table listings: %w", err)
 	}
 	return nil
+}
+
+// RecordInstanceListing records, from a GetInstances of table answered
+// at `at` with every instance under it (nested ones included), that the
+// table's instances are known (ListingInstances), when the cache shows
+// every one of them (with a unique key, or any parameter read before); it
+// reports whether it did. A CWMP GetParameterNames lists instance numbers
+// only: an instance Duet never read would be invisible in the cache, so
+// such an answer lists nothing. Cached rows of the table's own instances
+// that the answer did not list, older than it, are dropped: those
+// instances are gone.
+func (s *Store) RecordInstanceListing(ctx context.Context, deviceID, table string, instances []string, at time.Time) (bool, error) {
+	recorded := false
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var unseen int
+		if err := tx.QueryRow(ctx, `SELECT count(*) FROM unnest($2::text[]) i WHERE NOT EXISTS
+			(SELECT 1 FROM device_parameters c WHERE c.device_id = $1 AND starts_with(c.path, i))`, deviceID, instances).Scan(&unseen); err != nil {
+			return err
+		}
+		if unseen > 0 {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM device_parameters c WHERE c.device_id = $1 AND starts_with(c.path, $2)
+			AND c.updated_at < $4 AND substr(c.path, length($2) + 1) ~ '^[0-9]+\.'
+			AND NOT EXISTS (SELECT 1 FROM unnest($3::text[]) i WHERE starts_with(c.path, i))`, deviceID, table, instances, at); err != nil {
+			return err
+		}
+		if err := recordListings(ctx, tx, deviceID, []string{table}, ListingInstances, at); err != nil {
+			return err
+		}
+		recorded = true
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("store: record instance listing: %w", err)
+	}
+	return recorded, nil
+}
+
+// recordListings writes listing rows for paths at `at`, in tx: older rows
+// below them go (these cover them), and an older row of the same path is
+// replaced.
+func recordListings(ctx context.Context, tx pgx.Tx, deviceID string, paths []string, level int, at time.Time) error {
+	if _, err := tx.Exec(ctx, `DELETE FROM table_listings l USING unnest($2::text[]) p(path)
+		WHERE l.device_id = $1 AND starts_with(l.table_path, p.path) AND l.table_path <> p.path AND l.listed_at <= $3`,
+		deviceID, paths, at); err != nil {
+		return err
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO table_listings AS l (device_id, table_path, level, listed_at)
+		SELECT $1, p.path, $3, $4 FROM (SELECT DISTINCT unnest($2::text[]) AS path) p
+		WHERE EXISTS (SELECT 1 FROM devices WHERE id = $1)
+		ON CONFLICT (device_id, table_path) DO UPDATE SET level = excluded.level, listed_at = excluded.listed_at
+		WHERE l.listed_at <= excluded.listed_at`, deviceID, paths, level, at)
+	return err
 }
 
 // CreatedInstance is an instance that appeared on a device (Duet's own Add,

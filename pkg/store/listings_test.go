@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"maps"
+	"slices"
 	"testing"
 	"time"
 
@@ -166,7 +167,33 @@ func TestTableListingsFollowTheDevice(t *testing.T) {
 	}
 	expect("unlisted", map[string]int{nat: store.ListingFull, pm: store.ListingNone})
 
-	if err := s.RecordTableListings(ctx, dev, []string{pm}, 0, at(12)); err == nil {
+	// A GetInstances lists the table when the cache shows every instance
+	// it returned: not with one never read (a CWMP answer has no keys),
+	// then yes, and the rows of instances it did not return go.
+	if err := s.UpsertParameters(ctx, []store.Parameter{
+		{DeviceID: dev, Path: pm + "4.Alias", Value: "a", UpdatedAt: at(12)},
+		{DeviceID: dev, Path: pm + "5.Alias", Value: "gone", UpdatedAt: at(12)},
+		{DeviceID: dev, Path: pm + "Extra", Value: "x", UpdatedAt: at(12)},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.RecordInstanceListing(ctx, dev, pm, []string{pm + "4.", pm + "6."}, at(13)); err != nil || ok {
+		t.Fatalf("listed with an instance the cache cannot show: %v %v", ok, err)
+	}
+	if ok, err := s.RecordInstanceListing(ctx, dev, pm, []string{pm + "4."}, at(13)); err != nil || !ok {
+		t.Fatalf("not listed: %v %v", ok, err)
+	}
+	expect("instances listed", map[string]int{nat: store.ListingFull, pm: store.ListingInstances})
+	var paths []string
+	ps, _, _ = s.FindParameters(ctx, store.ParameterFilter{DeviceID: dev, Prefix: pm})
+	for _, p := range ps {
+		paths = append(paths, p.Path)
+	}
+	if !slices.Equal(paths, []string{pm + "4.Alias", pm + "Extra"}) {
+		t.Fatalf("cache after the instance listing: %v", paths)
+	}
+
+	if err := s.RecordTableListings(ctx, dev, []string{pm}, 0, at(14)); err == nil {
 		t.Fatal("level 0 recorded as a complete listing")
 	}
 }
