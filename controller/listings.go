@@ -23,8 +23,9 @@ var metricListings = promauto.NewCounterVec(prometheus.CounterOpts{
 // recordListings keeps table_listings (store.RecordTableListings) true
 // after a task succeeded: a Get of an object path with no depth limit is
 // a full listing of it; a GetInstances a listing of its instances (their
-// unique keys are cached with it) when the cache shows every one; Duet's own Add extends the table it
-// added to, and a Delete drops the listings under what it deleted. It is
+// unique keys are cached with it) when the cache shows every one; Duet's
+// own Add extends the table it added to, and a Delete drops the listings
+// under what it deleted. It is
 // a separate step from the parameter cache's own writes (cacheChanges
 // and the Get result), called after them: a failure is logged and
 // counted, and leaves the listing incomplete, which only costs a read.
