@@ -43,6 +43,7 @@ func newSettings() *settings {
 	add("nats-url", "DUET_NATS_URL", "", "external NATS server URL; empty embeds a NATS server with JetStream")
 	add("nats-host", "DUET_NATS_HOST", "127.0.0.1", "listen host of the embedded NATS server")
 	add("nats-port", "DUET_NATS_PORT", "4222", "listen port of the embedded NATS server")
+	add("nats-replicas", "DUET_NATS_REPLICAS", "1", "copies JetStream keeps of Duet's streams on a clustered external NATS (1 to 5, at most the cluster's size; 3 survives the loss of one node); 1 with the embedded server")
 	add("http-addr", "DUET_HTTP_ADDR", ":8080", "address of the REST API, /healthz, /readyz and /metrics")
 	add("data-dir", "DUET_DATA_DIR", "duet-data", "directory for embedded NATS (JetStream) data")
 	add("log-level", "DUET_LOG_LEVEL", "info", "debug, info, warn or error")
@@ -187,20 +188,26 @@ func (s *settings) parseOnly(name string, args []string, getenv func(string) str
 		flagLvl := level{source: "flag", what: "--" + st.flag, whatFile: "--" + st.flag + "-file"}
 		flagLvl.v, flagLvl.ok = flags[st]
 		flagLvl.vFile, flagLvl.okFile = flagFiles[st]
-		for _, l := range []level{fileLvl, envLvl, flagLvl} { // lowest first
+		// win is the highest level that gives the setting, lowest first.
+		var win *level
+		for _, l := range []level{fileLvl, envLvl, flagLvl} {
 			if l.ok && l.okFile {
 				return nil, fmt.Errorf("setting %s: give %s or %s, not both", st.env, l.what, l.whatFile)
 			}
-			switch {
-			case l.ok:
-				st.value, st.set, st.source = l.v, true, l.source
-			case l.okFile:
-				v, err := readSecretFile(l.vFile)
-				if err != nil {
-					return nil, fmt.Errorf("setting %s (%s): %v", st.env, l.whatFile, err)
-				}
-				st.value, st.set, st.source = v, true, l.source
+			if l.ok || l.okFile {
+				win = &l
 			}
+		}
+		switch {
+		case win == nil:
+		case win.ok:
+			st.value, st.set, st.source = win.v, true, win.source
+		default: // only the file that wins is read
+			v, err := readSecretFile(win.vFile)
+			if err != nil {
+				return nil, fmt.Errorf("setting %s (%s): %v", st.env, win.whatFile, err)
+			}
+			st.value, st.set, st.source = v, true, win.source
 		}
 	}
 	return fs.Args(), nil

@@ -140,7 +140,13 @@ func TestConfigSecretFiles(t *testing.T) {
 				t.Errorf("%s by %s: %q", name, c.how, got)
 			}
 		}
-		_, err := parsed(t, nil, map[string]string{env: "x", env + "_FILE": secret})
+		// Only the winning level's file is read: a stale path in the
+		// settings file does not matter when the environment gives the value.
+		s, err := parsed(t, []string{"--config", writeFile(t, "d.yaml", name+"-file: /nonexistent\n")}, map[string]string{env: "from-env"})
+		if err != nil || s.str(name) != "from-env" {
+			t.Errorf("%s overridden file: %q %v", name, s.str(name), err)
+		}
+		_, err = parsed(t, nil, map[string]string{env: "x", env + "_FILE": secret})
 		if err == nil || !strings.Contains(err.Error(), "not both") {
 			t.Errorf("%s and %s_FILE both: %v", env, env, err)
 		}

@@ -260,6 +260,34 @@ func TestDeployManifests(t *testing.T) {
 		}
 	}
 
+	// systemd: every variable of duet.env, set or commented out, is a setting.
+	envFile, err := os.ReadFile("../../deploy/systemd/duet.env")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sd := duetContainer{where: "systemd duet.env", env: map[string]string{}}
+	for _, m := range regexp.MustCompile(`(?m)^#?(DUET_[A-Z0-9_]+)=(.*)$`).FindAllStringSubmatch(string(envFile), -1) {
+		sd.env[m[1]] = m[2]
+	}
+	if len(sd.env) < 10 {
+		t.Fatalf("duet.env: only %d variables found", len(sd.env))
+	}
+	for k := range sd.env {
+		if k == "DUET_CONFIG" {
+			continue
+		}
+		name := strings.TrimSuffix(k, "_FILE")
+		found := false
+		for _, st := range newSettings().list {
+			if st.env == k || (st.secret && st.env == name) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("systemd duet.env: %s is not a setting", k)
+		}
+	}
+
 	// Kubernetes: every file listed by kustomization.yaml, and nothing else.
 	const kdir = "../../deploy/kubernetes"
 	kust := yamlDocs(t, filepath.Join(kdir, "kustomization.yaml"))[0]

@@ -105,8 +105,12 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		log.Info("embedded NATS started", "url", natsURL, "store", dir)
 	}
 	ls.NATS = natsURL
-	b, err := bus.Connect(ctx, bus.Options{URL: natsURL, Name: "duet", EventMaxAge: cfg.retention, Logger: log})
+	b, err := bus.Connect(ctx, bus.Options{URL: natsURL, Name: "duet", EventMaxAge: cfg.retention, Replicas: cfg.natsReplicas, Logger: log})
 	if err != nil {
+		if cfg.natsReplicas > 1 && strings.Contains(err.Error(), "stream") {
+			// Most likely the servers are fewer than the replicas.
+			return s.errSetting("nats-replicas", "%v", err)
+		}
 		return s.errSetting("nats-url", "%v", err)
 	}
 	started.push(func(context.Context) { b.Close() })
@@ -159,13 +163,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			}
 			return nil
 		}
-		var awaitTimeouts [3]time.Duration
-		for i, name := range []string{"reboot-timeout", "transfer-timeout", "operation-timeout"} {
-			if awaitTimeouts[i], err = s.duration(name, time.Second); err != nil {
-				_ = hl.Close()
-				return err
-			}
-		}
+		awaitTimeouts := cfg.awaitTimeouts
 		tasks, err := controller.NewTaskQueue(controller.TaskQueueOptions{Store: st, Bus: b, CredentialKey: credKey, Logger: log,
 			RebootTimeout: awaitTimeouts[0], TransferTimeout: awaitTimeouts[1], OperationTimeout: awaitTimeouts[2]})
 		if err != nil {

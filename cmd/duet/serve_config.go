@@ -12,7 +12,8 @@ import (
 
 // serveConfig is every setting of `duet serve`, checked. checkServe builds
 // it before anything starts, so a bad value of any component stops start-up
-// before a migration runs, a server listens or a token is made.
+// before a migration runs, a server listens or a token is made. A new
+// setting is parsed here, not where it is used (TestBadSettingStartsNothing).
 type serveConfig struct {
 	comps            map[string]bool
 	retention        time.Duration
@@ -21,8 +22,10 @@ type serveConfig struct {
 	realm            string
 	credKey          *store.CredentialKey
 	natsPort         int // embedded NATS only
+	natsReplicas     int
 	policySweep      time.Duration
 	bulkRate         float64
+	awaitTimeouts    [3]time.Duration // reboot, transfer, operation
 
 	cwmp cwmpadapter.Options // without Bus and Logger
 
@@ -57,9 +60,15 @@ func (s *settings) checkServe() (*serveConfig, error) {
 			return nil, s.errSetting("credentials-key", "%v", err)
 		}
 	}
+	if c.natsReplicas, err = s.integer("nats-replicas", 1, 5); err != nil {
+		return nil, err
+	}
 	if s.str("nats-url") == "" {
 		if c.natsPort, err = s.port("nats-port"); err != nil {
 			return nil, err
+		}
+		if c.natsReplicas != 1 {
+			return nil, s.errSetting("nats-replicas", "the embedded NATS server is a single node: replicas must be 1 (set DUET_NATS_URL to a cluster)")
 		}
 	}
 	if c.comps["controller"] {
@@ -71,6 +80,11 @@ func (s *settings) checkServe() (*serveConfig, error) {
 		}
 		if c.bulkRate, err = s.float("bulk-rate", 0, controller.MaxBulkRate); err != nil {
 			return nil, err
+		}
+		for i, name := range []string{"reboot-timeout", "transfer-timeout", "operation-timeout"} {
+			if c.awaitTimeouts[i], err = s.duration(name, time.Second); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if c.comps["cwmp"] {

@@ -52,6 +52,10 @@ func TestBadSettingStartsNothing(t *testing.T) {
 		{"DUET_ADMIN_TOKEN", "short"},
 		{"DUET_POLICY_SWEEP", "1s"},
 		{"DUET_BULK_RATE", "0"},
+		{"DUET_REBOOT_TIMEOUT", "0s"},
+		{"DUET_NATS_REPLICAS", "3"}, // the embedded server is one node
+		{"DUET_NATS_REPLICAS", "7"},
+		{"DUET_OPERATION_TIMEOUT", "soon"},
 	} {
 		t.Run(c.env+"="+c.value, func(t *testing.T) {
 			db := storetest.NewDatabase(t)
@@ -128,5 +132,22 @@ func TestFailedStartCreatesNoToken(t *testing.T) {
 	}
 	if n != 0 {
 		t.Fatalf("a failed start left %d token(s)", n)
+	}
+}
+
+// DUET_NATS_REPLICAS above what the NATS servers can hold stops start-up
+// with a message naming the setting (here: a single, non-clustered server).
+func TestNATSReplicasAboveClusterRefused(t *testing.T) {
+	env := map[string]string{
+		"DUET_DATABASE_URL":  storetest.NewDatabase(t),
+		"DUET_HTTP_ADDR":     "127.0.0.1:0",
+		"DUET_NATS_URL":      bustest.StartServer(t).URL(),
+		"DUET_NATS_REPLICAS": "3",
+		"DUET_ONLY":          "controller",
+	}
+	var out bytes.Buffer
+	m := &Main{Stdout: &out, Stderr: &out, Getenv: envOf(env)}
+	if code := m.Run(context.Background(), []string{"serve"}); code == 0 || !strings.Contains(out.String(), "DUET_NATS_REPLICAS") {
+		t.Fatalf("exit %d: %s", code, out.String())
 	}
 }

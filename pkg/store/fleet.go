@@ -12,9 +12,10 @@ type DeviceCount struct {
 	Devices  int
 }
 
-// CountDevicesByState counts the registry by protocol and online state:
-// one aggregate over devices_online_idx, cheap enough to repeat every
-// few tens of seconds at a million devices.
+// CountDevicesByState counts the registry by protocol and online state.
+// It is one aggregate (a parallel sequential scan): 0.3 to 0.7 s at a
+// million devices on a loaded two-core machine, which one replica pays
+// every 30 s (controller.DeviceGauge).
 func (s *Store) CountDevicesByState(ctx context.Context) ([]DeviceCount, error) {
 	rows, err := s.pool.Query(ctx, "SELECT protocol, online, count(*) FROM devices GROUP BY protocol, online")
 	if err != nil {
