@@ -174,7 +174,9 @@ func (r *Registry) eventListings(ctx context.Context, deviceID string, ev *duetv
 		if !strings.HasSuffix(p, ".") {
 			return nil
 		}
-		if err := r.o.Store.DeleteParameterSubtrees(ctx, deviceID, []string{p}); err != nil {
+		// Observed at the event's time: a value under it read before
+		// then and applied late is not stored again (a tombstone).
+		if err := r.o.Store.DeleteParameterSubtreesAt(ctx, deviceID, []string{p}, at); err != nil {
 			return err
 		}
 		metricListings.WithLabelValues("dropped").Inc()
