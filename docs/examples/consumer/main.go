@@ -43,6 +43,10 @@ type config struct {
 	// published after the consumer is created are delivered. A durable
 	// consumer that already exists keeps its position either way.
 	DeliverAll bool
+	// AckWait is how long the server waits for an acknowledgement before
+	// delivering an event again; default 30 s. An event the server sent
+	// to a process that then stopped is delivered again after it.
+	AckWait time.Duration
 	// Log receives the messages that could not be decoded.
 	Log *slog.Logger
 }
@@ -54,6 +58,7 @@ func main() {
 	flag.StringVar(&cfg.URL, "server", "nats://127.0.0.1:4222", "NATS server URL (Duet's DUET_NATS_URL, or the embedded server's nats-host:nats-port)")
 	flag.StringVar(&cfg.Durable, "durable", "", "durable consumer name; empty: an ephemeral consumer")
 	flag.StringVar(&cfg.Filter, "filter", "duet.evt.>", "subject filter")
+	flag.DurationVar(&cfg.AckWait, "ack-wait", 30*time.Second, "redelivery delay of an unacknowledged event")
 	deliver := flag.String("deliver", "new", "where a new consumer starts: new (events from now on) or all (the whole stream)")
 	flag.Parse()
 	switch *deliver {
@@ -87,6 +92,9 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	if cfg.AckWait == 0 {
+		cfg.AckWait = 30 * time.Second
+	}
 	nc, err := nats.Connect(cfg.URL, nats.Name("duet-example-consumer"), nats.MaxReconnects(-1))
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", cfg.URL, err)
@@ -103,7 +111,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 		// Explicit acks: an event not acknowledged (this process died
 		// before printing it) is delivered again after AckWait.
 		AckPolicy: jetstream.AckExplicitPolicy,
-		AckWait:   30 * time.Second,
+		AckWait:   cfg.AckWait,
 	}
 	if cfg.DeliverAll {
 		cc.DeliverPolicy = jetstream.DeliverAllPolicy

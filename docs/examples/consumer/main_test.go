@@ -114,7 +114,9 @@ func TestConsumerPrintsEvents(t *testing.T) {
 // it was down is printed by the next run, and the old one is not again.
 func TestConsumerDurableResumes(t *testing.T) {
 	b, srv := bustest.Start(t)
-	cfg := config{URL: srv.URL(), Durable: "example-test", DeliverAll: true}
+	// The server may hand the next event to the stopped run's last pull
+	// request; it comes back after AckWait, so keep that short here.
+	cfg := config{URL: srv.URL(), Durable: "example-test", DeliverAll: true, AckWait: time.Second}
 	dev := &duetv1.DeviceIdentity{Id: "00D09E-SN2", Protocol: duetv1.Protocol_PROTOCOL_CWMP}
 	publish(t, b, &duetv1.Event{Device: dev, Kind: &duetv1.Event_Bootstrap{Bootstrap: &duetv1.Bootstrap{}}})
 	first := &syncBuffer{}
