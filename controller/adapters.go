@@ -84,7 +84,41 @@ func StartAdapterDeskWith(o AdapterDeskOptions) (*AdapterDesk, error) {
 		return nil, err
 	}
 	d.subs = append(d.subs, creds)
+	routes, err := b.ServeRoutes("duet-controller", func(ctx context.Context, req *duetv1.RoutesRequest) (*duetv1.Routes, error) {
+		return answerRoutes(ctx, o.Store, req)
+	})
+	if err != nil {
+		d.Stop()
+		return nil, err
+	}
+	d.subs = append(d.subs, routes)
 	return d, nil
+}
+
+// answerRoutes tells a USP adapter on a broker which agents were last
+// online over its transport (docs/bus.md, "Routes"): the registry's
+// transport and address, which the adapters reported in each event's
+// Reachability.
+func answerRoutes(ctx context.Context, st *store.Store, req *duetv1.RoutesRequest) (*duetv1.Routes, error) {
+	if st == nil {
+		return &duetv1.Routes{}, nil
+	}
+	switch req.GetTransport() {
+	case "mqtt", "stomp":
+	default:
+		// WebSocket agents dial Duet again by themselves; nothing else
+		// keeps a connection through a broker.
+		return &duetv1.Routes{}, nil
+	}
+	rs, more, err := st.FindUSPRoutes(ctx, req.GetTransport(), req.GetAfter(), int(req.GetLimit()))
+	if err != nil {
+		return nil, err
+	}
+	out := &duetv1.Routes{More: more, Routes: make([]*duetv1.Route, 0, len(rs))}
+	for _, r := range rs {
+		out.Routes = append(out.Routes, &duetv1.Route{DeviceId: r.DeviceID, Address: r.Address})
+	}
+	return out, nil
 }
 
 // Stop unsubscribes. Safe to call twice.

@@ -314,10 +314,14 @@ func (q *TaskQueue) deliver(d devicemodel.Device, connReq bool) {
 		if d.Online {
 			q.reachable(d.ID)
 			q.kick(d.ID)
+		} else {
+			q.waiting(q.ctx, d.ID, store.WaitDeviceOffline)
 		}
 	case devicemodel.ProtocolCWMP:
 		if connReq {
 			q.wakeCWMP(d.ID, d.ConnectionRequestURL)
+		} else {
+			q.waiting(q.ctx, d.ID, store.WaitAwaitingInform)
 		}
 	}
 }

@@ -111,6 +111,9 @@ type TaskQueue struct {
 	// finished is told of every task that reached a final state through
 	// a device's answer (the reconciler); set before Start.
 	finished func(context.Context, store.Task)
+	// connReqFailed is told of connection requests that failed for good
+	// (presence evidence, cwmp_presence.go); set before Start.
+	connReqFailed func(context.Context, string, error)
 
 	crSem chan struct{}
 	// crLine: CWMP devices waiting for a connection-request slot, in
@@ -312,6 +315,7 @@ func (q *TaskQueue) sweepLoop() {
 			q.notify(id)
 		}
 		q.failOverdue(q.ctx)
+		q.markOfflineWaiting(q.ctx)
 		q.rescan(q.ctx, nil, false)
 	}
 }
@@ -344,6 +348,8 @@ func (q *TaskQueue) rescan(ctx context.Context, ids []string, wakeCWMP bool) {
 		case devicemodel.ProtocolCWMP:
 			if wakeCWMP && d.WantsConnectionRequest {
 				q.wakeCWMP(d.ID, d.ConnectionRequestURL)
+			} else if wakeCWMP && d.Online {
+				q.waiting(ctx, d.ID, store.WaitAwaitingInform)
 			}
 		}
 	}
@@ -469,6 +475,9 @@ func (q *TaskQueue) dispatchUSP(id string) {
 		// is known now and must be recorded.
 		sctx, scancel := context.WithTimeout(context.WithoutCancel(q.ctx), 10*time.Second)
 		requeued := q.settle(sctx, t, res, err)
+		if requeued {
+			q.waiting(sctx, id, waitReason(err))
+		}
 		scancel()
 		if requeued && neverSent(err) {
 			q.mu.Lock()
@@ -657,6 +666,7 @@ func (q *TaskQueue) SessionWork(ctx context.Context, req *duetv1.SessionWorkRequ
 func (q *TaskQueue) wakeCWMP(deviceID, url string) {
 	if url == "" {
 		metricConnReqs.WithLabelValues("skipped").Inc()
+		q.waiting(q.ctx, deviceID, store.WaitAwaitingInform)
 		return
 	}
 	q.mu.Lock()
@@ -708,11 +718,22 @@ func (q *TaskQueue) wakeCWMP(deviceID, url string) {
 			err := q.connectionRequest(deviceID, url)
 			if err == nil {
 				metricConnReqs.WithLabelValues("sent").Inc()
+				q.waiting(q.ctx, deviceID, store.WaitAwaitingSession)
 				return
 			}
 			if try == connReqTries || devicemodel.ErrorCode(err) == devicemodel.CodeUnauthenticated {
 				metricConnReqs.WithLabelValues("failed").Inc()
 				q.log.Info("connection request failed; the tasks wait for the next inform", "device", deviceID, "err", err)
+				if strings.Contains(devicemodel.ErrorMessage(err), "nobody serves") {
+					// No CWMP adapter running: Duet's trouble, not the
+					// device's, so no evidence about its presence either.
+					q.waiting(q.ctx, deviceID, store.WaitNoAdapter)
+				} else {
+					q.waiting(q.ctx, deviceID, store.WaitConnReqFailed+": "+connReqFailure(err))
+					if q.connReqFailed != nil {
+						q.connReqFailed(q.ctx, deviceID, err)
+					}
+				}
 				return
 			}
 			sleepCtx(q.ctx, backoff)

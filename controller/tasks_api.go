@@ -40,6 +40,19 @@ type TaskJSON struct {
 	// Result is the device's answer, a duet.v1.CommandResult in protojson.
 	Result json.RawMessage `json:"result,omitempty"`
 	Error  *TaskErrorJSON  `json:"error,omitempty"`
+	// LastAttemptAt is the task's last delivery attempt (a dispatch).
+	LastAttemptAt *time.Time `json:"last_attempt_at,omitempty"`
+	// Waiting says why a queued task waits, when that is known.
+	Waiting *TaskWaitingJSON `json:"waiting,omitempty"`
+}
+
+// TaskWaitingJSON is why a queued task waits (issue 11 §5): reason is
+// device_offline, no_adapter, "connection_request_failed: <why>",
+// awaiting_session, awaiting_inform, device_busy or no_answer; since is
+// when that reason was first given.
+type TaskWaitingJSON struct {
+	Reason string    `json:"reason"`
+	Since  time.Time `json:"since"`
 }
 
 // TaskErrorJSON says why a task failed (or was cancelled or expired).
@@ -71,6 +84,10 @@ func taskJSON(t store.Task) TaskJSON {
 				out.Result = b
 			}
 		}
+	}
+	out.LastAttemptAt = utcPtr(t.LastAttemptAt)
+	if t.State == store.TaskQueued && t.WaitingReason != "" && t.WaitingSince != nil {
+		out.Waiting = &TaskWaitingJSON{Reason: t.WaitingReason, Since: t.WaitingSince.UTC()}
 	}
 	if t.ErrorCode != "" && t.State != store.TaskSucceeded {
 		out.Error = &TaskErrorJSON{Code: t.ErrorCode, Message: t.ErrorMessage, DeviceFault: t.DeviceFault}

@@ -358,13 +358,27 @@ func (e *Endpoint) operate(ctx context.Context, eid, cmdID string, req *duetv1.O
 		// A key is what ties Boot!/OperationComplete back to this command.
 		key = cmdID
 	}
+	reboot := isRebootCommand(command)
+	if reboot {
+		// Tracked before the request leaves: the agent may reboot and
+		// send its Boot! before its OperateResp is read here.
+		e.trackReboot(eid, pendingReboot{command: command, key: key, started: time.Now()})
+	}
 	m, err := e.request(ctx, eid, uspmsg.Header_OPERATE, &uspmsg.Request{ReqType: &uspmsg.Request_Operate{Operate: &uspmsg.Operate{
 		Command: command, CommandKey: key, SendResp: true, InputArgs: req.GetInputArgs()}}})
 	if err != nil {
+		// Kept tracked: the agent may be rebooting without having
+		// answered (a bounded list; a later Boot! still completes it).
 		return nil, err
 	}
 	if err := respError(m); err != nil {
+		if reboot {
+			e.takeReboot(eid, key) // refused: no Boot! will complete it
+		}
 		return nil, err
+	}
+	if f := m.GetBody().GetResponse().GetOperateResp().GetOperationResults(); reboot && len(f) > 0 && f[0].GetCmdFailure() != nil {
+		e.takeReboot(eid, key)
 	}
 	r := m.GetBody().GetResponse().GetOperateResp()
 	if r == nil || len(r.GetOperationResults()) == 0 {
@@ -384,9 +398,6 @@ func (e *Endpoint) operate(ctx context.Context, eid, cmdID string, req *duetv1.O
 		e.trackAsync(eid, asyncOp{command: out.ExecutedCommand, key: key, requestPath: rr.ReqObjPath, started: time.Now()})
 	case *uspmsg.OperateResp_OperationResult_ReqOutputArgs:
 		out.OutputArgs = rr.ReqOutputArgs.GetOutputArgs()
-		if isRebootCommand(out.ExecutedCommand) {
-			e.trackReboot(eid, pendingReboot{command: out.ExecutedCommand, key: key, started: time.Now()})
-		}
 	default:
 		return nil, devicemodel.Errorf(devicemodel.CodeInternal, "OperateResp for %s without result", command)
 	}

@@ -184,13 +184,14 @@ type Endpoint struct {
 	closed   bool
 	agents   map[string]*session
 	known    *lru[struct{}]        // agents onboarded by this process
+	bootSeen *lru[bootHappening]   // the last Boot! published, key eid (dedupe.go)
 	notifies *lru[*notifyState]    // Notify de-duplication, key eid\x00msg_id
 	reboots  *lru[[]pendingReboot] // Reboot()/FactoryReset() awaiting Boot!, key eid
 	asyncOps *lru[[]asyncOp]       // async Operates awaiting OperationComplete, key eid
 
 	shards     []chan job
 	onboardQ   chan string
-	onboarding map[string]bool // queued or running; true = run again when done
+	onboarding map[string]*onboardRun // queued or running
 }
 
 // session is what we know about one connected agent.
@@ -207,6 +208,12 @@ type session struct {
 	// probing is set while a keep-alive probe is out.
 	lastHeard atomic.Int64
 	probing   atomic.Bool
+	// announced: an online event was published for this session; facts
+	// are the identity facts it carried (dedupe.go). onboardedAt is when
+	// an onboarding last started for this session. All under Endpoint.mu.
+	announced   bool
+	facts       *duetv1.DeviceIdentity
+	onboardedAt time.Time
 }
 
 type reply struct {
@@ -231,11 +238,12 @@ func New(opts Options) (*Endpoint, error) {
 		cancel:     cancel,
 		agents:     make(map[string]*session),
 		known:      newLRU[struct{}](100_000),
+		bootSeen:   newLRU[bootHappening](16_384),
 		notifies:   newLRU[*notifyState](16_384),
 		reboots:    newLRU[[]pendingReboot](16_384),
 		asyncOps:   newLRU[[]asyncOp](16_384),
 		onboardQ:   make(chan string, 4096),
-		onboarding: make(map[string]bool),
+		onboarding: make(map[string]*onboardRun),
 	}
 	for range opts.EventWorkers {
 		ch := make(chan job, opts.EventQueue)
@@ -414,6 +422,12 @@ func (e *Endpoint) HandleRecord(mtp MTP, from Address, data []byte) error {
 	if closed {
 		return e.drop(mtp, DropClosed, nil)
 	}
+	if rec.Kind == pkgusp.RecordMQTTConnect || rec.Kind == pkgusp.RecordSTOMPConnect ||
+		rec.Kind == pkgusp.RecordWebSocketConnect || rec.Kind == pkgusp.RecordUDSConnect {
+		// A new MTP connection starts a new happening: a Boot! after it
+		// is a new boot even if it reads like the last one.
+		e.forgetBoot(eid)
+	}
 	switch rec.Kind {
 	case pkgusp.RecordMQTTConnect:
 		if from.Reply == "" {
@@ -449,12 +463,36 @@ func (e *Endpoint) Disconnected(mtp MTP, endpointID string) {
 // touch records that eid is reachable over mtp at from, creating the session
 // (online event, command subscription, onboarding) when it is new.
 func (e *Endpoint) touch(mtp MTP, eid string, from Address) *session {
+	s, created, seen := e.openSession(mtp, eid, from, false)
+	if !created {
+		return s
+	}
+	e.log.Info("usp agent online", "device", eid, "mtp", mtp.Name(), "address", from.reachability())
+	// One online event per connection: an agent onboarded for the first
+	// time gets it from onboarding, with the DeviceInfo facts; the others
+	// get it now.
+	if seen || !e.startOnboarding(eid, onboardFull) {
+		e.announce(s, nil)
+	}
+	return s
+}
+
+// openSession returns eid's session, updating its address (unless
+// keepExisting: a restored route never overrides what the agent itself
+// said), or creates it with its command subscription (created). seen tells
+// whether this process onboarded the agent before. s is nil once the
+// endpoint is closed.
+func (e *Endpoint) openSession(mtp MTP, eid string, from Address, keepExisting bool) (s *session, created, seen bool) {
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
-		return nil
+		return nil, false, false
 	}
-	s := e.agents[eid]
+	s = e.agents[eid]
+	if s != nil && keepExisting {
+		e.mu.Unlock()
+		return s, false, true
+	}
 	if s != nil {
 		if s.mtp != mtp {
 			// The agent moved to another MTP: later requests follow it.
@@ -464,12 +502,12 @@ func (e *Endpoint) touch(mtp MTP, eid string, from Address) *session {
 			s.addr = from
 		}
 		e.mu.Unlock()
-		return s
+		return s, false, true
 	}
 	s = &session{eid: eid, mtp: mtp, addr: from, sem: make(chan struct{}, e.opts.MaxInFlightPerAgent), pending: map[string]chan reply{}}
 	s.lastHeard.Store(time.Now().UnixNano())
 	e.agents[eid] = s
-	_, seen := e.known.get(eid)
+	_, seen = e.known.get(eid)
 	e.mu.Unlock()
 	metricAgentsOnline.Inc()
 
@@ -487,12 +525,7 @@ func (e *Endpoint) touch(mtp MTP, eid string, from Address) *session {
 		s.sub = sub
 		e.mu.Unlock()
 	}
-	e.log.Info("usp agent online", "device", eid, "mtp", mtp.Name(), "address", from.reachability())
-	e.publish(eid, mtp, from, &duetv1.Event{Kind: &duetv1.Event_Online{Online: &duetv1.Online{}}}, nil)
-	if !seen {
-		e.startOnboarding(eid)
-	}
-	return s
+	return s, true, seen
 }
 
 // connected handles a Connect record. An agent onboarded before is
@@ -506,7 +539,7 @@ func (e *Endpoint) connected(mtp MTP, eid string, from Address) {
 	e.mu.Unlock()
 	e.touch(mtp, eid, from)
 	if known {
-		e.startOnboarding(eid)
+		e.startOnboarding(eid, onboardCheck)
 	}
 }
 

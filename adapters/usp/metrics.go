@@ -31,7 +31,7 @@ var (
 	})
 	metricNotifications = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "duet_usp_notifications_total",
-		Help: "Notify messages received, by kind; kind=duplicate counts retransmissions answered again but not published.",
+		Help: "Notify messages received, by kind: one per happening; kind=duplicate counts retransmissions and copies of a happening already published (a Boot! per matching subscription), answered but not published again.",
 	}, []string{"kind"})
 	metricKeepAliveLost = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "duet_usp_keepalive_lost_total",
@@ -43,6 +43,11 @@ var (
 	}, []string{"queue"})
 	metricOnboardings = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "duet_usp_onboardings_total",
-		Help: "Onboarding runs, by outcome.",
+		Help: "Onboarding runs, by outcome (ok, failed; coalesced: asked for again for the same happening and not run).",
 	}, []string{"outcome"})
 )
+
+var metricRestored = promauto.NewCounterVec(prometheus.CounterOpts{
+	Name: "duet_usp_routes_restored_total",
+	Help: "Agents the adapter was told to serve at start (last online over its MTP), by MTP and outcome (answered, lost, invalid).",
+}, []string{"mtp", "outcome"})

@@ -127,6 +127,12 @@ func (e *Endpoint) handleNotify(mtp MTP, from Address, eid, msgID string, n *usp
 		e.replyError(mtp, from, eid, msgID, pkgusp.ErrCodeInvalidArguments, "notify without notification")
 		return
 	}
+	isBoot := n.GetEvent().GetObjPath()+n.GetEvent().GetEventName() == "Device.Boot!"
+	if e.seenBoot(eid, n) {
+		// The same boot through another subscription (dedupe.go).
+		e.answerDuplicate(mtp, from, eid, msgID, st, n)
+		return
+	}
 	events, kind := e.notifyEvents(eid, n)
 	metricNotifications.WithLabelValues(kind).Inc()
 
@@ -145,6 +151,9 @@ func (e *Endpoint) handleNotify(mtp MTP, from Address, eid, msgID string, n *usp
 			// Not stored: forget it so the agent's retry is processed
 			// afresh, and do not acknowledge (usp.md §9.4).
 			e.notifies.remove(key)
+			if isBoot {
+				e.bootSeen.remove(eid)
+			}
 		} else {
 			st.answered = true
 		}
@@ -168,13 +177,25 @@ func (e *Endpoint) handleNotify(mtp MTP, from Address, eid, msgID string, n *usp
 			// NotifRetry the agent sends it again (usp.md §9.5).
 			e.mu.Lock()
 			e.notifies.remove(key)
+			if isBoot {
+				e.bootSeen.remove(eid)
+			}
 			e.mu.Unlock()
 			return
 		}
 	}
 	if ev := n.GetEvent(); ev != nil && ev.GetObjPath()+ev.GetEventName() == "Device.Boot!" {
-		// A boot may have wiped non-persistent subscriptions: onboard again.
-		e.startOnboarding(eid)
+		switch {
+		case isTrue(ev.GetParams()["FirmwareUpdated"]):
+			// New firmware: read the identity facts again.
+			e.startOnboarding(eid, onboardFull)
+		case n.GetSubscriptionId() != SubBoot:
+			// Not through Duet's own (persistent) subscription: it may
+			// have been wiped (a factory reset); check.
+			e.startOnboarding(eid, onboardCheck)
+		}
+		// Through Duet's subscription: it survived the boot, and with it
+		// every other row Duet created (all persistent).
 	}
 }
 

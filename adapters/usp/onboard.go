@@ -41,26 +41,61 @@ func (e *Endpoint) baselineSubscriptions() []subscriptionSpec {
 	return subs
 }
 
-// startOnboarding queues eid for onboarding. A request for an agent already
-// queued or running makes it run once more afterwards (a Boot! during
-// onboarding may have wiped what was just checked). Policy when the queue is
-// full: drop and count; the next Boot! or first contact retries.
-func (e *Endpoint) startOnboarding(eid string) {
+// onboardMode says how much an onboarding run does.
+type onboardMode int
+
+const (
+	// onboardCheck reads Duet's subscriptions only and onboards fully
+	// when one is missing (a factory reset, non-persistent rows lost).
+	onboardCheck onboardMode = iota
+	// onboardFull also reads DeviceInfo and reports the identity facts:
+	// first contact in this process, or a firmware update.
+	onboardFull
+)
+
+// onboardCoalesce: a check asked for within this time after an onboarding
+// of the same session started is the same happening seen twice (the
+// Connect record after a reboot, then its Boot! on the agent's factory
+// subscription) and is not run again.
+const onboardCoalesce = time.Minute
+
+type onboardRun struct {
+	mode onboardMode
+	// again: a full onboarding was asked for while this one ran.
+	again bool
+}
+
+// startOnboarding queues eid for onboarding and reports whether a run is
+// queued or running for it. A check coalesces with a run queued, running
+// or started in the same session within onboardCoalesce; a full request
+// upgrades a queued one, or runs once more after a running one. Policy
+// when the queue is full: drop and count; the next Boot! or first contact
+// retries.
+func (e *Endpoint) startOnboarding(eid string, mode onboardMode) bool {
 	e.mu.Lock()
-	if _, busy := e.onboarding[eid]; busy {
-		e.onboarding[eid] = true
+	if r, busy := e.onboarding[eid]; busy {
+		if mode == onboardFull && r.mode != onboardFull {
+			r.again = true
+		}
 		e.mu.Unlock()
-		return
+		return true
 	}
-	e.onboarding[eid] = false
+	if s := e.agents[eid]; mode == onboardCheck && s != nil && !s.onboardedAt.IsZero() && time.Since(s.onboardedAt) < onboardCoalesce {
+		e.mu.Unlock()
+		metricOnboardings.WithLabelValues("coalesced").Inc()
+		return true
+	}
+	e.onboarding[eid] = &onboardRun{mode: mode}
 	e.mu.Unlock()
 	select {
 	case e.onboardQ <- eid:
+		return true
 	default:
 		metricQueueDropped.WithLabelValues("onboard").Inc()
 		e.mu.Lock()
 		delete(e.onboarding, eid)
 		e.mu.Unlock()
+		return false
 	}
 }
 
@@ -72,8 +107,19 @@ func (e *Endpoint) runOnboard() {
 			return
 		case eid := <-e.onboardQ:
 			for {
+				e.mu.Lock()
+				r := e.onboarding[eid]
+				mode := onboardFull
+				if r != nil {
+					mode = r.mode
+					r.again = false
+				}
+				if s := e.agents[eid]; s != nil {
+					s.onboardedAt = time.Now()
+				}
+				e.mu.Unlock()
 				ctx, cancel := context.WithTimeout(e.ctx, 3*e.opts.RequestTimeout)
-				err := e.onboard(ctx, eid)
+				err := e.onboard(ctx, eid, mode)
 				cancel()
 				e.mu.Lock()
 				if err != nil {
@@ -83,15 +129,21 @@ func (e *Endpoint) runOnboard() {
 					metricOnboardings.WithLabelValues("ok").Inc()
 					e.known.put(eid, struct{}{})
 				}
-				again := e.onboarding[eid] && e.ctx.Err() == nil
+				again := r != nil && r.again && e.ctx.Err() == nil
 				if again {
-					e.onboarding[eid] = false
+					r.mode = onboardFull
 				} else {
 					delete(e.onboarding, eid)
 				}
+				s := e.agents[eid]
 				e.mu.Unlock()
 				if err != nil {
 					e.log.Warn("usp onboarding failed", "device", eid, "err", err)
+					if s != nil {
+						// It talked to us: it is online even if it
+						// could not be onboarded.
+						e.announce(s, nil)
+					}
 				}
 				if !again {
 					break
@@ -104,10 +156,21 @@ func (e *Endpoint) runOnboard() {
 // onboard reads the agent's identity and makes sure Duet's subscriptions
 // exist (usp.md §9.2 step 5, §9.3). It is idempotent: it only adds the
 // subscriptions whose ID is missing.
-func (e *Endpoint) onboard(ctx context.Context, eid string) error {
+func (e *Endpoint) onboard(ctx context.Context, eid string, mode onboardMode) error {
 	s := e.session(eid)
 	if s == nil {
 		return fmt.Errorf("agent not connected")
+	}
+	var subs *duetv1.GetResult
+	if mode == onboardCheck {
+		var err error
+		subs, err = e.get(ctx, eid, []string{"Device.LocalAgent.Subscription."}, 0)
+		if err != nil {
+			return fmt.Errorf("get subscriptions: %w", err)
+		}
+		if missing := e.missingSubscriptions(subs); len(missing) == 0 {
+			return nil // onboarded before, and nothing was lost
+		}
 	}
 	info, err := e.get(ctx, eid, []string{"Device.DeviceInfo."}, 1)
 	if err != nil {
@@ -134,26 +197,19 @@ func (e *Endpoint) onboard(ctx context.Context, eid string) error {
 			id.ProvisioningCode = p.GetValue()
 		}
 	}
+	e.announce(s, id)
 	e.mu.Lock()
 	mtp, addr := s.mtp, s.addr
 	e.mu.Unlock()
-	e.publish(eid, mtp, addr, &duetv1.Event{Device: id, Kind: &duetv1.Event_Online{Online: &duetv1.Online{}}}, nil)
 
-	subs, err := e.get(ctx, eid, []string{"Device.LocalAgent.Subscription."}, 0)
-	if err != nil {
-		return fmt.Errorf("get subscriptions: %w", err)
-	}
-	have := map[string]bool{}
-	for _, p := range subs.GetParams() {
-		if strings.HasSuffix(p.GetPath(), ".ID") {
-			have[p.GetValue()] = true
+	if subs == nil {
+		if subs, err = e.get(ctx, eid, []string{"Device.LocalAgent.Subscription."}, 0); err != nil {
+			return fmt.Errorf("get subscriptions: %w", err)
 		}
 	}
+	have := subscriptionIDs(subs)
 	var create []*uspmsg.Add_CreateObject
-	for _, sp := range e.baselineSubscriptions() {
-		if have[sp.id] {
-			continue
-		}
+	for _, sp := range e.missingSubscriptions(subs) {
 		settings := []*uspmsg.Add_CreateParamSetting{
 			{Param: "ID", Value: sp.id, Required: true},
 			{Param: "NotifType", Value: sp.notifType, Required: true},
@@ -179,6 +235,29 @@ func (e *Endpoint) onboard(ctx context.Context, eid string) error {
 		e.publish(eid, mtp, addr, &duetv1.Event{Kind: &duetv1.Event_Bootstrap{Bootstrap: &duetv1.Bootstrap{}}}, nil)
 	}
 	return e.completeOnboarding(ctx, eid)
+}
+
+// subscriptionIDs lists the IDs of the Subscription rows a Get returned.
+func subscriptionIDs(subs *duetv1.GetResult) map[string]bool {
+	have := map[string]bool{}
+	for _, p := range subs.GetParams() {
+		if strings.HasSuffix(p.GetPath(), ".ID") {
+			have[p.GetValue()] = true
+		}
+	}
+	return have
+}
+
+// missingSubscriptions returns the baseline rows the agent lacks.
+func (e *Endpoint) missingSubscriptions(subs *duetv1.GetResult) []subscriptionSpec {
+	have := subscriptionIDs(subs)
+	var out []subscriptionSpec
+	for _, sp := range e.baselineSubscriptions() {
+		if !have[sp.id] {
+			out = append(out, sp)
+		}
+	}
+	return out
 }
 
 // addSubscriptions creates the missing baseline subscriptions in one Add

@@ -69,6 +69,10 @@ func newSettings() *settings {
 	add("cwmp-tls-key", "DUET_CWMP_TLS_KEY", "", "PEM key file for cwmp-tls-cert")
 	add("cwmp-allow-basic-http", "DUET_CWMP_ALLOW_BASIC_HTTP", "false", "accept Basic auth over plain HTTP (for CPEs that can do nothing else)")
 	add("cwmp-max-sessions", "DUET_CWMP_MAX_SESSIONS", "1000", "concurrent CWMP sessions before new ones get 503")
+	add("cwmp-offline-tolerance", "DUET_CWMP_OFFLINE_TOLERANCE", "2.5", "a CPE is offline (reason inform_overdue) when no session came for its PeriodicInformInterval times this, plus DUET_CWMP_OFFLINE_GRACE (at least 1)")
+	add("cwmp-offline-grace", "DUET_CWMP_OFFLINE_GRACE", "1m", "added to every CPE's inform deadline")
+	add("cwmp-offline-after", "DUET_CWMP_OFFLINE_AFTER", "24h", "inform deadline of a CPE whose PeriodicInformInterval Duet has not learned (from the parameter cache: an Inform, a get, a set)")
+	add("cwmp-offline-sweep", "DUET_CWMP_OFFLINE_SWEEP", "15s", "how often the controller looks for CPEs past their inform deadline")
 	add("cwmp-min-inform-interval", "DUET_CWMP_MIN_INFORM_INTERVAL", "0s", "a device informing more often than this gets 503 (0 = off)")
 	// USP
 	add("usp-endpoint-id", "DUET_USP_ENDPOINT_ID", "self::duet-controller", "the controller's USP endpoint ID")

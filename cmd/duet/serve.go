@@ -175,6 +175,12 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			Sweep: cfg.policySweep, Logger: log})
 		// Before the queue starts: no finished policy task goes unheard.
 		tasks.OnFinished(rec.TaskFinished)
+		presence, err := m.presenceSweeper(s, st, b, log)
+		if err != nil {
+			_ = hl.Close()
+			return err
+		}
+		tasks.OnConnectionRequestFailed(presence.ConnectionRequestFailed)
 		if err := tasks.Start(ctx); err != nil {
 			_ = hl.Close()
 			return err
@@ -187,6 +193,8 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		}
 		reg.Start()
 		started.push(func(context.Context) { reg.Stop() })
+		presence.Start()
+		started.push(func(context.Context) { presence.Stop() })
 		rec.Start()
 		started.push(func(context.Context) { rec.Stop() })
 		desk, err := controller.StartAdapterDeskWith(controller.AdapterDeskOptions{
@@ -328,6 +336,8 @@ func (m *Main) startUSP(s *settings, cfg *serveConfig, b *bus.Bus, log *slog.Log
 		if err := t.Start(); err != nil {
 			return s.errSetting("mqtt-url", "%v", err)
 		}
+		// Agents that stayed connected to the broker while Duet was down.
+		ep.RestoreRoutes(t)
 		started.push(func(ctx context.Context) { _ = t.Shutdown(ctx) })
 		ls.MQTT = url + " topic " + t.Topic()
 	}

@@ -35,6 +35,8 @@ func (m *Main) startUSPStomp(s *settings, cfg *serveConfig, ep *uspadapter.Endpo
 	if err := t.Start(); err != nil {
 		return s.errSetting("stomp-addr", "%v", err)
 	}
+	// Agents that stayed connected to the broker while Duet was down.
+	ep.RestoreRoutes(t)
 	started.push(func(ctx context.Context) { _ = t.Shutdown(ctx) })
 	ls.STOMP = "stomp://" + addr + " destination " + t.Destination()
 	return nil

@@ -189,3 +189,12 @@ func DeviceFromSubject(subject string) (string, error) {
 	}
 	return DecodeToken(subject[i+1:])
 }
+
+// RoutesSubject is where a USP adapter on a broker asks the controller for
+// the agents it should serve: duet.ctl.usp.routes.<transport>.
+func RoutesSubject(transport string) string {
+	return ControlPrefix + ".usp.routes." + EncodeToken(transport)
+}
+
+// RoutesWildcard matches every RoutesSubject.
+const RoutesWildcard = ControlPrefix + ".usp.routes.*"

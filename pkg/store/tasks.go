@@ -71,6 +71,12 @@ type Task struct {
 	AwaitKey string
 	// AwaitDeadline: past it an awaiting task fails with timeout.
 	AwaitDeadline *time.Time
+	// WaitingReason says why the device's queued tasks wait ("" when
+	// unknown), since WaitingSince; LastAttemptAt is the task's last
+	// dispatch (task_waiting.go).
+	WaitingReason string
+	WaitingSince  *time.Time
+	LastAttemptAt *time.Time
 }
 
 // Sub-states of a dispatched task (0030_task_completion.sql).
@@ -82,7 +88,9 @@ const (
 const taskColumns = `id, seq, device_id, operation, request, command, non_idempotent, state, COALESCE(unique_key, ''),
 	connection_request, expires_at, created_at, updated_at, dispatched_at, finished_at, session, attempts, result,
 	error_code, error_message, device_fault, COALESCE(retry_of, ''), COALESCE(batch_id, ''), dispatcher,
-	sub_state, await_key, await_deadline`
+	sub_state, await_key, await_deadline,
+	last_attempt_at, COALESCE((SELECT w.wait_reason FROM device_task_waits w WHERE w.wait_device = device_id), ''),
+	(SELECT w.wait_since FROM device_task_waits w WHERE w.wait_device = device_id)`
 
 func scanTask(row pgx.Row) (Task, error) {
 	var t Task
@@ -90,7 +98,8 @@ func scanTask(row pgx.Row) (Task, error) {
 	err := row.Scan(&t.ID, &t.Seq, &t.DeviceID, &t.Operation, &t.Request, &t.Command, &t.NonIdempotent, &st, &t.UniqueKey,
 		&t.ConnectionRequest, &t.ExpiresAt, &t.CreatedAt, &t.UpdatedAt, &t.DispatchedAt, &t.FinishedAt, &t.Session,
 		&t.Attempts, &t.Result, &t.ErrorCode, &t.ErrorMessage, &t.DeviceFault, &t.RetryOf, &t.BatchID, &t.Dispatcher,
-		&t.SubState, &t.AwaitKey, &t.AwaitDeadline)
+		&t.SubState, &t.AwaitKey, &t.AwaitDeadline,
+		&t.LastAttemptAt, &t.WaitingReason, &t.WaitingSince)
 	t.State = TaskState(st)
 	return t, err
 }
@@ -292,11 +301,17 @@ func (s *Store) ClaimNextTask(ctx context.Context, deviceID, session, dispatcher
 			return err
 		}
 		t2, err := scanTask(tx.QueryRow(ctx, `UPDATE tasks SET state = 'dispatched', dispatched_at = now(),
-			updated_at = now(), session = $2, dispatcher = $3, attempts = attempts + 1, error_message = ''
+			updated_at = now(), session = $2, dispatcher = $3, attempts = attempts + 1, error_message = '',
+			last_attempt_at = now()
 			WHERE id = $1 RETURNING `+taskColumns, id, session, dispatcher))
 		if err != nil {
 			return err
 		}
+		// Delivered now: no longer waiting (task_waiting.go).
+		if _, err := tx.Exec(ctx, "DELETE FROM device_task_waits WHERE wait_device = $1", deviceID); err != nil {
+			return err
+		}
+		t2.WaitingReason, t2.WaitingSince = "", nil
 		t, ok = t2, true
 		return nil
 	})

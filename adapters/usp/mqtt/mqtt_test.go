@@ -143,11 +143,14 @@ func scenario(t *testing.T, brokerAddr string) {
 	a := startAgent(t, brokerAddr, ep.ID(), tr.Topic(), "os::00D09E-"+bus.NewID()[:8])
 	w := usptest.Watch(t, b, a.ID)
 	a.connectRecord(t)
+	// One online event for the connection, with the facts onboarding read.
 	on := w.Wait("online", nil)
 	if r := on.GetReachability(); r.GetTransport() != "mqtt" || r.GetAddress() != a.topic {
 		t.Fatalf("reachability %v", r)
 	}
-	w.Wait("online", func(ev *duetv1.Event) bool { return ev.GetDevice().GetSerialNumber() == "SN-"+a.ID })
+	if on.GetDevice().GetSerialNumber() != "SN-"+a.ID {
+		t.Fatalf("online without the DeviceInfo facts: %v", on.GetDevice())
+	}
 
 	if got := usptest.MustGet(t, b, a.ID, "Device.DeviceInfo.ModelName"); got["Device.DeviceInfo.ModelName"] != "TA-1" {
 		t.Fatal(got)
@@ -335,20 +338,20 @@ func TestMQTT311AgentThroughMosquitto(t *testing.T) {
 	w := usptest.Watch(t, b, eid)
 	rec, _ := pkgusp.MarshalMQTTConnect(eid, ep.ID(), usprecord.MQTTConnectRecord_V3_1_1, agentTopic)
 	pub(toCtrl, rec)
-	w.Wait("online", nil)
 
 	// Answer whatever the controller asks, over 3.1.1, until the Get we
 	// send below is answered. Onboarding asks first.
 	agent := testagent.New(eid, ep.ID())
 	agent.Send = func(r []byte) error { pub(toCtrl, r); return nil }
 	done := make(chan *duetv1.CommandResult, 1)
-	go func() {
+	get := func() {
 		res, err := usptest.Do(b, eid, &duetv1.Command{Op: &duetv1.Command_Get{Get: &duetv1.GetRequest{Paths: []string{"Device.DeviceInfo.ModelName"}}}})
 		if err != nil {
 			res = &duetv1.CommandResult{Error: &duetv1.Error{Message: err.Error()}}
 		}
 		done <- res
-	}()
+	}
+	asked := false
 	wantTopic := pkgusp.MQTTReplyToTopic(agentTopic, tr.ReplyTopic())
 	deadline := time.After(20 * time.Second)
 	for {
@@ -357,6 +360,8 @@ func TestMQTT311AgentThroughMosquitto(t *testing.T) {
 			if res.GetError() != nil || res.GetGet().GetParams()[0].GetValue() != "TA-1" {
 				t.Fatalf("get over 3.1.1: %v", res)
 			}
+			// Online, with the facts onboarding read over 3.1.1.
+			w.Wait("online", func(ev *duetv1.Event) bool { return ev.GetDevice().GetSerialNumber() == "SN-"+eid })
 			return
 		case l, ok := <-lines:
 			if !ok {
@@ -375,6 +380,12 @@ func TestMQTT311AgentThroughMosquitto(t *testing.T) {
 				t.Fatalf("bad record to the agent: %v", err)
 			}
 			agent.Handle(raw)
+			if !asked {
+				// Onboarding's first request: the session exists, so
+				// a command finds the agent.
+				asked = true
+				go get()
+			}
 		case <-deadline:
 			t.Fatal("no answer over MQTT 3.1.1")
 		}

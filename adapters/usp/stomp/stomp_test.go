@@ -151,10 +151,14 @@ func scenario(t *testing.T, addr, prefix string) {
 	if err := a.Send(rec); err != nil {
 		t.Fatal(err)
 	}
-	if r := w.Wait("online", nil).GetReachability(); r.GetTransport() != "stomp" || r.GetAddress() != a.dest {
+	// One online event for the connection, with the facts onboarding read.
+	on := w.Wait("online", nil)
+	if r := on.GetReachability(); r.GetTransport() != "stomp" || r.GetAddress() != a.dest {
 		t.Fatalf("reachability %v", r)
 	}
-	w.Wait("online", func(ev *duetv1.Event) bool { return ev.GetDevice().GetSerialNumber() == "SN-"+a.ID })
+	if on.GetDevice().GetSerialNumber() != "SN-"+a.ID {
+		t.Fatalf("online without the DeviceInfo facts: %v", on.GetDevice())
+	}
 	bustest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if len(a.Subscriptions()) == 5 {
 			return nil

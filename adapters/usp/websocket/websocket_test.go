@@ -122,10 +122,14 @@ func TestRoundTripAndOffline(t *testing.T) {
 	eid := "os::00D09E-WS-" + bus.NewID()[:6]
 	w := usptest.Watch(t, b, eid)
 	a := startAgent(t, "ws://"+tr.Addr()+"/usp", ep.ID(), eid, nil)
-	if r := w.Wait("online", nil).GetReachability(); r.GetTransport() != "websocket" || !strings.HasPrefix(r.GetAddress(), "127.0.0.1:") {
+	// One online event for the connection, with the facts onboarding read.
+	on := w.Wait("online", nil)
+	if r := on.GetReachability(); r.GetTransport() != "websocket" || !strings.HasPrefix(r.GetAddress(), "127.0.0.1:") {
 		t.Fatalf("reachability %v", r)
 	}
-	w.Wait("online", func(ev *duetv1.Event) bool { return ev.GetDevice().GetSerialNumber() == "SN-"+eid })
+	if on.GetDevice().GetSerialNumber() != "SN-"+eid {
+		t.Fatalf("online without the DeviceInfo facts: %v", on.GetDevice())
+	}
 	if got := usptest.MustGet(t, b, eid, "Device.DeviceInfo.ModelName"); got["Device.DeviceInfo.ModelName"] != "TA-1" {
 		t.Fatal(got)
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/duet-dm/duet/adapters/usp"
@@ -164,3 +165,64 @@ func BenchGet(b *testing.B, bs *bus.Bus, ids []string) {
 
 // Discard is a logger for benchmarks.
 var Discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// Count returns how many events of kind arrived so far, those already
+// returned by Wait included.
+func (w *Events) Count(kind string) int {
+	w.t.Helper()
+	for {
+		select {
+		case m := <-w.ch:
+			ev := &duetv1.Event{}
+			if err := proto.Unmarshal(m.Data, ev); err != nil {
+				w.t.Fatalf("bad event: %v", err)
+			}
+			w.mu.Lock()
+			w.seen = append(w.seen, ev)
+			w.mu.Unlock()
+			continue
+		default:
+		}
+		break
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, ev := range w.seen {
+		if bus.EventKind(ev) == kind {
+			n++
+		}
+	}
+	return n
+}
+
+// MetricValue reads a counter or gauge of the default registry (0 when
+// absent); labels must match exactly.
+func MetricValue(t testing.TB, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range mf.GetMetric() {
+			if len(m.GetLabel()) != len(labels) {
+				continue
+			}
+			for _, l := range m.GetLabel() {
+				if labels[l.GetName()] != l.GetValue() {
+					continue metrics
+				}
+			}
+			if c := m.GetCounter(); c != nil {
+				return c.GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return 0
+}
