@@ -130,7 +130,7 @@ func (q *TaskQueue) await(ctx context.Context, t store.Task, p awaitPlan) bool {
 	if err != nil {
 		return false
 	}
-	_, ok, err := q.o.Store.AwaitTask(ctx, t.ID, p.subState, p.key, time.Now().Add(p.timeout), b)
+	aw, ok, err := q.o.Store.AwaitTask(ctx, t.ID, p.subState, p.key, time.Now().Add(p.timeout), b)
 	if err != nil {
 		q.log.Error("recording a task's wait for completion failed", "task", t.ID, "device", t.DeviceID, "err", err)
 		return true // not finished either: the timeout sweep cannot see it, but a restart's orphan check can
@@ -140,8 +140,48 @@ func (q *TaskQueue) await(ctx context.Context, t store.Task, p awaitPlan) bool {
 		q.log.Info("task accepted by the device; waiting for its completion", "task", t.ID, "device", t.DeviceID,
 			"operation", t.Operation, "sub_state", p.subState, "key", p.key, "timeout", p.timeout)
 		q.notify(t.ID)
+		q.catchUp(ctx, aw)
 	}
 	return true
+}
+
+// catchUp looks for a completion that arrived before the task was marked
+// awaiting (a quick async command: the registry saw its OperationComplete
+// first and found no task to finish). Events are stored before the
+// registry completes tasks, so between this and Complete none is missed.
+func (q *TaskQueue) catchUp(ctx context.Context, t store.Task) {
+	kinds := []string{"transfer_complete", "operation_complete", "diagnostics_complete"}
+	if t.SubState == store.SubStateAwaitingBoot {
+		kinds = []string{"boot", "bootstrap"}
+	}
+	for _, kind := range kinds {
+		evs, _, err := q.o.Store.FindDeviceEvents(ctx, store.EventFilter{DeviceID: t.DeviceID, Kind: kind, Limit: 20})
+		if err != nil {
+			q.log.Warn("looking for an early completion failed", "task", t.ID, "device", t.DeviceID, "err", err)
+			return
+		}
+		for _, e := range evs {
+			if t.DispatchedAt != nil && e.Time.Before(t.DispatchedAt.Add(-time.Minute)) {
+				continue // before the command went out (clocks may differ a little)
+			}
+			ev := &duetv1.Event{}
+			if proto.Unmarshal(e.Payload, ev) != nil {
+				continue
+			}
+			if ev.GetBootstrap() != nil && t.DispatchedAt != nil && e.Time.Before(*t.DispatchedAt) {
+				continue // a keyless bootstrap counts only after the reset was sent
+			}
+			c := Completion{DeviceID: t.DeviceID, Time: e.Time, Event: ev}
+			k, _, match := completionMatcher(c)
+			if k != "" && match(t) {
+				metricTasksCompleted.WithLabelValues(k, "matched").Inc()
+				if q.finishAwaited(ctx, t, completedOutcome(t, c)) {
+					q.rescan(ctx, []string{t.DeviceID}, true)
+				}
+				return
+			}
+		}
+	}
 }
 
 // Completion is a device event that may finish an awaiting task.

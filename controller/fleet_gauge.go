@@ -14,12 +14,12 @@ import (
 
 var metricDevices = promauto.NewGaugeVec(prometheus.GaugeOpts{
 	Name: "duet_devices",
-	Help: "Devices in the registry by protocol (cwmp, usp) and state (online, offline); known = the sum. Recounted every 30 s by one controller replica (the others report nothing, so sum() over replicas is right).",
+	Help: "Devices in the registry by protocol (cwmp, usp) and state (online, offline, rebooting: as the API's device state); known = the sum. Recounted every 30 s by one controller replica (the others report nothing, so sum() over replicas is right).",
 }, []string{"protocol", "state"})
 
 var metricTasksOpen = promauto.NewGaugeVec(prometheus.GaugeOpts{
 	Name: "duet_tasks_open",
-	Help: "The task queue's depth: tasks queued (waiting for their device) and dispatched (awaiting an outcome). Recounted with duet_devices by one replica.",
+	Help: "The task queue's depth: tasks queued (waiting for their device), dispatched (waiting for the device's answer) and awaiting (accepted by the device, waiting for its completion: a transfer, an async command, a reboot). Recounted with duet_devices by one replica.",
 }, []string{"state"})
 
 // DeviceGaugeEvery is how often duet_devices is recounted.
@@ -100,24 +100,28 @@ func (g *DeviceGauge) count(ctx context.Context) error {
 	// dashboard shows 0 rather than no data.
 	next := map[[2]string]float64{}
 	for _, p := range []string{"cwmp", "usp"} {
-		next[[2]string{p, "online"}], next[[2]string{p, "offline"}] = 0, 0
+		next[[2]string{p, "online"}], next[[2]string{p, "offline"}], next[[2]string{p, "rebooting"}] = 0, 0, 0
 	}
 	for _, c := range counts {
 		state := "offline"
-		if c.Online {
+		switch {
+		case c.Rebooting:
+			state = "rebooting"
+		case c.Online:
 			state = "online"
 		}
-		next[[2]string{c.Protocol, state}] = float64(c.Devices)
+		next[[2]string{c.Protocol, state}] += float64(c.Devices)
 	}
 	for k, v := range next {
 		metricDevices.WithLabelValues(k[0], k[1]).Set(v)
 	}
-	queued, dispatched, err := g.st.CountOpenTasks(ctx)
+	queued, dispatched, awaiting, err := g.st.CountOpenTasks(ctx)
 	if err != nil {
 		return err
 	}
 	metricTasksOpen.WithLabelValues("queued").Set(float64(queued))
 	metricTasksOpen.WithLabelValues("dispatched").Set(float64(dispatched))
+	metricTasksOpen.WithLabelValues("awaiting").Set(float64(awaiting))
 	return nil
 }
 

@@ -84,6 +84,14 @@ func TestDeviceGauge(t *testing.T) {
 		t.Fatal(err)
 	}
 	want(map[string]float64{"cwmp/online": 2, "usp/online": 1, "usp/offline": 0})
+	// Its reboot accepted, the agent is rebooting until it is back.
+	if _, ok, err := st.ClaimNextTask(ctx, "gauge-agent-1", "usp", ""); err != nil || !ok {
+		t.Fatalf("claim: %v %v", ok, err)
+	}
+	if _, ok, err := st.AwaitTask(ctx, "task-gauge-1", store.SubStateAwaitingBoot, "k", now.Add(time.Hour), nil); err != nil || !ok {
+		t.Fatalf("await: %v %v", ok, err)
+	}
+	want(map[string]float64{"usp/online": 0, "usp/rebooting": 1, "tasks/dispatched": 0, "tasks/awaiting": 1})
 	g.Stop()
 	if got := devicesGauge(t); len(got) != 0 {
 		t.Fatalf("a stopped gauge still reports %v", got)

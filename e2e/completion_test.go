@@ -178,6 +178,14 @@ func TestCWMPDownloadEndsOnTransferComplete(t *testing.T) {
 		t.Fatalf("completed download: %s", body)
 	}
 
+	// Upload: the same, to a server taking the PUT.
+	_, up := d.postTask(ok.DeviceID(), `{"operation":"upload","url":"`+files.URL+`/cfg"}`)
+	tk = d.waitFull(up.ID, 60*time.Second, func(tk fullTask) bool { return tk.State != "dispatched" && tk.State != "queued" })
+	if tk.State != "succeeded" || tk.Result.Transfer == nil || tk.Result.Transfer.CompleteTime == "" {
+		_, body := d.fullTask(up.ID)
+		t.Fatalf("upload: %s", body)
+	}
+
 	_, failed := d.postTask(bad.DeviceID(), `{"operation":"download","url":"`+files.URL+`/fw.bin"}`)
 	tk = d.waitFull(failed.ID, 60*time.Second, func(tk fullTask) bool { return tk.State != "dispatched" && tk.State != "queued" })
 	if tk.State != "failed" || tk.Error == nil || tk.Error.DeviceFault != 9016 || !strings.Contains(tk.Error.Message, "404") ||
@@ -221,6 +229,47 @@ func TestUSPRebootWaitsForBoot(t *testing.T) {
 		}
 		return nil
 	})
+	// A factory reset wipes Duet's subscriptions; the agent's factory
+	// Boot! subscription still reports it back.
+	_, fr := d.postTask(dev, `{"operation":"factory_reset"}`)
+	tk = d.waitFull(fr.ID, 60*time.Second, func(tk fullTask) bool { return tk.State != "dispatched" && tk.State != "queued" })
+	if tk.State != "succeeded" || tk.Result.Reboot == nil || tk.Result.Reboot.Cause != "RemoteFactoryReset" {
+		_, body := d.fullTask(fr.ID)
+		t.Fatalf("factory reset after Boot!: %s", body)
+	}
+}
+
+// TestCWMPRebootWaitsForBoot: the CPE reboots after the session and is
+// away a while; the task ends on its 1 BOOT + M Reboot with the
+// CommandKey, a factory reset on its 0 BOOTSTRAP.
+func TestCWMPRebootWaitsForBoot(t *testing.T) {
+	env := baseEnv(t, storetest.NewDatabase(t))
+	d := startDuet(t, env, "serve")
+	d.waitReady(30 * time.Second)
+	c := startCPEWith(t, cpe.Options{ACSURL: "http://" + env["DUET_CWMP_ADDR"] + "/", Serial: "RB-CWMP", RebootDowntime: 4 * time.Second})
+	dev := c.DeviceID()
+	d.waitDevice(dev)
+
+	_, rb := d.postTask(dev, `{"operation":"reboot"}`)
+	tk := d.waitFull(rb.ID, 60*time.Second, func(tk fullTask) bool { return tk.SubState == "awaiting_boot" || tk.State == "succeeded" })
+	if tk.State != "dispatched" {
+		_, body := d.fullTask(rb.ID)
+		t.Fatalf("reboot while the CPE is away: %s", body)
+	}
+	if st, online := d.deviceState(dev); st != "rebooting" || online {
+		t.Fatalf("device while rebooting: state %q online %v", st, online)
+	}
+	tk = d.waitFull(rb.ID, 60*time.Second, func(tk fullTask) bool { return tk.State != "dispatched" })
+	if tk.State != "succeeded" || tk.Result.Reboot == nil || tk.Result.Reboot.CommandKey != rb.ID || tk.Result.Reboot.BootTime == "" || tk.Result.Operate != nil {
+		_, body := d.fullTask(rb.ID)
+		t.Fatalf("reboot after 1 BOOT: %s", body)
+	}
+	_, fr := d.postTask(dev, `{"operation":"factory_reset"}`)
+	tk = d.waitFull(fr.ID, 60*time.Second, func(tk fullTask) bool { return tk.State != "dispatched" && tk.State != "queued" })
+	if tk.State != "succeeded" || tk.Result.Reboot == nil {
+		_, body := d.fullTask(fr.ID)
+		t.Fatalf("factory reset after 0 BOOTSTRAP: %s", body)
+	}
 }
 
 // TestRebootThatNeverComesBackTimesOut: on both protocols, a device that
@@ -260,7 +309,9 @@ func TestUSPAsyncOperateEndsOnOperationComplete(t *testing.T) {
 	d.waitOnline(dev, true)
 
 	_, ping := d.postTask(dev, `{"operation":"operate","command":"Device.IP.Diagnostics.IPPing()","input_args":{"ProtocolVersion":"Any","Host":"192.0.2.1","NumberOfRepetitions":"3","Timeout":"1000","DataBlockSize":"64"}}`)
-	tk := d.waitFull(ping.ID, 60*time.Second, func(tk fullTask) bool { return tk.SubState == "awaiting_completion" || tk.State != "queued" && tk.State != "dispatched" })
+	tk := d.waitFull(ping.ID, 60*time.Second, func(tk fullTask) bool {
+		return tk.SubState == "awaiting_completion" || tk.State != "queued" && tk.State != "dispatched"
+	})
 	if tk.State != "dispatched" {
 		_, body := d.fullTask(ping.ID)
 		t.Fatalf("async IPPing() before OperationComplete: %s", body)
@@ -274,12 +325,20 @@ func TestUSPAsyncOperateEndsOnOperationComplete(t *testing.T) {
 
 	// ScheduleTimer(): no output arguments, ends when the timer fired.
 	_, timer := d.postTask(dev, `{"operation":"operate","command":"Device.LocalAgent.ScheduleTimer()","input_args":{"DelaySeconds":"20"}}`)
-	tk = d.waitFull(timer.ID, 60*time.Second, func(tk fullTask) bool { return tk.SubState == "awaiting_completion" || tk.State != "queued" && tk.State != "dispatched" })
+	tk = d.waitFull(timer.ID, 60*time.Second, func(tk fullTask) bool {
+		return tk.SubState == "awaiting_completion" || tk.State != "queued" && tk.State != "dispatched"
+	})
 	if tk.State != "dispatched" {
 		_, body := d.fullTask(timer.ID)
 		t.Fatalf("ScheduleTimer() before it fired: %s", body)
 	}
 	d.waitFull(timer.ID, 60*time.Second, func(tk fullTask) bool { return tk.State == "succeeded" })
+	// A timer of 0 s completes at once: its OperationComplete may reach
+	// the controller before the OperateResp does; the task still ends.
+	for range 3 {
+		_, quick := d.postTask(dev, `{"operation":"operate","command":"Device.LocalAgent.ScheduleTimer()","input_args":{"DelaySeconds":"0"}}`)
+		d.waitFull(quick.ID, 60*time.Second, func(tk fullTask) bool { return tk.State == "succeeded" })
+	}
 }
 
 // TestGetOfOnlyInvalidPathFails: one rule for operations on several
@@ -301,5 +360,24 @@ func TestGetOfOnlyInvalidPathFails(t *testing.T) {
 	tk, body = d.fullTask(part.ID)
 	if code != 200 || tk.State != "succeeded" || tk.Result.Get == nil || len(tk.Result.Get.Errors) != 1 {
 		t.Fatalf("get with one invalid path of two: %d %s", code, body)
+	}
+}
+
+// TestCWMPDiagnosticsEndOnDiagnosticsComplete: a CWMP diagnostics run
+// (SetParameterValues DiagnosticsState=Requested) ends on the CPE's
+// "8 DIAGNOSTICS COMPLETE", with the results as output arguments.
+func TestCWMPDiagnosticsEndOnDiagnosticsComplete(t *testing.T) {
+	env := baseEnv(t, storetest.NewDatabase(t))
+	d := startDuet(t, env, "serve")
+	d.waitReady(30 * time.Second)
+	c := startCPEWith(t, cpe.Options{ACSURL: "http://" + env["DUET_CWMP_ADDR"] + "/", Serial: "DIAG1"})
+	dev := c.DeviceID()
+	d.waitDevice(dev)
+	_, ping := d.postTask(dev, `{"operation":"operate","command":"Device.IP.Diagnostics.IPPing()","input_args":{"Host":"127.0.0.1","NumberOfRepetitions":"2"}}`)
+	tk := d.waitFull(ping.ID, 60*time.Second, func(tk fullTask) bool { return tk.State != "dispatched" && tk.State != "queued" })
+	if tk.State != "succeeded" || tk.Result.Operate == nil || tk.Result.Operate.OutputArgs["DiagnosticsState"] != "Complete" ||
+		tk.Result.Operate.OutputArgs["SuccessCount"] != "2" {
+		_, body := d.fullTask(ping.ID)
+		t.Fatalf("diagnostics: %s", body)
 	}
 }
