@@ -3,6 +3,7 @@ package controller
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -17,6 +18,7 @@ import (
 	"github.com/duet-dm/duet/controller/policy"
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/ratelog"
 	"github.com/duet-dm/duet/pkg/store"
 )
 
@@ -36,6 +38,9 @@ type API struct {
 	handler http.Handler
 	// patterns lists every route registered, for the OpenAPI check.
 	patterns []string
+	secrets  secretNames
+	// searches holds a token per device search running.
+	searches chan struct{}
 }
 
 // APIOptions configure NewAPI.
@@ -64,7 +69,14 @@ type APIOptions struct {
 	// CWMPRealm is the Digest realm the ACS challenges with; stored HA1s
 	// are computed for it. Default "Duet".
 	CWMPRealm string
-	Logger    *slog.Logger
+	// SearchConcurrency bounds the device searches (GET /api/v1/devices)
+	// running at once, so costly ones cannot take every connection of the
+	// pool; past it a search waits up to 5 s, then gets 503. Default 4.
+	SearchConcurrency int
+	// SecretParams are parameter-name endings whose values are secrets,
+	// besides DefaultSecretParams: the API shows them as "***".
+	SecretParams []string
+	Logger       *slog.Logger
 }
 
 // NewAPI builds the REST API handler. Every route needs a bearer token.
@@ -81,8 +93,13 @@ func NewAPI(o APIOptions) *API {
 	if o.CWMPRealm == "" {
 		o.CWMPRealm = "Duet"
 	}
-	a := &API{o: o, stop: make(chan struct{}), store: o.Store, log: o.Logger.With("component", "api"), mux: http.NewServeMux()}
-	a.handler = authenticate(o.Tokens, a.mux)
+	a := &API{o: o, stop: make(chan struct{}), store: o.Store, log: o.Logger.With("component", "api"), mux: http.NewServeMux(),
+		secrets: newSecretNames(o.SecretParams)}
+	if o.SearchConcurrency <= 0 {
+		o.SearchConcurrency = 4
+	}
+	a.searches = make(chan struct{}, o.SearchConcurrency)
+	a.handler = rejectNUL(ratelog.New(a.log, 0, 0), authenticate(o.Tokens, a.mux))
 	a.route("GET /api/v1/devices", a.listDevices)
 	a.route("GET /api/v1/devices/{id}", a.getDevice)
 	a.route("GET /api/v1/devices/{id}/events", a.listEvents)
@@ -122,6 +139,15 @@ func (a *API) route(pattern string, h func(http.ResponseWriter, *http.Request) (
 	a.patterns = append(a.patterns, pattern)
 	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		code, err := h(w, r)
+		if err != nil && store.IsQueryTimeout(err) {
+			// PostgreSQL cancelled it (APIOptions: the API's pool has a
+			// statement timeout): a 503 that says so, not an internal error.
+			metricAPIRefused.WithLabelValues("query_timeout").Inc()
+			a.log.Warn("api query cancelled by the statement timeout", "method", r.Method, "path", r.URL.Path)
+			w.Header().Set("Retry-After", "5")
+			code, err = http.StatusServiceUnavailable, nil
+			writeError(w, code, devicemodel.Errorf(devicemodel.CodeUnavailable, "the query ran longer than the API allows (DUET_API_QUERY_TIMEOUT); narrow the filter"))
+		}
 		if err != nil {
 			code = statusOf(err)
 			if code >= 500 {
@@ -164,12 +190,23 @@ type DeviceJSON struct {
 	Transport            string `json:"transport"`
 	Address              string `json:"address"`
 	ConnectionRequestURL string `json:"connection_request_url,omitempty"`
+	// InformsTotal and LastInformAt count the device's routine reports
+	// (CWMP Informs, USP Periodic!), which history does not keep a row
+	// each of by default (DUET_EVENT_HISTORY_KINDS).
+	InformsTotal int64      `json:"informs_total"`
+	LastInformAt *time.Time `json:"last_inform_at,omitempty"`
 	// Tags are the operator's labels, sorted.
 	Tags []string `json:"tags"`
 }
 
 func deviceJSON(d devicemodel.Device) DeviceJSON {
+	var lastInform *time.Time
+	if !d.LastInformAt.IsZero() {
+		t := d.LastInformAt.UTC()
+		lastInform = &t
+	}
 	return DeviceJSON{
+		InformsTotal: d.InformsTotal, LastInformAt: lastInform,
 		ID: d.ID, Protocol: string(d.Protocol), Manufacturer: d.Manufacturer, OUI: d.OUI,
 		ProductClass: d.ProductClass, SerialNumber: d.SerialNumber, ModelName: d.ModelName,
 		SoftwareVersion: d.SoftwareVersion, HardwareVersion: d.HardwareVersion,
@@ -198,6 +235,11 @@ type DeviceList struct {
 	NextCursor string       `json:"next_cursor,omitempty"`
 	// Count is the number of matching devices, with count=true.
 	Count *int64 `json:"count,omitempty"`
+	// Unknown, with param conditions, counts per condition path the
+	// devices matching the other filters whose cache holds no value for
+	// it: they match no condition on it, for want of a value, not
+	// because of it (on the first page only).
+	Unknown map[string]int64 `json:"unknown,omitempty"`
 }
 
 // listDevices serves GET /api/v1/devices: filters (each also a key of a
@@ -243,6 +285,11 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request) (int, error) {
 		return 0, badParam("q", devicemodel.ErrorMessage(err))
 	}
 	f.Query = q["q"]
+	if n := len(multi["param"]); n > MaxParamConditions {
+		// Each condition is a join PostgreSQL plans; 100 took 12 s and 300
+		// over two minutes (issue 15 §8).
+		return 0, badParam("param", fmt.Sprintf("%d conditions; at most %d", n, MaxParamConditions))
+	}
 	for i, v := range multi["param"] {
 		c, err := store.ParseParamCondition(v)
 		if err != nil {
@@ -275,7 +322,12 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request) (int, error) {
 		}
 		f.After, f.AfterKey = after, key
 	}
+	release, err := a.acquireSearch(r)
+	if err != nil {
+		return 0, err
+	}
 	devs, next, err := a.store.FindDevices(r.Context(), f)
+	release()
 	if err != nil {
 		return 0, err
 	}
@@ -288,6 +340,13 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request) (int, error) {
 		return 0, err
 	}
 	out := DeviceList{Devices: make([]DeviceJSON, 0, len(devs)), NextCursor: next, Count: f.Count}
+	if len(f.Params) > 0 && cursor == "" {
+		// A condition on a parameter never read matches nothing; say how
+		// many devices could not be judged (issue 12 item 6).
+		if out.Unknown, err = a.store.CountDevicesWithoutParams(r.Context(), f); err != nil {
+			return 0, err
+		}
+	}
 	for _, d := range devs {
 		dj := deviceJSON(d)
 		if t := tags[d.ID]; t != nil {
@@ -316,6 +375,38 @@ func (a *API) getDevice(w http.ResponseWriter, r *http.Request) (int, error) {
 		dj.Tags = t
 	}
 	return writeJSON(w, http.StatusOK, dj), nil
+}
+
+// MaxParamConditions bounds the param conditions of one device search
+// (GET /api/v1/devices, a task batch's filter).
+const MaxParamConditions = 16
+
+var errSearchBusy = devicemodel.Errorf(devicemodel.CodeResourcesExceeded, "too many device searches at once; retry shortly")
+
+// acquireSearch takes a search slot, waiting at most 5 s.
+func (a *API) acquireSearch(r *http.Request) (func(), error) {
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
+	select {
+	case a.searches <- struct{}{}:
+		return func() { <-a.searches }, nil
+	case <-t.C:
+		metricAPIRefused.WithLabelValues("search_busy").Inc()
+		return nil, errSearchBusy
+	case <-r.Context().Done():
+		return nil, r.Context().Err()
+	}
+}
+
+// bodyTooLargeError is a request body over its route's limit: 413.
+type bodyTooLargeError struct{ err *devicemodel.Error }
+
+func (e *bodyTooLargeError) Error() string { return e.err.Error() }
+func (e *bodyTooLargeError) Unwrap() error { return e.err }
+
+func errBodyTooLarge(limit int64) error {
+	return &bodyTooLargeError{&devicemodel.Error{Code: devicemodel.CodeInvalidArgument,
+		Message: fmt.Sprintf("request body is larger than %d bytes", limit)}}
 }
 
 // parseQuery is url.ParseQuery without its silent dropping of malformed
@@ -398,6 +489,10 @@ func badParam(name, why string) error {
 }
 
 func statusOf(err error) int {
+	var tl *bodyTooLargeError
+	if errors.As(err, &tl) {
+		return http.StatusRequestEntityTooLarge
+	}
 	var e *devicemodel.Error
 	if !errors.As(err, &e) {
 		return http.StatusInternalServerError

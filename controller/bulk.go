@@ -215,6 +215,9 @@ func (f BulkFilter) deviceFilter() (store.DeviceFilter, error) {
 // parseParamConditions parses param conditions; an error names the field
 // and index, and keeps a path error's position.
 func parseParamConditions(field string, vs []string) ([]store.ParamCondition, error) {
+	if len(vs) > MaxParamConditions {
+		return nil, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "%s: %d conditions; at most %d", field, len(vs), MaxParamConditions)
+	}
 	out := make([]store.ParamCondition, 0, len(vs))
 	for i, v := range vs {
 		c, err := store.ParseParamCondition(v)

@@ -34,11 +34,14 @@ type TaskBatchList struct {
 }
 
 func taskBatchJSON(b store.TaskBatch) TaskBatchJSON {
-	return TaskBatchJSON{
+	out := TaskBatchJSON{
 		ID: b.ID, Actor: b.Actor, State: string(b.State), Filter: b.Filter, Task: b.Request, Rate: b.Rate,
 		Matched: b.Matched, CreatedTasks: b.CreatedTasks, Errors: b.Errors, LastError: b.LastError,
 		CreatedAt: b.CreatedAt.UTC(), UpdatedAt: b.UpdatedAt.UTC(), FinishedAt: utcPtr(b.FinishedAt),
 	}
+	// Secret values of the task template are never shown (issue 15 §9).
+	out.Task, _ = newSecretNames(nil).redactTaskRequest(out.Task)
+	return out
 }
 
 // errNoBulk: the API was built without a bulk runner.

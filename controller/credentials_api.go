@@ -77,7 +77,7 @@ func (a *API) putCredentials(w http.ResponseWriter, r *http.Request) (int, error
 	if err := dec.Decode(&req); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return 0, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "request body is larger than %d bytes", maxCredentialsBody)
+			return 0, errBodyTooLarge(maxCredentialsBody)
 		}
 		// The decoder's message names a field or an offset, never a value.
 		return 0, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "request body: %v", err)

@@ -65,6 +65,8 @@ type EventJSON struct {
 	Type     string          `json:"type"`
 	Time     time.Time       `json:"time"`
 	Event    json.RawMessage `json:"event"` // the duet.v1.Event, protojson
+	// Redacted: secret values in the event show as "***".
+	Redacted bool `json:"redacted,omitempty"`
 }
 
 // EventList is the body of GET /api/v1/devices/{id}/events.
@@ -104,7 +106,9 @@ func (a *API) listEvents(w http.ResponseWriter, r *http.Request) (int, error) {
 		ej := EventJSON{ID: e.ID, DeviceID: e.DeviceID, Type: e.Kind, Time: e.Time.UTC(), Event: json.RawMessage("null")}
 		ev := &duetv1.Event{}
 		if proto.Unmarshal(e.Payload, ev) == nil {
-			if b, err := eventJSON.Marshal(ev); err == nil {
+			m, hidden := a.secrets.redactProto(ev)
+			ej.Redacted = hidden
+			if b, err := eventJSON.Marshal(m); err == nil {
 				ej.Event = b
 			}
 		}
@@ -170,6 +174,10 @@ func (a *API) streamEvents(w http.ResponseWriter, r *http.Request) (int, error) 
 	defer func() { _ = sub.Unsubscribe() }()
 	metricSSEClients.Inc()
 	defer metricSSEClients.Dec()
+	// A stream outlives the server's write timeout by design.
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{})
+	_ = rc.SetReadDeadline(time.Time{})
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
@@ -199,6 +207,7 @@ func (a *API) streamEvents(w http.ResponseWriter, r *http.Request) (int, error) 
 			if proto.Unmarshal(m.Data, ev) != nil {
 				continue
 			}
+			a.secrets.redactMessage(ev.ProtoReflect())
 			b, err := eventJSON.Marshal(ev)
 			if err != nil {
 				continue

@@ -223,3 +223,24 @@ func TestSlowEventStreamClientIsDropped(t *testing.T) {
 		t.Fatalf("stream ended after %q, want an error event", last)
 	}
 }
+
+// TestEventStreamOutlivesWriteTimeout: the API server has a write timeout
+// (issue 15 §8), which an event stream, open for good, must not hit. Here
+// the timeout has passed before the handler writes anything; the stream
+// still delivers.
+func TestEventStreamOutlivesWriteTimeout(t *testing.T) {
+	e := newEnv(t)
+	a := controller.NewAPI(controller.APIOptions{Store: e.store, Bus: e.bus})
+	api := httptest.NewUnstartedServer(a)
+	api.Config.WriteTimeout = time.Nanosecond
+	api.Start()
+	defer api.Close()
+	defer a.Close()
+	s := openStream(t, e, api.URL, "?device=os::sse-wt")
+	if err := e.bus.PublishEvent(context.Background(), valueChange("os::sse-wt", "Device.X", "late")); err != nil {
+		t.Fatal(err)
+	}
+	if _, data := s.next(t); !strings.Contains(data, `"late"`) {
+		t.Fatalf("stream got %s", data)
+	}
+}

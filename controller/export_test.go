@@ -9,3 +9,6 @@ func MetricEventsInvalid(reason string) prometheus.Counter {
 
 // MetricSSEDropped exposes the counter to the external test package.
 func MetricSSEDropped() prometheus.Counter { return metricSSEDropped }
+
+// MetricEventsDeadLettered is the dead-letter counter.
+func MetricEventsDeadLettered() prometheus.Counter { return metricEventsDeadLettered }

@@ -119,7 +119,7 @@ func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) erro
 	if err := dec.Decode(v); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return devicemodel.Errorf(devicemodel.CodeInvalidArgument, "request body is larger than %d bytes", limit)
+			return errBodyTooLarge(limit)
 		}
 		return devicemodel.Errorf(devicemodel.CodeInvalidArgument, "request body: %v", err)
 	}

@@ -170,7 +170,7 @@ func TestGroupsAPIRejectsBadFiltersWithPosition(t *testing.T) {
 	}
 	huge := fmt.Sprintf(`{"name":"a","filter":"%s"}`, strings.Repeat("x", maxGroupBody))
 	var ej ErrorJSON
-	if code := e.do("POST", "/api/v1/groups", huge, &ej); code != 400 || !strings.Contains(ej.Message, "larger than") {
+	if code := e.do("POST", "/api/v1/groups", huge, &ej); code != 413 || !strings.Contains(ej.Message, "larger than") {
 		t.Errorf("huge body: %d %+v", code, ej)
 	}
 	var list GroupList

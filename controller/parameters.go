@@ -48,8 +48,31 @@ func learnedParams(ev *duetv1.Event, deviceID string, at time.Time) []store.Para
 		return cacheParams(deviceID, at, ev.GetDiagnosticsComplete().GetParams())
 	case ev.GetCommandResult().GetGet() != nil:
 		return cacheParams(deviceID, at, ev.GetCommandResult().GetGet().GetParams())
+	case ev.GetOnline() != nil && ev.GetDevice().GetProtocol() == duetv1.Protocol_PROTOCOL_USP:
+		return cacheParams(deviceID, at, onboardingParams(ev.GetDevice()))
 	}
 	return nil
+}
+
+// onboardingParams are the Device.DeviceInfo. values a USP agent's
+// onboarding read (adapters/usp onboard: a Get of Device.DeviceInfo.),
+// which its online event carries as identity facts: they are the first
+// values Duet learns of an agent and belong in the cache as an Inform's
+// do (issue 12 item 1). An online event without facts (a reconnection)
+// teaches nothing.
+func onboardingParams(d *duetv1.DeviceIdentity) []*duetv1.Parameter {
+	var out []*duetv1.Parameter
+	for _, f := range []struct{ name, value string }{
+		{"Manufacturer", d.GetManufacturer()}, {"ManufacturerOUI", d.GetOui()}, {"ModelName", d.GetModelName()},
+		{"ProductClass", d.GetProductClass()}, {"SerialNumber", d.GetSerialNumber()},
+		{"SoftwareVersion", d.GetSoftwareVersion()}, {"HardwareVersion", d.GetHardwareVersion()},
+		{"ProvisioningCode", d.GetProvisioningCode()},
+	} {
+		if f.value != "" {
+			out = append(out, &duetv1.Parameter{Path: "Device.DeviceInfo." + f.name, Value: f.value})
+		}
+	}
+	return out
 }
 
 // ParameterJSON is a cached parameter in the API.
@@ -59,6 +82,9 @@ type ParameterJSON struct {
 	Type      string    `json:"type,omitempty"`
 	Writable  string    `json:"writable"`
 	UpdatedAt time.Time `json:"updated_at"`
+	// Redacted: the value is a secret and shows as "***" (an admin may
+	// ask for it with reveal=true).
+	Redacted bool `json:"redacted,omitempty"`
 }
 
 // ParameterList is the body of GET /api/v1/devices/{id}/parameters.
@@ -68,7 +94,7 @@ type ParameterList struct {
 }
 
 func (a *API) listParameters(w http.ResponseWriter, r *http.Request) (int, error) {
-	q, limit, cursor, err := pageParams(r, "path", "refresh")
+	q, limit, cursor, err := pageParams(r, "path", "refresh", "reveal")
 	if err != nil {
 		return 0, err
 	}
@@ -86,6 +112,25 @@ func (a *API) listParameters(w http.ResponseWriter, r *http.Request) (int, error
 			return 0, badParam("refresh", "must be true or false")
 		}
 		refresh = b
+	}
+	reveal := false
+	if v, ok := q["reveal"]; ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return 0, badParam("reveal", "must be true or false")
+		}
+		reveal = b
+	}
+	tok, _ := TokenFrom(r.Context())
+	if refresh && !canCauseDeviceTraffic(tok.Role) {
+		// A read-only role must not make Duet talk to a device (issue 15
+		// §10): refresh creates a get task and a connection request.
+		metricAuthFailures.WithLabelValues("forbidden").Inc()
+		return 0, devicemodel.Errorf(devicemodel.CodeDenied, "role %s may not refresh from the device (it creates a task); read the cache without refresh", tok.Role)
+	}
+	if reveal && !canReveal(tok.Role) {
+		metricAuthFailures.WithLabelValues("forbidden").Inc()
+		return 0, devicemodel.Errorf(devicemodel.CodeDenied, "role %s may not reveal secret values", tok.Role)
 	}
 	if cursor != "" {
 		c, err := store.DecodeCursor(cursor)
@@ -128,9 +173,29 @@ func (a *API) listParameters(w http.ResponseWriter, r *http.Request) (int, error
 		return 0, err
 	}
 	out := ParameterList{Parameters: make([]ParameterJSON, 0, len(ps)), NextCursor: next}
+	var revealed []string
 	for _, p := range ps {
-		out.Parameters = append(out.Parameters, ParameterJSON{Path: p.Path, Value: p.Value, Type: p.Type,
-			Writable: writabilityNames[p.Writable], UpdatedAt: p.UpdatedAt.UTC()})
+		pj := ParameterJSON{Path: p.Path, Value: p.Value, Type: p.Type,
+			Writable: writabilityNames[p.Writable], UpdatedAt: p.UpdatedAt.UTC()}
+		if a.secrets.secret(p.Path) && p.Value != "" {
+			if reveal {
+				revealed = append(revealed, p.Path)
+			} else {
+				pj.Value, pj.Redacted = Redacted, true
+			}
+		}
+		out.Parameters = append(out.Parameters, pj)
+	}
+	if len(revealed) > 0 {
+		// Audited before the values leave (issue 15 §9); no audit, no values.
+		who, err := actor(r)
+		if err != nil {
+			return 0, err
+		}
+		if err := a.store.AuditSecretReveal(r.Context(), who, f.DeviceID, revealed); err != nil {
+			return 0, err
+		}
+		a.log.Info("secret parameter values revealed", "actor", who, "device", f.DeviceID, "paths", len(revealed))
 	}
 	return writeJSON(w, http.StatusOK, out), nil
 }

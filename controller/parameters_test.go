@@ -75,10 +75,16 @@ func TestParameterCache(t *testing.T) {
 	if len(l.Parameters) != 1 || l.Parameters[0].Value != "hello" || l.Parameters[0].Type != "string" {
 		t.Fatalf("after refresh: %+v", l)
 	}
+	// 3, plus the DeviceInfo facts of the USP online event (as an
+	// onboarding's): Manufacturer, ManufacturerOUI, ProductClass and
+	// SerialNumber.
 	bustest.CheckFor(t, time.Second, 10*time.Millisecond, func() error {
-		if n := len(params("").Parameters); n != 3 {
+		if n := len(params("").Parameters); n != 7 {
 			return fmt.Errorf("%d parameters", n)
 		}
 		return nil
 	})
+	if sn := params("?path=Device.DeviceInfo.SerialNumber"); len(sn.Parameters) != 1 || sn.Parameters[0].Value != "SN."+dev {
+		t.Fatalf("online event's serial number: %+v", sn)
+	}
 }

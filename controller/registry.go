@@ -36,6 +36,10 @@ var (
 		Name: "duet_controller_apply_errors_total",
 		Help: "Batches that failed to commit and were handed back for redelivery.",
 	})
+	metricEventsDeadLettered = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "duet_controller_events_dead_lettered_total",
+		Help: "Events that failed alone on every one of their deliveries and were moved to DUET_DEADLETTER (docs/bus.md).",
+	})
 	metricBatchSize = promauto.NewHistogram(prometheus.HistogramOpts{
 		Name:    "duet_controller_batch_events",
 		Help:    "Events per committed registry batch.",
@@ -64,6 +68,10 @@ type RegistryOptions struct {
 	// commits slower than this is delivered twice, which is harmless
 	// (applying is idempotent).
 	AckWait time.Duration
+	// MaxDeliveries is how often an event that fails on its own (not with
+	// its batch, and with the database answering) is tried before it is
+	// moved to the dead-letter stream. Default 5.
+	MaxDeliveries int
 	// Tasks, when set, gets the command results the events carry (before
 	// the batch is acknowledged, so none is lost) and the devices that
 	// were seen (their waiting tasks are delivered).
@@ -71,7 +79,10 @@ type RegistryOptions struct {
 	// Reconciler, when set, is told of the devices that were seen, so
 	// policies are checked against what they reported.
 	Reconciler *Reconciler
-	Logger     *slog.Logger
+	// History says which kinds get a device_events row (ByKind 0: none);
+	// the zero value stores every event.
+	History HistoryOptions
+	Logger  *slog.Logger
 }
 
 // Registry consumes device events into the device registry.
@@ -101,6 +112,9 @@ func NewRegistry(ctx context.Context, o RegistryOptions) (*Registry, error) {
 	}
 	if o.AckWait <= 0 {
 		o.AckWait = 10 * time.Second
+	}
+	if o.MaxDeliveries <= 0 {
+		o.MaxDeliveries = 5
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -168,6 +182,10 @@ func (r *Registry) run(ctx context.Context) {
 		}
 		if err := r.apply(ctx, msgs); err != nil {
 			metricApplyErrors.Inc()
+			if r.isolate(ctx, msgs, err, backoff) {
+				backoff = 100 * time.Millisecond
+				continue
+			}
 			r.log.Error("registry batch failed; events will be redelivered", "events", len(msgs), "err", err)
 			for _, m := range msgs {
 				_ = m.NakWithDelay(backoff)
@@ -178,6 +196,74 @@ func (r *Registry) run(ctx context.Context) {
 		}
 		backoff = 100 * time.Millisecond
 	}
+}
+
+// isolate handles a failed batch whose failure is not the database's (it
+// answers a ping): one event's data may be what fails, so the events are
+// applied one by one and the rest of the fleet goes on (issue 15 §1). An
+// event that fails alone is handed back for redelivery, and once it has
+// been delivered MaxDeliveries times it is moved to the dead-letter stream
+// with its subject and the error, and acknowledged, so it never holds the
+// ack floor. It reports false when the database is down: then nothing is
+// the events' fault and the whole batch waits.
+func (r *Registry) isolate(ctx context.Context, msgs []jetstream.Msg, batchErr error, backoff time.Duration) bool {
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	err := r.o.Store.Ping(pctx)
+	cancel()
+	if err != nil {
+		return false
+	}
+	if len(msgs) > 1 {
+		r.log.Warn("registry batch failed; applying its events one by one", "events", len(msgs), "err", batchErr)
+	}
+	for _, m := range msgs {
+		err := batchErr
+		if len(msgs) > 1 {
+			if err = r.apply(ctx, []jetstream.Msg{m}); err == nil {
+				continue
+			}
+		}
+		r.failedAlone(ctx, m, err, backoff)
+	}
+	return true
+}
+
+// isDataError: the error is about the event's content (a domain
+// validation error), not the database's state.
+func isDataError(err error) bool {
+	var de *devicemodel.Error
+	return errors.As(err, &de)
+}
+
+// failedAlone redelivers or dead-letters one event that failed on its own.
+func (r *Registry) failedAlone(ctx context.Context, m jetstream.Msg, err error, backoff time.Duration) {
+	var delivered, seq uint64
+	if meta, merr := m.Metadata(); merr == nil {
+		delivered, seq = meta.NumDelivered, meta.Sequence.Stream
+	}
+	// Only what PostgreSQL refused for its data (or what cannot be
+	// decoded, terminated in apply) is the event's fault; a lost
+	// connection or a deadlock is retried however often it happens.
+	if delivered < uint64(r.o.MaxDeliveries) || (store.IsTransient(err) && !isDataError(err)) {
+		// Later each time: each return fails its batch, which is then
+		// applied one event at a time.
+		delay := max(backoff, min(100*time.Millisecond<<min(delivered, 10), 30*time.Second))
+		r.log.Warn("event failed on its own; it will be redelivered", "subject", m.Subject(), "deliveries", delivered, "in", delay, "err", err)
+		_ = m.NakWithDelay(delay)
+		return
+	}
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if derr := r.o.Bus.PublishDeadLetter(dctx, m.Subject(), m.Data(), seq, delivered, err.Error()); derr != nil {
+		// Not stored anywhere: keep it in the event stream and try again.
+		r.log.Error("cannot dead-letter an event; it will be redelivered", "subject", m.Subject(), "err", derr)
+		_ = m.NakWithDelay(backoff)
+		return
+	}
+	metricEventsDeadLettered.Inc()
+	r.log.Error("event moved to the dead-letter stream: it failed on each of its deliveries", "subject", m.Subject(),
+		"stream", bus.DeadLetterStream, "deliveries", delivered, "err", err)
+	_ = m.Term()
 }
 
 // apply decodes a batch, terminates what cannot be applied, commits the
@@ -191,6 +277,7 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	var seen []string
 	seenSet := map[string]bool{}
 	boots := map[string]time.Time{}
+	taskResults := map[int]string{} // index in obs -> command ID
 	for _, m := range msgs {
 		o, ev, err := decodeObservation(m)
 		if err != nil {
@@ -206,6 +293,10 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 			continue
 		}
 		o.Params = learnedParams(ev, o.Device.ID, o.Time)
+		// A device's routine reports are counted on it; whether each also
+		// gets a history row is the History setting's (issue 12 item 5).
+		o.CountsAsInform = o.Kind == "inform" || (o.Kind == "periodic" && o.Device.Protocol == devicemodel.ProtocolUSP)
+		o.SkipHistory = !r.o.History.keeps(o.Kind)
 		obs = append(obs, o)
 		good = append(good, m)
 		kinds = append(kinds, o.Kind)
@@ -214,6 +305,9 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 				cr.DeviceId = o.Device.ID
 			}
 			results = append(results, cr)
+			if r.o.Tasks != nil && cr.GetCommandId() != "" && len(o.Params) > 0 {
+				taskResults[len(obs)-1] = cr.GetCommandId()
+			}
 		}
 		if c, ok := completionOf(o.Device.ID, o.Time, ev); ok {
 			completions = append(completions, c)
@@ -240,6 +334,9 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	// part of a clean stop.
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
+	if err := r.leaveTaskResultsToTasks(cctx, obs, taskResults); err != nil {
+		return err
+	}
 	if err := r.o.Store.ApplyObservations(cctx, obs); err != nil {
 		return err
 	}
@@ -266,6 +363,9 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 			r.log.Warn("ack failed; the event will be redelivered and applied again harmlessly", "subject", m.Subject(), "err", err)
 		}
 		metricEventsApplied.WithLabelValues(kinds[i]).Inc()
+		if obs[i].SkipHistory {
+			metricHistorySkipped.WithLabelValues(kinds[i]).Inc()
+		}
 	}
 	if r.o.Tasks != nil {
 		r.o.Tasks.DevicesSeen(cctx, seen)
@@ -274,6 +374,33 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	}
 	if r.o.Reconciler != nil {
 		r.o.Reconciler.DevicesChanged(seen)
+	}
+	return nil
+}
+
+// leaveTaskResultsToTasks drops the values of command_result events whose
+// command is a task: the task queue caches them when it settles the task
+// (from this event or from the CWMP session, whichever comes first), once,
+// stamped with the task's dispatch time. Writing them here as well was a
+// second writer that could land after a later Delete had removed the
+// rows and bring them back for good (issue 12 item 2). Results of
+// commands that are not tasks are still cached from their event.
+func (r *Registry) leaveTaskResultsToTasks(ctx context.Context, obs []store.Observation, taskResults map[int]string) error {
+	if len(taskResults) == 0 {
+		return nil
+	}
+	ids := make([]string, 0, len(taskResults))
+	for _, id := range taskResults {
+		ids = append(ids, id)
+	}
+	tasks, err := r.o.Store.FindTaskIDs(ctx, ids)
+	if err != nil {
+		return err
+	}
+	for i, id := range taskResults {
+		if tasks[id] {
+			obs[i].Params = nil
+		}
 	}
 	return nil
 }

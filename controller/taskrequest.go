@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"sort"
 	"strings"
 	"time"
@@ -133,6 +134,29 @@ func protoParams(field string, ps []ParamJSON, relative bool) ([]*duetv1.Paramet
 	return out, nil
 }
 
+// transferSchemes are the URL schemes a task may hand a device. TR-069
+// A.3.2.8 (Download) and A.4.1.5 (Upload) require HTTP and HTTPS and let a
+// CPE offer more; FTP is the one other transport those RPCs' Username and
+// Password are meant for and is common in the field, so it is allowed.
+// TFTP (no authentication), file:// and every other scheme are refused.
+var transferSchemes = map[string]bool{"http": true, "https": true, "ftp": true}
+
+// checkTransferURL checks a URL a task carries: absolute, with a host, in
+// transferSchemes.
+func checkTransferURL(field, v string) error {
+	u, err := url.Parse(v)
+	if err != nil {
+		return invalid("%s: not a URL: %v", field, err)
+	}
+	if !transferSchemes[strings.ToLower(u.Scheme)] {
+		return invalid("%s: scheme %q is not allowed; use http, https or ftp", field, u.Scheme)
+	}
+	if u.Host == "" {
+		return invalid("%s: has no host", field)
+	}
+	return nil
+}
+
 // buildCommand validates r for device d and returns the command to send.
 func buildCommand(r *TaskRequest, d devicemodel.Device, id string) (*duetv1.Command, error) {
 	if _, ok := operations[r.Operation]; !ok {
@@ -143,6 +167,15 @@ func buildCommand(r *TaskRequest, d devicemodel.Device, id string) (*duetv1.Comm
 		root = "Device."
 	}
 	cmd := &duetv1.Command{Id: id, DeviceId: d.ID}
+	// Every URL a task carries goes to the device, which fetches it or
+	// posts to it: no file:// or other local scheme (issue 15 §7).
+	for k, v := range r.InputArgs {
+		if strings.HasSuffix(strings.ToUpper(k), "URL") && v != "" {
+			if err := checkTransferURL("input_args."+k, v); err != nil {
+				return nil, err
+			}
+		}
+	}
 	needPaths := func() error {
 		if len(r.Paths) == 0 {
 			return invalid("%s needs paths", r.Operation)
@@ -218,6 +251,9 @@ func buildCommand(r *TaskRequest, d devicemodel.Device, id string) (*duetv1.Comm
 		if r.URL == "" {
 			return nil, invalid("%s needs url", r.Operation)
 		}
+		if err := checkTransferURL("url", r.URL); err != nil {
+			return nil, err
+		}
 		if r.Operation == "download" {
 			// USP: FirmwareImage.{i}.Download() (TR-181). CWMP: the
 			// Download RPC, named by the bare "Download()" the CWMP adapter
@@ -263,7 +299,8 @@ func (q *TaskQueue) create(ctx context.Context, deviceID string, r TaskRequest, 
 	if err := devicemodel.ValidateDeviceID(deviceID); err != nil {
 		return store.Task{}, invalid("device id: %s", devicemodel.ErrorMessage(err))
 	}
-	if r.Wait < 0 || time.Duration(r.Wait*float64(time.Second)) > MaxWait {
+	// Compared in seconds: wait 1e308 overflowed the Duration and passed.
+	if !(r.Wait >= 0 && r.Wait <= MaxWait.Seconds()) {
 		return store.Task{}, invalid("wait: %v is not from 0 to %d seconds", r.Wait, int(MaxWait.Seconds()))
 	}
 	if r.ExpiresAt != nil && !r.ExpiresAt.After(time.Now()) && retryOf == "" {

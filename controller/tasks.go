@@ -547,7 +547,7 @@ func (q *TaskQueue) settle(ctx context.Context, t store.Task, res *duetv1.Comman
 	if ps := res.GetGet().GetParams(); len(ps) > 0 {
 		// Before the task turns final, so a client woken by it reads
 		// the fresh values from the cache.
-		if cerr := q.o.Store.UpsertParameters(ctx, cacheParams(t.DeviceID, time.Now(), ps)); cerr != nil {
+		if cerr := q.o.Store.UpsertParameters(ctx, cacheParams(t.DeviceID, observedAt(t), ps)); cerr != nil {
 			q.log.Warn("caching a get result failed", "task", t.ID, "device", t.DeviceID, "err", cerr)
 		}
 	}
@@ -841,7 +841,7 @@ func (q *TaskQueue) cacheChanges(ctx context.Context, t store.Task, res *duetv1.
 	if err := proto.Unmarshal(t.Command, &cmd); err != nil {
 		return
 	}
-	now := time.Now()
+	now := observedAt(t)
 	var ps []*duetv1.Parameter
 	var cerr error
 	switch {
@@ -877,7 +877,7 @@ func (q *TaskQueue) cacheChanges(ctx context.Context, t store.Task, res *duetv1.
 		if len(paths) == 0 {
 			paths = cmd.GetDelete().GetObjectPaths()
 		}
-		cerr = q.o.Store.DeleteParameterSubtrees(ctx, t.DeviceID, paths)
+		cerr = q.o.Store.DeleteParameterSubtreesAt(ctx, t.DeviceID, paths, now)
 	}
 	if len(ps) > 0 {
 		cerr = q.o.Store.UpsertParameters(ctx, cacheParams(t.DeviceID, now, ps))
@@ -885,4 +885,17 @@ func (q *TaskQueue) cacheChanges(ctx context.Context, t store.Task, res *duetv1.
 	if cerr != nil {
 		q.log.Warn("caching a task's changes failed", "task", t.ID, "device", t.DeviceID, "err", cerr)
 	}
+}
+
+// observedAt is the time a task's result stamps in the parameter cache:
+// when it was dispatched, on the database's clock. A device runs its
+// tasks one at a time, so dispatch times order what its tasks observed
+// whichever path (the task's settle, a late command_result event) writes
+// it, and whenever: a Get answered before a Delete is older than the
+// Delete's tombstone, a Get sent after it newer (issue 12 item 2).
+func observedAt(t store.Task) time.Time {
+	if t.DispatchedAt != nil {
+		return *t.DispatchedAt
+	}
+	return time.Now()
 }

@@ -10,7 +10,6 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 )
@@ -40,6 +39,8 @@ type TaskJSON struct {
 	// Result is the device's answer, a duet.v1.CommandResult in protojson.
 	Result json.RawMessage `json:"result,omitempty"`
 	Error  *TaskErrorJSON  `json:"error,omitempty"`
+	// Redacted: secret values in request or result show as "***".
+	Redacted bool `json:"redacted,omitempty"`
 	// LastAttemptAt is the task's last delivery attempt (a dispatch).
 	LastAttemptAt *time.Time `json:"last_attempt_at,omitempty"`
 	// Waiting says why a queued task waits, when that is known.
@@ -70,17 +71,28 @@ type TaskList struct {
 
 var resultJSON = protojson.MarshalOptions{UseProtoNames: true}
 
-func taskJSON(t store.Task) TaskJSON {
+// taskJSON renders a task with its secret values hidden (issue 15 §9):
+// task results and requests are never revealed; an admin reads a secret
+// from the parameter cache with ?reveal=true, audited.
+func (a *API) taskJSON(t store.Task) TaskJSON {
+	out := taskJSON(t, a.secrets)
+	return out
+}
+
+func taskJSON(t store.Task, secrets secretNames) TaskJSON {
 	out := TaskJSON{
 		ID: t.ID, DeviceID: t.DeviceID, Operation: t.Operation, State: string(t.State), SubState: t.SubState, Request: t.Request,
 		UniqueKey: t.UniqueKey, ConnectionRequest: t.ConnectionRequest, ExpiresAt: utcPtr(t.ExpiresAt),
 		CreatedAt: t.CreatedAt.UTC(), UpdatedAt: t.UpdatedAt.UTC(), DispatchedAt: utcPtr(t.DispatchedAt),
 		FinishedAt: utcPtr(t.FinishedAt), Attempts: t.Attempts, RetryOf: t.RetryOf, BatchID: t.BatchID,
 	}
+	out.Request, out.Redacted = secrets.redactTaskRequest(t.Request)
 	if len(t.Result) > 0 {
 		res := &duetv1.CommandResult{}
 		if proto.Unmarshal(t.Result, res) == nil {
-			if b, err := resultJSON.Marshal(res); err == nil {
+			m, hidden := secrets.redactProto(res)
+			out.Redacted = out.Redacted || hidden
+			if b, err := resultJSON.Marshal(m); err == nil {
 				out.Result = b
 			}
 		}
@@ -113,7 +125,7 @@ func (a *API) createTask(w http.ResponseWriter, r *http.Request) (int, error) {
 	if err := dec.Decode(&req); err != nil {
 		var mb *http.MaxBytesError
 		if errors.As(err, &mb) {
-			return 0, devicemodel.Errorf(devicemodel.CodeResourcesExceeded, "body larger than %d bytes", maxBody)
+			return 0, errBodyTooLarge(maxBody)
 		}
 		return 0, invalid("body: %v", err)
 	}
@@ -131,10 +143,10 @@ func (a *API) createTask(w http.ResponseWriter, r *http.Request) (int, error) {
 			return 0, err
 		}
 		if t.State.Terminal() {
-			return writeJSON(w, http.StatusOK, taskJSON(t)), nil
+			return writeJSON(w, http.StatusOK, a.taskJSON(t)), nil
 		}
 	}
-	return writeJSON(w, http.StatusAccepted, taskJSON(t)), nil
+	return writeJSON(w, http.StatusAccepted, a.taskJSON(t)), nil
 }
 
 func (a *API) getTask(w http.ResponseWriter, r *http.Request) (int, error) {
@@ -142,7 +154,7 @@ func (a *API) getTask(w http.ResponseWriter, r *http.Request) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return writeJSON(w, http.StatusOK, taskJSON(t)), nil
+	return writeJSON(w, http.StatusOK, a.taskJSON(t)), nil
 }
 
 var taskStates = map[string]bool{"queued": true, "dispatched": true, "succeeded": true, "failed": true, "expired": true, "cancelled": true}
@@ -175,7 +187,7 @@ func (a *API) listTasks(w http.ResponseWriter, r *http.Request) (int, error) {
 	}
 	out := TaskList{Tasks: make([]TaskJSON, 0, len(ts)), NextCursor: next}
 	for _, t := range ts {
-		out.Tasks = append(out.Tasks, taskJSON(t))
+		out.Tasks = append(out.Tasks, a.taskJSON(t))
 	}
 	return writeJSON(w, http.StatusOK, out), nil
 }
@@ -185,7 +197,7 @@ func (a *API) cancelTask(w http.ResponseWriter, r *http.Request) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return writeJSON(w, http.StatusOK, taskJSON(t)), nil
+	return writeJSON(w, http.StatusOK, a.taskJSON(t)), nil
 }
 
 func (a *API) retryTask(w http.ResponseWriter, r *http.Request) (int, error) {
@@ -194,5 +206,5 @@ func (a *API) retryTask(w http.ResponseWriter, r *http.Request) (int, error) {
 		return 0, err
 	}
 	w.Header().Set("Location", "/api/v1/tasks/"+t.ID)
-	return writeJSON(w, http.StatusAccepted, taskJSON(t)), nil
+	return writeJSON(w, http.StatusAccepted, a.taskJSON(t)), nil
 }

@@ -70,7 +70,15 @@ func publishInform(t *testing.T, b *bus.Bus, id, sw string) {
 
 // controllerOnly runs `duet serve --only controller` against an external bus.
 func controllerOnly(t *testing.T, natsURL, dbURL string) *duet {
+	return controllerOnlyWith(t, natsURL, dbURL, nil)
+}
+
+// controllerOnlyWith is controllerOnly with more settings.
+func controllerOnlyWith(t *testing.T, natsURL, dbURL string, more map[string]string) *duet {
 	env := baseEnv(t, dbURL)
+	for k, v := range more {
+		env[k] = v
+	}
 	env["DUET_NATS_URL"] = natsURL
 	env["DUET_ONLY"] = "controller"
 	d := startDuet(t, env, "serve")
@@ -107,7 +115,9 @@ func TestControllerKilledLosesNothing(t *testing.T) {
 	srv := bustest.StartServer(t)
 	b := bustest.Connect(t, srv.URL())
 	dbURL := storetest.NewDatabase(t)
-	d := controllerOnly(t, srv.URL(), dbURL)
+	// Every Inform gets a history row here (none are counted-only), so
+	// the rows show each event applied exactly once.
+	d := controllerOnlyWith(t, srv.URL(), dbURL, map[string]string{"DUET_EVENT_HISTORY_KINDS": "none"})
 	const id = "dev-kill"
 	const total = 300
 	for i := 0; i < 100; i++ {
@@ -118,7 +128,7 @@ func TestControllerKilledLosesNothing(t *testing.T) {
 	for i := 100; i < total; i++ {
 		publishInform(t, b, id, strconv.Itoa(i))
 	}
-	d2 := controllerOnly(t, srv.URL(), dbURL)
+	d2 := controllerOnlyWith(t, srv.URL(), dbURL, map[string]string{"DUET_EVENT_HISTORY_KINDS": "none"})
 	st, err := store.Open(context.Background(), store.Options{URL: dbURL})
 	if err != nil {
 		t.Fatal(err)
@@ -217,6 +227,8 @@ func TestStartupErrorsNameTheSetting(t *testing.T) {
 		{"mqtt port busy", "DUET_MQTT_PORT", busyPort, "DUET_MQTT_PORT"},
 		{"cwmp port busy", "DUET_CWMP_ADDR", "127.0.0.1:" + busyPort, "DUET_CWMP_ADDR"},
 		{"bad retention", "DUET_EVENT_RETENTION", "forever", "DUET_EVENT_RETENTION"},
+		{"bad history kind", "DUET_EVENT_HISTORY_KINDS", "informs=0", "DUET_EVENT_HISTORY_KINDS"},
+		{"bad latest-only kind", "DUET_EVENT_STREAM_LATEST_ONLY", "inform,heartbeat", "DUET_EVENT_STREAM_LATEST_ONLY"},
 		{"bad log level", "DUET_LOG_LEVEL", "loud", "DUET_LOG_LEVEL"},
 		{"cwmp auth unset", "DUET_CWMP_AUTH", "", "DUET_CWMP_AUTH"},
 		{"cwmp auth bogus", "DUET_CWMP_AUTH", "trust-me", "DUET_CWMP_AUTH"},

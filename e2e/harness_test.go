@@ -122,10 +122,12 @@ func baseEnv(t testing.TB, dbURL string) map[string]string {
 		"DUET_WS_ADDR":      "127.0.0.1:" + strconv.Itoa(freePort(t)),
 		"DUET_CWMP_ADDR":    "127.0.0.1:" + strconv.Itoa(freePort(t)),
 		"DUET_CWMP_AUTH":    "none",
-		"DUET_DATA_DIR":     t.TempDir(),
-		"DUET_LOG_FORMAT":   "json",
-		"DUET_LOG_LEVEL":    "info",
-		"DUET_ADMIN_TOKEN":  testAdminToken,
+		// Simulated CPEs listen on loopback, refused by default.
+		"DUET_CWMP_CONNREQ_ALLOW": "127.0.0.0/8",
+		"DUET_DATA_DIR":           t.TempDir(),
+		"DUET_LOG_FORMAT":         "json",
+		"DUET_LOG_LEVEL":          "info",
+		"DUET_ADMIN_TOKEN":        testAdminToken,
 	}
 }
 

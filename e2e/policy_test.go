@@ -122,7 +122,10 @@ func (d *duet) waitRegistered(ids []string, timeout time.Duration) {
 	bustest.CheckFor(d.t, timeout, 250*time.Millisecond, func() error {
 		missing := 0
 		for _, id := range ids {
-			if code, _ := d.get("/api/v1/devices/" + url.PathEscape(id)); code != 200 {
+			// Registered with its identity: a USP agent's row exists from
+			// its connection, its serial number (which groups match on)
+			// only once onboarding has read DeviceInfo.
+			if code, body := d.get("/api/v1/devices/" + url.PathEscape(id)); code != 200 || strings.Contains(body, `"serial_number":""`) {
 				missing++
 			}
 		}

@@ -15,6 +15,8 @@ import (
 
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/netguard"
+	"github.com/duet-dm/duet/pkg/ratelog"
 )
 
 // Auth modes for Options.Auth (cwmp.md §7).
@@ -59,6 +61,10 @@ type Options struct {
 	// ConnReqTimeout bounds each connection request GET; default 2 s
 	// (cwmp.md §6.1).
 	ConnReqTimeout time.Duration
+	// ConnReqTargets decides which addresses connection requests may go
+	// to, checked on the resolved address at dial time; nil is the default
+	// (no loopback, link-local, unspecified or multicast: issue 15 §7).
+	ConnReqTargets *netguard.Targets
 	// AdapterID names this instance in events (Event.source); default
 	// "cwmp-<random>".
 	AdapterID string
@@ -143,10 +149,13 @@ func (o *Options) setDefaults() error {
 // running CWMP sessions, translating bus commands into RPCs, publishing
 // device events, and sending connection requests.
 type ACS struct {
-	o      Options
-	log    *slog.Logger
-	shared string // HA1 of the shared credentials
-	mux    *http.ServeMux
+	o   Options
+	log *slog.Logger
+	// refusals logs what a peer can cause at will (bad requests, failed
+	// logins) within a budget (issue 15 §8).
+	refusals *ratelog.Logger
+	shared   string // HA1 of the shared credentials
+	mux      *http.ServeMux
 
 	sessions *sessionTable
 	nonces   *nonceStore
@@ -179,7 +188,8 @@ func New(o Options) (*ACS, error) {
 	if o.Auth == AuthShared {
 		a.shared = ha1(o.Username, o.Realm, o.Password)
 	}
-	a.connReq = newConnectionRequester(o.ConnReqTimeout)
+	a.connReq = newConnectionRequester(o.ConnReqTimeout, o.ConnReqTargets)
+	a.refusals = ratelog.New(a.log, 0, 0)
 	a.mux = http.NewServeMux()
 	a.mux.HandleFunc(o.Path, a.serveHTTP)
 	return a, nil

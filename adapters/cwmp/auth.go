@@ -179,7 +179,7 @@ func (a *ACS) authenticate(ctx context.Context, w http.ResponseWriter, r *http.R
 	ci.mu.Unlock()
 	metricAuthFailures.WithLabelValues(scheme).Inc()
 	// Never log the header or any secret; the scheme and device suffice.
-	a.log.Warn("CPE authentication failed", "device", deviceID, "remote", r.RemoteAddr, "scheme", scheme, "stale", stale)
+	a.refusals.Warn("CPE authentication failed", "device", deviceID, "remote", r.RemoteAddr, "scheme", scheme, "stale", stale)
 	a.challenge(w, r, stale, fails >= 2)
 	return false
 }
@@ -284,7 +284,7 @@ func (a *ACS) verifyDigest(r *http.Request, params, user, ha1 string, body []byt
 		nc, err := strconv.ParseUint(p["nc"], 16, 64)
 		if err != nil || !a.nonces.useCount(p["nonce"], nc) {
 			metricAuthReplays.Inc()
-			a.log.Warn("CWMP digest nonce count reused: replay refused", "remote", r.RemoteAddr, "user", user)
+			a.refusals.Warn("CWMP digest nonce count reused: replay refused", "remote", r.RemoteAddr, "user", user)
 			return false, false
 		}
 	}

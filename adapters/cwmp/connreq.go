@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/netguard"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 )
 
@@ -23,9 +25,16 @@ type connectionRequester struct {
 	fresh   *http.Transport // no keep-alive: the retry after a drop gets a new connection
 }
 
-func newConnectionRequester(timeout time.Duration) *connectionRequester {
+func newConnectionRequester(timeout time.Duration, targets *netguard.Targets) *connectionRequester {
+	if targets == nil {
+		targets = &netguard.Targets{}
+	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.Proxy = nil
+	// The CPE chose the URL: check where it really leads, after DNS, at
+	// each dial (a rebinding name cannot slip past an earlier check).
+	d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second, Control: targets.Control}
+	tr.DialContext = d.DialContext
 	tr.MaxIdleConnsPerHost = 1
 	tr.IdleConnTimeout = 5 * time.Second
 	fresh := tr.Clone()
@@ -69,6 +78,10 @@ func (c *connectionRequester) send(ctx context.Context, cr *duetv1.ConnectionReq
 		return 0, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "connection request URL %q is not an http URL", cr.GetUrl())
 	}
 	resp, err := c.get(ctx, c.tr, u.String(), "")
+	var refused *netguard.RefusedError
+	if errors.As(err, &refused) {
+		return 0, devicemodel.Errorf(devicemodel.CodeDenied, "connection request to %s refused: %v (DUET_CWMP_CONNREQ_ALLOW)", u.Host, refused)
+	}
 	if err != nil {
 		return 0, devicemodel.Errorf(devicemodel.CodeUnavailable, "connection request: %v", err)
 	}

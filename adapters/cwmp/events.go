@@ -197,6 +197,14 @@ func (a *ACS) publishInform(ctx context.Context, s *session, env *cwmp.Envelope,
 		}
 		out = append(out, ev)
 	}
+	// Every event of one Inform carries the Inform's time: a bootstrap is
+	// then not "after" the values its own Inform reported, and the
+	// controller, forgetting what it knew before the bootstrap, keeps
+	// them (issue 12 item 1).
+	at := timestamppb.Now()
+	for _, ev := range out {
+		ev.Time = at
+	}
 	// One wait for the stream: the CPE's InformResponse is not held up by
 	// a round trip per event code.
 	return a.publish(ctx, s, out...)

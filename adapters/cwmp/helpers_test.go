@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/cookiejar"
+	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/bus/bustest"
 	"github.com/duet-dm/duet/pkg/cwmp"
+	"github.com/duet-dm/duet/pkg/netguard"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
@@ -58,7 +60,10 @@ func newEnv(t testing.TB, tweak func(*Options)) *env {
 	}
 	t.Cleanup(func() { sub.Unsubscribe() })
 	o := Options{Addr: "127.0.0.1:0", Auth: AuthNone, Bus: b, SessionTimeout: 5 * time.Second,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		// The simulated CPEs listen on loopback, which is refused by
+		// default (issue 15 §7).
+		ConnReqTargets: &netguard.Targets{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}},
+		Logger:         slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if tweak != nil {
 		tweak(&o)
 	}

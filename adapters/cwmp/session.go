@@ -130,7 +130,7 @@ func (a *ACS) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			a.badRequest(w, r, http.StatusRequestEntityTooLarge, "too_large", "body too large")
 			return
 		}
-		a.log.Warn("undecodable CWMP message answered 400", "remote", r.RemoteAddr, "reason", reason, "err", err)
+		a.refusals.Warn("undecodable CWMP message answered 400", "remote", r.RemoteAddr, "reason", reason, "err", err)
 		a.badRequest(w, r, http.StatusBadRequest, reason, "bad XML")
 		return
 	}
@@ -169,7 +169,7 @@ func (a *ACS) badRequest(w http.ResponseWriter, r *http.Request, status int, rea
 	metricBadRequests.WithLabelValues(reason).Inc()
 	if reason != "malformed" && reason != "dtd" && reason != "limits" && reason != "charset" {
 		// Decode failures were logged with their error by the caller.
-		a.log.Warn("CWMP request refused", "remote", r.RemoteAddr, "status", status, "reason", reason)
+		a.refusals.Warn("CWMP request refused", "remote", r.RemoteAddr, "status", status, "reason", reason)
 	}
 	w.Header().Set("Connection", "close")
 	http.Error(w, msg, status)
@@ -295,7 +295,7 @@ func (a *ACS) exchange(w http.ResponseWriter, r *http.Request, s *session, env *
 func (a *ACS) response(w http.ResponseWriter, ctx context.Context, s *session, enc string, m cwmp.Message) {
 	if s.state != stateACS || s.sent == nil {
 		metricBadRequests.WithLabelValues("state").Inc()
-		a.log.Warn("CWMP response outside the ACS's turn refused", "device", s.deviceID, "method", m.MethodName())
+		a.refusals.Warn("CWMP response outside the ACS's turn refused", "device", s.deviceID, "method", m.MethodName())
 		w.Header().Set("Connection", "close")
 		http.Error(w, "Bad session state", http.StatusBadRequest)
 		return

@@ -89,12 +89,13 @@ func (e *Endpoint) answerDuplicate(mtp MTP, from Address, eid, msgID string, st 
 
 // announce publishes s's online event: once per session, and again only
 // when onboarding read identity facts that differ from those announced
-// (a firmware update). facts may be nil (none read).
-func (e *Endpoint) announce(s *session, facts *duetv1.DeviceIdentity) {
+// (a firmware update). facts may be nil (none read). It reports whether
+// it published.
+func (e *Endpoint) announce(s *session, facts *duetv1.DeviceIdentity) bool {
 	e.mu.Lock()
 	if s.gone || (s.announced && (facts == nil || proto.Equal(facts, s.facts))) {
 		e.mu.Unlock()
-		return
+		return false
 	}
 	s.announced = true
 	if facts != nil {
@@ -107,4 +108,5 @@ func (e *Endpoint) announce(s *session, facts *duetv1.DeviceIdentity) {
 		ev.Device = proto.Clone(facts).(*duetv1.DeviceIdentity)
 	}
 	e.publish(s.eid, mtp, addr, ev, nil)
+	return true
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/ratelog"
 	pkgusp "github.com/duet-dm/duet/pkg/usp"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 	"github.com/duet-dm/duet/proto/usp/uspmsg"
@@ -174,6 +175,9 @@ type Endpoint struct {
 	id   string
 	bus  *bus.Bus
 	log  *slog.Logger
+	// refusals logs what a peer can cause at will (bad records) within
+	// a budget (issue 15 §8: 20,000 garbage records wrote 10.5 MB).
+	refusals *ratelog.Logger
 
 	ctx    context.Context // cancelled by Shutdown
 	cancel context.CancelFunc
@@ -234,6 +238,7 @@ func New(opts Options) (*Endpoint, error) {
 		id:         opts.EndpointID,
 		bus:        opts.Bus,
 		log:        opts.Logger.With("component", "usp", "adapter", opts.AdapterID),
+		refusals:   ratelog.New(opts.Logger.With("component", "usp", "adapter", opts.AdapterID), 0, 0),
 		ctx:        ctx,
 		cancel:     cancel,
 		agents:     make(map[string]*session),
@@ -358,7 +363,7 @@ const (
 
 func (e *Endpoint) drop(mtp MTP, reason string, err error, attrs ...any) error {
 	metricRecordsDropped.WithLabelValues(mtp.Name(), reason).Inc()
-	e.log.Warn("usp record dropped", append([]any{"mtp", mtp.Name(), "reason", reason, "err", err}, attrs...)...)
+	e.refusals.Warn("usp record dropped", append([]any{"mtp", mtp.Name(), "reason", reason, "err", err}, attrs...)...)
 	return &RecordError{Reason: reason, Err: err}
 }
 
@@ -388,7 +393,7 @@ func (e *Endpoint) HandleRecord(mtp MTP, from Address, data []byte) error {
 			// E2E sessions are not supported (usp.md §3.4).
 			return e.drop(mtp, DropSessionContext, err, "device", pe.FromID)
 		case pe.Code == pkgusp.ErrCodeRecordNotParsed:
-			e.log.Warn("undecodable usp record", "mtp", mtp.Name(), "from", from.reachability(), "bytes", len(data), "err", err)
+			e.refusals.Warn("undecodable usp record", "mtp", mtp.Name(), "from", from.reachability(), "bytes", len(data), "err", err)
 			return e.drop(mtp, DropGarbage, err)
 		}
 		if from.EndpointID != "" && pe.FromID != "" && from.EndpointID != pe.FromID {
@@ -539,6 +544,15 @@ func (e *Endpoint) connected(mtp MTP, eid string, from Address) {
 	e.mu.Unlock()
 	e.touch(mtp, eid, from)
 	if known {
+		// A Connect record starts a new happening (the agent restarted, or
+		// was reset): an onboarding that ran before it does not cover it.
+		// The Boot! that follows within onboardCoalesce coalesces with the
+		// check started here.
+		e.mu.Lock()
+		if s := e.agents[eid]; s != nil {
+			s.onboardedAt = time.Time{}
+		}
+		e.mu.Unlock()
 		e.startOnboarding(eid, onboardCheck)
 	}
 }
@@ -689,7 +703,7 @@ func (e *Endpoint) submit(eid string, j job) bool {
 		return true
 	default:
 		metricQueueDropped.WithLabelValues("events").Inc()
-		e.log.Warn("usp event queue full, dropping", "device", eid)
+		e.refusals.Warn("usp event queue full, dropping", "device", eid)
 		return false
 	}
 }

@@ -6,6 +6,9 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 	"github.com/duet-dm/duet/proto/usp/uspmsg"
@@ -197,7 +200,12 @@ func (e *Endpoint) onboard(ctx context.Context, eid string, mode onboardMode) er
 			id.ProvisioningCode = p.GetValue()
 		}
 	}
-	e.announce(s, id)
+	// The time of this read stamps the bootstrap this onboarding may end
+	// with: what was read during the bootstrap is not older than it, and
+	// is kept when the controller forgets what it knew before (issue 12
+	// item 1).
+	seen := timestamppb.Now()
+	announced := e.announce(s, id)
 	e.mu.Lock()
 	mtp, addr := s.mtp, s.addr
 	e.mu.Unlock()
@@ -232,7 +240,15 @@ func (e *Endpoint) onboard(ctx context.Context, eid string, mode onboardMode) er
 		// a factory reset wiped it. Either way it is a bootstrap, as
 		// CWMP's "0 BOOTSTRAP" (cwmp.md): what Duet knew of its settings
 		// no longer holds, and policies provision it again.
-		e.publish(eid, mtp, addr, &duetv1.Event{Kind: &duetv1.Event_Bootstrap{Bootstrap: &duetv1.Bootstrap{}}}, nil)
+		e.publish(eid, mtp, addr, &duetv1.Event{Time: seen, Kind: &duetv1.Event_Bootstrap{Bootstrap: &duetv1.Bootstrap{}}}, nil)
+		if !announced {
+			// announce said nothing (this session announced the same
+			// facts before), yet the bootstrap makes the controller
+			// forget the DeviceInfo it cached before: tell it again what
+			// was just read, at the time it was read, so the cache keeps it.
+			e.publish(eid, mtp, addr, &duetv1.Event{Device: proto.Clone(id).(*duetv1.DeviceIdentity), Time: seen,
+				Kind: &duetv1.Event_Online{Online: &duetv1.Online{}}}, nil)
+		}
 	}
 	return e.completeOnboarding(ctx, eid)
 }

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/duet-dm/duet/controller"
 )
 
 // setting is one configuration knob: a flag, a DUET_* variable and a key of
@@ -51,8 +53,18 @@ func newSettings() *settings {
 	add("only", "DUET_ONLY", "", "comma list of components to run: controller, cwmp, usp-mqtt, usp-stomp, usp-ws (default: all)")
 	add("event-retention", "DUET_EVENT_RETENTION", "168h", "how long the event stream keeps device events")
 	add("event-history-retention", "DUET_EVENT_HISTORY_RETENTION", "720h", "how long device history (GET /api/v1/devices/{id}/events) is kept in PostgreSQL")
+	add("event-history-kinds", "DUET_EVENT_HISTORY_KINDS", controller.DefaultHistoryKinds, "per event kind, how long its history is kept instead (kind=duration, comma separated, or none); 0 stores none: Informs are then only counted on the device (informs_total, last_inform_at)")
+	add("event-stream-latest-only", "DUET_EVENT_STREAM_LATEST_ONLY", controller.DefaultLatestOnlyKinds, "event kinds of which the event stream keeps only each device's newest (comma list; none keeps every event for DUET_EVENT_RETENTION)")
 	add("bulk-rate", "DUET_BULK_RATE", "50", "tasks per second a task batch (POST /api/v1/tasks) creates when its request names no rate (at most 1000)")
 	add("policy-sweep", "DUET_POLICY_SWEEP", "10m", "how often every device is checked against the enabled policies even without a change (changes and device events are checked at once)")
+	add("http-read-timeout", "DUET_HTTP_READ_TIMEOUT", "30s", "longest time to read a request (headers and body) on the API and the USP WebSocket upgrade")
+	add("http-write-timeout", "DUET_HTTP_WRITE_TIMEOUT", "150s", "longest time to answer an API request (above the 120 s a task may wait; event streams are exempt)")
+	add("http-idle-timeout", "DUET_HTTP_IDLE_TIMEOUT", "30s", "an idle keep-alive connection of the API or the WebSocket server is closed after this")
+	add("http-max-conns-per-ip", "DUET_HTTP_MAX_CONNS_PER_IP", "64", "connections one source address may hold open to the API (0 = no limit)")
+	add("api-db-conns", "DUET_API_DB_CONNS", "8", "PostgreSQL connections of the API's own pool, apart from the event, task and token-check pool")
+	add("api-query-timeout", "DUET_API_QUERY_TIMEOUT", "10s", "PostgreSQL cancels an API query running longer (503); searches take at most 16 param conditions")
+	add("api-search-concurrency", "DUET_API_SEARCH_CONCURRENCY", "4", "device searches (GET /api/v1/devices) run at once; more wait up to 5 s, then 429")
+	add("secret-params", "DUET_SECRET_PARAMS", "", "comma list of parameter-name endings whose values the API shows as *** (besides Password, Passphrase, KeyPassphrase, PreSharedKey, Secret, WEPKey)")
 	add("reboot-timeout", "DUET_REBOOT_TIMEOUT", "10m", "a reboot or factory reset task fails with timeout when the device is not back (USP Boot!, CWMP 1 BOOT) within this")
 	add("transfer-timeout", "DUET_TRANSFER_TIMEOUT", "1h", "a download or upload the device accepted for later (Status 1) fails with timeout when no TransferComplete comes within this")
 	add("operation-timeout", "DUET_OPERATION_TIMEOUT", "1h", "an asynchronous command (USP OperationComplete, CWMP diagnostics) fails with timeout when its completion does not come within this")
@@ -68,6 +80,8 @@ func newSettings() *settings {
 	add("cwmp-tls-cert", "DUET_CWMP_TLS_CERT", "", "PEM certificate file; enables HTTPS on the ACS")
 	add("cwmp-tls-key", "DUET_CWMP_TLS_KEY", "", "PEM key file for cwmp-tls-cert")
 	add("cwmp-allow-basic-http", "DUET_CWMP_ALLOW_BASIC_HTTP", "false", "accept Basic auth over plain HTTP (for CPEs that can do nothing else)")
+	add("cwmp-connreq-allow", "DUET_CWMP_CONNREQ_ALLOW", "", "comma list of networks (CIDR) connection requests may go to even if refused otherwise; by default loopback, link-local (169.254.169.254), unspecified and multicast addresses are refused")
+	add("cwmp-connreq-refuse", "DUET_CWMP_CONNREQ_REFUSE", "", "comma list of further networks (CIDR) connection requests never go to (0.0.0.0/0,::/0 with an allow list: only the listed networks)")
 	add("cwmp-max-sessions", "DUET_CWMP_MAX_SESSIONS", "1000", "concurrent CWMP sessions before new ones get 503")
 	add("cwmp-offline-tolerance", "DUET_CWMP_OFFLINE_TOLERANCE", "2.5", "a CPE is offline (reason inform_overdue) when no session came for its PeriodicInformInterval times this, plus DUET_CWMP_OFFLINE_GRACE (at least 1)")
 	add("cwmp-offline-grace", "DUET_CWMP_OFFLINE_GRACE", "1m", "added to every CPE's inform deadline")
@@ -94,6 +108,7 @@ func newSettings() *settings {
 	add("ws-path", "DUET_WS_PATH", "/usp", "URL path of the USP WebSocket server")
 	add("ws-tls-cert", "DUET_WS_TLS_CERT", "", "PEM certificate file; enables wss://")
 	add("ws-tls-key", "DUET_WS_TLS_KEY", "", "PEM key file for ws-tls-cert")
+	add("ws-max-conns-per-ip", "DUET_WS_MAX_CONNS_PER_IP", "256", "WebSocket connections one source address may hold (agents behind one NAT share it; 0 = no limit)")
 
 	// Secrets: each also reads from a file (x-file / DUET_X_FILE), for
 	// Docker and Kubernetes secrets mounted as files.

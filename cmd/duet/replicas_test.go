@@ -103,7 +103,7 @@ func TestNATSReplicasOnCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{bus.EventStream, bus.PolicyStream} {
+	for _, name := range []string{bus.EventStream, bus.PolicyStream, bus.DeadLetterStream} {
 		st, err := js.Stream(context.Background(), name)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -22,6 +23,8 @@ import (
 	"github.com/duet-dm/duet/controller"
 	"github.com/duet-dm/duet/controller/policy"
 	"github.com/duet-dm/duet/pkg/bus"
+	"github.com/duet-dm/duet/pkg/netguard"
+	"github.com/duet-dm/duet/pkg/ratelog"
 	"github.com/duet-dm/duet/pkg/store"
 )
 
@@ -105,7 +108,8 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		log.Info("embedded NATS started", "url", natsURL, "store", dir)
 	}
 	ls.NATS = natsURL
-	b, err := bus.Connect(ctx, bus.Options{URL: natsURL, Name: "duet", EventMaxAge: cfg.retention, Replicas: cfg.natsReplicas, Logger: log})
+	b, err := bus.Connect(ctx, bus.Options{URL: natsURL, Name: "duet", EventMaxAge: cfg.retention, Replicas: cfg.natsReplicas,
+		LatestOnlyKinds: cfg.latestOnly, Logger: log})
 	if err != nil {
 		if cfg.natsReplicas > 1 && strings.Contains(err.Error(), "stream") {
 			// Most likely the servers are fewer than the replicas.
@@ -186,7 +190,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			return err
 		}
 		started.push(func(context.Context) { tasks.Stop() })
-		reg, err := controller.NewRegistry(ctx, controller.RegistryOptions{Bus: b, Store: st, Tasks: tasks, Reconciler: rec, Logger: log})
+		reg, err := controller.NewRegistry(ctx, controller.RegistryOptions{Bus: b, Store: st, Tasks: tasks, Reconciler: rec, History: cfg.history, Logger: log})
 		if err != nil {
 			_ = hl.Close()
 			return err
@@ -204,7 +208,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			return err
 		}
 		started.push(func(context.Context) { desk.Stop() })
-		pruner := controller.StartHistoryPruner(st, cfg.historyRetention, log)
+		pruner := controller.StartHistoryPrunerWith(st, cfg.history, log)
 		started.push(func(context.Context) { pruner.Stop() })
 		gauge := controller.StartDeviceGauge(st, 0, log)
 		started.push(func(context.Context) { gauge.Stop() })
@@ -219,8 +223,18 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			return err
 		}
 		started.push(func(context.Context) { bulk.Stop() })
-		api = controller.NewAPI(controller.APIOptions{Store: st, Tasks: tasks, Bulk: bulk, Bus: b, PolicyEnv: policyEnv,
-			CredentialKey: credKey, CWMPRealm: realm, Logger: log})
+		// The API's own pool, with a statement timeout: a costly search
+		// cannot take the connections events, tasks and token checks need
+		// (issue 15 §8). Tokens are checked on the main pool.
+		apiStore, err := store.Open(ctx, store.Options{URL: s.str("database-url"), MaxConns: int32(cfg.apiDBConns),
+			StatementTimeout: cfg.apiQueryTimeout, Logger: log})
+		if err != nil {
+			_ = hl.Close()
+			return s.errSetting("database-url", "%v", err)
+		}
+		started.push(func(context.Context) { apiStore.Close() })
+		api = controller.NewAPI(controller.APIOptions{Store: apiStore, Tokens: st, Tasks: tasks, Bulk: bulk, Bus: b, PolicyEnv: policyEnv,
+			CredentialKey: credKey, CWMPRealm: realm, SearchConcurrency: cfg.apiSearches, SecretParams: cfg.secretParams, Logger: log})
 		if credKey == nil {
 			log.Warn("DUET_CREDENTIALS_KEY is not set: the device credentials API answers 503 and per-device CWMP auth finds no credentials")
 		}
@@ -249,9 +263,13 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	mux.HandleFunc("GET /readyz", readyHandler(checks))
+	mux.HandleFunc("GET /readyz", readyHandler(checks, log))
 	mux.Handle("GET /metrics", promhttp.Handler())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	srv := httpServer(cfg, mux, log)
+	refusals := ratelog.New(log, 0, 0)
+	hl = netguard.LimitPerSource(hl, cfg.httpPerIP, func(src string) {
+		refusals.Warn("API connection refused: too many from one address (DUET_HTTP_MAX_CONNS_PER_IP)", "source", src)
+	})
 	if api != nil {
 		// Event streams never end on their own; end them when draining.
 		srv.RegisterOnShutdown(api.Close)
@@ -260,14 +278,15 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	go func() { serveErr <- srv.Serve(hl) }()
 	started.push(func(ctx context.Context) { _ = srv.Shutdown(ctx) })
 
-	log.Info("duet is up", "version", version(), "http", ls.HTTP, "nats", ls.NATS, "cwmp", ls.CWMP,
-		"mqtt", ls.MQTT, "stomp", ls.STOMP, "websocket", ls.WS)
+	// URLs may carry credentials (nats://user:pass@…): never print them.
+	log.Info("duet is up", "version", version(), "http", ls.HTTP, "nats", netguard.RedactURL(ls.NATS), "cwmp", ls.CWMP,
+		"mqtt", netguard.RedactURL(ls.MQTT), "stomp", ls.STOMP, "websocket", ls.WS)
 	fmt.Fprintf(m.Stdout, "duet %s is up\n", version())
 	for _, l := range []struct{ what, where string }{
 		{"API, /healthz, /readyz, /metrics", "http://" + displayAddr(ls.HTTP)},
-		{"NATS bus", ls.NATS},
+		{"NATS bus", netguard.RedactURL(ls.NATS)},
 		{"CWMP ACS (TR-069)", ls.CWMP},
-		{"USP over MQTT (broker)", ls.MQTT},
+		{"USP over MQTT (broker)", netguard.RedactURL(ls.MQTT)},
 		{"USP over STOMP (broker)", ls.STOMP},
 		{"USP over WebSocket", ls.WS},
 	} {
@@ -352,24 +371,74 @@ type readyCheck struct {
 	fn   func(context.Context) error
 }
 
-func readyHandler(checks []readyCheck) http.HandlerFunc {
+// readyHandler answers /readyz. The body says only "ready" or "not
+// ready": it is public, and a failed check's error names the database
+// user, host and name (issue 15 §9). What failed goes to the log.
+func readyHandler(checks []readyCheck, log *slog.Logger) http.HandlerFunc {
+	rl := ratelog.New(log, 0, 0)
 	return func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 		defer cancel()
-		var failed []string
+		ready := true
 		for _, c := range checks {
 			if err := c.fn(ctx); err != nil {
-				failed = append(failed, c.name+": "+err.Error())
+				ready = false
+				rl.Warn("not ready", "check", c.name, "err", err)
 			}
 		}
 		w.Header().Set("Content-Type", "text/plain")
-		if len(failed) > 0 {
+		if !ready {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte("not ready\n" + strings.Join(failed, "\n") + "\n"))
+			_, _ = w.Write([]byte("not ready\n"))
 			return
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	}
+}
+
+// httpServer is the API server with its timeouts (issue 15 §8: idle API
+// connections stayed open for good). No http.Server ReadTimeout: its
+// deadline stays on the connection while the handler runs and, once
+// passed, cancels the request's context, which would end event streams
+// and task waits. The body gets the deadline instead (bodyDeadline).
+func httpServer(c *serveConfig, h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{Handler: bodyDeadline(c.httpRead, h), ReadHeaderTimeout: min(10*time.Second, c.httpRead),
+		WriteTimeout: c.httpWrite, IdleTimeout: c.httpIdle, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+}
+
+// bodyDeadline gives reading a request body d, lifted once the body is
+// read (or closed), so a client trickling a body cannot hold a connection.
+func bodyDeadline(d time.Duration, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body == nil || r.Body == http.NoBody {
+			next.ServeHTTP(w, r)
+			return
+		}
+		rc := http.NewResponseController(w)
+		_ = rc.SetReadDeadline(time.Now().Add(d))
+		var once sync.Once
+		lift := func() { once.Do(func() { _ = rc.SetReadDeadline(time.Time{}) }) }
+		r.Body = &liftingBody{ReadCloser: r.Body, lift: lift}
+		next.ServeHTTP(w, r)
+	})
+}
+
+type liftingBody struct {
+	io.ReadCloser
+	lift func()
+}
+
+func (b *liftingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil {
+		b.lift()
+	}
+	return n, err
+}
+
+func (b *liftingBody) Close() error {
+	b.lift()
+	return b.ReadCloser.Close()
 }
 
 // displayAddr turns ":8080" / "[::]:8080" into "localhost:8080" for humans.

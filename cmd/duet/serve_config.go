@@ -7,6 +7,7 @@ import (
 	cwmpadapter "github.com/duet-dm/duet/adapters/cwmp"
 	"github.com/duet-dm/duet/controller"
 	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/netguard"
 	"github.com/duet-dm/duet/pkg/store"
 )
 
@@ -18,6 +19,8 @@ type serveConfig struct {
 	comps            map[string]bool
 	retention        time.Duration
 	historyRetention time.Duration
+	history          controller.HistoryOptions // issue 12 item 5
+	latestOnly       []string
 	httpAddr         string
 	realm            string
 	credKey          *store.CredentialKey
@@ -26,6 +29,15 @@ type serveConfig struct {
 	policySweep      time.Duration
 	bulkRate         float64
 	awaitTimeouts    [3]time.Duration // reboot, transfer, operation
+
+	// The API and its HTTP server (issue 15 §8, §9).
+	httpRead, httpWrite, httpIdle time.Duration
+	httpPerIP                     int
+	apiDBConns                    int
+	apiQueryTimeout               time.Duration
+	apiSearches                   int
+	secretParams                  []string
+	wsPerIP                       int
 
 	cwmp cwmpadapter.Options // without Bus and Logger
 
@@ -47,6 +59,14 @@ func (s *settings) checkServe() (*serveConfig, error) {
 	}
 	if c.historyRetention, err = s.duration("event-history-retention", time.Minute); err != nil {
 		return nil, err
+	}
+	historyKinds, err := controller.ParseHistoryKinds(s.str("event-history-kinds"))
+	if err != nil {
+		return nil, s.errSetting("event-history-kinds", "%v", err)
+	}
+	c.history = controller.HistoryOptions{Retention: c.historyRetention, ByKind: historyKinds, TombstoneRetention: c.retention}
+	if c.latestOnly, err = controller.ParseEventKinds(s.str("event-stream-latest-only")); err != nil {
+		return nil, s.errSetting("event-stream-latest-only", "%v", err)
 	}
 	if c.httpAddr, err = s.addr("http-addr"); err != nil {
 		return nil, err
@@ -71,7 +91,29 @@ func (s *settings) checkServe() (*serveConfig, error) {
 			return nil, s.errSetting("nats-replicas", "the embedded NATS server is a single node: replicas must be 1 (set DUET_NATS_URL to a cluster)")
 		}
 	}
+	if c.httpRead, err = s.duration("http-read-timeout", time.Second); err != nil {
+		return nil, err
+	}
+	if c.httpWrite, err = s.duration("http-write-timeout", time.Second); err != nil {
+		return nil, err
+	}
+	if c.httpIdle, err = s.duration("http-idle-timeout", time.Second); err != nil {
+		return nil, err
+	}
+	if c.httpPerIP, err = s.integer("http-max-conns-per-ip", 0, 1_000_000); err != nil {
+		return nil, err
+	}
 	if c.comps["controller"] {
+		if c.apiDBConns, err = s.integer("api-db-conns", 2, 1000); err != nil {
+			return nil, err
+		}
+		if c.apiQueryTimeout, err = s.duration("api-query-timeout", 100*time.Millisecond); err != nil {
+			return nil, err
+		}
+		if c.apiSearches, err = s.integer("api-search-concurrency", 1, 1000); err != nil {
+			return nil, err
+		}
+		c.secretParams = strings.Split(s.str("secret-params"), ",")
 		if v := s.str("admin-token"); v != "" && len(v) < store.MinTokenLen {
 			return nil, s.errSetting("admin-token", "is shorter than %d characters", store.MinTokenLen)
 		}
@@ -134,8 +176,17 @@ func (s *settings) checkCWMP(realm string) (cwmpadapter.Options, error) {
 	if !strings.HasPrefix(s.str("cwmp-path"), "/") {
 		return o, s.errSetting("cwmp-path", "%q must start with /", s.str("cwmp-path"))
 	}
+	allow, err := netguard.ParsePrefixes(s.str("cwmp-connreq-allow"))
+	if err != nil {
+		return o, s.errSetting("cwmp-connreq-allow", "%v", err)
+	}
+	refuse, err := netguard.ParsePrefixes(s.str("cwmp-connreq-refuse"))
+	if err != nil {
+		return o, s.errSetting("cwmp-connreq-refuse", "%v", err)
+	}
 	return cwmpadapter.Options{
-		Addr: addr, Path: s.str("cwmp-path"), Auth: auth,
+		ConnReqTargets: &netguard.Targets{Allow: allow, Refuse: refuse},
+		Addr:           addr, Path: s.str("cwmp-path"), Auth: auth,
 		Username: s.str("cwmp-username"), Password: s.str("cwmp-password"), Realm: realm,
 		TLSCertFile: s.str("cwmp-tls-cert"), TLSKeyFile: s.str("cwmp-tls-key"),
 		AllowBasicOverHTTP: basic, MaxSessions: maxSessions, MinInformInterval: minInform,
@@ -185,6 +236,9 @@ func (s *settings) checkUSP(c *serveConfig) error {
 		}
 		if !strings.HasPrefix(s.str("ws-path"), "/") {
 			return s.errSetting("ws-path", "%q must start with /", s.str("ws-path"))
+		}
+		if c.wsPerIP, err = s.integer("ws-max-conns-per-ip", 0, 1_000_000); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -16,6 +17,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/netguard"
+	"github.com/duet-dm/duet/pkg/ratelog"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 )
 
@@ -29,6 +32,10 @@ type Options struct {
 	EventMaxAge time.Duration
 	// EventMaxBytes bounds the event stream's size. Default 1 GiB.
 	EventMaxBytes int64
+	// LatestOnlyKinds are event kinds of which the stream keeps only the
+	// newest per device (a JetStream rollup of the event's subject): the
+	// routine reports (issue 12 item 5; docs/bus.md). None by default.
+	LatestOnlyKinds []string
 	// Replicas of the event stream on a clustered JetStream. Default 1.
 	Replicas int
 	// DefaultTimeout applies to requests whose context has no deadline.
@@ -78,6 +85,8 @@ type Bus struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	log  *slog.Logger
+	// refusals logs texts SanitizeEvent refused, within a budget.
+	refusals *ratelog.Logger
 
 	mu     sync.Mutex
 	subs   map[*Subscription]struct{}
@@ -100,7 +109,7 @@ func Connect(ctx context.Context, opts Options) (*Bus, error) {
 				log.Warn("nats disconnected", "err", err)
 			}
 		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrl()) }),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrlRedacted()) }),
 		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
 			subj := ""
 			if s != nil {
@@ -111,14 +120,14 @@ func Connect(ctx context.Context, opts Options) (*Bus, error) {
 		}),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("bus: connect to %s: %w", opts.URL, err)
+		return nil, fmt.Errorf("bus: connect to %s: %w", netguard.RedactURL(opts.URL), err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("bus: jetstream: %w", err)
 	}
-	b := &Bus{opts: opts, nc: nc, js: js, log: log, subs: map[*Subscription]struct{}{}}
+	b := &Bus{opts: opts, nc: nc, js: js, log: log, refusals: ratelog.New(log, 0, 0), subs: map[*Subscription]struct{}{}}
 	if err := b.ensureStreams(ctx); err != nil {
 		nc.Close()
 		return nil, err
@@ -141,11 +150,14 @@ func (b *Bus) EventStreamConfig() jetstream.StreamConfig {
 		// Publishers set Nats-Msg-Id to the event ID, so an adapter that
 		// retries a publish after a lost ack stores the event once.
 		Duplicates: 2 * time.Minute,
+		// Routine events replace the previous one of their subject
+		// (Options.LatestOnlyKinds), as a KV bucket's values do.
+		AllowRollup: true,
 	}
 }
 
 func (b *Bus) ensureStreams(ctx context.Context) error {
-	for _, cfg := range []jetstream.StreamConfig{b.EventStreamConfig(), b.PolicyStreamConfig()} {
+	for _, cfg := range []jetstream.StreamConfig{b.EventStreamConfig(), b.PolicyStreamConfig(), b.DeadLetterStreamConfig()} {
 		if _, err := b.js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return fmt.Errorf("bus: create stream %s: %w", cfg.Name, err)
 		}
@@ -262,9 +274,16 @@ func (b *Bus) PublishEvents(ctx context.Context, evs ...*duetv1.Event) error {
 	}
 	msgs := make([]out, 0, len(evs))
 	for _, ev := range evs {
+		// Before the event is marshalled: proto3 strings must be UTF-8.
+		b.noteRefusals(ev, SanitizeEvent(ev))
 		m, p, kind, err := eventMsg(ev)
 		if err != nil {
 			return err
+		}
+		if slices.Contains(b.opts.LatestOnlyKinds, kind) {
+			// The stream keeps this one and drops the device's earlier
+			// events of the kind (subject duet.evt.<p>.<device>.<kind>).
+			m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 		}
 		msgs = append(msgs, out{m, p, kind})
 	}
@@ -436,6 +455,9 @@ func (b *Bus) ServeCommands(subject, queue string, h CommandHandler) (*Subscript
 		if res.DeviceId == "" {
 			res.DeviceId = cmd.DeviceId
 		}
+		// A result carries what the device answered: bounded like an
+		// event's texts before it leaves the adapter (sanitize.go).
+		b.noteResultRefusals(res, SanitizeResult(res))
 		return res, nil
 	})
 }

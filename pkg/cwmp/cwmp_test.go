@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"compress/zlib"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -460,6 +461,14 @@ func TestHostile(t *testing.T) {
 	deep := strings.Repeat("<a>", 100000) + strings.Repeat("</a>", 100000)
 	many := "<Envelope><Body><cwmp:GetParameterValues xmlns:cwmp='urn:dslforum-org:cwmp-1-0'><ParameterNames>" +
 		strings.Repeat("<string>x</string>", 5000) + "</ParameterNames></cwmp:GetParameterValues></Body></Envelope>"
+	// Few elements, many attributes: each attribute is memory the decoder
+	// keeps, so it counts against MaxElements (issue 15 §8; before, this
+	// passed a 1000-element limit).
+	var attrs strings.Builder
+	for i := 0; i < 5000; i++ {
+		fmt.Fprintf(&attrs, " a%d='x'", i)
+	}
+	attrHeavy := "<Envelope><Body><x" + attrs.String() + "/></Body></Envelope>"
 	full := string(readSample(t, "Inform__zyxel_soapenv_10.xml"))
 	tests := []struct {
 		name   string
@@ -471,6 +480,7 @@ func TestHostile(t *testing.T) {
 		{"external entity", xxe, Limits{}, ErrDTD},
 		{"deep nesting", deep, Limits{}, ErrTooDeep},
 		{"too many elements", many, Limits{MaxElements: 1000}, ErrTooManyElements},
+		{"too many attributes", attrHeavy, Limits{MaxElements: 1000}, ErrTooManyElements},
 		{"oversized", full, Limits{MaxBodySize: 100}, ErrBodyTooLarge},
 		{"truncated", full[:len(full)/2], Limits{}, ErrMalformed},
 		{"undefined entity", `<Envelope><Body>&lol;</Body></Envelope>`, Limits{}, ErrMalformed},

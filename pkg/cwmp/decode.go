@@ -18,7 +18,7 @@ import (
 var (
 	ErrBodyTooLarge        = errors.New("cwmp: body larger than the limit")
 	ErrTooDeep             = errors.New("cwmp: elements nested deeper than the limit")
-	ErrTooManyElements     = errors.New("cwmp: more elements than the limit")
+	ErrTooManyElements     = errors.New("cwmp: more elements and attributes than the limit")
 	ErrDTD                 = errors.New("cwmp: DOCTYPE and other DTD directives are not allowed")
 	ErrUnsupportedCharset  = errors.New("cwmp: unsupported charset")
 	ErrUnsupportedEncoding = errors.New("cwmp: unsupported Content-Encoding")
@@ -29,7 +29,7 @@ var (
 type Limits struct {
 	MaxBodySize int // bytes of the (decompressed) body; default 4 MiB
 	MaxDepth    int // element nesting; default 32 (an Inform needs 6)
-	MaxElements int // elements in the whole document; default 200000
+	MaxElements int // elements plus attributes in the whole document; default 200000
 }
 
 // DefaultLimits is used by Decode.
@@ -218,7 +218,8 @@ func parseTree(text []byte, l Limits) (*node, error) {
 		}
 		switch t := tok.(type) {
 		case xml.StartElement:
-			count++
+			// Attributes count too: each is kept like an element.
+			count += 1 + len(t.Attr)
 			if count > l.MaxElements {
 				return nil, ErrTooManyElements
 			}

@@ -112,6 +112,11 @@ type Device struct {
 	ConnectionRequestURL string
 	// DataModel is the root object: "Device." or "InternetGatewayDevice.".
 	DataModel string
+	// InformsTotal counts the Informs (CWMP) and Periodic! notifications
+	// (USP) applied; LastInformAt is the newest one's time (zero: none).
+	// Routine events are counted here rather than each kept in history.
+	InformsTotal int64
+	LastInformAt time.Time
 }
 
 func (d Device) String() string { return fmt.Sprintf("%s(%s)", d.ID, d.Protocol) }

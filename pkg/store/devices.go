@@ -34,6 +34,12 @@ type Observation struct {
 	// Params are the values the event taught (inform parameters, value
 	// changes, Get results); they are cached in the same transaction.
 	Params []Parameter
+	// SkipHistory: the event is not stored in device_events (a routine
+	// kind kept for no time); it still updates the registry.
+	SkipHistory bool
+	// CountsAsInform: the event is one of the device's Informs (CWMP
+	// Inform, USP Periodic!), counted in informs_total / last_inform_at.
+	CountsAsInform bool
 }
 
 // deviceUpdate is the merge of every observation of one device in a batch.
@@ -60,6 +66,7 @@ func (s *Store) ApplyObservations(ctx context.Context, obs []Observation) error 
 	if len(obs) == 0 {
 		return nil
 	}
+	obs = sanitizeObservations(obs)
 	// Merge per device in event-time order.
 	sorted := make([]Observation, len(obs))
 	copy(sorted, obs)
@@ -127,7 +134,15 @@ func (s *Store) ApplyObservations(ctx context.Context, obs []Observation) error 
 	evTime := make([]time.Time, 0, len(obs))
 	evSeq := make([]int64, 0, len(obs))
 	evPayload := make([][]byte, 0, len(obs))
+	var infDev []string
+	var infAt []time.Time
 	for _, o := range obs {
+		if o.CountsAsInform && !o.Passive {
+			infDev, infAt = append(infDev, o.Device.ID), append(infAt, o.Time)
+		}
+		if o.SkipHistory {
+			continue
+		}
 		evID = append(evID, o.EventID)
 		evDev = append(evDev, o.Device.ID)
 		evKind = append(evKind, o.Kind)
@@ -145,6 +160,9 @@ func (s *Store) ApplyObservations(ctx context.Context, obs []Observation) error 
 				cols.id, cols.protocol, cols.manufacturer, cols.oui, cols.productClass, cols.serial, cols.model,
 				cols.sw, cols.hw, cols.prov, cols.dm, cols.transport, cols.address, cols.crURL,
 				cols.firstSeen, cols.lastSeen, cols.factsAt, cols.onlineAt, cols.reachAt, cols.online)
+		}
+		if len(infDev) > 0 {
+			b.Queue(countInformsSQL, infDev, infAt)
 		}
 		// After the registry upsert in the same batch: a new device's row
 		// exists when its parameters are written.
@@ -191,6 +209,19 @@ ON CONFLICT (id) DO UPDATE SET
 	online_changed_at = GREATEST(d.online_changed_at, excluded.online_changed_at),
 	first_seen        = LEAST(d.first_seen, excluded.first_seen),
 	last_seen         = GREATEST(d.last_seen, excluded.last_seen)`
+
+// countInformsSQL counts a batch's Informs on their devices. With no row
+// per Inform to de-duplicate on, an Inform counts only if it is newer
+// than the last one counted: a redelivered batch (or an older Inform
+// applied late) changes nothing.
+const countInformsSQL = `
+UPDATE devices d SET informs_total = d.informs_total + x.n, last_inform_at = x.last
+FROM (SELECT u.dev, count(*) AS n, max(u.at) AS last
+	FROM unnest($1::text[], $2::timestamptz[]) AS u(dev, at)
+	JOIN devices d2 ON d2.id = u.dev
+	WHERE d2.last_inform_at IS NULL OR u.at > d2.last_inform_at
+	GROUP BY u.dev) x
+WHERE d.id = x.dev`
 
 var epoch = time.Unix(0, 0).UTC()
 
@@ -288,15 +319,19 @@ func DecodeCursor(c string) (string, error) {
 
 const deviceColumns = `id, protocol, manufacturer, oui, product_class, serial_number, model_name,
 	software_version, hardware_version, provisioning_code, data_model, first_seen, last_seen, online,
-	transport, address, connection_request_url, rebooting_task <> ''`
+	transport, address, connection_request_url, rebooting_task <> '', informs_total, last_inform_at`
 
 func scanDevice(row pgx.Row) (devicemodel.Device, error) {
 	var d devicemodel.Device
 	var p string
+	var lastInform *time.Time
 	err := row.Scan(&d.ID, &p, &d.Manufacturer, &d.OUI, &d.ProductClass, &d.SerialNumber, &d.ModelName,
 		&d.SoftwareVersion, &d.HardwareVersion, &d.ProvisioningCode, &d.DataModel, &d.FirstSeen, &d.LastSeen,
-		&d.Online, &d.Transport, &d.Address, &d.ConnectionRequestURL, &d.Rebooting)
+		&d.Online, &d.Transport, &d.Address, &d.ConnectionRequestURL, &d.Rebooting, &d.InformsTotal, &lastInform)
 	d.Protocol = devicemodel.Protocol(p)
+	if lastInform != nil {
+		d.LastInformAt = *lastInform
+	}
 	return d, err
 }
 

@@ -103,10 +103,31 @@ func (s *Store) FindDeviceEvents(ctx context.Context, f EventFilter) ([]DeviceEv
 // rows per statement (so a large backlog never holds one long
 // transaction), and returns how many it deleted.
 func (s *Store) DeleteEventsBefore(ctx context.Context, t time.Time, batch int) (int64, error) {
+	return s.deleteEvents(ctx, `DELETE FROM device_events WHERE id IN (
+			SELECT id FROM device_events WHERE time < $1 LIMIT $2)`, batch, t)
+}
+
+// DeleteEventsBeforeExcept is DeleteEventsBefore for every kind but the
+// listed ones (which have retentions of their own).
+func (s *Store) DeleteEventsBeforeExcept(ctx context.Context, t time.Time, except []string, batch int) (int64, error) {
+	if len(except) == 0 {
+		return s.DeleteEventsBefore(ctx, t, batch)
+	}
+	return s.deleteEvents(ctx, `DELETE FROM device_events WHERE id IN (
+			SELECT id FROM device_events WHERE time < $1 AND kind <> ALL($3::text[]) LIMIT $2)`, batch, t, except)
+}
+
+// DeleteEventsOfKindBefore deletes one kind's history older than t
+// (device_events_kind_time_idx), batched as DeleteEventsBefore.
+func (s *Store) DeleteEventsOfKindBefore(ctx context.Context, kind string, t time.Time, batch int) (int64, error) {
+	return s.deleteEvents(ctx, `DELETE FROM device_events WHERE id IN (
+			SELECT id FROM device_events WHERE kind = $3 AND time < $1 LIMIT $2)`, batch, t, kind)
+}
+
+func (s *Store) deleteEvents(ctx context.Context, sql string, batch int, t time.Time, more ...any) (int64, error) {
 	var total int64
 	for {
-		tag, err := s.pool.Exec(ctx, `DELETE FROM device_events WHERE id IN (
-			SELECT id FROM device_events WHERE time < $1 LIMIT $2)`, t, batch)
+		tag, err := s.pool.Exec(ctx, sql, append([]any{t, batch}, more...)...)
 		if err != nil {
 			return total, fmt.Errorf("store: delete old events: %w", err)
 		}

@@ -574,12 +574,16 @@ func (s *Store) scanDevices(ctx context.Context, where string, args []any, limit
 		var d devicemodel.Device
 		var p string
 		var tags []string
+		var lastInform *time.Time
 		if err := rows.Scan(&d.ID, &p, &d.Manufacturer, &d.OUI, &d.ProductClass, &d.SerialNumber, &d.ModelName,
 			&d.SoftwareVersion, &d.HardwareVersion, &d.ProvisioningCode, &d.DataModel, &d.FirstSeen, &d.LastSeen,
-			&d.Online, &d.Transport, &d.Address, &d.ConnectionRequestURL, &d.Rebooting, &tags); err != nil {
+			&d.Online, &d.Transport, &d.Address, &d.ConnectionRequestURL, &d.Rebooting, &d.InformsTotal, &lastInform, &tags); err != nil {
 			return nil, fmt.Errorf("store: scan devices: %w", err)
 		}
 		d.Protocol = devicemodel.Protocol(p)
+		if lastInform != nil {
+			d.LastInformAt = *lastInform
+		}
 		out = append(out, DeviceWithTags{Device: d, Tags: tags})
 	}
 	if err := rows.Err(); err != nil {

@@ -21,7 +21,10 @@ type Parameter struct {
 // UpsertParameters stores learned values in one statement. For the same
 // (device, path) only the newest (UpdatedAt) wins, in the batch and
 // against the table, so replays and reordering are harmless; an unknown
-// type or writability never overwrites a known one. Values learned from
+// type or writability never overwrites a known one. A value observed
+// before a deletion that covers its path (DeleteParameterSubtreesAt,
+// ForgetDeviceState) is not stored: it was read before the delete and
+// must not outlive it, however late it arrives. Values learned from
 // events go through ApplyObservations instead, in the events' transaction.
 //
 // One narrow row per (device, path) rather than a JSONB document per
@@ -54,6 +57,8 @@ func upsertParametersStatement(ps []Parameter) (string, []any) {
 	type key struct{ d, p string }
 	latest := make(map[key]Parameter, len(ps))
 	for _, p := range ps {
+		// The last line against texts PostgreSQL cannot hold (sanitize.go).
+		p.Path, p.Value, p.Type = storable(p.Path), storable(p.Value), storable(p.Type)
 		k := key{p.DeviceID, p.Path}
 		cur, ok := latest[k]
 		if !ok {
@@ -99,6 +104,8 @@ const upsertParametersSQL = `INSERT INTO device_parameters AS c (device_id, path
 		SELECT u.d, u.p, u.v, u.t, u.w, u.a
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::timestamptz[]) AS u(d, p, v, t, w, a)
 		WHERE EXISTS (SELECT 1 FROM devices WHERE id = u.d)
+			AND NOT EXISTS (SELECT 1 FROM device_parameter_tombstones t
+				WHERE t.device_id = u.d AND starts_with(u.p, t.prefix) AND t.deleted_at > u.a)
 		ON CONFLICT (device_id, path) DO UPDATE SET
 			value = excluded.value,
 			type = CASE WHEN excluded.type <> '' THEN excluded.type ELSE c.type END,

@@ -727,8 +727,7 @@ func (s *Store) ForgetDeviceState(ctx context.Context, boots map[string]time.Tim
 		ids, ats = append(ids, id), append(ats, at)
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `DELETE FROM device_parameters p USING unnest($1::text[], $2::timestamptz[]) b(d, at)
-			WHERE p.device_id = b.d AND p.updated_at < b.at`, ids, ats); err != nil {
+		if err := forgetParameters(ctx, tx, ids, ats); err != nil {
 			return err
 		}
 		_, err := tx.Exec(ctx, `UPDATE policy_status SET attrs_revision = 0, refreshed = '{}',
@@ -742,9 +741,37 @@ func (s *Store) ForgetDeviceState(ctx context.Context, boots map[string]time.Tim
 	return nil
 }
 
-// DeleteParameterSubtrees drops a device's cached parameters under the
-// given object paths (instances it deleted).
+// forgetParameters drops what the cache held of each device before its
+// bootstrap time (ids[i] at ats[i]) and leaves a whole-device tombstone,
+// so a value read before the bootstrap and applied late is not stored
+// again. What was observed at or after the bootstrap — the values of the
+// Inform or onboarding that reported it — stays (issue 12 item 1). The
+// device's older tombstones are covered by the new one.
+func forgetParameters(ctx context.Context, tx pgx.Tx, ids []string, ats []time.Time) error {
+	b := &pgx.Batch{}
+	b.Queue(`DELETE FROM device_parameters p USING unnest($1::text[], $2::timestamptz[]) b(d, at)
+		WHERE p.device_id = b.d AND p.updated_at < b.at`, ids, ats)
+	b.Queue(`DELETE FROM device_parameter_tombstones t USING unnest($1::text[], $2::timestamptz[]) b(d, at)
+		WHERE t.device_id = b.d AND t.prefix <> '' AND t.deleted_at <= b.at`, ids, ats)
+	b.Queue(`INSERT INTO device_parameter_tombstones (device_id, prefix, deleted_at)
+		SELECT b.d, '', b.at FROM unnest($1::text[], $2::timestamptz[]) b(d, at)
+		WHERE EXISTS (SELECT 1 FROM devices WHERE id = b.d)
+		ON CONFLICT (device_id, prefix) DO UPDATE SET deleted_at = GREATEST(device_parameter_tombstones.deleted_at, excluded.deleted_at)`, ids, ats)
+	return tx.SendBatch(ctx, b).Close()
+}
+
+// DeleteParameterSubtrees is DeleteParameterSubtreesAt observed now: it
+// refuses afterwards every value under prefixes observed before this call.
 func (s *Store) DeleteParameterSubtrees(ctx context.Context, deviceID string, prefixes []string) error {
+	return s.DeleteParameterSubtreesAt(ctx, deviceID, prefixes, time.Now())
+}
+
+// DeleteParameterSubtreesAt drops a device's cached parameters under the
+// given object paths (instances it deleted), all of them, and leaves a
+// tombstone per path at at, when the deletion was observed: a value under it observed before at (a Get
+// answered before the Delete, applied late) is never stored again, while
+// one observed after (the instance created anew) is.
+func (s *Store) DeleteParameterSubtreesAt(ctx context.Context, deviceID string, prefixes []string, at time.Time) error {
 	if len(prefixes) == 0 {
 		return nil
 	}
@@ -752,10 +779,30 @@ func (s *Store) DeleteParameterSubtrees(ctx context.Context, deviceID string, pr
 	for i, p := range prefixes {
 		likes[i] = likeEscape(p) + "%"
 	}
-	if _, err := s.pool.Exec(ctx, "DELETE FROM device_parameters WHERE device_id = $1 AND path LIKE ANY($2::text[])", deviceID, likes); err != nil {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		b := &pgx.Batch{}
+		b.Queue(`INSERT INTO device_parameter_tombstones (device_id, prefix, deleted_at)
+			SELECT $1, p, $3 FROM unnest($2::text[]) p WHERE EXISTS (SELECT 1 FROM devices WHERE id = $1)
+			ON CONFLICT (device_id, prefix) DO UPDATE SET deleted_at = GREATEST(device_parameter_tombstones.deleted_at, excluded.deleted_at)`,
+			deviceID, prefixes, at)
+		b.Queue("DELETE FROM device_parameters WHERE device_id = $1 AND path LIKE ANY($2::text[])", deviceID, likes)
+		return tx.SendBatch(ctx, b).Close()
+	})
+	if err != nil {
 		return fmt.Errorf("store: delete parameter subtrees: %w", err)
 	}
 	return nil
+}
+
+// PruneParameterTombstones drops deletions observed before cutoff: once
+// no event that old can still be delivered (the event stream's
+// retention), nothing can arrive that they would have to beat.
+func (s *Store) PruneParameterTombstones(ctx context.Context, cutoff time.Time) (int64, error) {
+	tag, err := s.pool.Exec(ctx, "DELETE FROM device_parameter_tombstones WHERE deleted_at < $1", cutoff)
+	if err != nil {
+		return 0, fmt.Errorf("store: prune parameter tombstones: %w", err)
+	}
+	return tag.RowsAffected(), nil
 }
 
 // PrunePolicyTasks drops the links of policy tasks that finished before

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -309,4 +310,30 @@ func CheckTag(tag string) error {
 			"tag %q has %q at byte %d; allowed are letters, digits and - _ . : /", tag, rune(c), i)
 	}
 	return nil
+}
+
+// CountDevicesWithoutParams returns, for each distinct path of f.Params,
+// how many devices matching f's other filters (not its param conditions,
+// cursor or limit) have no cached value for it: the devices a condition
+// on that path cannot judge. One count per path; like the param
+// conditions, each is a probe of device_parameters' key per candidate.
+func (s *Store) CountDevicesWithoutParams(ctx context.Context, f DeviceFilter) (map[string]int64, error) {
+	out := map[string]int64{}
+	base := f
+	base.Params = nil
+	for _, c := range f.Params {
+		if _, done := out[c.Path]; done {
+			continue
+		}
+		where, args := deviceConditions(base, nil)
+		args = append(args, c.Path)
+		where = append(where, fmt.Sprintf("NOT EXISTS (SELECT 1 FROM device_parameters p WHERE p.device_id = devices.id AND p.path = $%d)", len(args)))
+		var n int64
+		q := "SELECT count(*) FROM devices WHERE " + strings.Join(where, " AND ")
+		if err := s.pool.QueryRow(ctx, q, append([]any{customPlan}, args...)...).Scan(&n); err != nil {
+			return nil, fmt.Errorf("store: count devices without %s: %w", c.Path, err)
+		}
+		out[c.Path] = n
+	}
+	return out, nil
 }

@@ -31,7 +31,12 @@ type Options struct {
 	URL string
 	// MaxConns bounds the pool. Default 16.
 	MaxConns int32
-	Logger   *slog.Logger
+	// StatementTimeout, when set, makes PostgreSQL cancel any statement of
+	// this pool that runs longer (statement_timeout); such an error
+	// satisfies IsQueryTimeout. The API opens its own pool with one, so
+	// a costly search cannot hold connections the hot path needs.
+	StatementTimeout time.Duration
+	Logger           *slog.Logger
 }
 
 // Open connects a pool and checks that the server answers.
@@ -48,6 +53,9 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	}
 	cfg.MaxConns = o.MaxConns
 	cfg.ConnConfig.RuntimeParams["application_name"] = "duet"
+	if o.StatementTimeout > 0 {
+		cfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(max(o.StatementTimeout.Milliseconds(), 1), 10)
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}

@@ -187,13 +187,13 @@ func (t *Transport) Start() error {
 					t.log.Error("mqtt subscribe failed", "topic", t.opts.Topic, "err", err)
 					return
 				}
-				t.log.Info("mqtt subscribed", "broker", t.broker.String(), "topic", t.opts.Topic, "shared_group", t.opts.SharedGroup)
+				t.log.Info("mqtt subscribed", "broker", t.broker.Redacted(), "topic", t.opts.Topic, "shared_group", t.opts.SharedGroup)
 				t.readyOne.Do(func() { close(t.ready) })
 			}()
 		},
 		OnConnectError: func(err error) {
 			t.setErr(err)
-			t.log.Warn("mqtt connect failed", "broker", t.broker.String(), "err", err)
+			t.log.Warn("mqtt connect failed", "broker", t.broker.Redacted(), "err", err)
 		},
 		ClientConfig: paho.ClientConfig{
 			ClientID: t.opts.ClientID,
@@ -206,7 +206,7 @@ func (t *Transport) Start() error {
 	cm, err := autopaho.NewConnection(ctx, cfg)
 	if err != nil {
 		cancel()
-		return fmt.Errorf("usp/mqtt: broker %s: %w", t.broker, err)
+		return fmt.Errorf("usp/mqtt: broker %s: %w", t.broker.Redacted(), err)
 	}
 	t.mu.Lock()
 	t.cm = cm
@@ -222,7 +222,7 @@ func (t *Transport) Start() error {
 		if err == nil {
 			err = errors.New("timed out")
 		}
-		return fmt.Errorf("usp/mqtt: cannot connect and subscribe to broker %s within %s: %w", t.broker, t.opts.ConnectTimeout, err)
+		return fmt.Errorf("usp/mqtt: cannot connect and subscribe to broker %s within %s: %w", t.broker.Redacted(), t.opts.ConnectTimeout, err)
 	}
 }
 

@@ -38,8 +38,8 @@ func TestSimAgent(t *testing.T) {
 // TestSimAgentOneEventPerHappening: a simulated agent that ships a factory
 // Boot! subscription, like real agents, reboots. It sends one Boot! per
 // matching subscription (its own and Duet's) after a Connect record; Duet
-// publishes one boot event, answers both Notifies, and does not onboard
-// the agent again (its persistent subscriptions survived). One connection
+// publishes one boot event, answers both Notifies, and checks the agent's
+// subscriptions once (they survived; nothing is re-created). One connection
 // is one online event. Issue 11 §4; before the fix: two boot events, two
 // or three online events, onboarding twice.
 func TestSimAgentOneEventPerHappening(t *testing.T) {
@@ -92,7 +92,9 @@ func TestSimAgentOneEventPerHappening(t *testing.T) {
 	if d := usptest.MetricValue(t, "duet_usp_notifications_total", map[string]string{"kind": "duplicate"}) - dups; d < 1 {
 		t.Errorf("duet_usp_notifications_total{kind=duplicate} grew by %v, want at least 1", d)
 	}
-	if d := usptest.MetricValue(t, "duet_usp_onboardings_total", map[string]string{"outcome": "ok"}) - onboarded; d != 0 {
-		t.Errorf("onboarded %v more times after the reboot, want 0", d)
+	// One check for the one happening: the Connect record's (a new
+	// connection may follow a factory reset); the Boot!s coalesce with it.
+	if d := usptest.MetricValue(t, "duet_usp_onboardings_total", map[string]string{"outcome": "ok"}) - onboarded; d > 1 {
+		t.Errorf("onboarded %v more times after the reboot, want at most 1", d)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/duet-dm/duet/adapters/usp"
+	"github.com/duet-dm/duet/pkg/netguard"
 	pkgusp "github.com/duet-dm/duet/pkg/usp"
 )
 
@@ -37,7 +38,7 @@ var (
 	})
 	metricRejected = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "duet_usp_websocket_rejected_total",
-		Help: "WebSocket connections refused or closed by us, by reason (no_subprotocol, no_eid, too_many, bad_record, replaced, text_frame, too_large, idle).",
+		Help: "WebSocket connections refused or closed by us, by reason (no_subprotocol, no_eid, too_many, too_many_per_source, bad_record, replaced, text_frame, too_large, idle).",
 	}, []string{"reason"})
 )
 
@@ -66,7 +67,16 @@ type Options struct {
 	IdleTimeout time.Duration
 	// WriteTimeout bounds one frame write; default 10 s.
 	WriteTimeout time.Duration
-	Logger       *slog.Logger
+	// HandshakeTimeout bounds reading the upgrade request, and
+	// HTTPIdleTimeout how long a connection that was never upgraded may sit
+	// idle; defaults 30 s each (issue 15 §8).
+	HandshakeTimeout time.Duration
+	HTTPIdleTimeout  time.Duration
+	// MaxConnsPerSource bounds the connections one source IP holds at once
+	// (counted at accept, so before any upgrade); 0 is no limit. Agents
+	// behind one carrier-grade NAT share an address: keep it generous.
+	MaxConnsPerSource int
+	Logger            *slog.Logger
 }
 
 // Transport is the WebSocket MTP.
@@ -140,6 +150,12 @@ func New(opts Options) (*Transport, error) {
 	if opts.WriteTimeout == 0 {
 		opts.WriteTimeout = 10 * time.Second
 	}
+	if opts.HandshakeTimeout <= 0 {
+		opts.HandshakeTimeout = 30 * time.Second
+	}
+	if opts.HTTPIdleTimeout <= 0 {
+		opts.HTTPIdleTimeout = 30 * time.Second
+	}
 	if opts.MaxConnections < 0 || opts.MaxMessageBytes < 0 || opts.PingInterval < 0 || opts.IdleTimeout < 0 || opts.WriteTimeout < 0 {
 		return nil, errors.New("usp/websocket: limits and timeouts must be positive")
 	}
@@ -190,9 +206,15 @@ func (t *Transport) Start() error {
 		}
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}) // usp.md §8.1
 	}
+	ln = netguard.LimitPerSource(ln, t.opts.MaxConnsPerSource, func(string) {
+		metricRejected.WithLabelValues("too_many_per_source").Inc()
+	})
 	mux := http.NewServeMux()
 	mux.HandleFunc(t.opts.Path, t.serveWS)
-	t.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(t.log.Handler(), slog.LevelDebug)}
+	// ReadTimeout covers the upgrade request only: after the hijack the
+	// connection's deadlines are the idle and write timeouts above.
+	t.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: t.opts.HandshakeTimeout,
+		IdleTimeout: t.opts.HTTPIdleTimeout, ErrorLog: slog.NewLogLogger(t.log.Handler(), slog.LevelDebug)}
 	t.ln = ln
 	t.started = true
 	t.wg.Add(1)
