@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/duet-dm/duet/pkg/bus"
 )
 
 // TestDocsNameRealThings keeps the guides in docs/ and the README true to
@@ -16,7 +18,7 @@ func TestDocsNameRealThings(t *testing.T) {
 	s := newSettings()
 	known := map[string]bool{
 		// JetStream stream names, not settings (pkg/bus).
-		"DUET_EVENTS": true, "DUET_POLICY": true,
+		bus.EventStream: true, bus.PolicyStream: true, bus.DeadLetterStream: true,
 		// The settings file, read before the settings (--config).
 		"DUET_CONFIG": true,
 		// The tests' database (Makefile, docs/testing.md).
