@@ -1,7 +1,9 @@
 package controller
 
 import (
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -51,6 +53,18 @@ func learnedParams(ev *duetv1.Event, deviceID string, at time.Time) []store.Para
 		return cacheParams(deviceID, at, ev.GetDiagnosticsComplete().GetParams())
 	case ev.GetCommandResult().GetGet() != nil:
 		return cacheParams(deviceID, at, ev.GetCommandResult().GetGet().GetParams())
+	case ev.GetObjectCreated() != nil:
+		// A new instance's unique keys (TR-369 Notify ObjectCreation):
+		// the instance shows in the cache, so a policy finds it.
+		c := ev.GetObjectCreated()
+		if !strings.HasSuffix(c.GetPath(), ".") {
+			return nil
+		}
+		var ps []*duetv1.Parameter
+		for _, k := range slices.Sorted(maps.Keys(c.GetUniqueKeys())) {
+			ps = append(ps, &duetv1.Parameter{Path: c.GetPath() + k, Value: c.GetUniqueKeys()[k]})
+		}
+		return cacheParams(deviceID, at, ps)
 	case ev.GetOnline() != nil && ev.GetDevice().GetProtocol() == duetv1.Protocol_PROTOCOL_USP:
 		return cacheParams(deviceID, at, onboardingParams(ev.GetDevice()))
 	}

@@ -65,6 +65,10 @@ type ReconcilerOptions struct {
 	// PageSize is how many devices are judged per transaction (default
 	// 500).
 	PageSize int
+	// ListingMaxAge: a table listed longer ago is read again before a
+	// policy adds an instance to it or reports one missing (default
+	// policy.ListingMaxAge).
+	ListingMaxAge time.Duration
 }
 
 // Reconciler makes enabled policies true (issue 6 §3, §4). It judges
@@ -135,6 +139,9 @@ func NewReconciler(o ReconcilerOptions) *Reconciler {
 	}
 	if o.PageSize <= 0 {
 		o.PageSize = 500
+	}
+	if o.ListingMaxAge <= 0 {
+		o.ListingMaxAge = policy.ListingMaxAge
 	}
 	return &Reconciler{
 		o: o, log: o.Logger.With("component", "reconciler"),
@@ -456,6 +463,18 @@ func (r *Reconciler) judge(ctx context.Context, policies []*activePolicy, devs [
 	}
 	n := need(policies)
 	var params, types map[string]map[string]string
+	var listings map[string]map[string]store.TableListing
+	if len(n.Prefixes) > 0 {
+		// Listings before parameters, for the same reason: a listing is
+		// recorded after the values it lists are cached
+		// (TaskQueue.settle), so the parameters read next hold at least
+		// what any listing read here lists. The other order could pair a
+		// listing that just completed with the cache from before it and
+		// add an instance the read had found.
+		if listings, err = r.o.Store.FindTableListings(ctx, ids, n.Prefixes); err != nil {
+			return err
+		}
+	}
 	if !n.None() {
 		if params, types, err = r.o.Store.FindParameterValuesAndTypes(ctx, ids, n.Paths, n.All, n.Prefixes...); err != nil {
 			return err
@@ -465,7 +484,7 @@ func (r *Reconciler) judge(ctx context.Context, policies []*activePolicy, devs [
 	deliver := map[string]bool{}
 	now := time.Now()
 	for _, d := range devs {
-		facts := policy.DeviceFacts{Device: d.Device, Tags: d.Tags, Params: params[d.Device.ID], Now: now}
+		facts := policy.DeviceFacts{Device: d.Device, Tags: d.Tags, Params: params[d.Device.ID], Listings: listings[d.Device.ID], Now: now}
 		if facts.Params == nil {
 			facts.Params = map[string]string{}
 		}
@@ -564,13 +583,19 @@ func (r *Reconciler) judgeDevice(policies []*activePolicy, d policy.DeviceFacts,
 			out = append(out, verdict{status: st})
 			continue
 		}
-		plan := policy.Diff(kept, d.Params, prev.AttrsRevision == p.Revision, prev.Refreshed)
+		plan := policy.Diff(kept, d.Params, d.Listings, d.Now.Add(-r.o.ListingMaxAge), prev.AttrsRevision == p.Revision, prev.Refreshed)
 		if !plan.Empty() {
 			st.Plan, _ = json.Marshal(plan)
 		}
 		switch {
 		case len(plan.Missing) > 0:
 			fail(devicemodel.CodeNotFound.String(), "the device has no "+plan.Missing[0]+" and the policy may not create it")
+			continue
+		case len(plan.Undecided) > 0:
+			// Reading the table again would give the same answer: the
+			// device is reported, not polled in a loop.
+			fail(devicemodel.CodeUnavailable.String(), "Duet read "+plan.Undecided[0]+" from the device and still holds no complete listing of it "+
+				"(the device's answer had an error for it; see the policy's refresh task); the policy adds or reports missing nothing it cannot rule out")
 			continue
 		case plan.Empty() && len(lost) > 0:
 			st.Status = store.StatusConflicting

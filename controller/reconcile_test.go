@@ -316,7 +316,13 @@ func TestReconcilerAddsAnInstanceOnce(t *testing.T) {
 		}
 		e.r.TaskFinished(e.ctx, final)
 	}
-	settle(only("get")) // the table is read: it is empty
+	get := only("get")
+	// The table is read: it is empty. The task queue records the listing
+	// when a Get of the table succeeds (recordListings).
+	if err := e.st.RecordTableListings(e.ctx, "dev-00", []string{table}, store.ListingFull, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	settle(get)
 	e.pass()
 	add := only("add")
 	if _, err := e.st.Pool().Exec(e.ctx, "UPDATE tasks SET state = 'dispatched' WHERE id = $1", add.ID); err != nil {
@@ -348,5 +354,127 @@ func TestReconcilerAddsAnInstanceOnce(t *testing.T) {
 	e.pass()
 	if n := testutil.ToFloat64(metricPolicyDevices.WithLabelValues(p.ID, "compliant")); n != 1 {
 		t.Fatalf("duet_policy_devices{compliant} = %v", n)
+	}
+}
+
+// TestReconcilerReadsAnOldListingBeforeAdding: Duet listed the table two
+// hours ago, and the device's user has since created the policy's
+// instance (no notification). The policy reads the table again before
+// adding, finds that instance and sets it in place (issue 12 §3).
+func TestReconcilerReadsAnOldListingBeforeAdding(t *testing.T) {
+	e := newReconcileEnv(t, 1)
+	const table, dev = "Device.NAT.PortMapping.", "dev-00"
+	now := time.Now()
+	if err := e.st.UpsertParameters(e.ctx, []store.Parameter{{DeviceID: dev, Path: table + "1.Alias", Value: "web", UpdatedAt: now.Add(-2 * time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.RecordTableListings(e.ctx, dev, []string{table}, store.ListingFull, now.Add(-2*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	g, err := e.st.CreateGroup(e.ctx, "t", store.Group{Name: "nat", Filter: `manufacturer == "ACME"`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := e.st.CreatePolicy(e.ctx, "t", store.Policy{GroupID: g.ID, Name: "nat", Kind: "objects",
+		Spec: json.RawMessage(`{"objects":[{"table":"` + table + `","key":{"Alias":"sip"},"parameters":{"Enable":"true"}}]}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.enable(p, `{"batch_percent":100}`)
+	e.pass()
+	e.pass()
+	q := e.queued()
+	get, ok := q[dev]
+	if len(q) != 1 || !ok || get.Operation != "get" {
+		t.Fatalf("want the table read before adding, have %+v", q)
+	}
+	// The read finds the user's instance; the task queue caches it and
+	// records the listing, then the task finishes.
+	if _, err := e.st.Pool().Exec(e.ctx, "UPDATE tasks SET state = 'dispatched' WHERE id = $1", get.ID); err != nil {
+		t.Fatal(err)
+	}
+	read := time.Now()
+	if err := e.st.UpsertParameters(e.ctx, []store.Parameter{
+		{DeviceID: dev, Path: table + "1.Alias", Value: "web", UpdatedAt: read},
+		{DeviceID: dev, Path: table + "2.Alias", Value: "sip", UpdatedAt: read},
+		{DeviceID: dev, Path: table + "2.Enable", Value: "false", UpdatedAt: read},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.RecordTableListings(e.ctx, dev, []string{table}, store.ListingFull, read); err != nil {
+		t.Fatal(err)
+	}
+	final, done, err := e.st.FinishTask(e.ctx, get.ID, store.TaskOutcome{State: store.TaskSucceeded})
+	if err != nil || !done {
+		t.Fatalf("finish: %v %v", done, err)
+	}
+	e.r.TaskFinished(e.ctx, final)
+	e.pass()
+	q = e.queued()
+	set, ok := q[dev]
+	if len(q) != 1 || !ok || set.Operation != "set" {
+		t.Fatalf("want the user's instance set in place, have %+v", q)
+	}
+	var req TaskRequest
+	if err := json.Unmarshal(set.Request, &req); err != nil || len(req.Params) != 1 || req.Params[0].Path != table+"2.Enable" || req.Params[0].Value != "true" {
+		t.Fatalf("set %+v %v", req, err)
+	}
+}
+
+// TestReconcilerReportsATableItCannotList: the device answers the
+// policy's read of the table with an error for it (the Get succeeds, the
+// path does not), so Duet still holds no listing. The device is reported
+// failed, once, instead of being read again and again; a retry reads it
+// again.
+func TestReconcilerReportsATableItCannotList(t *testing.T) {
+	e := newReconcileEnv(t, 1)
+	const table, dev = "Device.NAT.PortMapping.", "dev-00"
+	g, err := e.st.CreateGroup(e.ctx, "t", store.Group{Name: "nat", Filter: `manufacturer == "ACME"`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := e.st.CreatePolicy(e.ctx, "t", store.Policy{GroupID: g.ID, Name: "nat", Kind: "objects",
+		Spec: json.RawMessage(`{"objects":[{"table":"` + table + `","key":{"Alias":"sip"}}]}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.enable(p, `{"batch_percent":100}`)
+	e.pass()
+	e.pass()
+	get, ok := e.queued()[dev]
+	if !ok || get.Operation != "get" {
+		t.Fatalf("want the table read, have %+v", e.queued())
+	}
+	if _, err := e.st.Pool().Exec(e.ctx, "UPDATE tasks SET state = 'dispatched' WHERE id = $1", get.ID); err != nil {
+		t.Fatal(err)
+	}
+	// What the task queue records for an error on the table's path.
+	if err := e.st.UnlistTables(e.ctx, dev, []string{table}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	final, done, err := e.st.FinishTask(e.ctx, get.ID, store.TaskOutcome{State: store.TaskSucceeded})
+	if err != nil || !done {
+		t.Fatalf("finish: %v %v", done, err)
+	}
+	e.r.TaskFinished(e.ctx, final)
+	e.pass()
+	e.pass()
+	if q := e.queued(); len(q) != 0 {
+		t.Fatalf("the table is read again and again: %+v", q)
+	}
+	st, err := e.st.DeviceStatuses(e.ctx, []string{dev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := st[p.ID][dev]; s.Status != store.StatusFailed || s.ErrorCode != "unavailable" {
+		t.Fatalf("status %+v", s)
+	}
+	if _, _, err := e.st.ResumeRollout(e.ctx, "ops", p.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	e.pass()
+	e.pass()
+	if get, ok := e.queued()[dev]; !ok || get.Operation != "get" {
+		t.Fatalf("a retry reads the table again; have %+v", e.queued())
 	}
 }

@@ -274,6 +274,12 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	kinds := make([]string, 0, len(msgs))
 	var results []*duetv1.CommandResult
 	var completions []Completion
+	type listingEvent struct {
+		device string
+		ev     *duetv1.Event
+		at     time.Time
+	}
+	var listingEvents []listingEvent
 	var seen []string
 	seenSet := map[string]bool{}
 	boots := map[string]time.Time{}
@@ -312,6 +318,9 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 		if c, ok := completionOf(o.Device.ID, o.Time, ev); ok {
 			completions = append(completions, c)
 		}
+		if ev.GetObjectCreated() != nil || ev.GetObjectDeleted() != nil {
+			listingEvents = append(listingEvents, listingEvent{o.Device.ID, ev, o.Time})
+		}
 		if isBootstrap(ev) {
 			// The device was factory reset: what Duet knew of it before
 			// this event no longer holds (issue 6 §3: it is provisioned
@@ -349,6 +358,13 @@ func (r *Registry) apply(ctx context.Context, msgs []jetstream.Msg) error {
 		var err error
 		if ended, err = r.o.Tasks.Complete(cctx, completions); err != nil {
 			return fmt.Errorf("task completions: %w", err)
+		}
+	}
+	// After the instances' keys are cached with the batch; before the
+	// ack, so a crash applies them again (harmlessly).
+	for _, le := range listingEvents {
+		if err := r.eventListings(cctx, le.device, le.ev, le.at); err != nil {
+			return fmt.Errorf("table listings: %w", err)
 		}
 	}
 	// Before the ack: a crash here redelivers the batch, and forgetting

@@ -191,10 +191,10 @@ func (r *Reconciler) advance(ctx context.Context, p *activePolicy) error {
 	if err != nil {
 		return err
 	}
-	if c.Finished > 0 && (c.Finished >= s.MinFinished || c.AdmittedOpen == 0) {
-		if rate := float64(c.Failed) / float64(c.Finished); rate > *s.FailureThreshold {
-			reason := fmt.Sprintf("failure rate %.0f%% (%d of %d finished devices failed) is above the threshold of %.0f%%",
-				100*rate, c.Failed, c.Finished, 100**s.FailureThreshold)
+	if rate, finished := c.AdmittedFailureRate(); finished > 0 && (finished >= s.MinFinished || c.AdmittedOpen == 0) {
+		if rate > *s.FailureThreshold {
+			reason := fmt.Sprintf("failure rate %.0f%% (%d of %d finished admitted devices failed) is above the threshold of %.0f%%",
+				100*rate, c.Failed-c.FailedBeforeAdmission, finished, 100**s.FailureThreshold)
 			out, err := r.o.Store.SetRolloutState(ctx, "", p.ID, []string{store.RolloutRunning}, store.RolloutStopped, reason)
 			if devicemodel.ErrorCode(err) == devicemodel.CodeConflict {
 				return nil // paused or aborted meanwhile

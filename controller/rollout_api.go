@@ -31,7 +31,9 @@ type RolloutView struct {
 	store.Rollout
 	Revision int                 `json:"revision"`
 	Counts   store.RolloutCounts `json:"counts"`
-	// FailureRate is failed / finished among admitted devices.
+	// FailureRate is failed / finished (Counts): devices that failed
+	// before admission included. The automatic stop judges admitted
+	// devices only (RolloutCounts.AdmittedFailureRate).
 	FailureRate float64 `json:"failure_rate"`
 	// NextWindow is when the maintenance window next opens, if the
 	// strategy has one.
@@ -50,7 +52,7 @@ type StatusList struct {
 //	POST /api/v1/policies/{id}/enable          enable with a rollout strategy
 //	GET  /api/v1/policies/{id}/rollout         progress
 //	POST /api/v1/policies/{id}/rollout/pause   no new work until resumed
-//	POST /api/v1/policies/{id}/rollout/resume  after a pause or an automatic stop
+//	POST /api/v1/policies/{id}/rollout/resume  after a pause or an automatic stop; with retry_failed, also a completed one
 //	POST /api/v1/policies/{id}/rollout/abort   stop for good: the policy is disabled
 //	GET  /api/v1/policies/{id}/devices         per-device status, ?status=&limit=&cursor=
 //	GET  /api/v1/devices/{id}/policies         a device's status per policy
@@ -158,14 +160,16 @@ func (g *groupRoutes) rolloutAction(to, change string, from ...string) func(http
 		if reason == "" && to != store.RolloutRunning {
 			reason = change + " by " + who
 		}
-		ro, err := g.store.SetRolloutState(r.Context(), who, id, from, to, reason)
+		var ro store.Rollout
+		if to == store.RolloutRunning {
+			// A completed rollout resumes too, to retry its failed
+			// devices (store.ResumeRollout).
+			ro, _, err = g.store.ResumeRollout(r.Context(), who, id, req.RetryFailed)
+		} else {
+			ro, err = g.store.SetRolloutState(r.Context(), who, id, from, to, reason)
+		}
 		if err != nil {
 			return 0, err
-		}
-		if req.RetryFailed {
-			if _, err := g.store.RetryFailed(r.Context(), id); err != nil {
-				return 0, err
-			}
 		}
 		c, _ := g.store.CountRollout(r.Context(), id, ro.Batch)
 		PublishRollout(r.Context(), g.bus, g.log, id, p.Revision, ro, change, c)

@@ -83,3 +83,100 @@ func TestRolloutAPIRefusesWhatItCannotDo(t *testing.T) {
 		t.Fatalf("audit: %v", actions)
 	}
 }
+
+// TestRolloutFailedBeforeAdmissionIsCountedAndRetried: a device that
+// fails before any batch admits it (here an expression its cache cannot
+// evaluate) is counted as failed and finished, consistently with
+// by_status, and the completed rollout resumes with retry_failed once the
+// cause is fixed, without a new revision (issue 12 §4). On main the
+// counts said failed 0 next to by_status failed 1, and the resume was
+// refused with 409.
+func TestRolloutFailedBeforeAdmissionIsCountedAndRetried(t *testing.T) {
+	e := newGroupsEnv(t)
+	ctx := context.Background()
+	const limit = "Device.X_ACME_Limit"
+	d := devicemodel.Device{ID: "cpe-1", Protocol: devicemodel.ProtocolCWMP, Manufacturer: "ACME"}
+	if err := e.st.ApplyObservations(ctx, []store.Observation{{EventID: "e1", Kind: "inform", Time: time.Now(), Payload: []byte{}, Device: d, Online: true,
+		Params: []store.Parameter{{DeviceID: d.ID, Path: informPath, Value: "3600", Type: "unsignedInt", UpdatedAt: time.Now()}}}}); err != nil {
+		t.Fatal(err)
+	}
+	r := NewReconciler(ReconcilerOptions{Store: e.st})
+	t.Cleanup(func() {
+		if r.lease != nil {
+			r.lease.Release(context.Background())
+		}
+	})
+	pass := func() {
+		t.Helper()
+		r.mu.Lock()
+		r.fullAsked = true
+		r.mu.Unlock()
+		if err := r.pass(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var g store.Group
+	if code := e.do("POST", "/api/v1/groups", GroupRequest{Name: "acme", Filter: `manufacturer == "ACME"`}, &g); code != 201 {
+		t.Fatalf("group: %d", code)
+	}
+	var p store.Policy
+	if code := e.do("POST", "/api/v1/policies", PolicyRequest{GroupID: g.ID, Name: "inform", Kind: "parameters",
+		Spec: json.RawMessage(`{"parameters":[{"path":"` + informPath + `","expr":"params[\"` + limit + `\"]"}]}`)}, &p); code != 201 {
+		t.Fatalf("policy: %d", code)
+	}
+	base := "/api/v1/policies/" + p.ID
+	var v RolloutView
+	if code := e.do("POST", base+"/enable", `{"rollout":{"batch_percent":100}}`, &v); code != 200 {
+		t.Fatalf("enable: %d %+v", code, v)
+	}
+	pass()
+	pass()
+	if code := e.do("GET", base+"/rollout", nil, &v); code != 200 {
+		t.Fatalf("rollout: %d", code)
+	}
+	if v.State != store.RolloutCompleted || v.Counts.ByStatus["failed"] != 1 || v.Counts.Failed != 1 ||
+		v.Counts.FailedBeforeAdmission != 1 || v.Counts.Finished != 1 || v.FailureRate != 1 {
+		t.Fatalf("a device failed before admission: %+v", v)
+	}
+	var ej ErrorJSON
+	if code := e.do("POST", base+"/rollout/resume", nil, &ej); code != 409 || !strings.Contains(ej.Message, "retry_failed") {
+		t.Fatalf("resume of a completed rollout without retry_failed: %d %+v", code, ej)
+	}
+
+	// The cause is fixed: the device now reports the value the expression
+	// reads. The operator retries the failed devices.
+	if err := e.st.UpsertParameters(ctx, []store.Parameter{{DeviceID: d.ID, Path: limit, Value: "300", UpdatedAt: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	if code := e.do("POST", base+"/rollout/resume", `{"retry_failed":true}`, &v); code != 200 || v.State != store.RolloutRunning ||
+		v.Counts.Failed != 0 || v.Counts.Waiting != 1 {
+		t.Fatalf("resume with retry_failed of a completed rollout: %d %+v", code, v)
+	}
+	pass() // judged again: pending, then admitted
+	pass() // and given its Set
+	var taskID string
+	if err := e.st.Pool().QueryRow(ctx, "SELECT id FROM tasks WHERE device_id = $1 AND state = 'queued' AND operation = 'set'", d.ID).Scan(&taskID); err != nil {
+		t.Fatalf("no Set queued after the retry: %v", err)
+	}
+	if _, err := e.st.Pool().Exec(ctx, "UPDATE tasks SET state = 'dispatched' WHERE id = $1", taskID); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.UpsertParameters(ctx, []store.Parameter{{DeviceID: d.ID, Path: informPath, Value: "300", UpdatedAt: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	final, done, err := e.st.FinishTask(ctx, taskID, store.TaskOutcome{State: store.TaskSucceeded})
+	if err != nil || !done {
+		t.Fatalf("finish: %v %v", done, err)
+	}
+	r.TaskFinished(ctx, final)
+	pass()
+	pass()
+	if code := e.do("GET", base+"/rollout", nil, &v); code != 200 || v.State != store.RolloutCompleted ||
+		v.Counts.ByStatus["compliant"] != 1 || v.Counts.Failed != 0 || v.FailureRate != 0 {
+		t.Fatalf("after the retry: %d %+v", code, v)
+	}
+	// Nothing failed any more: nothing to retry.
+	if code := e.do("POST", base+"/rollout/resume", `{"retry_failed":true}`, &ej); code != 409 || !strings.Contains(ej.Message, "nothing to retry") {
+		t.Fatalf("retry with no failed device: %d %+v", code, ej)
+	}
+}

@@ -580,6 +580,7 @@ func (q *TaskQueue) settle(ctx context.Context, t store.Task, res *duetv1.Comman
 		// task turns final, so whoever it wakes (a client, the
 		// reconciler) reads the new values.
 		q.cacheChanges(ctx, t, res)
+		q.recordListings(ctx, t, res)
 	}
 	final, done, ferr := q.o.Store.FinishTask(ctx, t.ID, o)
 	if ferr != nil {

@@ -248,3 +248,133 @@ func TestObjectsPolicyOnBothProtocols(t *testing.T) {
 		t.Fatalf("rollout after the delete: %+v", r)
 	}
 }
+
+// instancesWith lists, on a simulated device, the instances of table whose
+// param is value.
+func (f *policyFleet) instancesWith(id, table, param, value string) []string {
+	var found []string
+	for i := 1; i <= 64; i++ {
+		inst := table + strconv.Itoa(i) + "."
+		if f.value(id, inst+param) == value {
+			found = append(found, inst)
+		}
+	}
+	return found
+}
+
+// TestObjectsPolicyAdoptsAnInstanceCreatedBehindDuetsBack: a device has
+// an instance with the policy's key that Duet never saw (created on the
+// device, no notification), and Duet's cache holds one parameter of
+// another instance of the table, read by an operator. The policy must
+// not take that one cached row for the whole table: it reads the table,
+// finds the instance and sets it in place instead of adding a twin, on
+// both protocols (issue 12 §3). The preview says it must read the table
+// first. On main the policy added a second instance and reported the
+// device compliant.
+func TestObjectsPolicyAdoptsAnInstanceCreatedBehindDuetsBack(t *testing.T) {
+	_, d, f := startPolicyDuet(t, "ADO", 1)
+	const table, key = "Device.NAT.PortMapping.", "eval-prof2"
+	c, a := f.cpes[0], f.agents[0]
+	// The agent starts with no mapping: give it one of its own, as the
+	// CPE's data model has.
+	if _, err := a.CreateInstance(table, map[string]string{"Description": "web", "ExternalPort": "8080"}); err != nil {
+		t.Fatal(err)
+	}
+	behind := map[string]string{}
+	for id, create := range map[string]func() (string, error){
+		c.DeviceID(): func() (string, error) {
+			return c.CreateInstance(table, map[string]string{"Description": key, "ExternalPort": "7000", "Enable": "false"})
+		},
+		a.EndpointID(): func() (string, error) {
+			return a.CreateInstance(table, map[string]string{"Description": key, "ExternalPort": "7000", "Enable": "false"})
+		},
+	} {
+		inst, err := create()
+		if err != nil {
+			t.Fatal(err)
+		}
+		behind[id] = inst
+		// One parameter of the device's first mapping is read: the cache
+		// now has a row under the table, and nothing of the new instance.
+		d.runTask(id, `{"operation":"get","paths":["`+table+`1.Enable"]}`)
+	}
+
+	var g, p idJSON
+	d.mustJSON("POST", "/api/v1/groups", `{"name":"adopt","filter":"serial_number.startsWith(\"ADO\")"}`, &g)
+	d.mustJSON("POST", "/api/v1/policies", `{"group_id":"`+g.ID+`","name":"prof","priority":1,"kind":"objects","spec":{"objects":[
+		{"table":"`+table+`","key":{"Description":"`+key+`"},"parameters":{"Enable":"true","ExternalPort":"7070"}}]}}`, &p)
+
+	var preview struct {
+		Devices []struct {
+			DeviceID   string          `json:"device_id"`
+			NeedsRead  []string        `json:"needs_read"`
+			Incomplete bool            `json:"incomplete"`
+			Plan       json.RawMessage `json:"plan"`
+		} `json:"devices"`
+	}
+	d.mustJSON("POST", "/api/v1/policies/"+p.ID+"/preview", "", &preview)
+	if len(preview.Devices) != 2 {
+		t.Fatalf("preview: %+v", preview)
+	}
+	for _, dp := range preview.Devices {
+		if !dp.Incomplete || len(dp.NeedsRead) != 1 || dp.NeedsRead[0] != table || strings.Contains(string(dp.Plan), `"add"`) {
+			t.Fatalf("preview of %s: needs_read %v, incomplete %v, plan %s; want the table read first and nothing added",
+				dp.DeviceID, dp.NeedsRead, dp.Incomplete, dp.Plan)
+		}
+	}
+
+	d.mustJSON("POST", "/api/v1/policies/"+p.ID+"/enable", `{"rollout":{"batch_percent":100}}`, nil)
+	d.waitRollout(p.ID, 90*time.Second, func(r rolloutJSON) bool {
+		return r.State == "completed" && r.Counts.ByStatus["compliant"] == 2
+	})
+	for _, id := range f.ids() {
+		found := f.instancesWith(id, table, "Description", key)
+		if len(found) != 1 || found[0] != behind[id] {
+			_, tasks := d.get("/api/v1/devices/" + url.PathEscape(id) + "/tasks")
+			t.Fatalf("%s: instances with Description %s: %v, want only %s, adopted\ntasks: %s", id, key, found, behind[id], tasks)
+		}
+		for name, want := range map[string]string{"Enable": "true", "ExternalPort": "7070"} {
+			if got := f.value(id, behind[id]+name); got != want {
+				t.Fatalf("%s: %s%s = %q, want %q (set in place)", id, behind[id], name, got, want)
+			}
+		}
+	}
+}
+
+// TestManagementPolicyWithOneControllerParameterCached: a USP agent has
+// Duet's Controller row, and Duet's cache holds one parameter of it (an
+// operator read its PeriodicNotifInterval). That one row is not a
+// listing of the table: the policy reads it and sets the interval, where
+// on main it reported "the device has no Device.LocalAgent.Controller.
+// [EndpointID==…] and the policy may not create it" (issue 12 §3).
+func TestManagementPolicyWithOneControllerParameterCached(t *testing.T) {
+	_, d, f := startPolicyDuet(t, "MGC", 1)
+	a := f.agents[0]
+	const ctrl = "Device.LocalAgent.Controller."
+	ours := ""
+	for i, row := range agentRows(a, ctrl, "EndpointID") {
+		if row["EndpointID"] == tasksControllerEID {
+			ours = ctrl + strconv.Itoa(i) + "."
+		}
+	}
+	if ours == "" {
+		t.Fatalf("agent %s has no Controller row for %s", a.EndpointID(), tasksControllerEID)
+	}
+	d.runTask(a.EndpointID(), `{"operation":"get","paths":["`+ours+`PeriodicNotifInterval"]}`)
+
+	var g, p idJSON
+	d.mustJSON("POST", "/api/v1/groups", `{"name":"mgmt","filter":"serial_number.startsWith(\"MGC\")"}`, &g)
+	d.mustJSON("POST", "/api/v1/policies", `{"group_id":"`+g.ID+`","name":"report","priority":1,"kind":"management",
+		"spec":{"periodic_inform_interval":900}}`, &p)
+	d.mustJSON("POST", "/api/v1/policies/"+p.ID+"/enable", `{"rollout":{"batch_percent":100}}`, nil)
+	r := d.waitRollout(p.ID, 90*time.Second, func(r rolloutJSON) bool {
+		return r.State == "completed" && r.Counts.ByStatus["compliant"]+r.Counts.ByStatus["failed"] == 2
+	})
+	if r.Counts.ByStatus["compliant"] != 2 {
+		_, body := d.get("/api/v1/policies/" + p.ID + "/devices")
+		t.Fatalf("rollout %+v\nstatuses %s", r, body)
+	}
+	if got := f.value(a.EndpointID(), ours+"PeriodicNotifInterval"); got != "900" {
+		t.Fatalf("%sPeriodicNotifInterval = %q, want 900", ours, got)
+	}
+}

@@ -49,6 +49,9 @@ type DeviceFacts struct {
 	Tags []string
 	// Params are cached parameter values by full path.
 	Params map[string]string
+	// Listings are the tables Duet holds a complete listing of (for
+	// policies' object Wants; expressions do not see them).
+	Listings Listings
 	// Now is the evaluation time (`now` in expressions); zero means
 	// time.Now(). Callers evaluating a page set it once so every device of
 	// the page is judged at the same instant.

@@ -159,7 +159,7 @@ func TestObjectsPlan(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := planJSON(t, policy.Diff(ws, d.Params, false, nil)),
+	if got, want := planJSON(t, policy.Diff(ws, d.Params, nil, freshSince, false, nil)),
 		`{"set":[{"path":"Device.NAT.PortMapping.2.ExternalPort","current":"5061","desired":"5060"}],"delete":["Device.NAT.PortMapping.1."]}`; got != want {
 		t.Fatalf("plan\n %s\nwant\n %s", got, want)
 	}
@@ -263,7 +263,7 @@ func TestManagementWantsCWMP(t *testing.T) {
 
 	// Applied once per revision: the plan has the attributes until then.
 	ws, _ := s.Wants(cwmpDevice("Device.", map[string]string{"Device.ManagementServer.PeriodicInformEnable": "true", "Device.ManagementServer.PeriodicInformInterval": "300"}), policy.Env{})
-	if p := policy.Diff(ws, map[string]string{"Device.ManagementServer.PeriodicInformEnable": "true", "Device.ManagementServer.PeriodicInformInterval": "300"}, false, nil); len(p.Set) != 0 || len(p.Attributes) != 5 {
+	if p := policy.Diff(ws, map[string]string{"Device.ManagementServer.PeriodicInformEnable": "true", "Device.ManagementServer.PeriodicInformInterval": "300"}, nil, freshSince, false, nil); len(p.Set) != 0 || len(p.Attributes) != 5 {
 		t.Fatalf("plan %s", planJSON(t, p))
 	}
 }
@@ -343,18 +343,18 @@ func TestManagementPlanUSP(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Nothing read yet: both tables are read first.
-	if got, want := planJSON(t, policy.Diff(ws, map[string]string{}, false, nil)), `{"refresh":["Device.LocalAgent.Controller.","`+subs+`"]}`; got != want {
+	if got, want := planJSON(t, policy.Diff(ws, map[string]string{}, nil, freshSince, false, nil)), `{"refresh":["Device.LocalAgent.Controller.","`+subs+`"]}`; got != want {
 		t.Fatalf("plan %s, want %s", got, want)
 	}
 	// Our Controller row is not there: the device cannot comply.
 	known := map[string]string{"Device.LocalAgent.Controller.1.EndpointID": "self::someone-else"}
-	if got, want := planJSON(t, policy.Diff(ws, known, false, []string{subs})), `{"missing":["Device.LocalAgent.Controller.[EndpointID==`+ctrlEID+`]"]}`; got != want {
+	if got, want := planJSON(t, policy.Diff(ws, known, full, freshSince, false, nil)), `{"missing":["Device.LocalAgent.Controller.[EndpointID==`+ctrlEID+`]"]}`; got != want {
 		t.Fatalf("plan %s, want %s", got, want)
 	}
 	known["Device.LocalAgent.Controller.2.EndpointID"] = ctrlEID
 	known["Device.LocalAgent.Controller.2.PeriodicNotifInterval"] = "86400"
 	known["Device.LocalAgent.Controller.2.MTP.1.Enable"] = "true"
-	if got, want := planJSON(t, policy.Diff(ws, known, false, []string{subs})),
+	if got, want := planJSON(t, policy.Diff(ws, known, full, freshSince, false, nil)),
 		`{"set":[{"path":"Device.LocalAgent.Controller.2.PeriodicNotifInterval","current":"86400","desired":"300"}]}`; got != want {
 		t.Fatalf("plan %s, want %s", got, want)
 	}
@@ -514,13 +514,13 @@ func TestManagementAgainstAgentSimulator(t *testing.T) {
 		tables := []string{"Device.LocalAgent.Controller.", subs}
 		for range 3 {
 			known := read()
-			p := policy.Diff(ws, known, true, tables)
+			p := policy.Diff(ws, known, full, freshSince, true, tables)
 			if p.Empty() {
 				return known
 			}
 			apply(p)
 		}
-		t.Fatalf("%s: no convergence; plan %s", spec, planJSON(t, policy.Diff(ws, read(), true, tables)))
+		t.Fatalf("%s: no convergence; plan %s", spec, planJSON(t, policy.Diff(ws, read(), full, freshSince, true, tables)))
 		return nil
 	}
 	ours := func(known map[string]string) []string {

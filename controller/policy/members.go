@@ -99,10 +99,18 @@ func scan(ctx context.Context, st *store.Store, f *Filter, cursor string, limit,
 			return MemberPage{}, err
 		}
 		var params map[string]map[string]string
+		var listings map[string]map[string]store.TableListing
 		if !need.None() && len(devs) > 0 {
 			ids := make([]string, len(devs))
 			for i, d := range devs {
 				ids[i] = d.Device.ID
+			}
+			// Listings first: one recorded meanwhile lists values already
+			// cached (see Reconciler.judge).
+			if len(need.Prefixes) > 0 {
+				if listings, err = st.FindTableListings(ctx, ids, need.Prefixes); err != nil {
+					return MemberPage{}, err
+				}
 			}
 			if params, err = st.FindParameterValues(ctx, ids, need.Paths, need.All, need.Prefixes...); err != nil {
 				return MemberPage{}, err
@@ -111,7 +119,7 @@ func scan(ctx context.Context, st *store.Store, f *Filter, cursor string, limit,
 		for _, d := range devs {
 			p.Scanned++
 			after = d.Device.ID
-			facts := DeviceFacts{Device: d.Device, Tags: d.Tags, Params: params[d.Device.ID], Now: now}
+			facts := DeviceFacts{Device: d.Device, Tags: d.Tags, Params: params[d.Device.ID], Listings: listings[d.Device.ID], Now: now}
 			ok, err := f.Match(facts)
 			if err != nil {
 				p.Unevaluable++

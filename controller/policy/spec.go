@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
@@ -175,6 +176,13 @@ type DevicePreview struct {
 	// Error is set when a value expression fails on this device (the
 	// device would be reported failed, not given a wrong value).
 	Error string `json:"error,omitempty"`
+	// NeedsRead lists the tables Duet holds no complete listing of and
+	// would read from the device before deciding what to add, delete or
+	// report missing in them (Plan.Refresh); Incomplete says the plan
+	// shown is then not the whole change: those decisions wait for the
+	// read.
+	NeedsRead  []string `json:"needs_read,omitempty"`
+	Incomplete bool     `json:"incomplete,omitempty"`
 }
 
 // PreviewPage is one page of a policy preview.
@@ -236,6 +244,7 @@ func Preview(ctx context.Context, st *store.Store, g store.Group, spec *CheckedS
 		return PreviewPage{}, err
 	}
 	out := PreviewPage{Devices: []DevicePreview{}}
+	now := time.Now()
 	mp, err := scan(ctx, st, f, cursor, limit, scanBudget, f.Params().Union(spec.Need()), func(d DeviceFacts) {
 		dp := DevicePreview{DeviceID: d.Device.ID, Changes: []Change{}}
 		wants, err := spec.Wants(d, env)
@@ -243,11 +252,14 @@ func Preview(ctx context.Context, st *store.Store, g store.Group, spec *CheckedS
 			dp.Error = devicemodel.ErrorMessage(err)
 		} else {
 			// As for a device never reconciled: attributes not applied,
-			// no table read yet.
-			plan := Diff(wants, d.Params, false, nil)
+			// no table read for the policy yet (tables listed by anyone
+			// count).
+			plan := Diff(wants, d.Params, d.Listings, now.Add(-ListingMaxAge), false, nil)
 			if plan.Set != nil {
 				dp.Changes = plan.Set
 			}
+			dp.NeedsRead = plan.Refresh
+			dp.Incomplete = len(plan.Refresh) > 0 || len(plan.Undecided) > 0
 			if !plan.Empty() {
 				dp.Plan = &plan
 			}

@@ -129,5 +129,5 @@ func desired(spec *policy.CheckedSpec, d policy.DeviceFacts) ([]policy.Change, e
 	if err != nil {
 		return nil, err
 	}
-	return policy.Diff(wants, d.Params, true, nil).Set, nil
+	return policy.Diff(wants, d.Params, d.Listings, freshSince, true, nil).Set, nil
 }

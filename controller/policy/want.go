@@ -5,6 +5,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/duet-dm/duet/pkg/store"
 )
 
 // A policy, evaluated for one device, is a list of Wants: the state it
@@ -126,9 +129,14 @@ type Plan struct {
 	Add        []ObjectAdd `json:"add,omitempty"`
 	Delete     []string    `json:"delete,omitempty"`
 	Attributes []AttrWant  `json:"attributes,omitempty"`
-	// Refresh lists tables whose instances are not in the cache at all:
-	// they are read (a Get) before anything is decided about them.
+	// Refresh lists tables Duet holds no complete listing of (see
+	// Listings) where one is needed: they are read (a Get of the table)
+	// before an instance is decided missing, added or swept.
 	Refresh []string `json:"refresh,omitempty"`
+	// Undecided lists tables that were read for this policy, yet still
+	// have no complete listing (the device's answer had an error for the
+	// table): whether an instance is missing cannot be decided.
+	Undecided []string `json:"undecided,omitempty"`
 	// Missing lists instances that must exist but may not be created and
 	// are not on the device: the device cannot comply.
 	Missing []string `json:"missing,omitempty"`
@@ -137,16 +145,49 @@ type Plan struct {
 // Empty reports whether nothing needs doing.
 func (p Plan) Empty() bool {
 	return len(p.Set) == 0 && len(p.Add) == 0 && len(p.Delete) == 0 && len(p.Attributes) == 0 &&
-		len(p.Refresh) == 0 && len(p.Missing) == 0
+		len(p.Refresh) == 0 && len(p.Missing) == 0 && len(p.Undecided) == 0
 }
+
+// Listings is what Duet knows of the completeness of one device's tables
+// (store.FindTableListings): listed object path -> level (store.Listing*)
+// and when it was listed. The cache alone cannot tell a complete table
+// from a partial one: one Get of one parameter puts a row under the table.
+type Listings map[string]store.TableListing
+
+// Of is table's listing: that of the most specific listed path covering
+// it ("Device.NAT." covers "Device.NAT.PortMapping."); the zero listing
+// (store.ListingNone) when none does.
+func (l Listings) Of(table string) store.TableListing {
+	best, out := -1, store.TableListing{}
+	for p, lv := range l {
+		if len(p) > best && strings.HasPrefix(table, p) {
+			best, out = len(p), lv
+		}
+	}
+	return out
+}
+
+// ListingMaxAge is how old a complete listing may be for a policy to add
+// an instance, or report one missing, on it: an older table is read again
+// first, so what the device's own user created since (which no
+// notification told, and CWMP has none) is found and adopted, not
+// twinned. One read per decision to act, none for a device that
+// complies.
+const ListingMaxAge = time.Hour
 
 // Diff computes the Plan for wants against known, the device's cached
 // parameters (full paths; it must hold every path under each object
-// Want's Table that the cache has). attrsApplied says the policy's
-// attributes were already applied at this revision. refreshed lists
-// tables read from the device since its last bootstrap: an empty table
-// there is known to be empty, not unknown.
-func Diff(wants []Want, known map[string]string, attrsApplied bool, refreshed []string) Plan {
+// Want's Table that the cache has). listings says which tables Duet holds
+// a complete listing of: an instance is decided missing (added, reported,
+// or swept as stale) only on one; otherwise the table is read first
+// (Refresh); before an instance is added or reported missing, also when
+// the listing is older than freshSince (zero: any age). attrsApplied says
+// the policy's attributes were already
+// applied at this revision. refreshed lists tables this policy read from
+// the device since its last bootstrap and since an instance appeared in
+// them: one still not listed is Undecided rather than read again and
+// again.
+func Diff(wants []Want, known map[string]string, listings Listings, freshSince time.Time, attrsApplied bool, refreshed []string) Plan {
 	var p Plan
 	for _, w := range wants {
 		switch {
@@ -167,9 +208,27 @@ func Diff(wants []Want, known map[string]string, attrsApplied bool, refreshed []
 		case w.Object != nil:
 			o := w.Object
 			sweepOnly := o.KeyValue == "" && o.StalePrefix != ""
-			inst, seen := findInstance(known, o.Table, o.KeyParam, o.KeyValue)
-			seen = seen || slices.Contains(refreshed, o.Table)
-			if seen && o.StalePrefix != "" {
+			inst := findInstance(known, o.Table, o.KeyParam, o.KeyValue)
+			listing := listings.Of(o.Table)
+			if !listed(known, listing.Level, o.Table, o.KeyParam) {
+				// An instance found by its key is acted on without the
+				// rest of the table; deciding one is absent needs it all.
+				if inst != "" && !sweepOnly && o.StalePrefix == "" {
+					if o.Present {
+						p.Set = append(p.Set, instanceChanges(known, inst, o.Params)...)
+					} else {
+						p.Delete = appendOnce(p.Delete, inst)
+					}
+					continue
+				}
+				if slices.Contains(refreshed, o.Table) {
+					p.Undecided = appendOnce(p.Undecided, o.Table)
+				} else {
+					p.Refresh = appendOnce(p.Refresh, o.Table)
+				}
+				continue
+			}
+			if o.StalePrefix != "" {
 				for _, stale := range findInstances(known, o.Table, o.KeyParam, func(v string) bool {
 					return strings.HasPrefix(v, o.StalePrefix) && (sweepOnly || v != o.KeyValue)
 				}) {
@@ -177,9 +236,12 @@ func Diff(wants []Want, known map[string]string, attrsApplied bool, refreshed []
 				}
 			}
 			switch {
-			case !seen:
-				p.Refresh = appendOnce(p.Refresh, o.Table)
 			case sweepOnly:
+			case inst == "" && o.Present && listing.ListedAt.Before(freshSince):
+				// The table was listed, long ago: read it again before
+				// acting on what is not there (the read worked before, so
+				// refreshed does not stop it).
+				p.Refresh = appendOnce(p.Refresh, o.Table)
 			case inst == "" && o.Present && o.Create:
 				params := map[string]string{}
 				maps.Copy(params, o.CreateOnly)
@@ -191,44 +253,76 @@ func Diff(wants []Want, known map[string]string, attrsApplied bool, refreshed []
 			case inst != "" && !o.Present:
 				p.Delete = appendOnce(p.Delete, inst)
 			case inst != "":
-				for _, k := range slices.Sorted(maps.Keys(o.Params)) {
-					path := inst + k
-					cur, ok := known[path]
-					if ok && cur == o.Params[k] {
-						continue
-					}
-					c := Change{Path: path, Desired: o.Params[k]}
-					if ok {
-						c.Current = &cur
-					}
-					p.Set = append(p.Set, c)
-				}
+				p.Set = append(p.Set, instanceChanges(known, inst, o.Params)...)
 			}
 		}
 	}
 	return p
 }
 
-// findInstance looks in known for the instance of table whose keyParam is
-// keyValue and returns its path ("Device.X.3."). seen is false when the
-// cache has nothing at all under table: the instances are not known.
-func findInstance(known map[string]string, table, keyParam, keyValue string) (inst string, seen bool) {
-	for path := range known {
-		if strings.HasPrefix(path, table) {
-			seen = true
-			break
+// instanceChanges are the Sets that give instance inst the values params.
+func instanceChanges(known map[string]string, inst string, params map[string]string) []Change {
+	var out []Change
+	for _, k := range slices.Sorted(maps.Keys(params)) {
+		path := inst + k
+		cur, ok := known[path]
+		if ok && cur == params[k] {
+			continue
 		}
+		c := Change{Path: path, Desired: params[k]}
+		if ok {
+			c.Current = &cur
+		}
+		out = append(out, c)
 	}
-	if !seen {
-		return "", false
-	}
+	return out
+}
+
+// findInstance looks in known for the instance of table whose keyParam is
+// keyValue and returns its path ("Device.X.3."), "" when the cache shows
+// none (which says nothing of the device unless the table is listed).
+func findInstance(known map[string]string, table, keyParam, keyValue string) string {
 	found := findInstances(known, table, keyParam, func(v string) bool { return v == keyValue })
 	if len(found) == 0 {
-		return "", true
+		return ""
 	}
 	// Two instances with one key value should not happen (the key is
 	// unique); pick one deterministically.
-	return found[0], true
+	return found[0]
+}
+
+// listed reports whether the cache shows every instance of table with its
+// keyParam, so that an instance absent from it is absent from the device:
+// the table is listed with every value, or its instances are listed and
+// each cached one has keyParam (a listing of instances caches their
+// unique keys, which need not include keyParam).
+func listed(known map[string]string, level int, table, keyParam string) bool {
+	switch level {
+	case store.ListingFull:
+		return true
+	case store.ListingInstances:
+		insts := map[string]bool{}
+		for path := range known {
+			rest, ok := strings.CutPrefix(path, table)
+			if !ok {
+				continue
+			}
+			num, _, ok := strings.Cut(rest, ".")
+			if !ok {
+				continue
+			}
+			if _, err := strconv.ParseUint(num, 10, 32); err == nil {
+				insts[table+num+"."] = true
+			}
+		}
+		for inst := range insts {
+			if _, ok := known[inst+keyParam]; !ok {
+				return false
+			}
+		}
+		return true
+	}
+	return false
 }
 
 // findInstances lists, sorted, the instances of table in known whose

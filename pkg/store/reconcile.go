@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/duet-dm/duet/pkg/devicemodel"
@@ -263,26 +264,100 @@ func (s *Store) AdmitDevices(ctx context.Context, policyID string, batch, n, siz
 	return ids, nil
 }
 
-// RetryFailed makes a policy's failed devices pending again (the
-// operator says the cause is fixed), keeping their batch.
-func (s *Store) RetryFailed(ctx context.Context, policyID string) (int, error) {
-	tag, err := s.pool.Exec(ctx, `UPDATE policy_status SET status = 'pending', error_code = '', error_message = '',
-		device_fault = 0, revision = 0, updated_at = now() WHERE policy_id = $1 AND status = 'failed'`, policyID)
+// markFailedPending makes a policy's failed devices pending again (the
+// operator says the cause is fixed), keeping their batch. The tables the
+// policy read on them are read again.
+func markFailedPending(ctx context.Context, db interface {
+	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
+}, policyID string) (int, error) {
+	tag, err := db.Exec(ctx, `UPDATE policy_status SET status = 'pending', error_code = '', error_message = '',
+		device_fault = 0, revision = 0, refreshed = '{}', updated_at = now() WHERE policy_id = $1 AND status = 'failed'`, policyID)
 	if err != nil {
-		return 0, fmt.Errorf("store: retry failed: %w", err)
+		return 0, err
 	}
 	return int(tag.RowsAffected()), nil
+}
+
+// ResumeRollout sets a rollout running again, audited, in one
+// transaction: from paused or stopped, and, when retryFailed, its failed
+// devices are made pending again (RetryFailed). A completed rollout with
+// failed devices resumes too when retryFailed: it is how they are tried
+// again without a new revision (issue 12 §4). CodeConflict from any other
+// state, or from completed with nothing to retry.
+func (s *Store) ResumeRollout(ctx context.Context, actor, policyID string, retryFailed bool) (Rollout, int, error) {
+	if err := checkActor(actor); err != nil {
+		return Rollout{}, 0, err
+	}
+	var out Rollout
+	retried := 0
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		before, err := scanRollout(tx.QueryRow(ctx, "SELECT "+rolloutColumns+" FROM rollouts WHERE policy_id = $1 FOR UPDATE", policyID))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return devicemodel.Errorf(devicemodel.CodeNotFound, "policy %q has no rollout (it was never enabled)", policyID)
+		}
+		if err != nil {
+			return err
+		}
+		switch before.State {
+		case RolloutPaused, RolloutStopped:
+		case RolloutCompleted:
+			if !retryFailed {
+				return devicemodel.Errorf(devicemodel.CodeConflict, "the rollout of policy %q is completed; resume it with \"retry_failed\": true to try its failed devices again", policyID)
+			}
+			var failed int
+			if err := tx.QueryRow(ctx, "SELECT count(*) FROM policy_status WHERE policy_id = $1 AND status = 'failed'", policyID).Scan(&failed); err != nil {
+				return err
+			}
+			if failed == 0 {
+				return devicemodel.Errorf(devicemodel.CodeConflict, "the rollout of policy %q is completed and no device failed; there is nothing to retry", policyID)
+			}
+		default:
+			return devicemodel.Errorf(devicemodel.CodeConflict, "the rollout of policy %q is %s; it cannot become %s", policyID, before.State, RolloutRunning)
+		}
+		if out, err = scanRollout(tx.QueryRow(ctx, `UPDATE rollouts SET state = 'running', reason = '', updated_at = now()
+			WHERE policy_id = $1 RETURNING `+rolloutColumns, policyID)); err != nil {
+			return err
+		}
+		if retryFailed {
+			if retried, err = markFailedPending(ctx, tx, policyID); err != nil {
+				return err
+			}
+		}
+		return audit(ctx, tx, actor, RolloutRunning, AuditRollout, policyID, before, out)
+	})
+	if err != nil {
+		return Rollout{}, 0, pgError("resume rollout", err)
+	}
+	return out, retried, nil
+}
+
+// AdmittedFailureRate is the failed share of finished admitted devices,
+// and how many finished: what an automatic stop judges. Devices that
+// failed before admission were given no work, so they say nothing of the
+// harm a batch does; they are counted in Failed and Finished all the same.
+func (c RolloutCounts) AdmittedFailureRate() (rate float64, finished int) {
+	finished = c.Finished - c.FailedBeforeAdmission
+	if finished <= 0 {
+		return 0, 0
+	}
+	return float64(c.Failed-c.FailedBeforeAdmission) / float64(finished), finished
 }
 
 // RolloutCounts is how the devices of one policy stand.
 type RolloutCounts struct {
 	// ByStatus counts every device with a status, by status.
 	ByStatus map[string]int `json:"by_status"`
-	// Admitted devices were let in by a batch; of them, Finished are
-	// compliant, conflicting or failed, and Failed failed.
-	Admitted int `json:"admitted"`
-	Finished int `json:"finished"`
-	Failed   int `json:"failed"`
+	// Admitted devices were let in by a batch. Finished are the admitted
+	// devices now compliant, conflicting or failed, and the devices that
+	// failed before any batch admitted them; Failed are all the failed
+	// devices (ByStatus["failed"]), FailedBeforeAdmission those of them
+	// judged failed without being given work (the policy cannot apply to
+	// them: an instance it may not create is missing, an expression
+	// fails).
+	Admitted              int `json:"admitted"`
+	Finished              int `json:"finished"`
+	Failed                int `json:"failed"`
+	FailedBeforeAdmission int `json:"failed_before_admission"`
 	// Waiting devices need work but no batch admitted them yet.
 	Waiting int `json:"waiting"`
 	// InFlight: admitted devices with work under way (applying);
@@ -364,6 +439,10 @@ func (s *Store) CountRollout(ctx context.Context, policyID string, batch int) (R
 			}
 		case st == StatusPending:
 			c.Waiting += n
+		case st == StatusFailed:
+			c.Finished += n
+			c.Failed += n
+			c.FailedBeforeAdmission += n
 		}
 	}
 	return c, rows.Err()
@@ -728,6 +807,9 @@ func (s *Store) ForgetDeviceState(ctx context.Context, boots map[string]time.Tim
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if err := forgetParameters(ctx, tx, ids, ats); err != nil {
+			return err
+		}
+		if err := forgetTableListings(ctx, tx, ids, ats); err != nil {
 			return err
 		}
 		_, err := tx.Exec(ctx, `UPDATE policy_status SET attrs_revision = 0, refreshed = '{}',

@@ -599,3 +599,29 @@ func TestPeriodicEvent(t *testing.T) {
 		}
 	}
 }
+
+// TestCreateInstanceBehindTheControllersBack: a row the device creates
+// itself is in the data model, with agent-assigned keys, and reads like
+// any other; a bad table or parameter is refused.
+func TestCreateInstanceBehindTheControllersBack(t *testing.T) {
+	c := newAgent(t, "SN9")
+	inst, err := c.a.CreateInstance("Device.NAT.PortMapping.", map[string]string{"Description": "eval-prof2", "ExternalPort": "7000"})
+	if err != nil || inst != "Device.NAT.PortMapping.1." {
+		t.Fatalf("create: %q %v", inst, err)
+	}
+	for p, want := range map[string]string{"Description": "eval-prof2", "ExternalPort": "7000", "Alias": "cpe-1", "Enable": "false"} {
+		if got, ok := c.a.Parameter(inst + p); !ok || got != want {
+			t.Fatalf("%s%s = %q %v, want %q", inst, p, got, ok, want)
+		}
+	}
+	r := c.do(usp.NewGetInstances(c.id(), []string{"Device.NAT.PortMapping."}, true))
+	if gi := r.Msg.GetBody().GetResponse().GetGetInstancesResp().GetReqPathResults(); len(gi[0].GetCurrInsts()) != 1 {
+		t.Fatalf("get instances: %v", gi)
+	}
+	if _, err := c.a.CreateInstance("Device.DeviceInfo.", nil); err == nil {
+		t.Fatal("created a row of a single object")
+	}
+	if _, err := c.a.CreateInstance("Device.NAT.PortMapping.", map[string]string{"Bogus": "1"}); err == nil {
+		t.Fatal("created a row with an unknown parameter")
+	}
+}

@@ -285,3 +285,41 @@ func (a *Agent) Parameter(path string) (string, bool) {
 	}
 	return a.read(obj, name), true
 }
+
+// CreateInstance adds a row to table (a table path, "Device.NAT.PortMapping.")
+// as the device itself or its user would, behind every Controller's back:
+// no ObjectCreation notification is sent, whatever the subscriptions.
+// params are set on the new row (by name relative to it, writability not
+// checked); agent-assigned keys are filled as for an Add. It returns the
+// new instance's path.
+func (a *Agent) CreateInstance(table string, params map[string]string) (string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !isTablePath(table) {
+		return "", fmt.Errorf("agent: %s is not a table of the data model", table)
+	}
+	d := schema.byPath[supportedOf(table)+"{i}."]
+	segs := splitPath(table)
+	parent := strings.Join(segs[:len(segs)-1], ".") + "."
+	if !a.m.objects[parent] && defOf(parent) != nil && defOf(parent).multi {
+		return "", fmt.Errorf("agent: %s does not exist", parent)
+	}
+	for name := range params {
+		if d.param(name) == nil {
+			return "", fmt.Errorf("agent: %s has no parameter %s", table, name)
+		}
+	}
+	work := a.m.clone()
+	inst := work.addInstance(table)
+	for name, v := range params {
+		work.values[inst+name] = v
+	}
+	if d.param("Alias") != nil && work.values[inst+"Alias"] == "" {
+		work.values[inst+"Alias"] = "cpe-" + strings.TrimSuffix(inst[len(table):], ".")
+	}
+	if keys, dup := duplicateKey(work, inst); dup {
+		return "", fmt.Errorf("agent: %s would duplicate the unique key %s", inst, keys)
+	}
+	a.m = work // not commit: nobody is told
+	return inst, nil
+}

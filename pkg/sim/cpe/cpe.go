@@ -367,6 +367,30 @@ func (c *CPE) SetParameterValue(path, value string) error {
 	return nil
 }
 
+// CreateInstance adds a row to table (a writable table of the data model,
+// "Device.NAT.PortMapping.") as the device itself or its user would,
+// behind the ACS's back: no event, no session (CWMP has no notification
+// of created objects). params are set on the new row by name relative to
+// it, writability not checked. It returns the new instance's path.
+func (c *CPE) CreateInstance(table string, params map[string]string) (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n, f := c.m.addObject(table)
+	if f != nil {
+		return "", devicemodel.Errorf(devicemodel.CodeInvalidPath, "%s", f.Detail.FaultString)
+	}
+	inst := table + strconv.FormatUint(uint64(n), 10) + "."
+	for name, v := range params {
+		p, ok := c.m.params[inst+name]
+		if !ok {
+			_ = c.m.deleteObject(inst)
+			return "", devicemodel.Errorf(devicemodel.CodeInvalidPath, "no parameter %s%s", inst, name)
+		}
+		p.value = cwmp.NormalizeValue(p.typ, v, false)
+	}
+	return inst, nil
+}
+
 // Wake starts a session with 6 CONNECTION REQUEST, as an accepted
 // connection request does.
 func (c *CPE) Wake() { c.signal(c.wake) }

@@ -971,3 +971,33 @@ func BenchmarkSessionGetParameterValues(b *testing.B) {
 		<-acs.ended
 	}
 }
+
+// TestCreateInstanceBehindTheACSsBack: a row the CPE creates itself is in
+// its data model with the template's values and those given, and counts
+// in NumberOfEntries; no session starts for it.
+func TestCreateInstanceBehindTheACSsBack(t *testing.T) {
+	acs := newTestACS(t)
+	c := bootstrapped(t, acs, nil)
+	sessions := c.Stats().Sessions
+	inst, err := c.CreateInstance("Device.NAT.PortMapping.", map[string]string{"Description": "eval-prof2", "ExternalPort": "7000"})
+	if err != nil || inst != "Device.NAT.PortMapping.2." {
+		t.Fatalf("create: %q %v", inst, err)
+	}
+	for p, want := range map[string]string{inst + "Description": "eval-prof2", inst + "ExternalPort": "7000", "Device.NAT.PortMappingNumberOfEntries": "2"} {
+		if got, ok := c.Value(p); !ok || got != want {
+			t.Fatalf("%s = %q %v, want %q", p, got, ok, want)
+		}
+	}
+	if _, err := c.CreateInstance("Device.NAT.PortMapping.", map[string]string{"Bogus": "1"}); err == nil {
+		t.Fatal("created a row with an unknown parameter")
+	}
+	if _, ok := c.Value("Device.NAT.PortMapping.3.Description"); ok {
+		t.Fatal("a refused row is left in the data model")
+	}
+	if _, err := c.CreateInstance("Device.DeviceInfo.", nil); err == nil {
+		t.Fatal("created a row of a single object")
+	}
+	if got := c.Stats().Sessions; got != sessions {
+		t.Fatalf("%d sessions after creating rows, was %d", got, sessions)
+	}
+}
