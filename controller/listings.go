@@ -156,7 +156,7 @@ func listablePath(p string) bool {
 }
 
 // eventListings keeps table_listings true for USP ObjectCreation and
-// ObjectDeletion notifications (TR-369 §7.3.2.2): a created instance is
+// ObjectDeletion notifications (TR-369 "Notify", ObjectCreation and ObjectDeletion): a created instance is
 // cached with its unique keys (learnedParams) and extends its table's
 // listing; a deleted one leaves the cache with what was under it.
 func (r *Registry) eventListings(ctx context.Context, deviceID string, ev *duetv1.Event, at time.Time) error {

@@ -676,7 +676,7 @@ func (r *Reconciler) tasksFor(p *activePolicy, d devicemodel.Device, plan policy
 	}
 	// Parameters never read are read first, once per revision: the
 	// device may already hold the value (no Set at all), and a CWMP Set
-	// must carry the type the device uses (cwmp.md: a mismatched
+	// must carry the type the device uses (TR-069: a mismatched
 	// xsi:type is fault 9006).
 	paramsRead := fmt.Sprintf("params@%d", p.Revision)
 	if !slices.Contains(refreshed, paramsRead) {

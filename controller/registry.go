@@ -422,8 +422,8 @@ func (r *Registry) leaveTaskResultsToTasks(ctx context.Context, obs []store.Obse
 }
 
 // isBootstrap reports a device that lost its configuration: CWMP
-// "0 BOOTSTRAP" (cwmp.md), or a USP Boot! whose Cause is a factory reset
-// (usp.md §9.6: LocalFactoryReset, RemoteFactoryReset).
+// "0 BOOTSTRAP" (TR-069), or a USP Boot! whose Cause is a factory reset
+// (TR-181 Device.LocalAgent events: LocalFactoryReset, RemoteFactoryReset).
 func isBootstrap(ev *duetv1.Event) bool {
 	if ev.GetBootstrap() != nil {
 		return true

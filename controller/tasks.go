@@ -662,7 +662,7 @@ func (q *TaskQueue) SessionWork(ctx context.Context, req *duetv1.SessionWorkRequ
 // MaxConnectionRequests are already out, the task waits for the device's
 // next periodic inform. A refused request is tried again a few times while
 // the device still has queued tasks: a CPE answers 503 while a session is
-// still closing (cwmp.md §6), which is exactly when a task created right
+// still closing (TR-069 §3.2.2), which is exactly when a task created right
 // after the previous one's result arrives.
 func (q *TaskQueue) wakeCWMP(deviceID, url string) {
 	if url == "" {

@@ -257,7 +257,7 @@ func TestStartupErrorsNameTheSetting(t *testing.T) {
 }
 
 // TestExternalNATSAndBrokers points duet at the machine's real nats-server
-// and Mosquitto (services.md), as DUET_NATS_URL/DUET_MQTT_URL deployments do.
+// and Mosquitto (docs/testing.md), as DUET_NATS_URL/DUET_MQTT_URL deployments do.
 func TestExternalNATSAndBrokers(t *testing.T) {
 	env := baseEnv(t, storetest.NewDatabase(t))
 	env["DUET_NATS_URL"] = "nats://127.0.0.1:4222"

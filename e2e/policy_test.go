@@ -347,7 +347,7 @@ func TestRolloutStopsAtFailureThresholdAndResumes(t *testing.T) {
 	d.mustJSON("POST", "/api/v1/groups", `{"name":"staged","filter":"serial_number.startsWith(\"RST\")"}`, &g)
 	const enable = "Device.WiFi.SSID.2.Enable"
 	var p idJSON
-	// "maybe" is no boolean: CPEs answer 9007, agents 7012 (usp.md).
+	// "maybe" is no boolean: CPEs answer 9007, agents 7012 (TR-369).
 	d.mustJSON("POST", "/api/v1/policies", `{"group_id":"`+g.ID+`","name":"ssid2","kind":"parameters",
 		"spec":{"parameters":[{"path":"`+enable+`","value":"maybe"}]}}`, &p)
 	d.mustJSON("POST", "/api/v1/policies/"+p.ID+"/enable",

@@ -19,7 +19,7 @@ import (
 )
 
 // needBroker makes sure the machine's broker at addr runs, starting it with
-// start when it is down (services.md; never skip).
+// start when it is down (docs/testing.md; never skip).
 func needBroker(t *testing.T, addr string, start ...string) {
 	t.Helper()
 	up := func() error {

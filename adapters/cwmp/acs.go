@@ -19,7 +19,7 @@ import (
 	"github.com/duet-dm/duet/pkg/ratelog"
 )
 
-// Auth modes for Options.Auth (cwmp.md §7).
+// Auth modes for Options.Auth (TR-069 §3.4.4).
 const (
 	AuthNone      = "none"
 	AuthShared    = "shared"
@@ -42,16 +42,16 @@ type Options struct {
 	// Realm of the HTTP challenge; default "Duet".
 	Realm string
 	// AllowBasicOverHTTP offers and accepts Basic on plain HTTP. Off by
-	// default: Basic is for TLS only (cwmp.md §7).
+	// default: Basic is for TLS only (TR-069 §3.4.4).
 	AllowBasicOverHTTP bool
 	// MaxSessions bounds concurrent sessions; past it new sessions get 503
-	// with Retry-After (cwmp.md §9 #31). Default 1000.
+	// with Retry-After (docs/cwmp-interop.md #31). Default 1000.
 	MaxSessions int
 	// MinInformInterval refuses (503) a device that informs again sooner
 	// than this after its last accepted Inform. 0 = off.
 	MinInformInterval time.Duration
 	// SessionTimeout is the per-exchange wait: for the CPE's next POST and
-	// for each controller request. Default 30 s (cwmp.md §1.2).
+	// for each controller request. Default 30 s (TR-069 §3.7).
 	SessionTimeout time.Duration
 	// MaxRPCsPerSession bounds ACS→CPE RPCs in one session. Default 256.
 	MaxRPCsPerSession int
@@ -59,7 +59,7 @@ type Options struct {
 	// Larger bodies get 413.
 	MaxBodyBytes int64
 	// ConnReqTimeout bounds each connection request GET; default 2 s
-	// (cwmp.md §6.1).
+	// (TR-069 §3.2.2).
 	ConnReqTimeout time.Duration
 	// ConnReqTargets decides which addresses connection requests may go
 	// to, checked on the resolved address at dial time; nil is the default
@@ -247,7 +247,7 @@ func (a *ACS) Start() error {
 		ReadHeaderTimeout: a.o.SessionTimeout,
 		ReadTimeout:       2 * a.o.SessionTimeout,
 		WriteTimeout:      2 * a.o.SessionTimeout,
-		// GenieACS drops connections still open after 300 s (cwmp.md §1.2);
+		// GenieACS drops connections still open after 300 s (TR-069 §3.7);
 		// between sessions an idle keep-alive connection is closed sooner.
 		IdleTimeout: 2 * a.o.SessionTimeout,
 		ErrorLog:    slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
@@ -312,7 +312,7 @@ func (a *ACS) Shutdown(ctx context.Context) error {
 }
 
 // reap ends sessions whose CPE has not sent its next POST within
-// SessionTimeout (cwmp.md §1.2, §9 #10).
+// SessionTimeout (TR-069 §3.7, docs/cwmp-interop.md #10).
 func (a *ACS) reap() {
 	period := a.o.SessionTimeout / 4
 	if period < 10*time.Millisecond {

@@ -114,7 +114,7 @@ func (a *ACS) expected(ctx context.Context, deviceID string) (user, ha1 string, 
 		return "", "", false, nil
 	}
 	// The challenge went out before the device was known, with our realm;
-	// an HA1 made for another realm cannot match (cwmp.md §7).
+	// an HA1 made for another realm cannot match (TR-069 §3.4.4).
 	if c.GetRealm() != "" && c.GetRealm() != a.o.Realm {
 		a.log.Warn("per-device credentials use another realm; set the ACS Realm to match",
 			"device", deviceID, "realm", c.GetRealm(), "acs_realm", a.o.Realm)
@@ -130,7 +130,7 @@ func (a *ACS) basicAllowed(r *http.Request) bool { return r.TLS != nil || a.o.Al
 // (401 challenge, or 503 when credentials cannot be looked up). The
 // challenge comes first, before the DeviceId is known; a connection that
 // authenticated stays authenticated for that device only, and a new
-// connection mid-session re-authenticates (cwmp.md §7, §9 #10).
+// connection mid-session re-authenticates (TR-069 §3.4.4, docs/cwmp-interop.md #10).
 func (a *ACS) authenticate(ctx context.Context, w http.ResponseWriter, r *http.Request, ci *connInfo, deviceID string, body []byte) bool {
 	if a.o.Auth == AuthNone {
 		return true
@@ -186,7 +186,7 @@ func (a *ACS) authenticate(ctx context.Context, w http.ResponseWriter, r *http.R
 
 // challenge answers 401 with a fresh Digest nonce (qop=auth) and, where
 // Basic is allowed, a Basic challenge. closeConn is set on a second
-// failure (cwmp.md §7: "A second failure gets 401 with Connection: close").
+// failure (TR-069 §3.4.4: "A second failure gets 401 with Connection: close").
 func (a *ACS) challenge(w http.ResponseWriter, r *http.Request, stale, closeConn bool) {
 	nonce := a.nonces.issue(time.Now())
 	d := `Digest realm="` + a.o.Realm + `", qop="auth", algorithm=MD5, nonce="` + nonce + `", opaque="` + a.o.AdapterID + `"`
@@ -249,7 +249,7 @@ func md5hex(s string) string {
 
 // verifyDigest checks an RFC 2617 MD5 Digest response computed from HA1.
 // qop=auth is what we offer; auth-int (body hash) and the RFC 2069 form
-// without qop are accepted too, since CPEs send them (cwmp.md §7).
+// without qop are accepted too, since CPEs send them (TR-069 §3.4.4).
 func (a *ACS) verifyDigest(r *http.Request, params, user, ha1 string, body []byte) (ok, stale bool) {
 	p := parseAuthParams(params)
 	if p["username"] != user || p["realm"] != a.o.Realm || p["response"] == "" || p["uri"] == "" {

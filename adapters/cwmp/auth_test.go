@@ -34,7 +34,7 @@ func TestAuthSharedDigest(t *testing.T) {
 	if len(c.handled) != 1 {
 		t.Fatalf("handled %v", c.handled)
 	}
-	// New connection per POST: each is re-authenticated (cwmp.md §7, §9 #10).
+	// New connection per POST: each is re-authenticated (TR-069 §3.4.4, docs/cwmp-interop.md #10).
 	e.queue(cmdGet("Device.DeviceInfo.ModelName"))
 	c2 := newCPE(t, e.url, "Device.", "A2", false, true)
 	c2.user, c2.pass = "acs", "s3cret"

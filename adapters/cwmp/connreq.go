@@ -18,7 +18,7 @@ import (
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 )
 
-// connectionRequester sends HTTP connection requests (cwmp.md §6.1).
+// connectionRequester sends HTTP connection requests (TR-069 §3.2.2).
 type connectionRequester struct {
 	timeout time.Duration
 	tr      *http.Transport // keep-alive: the authenticated GET reuses the 401's connection
@@ -70,7 +70,7 @@ func (c *connectionRequester) get(ctx context.Context, tr *http.Transport, u, au
 // send wakes the CPE: an unauthenticated GET, and on 401 the same GET with
 // Digest (or Basic when allowed and offered). If the CPE drops the
 // connection after the 401 the authenticated GET is retried once on a
-// fresh connection (cwmp.md §6.1, §9 #27). It returns the final HTTP
+// fresh connection (TR-069 §3.2.2, docs/cwmp-interop.md #27). It returns the final HTTP
 // status; 200 and 204 mean accepted.
 func (c *connectionRequester) send(ctx context.Context, cr *duetv1.ConnectionRequest) (int, error) {
 	u, err := url.Parse(cr.GetUrl())

@@ -3,7 +3,7 @@
 // publishes device events, and sends connection requests. It speaks to the
 // rest of Duet only through pkg/bus and keeps only in-flight session state.
 //
-// # Sessions (cwmp.md §1.2)
+// # Sessions (TR-069 §3.7)
 //
 // The first POST is an Inform, answered with InformResponse in the CPE's
 // own cwmp namespace. The CPE's own requests (TransferComplete,
@@ -14,7 +14,7 @@
 // a time, publishes each result as a command_result event, and asks again
 // with the results (round+1) until the answer is empty; then 204 ends the
 // session. Sessions are found by TCP connection first and by the
-// "session" cookie second (cwmp.md §9 #9, #10).
+// "session" cookie second (docs/cwmp-interop.md #9, #10).
 //
 // # cwmp_rpc arguments
 //
@@ -50,7 +50,7 @@
 // InternetGatewayDevice.IPPingDiagnostics() etc.) write the input
 // arguments and DiagnosticsState=Requested in one SetParameterValues; the
 // results are read in the session that carries "8 DIAGNOSTICS COMPLETE"
-// and published as diagnostics_complete (cwmp.md §8).
+// and published as diagnostics_complete (TR-069 diagnostics, TR-143).
 //
 // # Refused envelopes
 //

@@ -15,7 +15,7 @@ import (
 
 // identityFromInform gathers the identity facts an Inform carries: the
 // DeviceIdStruct and the forced-inform DeviceInfo/ManagementServer
-// parameters under either root (cwmp.md §3, §3.1).
+// parameters under either root (TR-069 A.3.3, TR-069 A.3.3.1).
 func identityFromInform(deviceID string, inf *cwmp.Inform, remote string) (*duetv1.DeviceIdentity, *duetv1.Reachability, string) {
 	id := &duetv1.DeviceIdentity{
 		Id:           deviceID,
@@ -50,7 +50,7 @@ func identityFromInform(deviceID string, inf *cwmp.Inform, remote string) (*duet
 }
 
 // forcedInform reports whether name is a forced-inform parameter, i.e. one
-// present in every Inform whatever changed (cwmp.md §3.1). What remains of
+// present in every Inform whatever changed (TR-069 A.3.3.1). What remains of
 // a "4 VALUE CHANGE" Inform's ParameterList is the changed values.
 func forcedInform(name string) bool {
 	switch name {
@@ -156,7 +156,7 @@ func (a *ACS) publish(ctx context.Context, s *session, evs ...*duetv1.Event) err
 }
 
 // publishInform stores the inform event and one event per meaningful
-// event code (cwmp.md §3.2). "7 TRANSFER COMPLETE" is published when its
+// event code (TR-069 A.3.3.1, event codes). "7 TRANSFER COMPLETE" is published when its
 // TransferComplete RPC arrives and "8 DIAGNOSTICS COMPLETE" once the
 // results have been read in this session.
 func (a *ACS) publishInform(ctx context.Context, s *session, env *cwmp.Envelope, inf *cwmp.Inform) error {
@@ -216,7 +216,7 @@ var cpeMethods = []string{
 	"Kicked", "DUStateChangeComplete", "AutonomousDUStateChangeComplete",
 }
 
-// cpeRequest answers a CPE→ACS request (cwmp.md §3). Transfer and DU
+// cpeRequest answers a CPE→ACS request (TR-069 A.3.3). Transfer and DU
 // completions are stored on the bus first; if that fails the CPE gets a
 // fault and, per TR-069, keeps the completion and sends it again later.
 func (a *ACS) cpeRequest(ctx context.Context, s *session, m cwmp.Message) cwmp.Message {

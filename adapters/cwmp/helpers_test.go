@@ -182,7 +182,7 @@ type testCPE struct {
 }
 
 // newCPE makes a CPE. keepAlive=false opens a new TCP connection per POST
-// (cwmp.md §9 #10); jar=false ignores cookies (§9 #9).
+// (docs/cwmp-interop.md #10); jar=false ignores cookies (docs/cwmp-interop.md #9).
 func newCPE(t testing.TB, url, root, serial string, keepAlive, jar bool) *testCPE {
 	tr := &http.Transport{DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: 1, DisableCompression: true}
 	t.Cleanup(tr.CloseIdleConnections)
@@ -329,7 +329,7 @@ func (c *testCPE) session(inf *cwmp.Inform, own ...cwmp.Message) {
 }
 
 // fakeModel is the test CPE's data model: enough TR-069 behaviour to
-// answer every RPC the ACS sends (cwmp.md §2).
+// answer every RPC the ACS sends (TR-069 A.3.2).
 type fakeModel struct {
 	root   string
 	params map[string]cwmp.Value

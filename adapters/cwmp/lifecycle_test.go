@@ -151,7 +151,7 @@ func TestMaxRPCsPerSession(t *testing.T) {
 
 // digestCPE is a CPE's connection-request endpoint with RFC 2617 Digest,
 // written independently of the ACS code. dropFirst closes the connection
-// instead of answering the first authenticated GET (cwmp.md §9 #27).
+// instead of answering the first authenticated GET (docs/cwmp-interop.md #27).
 func digestCPE(t *testing.T, user, pass string, dropFirst bool) (*httptest.Server, *atomic.Int32) {
 	var authed atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -6,7 +6,7 @@ import (
 )
 
 // Metrics are process-wide (promauto registers them once on the default
-// registry); names follow duet_<component>_<what>_<unit> (STYLE.md habit 12).
+// registry); names follow duet_<component>_<what>_<unit> (CONTRIBUTING.md, habit 12).
 var (
 	metricSessionsActive = promauto.NewGauge(prometheus.GaugeOpts{
 		Name: "duet_cwmp_sessions_active", Help: "CWMP sessions currently open.",

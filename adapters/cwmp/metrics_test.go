@@ -9,7 +9,7 @@ import (
 )
 
 // TestMetricNames lints our metric names: duet_cwmp_<what>_<unit>
-// (STYLE.md habit 12).
+// (CONTRIBUTING.md, habit 12).
 func TestMetricNames(t *testing.T) {
 	metricShed.WithLabelValues("lint").Add(0)
 	metricBadRequests.WithLabelValues("lint").Add(0)

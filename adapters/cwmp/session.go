@@ -20,7 +20,7 @@ import (
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 )
 
-// Session states (cwmp.md §1.2).
+// Session states (TR-069 §3.7).
 const (
 	stateCPE   = iota // after InformResponse: the CPE sends its requests
 	stateACS          // after the empty POST: the ACS sends requests
@@ -60,7 +60,7 @@ func (s *session) touch()        { s.lastSeen.Store(time.Now().UnixNano()) }
 
 func (a *ACS) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
-		// cwmp.md §9 #30.
+		// docs/cwmp-interop.md #30.
 		metricBadRequests.WithLabelValues("method").Inc()
 		w.Header().Set("Allow", http.MethodPost)
 		http.Error(w, "only POST", http.StatusMethodNotAllowed)
@@ -81,7 +81,7 @@ func (a *ACS) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	ci := connFrom(r.Context(), r.RemoteAddr)
 	enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding")))
 	// A zero-length body is the empty POST whatever Content-Encoding says
-	// (cwmp.md §9 #6); only a non-empty body is inflated.
+	// (docs/cwmp-interop.md #6); only a non-empty body is inflated.
 	br := bufio.NewReader(r.Body)
 	readEnc := enc
 	if _, perr := br.Peek(1); perr != nil {
@@ -110,7 +110,7 @@ func (a *ACS) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if s == nil && a.sessions.full() {
-		// Shed new sessions only; open ones continue (cwmp.md §9 #31).
+		// Shed new sessions only; open ones continue (docs/cwmp-interop.md #31).
 		metricShed.WithLabelValues("sessions").Inc()
 		w.Header().Set("Retry-After", "60")
 		http.Error(w, "too many sessions", http.StatusServiceUnavailable)
@@ -142,14 +142,14 @@ func (a *ACS) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if inf, ok := env.Body.(*cwmp.Inform); ok {
 		if s != nil && byConn {
-			// A second Inform in the same session (cwmp.md §1.2).
+			// A second Inform in the same session (TR-069 §3.7).
 			a.badRequest(w, r, http.StatusBadRequest, "state", "Bad session state")
 			return
 		}
 		if s != nil {
 			// The cookie names a session but this is a new connection with
 			// a new Inform: the CPE gave up on the old session (a drop or a
-			// reboot, cwmp.md §1.2); end it and start afresh.
+			// reboot, TR-069 §3.7); end it and start afresh.
 			a.endSession(r.Context(), s, "superseded")
 		}
 		a.startSession(w, r, ci, env, inf, body, enc)
@@ -175,7 +175,7 @@ var decodeReasons = map[string]bool{"malformed": true, "dtd": true, "limits": tr
 	"envelope_namespace": true, "cwmp_namespace": true, "trailing_data": true}
 
 // badRequest answers a 4xx with Connection: close, as GenieACS does for
-// unparseable XML and bad state (cwmp.md §1.3).
+// unparseable XML and bad state (TR-069 §3.4).
 func (a *ACS) badRequest(w http.ResponseWriter, r *http.Request, status int, reason, msg string) {
 	metricBadRequests.WithLabelValues(reason).Inc()
 	if !decodeReasons[reason] {
@@ -187,7 +187,7 @@ func (a *ACS) badRequest(w http.ResponseWriter, r *http.Request, status int, rea
 }
 
 // sessionCookie finds session=<id> leniently: several Cookie headers,
-// cookies separated by ';' or ',', quoted values (cwmp.md §9 #9).
+// cookies separated by ';' or ',', quoted values (docs/cwmp-interop.md #9).
 func sessionCookie(r *http.Request) string {
 	for _, h := range r.Header.Values("Cookie") {
 		for _, part := range strings.FieldsFunc(h, func(c rune) bool { return c == ';' || c == ',' }) {
@@ -238,7 +238,7 @@ func (a *ACS) startSession(w http.ResponseWriter, r *http.Request, ci *connInfo,
 	log := a.log.With("device", deviceID, "session", s.id)
 	// Events are stored before the InformResponse: until it arrives the CPE
 	// keeps its events and re-sends them, so nothing is lost if the bus is
-	// down (cwmp.md §1.2).
+	// down (TR-069 §3.7).
 	if err := a.publishInform(r.Context(), s, env, inf); err != nil {
 		log.Warn("could not store Inform events; refusing the session so the CPE retries", "err", err)
 		a.sessions.remove(s)
@@ -282,13 +282,13 @@ func (a *ACS) exchange(w http.ResponseWriter, r *http.Request, s *session, env *
 			s.state = stateACS
 		} else if s.sent != nil {
 			// An empty POST while a request is outstanding: the CPE will
-			// not answer it. Record that and carry on (cwmp.md §9 #20).
+			// not answer it. Record that and carry on (docs/cwmp-interop.md #20).
 			a.deliver(ctx, s, nil, devicemodel.Errorf(devicemodel.CodeOutcomeUnknown,
 				"CPE sent an empty POST instead of answering %s", s.sent.MethodName()))
 		}
 		a.sendNext(w, ctx, s, enc)
 	case *cwmp.UnknownMethod:
-		// cwmp.md §9 #19: fault 8000, the session goes on.
+		// docs/cwmp-interop.md #19: fault 8000, the session goes on.
 		a.reply(w, s, enc, env.Header.ID, cwmp.NewFault(cwmp.FaultACSMethodNotSupported, ""))
 	case *cwmp.Fault:
 		a.response(w, ctx, s, enc, m)
@@ -316,7 +316,7 @@ func (a *ACS) response(w http.ResponseWriter, ctx context.Context, s *session, e
 		err = f.Err()
 		metricFaults.WithLabelValues(strconv.FormatUint(uint64(f.Detail.FaultCode), 10)).Inc()
 	} else if want := s.sent.MethodName() + "Response"; m.MethodName() != want {
-		// cwmp.md §9 #20: record a fault against the request and go on.
+		// docs/cwmp-interop.md #20: record a fault against the request and go on.
 		err = devicemodel.Errorf(devicemodel.CodeInternal, "CPE answered %s with %s", s.sent.MethodName(), m.MethodName())
 	}
 	a.deliver(ctx, s, m, err)
@@ -344,7 +344,7 @@ func (a *ACS) deliver(ctx context.Context, s *session, m cwmp.Message, err *devi
 }
 
 // sendNext replies with the next ACS request, or ends the session with 204
-// when there is nothing left (cwmp.md §1.2).
+// when there is nothing left (TR-069 §3.7).
 func (a *ACS) sendNext(w http.ResponseWriter, ctx context.Context, s *session, enc string) {
 	msg := a.next(ctx, s)
 	if msg == nil {
@@ -443,7 +443,7 @@ func (a *ACS) endSession(ctx context.Context, s *session, why string) {
 // endLocked ends the session once. Commands that did not finish get a
 // result anyway: the one in flight may or may not have run (outcome
 // unknown), the others never started (unavailable); the controller decides
-// whether to re-issue them (cwmp.md §1.2).
+// whether to re-issue them (TR-069 §3.7).
 func (a *ACS) endLocked(ctx context.Context, s *session, why string) {
 	if s.state == stateEnded {
 		return
@@ -471,7 +471,7 @@ func (a *ACS) endLocked(ctx context.Context, s *session, why string) {
 }
 
 // reply encodes msg in the CPE's namespace and writes it, compressed like
-// the request was (cwmp.md §9 #8).
+// the request was (docs/cwmp-interop.md #8).
 func (a *ACS) reply(w http.ResponseWriter, s *session, enc, id string, msg cwmp.Message) {
 	b, err := cwmp.Encode(&cwmp.Envelope{Namespace: s.ns, Header: cwmp.Header{ID: id}, Body: msg})
 	if err != nil {

@@ -258,13 +258,13 @@ func TestDiagnostics(t *testing.T) {
 func TestCookieAndConnectionKeying(t *testing.T) {
 	e := newEnv(t, nil)
 	e.queue(cmdGet("Device.DeviceInfo.ModelName"))
-	// Cookie-less CPE on one keep-alive connection (cwmp.md §9 #9).
+	// Cookie-less CPE on one keep-alive connection (docs/cwmp-interop.md #9).
 	c1 := newCPE(t, e.url, "Device.", "K1", true, false)
 	c1.session(c1.inform(cwmp.EventPeriodic))
 	if len(c1.handled) != 1 {
 		t.Fatalf("cookie-less session ran %v", c1.handled)
 	}
-	// A CPE opening a new connection per POST, carrying the cookie (§9 #10).
+	// A CPE opening a new connection per POST, carrying the cookie (docs/cwmp-interop.md #10).
 	e.queue(cmdGet("Device.DeviceInfo.ModelName"))
 	c2 := newCPE(t, e.url, "Device.", "K2", false, true)
 	c2.session(c2.inform(cwmp.EventPeriodic))
@@ -372,7 +372,7 @@ func TestGzipSession(t *testing.T) {
 	c := newCPE(t, e.url, "Device.", "Z1", true, false)
 	c.enc = "gzip"
 	// The transport does not ask for compression, so a gzip reply is the
-	// ACS answering in the request's encoding (cwmp.md §9 #8).
+	// ACS answering in the request's encoding (docs/cwmp-interop.md #8).
 	resp, envl := c.post(c.inform(cwmp.EventPeriodic))
 	if resp.StatusCode != 200 || c.lastEnc != "gzip" || envl.Body.MethodName() != "InformResponse" {
 		t.Fatalf("gzip inform: %d enc %q", resp.StatusCode, c.lastEnc)

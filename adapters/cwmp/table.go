@@ -9,7 +9,7 @@ import (
 
 // connInfo is the per-TCP-connection state, attached to every request's
 // context by tagConn (http.Server.ConnContext). Sessions are keyed by it
-// first and by the cookie second (cwmp.md §9 #9, #10).
+// first and by the cookie second (docs/cwmp-interop.md #9, #10).
 type connInfo struct {
 	remote string
 
@@ -50,7 +50,7 @@ func (c *connInfo) setSession(s *session) {
 }
 
 // sessionTable holds the open sessions, at most max of them (the bound is
-// the load-shedding limit: past it new sessions get 503, cwmp.md §9 #31).
+// the load-shedding limit: past it new sessions get 503, docs/cwmp-interop.md #31).
 type sessionTable struct {
 	mu  sync.Mutex
 	max int

@@ -13,10 +13,10 @@ import (
 )
 
 // gpvBatch is how many names go in one GetParameterValues (GenieACS
-// cwmp.gpvBatchSize; cwmp.md §2, §9 #22).
+// cwmp.gpvBatchSize; TR-069 A.3.2, docs/cwmp-interop.md #22).
 const gpvBatch = 32
 
-// maxCommandKey is the TR-069 limit on CommandKey and ParameterKey (cwmp.md §2).
+// maxCommandKey is the TR-069 limit on CommandKey and ParameterKey (TR-069 A.3.2).
 const maxCommandKey = 32
 
 // job is one unit of session work: a controller command, or the adapter's
@@ -27,8 +27,8 @@ type job struct {
 	internal func(ctx context.Context, j *job)
 }
 
-// op translates one bus operation into a sequence of RPCs (cwmp.md §2 and
-// the ARCHITECTURE.md table). next returns the following request or nil
+// op translates one bus operation into a sequence of RPCs (TR-069 A.3.2 and
+// the docs/architecture.md table). next returns the following request or nil
 // when the operation is over; handle receives the CPE's answer to the
 // request next returned last (resp, or err for a fault / wrong answer).
 type op interface {
@@ -133,7 +133,7 @@ type getOp struct {
 
 // newGet sends each partial path (ending in ".") to GetParameterNames with
 // NextLevel=false and full parameter paths straight to the value batches
-// (cwmp.md §2, §9 #22). max_depth is not applied: CWMP has no depth.
+// (TR-069 A.3.2, docs/cwmp-interop.md #22). max_depth is not applied: CWMP has no depth.
 func newGet(r *duetv1.GetRequest) op {
 	o := &getOp{}
 	for _, p := range r.GetPaths() {
@@ -360,8 +360,8 @@ type operateOp struct {
 	transfer *duetv1.TransferResult
 }
 
-// diagnosticInputs lists diagnostics inputs that are not strings (cwmp.md
-// §8); a wrong xsi:type gets fault 9006.
+// diagnosticInputs lists diagnostics inputs that are not strings (TR-069
+// diagnostics, TR-143); a wrong xsi:type gets fault 9006.
 var diagnosticInputs = map[string]cwmp.ValueType{
 	"NumberOfRepetitions": cwmp.TypeUnsignedInt, "Timeout": cwmp.TypeUnsignedInt, "DataBlockSize": cwmp.TypeUnsignedInt,
 	"DSCP": cwmp.TypeUnsignedInt, "NumberOfTries": cwmp.TypeUnsignedInt, "MaxHopCount": cwmp.TypeUnsignedInt,
@@ -374,7 +374,7 @@ var diagnosticInputs = map[string]cwmp.ValueType{
 // diagnosticsObject returns the object a diagnostics command drives:
 // "Device.IP.Diagnostics.IPPing()" -> "Device.IP.Diagnostics.IPPing.",
 // "InternetGatewayDevice.IPPingDiagnostics()" ->
-// "InternetGatewayDevice.IPPingDiagnostics." (cwmp.md §8).
+// "InternetGatewayDevice.IPPingDiagnostics." (TR-069 diagnostics, TR-143).
 func diagnosticsObject(command string) (string, bool) {
 	obj := strings.TrimSuffix(command, "()") + "."
 	_, name := devicemodel.SplitParameter(strings.TrimSuffix(obj, "."))
@@ -384,7 +384,7 @@ func diagnosticsObject(command string) (string, bool) {
 	return "", false
 }
 
-// diagnosticsObjects are read after "8 DIAGNOSTICS COMPLETE" (cwmp.md §8).
+// diagnosticsObjects are read after "8 DIAGNOSTICS COMPLETE" (TR-069 diagnostics, TR-143).
 func diagnosticsObjects(root string) []string {
 	if root == "InternetGatewayDevice." {
 		return []string{"InternetGatewayDevice.IPPingDiagnostics.", "InternetGatewayDevice.TraceRouteDiagnostics.",
@@ -397,7 +397,7 @@ func diagnosticsObjects(root string) []string {
 // newOperate maps USP-style commands to CWMP RPCs: Reboot(), FactoryReset(),
 // any …Download() (FirmwareImage.{i}.Download() or a bare Download()) to the
 // Download RPC, and diagnostics to one SetParameterValues with
-// DiagnosticsState=Requested (cwmp.md §2, §8).
+// DiagnosticsState=Requested (TR-069 A.3.2, TR-069 diagnostics, TR-143).
 func newOperate(r *duetv1.OperateRequest, cmdID string) op {
 	o := &operateOp{command: r.GetCommand(), outputs: map[string]string{}}
 	key := r.GetCommandKey()
@@ -646,7 +646,7 @@ func (o *attrOp) result() *duetv1.CommandResult {
 // diagnosticsJob reads every diagnostics object of the device's root, one
 // GetParameterValues each so that an object the CPE lacks (9005) does not
 // hide the others, and publishes what it read as diagnostics_complete
-// (cwmp.md §8 step 4).
+// (TR-069 diagnostics, TR-143 step 4).
 func (a *ACS) diagnosticsJob(s *session) *job {
 	o := &getOp{}
 	for _, obj := range diagnosticsObjects(s.root) {

@@ -225,7 +225,7 @@ func (e *Endpoint) set(ctx context.Context, eid string, req *duetv1.SetRequest) 
 	if len(req.GetParams()) == 0 {
 		return nil, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "set without parameters")
 	}
-	// One UpdateObject per object, in first-seen order (usp.md §4.8).
+	// One UpdateObject per object, in first-seen order (TR-369 "Set").
 	var objs []*uspmsg.Set_UpdateObject
 	byObj := map[string]*uspmsg.Set_UpdateObject{}
 	for _, p := range req.GetParams() {
@@ -241,7 +241,7 @@ func (e *Endpoint) set(ctx context.Context, eid string, req *duetv1.SetRequest) 
 		}
 		// required=true: a failing parameter fails its object, like an
 		// atomic CWMP SetParameterValues; allow_partial decides whether
-		// other objects still apply (usp.md §5).
+		// other objects still apply (TR-369 "allow_partial and required").
 		u.ParamSettings = append(u.ParamSettings, &uspmsg.Set_UpdateParamSetting{Param: name, Value: p.GetValue(), Required: true})
 	}
 	m, err := e.request(ctx, eid, uspmsg.Header_SET, &uspmsg.Request{ReqType: &uspmsg.Request_Set{Set: &uspmsg.Set{AllowPartial: req.GetAllowPartial(), UpdateObjs: objs}}})
@@ -343,7 +343,7 @@ func (e *Endpoint) delete(ctx context.Context, eid string, req *duetv1.DeleteReq
 }
 
 // rebootCommands complete on the next Boot! carrying their CommandKey
-// (usp.md §9.7, services.md).
+// (TR-181 commands, docs/testing.md).
 func isRebootCommand(c string) bool {
 	return c == "Device.Reboot()" || c == "Device.FactoryReset()"
 }

@@ -14,7 +14,7 @@ import (
 )
 
 // One happening, one event (issue 11 §4). An agent sends one Boot! per
-// Event subscription that matches Device.Boot! (TR-369 §9.6 / R-NOT.1):
+// Event subscription that matches Device.Boot! (TR-181 Device.Boot!, TR-369 "Notify"):
 // real agents ship a factory subscription of their own besides Duet's, so
 // one reboot arrives twice with different msg_ids. The second is answered
 // (every Notify that asks gets its NotifyResp) but not published.

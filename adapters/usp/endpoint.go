@@ -4,8 +4,8 @@
 // HandleRecord for each one they receive; this package decodes them, keeps
 // per-agent session state (return address, in-flight requests), serves bus
 // commands for each agent it knows, turns Notify messages into bus events and
-// onboards agents (usp.md §9.2/§9.3). It holds no database and talks to the
-// rest of Duet only through the bus (ARCHITECTURE.md).
+// onboards agents (TR-369 "Notifications", first contact/TR-181 Device.LocalAgent.Subscription.{i}.). It holds no database and talks to the
+// rest of Duet only through the bus (docs/architecture.md).
 package usp
 
 import (
@@ -40,7 +40,7 @@ const CommandQueue = "duet-usp"
 const MaxRecordBytes = 4 << 20
 
 // MTP is one message transfer protocol binding. It is implemented by the
-// transports and owned here (STYLE.md habit 5).
+// transports and owned here (CONTRIBUTING.md, habit 5).
 type MTP interface {
 	// Name is "mqtt", "stomp" or "websocket"; it becomes
 	// Reachability.transport and a metric label.
@@ -61,13 +61,13 @@ type Address struct {
 	// previous message).
 	Reply string
 	// MQTT311 marks an agent speaking MQTT 3.1.1: records to it carry the
-	// reply-to address as a topic suffix (usp.md §8.2).
+	// reply-to address as a topic suffix (TR-369 "MQTT Binding").
 	MQTT311 bool
 	// Peer is the remote network address when the transport knows it
 	// (WebSocket); reported in Reachability.
 	Peer string
 	// EndpointID is the identity the MTP itself asserted (WebSocket ?eid=).
-	// When set, every record's from_id must equal it (usp.md §8.4).
+	// When set, every record's from_id must equal it (TR-369 "WebSocket Binding").
 	EndpointID string
 }
 
@@ -105,7 +105,7 @@ type Options struct {
 	// one agent always go through the same worker, in order. Default 4.
 	EventWorkers int
 	// EventQueue bounds the events waiting per worker. When full, a Notify
-	// is dropped without NotifyResp (the agent retries it, usp.md §9.5),
+	// is dropped without NotifyResp (the agent retries it, TR-369 Notify retry),
 	// other events are dropped and counted. Default 1024.
 	EventQueue int
 	// OnboardWorkers bounds concurrent onboardings. Default 4.
@@ -377,7 +377,7 @@ func (e *Endpoint) HandleRecord(mtp MTP, from Address, data []byte) error {
 	if len(data) > MaxRecordBytes {
 		return e.drop(mtp, DropTooLarge, fmt.Errorf("%d bytes", len(data)))
 	}
-	// pkg/usp validates the record and its message (usp.md §3, R-E2E.1,
+	// pkg/usp validates the record and its message (TR-369 usp-record-1-4.proto, R-E2E.1,
 	// R-E2E.26, R-E2E.41, R-MSG.10, one member per oneof).
 	rec, err := pkgusp.ParseRecord(data, e.id)
 	if err != nil {
@@ -390,7 +390,7 @@ func (e *Endpoint) HandleRecord(mtp MTP, from Address, data []byte) error {
 			// [R-E2E.1] drop any record not addressed to us.
 			return e.drop(mtp, DropWrongToID, err, "device", pe.FromID)
 		case errors.Is(err, pkgusp.ErrSessionContext):
-			// E2E sessions are not supported (usp.md §3.4).
+			// E2E sessions are not supported (TR-369 "End to End Session Context").
 			return e.drop(mtp, DropSessionContext, err, "device", pe.FromID)
 		case pe.Code == pkgusp.ErrCodeRecordNotParsed:
 			e.refusals.Warn("undecodable usp record", "mtp", mtp.Name(), "from", from.reachability(), "bytes", len(data), "err", err)
@@ -414,7 +414,7 @@ func (e *Endpoint) HandleRecord(mtp MTP, from Address, data []byte) error {
 	if err := devicemodel.ValidateDeviceID(eid); err != nil {
 		return e.drop(mtp, DropBadFromID, err)
 	}
-	// usp.md §8.4: the WebSocket eid must match Record.from_id.
+	// TR-369 "WebSocket Binding": the WebSocket eid must match Record.from_id.
 	if from.EndpointID != "" && from.EndpointID != eid {
 		return e.drop(mtp, DropEIDMismatch, fmt.Errorf("from_id %q on a connection of %q", eid, from.EndpointID), "device", eid)
 	}
@@ -448,7 +448,7 @@ func (e *Endpoint) HandleRecord(mtp MTP, from Address, data []byte) error {
 	case pkgusp.RecordWebSocketConnect, pkgusp.RecordUDSConnect:
 		e.connected(mtp, eid, from)
 	case pkgusp.RecordDisconnect:
-		// usp.md §3.3: forget all session state for the endpoint.
+		// TR-369 "Handling of Records", R-MTP.5: forget all session state for the endpoint.
 		e.forget(mtp, eid, fmt.Sprintf("disconnect record: %s (%d)", rec.DisconnectReason, rec.DisconnectCode))
 	case pkgusp.RecordMsg:
 		return e.handleMsg(mtp, from, eid, rec.Msg)
@@ -536,7 +536,7 @@ func (e *Endpoint) openSession(mtp MTP, eid string, from Address, keepExisting b
 // connected handles a Connect record. An agent onboarded before is
 // checked again: a Connect record follows a reboot, and after a factory
 // reset the agent has lost Duet's subscriptions, so no Boot! will come
-// (usp.md §9.2 step 4) and only onboarding notices (it re-creates them
+// (TR-369 "Notifications", first contact step 4) and only onboarding notices (it re-creates them
 // and reports a bootstrap).
 func (e *Endpoint) connected(mtp MTP, eid string, from Address) {
 	e.mu.Lock()
@@ -585,7 +585,7 @@ func (e *Endpoint) handleMsg(mtp MTP, from Address, eid string, msg *uspmsg.Msg)
 	switch body := msg.GetBody().GetMsgBody().(type) {
 	case *uspmsg.Body_Response, *uspmsg.Body_Error:
 		// Responses are correlated by msg_id; one with an unknown msg_id is
-		// ignored (usp.md §4.1). It does not make the agent known: with a
+		// ignored (TR-369 "Message structure"). It does not make the agent known: with a
 		// shared MQTT subscription it may be another process's answer.
 		e.mu.Lock()
 		var ch chan reply
@@ -613,7 +613,7 @@ func (e *Endpoint) handleMsg(mtp MTP, from Address, eid string, msg *uspmsg.Msg)
 			return nil
 		}
 		// Register/Deregister and Controller-bound Get/Set... are not
-		// served by a device-management Controller (usp.md §4.12): answer
+		// served by a device-management Controller (TR-369 "Register"): answer
 		// 7001 since every R-MTP.5 condition holds.
 		e.replyError(mtp, from, eid, msgID, pkgusp.ErrCodeMessageNotSupported, "message not supported by this controller")
 		return nil
@@ -731,7 +731,7 @@ func (e *Endpoint) nextMsgID(kind string) string {
 const maxKeepAliveProbes = 64
 
 // runKeepAlive sweeps the agents a few times per interval and probes the
-// silent ones (usp.md §4.6 GetSupportedProtocol: every agent answers it).
+// silent ones (TR-369 "GetSupportedProtocol" GetSupportedProtocol: every agent answers it).
 func (e *Endpoint) runKeepAlive() {
 	defer e.wg.Done()
 	every := e.opts.KeepAliveInterval / 4

@@ -361,7 +361,7 @@ func TestNotifyDedupAndNotifyResp(t *testing.T) {
 		t.Fatalf("NotifyResp %v", r)
 	}
 	// The agent did not see our answer and retransmits: answered again,
-	// published once (usp.md §9.4).
+	// published once (TR-369 "Notify").
 	if _, err := a.Notify("vc-1", vc); err != nil {
 		t.Fatal(err)
 	}

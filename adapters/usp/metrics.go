@@ -5,7 +5,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 )
 
-// Metrics of the USP endpoint, named duet_usp_<what>_<unit> (STYLE.md
+// Metrics of the USP endpoint, named duet_usp_<what>_<unit> (CONTRIBUTING.md
 // habit 12). They are process-wide: several Endpoints in one process add up.
 var (
 	metricRecordsReceived = promauto.NewCounterVec(prometheus.CounterOpts{

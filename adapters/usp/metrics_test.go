@@ -7,7 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// TestMetricNames lints the names of this package's metrics: STYLE.md wants
+// TestMetricNames lints the names of this package's metrics: CONTRIBUTING.md wants
 // duet_<component>_<what>_<unit>.
 func TestMetricNames(t *testing.T) {
 	re := regexp.MustCompile(`^duet_usp_[a-z_]+_(total|seconds|count|bytes)$`)

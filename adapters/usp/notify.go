@@ -14,8 +14,8 @@ import (
 	"github.com/duet-dm/duet/proto/usp/uspmsg"
 )
 
-// notifyState de-duplicates Notify retransmissions (usp.md §8.1 R-MSG.4,
-// §9.4): a duplicate that arrives before we answered is ignored; one that
+// notifyState de-duplicates Notify retransmissions (TR-369 "Message Transfer Protocols" R-MSG.4,
+// TR-369 "Notify"): a duplicate that arrives before we answered is ignored; one that
 // arrives after is answered again but not published again.
 type notifyState struct {
 	answered bool
@@ -124,7 +124,7 @@ func (e *Endpoint) handleNotify(mtp MTP, from Address, eid, msgID string, n *usp
 		e.mu.Lock()
 		e.notifies.remove(key)
 		e.mu.Unlock()
-		// R-MTP.5 conditions hold; 7004 for a malformed oneof (usp.md §6.1).
+		// R-MTP.5 conditions hold; 7004 for a malformed oneof (TR-369 "Error Codes").
 		e.replyError(mtp, from, eid, msgID, pkgusp.ErrCodeInvalidArguments, "notify without notification")
 		return
 	}
@@ -150,7 +150,7 @@ func (e *Endpoint) handleNotify(mtp MTP, from Address, eid, msgID string, n *usp
 		e.mu.Lock()
 		if failed {
 			// Not stored: forget it so the agent's retry is processed
-			// afresh, and do not acknowledge (usp.md §9.4).
+			// afresh, and do not acknowledge (TR-369 "Notify").
 			e.notifies.remove(key)
 			if isBoot {
 				e.bootSeen.remove(eid)
@@ -175,7 +175,7 @@ func (e *Endpoint) handleNotify(mtp MTP, from Address, eid, msgID string, n *usp
 	for _, ev := range events {
 		if !e.publish(eid, mtp, from, ev, done) {
 			// Queue full: the Notify is dropped without NotifyResp; with
-			// NotifRetry the agent sends it again (usp.md §9.5).
+			// NotifRetry the agent sends it again (TR-369 Notify retry).
 			e.mu.Lock()
 			e.notifies.remove(key)
 			if isBoot {
@@ -210,7 +210,7 @@ func (e *Endpoint) handleNotify(mtp MTP, from Address, eid, msgID string, n *usp
 }
 
 // sendNotifyResp answers a Notify: same msg_id, subscription_id copied
-// [R-NOT.10], on the MTP and address the Notify came from (usp.md §9.4).
+// [R-NOT.10], on the MTP and address the Notify came from (TR-369 "Notify").
 func (e *Endpoint) sendNotifyResp(mtp MTP, from Address, eid, msgID, subID string) {
 	m, addr := e.currentAddr(eid, mtp, from)
 	msg := &uspmsg.Msg{
@@ -225,7 +225,7 @@ func (e *Endpoint) sendNotifyResp(mtp MTP, from Address, eid, msgID, subID strin
 	}
 }
 
-// notifyEvents translates one Notify into bus events (ARCHITECTURE.md event
+// notifyEvents translates one Notify into bus events (docs/architecture.md event
 // table) and names its kind for the metric.
 func (e *Endpoint) notifyEvents(eid string, n *uspmsg.Notify) ([]*duetv1.Event, string) {
 	switch nt := n.GetNotification().(type) {
@@ -237,7 +237,7 @@ func (e *Endpoint) notifyEvents(eid string, n *uspmsg.Notify) ([]*duetv1.Event, 
 		}
 		switch ev.GetObjPath() + ev.GetEventName() {
 		case "Device.Boot!":
-			// usp.md §9.6.
+			// TR-181 Device.LocalAgent events.
 			b := &duetv1.Boot{CommandKey: args["CommandKey"], Cause: args["Cause"], FirmwareUpdated: isTrue(args["FirmwareUpdated"])}
 			delete(args, "CommandKey")
 			delete(args, "Cause")
@@ -245,7 +245,7 @@ func (e *Endpoint) notifyEvents(eid string, n *uspmsg.Notify) ([]*duetv1.Event, 
 			b.Args = args
 			out := []*duetv1.Event{{Kind: &duetv1.Event_Boot{Boot: b}}}
 			// Reboot()/FactoryReset() complete on the Boot! carrying their
-			// CommandKey (usp.md §9.7).
+			// CommandKey (TR-181 commands).
 			if b.CommandKey != "" {
 				if r, ok := e.takeReboot(eid, b.CommandKey); ok {
 					out = append(out, &duetv1.Event{Kind: &duetv1.Event_OperationComplete{OperationComplete: &duetv1.OperationComplete{

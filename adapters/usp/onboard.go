@@ -15,7 +15,7 @@ import (
 )
 
 // subscriptionSpec is one row of Duet's baseline in
-// Device.LocalAgent.Subscription.{i}. (usp.md §9.3).
+// Device.LocalAgent.Subscription.{i}. (TR-181 Device.LocalAgent.Subscription.{i}.).
 type subscriptionSpec struct {
 	id, notifType, ref string
 	retry              bool
@@ -157,7 +157,7 @@ func (e *Endpoint) runOnboard() {
 }
 
 // onboard reads the agent's identity and makes sure Duet's subscriptions
-// exist (usp.md §9.2 step 5, §9.3). It is idempotent: it only adds the
+// exist (TR-369 "Notifications", first contact step 5, TR-181 Device.LocalAgent.Subscription.{i}.). It is idempotent: it only adds the
 // subscriptions whose ID is missing.
 func (e *Endpoint) onboard(ctx context.Context, eid string, mode onboardMode) error {
 	s := e.session(eid)
@@ -238,7 +238,7 @@ func (e *Endpoint) onboard(ctx context.Context, eid string, mode onboardMode) er
 	if !have[SubBoot] {
 		// The agent holds no configuration of Duet's: first contact, or
 		// a factory reset wiped it. Either way it is a bootstrap, as
-		// CWMP's "0 BOOTSTRAP" (cwmp.md): what Duet knew of its settings
+		// CWMP's "0 BOOTSTRAP" (TR-069): what Duet knew of its settings
 		// no longer holds, and policies provision it again.
 		e.publish(eid, mtp, addr, &duetv1.Event{Time: seen, Kind: &duetv1.Event_Bootstrap{Bootstrap: &duetv1.Bootstrap{}}}, nil)
 		if !announced {
@@ -298,7 +298,7 @@ func (e *Endpoint) addSubscriptions(ctx context.Context, eid string, create []*u
 
 // completeOnboarding sets OnBoardingComplete=true on the agent's Controller
 // row for Duet, unless it already is: while it is false the agent repeats
-// its OnBoardRequest every OnBoardingRestartTime (usp.md §9.2 step 3). An
+// its OnBoardRequest every OnBoardingRestartTime (TR-369 "Notifications", first contact step 3). An
 // agent without the parameter (older data models) is left alone.
 func (e *Endpoint) completeOnboarding(ctx context.Context, eid string) error {
 	res, err := e.get(ctx, eid, []string{"Device.LocalAgent.Controller.*.EndpointID", "Device.LocalAgent.Controller.*.OnBoardingComplete"}, 0)

@@ -15,7 +15,7 @@ import (
 // Restoring routes (issue 11 §2). An agent on an MQTT or STOMP broker stays
 // connected to the broker while Duet restarts, and says nothing until its
 // next Notify (a day, with a factory PeriodicNotifInterval): nobody would
-// serve its commands. The adapter holds no database (ARCHITECTURE.md), so on
+// serve its commands. The adapter holds no database (docs/architecture.md), so on
 // start it asks the controller over the bus which agents were last online
 // over its MTP and where they listen (docs/bus.md, duet.ctl.usp.routes),
 // opens a session for each, and probes it: an agent that answers is online
@@ -103,7 +103,7 @@ func (e *Endpoint) restoreRoutes(mtp MTP) {
 	}
 }
 
-// probeRestored sends a GetSupportedProtocol (usp.md §4.6: every agent
+// probeRestored sends a GetSupportedProtocol (TR-369 "GetSupportedProtocol": every agent
 // answers it, and it reads nothing) to a restored session: an answer
 // brings the agent online; none takes it offline.
 func (e *Endpoint) probeRestored(mtp MTP, s *session) bool {

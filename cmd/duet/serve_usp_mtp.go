@@ -43,7 +43,7 @@ func (m *Main) startUSPStomp(s *settings, cfg *serveConfig, ep *uspadapter.Endpo
 }
 
 // startUSPWebSocket runs the WebSocket MTP: Duet is the server agents dial
-// (usp.md §8.4), on DUET_WS_ADDR at DUET_WS_PATH, wss:// with a certificate.
+// (TR-369 "WebSocket Binding"), on DUET_WS_ADDR at DUET_WS_PATH, wss:// with a certificate.
 func (m *Main) startUSPWebSocket(s *settings, cfg *serveConfig, ep *uspadapter.Endpoint, log *slog.Logger, started *stack, ls *Listeners) error {
 	if !cfg.comps["usp-ws"] {
 		return nil

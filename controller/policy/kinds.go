@@ -27,19 +27,19 @@ const (
 	MaxNotificationPaths = 64
 	// MinInformInterval and MaxInformInterval bound
 	// periodic_inform_interval, in seconds. TR-069 accepts any value ≥1
-	// (cwmp.md §10), but a group-wide period under a minute is an inform
+	// (TR-181/TR-098 ManagementServer), but a group-wide period under a minute is an inform
 	// storm of our own making, and over a week a dead device goes unseen
 	// too long.
 	MinInformInterval = 60
 	MaxInformInterval = 604800
-	// maxNameLen is TR-069's limit on parameter names (cwmp.md §2), which
-	// is also USP's on each ReferenceList entry (usp.md §9.3).
+	// maxNameLen is TR-069's limit on parameter names (TR-069 A.3.2), which
+	// is also USP's on each ReferenceList entry (TR-181 Device.LocalAgent.Subscription.{i}.).
 	maxNameLen = 256
-	// maxSubscriptionIDLen is the USP Subscription.ID limit (usp.md §9.3).
+	// maxSubscriptionIDLen is the USP Subscription.ID limit (TR-181 Device.LocalAgent.Subscription.{i}.).
 	maxSubscriptionIDLen = 64
 )
 
-// Data-model roots (cwmp.md §10): TR-181 and TR-098.
+// Data-model roots (TR-181/TR-098 ManagementServer): TR-181 and TR-098.
 const (
 	rootTR181 = "Device."
 	rootTR098 = "InternetGatewayDevice."
@@ -294,20 +294,20 @@ func (s *CheckedSpec) objectWants(d DeviceFacts, _ Env) ([]Want, error) {
 //
 // On CWMP:
 //   - periodic_inform_interval sets <root>ManagementServer.PeriodicInformEnable
-//     to true and .PeriodicInformInterval (cwmp.md §10), root being the
+//     to true and .PeriodicInformInterval (TR-181/TR-098 ManagementServer), root being the
 //     device's "Device." or "InternetGatewayDevice.";
 //   - notifications set each path's notification attribute (off 0,
-//     passive 1, active 2; SetParameterAttributes, cwmp.md §2), a partial
+//     passive 1, active 2; SetParameterAttributes, TR-069 A.3.2), a partial
 //     path covering its subtree;
 //   - value_change is active notification on each path.
 //
 // On USP:
 //   - periodic_inform_interval sets PeriodicNotifInterval on the
-//     Device.LocalAgent.Controller.{i}. whose EndpointID is ours (usp.md
-//     §9.6, §9.8); that instance must exist (it is how the agent knows us);
+//     Device.LocalAgent.Controller.{i}. whose EndpointID is ours (TR-369
+//     "Notify"; TR-181 Device.LocalAgent.Controller.{i}.); that instance must exist (it is how the agent knows us);
 //   - USP has no notification attributes: value_change paths and
 //     notifications "passive" or "active" become the ReferenceList of one
-//     ValueChange Subscription of the policy (usp.md §9.3). An agent
+//     ValueChange Subscription of the policy (TR-181 Device.LocalAgent.Subscription.{i}.). An agent
 //     notifies at once whichever was asked; passive only differs on CWMP.
 //     "off" asks nothing: a path outside our subscriptions is not
 //     notified, and other Controllers' subscriptions are not ours to
@@ -331,7 +331,7 @@ type NotificationSpec struct {
 	Notification string `json:"notification"`
 }
 
-// notificationValues are the CWMP attribute values (cwmp.md §2). The
+// notificationValues are the CWMP attribute values (TR-069 A.3.2). The
 // lightweight ones (3-6) are left out: Duet does not listen for them.
 var notificationValues = map[string]int{"off": 0, "passive": 1, "active": 2}
 
@@ -401,7 +401,7 @@ func checkNotificationPath(where, path string) error {
 	return nil
 }
 
-// USP tables a management policy writes (usp.md §9.3, §9.8).
+// USP tables a management policy writes (TR-181 Device.LocalAgent.Subscription.{i}., TR-181).
 const (
 	uspControllerTable   = "Device.LocalAgent.Controller."
 	uspSubscriptionTable = "Device.LocalAgent.Subscription."
@@ -458,7 +458,7 @@ func (m *ManagementSpec) uspWants(env Env) ([]Want, error) {
 			return nil, devicemodel.Errorf(devicemodel.CodeInvalidValue, "periodic_inform_interval on USP needs the controller's USP endpoint ID (Env.USPEndpointID), which is not configured")
 		}
 		// The agent owns its Controller rows: a missing one is a failure
-		// (Create false), not something to add (usp.md §9.1).
+		// (Create false), not something to add (TR-369 "Discovery").
 		wants = append(wants, Want{Object: &ObjectWant{
 			Table: uspControllerTable, KeyParam: "EndpointID", KeyValue: env.USPEndpointID,
 			Present: true, Create: false,
@@ -489,7 +489,7 @@ func (m *ManagementSpec) uspWants(env Env) ([]Want, error) {
 	if len(id) > maxSubscriptionIDLen {
 		return nil, devicemodel.Errorf(devicemodel.CodeInvalidValue, "subscription ID %q is longer than USP's %d bytes; the policy ID is too long", id, maxSubscriptionIDLen)
 	}
-	// ReferenceList cannot be changed once written (usp.md §9.3): the ID
+	// ReferenceList cannot be changed once written (TR-181 Device.LocalAgent.Subscription.{i}.): the ID
 	// carries the list's hash, so another list is another instance, and
 	// StalePrefix deletes the policy's instances for older lists.
 	return append(wants, Want{Object: &ObjectWant{
@@ -497,7 +497,7 @@ func (m *ManagementSpec) uspWants(env Env) ([]Want, error) {
 		Present: true, Create: true,
 		Params: map[string]string{
 			// A disabled row never fires; a non-persistent one is gone
-			// after the agent restarts (usp.md §9.3, §9.2 step 5).
+			// after the agent restarts (TR-181 Device.LocalAgent.Subscription.{i}., TR-369 "Notifications", first contact step 5).
 			"Enable":     "true",
 			"NotifType":  "ValueChange",
 			"Persistent": "true",

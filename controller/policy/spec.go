@@ -33,7 +33,7 @@ type Env struct {
 	USPEndpointID string
 	// PolicyID is the ID of the policy being evaluated. A management
 	// policy names the USP Subscriptions it creates after it (so it can
-	// find and delete its own stale ones, usp.md §9.3). A preview of an
+	// find and delete its own stale ones, TR-181 Device.LocalAgent.Subscription.{i}.). A preview of an
 	// unsaved policy may pass any non-empty placeholder: a preview
 	// creates nothing.
 	PolicyID string

@@ -55,7 +55,7 @@ type ObjectWant struct {
 	Params map[string]string `json:"params,omitempty"`
 	// CreateOnly are values given when the instance is added and never
 	// compared afterwards: a Subscription's ReferenceList cannot be
-	// changed once written (usp.md §9.3), so a different list must be a
+	// changed once written (TR-181 Device.LocalAgent.Subscription.{i}.), so a different list must be a
 	// different instance (a different key), not a Set.
 	CreateOnly map[string]string `json:"create_only,omitempty"`
 	// StalePrefix, when set, also deletes every other instance of Table
@@ -66,7 +66,7 @@ type ObjectWant struct {
 	StalePrefix string `json:"stale_prefix,omitempty"`
 }
 
-// AttrWant is a CWMP notification attribute (cwmp.md,
+// AttrWant is a CWMP notification attribute (TR-069,
 // SetParameterAttributes: 0 off, 1 passive, 2 active).
 type AttrWant struct {
 	Path         string `json:"path"`

@@ -592,7 +592,7 @@ func (b *Bus) serve(subject, queue string, h func(context.Context, *nats.Msg) (p
 		return nil, fmt.Errorf("bus: subscribe %s: %w", subject, err)
 	}
 	// Bound what waits for a handler: past this NATS reports a slow consumer
-	// and drops, rather than growing without limit (STYLE.md habit 8).
+	// and drops, rather than growing without limit (CONTRIBUTING.md, habit 8).
 	_ = sub.SetPendingLimits(64*1024, 256<<20)
 	// When Serve* returns, the server has the subscription: a request sent
 	// from another connection right after finds a responder.

@@ -174,7 +174,7 @@ func TestGarbageRequestIsAnsweredWithError(t *testing.T) {
 	}
 }
 
-// TestExternalNATS runs against the machine's real nats-server (services.md),
+// TestExternalNATS runs against the machine's real nats-server (docs/testing.md),
 // the way `duet serve` does with DUET_NATS_URL.
 func TestExternalNATS(t *testing.T) {
 	url := os.Getenv("DUET_TEST_NATS_URL")

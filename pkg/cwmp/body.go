@@ -16,7 +16,7 @@ import (
 // "identity", "gzip"/"x-gzip", or "deflate" (zlib, or raw deflate as some
 // stacks send). The limit applies to the inflated size, so a gzip bomb stops
 // at the limit with ErrBodyTooLarge. Any other encoding returns
-// ErrUnsupportedEncoding, which the ACS answers with 415 (cwmp.md §9 #8).
+// ErrUnsupportedEncoding, which the ACS answers with 415 (docs/cwmp-interop.md #8).
 // A zero-length body returns nil, nil for every supported encoding.
 func ReadBody(r io.Reader, contentEncoding string, limit int) ([]byte, error) {
 	if limit <= 0 {
@@ -29,7 +29,7 @@ func ReadBody(r io.Reader, contentEncoding string, limit int) ([]byte, error) {
 		return nil, fmt.Errorf("%w %q", ErrUnsupportedEncoding, contentEncoding)
 	}
 	// A zero-length body is the empty POST whatever Content-Encoding says
-	// (cwmp.md §9 #6): there is nothing to inflate.
+	// (docs/cwmp-interop.md #6): there is nothing to inflate.
 	br0 := bufio.NewReader(r)
 	if _, err := br0.Peek(1); err == io.EOF {
 		return nil, nil

@@ -14,7 +14,7 @@ import (
 )
 
 // Decode errors. Hostile-input errors are distinct so the ACS can log and
-// count them; all of them mean "answer 400" (cwmp.md §1.3).
+// count them; all of them mean "answer 400" (TR-069 §3.4).
 var (
 	ErrBodyTooLarge        = errors.New("cwmp: body larger than the limit")
 	ErrTooDeep             = errors.New("cwmp: elements nested deeper than the limit")
@@ -61,7 +61,7 @@ func (l Limits) withDefaults() Limits {
 // Decode parses one SOAP message with DefaultLimits. contentType is the
 // HTTP Content-Type header ("" when absent). An empty message (0 bytes,
 // white space only, an Envelope without a Body child) decodes to an
-// Envelope whose Body is nil (cwmp.md §9 #6).
+// Envelope whose Body is nil (docs/cwmp-interop.md #6).
 func Decode(body []byte, contentType string) (*Envelope, error) {
 	return DefaultLimits.Decode(body, contentType)
 }
@@ -88,7 +88,7 @@ func (l Limits) Decode(body []byte, contentType string) (*Envelope, error) {
 	}
 	if root == nil {
 		// Only a declaration, comments or white space: a child-less document
-		// is the empty POST as well (cwmp.md §9 #6).
+		// is the empty POST as well (docs/cwmp-interop.md #6).
 		return &Envelope{}, nil
 	}
 	if root.local != "Envelope" {
@@ -112,7 +112,7 @@ func (l Limits) Decode(body []byte, contentType string) (*Envelope, error) {
 	}
 	m := b.kids[0]
 	if IsCWMPNamespace(m.space) {
-		// The method element's namespace is the one to echo (cwmp.md §1.4).
+		// The method element's namespace is the one to echo (TR-069 §3.5).
 		env.Namespace = m.space
 	} else if m.local != "Fault" || m.space != NamespaceSOAPEnv {
 		// Every CWMP method is in the cwmp namespace; only a SOAP Fault is
@@ -151,7 +151,7 @@ func decodeHeader(h *node, env *Envelope) {
 			}
 		case strings.EqualFold(k.local, "HoldRequests"):
 			env.Header.HoldRequests, _ = ParseBool(v) // lenient: garbage = no hold
-		case strings.EqualFold(k.local, "SessionTimeout"): // cwmp.md §9 #26
+		case strings.EqualFold(k.local, "SessionTimeout"): // docs/cwmp-interop.md #26
 			n, _ := strconv.ParseUint(v, 10, 32)
 			env.Header.SessionTimeout = uint32(n)
 		case strings.EqualFold(k.local, "SupportedCWMPVersions"):
@@ -159,7 +159,7 @@ func decodeHeader(h *node, env *Envelope) {
 		case strings.EqualFold(k.local, "UseCWMPVersion"):
 			env.Header.UseCWMPVersion = v
 		}
-		// NoMoreRequests and anything else: ignored (cwmp.md §9 #28).
+		// NoMoreRequests and anything else: ignored (docs/cwmp-interop.md #28).
 	}
 }
 
@@ -265,7 +265,7 @@ func parseTree(text []byte, l Limits) (*node, error) {
 			if len(stack) == 0 {
 				return root, trailing(d)
 			}
-		case xml.CharData: // text and CDATA alike (cwmp.md §9 #18)
+		case xml.CharData: // text and CDATA alike (docs/cwmp-interop.md #18)
 			if len(stack) > 0 {
 				n := stack[len(stack)-1]
 				n.buf = append(n.buf, t...)
@@ -308,7 +308,7 @@ func trailing(d *xml.Decoder) error {
 
 // toUTF8 converts body to UTF-8. Charset precedence: the Content-Type
 // parameter (quoted or not), then a BOM, then the XML declaration, then
-// UTF-8 (cwmp.md §1.3, §9 #5).
+// UTF-8 (TR-069 §3.4, docs/cwmp-interop.md #5).
 func toUTF8(body []byte, contentType string) ([]byte, error) {
 	label := charsetFromContentType(contentType)
 	if label == "" {

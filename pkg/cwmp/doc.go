@@ -4,8 +4,8 @@
 // The package is pure: it never opens a socket, reads a clock or starts a
 // goroutine. It imports the standard library and pkg/devicemodel only.
 //
-// Decoding is deliberately lenient about what real CPEs send (cwmp.md §1.3,
-// §1.4 and §9): any namespace prefix, any urn:dslforum-org:cwmp-1-*
+// Decoding is deliberately lenient about what real CPEs send (TR-069 §3.4,
+// §3.5 and docs/cwmp-interop.md): any namespace prefix, any urn:dslforum-org:cwmp-1-*
 // namespace, a missing Header, missing or non-standard xsi:type, booleans as
 // 1/0/true/false, lenient dateTimes, whitespace, comments, CDATA and wrong
 // arrayType counts. It is strict about hostile input: a size limit, no DTD,

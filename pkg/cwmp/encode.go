@@ -20,7 +20,7 @@ const ContentType = `text/xml; charset="utf-8"`
 // booleans as true/false.
 type Encoder struct {
 	// NumericBooleans sends booleans as 1/0, for CPEs that reject
-	// true/false (cwmp.md §9 #13).
+	// true/false (docs/cwmp-interop.md #13).
 	NumericBooleans bool
 }
 
@@ -28,7 +28,7 @@ type Encoder struct {
 func Encode(env *Envelope) ([]byte, error) { return Encoder{}.Encode(env) }
 
 // Encode renders env as UTF-8 XML. All namespaces are declared on the
-// Envelope and the method element is always prefixed "cwmp:" (cwmp.md §9
+// Envelope and the method element is always prefixed "cwmp:" (docs/cwmp-interop.md
 // #3); the namespace is env.Namespace or DefaultNamespace.
 func (e Encoder) Encode(env *Envelope) ([]byte, error) {
 	if env == nil || env.Body == nil {

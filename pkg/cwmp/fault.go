@@ -7,7 +7,7 @@ import (
 	"github.com/duet-dm/duet/pkg/devicemodel"
 )
 
-// ACS fault codes (cwmp.md §4).
+// ACS fault codes (TR-069 A.5.1).
 const (
 	FaultACSMethodNotSupported uint32 = 8000
 	FaultACSRequestDenied      uint32 = 8001
@@ -18,7 +18,7 @@ const (
 	FaultACSVersionIncompat    uint32 = 8006
 )
 
-// CPE fault codes (cwmp.md §5).
+// CPE fault codes (TR-069 A.5.2).
 const (
 	FaultMethodNotSupported      uint32 = 9000
 	FaultRequestDenied           uint32 = 9001
@@ -60,7 +60,7 @@ type FaultInfo struct {
 	Code    uint32
 	Message string
 	// Client is true when faultcode is "Client" (the request was at fault).
-	// The column is partly unconfirmed (cwmp.md §4, §5): don't branch on it.
+	// The column is partly unconfirmed (TR-069 A.5.1, TR-069 A.5.2): don't branch on it.
 	Client bool
 	// Domain is the devicemodel.Code the fault maps to (FaultToCode).
 	Domain devicemodel.Code

@@ -15,8 +15,8 @@ import (
 //	array=prefix:Type  a SOAP-encoded array; items are <Type> elements and
 //	                   the wrapper carries soap-enc:arrayType="prefix:Type[N]"
 //	flat               repeated elements without a wrapper (SetParameterValuesFault)
-//	keep               keep surrounding white space (string values, cwmp.md §9 #12)
-//	required           a missing or empty element is a decode error (cwmp.md §9 #16)
+//	keep               keep surrounding white space (string values, docs/cwmp-interop.md #12)
+//	required           a missing or empty element is a decode error (docs/cwmp-interop.md #16)
 //	duops              ChangeDUState operations (custom wire form)
 type fieldKind int
 
@@ -117,7 +117,7 @@ func fieldsOf(t reflect.Type) []fieldInfo {
 
 // decodeStruct fills v (a struct) from n's children. Missing elements keep
 // their zero value, except dateTimes, which become UnknownTime (the same
-// instant as time.Time{}); cwmp.md §9 #16.
+// instant as time.Time{}); docs/cwmp-interop.md #16.
 func decodeStruct(n *node, v reflect.Value) error {
 	for _, f := range fieldsOf(v.Type()) {
 		fv := v.Field(f.index)
@@ -205,14 +205,14 @@ func decodeField(c *node, f fieldInfo, fv reflect.Value) error {
 		}
 		fv.SetUint(n)
 	case kTime:
-		t, _ := ParseDateTime(s) // invalid → UnknownTime (cwmp.md §9 #14)
+		t, _ := ParseDateTime(s) // invalid → UnknownTime (docs/cwmp-interop.md #14)
 		fv.Set(reflect.ValueOf(t))
 	case kValue:
 		xt, _ := xsiType(c)
 		t := ParseValueType(xt)
 		d := raw
 		if t.Typed() {
-			d = s // cwmp.md §9 #12: trim typed values, keep strings
+			d = s // docs/cwmp-interop.md #12: trim typed values, keep strings
 		}
 		fv.Set(reflect.ValueOf(Value{Type: t, Data: d}))
 	case kStruct:
@@ -232,7 +232,7 @@ func decodeField(c *node, f fieldInfo, fv reflect.Value) error {
 		fv.Set(reflect.ValueOf(out))
 	case kStructs:
 		// The arrayType count is ignored: the children are the truth
-		// (cwmp.md §1.4). Their element names are not checked either.
+		// (TR-069 §3.5). Their element names are not checked either.
 		if len(c.kids) == 0 {
 			return nil
 		}

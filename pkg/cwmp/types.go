@@ -9,12 +9,12 @@ type Message interface {
 	MethodName() string
 }
 
-// Header holds the CWMP SOAP header elements (cwmp.md §1.4). NoMoreRequests
+// Header holds the CWMP SOAP header elements (TR-069 §3.5). NoMoreRequests
 // and unknown header elements are ignored on decode and never sent
-// (cwmp.md §9 #28).
+// (docs/cwmp-interop.md #28).
 type Header struct {
 	// ID is the opaque request ID. A response carries its request's ID.
-	// Empty means absent (cwmp.md §9 #4); Encode then omits it.
+	// Empty means absent (docs/cwmp-interop.md #4); Encode then omits it.
 	ID string
 	// HoldRequests (ACS→CPE) stops the CPE sending its own requests.
 	HoldRequests bool
@@ -31,10 +31,10 @@ type Envelope struct {
 	// Namespace is the cwmp namespace URI, e.g. "urn:dslforum-org:cwmp-1-0".
 	// On decode it is the URI the peer used (empty when the message had no
 	// cwmp-qualified element, e.g. a bare Fault); reply with it unchanged
-	// (cwmp.md §1.4). On encode, empty means DefaultNamespace.
+	// (TR-069 §3.5). On encode, empty means DefaultNamespace.
 	Namespace string
 	Header    Header
-	// Body is the one message, or nil for an empty message (cwmp.md §9 #6).
+	// Body is the one message, or nil for an empty message (docs/cwmp-interop.md #6).
 	Body Message
 }
 
@@ -45,7 +45,7 @@ func (e *Envelope) IsEmpty() bool { return e == nil || e.Body == nil }
 // ValueType is a TR-106 data type as carried in xsi:type, without prefix.
 type ValueType string
 
-// TR-106 value types (cwmp.md §1.5).
+// TR-106 value types (TR-069 A.2.1).
 const (
 	TypeString       ValueType = "string"
 	TypeInt          ValueType = "int"
@@ -59,7 +59,7 @@ const (
 )
 
 // Value is a typed parameter value. Data is kept exactly as received for
-// strings; typed values are trimmed on decode (cwmp.md §9 #12).
+// strings; typed values are trimmed on decode (docs/cwmp-interop.md #12).
 type Value struct {
 	Type ValueType
 	Data string
@@ -71,8 +71,8 @@ type ParameterValueStruct struct {
 	Value Value `cwmp:"Value,keep"`
 }
 
-// DeviceIdStruct identifies the CPE in an Inform (cwmp.md §3). OUI and
-// SerialNumber are required; Decode fails without them (cwmp.md §9 #16).
+// DeviceIdStruct identifies the CPE in an Inform (TR-069 A.3.3). OUI and
+// SerialNumber are required; Decode fails without them (docs/cwmp-interop.md #16).
 type DeviceIdStruct struct {
 	Manufacturer string
 	OUI          string `cwmp:"OUI,required"`
@@ -168,7 +168,7 @@ const (
 )
 
 // DUOperation is one ChangeDUState operation: InstallOpStruct,
-// UpdateOpStruct or UninstallOpStruct depending on Kind (cwmp.md §2). Fields
+// UpdateOpStruct or UninstallOpStruct depending on Kind (TR-069 A.3.2). Fields
 // that do not belong to the kind are not encoded.
 type DUOperation struct {
 	Kind            DUOperationKind
@@ -207,7 +207,7 @@ type AutonOpResultStruct struct {
 	OperationPerformed   string
 }
 
-// ---- ACS → CPE requests and the CPE's responses (cwmp.md §2) ----
+// ---- ACS → CPE requests and the CPE's responses (TR-069 A.3.2) ----
 
 // GetRPCMethods is valid in both directions.
 type GetRPCMethods struct{}
@@ -263,7 +263,7 @@ type AddObject struct {
 }
 
 // AddObjectResponse: a missing or non-numeric InstanceNumber is a decode
-// error (cwmp.md §9 #16).
+// error (docs/cwmp-interop.md #16).
 type AddObjectResponse struct {
 	InstanceNumber uint32 `cwmp:"InstanceNumber,required"`
 	Status         int
@@ -284,7 +284,7 @@ type Reboot struct {
 
 type RebootResponse struct{}
 
-// Download is always encoded with all ten elements (cwmp.md §2).
+// Download is always encoded with all ten elements (TR-069 A.3.2).
 type Download struct {
 	CommandKey     string
 	FileType       string
@@ -365,7 +365,7 @@ type CancelTransferResponse struct{}
 // ChangeDUState carries its operations as repeated Operations elements, each
 // with xsi:type="cwmp:InstallOpStruct" etc. Decode also accepts a wrapper
 // Operations element holding *OpStruct children (wire form unconfirmed,
-// cwmp.md §2).
+// TR-069 A.3.2).
 type ChangeDUState struct {
 	Operations []DUOperation `cwmp:"Operations,duops"`
 	CommandKey string
@@ -387,7 +387,7 @@ type GetOptionsResponse struct {
 	OptionList []OptionStruct `cwmp:"OptionList,array=cwmp:OptionStruct"`
 }
 
-// ---- CPE → ACS requests and the ACS's responses (cwmp.md §3) ----
+// ---- CPE → ACS requests and the ACS's responses (TR-069 A.3.3) ----
 
 type Inform struct {
 	DeviceId      DeviceIdStruct
@@ -398,7 +398,7 @@ type Inform struct {
 	ParameterList []ParameterValueStruct `cwmp:"ParameterList,array=cwmp:ParameterValueStruct"`
 }
 
-// InformResponse MaxEnvelopes is always 1 (cwmp.md §1.1).
+// InformResponse MaxEnvelopes is always 1 (TR-069 §3.1).
 type InformResponse struct {
 	MaxEnvelopes uint32
 }
@@ -457,12 +457,12 @@ type AutonomousDUStateChangeComplete struct {
 
 type AutonomousDUStateChangeCompleteResponse struct{}
 
-// ---- Faults (cwmp.md §1.6) ----
+// ---- Faults (TR-069 §3.5, SOAP Fault) ----
 
 // Fault is a SOAP Fault whose detail is a cwmp:Fault.
 type Fault struct {
 	// SOAPCode is faultcode: "Client" or "Server". Don't branch on it;
-	// branch on Detail.FaultCode (cwmp.md §5).
+	// branch on Detail.FaultCode (TR-069 A.5.2).
 	SOAPCode string
 	// SOAPString is faultstring, always "CWMP fault" on encode when empty.
 	SOAPString string
@@ -485,7 +485,7 @@ type SetParameterValuesFault struct {
 
 // UnknownMethod is what Decode returns for a method element it does not
 // know. The ACS replies with fault 8000 and keeps the session going, the
-// CPE with 9000 (cwmp.md §9 #19).
+// CPE with 9000 (docs/cwmp-interop.md #19).
 type UnknownMethod struct {
 	Name string
 }

@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-// Namespace URIs (cwmp.md §1.4).
+// Namespace URIs (TR-069 §3.5).
 const (
 	NamespaceSOAPEnv = "http://schemas.xmlsoap.org/soap/envelope/"
 	NamespaceSOAPEnc = "http://schemas.xmlsoap.org/soap/encoding/"
@@ -18,7 +18,7 @@ const (
 
 	NamespaceCWMP10 = "urn:dslforum-org:cwmp-1-0"
 	NamespaceCWMP11 = "urn:dslforum-org:cwmp-1-1"
-	// NamespaceCWMP12 is also used by CWMP 1.3 and 1.4 (cwmp.md §1.4).
+	// NamespaceCWMP12 is also used by CWMP 1.3 and 1.4 (TR-069 §3.5).
 	NamespaceCWMP12 = "urn:dslforum-org:cwmp-1-2"
 
 	// DefaultNamespace is used by Encode when Envelope.Namespace is empty.
@@ -29,12 +29,12 @@ const (
 
 // IsCWMPNamespace reports whether uri is any urn:dslforum-org:cwmp-1-*
 // namespace, including the non-standard cwmp-1-3 and cwmp-1-4 seen in the
-// wild (cwmp.md §9 #2).
+// wild (docs/cwmp-interop.md #2).
 func IsCWMPNamespace(uri string) bool {
 	return strings.HasPrefix(uri, namespaceCWMPPrefix) && len(uri) > len(namespaceCWMPPrefix)
 }
 
-// Inform event codes (cwmp.md §3.2).
+// Inform event codes (TR-069 A.3.3.1, event codes).
 const (
 	EventBootstrap                       = "0 BOOTSTRAP"
 	EventBoot                            = "1 BOOT"
@@ -59,7 +59,7 @@ const (
 	EventMChangeDUState    = "M ChangeDUState"
 )
 
-// Download FileType values (cwmp.md §2).
+// Download FileType values (TR-069 A.3.2).
 const (
 	FileTypeFirmware     = "1 Firmware Upgrade Image"
 	FileTypeWebContent   = "2 Web Content"
@@ -71,12 +71,12 @@ const (
 )
 
 // UnknownTime is the TR-069 "unknown time", 0001-01-01T00:00:00Z. Decode
-// returns it for missing or unparseable dateTimes (cwmp.md §9 #14, #16).
+// returns it for missing or unparseable dateTimes (docs/cwmp-interop.md #14, #16).
 var UnknownTime = time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // ParseValueType maps an xsi:type value to a ValueType: with any or no
 // prefix, and base64Binary / soap-enc:base64 folded into TypeBase64. Empty
-// or unknown types become TypeString (cwmp.md §1.5, §9 #15).
+// or unknown types become TypeString (TR-069 A.2.1, docs/cwmp-interop.md #15).
 func ParseValueType(xsiType string) ValueType {
 	t := strings.TrimSpace(xsiType)
 	if i := strings.LastIndexByte(t, ':'); i >= 0 {
@@ -104,7 +104,7 @@ func ParseValueType(xsiType string) ValueType {
 }
 
 // XSIType returns the xsi:type to send for t, e.g. "xsd:unsignedInt".
-// Base64 is sent as "xsd:base64" like GenieACS (cwmp.md §1.5).
+// Base64 is sent as "xsd:base64" like GenieACS (TR-069 A.2.1).
 func (t ValueType) XSIType() string {
 	if t == "" {
 		return "xsd:string"
@@ -116,7 +116,7 @@ func (t ValueType) XSIType() string {
 func (t ValueType) Typed() bool { return t != TypeString && t != "" }
 
 // ParseBool accepts true/false/1/0 in any case, with surrounding white
-// space (cwmp.md §9 #13).
+// space (docs/cwmp-interop.md #13).
 func ParseBool(s string) (bool, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
 	case "1", "true":
@@ -128,7 +128,7 @@ func ParseBool(s string) (bool, error) {
 }
 
 // FormatBool renders b as true/false, or 1/0 when numeric is set (some CPEs
-// only accept 1/0, cwmp.md §9 #13).
+// only accept 1/0, docs/cwmp-interop.md #13).
 func FormatBool(b, numeric bool) string {
 	switch {
 	case numeric && b:
@@ -152,7 +152,7 @@ var dateTimeLayouts = []string{
 
 // ParseDateTime parses an xsd:dateTime leniently: with or without fraction
 // and zone (no zone = UTC). It reports ok=false and returns UnknownTime for
-// anything it cannot parse (cwmp.md §9 #14).
+// anything it cannot parse (docs/cwmp-interop.md #14).
 func ParseDateTime(s string) (t time.Time, ok bool) {
 	s = strings.TrimSpace(s)
 	if s == "" {
@@ -167,7 +167,7 @@ func ParseDateTime(s string) (t time.Time, ok bool) {
 }
 
 // FormatDateTime renders t as xsd:dateTime without fractional seconds
-// (cwmp.md §9 #14). The zero time.Time is rendered as the unknown time.
+// (docs/cwmp-interop.md #14). The zero time.Time is rendered as the unknown time.
 func FormatDateTime(t time.Time) string {
 	if t.IsZero() {
 		return "0001-01-01T00:00:00Z"

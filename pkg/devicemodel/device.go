@@ -27,13 +27,13 @@ func ParseProtocol(s string) (Protocol, error) {
 }
 
 // MaxDeviceIDLen bounds device identifiers. CWMP identities are built from
-// three fields of at most 64 characters each (cwmp.md §3), percent-escaped;
-// USP endpoint IDs are much shorter (usp.md §2). 512 leaves room for both.
+// three fields of at most 64 characters each (TR-069 A.3.3), percent-escaped;
+// USP endpoint IDs are much shorter (TR-369 "Endpoint Identifier"). 512 leaves room for both.
 const MaxDeviceIDLen = 512
 
 // ValidateDeviceID checks that id can serve as a device identity: non-empty,
 // valid UTF-8, bounded, no control characters. Anything else is allowed:
-// identifiers are opaque and compared byte for byte (usp.md §2).
+// identifiers are opaque and compared byte for byte (TR-369 "Endpoint Identifier").
 func ValidateDeviceID(id string) error {
 	if id == "" {
 		return Errorf(CodeInvalidArgument, "device id is empty")
@@ -55,7 +55,7 @@ func ValidateDeviceID(id string) error {
 // CWMPDeviceID builds the identity of a TR-069 CPE from its DeviceIdStruct:
 // OUI-ProductClass-SerialNumber, or OUI-SerialNumber when ProductClass is
 // empty. Every byte outside [A-Za-z0-9_] is percent-escaped, so the '-'
-// separators are unambiguous (the scheme GenieACS uses; cwmp.md §3).
+// separators are unambiguous (the scheme GenieACS uses; TR-069 A.3.3).
 func CWMPDeviceID(oui, productClass, serial string) string {
 	var b strings.Builder
 	b.WriteString(cwmpEscape(oui))

@@ -5,7 +5,7 @@ import (
 	"strings"
 )
 
-// PathKind says what a data-model path names (usp.md §7.1).
+// PathKind says what a data-model path names (TR-369 "Path Names").
 type PathKind int
 
 const (
@@ -33,7 +33,7 @@ func (k PathKind) String() string {
 type Path struct {
 	Raw    string
 	Kind   PathKind
-	Search bool // contains "*" or "[...]" (a search path, usp.md §7.2)
+	Search bool // contains "*" or "[...]" (a search path, TR-369 "Instance identifiers")
 }
 
 // PathSyntaxError reports where a path stops being valid. Pos is a 0-based
@@ -54,12 +54,12 @@ func (e *PathSyntaxError) AsError() *Error {
 }
 
 // MaxPathLen is the longest path accepted. TR-069 limits names to 256
-// characters (cwmp.md §2); USP search paths can be longer, so allow more.
+// characters (TR-069 A.3.2); USP search paths can be longer, so allow more.
 const MaxPathLen = 1024
 
 // ParsePath checks the syntax of an instantiated or search path as used in
-// Get/Set/Add/Delete/Operate (usp.md §7.5). It is lenient where the spec's
-// own examples are (unquoted dateTimes in search expressions, §7.3) and
+// Get/Set/Add/Delete/Operate (TR-369 "Path Names" grammar). It is lenient where the spec's
+// own examples are (unquoted dateTimes in search expressions, TR-369 "Search expressions") and
 // rejects what can never be valid: empty segments, names starting with a
 // digit, "{i}" in an instantiated path, unbalanced brackets.
 //
@@ -90,7 +90,7 @@ func ParsePath(p string, allowSupported bool) (Path, error) {
 				_ = first
 			}
 			first = false
-			// Reference following: Name+ / Name#N+ / Name#*+ (usp.md §7.4).
+			// Reference following: Name+ / Name#N+ / Name#*+ (TR-369 "Reference following").
 			if i < len(p) && p[i] == '#' {
 				j := i + 1
 				if j < len(p) && p[j] == '*' {

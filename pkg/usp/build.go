@@ -8,7 +8,7 @@ import (
 )
 
 // RecordVersion is the record version Duet sends. obuspa 11 reports "1.3"
-// (usp.md §0); sending the same keeps older agents from treating our records
+// (TR-369 1.4.1); sending the same keeps older agents from treating our records
 // as newer than they understand.
 const RecordVersion = "1.3"
 
@@ -17,7 +17,7 @@ const RecordVersion = "1.3"
 const ControllerSupportedVersions = "1.0,1.1,1.2,1.3,1.4"
 
 // AgentSupportedVersions is what obuspa 11 answers to GetSupportedProtocol
-// (usp.md §4.6); the simulator uses it too.
+// (TR-369 "GetSupportedProtocol"); the simulator uses it too.
 const AgentSupportedVersions = "1.0,1.1,1.2,1.3"
 
 // Deterministic so identical messages give identical bytes (test vectors,
@@ -32,7 +32,7 @@ func marshalRecord(fromID, toID string, rec *usprecord.Record) ([]byte, error) {
 }
 
 // MarshalMsgRecord serializes msg and wraps it in a PLAINTEXT
-// no_session_context Record from fromID to toID (usp.md §1, §3.4: Duet
+// no_session_context Record from fromID to toID (TR-369, TR-369 "End to End Session Context": Duet
 // sends no session context).
 func MarshalMsgRecord(fromID, toID string, msg *uspmsg.Msg) ([]byte, error) {
 	payload, err := marshalOpts.Marshal(msg)
@@ -51,7 +51,7 @@ func MarshalWebSocketConnect(fromID, toID string) ([]byte, error) {
 }
 
 // MarshalMQTTConnect builds the MQTTConnectRecord carrying the sender's own
-// reply topic (usp.md §3.2).
+// reply topic (TR-369 usp-record-1-4.proto, record types).
 func MarshalMQTTConnect(fromID, toID string, version usprecord.MQTTConnectRecord_MQTTVersion, subscribedTopic string) ([]byte, error) {
 	return marshalRecord(fromID, toID, &usprecord.Record{RecordType: &usprecord.Record_MqttConnect{MqttConnect: &usprecord.MQTTConnectRecord{
 		Version: version, SubscribedTopic: subscribedTopic,
@@ -71,8 +71,8 @@ func MarshalUDSConnect(fromID, toID string) ([]byte, error) {
 	return marshalRecord(fromID, toID, &usprecord.Record{RecordType: &usprecord.Record_UdsConnect{UdsConnect: &usprecord.UDSConnectRecord{}}})
 }
 
-// MarshalDisconnect builds a DisconnectRecord; code is 0 or one of §6.2.
-// The receiver forgets any E2E session state (usp.md §3.3).
+// MarshalDisconnect builds a DisconnectRecord; code is 0 or one of the TR-369 record error codes.
+// The receiver forgets any E2E session state (TR-369 "Handling of Records", R-MTP.5).
 func MarshalDisconnect(fromID, toID, reason string, code uint32) ([]byte, error) {
 	return marshalRecord(fromID, toID, &usprecord.Record{RecordType: &usprecord.Record_Disconnect{Disconnect: &usprecord.DisconnectRecord{
 		Reason: reason, ReasonCode: code,
@@ -88,7 +88,7 @@ func NewRequest(msgID string, req *uspmsg.Request) *uspmsg.Msg {
 }
 
 // NewResponse wraps resp in a Msg whose header type matches the response.
-// msgID must be the request's (usp.md §4.1).
+// msgID must be the request's (TR-369 "Message structure").
 func NewResponse(msgID string, resp *uspmsg.Response) *uspmsg.Msg {
 	return &uspmsg.Msg{
 		Header: &uspmsg.Header{MsgId: msgID, MsgType: ResponseType(resp)},
@@ -107,9 +107,9 @@ func NewError(msgID string, code uint32, text string, paramErrs ...*uspmsg.Error
 }
 
 // NewNotifyError builds the Error a Controller may send instead of a
-// NotifyResp; only 7000–7006 are allowed there (usp.md §6.1), so any other
+// NotifyResp; only 7000–7006 are allowed there (TR-369 "Error Codes"), so any other
 // code becomes 7000. Prefer NotifyResp: the Agent retries until it gets one
-// (usp.md §9.4).
+// (TR-369 "Notify").
 func NewNotifyError(msgID string, code uint32, text string) *uspmsg.Msg {
 	if code < ErrCodeMessageFailed || code > ErrCodePermissionDenied {
 		code = ErrCodeMessageFailed
@@ -125,7 +125,7 @@ func NewNotifyResp(msgID, subscriptionID string) *uspmsg.Msg {
 	}})
 }
 
-// NewGet builds a Get. maxDepth 0 returns full subtrees (usp.md §4.3).
+// NewGet builds a Get. maxDepth 0 returns full subtrees (TR-369 "Get").
 func NewGet(msgID string, paths []string, maxDepth uint32) *uspmsg.Msg {
 	return NewRequest(msgID, &uspmsg.Request{ReqType: &uspmsg.Request_Get{Get: &uspmsg.Get{
 		ParamPaths: paths, MaxDepth: maxDepth,
@@ -135,8 +135,8 @@ func NewGet(msgID string, paths []string, maxDepth uint32) *uspmsg.Msg {
 // ParamSetting is one parameter of an Add or Set object.
 type ParamSetting struct {
 	Param    string // relative to the object path
-	Value    string // TR-106 string form (usp.md §4.13)
-	Required bool   // the object fails if this parameter fails (§5)
+	Value    string // TR-106 string form (TR-106 value encoding, as TR-369 "Messages" uses it)
+	Required bool   // the object fails if this parameter fails (TR-369 "allow_partial and required")
 }
 
 // ObjectSettings is one object of an Add (a table path) or Set (an object,
@@ -146,7 +146,7 @@ type ObjectSettings struct {
 	Params []ParamSetting
 }
 
-// NewSet builds a Set (usp.md §4.8, §5).
+// NewSet builds a Set (TR-369 "Set", TR-369 "allow_partial and required").
 func NewSet(msgID string, allowPartial bool, objs []ObjectSettings) *uspmsg.Msg {
 	set := &uspmsg.Set{AllowPartial: allowPartial}
 	for _, o := range objs {
@@ -159,7 +159,7 @@ func NewSet(msgID string, allowPartial bool, objs []ObjectSettings) *uspmsg.Msg 
 	return NewRequest(msgID, &uspmsg.Request{ReqType: &uspmsg.Request_Set{Set: set}})
 }
 
-// NewAdd builds an Add (usp.md §4.7, §5).
+// NewAdd builds an Add (TR-369 "Add", TR-369 "allow_partial and required").
 func NewAdd(msgID string, allowPartial bool, objs []ObjectSettings) *uspmsg.Msg {
 	add := &uspmsg.Add{AllowPartial: allowPartial}
 	for _, o := range objs {
@@ -172,14 +172,14 @@ func NewAdd(msgID string, allowPartial bool, objs []ObjectSettings) *uspmsg.Msg 
 	return NewRequest(msgID, &uspmsg.Request{ReqType: &uspmsg.Request_Add{Add: add}})
 }
 
-// NewDelete builds a Delete of instance or search paths (usp.md §4.9).
+// NewDelete builds a Delete of instance or search paths (TR-369 "Delete").
 func NewDelete(msgID string, allowPartial bool, paths []string) *uspmsg.Msg {
 	return NewRequest(msgID, &uspmsg.Request{ReqType: &uspmsg.Request_Delete{Delete: &uspmsg.Delete{
 		AllowPartial: allowPartial, ObjPaths: paths,
 	}}})
 }
 
-// NewOperate builds an Operate (usp.md §4.10). commandKey comes back in
+// NewOperate builds an Operate (TR-369 "Operate"). commandKey comes back in
 // OperationComplete, Request.{i}.CommandKey and Boot!.
 func NewOperate(msgID, command, commandKey string, sendResp bool, args map[string]string) *uspmsg.Msg {
 	return NewRequest(msgID, &uspmsg.Request{ReqType: &uspmsg.Request_Operate{Operate: &uspmsg.Operate{
@@ -187,7 +187,7 @@ func NewOperate(msgID, command, commandKey string, sendResp bool, args map[strin
 	}}})
 }
 
-// GSDMOptions are the flags of a GetSupportedDM (usp.md §4.4).
+// GSDMOptions are the flags of a GetSupportedDM (TR-369 "GetSupportedDM").
 type GSDMOptions struct {
 	FirstLevelOnly      bool
 	ReturnCommands      bool
@@ -204,7 +204,7 @@ func NewGetSupportedDM(msgID string, paths []string, o GSDMOptions) *uspmsg.Msg 
 	}}})
 }
 
-// NewGetInstances builds a GetInstances (usp.md §4.5).
+// NewGetInstances builds a GetInstances (TR-369 "GetInstances").
 func NewGetInstances(msgID string, paths []string, firstLevelOnly bool) *uspmsg.Msg {
 	return NewRequest(msgID, &uspmsg.Request{ReqType: &uspmsg.Request_GetInstances{GetInstances: &uspmsg.GetInstances{
 		ObjPaths: paths, FirstLevelOnly: firstLevelOnly,

@@ -7,7 +7,7 @@ import (
 	"github.com/duet-dm/duet/proto/usp/uspmsg"
 )
 
-// USP error codes, message level (usp.md §6.1).
+// USP error codes, message level (TR-369 "Error Codes").
 const (
 	ErrCodeMessageFailed           uint32 = 7000
 	ErrCodeMessageNotSupported     uint32 = 7001
@@ -43,7 +43,7 @@ const (
 	ErrCodePathAlreadyRegistered   uint32 = 7031
 )
 
-// USP error codes, record level (usp.md §6.2). Used in Error messages that
+// USP error codes, record level (TR-369 "Record errors"). Used in Error messages that
 // answer bad records and as DisconnectRecord.reason_code.
 const (
 	ErrCodeRecordNotParsed          uint32 = 7100

@@ -6,13 +6,13 @@ import (
 	"strings"
 )
 
-// Content types a USP PUBLISH/SEND may carry (usp.md §8.2, §8.3).
+// Content types a USP PUBLISH/SEND may carry (TR-369 "MQTT Binding", TR-369 "STOMP Binding").
 const (
 	MQTTContentType  = "usp.msg"                     // MQTT 5 Content Type of USP PUBLISHes
 	STOMPContentType = "application/vnd.bbf.usp.msg" // STOMP content-type; also accepted on MQTT
 )
 
-// Protocol-level names used on the MTPs (usp.md §8).
+// Protocol-level names used on the MTPs (TR-369 "Message Transfer Protocols").
 const (
 	MQTTEndpointIDProperty = "usp-endpoint-id" // MQTT 5 CONNECT user property
 	STOMPEndpointIDHeader  = "endpoint-id"     // STOMP frame header (not usp-endpoint-id)
@@ -23,7 +23,7 @@ const (
 
 // IsUSPContentType reports whether an MQTT Content Type or STOMP
 // content-type names a USP record: "usp.msg" or
-// "application/vnd.bbf.usp.msg" (usp.md §8.2 Receive).
+// "application/vnd.bbf.usp.msg" (TR-369 "MQTT Binding" Receive).
 func IsUSPContentType(ct string) bool {
 	return ct == MQTTContentType || ct == STOMPContentType
 }
@@ -31,8 +31,8 @@ func IsUSPContentType(ct string) bool {
 const replyToMarker = "/reply-to="
 
 // MQTTReplyToTopic appends the MQTT 3.1.1 reply-to suffix to topic:
-// topic + "/reply-to=" + replyTo with each "/" written as "%2F" (usp.md
-// §8.2, Publish v3.1.1).
+// topic + "/reply-to=" + replyTo with each "/" written as "%2F" (TR-369
+// "MQTT Binding", PUBLISH in MQTT 3.1.1).
 func MQTTReplyToTopic(topic, replyTo string) string {
 	return topic + replyToMarker + strings.ReplaceAll(replyTo, "/", "%2F")
 }
@@ -56,7 +56,7 @@ func ParseMQTTReplyTo(topic string) (base, replyTo string, ok bool) {
 var stompEscaper = strings.NewReplacer(`\`, `\\`, "\r", `\r`, "\n", `\n`, ":", `\c`)
 
 // STOMPEscapeHeader escapes a STOMP 1.2 header value: "\" → "\\", CR → "\r",
-// LF → "\n", ":" → "\c" (usp.md §8.3; an endpoint ID's colons must be
+// LF → "\n", ":" → "\c" (TR-369 "STOMP Binding"; an endpoint ID's colons must be
 // escaped). go-stomp already does this for the frames it writes; use this
 // only when writing frames by hand.
 func STOMPEscapeHeader(s string) string { return stompEscaper.Replace(s) }
@@ -100,7 +100,7 @@ func STOMPUnescapeHeader(s string) (string, error) {
 
 // PercentEncode encodes every byte outside ALPHA, DIGIT and "-._~" as %HH,
 // the way obuspa encodes the WebSocket eid and its endpoint-ID pieces
-// (usp.md §2, §8.4).
+// (TR-369 "Endpoint Identifier", TR-369 "WebSocket Binding").
 func PercentEncode(s string) string {
 	const hex = "0123456789ABCDEF"
 	n := 0
@@ -130,7 +130,7 @@ func unreserved(c byte) bool {
 }
 
 // WebSocketEIDQuery returns the query string "eid=<encoded eid>" a
-// WebSocket client adds to its request URI (usp.md §8.4), e.g.
+// WebSocket client adds to its request URI (TR-369 "WebSocket Binding"), e.g.
 // "eid=os%3A%3A00256D-0123".
 func WebSocketEIDQuery(eid string) string { return "eid=" + PercentEncode(eid) }
 
@@ -146,7 +146,7 @@ func ParseWebSocketEID(rawQuery string) (eid string, ok bool) {
 }
 
 // OSEndpointID builds the "os" scheme Endpoint ID obuspa uses by default:
-// os::<OUI>-<SerialNumber>, each piece percent-encoded (usp.md §2).
+// os::<OUI>-<SerialNumber>, each piece percent-encoded (TR-369 "Endpoint Identifier").
 func OSEndpointID(oui, serial string) string {
 	return "os::" + PercentEncode(oui) + "-" + PercentEncode(serial)
 }

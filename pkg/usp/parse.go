@@ -1,7 +1,7 @@
 // Package usp builds and parses TR-369 USP Records and Messages over the
 // generated schemas in proto/usp. It is pure: no I/O, no clock.
 //
-// Parsing validates what usp.md §1 and §3.3 require of a received record and
+// Parsing validates what TR-369 and TR-369 "Handling of Records", R-MTP.5 require of a received record and
 // its message; building produces the records a Controller sends (and, for
 // the simulator, what an Agent sends).
 package usp
@@ -26,9 +26,9 @@ var (
 	// silently and count it (R-E2E.1).
 	ErrWrongRecipient = errors.New("usp: record not addressed to us")
 	// ErrSessionContext: the record uses an E2E session context, which Duet
-	// does not support (usp.md §3.4).
+	// does not support (TR-369 "End to End Session Context").
 	ErrSessionContext = errors.New("usp: session context records are not supported")
-	// ErrInvalidRecord: the record cannot be parsed or breaks a rule of §3.
+	// ErrInvalidRecord: the record cannot be parsed or breaks a rule of TR-369 "Handling of Records".
 	ErrInvalidRecord = errors.New("usp: invalid record")
 	// ErrInvalidMsg: the record is fine but the Msg it carries is not.
 	ErrInvalidMsg = errors.New("usp: invalid message")
@@ -39,7 +39,7 @@ var (
 // (R-MTP.5).
 type ParseError struct {
 	Err    error  // one of the sentinels above
-	Code   uint32 // the USP error code that describes the fault (§6)
+	Code   uint32 // the USP error code that describes the fault (TR-369 "Error Codes")
 	Reason string
 	FromID string // when it could be read
 	MsgID  string // when it could be read
@@ -257,7 +257,7 @@ func parseMsg(b []byte) (*uspmsg.Msg, uspmsg.Header_MsgType, bool, *ParseError) 
 		}
 		if body.Request.GetReqType() == nil {
 			if mask&^1 != 0 {
-				// A member from a newer schema: fail softly (usp.md §3.1).
+				// A member from a newer schema: fail softly (TR-369 usp-record-1-4.proto, Record).
 				return bad(ErrCodeMessageNotSupported, "request type not supported")
 			}
 			return bad(ErrCodeInvalidArguments, "request req_type is empty")

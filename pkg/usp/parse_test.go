@@ -158,7 +158,7 @@ func TestBuildersRoundTrip(t *testing.T) {
 			t.Fatalf("%v: round trip differs", tc.want)
 		}
 	}
-	// Notify errors may only use 7000–7006 (usp.md §6.1).
+	// Notify errors may only use 7000–7006 (TR-369 "Error Codes").
 	if c := usp.NewNotifyError("x", 7026, "").GetBody().GetError().GetErrCode(); c != 7000 {
 		t.Fatalf("notify error code %d, want 7000", c)
 	}
@@ -217,7 +217,7 @@ func TestErrorCodeMapping(t *testing.T) {
 }
 
 func TestMTPHelpers(t *testing.T) {
-	// usp.md §8.2 spec example.
+	// TR-369 "MQTT Binding" spec example.
 	topic := usp.MQTTReplyToTopic("usp/agents/cid:3AA3F8:my-unique-usp-id-42", "usp/controllers/oui:00256D:my-unique-bbf-id-42")
 	if want := "usp/agents/cid:3AA3F8:my-unique-usp-id-42/reply-to=usp%2Fcontrollers%2Foui:00256D:my-unique-bbf-id-42"; topic != want {
 		t.Fatalf("reply-to topic %q", topic)
@@ -247,7 +247,7 @@ func TestMTPHelpers(t *testing.T) {
 		}
 	}
 
-	// usp.md §8.4: obuspa encodes everything but -._~ ("%" included).
+	// TR-369 "WebSocket Binding": obuspa encodes everything but -._~ ("%" included).
 	if q := usp.WebSocketEIDQuery("os::00256D-0123%x"); q != "eid=os%3A%3A00256D-0123%25x" {
 		t.Fatalf("eid query %q", q)
 	}

@@ -39,7 +39,7 @@ func notify(msgID, subID string, sendResp bool, n *uspmsg.Notify) *uspmsg.Msg {
 func resp(msgID string, r *uspmsg.Response) *uspmsg.Msg { return usp.NewResponse(msgID, r) }
 
 // sample is one wire record as obuspa 11 would send it to the Controller
-// (services.md, usp.md §8–9): from the agent, to us, record version 1.3.
+// (docs/testing.md, TR-369 "Message Transfer Protocols"–9): from the agent, to us, record version 1.3.
 type sample struct {
 	file    string
 	kind    usp.RecordKind
@@ -63,7 +63,7 @@ var samples = []sample{
 	}},
 	{"notify_boot.bin", usp.RecordMsg, uspmsg.Header_NOTIFY, agentMsg(notify("BOOT-1", "boot", true, &uspmsg.Notify{
 		Notification: &uspmsg.Notify_Event_{Event: &uspmsg.Notify_Event{
-			ObjPath: "Device.", EventName: "Boot!", // obuspa splits Device.Boot! (usp.md §4.11)
+			ObjPath: "Device.", EventName: "Boot!", // obuspa splits Device.Boot! (TR-369 "Notify")
 			Params: map[string]string{
 				"CommandKey":      "reboot-42",
 				"Cause":           "RemoteReboot",

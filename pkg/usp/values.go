@@ -2,8 +2,8 @@ package usp
 
 import "fmt"
 
-// ParseBool parses a TR-106 boolean: "true", "false", "1" or "0" (usp.md
-// §4.13, Accept column).
+// ParseBool parses a TR-106 boolean: "true", "false", "1" or "0" (TR-369
+// "Messages", TR-106 value encoding).
 func ParseBool(s string) (bool, error) {
 	switch s {
 	case "true", "1":

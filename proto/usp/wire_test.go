@@ -1,5 +1,5 @@
 // Package usp_test pins the wire encoding of the generated USP schemas to
-// bytes computed by hand from usp.md §3/§4, so a wrong field number or type
+// bytes computed by hand from TR-369 usp-record-1-4.proto/TR-369 "Messages", so a wrong field number or type
 // (varint where the table says fixed32, say) fails here.
 package usp_test
 

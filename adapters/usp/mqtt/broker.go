@@ -14,7 +14,7 @@ import (
 )
 
 // Broker is the embedded MQTT broker `duet serve` runs when no external one
-// is configured (ARCHITECTURE.md, processes and defaults). It allows every
+// is configured (docs/architecture.md, processes and defaults). It allows every
 // client: put it behind a firewall or use an external broker with auth.
 type Broker struct {
 	srv  *mochi.Server

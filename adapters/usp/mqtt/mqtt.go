@@ -1,11 +1,11 @@
-// Package mqtt is the USP MQTT binding (usp.md §8.2) on the Controller side:
+// Package mqtt is the USP MQTT binding (TR-369 "MQTT Binding") on the Controller side:
 // an MQTT 5 client of any broker that hands received Records to a
 // usp.Endpoint and publishes Records to agents.
 //
 // The controller always speaks MQTT 5 to its broker. Agents on MQTT 3.1.1
 // still work through a broker that bridges versions (Mosquitto and
 // mochi-mqtt do): we read their "/reply-to=" topic suffix and append ours
-// when publishing to them, as §8.2 prescribes for v3.1.1.
+// when publishing to them, as the TR-369 "MQTT Binding" prescribes for v3.1.1.
 package mqtt
 
 import (
@@ -48,7 +48,7 @@ type Options struct {
 	// "<Topic>/reply/<ClientID>" with SharedGroup (answers must come back
 	// to the process that asked).
 	ReplyTopic string
-	// QoS of our subscriptions and publishes: 0 or 1 (usp.md §8.2).
+	// QoS of our subscriptions and publishes: 0 or 1 (TR-369 "MQTT Binding").
 	// Default 0, like obuspa's PublishQoS. USP retries on its own (request
 	// timeouts, NotifRetry), and QoS 1 costs ~44 ms per round trip on a
 	// Mosquitto with its default set_tcp_nodelay false: the broker's Nagle
@@ -132,7 +132,7 @@ func (t *Transport) ReplyTopic() string { return t.opts.ReplyTopic }
 
 func (t *Transport) subscriptions() []paho.SubscribeOptions {
 	// "<topic>/#" also matches "<topic>" itself and the v3.1.1
-	// "<topic>/reply-to=..." form (usp.md §8.2).
+	// "<topic>/reply-to=..." form (TR-369 "MQTT Binding").
 	main := t.opts.Topic + "/#"
 	if t.opts.SharedGroup != "" {
 		main = "$share/" + t.opts.SharedGroup + "/" + main
@@ -171,7 +171,7 @@ func (t *Transport) Start() error {
 			if c.Properties == nil {
 				c.Properties = &paho.ConnectProperties{}
 			}
-			// usp.md §8.2 CONNECT: user property usp-endpoint-id.
+			// TR-369 "MQTT Binding" CONNECT: user property usp-endpoint-id.
 			c.Properties.User.Add(pkgusp.MQTTEndpointIDProperty, t.ep.ID())
 			return c, nil
 		},
@@ -247,7 +247,7 @@ func (t *Transport) receive(p *paho.Publish) {
 		ct = p.Properties.ContentType
 		from.Reply = p.Properties.ResponseTopic
 	}
-	// usp.md §8.2 Receive: accept usp.msg or application/vnd.bbf.usp.msg.
+	// TR-369 "MQTT Binding" Receive: accept usp.msg or application/vnd.bbf.usp.msg.
 	// MQTT 3.1.1 publishes carry no properties, hence no content type.
 	if ct != "" && !pkgusp.IsUSPContentType(ct) {
 		t.log.Debug("mqtt publish with a non-USP content type ignored", "topic", p.Topic, "content_type", ct)
@@ -262,7 +262,7 @@ func (t *Transport) receive(p *paho.Publish) {
 	_ = t.ep.HandleRecord(t, from, p.Payload)
 }
 
-// Send publishes a record to an agent (usp.md §8.2 Publish): Content Type
+// Send publishes a record to an agent (TR-369 "MQTT Binding" Publish): Content Type
 // usp.msg and Response Topic = our reply topic; for a v3.1.1 agent the
 // reply topic also goes into the topic suffix.
 func (t *Transport) Send(ctx context.Context, to usp.Address, record []byte) error {

@@ -32,7 +32,7 @@ import (
 const mosquittoAddr = "127.0.0.1:1883"
 
 // needMosquitto makes sure the machine's Mosquitto runs, starting it as
-// services.md says when it is down (never skip).
+// docs/testing.md says when it is down (never skip).
 func needMosquitto(t testing.TB) {
 	t.Helper()
 	if c, err := net.DialTimeout("tcp", mosquittoAddr, time.Second); err == nil {
@@ -72,7 +72,7 @@ func startTransport(t testing.TB, ep *usp.Endpoint, o Options) *Transport {
 }
 
 // mqttAgent is a test agent speaking MQTT 5 through a real broker the way
-// obuspa does (services.md): it subscribes to its own topic, publishes to
+// obuspa does (docs/testing.md): it subscribes to its own topic, publishes to
 // the controller topic with content-type usp.msg and response-topic.
 type mqttAgent struct {
 	*testagent.Agent
@@ -111,7 +111,7 @@ func startAgent(t testing.TB, brokerAddr, ctrlID, ctrlTopic, eid string) *mqttAg
 	t.Cleanup(func() { _ = ma.c.Disconnect(&paho.Disconnect{}) })
 	ma.Send = func(rec []byte) error {
 		// Agent-originated records go to the configured controller
-		// topic; responses to the request's response topic (usp.md §8.2).
+		// topic; responses to the request's response topic (TR-369 "MQTT Binding").
 		to := ctrlTopic
 		if rt, ok := replyTopic.Load().(string); ok {
 			to = rt
@@ -279,7 +279,7 @@ func TestSharedSubscriptionAcrossAdapters(t *testing.T) {
 
 // TestMQTT311AgentThroughMosquitto drives a 3.1.1 "agent" made of the real
 // mosquitto_pub/mosquitto_sub clients speaking MQTT 3.1.1: it uses the
-// /reply-to= topic suffix both ways (usp.md §8.2) and the broker bridges
+// /reply-to= topic suffix both ways (TR-369 "MQTT Binding") and the broker bridges
 // it to our MQTT 5 session.
 func TestMQTT311AgentThroughMosquitto(t *testing.T) {
 	needMosquitto(t)

@@ -1,4 +1,4 @@
-// Package stomp is the USP STOMP binding (usp.md §8.3) on the Controller
+// Package stomp is the USP STOMP binding (TR-369 "STOMP Binding") on the Controller
 // side: a STOMP 1.2 client of any broker (RabbitMQ's STOMP plugin, the
 // embedded go-stomp server) that hands received Records to a usp.Endpoint.
 package stomp
@@ -32,7 +32,7 @@ type Options struct {
 	VHost string
 	// Destination we subscribe to and put in reply-to-dest. RabbitMQ wants
 	// "/queue/NAME" or "/topic/NAME". Default "/queue/usp.controller". A
-	// subscribe-dest header in CONNECTED overrides it (usp.md §8.3).
+	// subscribe-dest header in CONNECTED overrides it (TR-369 "STOMP Binding").
 	Destination string
 	// ConnectTimeout bounds Start's first connection. Default 10 s.
 	ConnectTimeout time.Duration
@@ -136,11 +136,11 @@ func (t *Transport) connect(ctx context.Context) (*gostomp.Conn, *gostomp.Subscr
 	dctx, cancel := context.WithTimeout(ctx, t.opts.ConnectTimeout)
 	defer cancel()
 	conn, err := gostomp.DialWithContext(dctx, "tcp", t.opts.BrokerAddr,
-		gostomp.ConnOpt.UseStomp, // the STOMP frame, as usp.md §8.3 requires
+		gostomp.ConnOpt.UseStomp, // the STOMP frame, as TR-369 "STOMP Binding" requires
 		gostomp.ConnOpt.AcceptVersion(gostomp.V12),
 		gostomp.ConnOpt.Login(t.opts.Login, t.opts.Passcode),
 		gostomp.ConnOpt.Host(t.opts.VHost),
-		// go-stomp escapes ':' as \c in header values (usp.md §8.3).
+		// go-stomp escapes ':' as \c in header values (TR-369 "STOMP Binding").
 		gostomp.ConnOpt.Header(pkgusp.STOMPEndpointIDHeader, t.ep.ID()),
 		gostomp.ConnOpt.HeartBeat(hb, hb),
 		gostomp.ConnOpt.ResponseHeaders(func(h *frame.Header) { connected = h }),
@@ -159,7 +159,7 @@ func (t *Transport) connect(ctx context.Context) (*gostomp.Conn, *gostomp.Subscr
 	for k, v := range t.opts.QueueHeaders {
 		subOpts = append(subOpts, gostomp.SubscribeOpt.Header(k, v))
 	}
-	// ack:auto as usp.md §8.3 requires; we never send ACK/NACK.
+	// ack:auto as TR-369 "STOMP Binding" requires; we never send ACK/NACK.
 	sub, err := conn.Subscribe(dest, gostomp.AckAuto, subOpts...)
 	if err != nil {
 		_ = conn.Disconnect()
@@ -225,7 +225,7 @@ func (t *Transport) read(ctx context.Context, sub *gostomp.Subscription) {
 				t.log.Warn("stomp connection error", "err", m.Err)
 				return
 			}
-			// usp.md §8.3: obuspa only sends application/vnd.bbf.usp.msg.
+			// TR-369 "STOMP Binding": obuspa only sends application/vnd.bbf.usp.msg.
 			if m.ContentType != "" && !pkgusp.IsUSPContentType(m.ContentType) {
 				t.log.Debug("stomp message with a non-USP content type ignored", "content_type", m.ContentType)
 				continue
@@ -240,7 +240,7 @@ func (t *Transport) read(ctx context.Context, sub *gostomp.Subscription) {
 }
 
 // Send implements usp.MTP. content-type is ALWAYS set: obuspa drops the
-// connection on a message without it (services.md).
+// connection on a message without it (docs/testing.md).
 func (t *Transport) Send(_ context.Context, to usp.Address, record []byte) error {
 	if to.Reply == "" {
 		return errors.New("usp/stomp: no destination for the agent")

@@ -39,7 +39,7 @@ func dialable(addr string) bool {
 }
 
 // needRabbitSTOMP starts RabbitMQ and its STOMP plugin when they are down
-// (services.md); never skips.
+// (docs/testing.md); never skips.
 func needRabbitSTOMP(t testing.TB) {
 	t.Helper()
 	if dialable(rabbitSTOMP) {
@@ -88,7 +88,7 @@ func startTransport(t testing.TB, ep *usp.Endpoint, o Options) *Transport {
 	return tr
 }
 
-// stompAgent behaves like obuspa on STOMP (services.md): STOMP frame with
+// stompAgent behaves like obuspa on STOMP (docs/testing.md): STOMP frame with
 // endpoint-id, SUBSCRIBE to its destination, SEND with content-type and
 // reply-to-dest.
 type stompAgent struct {

@@ -1,4 +1,4 @@
-// Package websocket is the USP WebSocket binding (usp.md §8.4) on the
+// Package websocket is the USP WebSocket binding (TR-369 "WebSocket Binding") on the
 // Controller side: a server agents dial, with subprotocol v1.usp and the
 // agent's endpoint ID in the ?eid= query parameter.
 //
@@ -204,7 +204,7 @@ func (t *Transport) Start() error {
 			_ = ln.Close()
 			return fmt.Errorf("usp/websocket: TLS certificate %s / key %s: %w", t.opts.TLSCertFile, t.opts.TLSKeyFile, err)
 		}
-		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}) // usp.md §8.1
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}) // TR-369 "Message Transfer Protocols"
 	}
 	ln = netguard.LimitPerSource(ln, t.opts.MaxConnsPerSource, func(string) {
 		metricRejected.WithLabelValues("too_many_per_source").Inc()
@@ -234,7 +234,7 @@ func (t *Transport) reject(w http.ResponseWriter, status int, reason, msg string
 }
 
 func (t *Transport) serveWS(w http.ResponseWriter, r *http.Request) {
-	// usp.md §8.4: the server refuses a request without v1.usp.
+	// TR-369 "WebSocket Binding": the server refuses a request without v1.usp.
 	if !slices.Contains(websocket.Subprotocols(r), pkgusp.WebSocketSubprotocol) {
 		t.reject(w, http.StatusBadRequest, "no_subprotocol", "Sec-WebSocket-Protocol must offer "+pkgusp.WebSocketSubprotocol)
 		return
@@ -271,12 +271,12 @@ func (t *Transport) serveWS(w http.ResponseWriter, r *http.Request) {
 	t.wg.Add(1)
 	t.mu.Unlock()
 	if old != nil {
-		// At most one session per endpoint pair (usp.md §8.4): the new
+		// At most one session per endpoint pair (TR-369 "WebSocket Binding"): the new
 		// connection wins, the agent evidently lost the old one.
 		metricRejected.WithLabelValues("replaced").Inc()
 		// Don't cut the old socket: frames the agent wrote on it just before
 		// it redialled are still unread — a Reboot()'s OperateResp is sent
-		// right before the restart (services.md). Ask it to close and let
+		// right before the restart (docs/testing.md). Ask it to close and let
 		// its reader drain for a moment; its records are still handled.
 		_ = old.ws.WriteControl(websocket.CloseMessage,
 			websocket.FormatCloseMessage(websocket.ClosePolicyViolation, "replaced by a new connection"),
@@ -316,7 +316,7 @@ func (t *Transport) serveConn(c *conn) {
 		}
 	}
 	alive()
-	// Answer pings (obuspa closes after 2 missing pongs, usp.md §8.4).
+	// Answer pings (obuspa closes after 2 missing pongs, TR-369 "WebSocket Binding").
 	ws.SetPingHandler(func(data string) error {
 		alive()
 		err := ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(t.opts.WriteTimeout))
@@ -359,7 +359,7 @@ func (t *Transport) serveConn(c *conn) {
 		}
 		alive()
 		if mt != websocket.BinaryMessage {
-			// Each record goes in one binary frame (usp.md §8.4).
+			// Each record goes in one binary frame (TR-369 "WebSocket Binding").
 			metricRejected.WithLabelValues("text_frame").Inc()
 			c.close(websocket.CloseUnsupportedData, "records are binary frames", t.opts.WriteTimeout)
 			return
@@ -369,7 +369,7 @@ func (t *Transport) serveConn(c *conn) {
 		if errors.As(err, &re) {
 			switch re.Reason {
 			case usp.DropGarbage, usp.DropInvalidRecord, usp.DropEIDMismatch, usp.DropBadFromID, usp.DropTooLarge:
-				// usp.md §8.4: a bad record closes with 1003.
+				// TR-369 "WebSocket Binding": a bad record closes with 1003.
 				metricRejected.WithLabelValues("bad_record").Inc()
 				c.close(websocket.CloseUnsupportedData, re.Reason, t.opts.WriteTimeout)
 				return

@@ -44,7 +44,7 @@ func Start(t testing.TB) (*bus.Bus, *bus.Embedded) {
 }
 
 // CheckFor polls fn until it returns nil or timeout passes (no sleeps as
-// synchronisation; STYLE.md habit 10).
+// synchronisation; CONTRIBUTING.md, habit 10).
 func CheckFor(t testing.TB, timeout, poll time.Duration, fn func() error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)

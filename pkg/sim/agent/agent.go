@@ -1,5 +1,5 @@
 // Package agent is a simulated USP Agent that behaves on the wire like the
-// Broadband Forum's reference agent obuspa 11 (services.md, usp.md §8–9).
+// Broadband Forum's reference agent obuspa 11 (docs/testing.md, TR-369 "Message Transfer Protocols"–9).
 //
 // The core (Agent) is transport-agnostic: HandleRecord answers a record and
 // Outgoing delivers what the agent sends on its own (notifications, their
@@ -30,13 +30,13 @@ type Config struct {
 	HardwareVersion string // default "1.0"
 
 	// ControllerID is provisioned as Device.LocalAgent.Controller.1.EndpointID;
-	// records from any other endpoint are ignored (usp.md §3.3). Required.
+	// records from any other endpoint are ignored (TR-369 "Handling of Records", R-MTP.5). Required.
 	ControllerID string
 	// MTPProtocol fills Device.LocalAgent.MTP.1.Protocol; default "MQTT".
 	MTPProtocol string
 
 	// RetryMinWait and RetryMultiplier override the Notify retry parameters
-	// m and k of usp.md §9.5 (Controller.1.USPNotifRetryMinimumWaitInterval
+	// m and k of TR-369 Notify retry (Controller.1.USPNotifRetryMinimumWaitInterval
 	// in seconds and ...IntervalMultiplier). Zero uses the data model values
 	// (5 s, 2000). Tests set a few milliseconds.
 	RetryMinWait    time.Duration
@@ -44,7 +44,7 @@ type Config struct {
 
 	// PeriodicInterval overrides Controller.1.PeriodicNotifInterval (s,
 	// default 86400) as the period of Device.LocalAgent.Periodic!, sent to
-	// matching Event subscriptions (usp.md §9.6). Tests set milliseconds.
+	// matching Event subscriptions (TR-181 Device.LocalAgent events). Tests set milliseconds.
 	PeriodicInterval time.Duration
 
 	// AsyncDelay is how long the asynchronous IPPing() runs; default 50 ms.
@@ -144,7 +144,7 @@ type Agent struct {
 	timers   map[*time.Timer]struct{}
 	closed   bool
 	// bootCommandKey and bootCause survive the reboot, as obuspa persists
-	// them, and go into the next Boot! (usp.md §9.6).
+	// them, and go into the next Boot! (TR-181 Device.LocalAgent events).
 	bootCommandKey, bootCause string
 
 	out     chan Outgoing
@@ -257,7 +257,7 @@ func (a *Agent) factoryModel() *model {
 	return m
 }
 
-// EndpointID is the agent's ID, os::<OUI>-<SerialNumber> (usp.md §2).
+// EndpointID is the agent's ID, os::<OUI>-<SerialNumber> (TR-369 "Endpoint Identifier").
 func (a *Agent) EndpointID() string { return a.id }
 
 // ControllerID is the EndpointID of Device.LocalAgent.Controller.1.
@@ -379,7 +379,7 @@ func (a *Agent) HandleRecord(rec []byte) (replies [][]byte) {
 		return nil
 	}
 	if !a.isController(r.FromID) {
-		a.ignored++ // obuspa ignores unknown Controllers (usp.md §3.3)
+		a.ignored++ // obuspa ignores unknown Controllers (TR-369 "Handling of Records", R-MTP.5)
 		return nil
 	}
 	if r.Kind != usp.RecordMsg {
@@ -423,7 +423,7 @@ func (a *Agent) handleMsg(r *usp.Record) *uspmsg.Msg {
 	}
 	if body.GetError() != nil {
 		// An Error answering one of our Notifies still ends its retries:
-		// the Controller has seen it (usp.md §9.4).
+		// the Controller has seen it (TR-369 "Notify").
 		a.acknowledge(id)
 		return nil
 	}
@@ -448,13 +448,13 @@ func (a *Agent) handleMsg(r *usp.Record) *uspmsg.Msg {
 	case *uspmsg.Request_Operate:
 		return a.operate(id, rt.Operate, r.FromID)
 	default:
-		// Notify, Register and Deregister flow Agent→Controller (usp.md §4.1).
+		// Notify, Register and Deregister flow Agent→Controller (TR-369 "Message structure").
 		return usp.NewError(id, usp.ErrCodeMessageNotSupported, "message not supported by an Agent")
 	}
 }
 
 // retryWait draws the wait before retry n (1-based) from
-// [m·(k/1000)^(n−1), m·(k/1000)^n], fixed from n = 10 on (usp.md §9.5).
+// [m·(k/1000)^(n−1), m·(k/1000)^n], fixed from n = 10 on (TR-369 Notify retry).
 func (a *Agent) retryWait(n int) time.Duration {
 	m := a.cfg.RetryMinWait
 	k := float64(a.cfg.RetryMultiplier)

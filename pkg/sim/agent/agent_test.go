@@ -207,7 +207,7 @@ func TestSetAllowPartialRequired(t *testing.T) {
 	if v, _ := c.a.Parameter("Device.WiFi.SSID.1.SSID"); v != "home" {
 		t.Fatalf("SSID %q", v)
 	}
-	// allow_partial=false + required failure: Error, nothing changes (§5).
+	// allow_partial=false + required failure: Error, nothing changes (TR-369 "allow_partial and required").
 	r = c.do(usp.NewSet(c.id(), false, []usp.ObjectSettings{
 		{Path: "Device.WiFi.SSID.2.", Params: []usp.ParamSetting{{Param: "SSID", Value: "changed", Required: true}}},
 		{Path: "Device.WiFi.SSID.1.", Params: []usp.ParamSetting{{Param: "Enable", Value: "maybe", Required: true}}},
@@ -305,7 +305,7 @@ func TestValueChangeRetryUntilNotifyResp(t *testing.T) {
 	c := newAgent(t, "SN4")
 	c.subscribe("vc", "ValueChange", "Device.WiFi.SSID.1.SSID", false, true)
 	c.noOutgoing()
-	// A change by anyone fires (usp.md §9.4): here the device itself.
+	// A change by anyone fires (TR-369 "Notify"): here the device itself.
 	if err := c.a.SetParameter("Device.WiFi.SSID.1.SSID", "local"); err != nil {
 		t.Fatal(err)
 	}
@@ -537,7 +537,7 @@ func TestCloseTwiceNoLeak(t *testing.T) {
 	})
 }
 
-// Search expressions (usp.md §7.2–7.3): typed comparison, && only,
+// Search expressions (TR-369 "Instance identifiers"–7.3): typed comparison, && only,
 // quoted strings, unique-key addressing.
 func TestSearchExpressions(t *testing.T) {
 	c := newAgent(t, "SN12")

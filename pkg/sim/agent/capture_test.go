@@ -57,7 +57,7 @@ func TestSTOMPFrameOnTheWire(t *testing.T) {
 		defer cancel()
 		_, _ = agent.DialSTOMP(ctx, a, agent.STOMPConfig{Server: addr, Destination: "/queue/a", ControllerDestination: "/queue/c"})
 	})
-	// The STOMP command (not CONNECT), and endpoint-id with ':' as \c (usp.md §8.3).
+	// The STOMP command (not CONNECT), and endpoint-id with ':' as \c (TR-369 "STOMP Binding").
 	if !bytes.HasPrefix(b, []byte("STOMP\n")) || !bytes.Contains(b, []byte("\nendpoint-id:os\\c\\c00256D-CAP1\n")) ||
 		!bytes.Contains(b, []byte("accept-version:1.2")) {
 		t.Fatalf("first frame:\n%q", b)
@@ -122,7 +122,7 @@ func readSTOMPFrame(r *bufio.Reader) (string, map[string]string, []byte, error) 
 
 // Neither RabbitMQ nor go-stomp's server assigns destinations, so a
 // scripted server on a local socket sends CONNECTED with subscribe-dest;
-// the agent must subscribe there and announce it (usp.md §8.3).
+// the agent must subscribe there and announce it (TR-369 "STOMP Binding").
 func TestSTOMPSubscribeDestFromServer(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

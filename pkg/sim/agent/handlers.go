@@ -34,11 +34,11 @@ func (a *Agent) objectParams(obj string) map[string]string {
 	return out
 }
 
-// isSearch reports whether p is a search path: "*" or "[expr]" (usp.md §7.1).
+// isSearch reports whether p is a search path: "*" or "[expr]" (TR-369 "Path Names").
 func isSearch(p string) bool { return strings.ContainsAny(p, "*[") }
 
 // level is the depth of obj below base for Get.max_depth: base itself is 1,
-// and a table row counts as one level with its table (usp.md §4.3).
+// and a table row counts as one level with its table (TR-369 "Get").
 func level(base, obj string) uint32 {
 	rel := strings.TrimPrefix(obj, base)
 	n := uint32(1)
@@ -50,7 +50,7 @@ func level(base, obj string) uint32 {
 	return n
 }
 
-// get answers one Get (usp.md §4.3): object paths give their subtree, one
+// get answers one Get (TR-369 "Get"): object paths give their subtree, one
 // ResolvedPathResult per object; parameter paths give the parameter under
 // its parent object. A missing plain path, or a search path outside the
 // supported model, gives 7026.
@@ -115,7 +115,7 @@ func (a *Agent) getPath(p string, depth uint32) *uspmsg.GetResp_RequestedPathRes
 	return res
 }
 
-// getInstances answers GetInstances (usp.md §4.5).
+// getInstances answers GetInstances (TR-369 "GetInstances").
 func (a *Agent) getInstances(g *uspmsg.GetInstances) *uspmsg.GetInstancesResp {
 	out := &uspmsg.GetInstancesResp{}
 	for _, p := range g.GetObjPaths() {
@@ -198,7 +198,7 @@ func duplicateKey(m *model, inst string) (string, bool) {
 	return "", false
 }
 
-// getSupportedDM answers GetSupportedDM (usp.md §4.4) from the schema.
+// getSupportedDM answers GetSupportedDM (TR-369 "GetSupportedDM") from the schema.
 func (a *Agent) getSupportedDM(g *uspmsg.GetSupportedDM) *uspmsg.GetSupportedDMResp {
 	out := &uspmsg.GetSupportedDMResp{}
 	for _, p := range g.GetObjPaths() {

@@ -10,7 +10,7 @@ import (
 )
 
 // valueType is the TR-106 type of a parameter, enough to validate writes
-// (usp.md §4.13) and to answer GetSupportedDM.
+// (TR-106 value encoding, as TR-369 "Messages" uses it) and to answer GetSupportedDM.
 type valueType int
 
 const (
@@ -80,7 +80,7 @@ func rw(name string, t valueType, def string) paramDef {
 }
 func ro(name string, t valueType) paramDef { return paramDef{name: name, typ: t} }
 
-// schema is the supported data model: a small TR-181 subset (usp.md §9.8).
+// schema is the supported data model: a small TR-181 subset (TR-181).
 var schema = buildSchema([]objDef{
 	{path: "Device.", commands: []cmdDef{
 		{name: "Reboot()", inputs: []string{"Cause", "Reason"}},
@@ -229,7 +229,7 @@ func isTablePath(p string) bool {
 
 // match reports whether path (instantiated) matches pattern segment for
 // segment, where "*" matches any instance and "[expr]" an instance whose
-// parameters satisfy expr (usp.md §7.2, §7.3).
+// parameters satisfy expr (TR-369 "Instance identifiers", TR-369 "Search expressions").
 func (m *model) match(pattern, path string) bool {
 	ps, xs := splitPath(pattern), splitPath(path)
 	if len(ps) != len(xs) || strings.HasSuffix(pattern, ".") != strings.HasSuffix(path, ".") {
@@ -275,7 +275,7 @@ func (m *model) matchPrefix(pattern, path string) bool {
 // eval evaluates a search expression ("Enable==true&&Name=="x"") against
 // the row inst. Comparison is by the parameter's type: numbers compare as
 // numbers, booleans accept true/false/1/0, strings allow only == and !=;
-// "~=" tests membership of a comma list (usp.md §7.3). Anything it cannot
+// "~=" tests membership of a comma list (TR-369 "Search expressions"). Anything it cannot
 // parse matches nothing.
 func (m *model) eval(inst, expr string) bool {
 	d := defOf(inst)
@@ -490,7 +490,7 @@ func pathLess(a, b string) bool {
 }
 
 // checkValue validates v against p and returns it in canonical form, or a
-// USP error code (usp.md §4.13).
+// USP error code (TR-106 value encoding, as TR-369 "Messages" uses it).
 func checkValue(p *paramDef, v string) (string, uint32, string) {
 	switch p.typ {
 	case typeBool:

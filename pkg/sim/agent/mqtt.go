@@ -13,7 +13,7 @@ import (
 	"github.com/duet-dm/duet/proto/usp/usprecord"
 )
 
-// MQTTConfig configures the agent's MQTT client (usp.md §8.2).
+// MQTTConfig configures the agent's MQTT client (TR-369 "MQTT Binding").
 type MQTTConfig struct {
 	Broker string // host:port, e.g. 127.0.0.1:1883; required
 	// ProtocolVersion is "5.0" (the default) or "3.1.1", the values of
@@ -99,7 +99,7 @@ func dialMQTT5(ctx context.Context, a *Agent, cfg MQTTConfig) (session, error) {
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 			p := pr.Packet
 			if p.Properties != nil && p.Properties.ContentType != "" && !usp.IsUSPContentType(p.Properties.ContentType) {
-				return true, nil // not a USP record (usp.md §8.2 Receive)
+				return true, nil // not a USP record (TR-369 "MQTT Binding" Receive)
 			}
 			replyTo := cfg.ControllerTopic // obuspa's fallback without a Response Topic
 			if p.Properties != nil && p.Properties.ResponseTopic != "" {

@@ -16,7 +16,7 @@ import (
 // MQTT 3.1.1 uses github.com/eclipse/paho.mqtt.golang: paho.golang speaks
 // only MQTT 5 (its client hard-codes protocol level 5 and its packets
 // always carry v5 properties), and TR-369 lets endpoints add 3.1.1, which
-// obuspa offers (usp.md §8.2).
+// obuspa offers (TR-369 "MQTT Binding").
 
 type mqtt311Session struct {
 	cli      mqtt311.Client
@@ -36,7 +36,7 @@ func (s *mqtt311Session) close() {
 }
 
 // publish appends /reply-to=<agent topic> to the topic name: v3.1.1 has no
-// Response Topic property (usp.md §8.2).
+// Response Topic property (TR-369 "MQTT Binding").
 func (s *mqtt311Session) publish(topic string, rec []byte) error {
 	t := s.cli.Publish(usp.MQTTReplyToTopic(topic, s.cfg.AgentTopic), s.cfg.QoS, false, rec)
 	if !t.WaitTimeout(10 * time.Second) {

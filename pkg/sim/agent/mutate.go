@@ -47,7 +47,7 @@ func applyParam(m *model, d *objDef, inst, param, value string, creating bool) *
 	return nil
 }
 
-// set implements Set with allow_partial/required as in usp.md §5: each
+// set implements Set with allow_partial/required as in TR-369 "allow_partial and required": each
 // obj_path is all-or-nothing over the instances it matches (R-SET.2a); with
 // allow_partial=false any failed obj_path makes the whole message an Error
 // and nothing changes.
@@ -112,7 +112,7 @@ func (a *Agent) setObject(m *model, uo *uspmsg.Set_UpdateObject) ([]*uspmsg.SetR
 			res.UpdatedParams[ps.GetParam()] = m.values[inst+ps.GetParam()]
 		}
 		if keys, dup := duplicateKey(m, inst); dup {
-			// Unique keys are always treated as required (usp.md §4.7).
+			// Unique keys are always treated as required (TR-369 "Add").
 			reqErrs = append(reqErrs, &uspmsg.SetResp_ParameterError{Param: keys, ErrCode: usp.ErrCodeDuplicateKey, ErrMsg: "duplicate unique key"})
 		}
 		if len(reqErrs) > 0 {
@@ -133,7 +133,7 @@ func (a *Agent) setObject(m *model, uo *uspmsg.Set_UpdateObject) ([]*uspmsg.SetR
 	return results, nil
 }
 
-// add implements Add (usp.md §4.7, §5).
+// add implements Add (TR-369 "Add", TR-369 "allow_partial and required").
 func (a *Agent) add(id string, ad *uspmsg.Add, from string) *uspmsg.Msg {
 	before, work := a.m, a.m.clone()
 	resp := &uspmsg.AddResp{}
@@ -225,7 +225,7 @@ func (a *Agent) addObject(m *model, co *uspmsg.Add_CreateObject, from string) (*
 }
 
 // controllerRef is the reference to the Controller row whose EndpointID is
-// eid, without the trailing dot (usp.md §4.13).
+// eid, without the trailing dot (TR-106 value encoding, as TR-369 "Messages" uses it).
 func (a *Agent) controllerRef(m *model, eid string) string {
 	for _, c := range m.instances("Device.LocalAgent.Controller.") {
 		if m.values[c+"EndpointID"] == eid {
@@ -235,7 +235,7 @@ func (a *Agent) controllerRef(m *model, eid string) string {
 	return ""
 }
 
-// delete implements Delete (usp.md §4.9, §5).
+// delete implements Delete (TR-369 "Delete", TR-369 "allow_partial and required").
 func (a *Agent) delete(id string, dl *uspmsg.Delete) *uspmsg.Msg {
 	before, work := a.m, a.m.clone()
 	resp := &uspmsg.DeleteResp{}
@@ -281,10 +281,10 @@ func (a *Agent) delete(id string, dl *uspmsg.Delete) *uspmsg.Msg {
 	return usp.NewResponse(id, &uspmsg.Response{RespType: &uspmsg.Response_DeleteResp{DeleteResp: resp}})
 }
 
-// ipPingMandatory are IPPing()'s mandatory input arguments (usp.md §9.7).
+// ipPingMandatory are IPPing()'s mandatory input arguments (TR-181 commands).
 var ipPingMandatory = []string{"ProtocolVersion", "Host", "NumberOfRepetitions", "Timeout", "DataBlockSize"}
 
-// operate implements Operate (usp.md §4.10, §9.7).
+// operate implements Operate (TR-369 "Operate", TR-181 commands).
 func (a *Agent) operate(id string, op *uspmsg.Operate, from string) *uspmsg.Msg {
 	cmd := op.GetCommand()
 	obj, name := devicemodel.SplitParameter(cmd)
@@ -354,7 +354,7 @@ func (a *Agent) operate(id string, op *uspmsg.Operate, from string) *uspmsg.Msg 
 }
 
 // startIPPing creates the Request row of an async IPPing() and completes it
-// after AsyncDelay with an OperationComplete (usp.md §9.7 async flow).
+// after AsyncDelay with an OperationComplete (TR-181 commands async flow).
 func (a *Agent) startIPPing(from, command, key string, args map[string]string) string {
 	before, work := a.m, a.m.clone()
 	req := work.addInstance("Device.LocalAgent.Request.")

@@ -38,7 +38,7 @@ func (a *Agent) subscriptions(kind string) []subscription {
 }
 
 // matching returns the subscriptions of kind whose ReferenceList covers
-// path: the path itself, or an object path above it (usp.md §9.3); "*"
+// path: the path itself, or an object path above it (TR-181 Device.LocalAgent.Subscription.{i}.); "*"
 // works in both.
 func (a *Agent) matching(kind, path string) []subscription {
 	var out []subscription
@@ -54,7 +54,7 @@ func (a *Agent) matching(kind, path string) []subscription {
 }
 
 // commit installs after as the model and raises the notifications the
-// changes call for, whoever made them (usp.md §9.4: USP does not suppress
+// changes call for, whoever made them (TR-369 "Notify": USP does not suppress
 // changes the Controller caused).
 func (a *Agent) commit(before, after *model) {
 	a.m = after
@@ -105,7 +105,7 @@ func lastSeg(p string) string {
 }
 
 // sendNotify queues a Notify for the Controller. With sendResp it is
-// retried on the §9.5 schedule, with the same msg_id, until a NotifyResp
+// retried on the TR-369 Notify retry schedule, with the same msg_id, until a NotifyResp
 // (or an Error) for it arrives.
 func (a *Agent) sendNotify(subID string, sendResp bool, n *uspmsg.Notify) {
 	n.SubscriptionId, n.SendResp = subID, sendResp
@@ -160,7 +160,7 @@ func (a *Agent) operationComplete(command, key string, out map[string]string, fa
 }
 
 // sendOnBoardRequest sends an OnBoardRequest: subscription_id "" and
-// send_resp always true (usp.md §9.2).
+// send_resp always true (TR-369 "Notifications", first contact).
 func (a *Agent) sendOnBoardRequest() {
 	a.sendNotify("", true, &uspmsg.Notify{Notification: &uspmsg.Notify_OnBoardReq{OnBoardReq: &uspmsg.Notify_OnBoardRequest{
 		Oui: a.cfg.OUI, ProductClass: a.cfg.ProductClass, SerialNumber: a.cfg.SerialNumber,
@@ -169,9 +169,9 @@ func (a *Agent) sendOnBoardRequest() {
 }
 
 // reboot restarts the agent: pending retries and async commands are lost,
-// non-persistent subscriptions disappear (usp.md §9.3), a factory reset
+// non-persistent subscriptions disappear (TR-181 Device.LocalAgent.Subscription.{i}.), a factory reset
 // returns the whole model to its defaults; then the MTP is told to
-// reconnect and Boot! follows (usp.md §9.6).
+// reconnect and Boot! follows (TR-181 Device.LocalAgent events).
 func (a *Agent) reboot(cause, commandKey string, factory bool) {
 	a.bootCommandKey, a.bootCause = commandKey, cause
 	for id, p := range a.pending {
@@ -202,7 +202,7 @@ func (a *Agent) reboot(cause, commandKey string, factory bool) {
 
 // sendBoot sends Device.Boot! to every matching Event subscription, with
 // the persisted CommandKey and Cause and the ParameterMap of the enabled
-// BootParameters (usp.md §9.6).
+// BootParameters (TR-181 Device.LocalAgent events).
 func (a *Agent) sendBoot() {
 	params := map[string]string{}
 	for _, c := range a.m.instances("Device.LocalAgent.Controller.") {
@@ -251,7 +251,7 @@ func (a *Agent) FactoryReset() {
 }
 
 // SendOnBoardRequest sends an OnBoardRequest Notify, retried until the
-// Controller answers (usp.md §9.2).
+// Controller answers (TR-369 "Notifications", first contact).
 func (a *Agent) SendOnBoardRequest() {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -14,13 +14,13 @@ import (
 	"github.com/duet-dm/duet/pkg/usp"
 )
 
-// STOMPConfig configures the agent's STOMP 1.2 client (usp.md §8.3).
+// STOMPConfig configures the agent's STOMP 1.2 client (TR-369 "STOMP Binding").
 type STOMPConfig struct {
 	Server string // host:port, e.g. 127.0.0.1:61613; required
 	// Destination is the agent's own destination
 	// (Device.LocalAgent.MTP.{i}.STOMP.Destination). A subscribe-dest
 	// header in CONNECTED overrides it; with neither, Dial fails
-	// (usp.md §8.3).
+	// (TR-369 "STOMP Binding").
 	Destination string
 	// ControllerDestination is where agent-originated records go
 	// (Controller.{i}.MTP.{i}.STOMP.Destination); required.
@@ -34,7 +34,7 @@ type STOMPConfig struct {
 // DialSTOMP connects a with the STOMP frame (not CONNECT) carrying the
 // endpoint-id header, subscribes to its destination with ack:auto and
 // id:0, sends the STOMPConnectRecord, then serves the agent until Close.
-// go-stomp escapes header values itself (":" → "\c", usp.md §8.3).
+// go-stomp escapes header values itself (":" → "\c", TR-369 "STOMP Binding").
 func DialSTOMP(ctx context.Context, a *Agent, cfg STOMPConfig) (*Client, error) {
 	if cfg.Server == "" || cfg.ControllerDestination == "" {
 		return nil, errors.New("agent: STOMPConfig.Server and ControllerDestination are required")
@@ -102,7 +102,7 @@ func dialSTOMP(ctx context.Context, a *Agent, cfg STOMPConfig) (session, error) 
 	}
 	_ = nc.SetDeadline(time.Time{})
 	// The server may assign the destination; the client must then use it
-	// (usp.md §8.3, DestinationFromServer).
+	// (TR-369 "STOMP Binding", DestinationFromServer).
 	if d := sn.header(usp.STOMPSubscribeDestHdr); d != "" {
 		cfg.Destination = d
 	}
@@ -133,7 +133,7 @@ func dialSTOMP(ctx context.Context, a *Agent, cfg STOMPConfig) (session, error) 
 				return
 			}
 			if m.ContentType != usp.STOMPContentType {
-				continue // obuspa accepts only application/vnd.bbf.usp.msg (usp.md §8.3)
+				continue // obuspa accepts only application/vnd.bbf.usp.msg (TR-369 "STOMP Binding")
 			}
 			replyTo := cfg.ControllerDestination
 			if m.Header != nil {

@@ -13,7 +13,7 @@ import (
 	"github.com/duet-dm/duet/pkg/usp"
 )
 
-// WebSocketConfig configures the agent's WebSocket client (usp.md §8.4):
+// WebSocketConfig configures the agent's WebSocket client (TR-369 "WebSocket Binding"):
 // the agent dials the Controller, the usual deployment.
 type WebSocketConfig struct {
 	// URL of the Controller, e.g. ws://127.0.0.1:8080/usp; required. The
@@ -86,7 +86,7 @@ func dialWebSocket(ctx context.Context, a *Agent, cfg WebSocketConfig) (session,
 		resp.Body.Close()
 	}
 	if conn.Subprotocol() != usp.WebSocketSubprotocol {
-		// The client aborts when the server does not echo v1.usp (usp.md §8.4).
+		// The client aborts when the server does not echo v1.usp (TR-369 "WebSocket Binding").
 		conn.Close()
 		return nil, errors.New("agent: WebSocket server did not accept subprotocol v1.usp")
 	}

@@ -17,7 +17,7 @@ import (
 )
 
 // wsController is a test Controller WebSocket server. It requires the eid
-// query parameter and subprotocol v1.usp (usp.md §8.4) and hands binary
+// query parameter and subprotocol v1.usp (TR-369 "WebSocket Binding") and hands binary
 // frames to recv; send writes to the latest connection.
 type wsController struct {
 	srv   *httptest.Server

@@ -75,7 +75,7 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// clientAuth answers the ACS's 401 challenge (cwmp.md §7): Digest with MD5
+// clientAuth answers the ACS's 401 challenge (TR-069 §3.4.4): Digest with MD5
 // and qop=auth when offered, or Basic.
 type clientAuth struct {
 	user, pass string
@@ -139,7 +139,7 @@ func (a *clientAuth) header(method, uri string) string {
 }
 
 // digestServer checks Digest (MD5, qop=auth) credentials on the
-// connection-request listener (cwmp.md §6.1). Nonces are random, remembered
+// connection-request listener (TR-069 §3.2.2). Nonces are random, remembered
 // in a bounded set, and each nc may be used once.
 type digestServer struct {
 	realm string

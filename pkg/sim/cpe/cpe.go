@@ -3,7 +3,7 @@
 // data model loaded from JSON (testdata/datamodel), answers every ACS RPC
 // with real semantics, runs a Digest-protected connection-request listener
 // and reports transfers, reboots and diagnostics in later sessions with the
-// right Inform events (cwmp.md §1.2, §2, §3.2, §6.1, §8).
+// right Inform events (TR-069 §3.7, TR-069 A.3.2, TR-069 A.3.3.1, event codes, TR-069 §3.2.2, TR-069 diagnostics, TR-143).
 package cpe
 
 import (
@@ -45,7 +45,7 @@ type Options struct {
 	Manufacturer    string
 	SoftwareVersion string
 
-	// Username and Password answer the ACS's 401 (Digest or Basic, cwmp.md §7).
+	// Username and Password answer the ACS's 401 (Digest or Basic, TR-069 §3.4.4).
 	Username, Password string
 
 	// ConnReqAddr is the connection-request listen address, default
@@ -59,18 +59,18 @@ type Options struct {
 	// (which is in whole seconds) when > 0.
 	PeriodicInterval time.Duration
 	// RetryMinWait is the first session-retry wait, default 5 s; it doubles
-	// per failure up to 1 h (cwmp.md §1.2).
+	// per failure up to 1 h (TR-069 §3.7).
 	RetryMinWait time.Duration
-	// RequestTimeout bounds each HTTP exchange, default 30 s (cwmp.md §1.2).
+	// RequestTimeout bounds each HTTP exchange, default 30 s (TR-069 §3.7).
 	RequestTimeout time.Duration
 
 	// IgnoreCookies drops the ACS's Set-Cookie, and NewConnectionPerPOST
 	// opens a TCP connection per POST: both exercise the ACS's tolerance
-	// (cwmp.md §9 #9, #10).
+	// (docs/cwmp-interop.md #9, #10).
 	IgnoreCookies        bool
 	NewConnectionPerPOST bool
 	// Compression compresses non-empty POST bodies: "" (none), "gzip" or
-	// "deflate" (ManagementServer.HTTPCompression; cwmp.md §9 #8).
+	// "deflate" (ManagementServer.HTTPCompression; docs/cwmp-interop.md #8).
 	Compression string
 
 	// FirmwareUpdatesVersion: a successful "1 Firmware Upgrade Image"
@@ -252,7 +252,7 @@ func New(opts Options) (*CPE, error) {
 	return c, nil
 }
 
-// DeviceID is the CWMP identity OUI-ProductClass-Serial (cwmp.md §3).
+// DeviceID is the CWMP identity OUI-ProductClass-Serial (TR-069 A.3.3).
 func (c *CPE) DeviceID() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -340,7 +340,7 @@ func (c *CPE) Value(path string) (string, bool) {
 // SetParameterValue changes a parameter as the device itself would (a user
 // on the web UI, a counter). If its notification attribute is passive the
 // change rides in the next Inform with 4 VALUE CHANGE; if active, a session
-// starts now (cwmp.md §2 notification values).
+// starts now (TR-069 A.3.2 notification values).
 func (c *CPE) SetParameterValue(path, value string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -406,7 +406,7 @@ func (c *CPE) Stats() Stats {
 func (c *CPE) signal(ch chan struct{}) {
 	select {
 	case ch <- struct{}{}:
-	default: // already pending: several requests make one session (cwmp.md §6.1)
+	default: // already pending: several requests make one session (TR-069 §3.2.2)
 	}
 }
 
@@ -550,14 +550,14 @@ func (c *CPE) run() {
 }
 
 // retryWait follows the CWMP retry pattern: m·2^(n-1) seconds, randomised
-// up to twice that, capped at an hour (cwmp.md §1.2).
+// up to twice that, capped at an hour (TR-069 §3.7).
 func (c *CPE) retryWait(n uint32) time.Duration {
 	w := c.opts.RetryMinWait << min(n-1, 12)
 	w = min(w, time.Hour)
 	return w + time.Duration(rand.Int64N(int64(w)+1))
 }
 
-// forcedInform lists the forced-inform parameters of the root (cwmp.md §3.1).
+// forcedInform lists the forced-inform parameters of the root (TR-069 A.3.3.1).
 func (c *CPE) forcedInform() []string {
 	r := c.m.root
 	var names []string
@@ -585,7 +585,7 @@ func (c *CPE) newID() string {
 	return "sim-" + strconv.FormatUint(c.nextID, 10)
 }
 
-// session runs one CWMP session (cwmp.md §1.2).
+// session runs one CWMP session (TR-069 §3.7).
 func (c *CPE) session() error {
 	c.inSess.Store(true)
 	defer c.inSess.Store(false)
@@ -630,7 +630,7 @@ func (c *CPE) session() error {
 	}
 	c.stats.informs.Add(1)
 	c.mu.Lock()
-	// Events stay queued until an InformResponse arrives (cwmp.md §1.2).
+	// Events stay queued until an InformResponse arrives (TR-069 §3.7).
 	c.events = slices.DeleteFunc(c.events, func(e cwmp.EventStruct) bool { return slices.Contains(inform.Event, e) })
 	c.changed = c.changed[sentChanged:]
 	c.retries = 0
@@ -766,7 +766,7 @@ func (s *httpSession) post(env *cwmp.Envelope) (*cwmp.Envelope, error) {
 	}
 }
 
-// serveConnReq is the connection-request listener (cwmp.md §6.1).
+// serveConnReq is the connection-request listener (TR-069 §3.2.2).
 func (c *CPE) serveConnReq(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", "GET")

@@ -36,7 +36,7 @@ func waitFor(t *testing.T, what string, fn func() bool) {
 
 // testACS is a tiny ACS built on pkg/cwmp: it answers Informs and CPE
 // requests, then hands out queued requests one per POST and records the
-// answers (cwmp.md §1.2).
+// answers (TR-069 §3.7).
 type testACS struct {
 	srv *httptest.Server
 

@@ -33,7 +33,7 @@ type ParamSpec struct {
 	Value    string `json:"value"`
 	Writable bool   `json:"writable,omitempty"`
 	// DenyActive: active notification is refused with 9009 (counters and
-	// clocks, activeNotify="canDeny" in the data models; cwmp.md §2).
+	// clocks, activeNotify="canDeny" in the data models; TR-069 A.3.2).
 	DenyActive bool `json:"denyActive,omitempty"`
 }
 
@@ -70,7 +70,7 @@ type param struct {
 
 type table struct {
 	template []ParamSpec
-	next     uint32 // next instance number; never reused (cwmp.md §2 AddObject)
+	next     uint32 // next instance number; never reused (TR-069 A.3.2 AddObject)
 }
 
 // model is the live data model of one CPE. It is not safe for concurrent
@@ -196,7 +196,7 @@ func (m *model) pvs(path string) cwmp.ParameterValueStruct {
 
 // setValues implements SetParameterValues atomically: every parameter is
 // checked before any is written; on failure a 9003 fault lists one
-// SetParameterValuesFault per bad parameter (cwmp.md §2, §1.6).
+// SetParameterValuesFault per bad parameter (TR-069 A.3.2, TR-069 §3.5, SOAP Fault).
 func (m *model) setValues(list []cwmp.ParameterValueStruct) *cwmp.Fault {
 	var bad []cwmp.SetParameterValuesFault
 	seen := map[string]bool{}
@@ -217,7 +217,7 @@ func (m *model) setValues(list []cwmp.ParameterValueStruct) *cwmp.Fault {
 		case cwmp.ValidateValue(p.typ, pv.Value.Data) != nil:
 			add(pv.Name, cwmp.FaultInvalidParameterValue)
 		case strings.HasSuffix(pv.Name, ".DiagnosticsState") && pv.Value.Data != "Requested" && pv.Value.Data != "Canceled":
-			// Only Requested (and Canceled) may be written (cwmp.md §8).
+			// Only Requested (and Canceled) may be written (TR-069 diagnostics, TR-143).
 			add(pv.Name, cwmp.FaultInvalidParameterValue)
 		}
 		seen[pv.Name] = true
@@ -242,7 +242,7 @@ func compatible(sent, have cwmp.ValueType) bool {
 
 // names implements GetParameterNames. NextLevel=false lists the path itself
 // and everything below it; NextLevel=true lists the immediate children;
-// NextLevel=true on a parameter is 9003 (cwmp.md §2).
+// NextLevel=true on a parameter is 9003 (TR-069 A.3.2).
 func (m *model) names(path string, nextLevel bool) ([]cwmp.ParameterInfoStruct, *cwmp.Fault) {
 	if path == "" {
 		if nextLevel {

@@ -48,12 +48,12 @@ func (c *CPE) handle(req cwmp.Message) cwmp.Message {
 		for _, pv := range r.ParameterList {
 			if strings.HasSuffix(pv.Name, "DiagnosticsState") && strings.TrimSpace(pv.Value.Data) == "Requested" {
 				obj := strings.TrimSuffix(pv.Name, "DiagnosticsState")
-				// Diagnostics run after the session (cwmp.md §8).
+				// Diagnostics run after the session (TR-069 diagnostics, TR-143).
 				c.actions = append(c.actions, func() { c.runDiagnostics(obj) })
 			}
 		}
 		if newURL, _ := c.m.get(ms + "URL"); newURL != oldURL {
-			// A new ACS URL means a new bootstrap (cwmp.md §3.2).
+			// A new ACS URL means a new bootstrap (TR-069 A.3.3.1, event codes).
 			c.actions = append(c.actions, func() {
 				c.mu.Lock()
 				c.addEvent(cwmp.EventBootstrap, "")
@@ -93,7 +93,7 @@ func (c *CPE) handle(req cwmp.Message) cwmp.Message {
 		return &cwmp.DeleteObjectResponse{Status: 0}
 	case *cwmp.Reboot:
 		key := r.CommandKey
-		// The reboot happens after the session (cwmp.md §2).
+		// The reboot happens after the session (TR-069 A.3.2).
 		c.actions = append(c.actions, func() { c.reboot(key) })
 		return &cwmp.RebootResponse{}
 	case *cwmp.FactoryReset:
@@ -181,7 +181,7 @@ func checkTransferURL(raw string) *cwmp.Fault {
 	return nil
 }
 
-// maxQueuedTransfers bounds the queue like GetQueuedTransfers' ≤16 (cwmp.md §2).
+// maxQueuedTransfers bounds the queue like GetQueuedTransfers' ≤16 (TR-069 A.3.2).
 const maxQueuedTransfers = 16
 
 func (c *CPE) queueTransfer(t *transfer) {
@@ -221,7 +221,7 @@ func (c *CPE) reboot(key string) {
 }
 
 // factoryReset restores the defaults: the next Inform is 0 BOOTSTRAP +
-// 1 BOOT and queued work is lost (cwmp.md §2, §9 #29).
+// 1 BOOT and queued work is lost (TR-069 A.3.2, docs/cwmp-interop.md #29).
 func (c *CPE) factoryReset() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -305,7 +305,7 @@ func (c *CPE) completeDU(ops []cwmp.DUOperation, key string) {
 }
 
 // runDueTransfers performs every queued transfer whose time has come and
-// queues its TransferComplete (cwmp.md §2 Download/Upload).
+// queues its TransferComplete (TR-069 A.3.2 Download/Upload).
 func (c *CPE) runDueTransfers() {
 	for {
 		c.mu.Lock()
@@ -388,7 +388,7 @@ func (c *CPE) finishTransfer(t *transfer, code uint32, msg string, start time.Ti
 // maxDownload bounds what the simulator keeps of a downloaded file.
 const maxDownload = 64 << 20
 
-// doDownload GETs the file and maps failures to 9010–9019 (cwmp.md §5).
+// doDownload GETs the file and maps failures to 9010–9019 (TR-069 A.5.2).
 func (c *CPE) doDownload(d cwmp.Download) (body []byte, code uint32, msg string) {
 	ctx, cancel := context.WithTimeout(c.ctx, 5*time.Minute)
 	defer cancel()

@@ -21,7 +21,7 @@ import (
 // AdminURL is the server used to create and drop test databases:
 // DUET_TEST_DATABASE_URL (the Makefile points it at the local socket, where
 // a fresh install's peer auth lets the scripts' role in), else the local
-// server over TCP as the development machines have it (services.md).
+// server over TCP as the development machines have it (docs/testing.md).
 func AdminURL() string {
 	if u := os.Getenv("DUET_TEST_DATABASE_URL"); u != "" {
 		return u

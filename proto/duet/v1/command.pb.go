@@ -1065,7 +1065,7 @@ func (x *CwmpRpc) GetArgs() map[string]string {
 	return nil
 }
 
-// ConnectionRequest asks the CWMP adapter to wake a CPE (cwmp.md §6).
+// ConnectionRequest asks the CWMP adapter to wake a CPE (TR-069 §3.2.2).
 type ConnectionRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Url           string                 `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`

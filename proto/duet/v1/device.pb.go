@@ -78,7 +78,7 @@ func (Protocol) EnumDescriptor() ([]byte, []int) {
 }
 
 // ParamType is the TR-106 type of a value. Values are always carried in
-// their TR-106 string form (usp.md §4.13).
+// their TR-106 string form (TR-106 value encoding, as TR-369 "Messages" uses it).
 type ParamType int32
 
 const (

@@ -1,6 +1,6 @@
 // USP Message schema, version 1.4 (TR-369 1.4.1).
 //
-// Written from the field tables of usp.md §4 (which restates the Broadband
+// Written from the field tables of TR-369 "Messages" (which restates the Broadband
 // Forum's usp-msg-1-4.proto); names, numbers and types are the BBF ones so
 // that the wire format and the generated identifiers match other
 // implementations. The file lives in its own directory because buf generates

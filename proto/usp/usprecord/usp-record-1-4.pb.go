@@ -1,6 +1,6 @@
 // USP Record schema, version 1.4 (TR-369 1.4.1).
 //
-// Written from the field tables of usp.md §3 (which restates the Broadband
+// Written from the field tables of TR-369 usp-record-1-4.proto (which restates the Broadband
 // Forum's usp-record-1-4.proto); names, numbers and types are the BBF ones so
 // that the wire format and the generated identifiers match other
 // implementations. The file lives in its own directory because buf generates
@@ -216,7 +216,7 @@ func (STOMPConnectRecord_STOMPVersion) EnumDescriptor() ([]byte, []int) {
 	return file_usp_usprecord_usp_record_1_4_proto_rawDescGZIP(), []int{5, 0}
 }
 
-// Record is the outer USP envelope (usp.md §3.1).
+// Record is the outer USP envelope (TR-369 usp-record-1-4.proto, Record).
 type Record struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Version         string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
@@ -428,7 +428,7 @@ func (*Record_Disconnect) isRecord_RecordType() {}
 func (*Record_UdsConnect) isRecord_RecordType() {}
 
 // NoSessionContextRecord carries one serialized usp.Msg. Field number 1 is
-// not used (usp.md §3.2).
+// not used (TR-369 usp-record-1-4.proto, record types).
 type NoSessionContextRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Payload       []byte                 `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`

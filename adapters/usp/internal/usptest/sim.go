@@ -24,7 +24,7 @@ func SimAgent(t testing.TB, controllerID, proto string) *agent.Agent {
 }
 
 // SimScenario drives a connected simulated agent through onboarding, a Get,
-// a Set and a remote reboot completed by Boot! (services.md: Reboot()
+// a Set and a remote reboot completed by Boot! (docs/testing.md: Reboot()
 // answers OperateResp, restarts, and the next Boot! carries the key).
 func SimScenario(t *testing.T, b *bus.Bus, a *agent.Agent, w *Events) {
 	t.Helper()
@@ -47,7 +47,7 @@ func SimScenario(t *testing.T, b *bus.Bus, a *agent.Agent, w *Events) {
 		return fmt.Errorf("%d duet subscriptions on the agent", n)
 	})
 	// Onboarding ends by marking Duet's Controller row complete, so the agent
-	// stops repeating OnBoardRequest (usp.md §9.2).
+	// stops repeating OnBoardRequest (TR-369 "Notifications", first contact).
 	bustest.CheckFor(t, 15*time.Second, 10*time.Millisecond, func() error {
 		got := MustGet(t, b, eid, "Device.LocalAgent.Controller.1.OnBoardingComplete")
 		if v := got["Device.LocalAgent.Controller.1.OnBoardingComplete"]; v != "true" {
