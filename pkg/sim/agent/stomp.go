@@ -73,15 +73,26 @@ func (s *stompSession) sendTo(dest string, rec []byte) error {
 
 func (s *stompSession) send(rec []byte) error { return s.sendTo(s.cfg.ControllerDestination, rec) }
 
+// stompHandshakeTimeout bounds CONNECT..CONNECTED.
+const stompHandshakeTimeout = 10 * time.Second
+
 func dialSTOMP(ctx context.Context, a *Agent, cfg STOMPConfig) (session, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "tcp", cfg.Server)
 	if err != nil {
 		return nil, err
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		_ = nc.SetDeadline(dl)
+	// The handshake is bounded: a server that accepts the TCP connection
+	// but never answers CONNECT (one that is going away) must not hold a
+	// reconnect, and with it Close, forever. Closing the agent cancels
+	// ctx, which ends the handshake at once.
+	dl := time.Now().Add(stompHandshakeTimeout)
+	if cdl, ok := ctx.Deadline(); ok && cdl.Before(dl) {
+		dl = cdl
 	}
+	_ = nc.SetDeadline(dl)
+	stopHandshake := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
+	defer stopHandshake()
 	eid := a.EndpointID()
 	sn := &connectedSniffer{Conn: nc}
 	conn, err := stomp.Connect(sn,
@@ -99,6 +110,10 @@ func dialSTOMP(ctx context.Context, a *Agent, cfg STOMPConfig) (session, error) 
 	if err != nil {
 		nc.Close()
 		return nil, err
+	}
+	if !stopHandshake() {
+		conn.MustDisconnect()
+		return nil, ctx.Err()
 	}
 	_ = nc.SetDeadline(time.Time{})
 	// The server may assign the destination; the client must then use it
