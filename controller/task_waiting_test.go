@@ -3,7 +3,9 @@ package controller_test
 import (
 	"context"
 	"fmt"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -111,4 +113,65 @@ func TestStuckTaskSaysWhy(t *testing.T) {
 			e.waitReason(t, tj2.ID, "awaiting_")
 		}
 	})
+}
+
+// TestConnectionRequestSentAgainWhenNoSessionCame: a CPE that accepts a
+// connection request but opens no session (one still closing its previous
+// session drops it) is asked again, a bounded number of times; before, the
+// tasks waited for its next periodic inform, an hour away (seen as a
+// management policy stuck in "applying" in e2e).
+func TestConnectionRequestSentAgainWhenNoSessionCame(t *testing.T) {
+	e := newEnv(t)
+	q, err := controller.NewTaskQueue(controller.TaskQueueOptions{Store: e.store, Bus: e.bus,
+		SweepInterval: 50 * time.Millisecond, CommandTimeout: 5 * time.Second, ConnReqResendAfter: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(q.Stop)
+	e.tasks = q
+	api := httptest.NewServer(controller.NewAPI(controller.APIOptions{Store: e.store, Tasks: q}))
+	t.Cleanup(api.Close)
+	e.api = api
+	e.startRegistry(t)
+	startDesk(t, e)
+	const dev = "00D09E-ONT-CRDROP"
+	e.seen(t, dev, duetv1.Protocol_PROTOCOL_CWMP, "inform")
+	var mu sync.Mutex
+	crs := 0
+	sub, err := e.bus.ServeCommands(bus.CommandSubject(devicemodel.ProtocolCWMP, dev), "", func(ctx context.Context, cmd *duetv1.Command) *duetv1.CommandResult {
+		mu.Lock()
+		crs++
+		mu.Unlock()
+		return &duetv1.CommandResult{} // accepted; no session follows
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Stop()
+	count := func() int { mu.Lock(); defer mu.Unlock(); return crs }
+	_, tj := e.createTask(t, dev, `{"operation":"get","paths":["Device.DeviceInfo."]}`)
+	bustest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		if n := count(); n < 2 {
+			return fmt.Errorf("%d connection requests", n)
+		}
+		return nil
+	})
+	// Bounded: three accepted requests in all, then the task waits for an inform.
+	bustest.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+		if n := count(); n != 3 {
+			return fmt.Errorf("%d connection requests, want 3", n)
+		}
+		return nil
+	})
+	time.Sleep(600 * time.Millisecond) // nothing more may come: a negative check needs a wait
+	if n := count(); n != 3 {
+		t.Fatalf("%d connection requests, want 3 at most", n)
+	}
+	// The session comes: work is handed out.
+	if cmds := askWork(t, e.bus, dev, "s1", 0); len(cmds) != 1 || cmds[0].Id != tj.ID {
+		t.Fatalf("session work %v", cmds)
+	}
 }

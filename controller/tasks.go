@@ -42,7 +42,7 @@ var (
 	})
 	metricConnReqs = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "duet_tasks_connection_requests_total",
-		Help: "Connection requests sent to wake CWMP devices for their tasks, by outcome (sent, failed, skipped).",
+		Help: "Connection requests sent to wake CWMP devices for their tasks, by outcome (sent, failed, skipped, resent: accepted before, but no session came).",
 	}, []string{"outcome"})
 )
 
@@ -61,6 +61,11 @@ type TaskQueueOptions struct {
 	// SweepInterval is how often queued tasks are expired and online USP
 	// devices with queued tasks are re-examined. Default 5 s.
 	SweepInterval time.Duration
+	// ConnReqResendAfter: a connection request the CPE accepted without
+	// opening a session within this time is sent again, at most
+	// connReqResends times (a CPE still closing its previous session may
+	// accept one and drop it). Default 30 s.
+	ConnReqResendAfter time.Duration
 	// MaxAttempts is how often an idempotent task whose outcome was lost
 	// is re-sent before it fails. Default 3.
 	MaxAttempts int
@@ -120,6 +125,9 @@ type TaskQueue struct {
 	// order, with their URLs in crWaiting.
 	crLine    []string
 	crWaiting map[string]string
+	// crAccepted: CWMP devices whose last connection request was accepted
+	// and whose session has not asked for work since.
+	crAccepted map[string]crAccepted
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -144,6 +152,9 @@ func NewTaskQueue(o TaskQueueOptions) (*TaskQueue, error) {
 	if o.SweepInterval <= 0 {
 		o.SweepInterval = 5 * time.Second
 	}
+	if o.ConnReqResendAfter <= 0 {
+		o.ConnReqResendAfter = 30 * time.Second
+	}
 	if o.MaxAttempts <= 0 {
 		o.MaxAttempts = 3
 	}
@@ -166,7 +177,7 @@ func NewTaskQueue(o TaskQueueOptions) (*TaskQueue, error) {
 	return &TaskQueue{
 		o: o, log: o.Logger.With("component", "tasks"), id: bus.NewID(),
 		wake:    make(chan string, o.MaxPendingWakeups),
-		pending: map[string]bool{}, running: map[string]bool{}, again: map[string]bool{}, unreachable: map[string]bool{}, waking: map[string]bool{}, crWaiting: map[string]string{},
+		pending: map[string]bool{}, running: map[string]bool{}, again: map[string]bool{}, unreachable: map[string]bool{}, waking: map[string]bool{}, crWaiting: map[string]string{}, crAccepted: map[string]crAccepted{},
 		waiters: map[string][]chan struct{}{},
 		crSem:   make(chan struct{}, o.MaxConnectionRequests),
 		ctx:     ctx, cancel: cancel,
@@ -317,6 +328,7 @@ func (q *TaskQueue) sweepLoop() {
 		q.failOverdue(q.ctx)
 		q.markOfflineWaiting(q.ctx)
 		q.rescan(q.ctx, nil, false)
+		q.resendConnReqs(q.ctx)
 	}
 }
 
@@ -635,6 +647,9 @@ func (q *TaskQueue) Results(ctx context.Context, results []*duetv1.CommandResult
 // out the next queued task, one per round so per-device order and "one in
 // flight" hold.
 func (q *TaskQueue) SessionWork(ctx context.Context, req *duetv1.SessionWorkRequest) (*duetv1.SessionWork, error) {
+	q.mu.Lock()
+	delete(q.crAccepted, req.GetDeviceId()) // the session came
+	q.mu.Unlock()
 	if err := q.Results(ctx, req.GetResults()); err != nil {
 		return nil, err
 	}
@@ -719,6 +734,10 @@ func (q *TaskQueue) wakeCWMP(deviceID, url string) {
 			err := q.connectionRequest(deviceID, url)
 			if err == nil {
 				metricConnReqs.WithLabelValues("sent").Inc()
+				q.mu.Lock()
+				a := q.crAccepted[deviceID]
+				q.crAccepted[deviceID] = crAccepted{at: time.Now(), sent: a.sent + 1}
+				q.mu.Unlock()
 				q.waiting(q.ctx, deviceID, store.WaitAwaitingSession)
 				return
 			}
@@ -745,6 +764,64 @@ func (q *TaskQueue) wakeCWMP(deviceID, url string) {
 			}
 		}
 	}()
+}
+
+// crAccepted is a connection request a CPE accepted: when, and
+// how many were accepted since its last session.
+type crAccepted struct {
+	at   time.Time
+	sent int
+}
+
+// connReqResends bounds the connection requests (the first included) that
+// one wake-up sends to a CPE that accepts them but opens no session; then
+// the tasks wait for its next inform.
+const connReqResends = 3
+
+// resendConnReqs sends the connection request again to CPEs that accepted
+// one ConnReqResendAfter ago, opened no session since, and still have
+// tasks that ask for one. TR-069 §3.2.2 lets a CPE that is busy (in a
+// session, or just closing one) accept a request and not act on it.
+func (q *TaskQueue) resendConnReqs(ctx context.Context) {
+	q.mu.Lock()
+	var due []string
+	for id, a := range q.crAccepted {
+		if time.Since(a.at) < q.o.ConnReqResendAfter {
+			continue
+		}
+		if a.sent >= connReqResends {
+			delete(q.crAccepted, id)
+			continue
+		}
+		due = append(due, id)
+	}
+	q.mu.Unlock()
+	if len(due) == 0 {
+		return
+	}
+	devs, err := q.o.Store.DevicesWithQueuedTasks(ctx, due)
+	if err != nil {
+		return
+	}
+	want := map[string]string{} // device -> its current connection-request URL
+	for _, d := range devs {
+		if d.Protocol == devicemodel.ProtocolCWMP && d.WantsConnectionRequest && d.ConnectionRequestURL != "" {
+			want[d.ID] = d.ConnectionRequestURL
+		}
+	}
+	for _, id := range due {
+		url, wanted := want[id]
+		q.mu.Lock()
+		_, ok := q.crAccepted[id]
+		if ok && !wanted {
+			delete(q.crAccepted, id)
+		}
+		q.mu.Unlock()
+		if ok && wanted {
+			metricConnReqs.WithLabelValues("resent").Inc()
+			q.wakeCWMP(id, url)
+		}
+	}
 }
 
 // connReqTries is how many connection requests one wake-up sends at most

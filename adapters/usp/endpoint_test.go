@@ -426,6 +426,12 @@ func TestOnboardingCreatesSubscriptionsOnce(t *testing.T) {
 	}
 	want := []string{"duet-boot", "duet-opc", "duet-periodic", "duet-transfer", "duet-vc-1", "duet-vc-2"}
 	checkFor(t, "subscriptions", func() bool { return slices.Equal(a.Subscriptions(), want) })
+	// The agent holds the rows before Duet has read its AddResp: wait for
+	// the onboarding to finish, or the disconnect below cuts it short (and
+	// a failed first onboarding is, rightly, not counted as ok).
+	checkFor(t, "first onboarding", func() bool {
+		return metricValue(t, "duet_usp_onboardings_total", map[string]string{"outcome": "ok"}) >= okBefore+1
+	})
 	if v, _ := a.Param("Device.LocalAgent.Subscription.1.NotifRetry"); v != "true" {
 		t.Fatalf("boot subscription NotifRetry %q", v)
 	}
