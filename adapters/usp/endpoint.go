@@ -545,15 +545,9 @@ func (e *Endpoint) connected(mtp MTP, eid string, from Address) {
 	e.touch(mtp, eid, from)
 	if known {
 		// A Connect record starts a new happening (the agent restarted, or
-		// was reset): an onboarding that ran before it does not cover it.
-		// The Boot! that follows within onboardCoalesce coalesces with the
-		// check started here.
-		e.mu.Lock()
-		if s := e.agents[eid]; s != nil {
-			s.onboardedAt = time.Time{}
-		}
-		e.mu.Unlock()
-		e.startOnboarding(eid, onboardCheck)
+		// was reset); the Boot! that follows within onboardCoalesce
+		// coalesces with the check started here.
+		e.checkAfresh(eid)
 	}
 }
 

@@ -193,12 +193,7 @@ func (e *Endpoint) handleNotify(mtp MTP, from Address, eid, msgID string, n *usp
 		case strings.HasSuffix(ev.GetParams()["Cause"], "FactoryReset"):
 			// LocalFactoryReset / RemoteFactoryReset (TR-181 Device.Boot!
 			// Cause): whatever ran before, Duet's rows are gone; check now.
-			e.mu.Lock()
-			if s := e.agents[eid]; s != nil {
-				s.onboardedAt = time.Time{}
-			}
-			e.mu.Unlock()
-			e.startOnboarding(eid, onboardCheck)
+			e.checkAfresh(eid)
 		case n.GetSubscriptionId() != SubBoot:
 			// Not through Duet's own (persistent) subscription: it may
 			// have been wiped (a factory reset); check.

@@ -102,6 +102,18 @@ func (e *Endpoint) startOnboarding(eid string, mode onboardMode) bool {
 	}
 }
 
+// checkAfresh starts a subscription check for eid that no onboarding run
+// before now coalesces: a new happening (a Connect record, a factory reset)
+// is not covered by an earlier one.
+func (e *Endpoint) checkAfresh(eid string) {
+	e.mu.Lock()
+	if s := e.agents[eid]; s != nil {
+		s.onboardedAt = time.Time{}
+	}
+	e.mu.Unlock()
+	e.startOnboarding(eid, onboardCheck)
+}
+
 func (e *Endpoint) runOnboard() {
 	defer e.wg.Done()
 	for {
