@@ -7,7 +7,7 @@ import (
 
 // LimitPerSource wraps a listener so that one source IP holds at most max
 // connections at once; a connection past it is closed as soon as it is
-// accepted and onRefuse (if set) is told the source. It bounds what one
+// accepted, after onRefuse (if set) is told the source. It bounds what one
 // client (or one attacker) can hold of a server's connections (issue 15
 // §8). max <= 0 returns ln unchanged.
 func LimitPerSource(ln net.Listener, max int, onRefuse func(source string)) net.Listener {
@@ -36,10 +36,12 @@ func (l *perSource) Accept() (net.Conn, error) {
 		l.mu.Lock()
 		if l.open[src] >= l.max {
 			l.mu.Unlock()
-			_ = c.Close()
+			// Report before closing: whoever sees the close (the client,
+			// a test) may look at the count next.
 			if l.onRefuse != nil {
 				l.onRefuse(src)
 			}
+			_ = c.Close()
 			continue
 		}
 		l.open[src]++
