@@ -104,11 +104,11 @@ func TestCWMPWrongPasswordIsRefused(t *testing.T) {
 	env := baseEnv(t, storetest.NewDatabase(t))
 	env["DUET_CWMP_AUTH"] = "shared"
 	env["DUET_CWMP_USERNAME"] = "acs-user"
-	env["DUET_CWMP_PASSWORD"] = "right"
+	env["DUET_CWMP_PASSWORD"] = "right-Passw0rd"
 	d := startDuet(t, env, "serve")
 	d.waitReady(30 * time.Second)
 	c, err := cpe.New(cpe.Options{ACSURL: "http://" + env["DUET_CWMP_ADDR"] + "/", DataModelPath: cwmpModels[0].path,
-		OUI: "00D09E", ProductClass: "BAD", Serial: "WRONGPW", Username: "acs-user", Password: "wrong",
+		OUI: "00D09E", ProductClass: "BAD", Serial: "WRONGPW", Username: "acs-user", Password: "wrong-Passw0rd",
 		RetryMinWait: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

@@ -44,6 +44,10 @@ type Options struct {
 	// AllowBasicOverHTTP offers and accepts Basic on plain HTTP. Off by
 	// default: Basic is for TLS only (TR-069 §3.4.4).
 	AllowBasicOverHTTP bool
+	// AllowDigestWithoutQop accepts the RFC 2069 Digest form without qop.
+	// Off by default: without qop there is no nonce count, so a captured
+	// Authorization header can be replayed for the nonce's life.
+	AllowDigestWithoutQop bool
 	// MaxSessions bounds concurrent sessions; past it new sessions get 503
 	// with Retry-After (docs/cwmp-interop.md #31). Default 1000.
 	MaxSessions int
@@ -91,6 +95,9 @@ func (o *Options) setDefaults() error {
 	case AuthShared:
 		if o.Username == "" || o.Password == "" {
 			return errors.New(`cwmp: Auth "shared" needs Username and Password`)
+		}
+		if err := CheckSharedPassword(o.Password); err != nil {
+			return fmt.Errorf("cwmp: Password: %w", err)
 		}
 	case "":
 		return errors.New("cwmp: Auth is required: one of none, shared, per-device")

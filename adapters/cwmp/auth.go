@@ -7,6 +7,7 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -248,11 +249,17 @@ func md5hex(s string) string {
 }
 
 // verifyDigest checks an RFC 2617 MD5 Digest response computed from HA1.
-// qop=auth is what we offer; auth-int (body hash) and the RFC 2069 form
-// without qop are accepted too, since CPEs send them (TR-069 §3.4.4).
+// qop=auth is what we offer; auth-int (body hash) is accepted too, and
+// the RFC 2069 form without qop only with AllowDigestWithoutQop (TR-069
+// §3.4.4; without qop a captured header replays until the nonce expires).
 func (a *ACS) verifyDigest(r *http.Request, params, user, ha1 string, body []byte) (ok, stale bool) {
 	p := parseAuthParams(params)
 	if p["username"] != user || p["realm"] != a.o.Realm || p["response"] == "" || p["uri"] == "" {
+		return false, false
+	}
+	if p["qop"] == "" && !a.o.AllowDigestWithoutQop {
+		metricAuthNoQop.Inc()
+		a.refusals.Warn("CWMP digest without qop refused (DUET_CWMP_ALLOW_DIGEST_WITHOUT_QOP)", "remote", r.RemoteAddr, "user", user)
 		return false, false
 	}
 	if alg := p["algorithm"]; alg != "" && !strings.EqualFold(alg, "MD5") {
@@ -291,6 +298,26 @@ func (a *ACS) verifyDigest(r *http.Request, params, user, ha1 string, body []byt
 	// Without qop (RFC 2069 clients) there is no count to check; such a
 	// nonce stays usable until it expires.
 	return true, false
+}
+
+// MinSharedPasswordLength is the shortest shared CPE password accepted:
+// every CPE of the fleet holds it, so it must resist guessing.
+const MinSharedPasswordLength = 12
+
+// CheckSharedPassword refuses a shared CPE password that is too short or
+// made of too few distinct characters ("a", "aaaaaaaaaaaa", "121212121212").
+func CheckSharedPassword(p string) error {
+	if n := len([]rune(p)); n < MinSharedPasswordLength {
+		return fmt.Errorf("too short: %d characters, at least %d needed", n, MinSharedPasswordLength)
+	}
+	distinct := map[rune]bool{}
+	for _, c := range p {
+		distinct[c] = true
+	}
+	if len(distinct) < 5 {
+		return fmt.Errorf("too weak: only %d distinct characters, at least 5 needed", len(distinct))
+	}
+	return nil
 }
 
 // verifyBasic checks Basic credentials against HA1: MD5(user:realm:pass)

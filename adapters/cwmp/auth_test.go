@@ -22,14 +22,17 @@ import (
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 )
 
-func sharedAuth(o *Options) { o.Auth, o.Username, o.Password = AuthShared, "acs", "s3cret" }
+// testPassword passes CheckSharedPassword.
+const testPassword = "s3cret-Duet-42"
+
+func sharedAuth(o *Options) { o.Auth, o.Username, o.Password = AuthShared, "acs", testPassword }
 
 func TestAuthSharedDigest(t *testing.T) {
 	e := newEnv(t, sharedAuth)
 	e.queue(cmdGet("Device.DeviceInfo.ModelName"))
 	// Keep-alive: one challenge, then the connection is authenticated.
 	c := newCPE(t, e.url, "Device.", "A1", true, false)
-	c.user, c.pass = "acs", "s3cret"
+	c.user, c.pass = "acs", testPassword
 	c.session(c.inform(cwmp.EventPeriodic))
 	if len(c.handled) != 1 {
 		t.Fatalf("handled %v", c.handled)
@@ -37,7 +40,7 @@ func TestAuthSharedDigest(t *testing.T) {
 	// New connection per POST: each is re-authenticated (TR-069 §3.4.4, docs/cwmp-interop.md #10).
 	e.queue(cmdGet("Device.DeviceInfo.ModelName"))
 	c2 := newCPE(t, e.url, "Device.", "A2", false, true)
-	c2.user, c2.pass = "acs", "s3cret"
+	c2.user, c2.pass = "acs", testPassword
 	c2.session(c2.inform(cwmp.EventPeriodic))
 	if len(c2.handled) != 1 {
 		t.Fatalf("handled %v", c2.handled)
@@ -77,7 +80,7 @@ func TestAuthBasic(t *testing.T) {
 	t.Run("refused over HTTP", func(t *testing.T) {
 		e := newEnv(t, sharedAuth)
 		c := newCPE(t, e.url, "Device.", "B1", true, false)
-		c.user, c.pass, c.basic = "acs", "s3cret", true
+		c.user, c.pass, c.basic = "acs", testPassword, true
 		if resp, _ := c.post(c.inform()); resp.StatusCode != http.StatusUnauthorized {
 			t.Fatalf("Basic over HTTP: %d", resp.StatusCode)
 		}
@@ -85,7 +88,7 @@ func TestAuthBasic(t *testing.T) {
 	t.Run("allowed over HTTP when configured", func(t *testing.T) {
 		e := newEnv(t, func(o *Options) { sharedAuth(o); o.AllowBasicOverHTTP = true })
 		c := newCPE(t, e.url, "Device.", "B2", true, false)
-		c.user, c.pass, c.basic = "acs", "s3cret", true
+		c.user, c.pass, c.basic = "acs", testPassword, true
 		c.session(c.inform())
 		c.pass = "bad"
 		c2 := newCPE(t, e.url, "Device.", "B3", true, false)
@@ -99,7 +102,7 @@ func TestAuthBasic(t *testing.T) {
 		e := newEnv(t, func(o *Options) { sharedAuth(o); o.TLSCertFile, o.TLSKeyFile = cert, key })
 		c := newCPE(t, strings.Replace(e.url, "http://", "https://", 1), "Device.", "B4", true, false)
 		c.client.Transport.(*http.Transport).TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
-		c.user, c.pass, c.basic = "acs", "s3cret", true
+		c.user, c.pass, c.basic = "acs", testPassword, true
 		body, _ := cwmp.Encode(&cwmp.Envelope{Body: c.inform()})
 		resp, _ := c.postOnce(body, "")
 		if resp.StatusCode != 401 || !strings.Contains(strings.Join(resp.Header.Values("WWW-Authenticate"), "|"), `Basic realm="Duet"`) {
@@ -221,7 +224,7 @@ func TestAuthDigestReplayRefused(t *testing.T) {
 		uri = "/"
 	}
 	authz := func(nc string) string {
-		ha1 := md5hex("acs:Duet:s3cret")
+		ha1 := md5hex("acs:Duet:" + testPassword)
 		ha2 := md5hex("POST:" + uri)
 		resp := md5hex(ha1 + ":" + nonce + ":" + nc + ":c0ffee:auth:" + ha2)
 		return `Digest username="acs", realm="Duet", nonce="` + nonce + `", uri="` + uri + `", qop=auth, nc=` + nc + `, cnonce="c0ffee", response="` + resp + `"`

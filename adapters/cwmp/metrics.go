@@ -29,6 +29,12 @@ var (
 	metricAuthReplays = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "duet_cwmp_auth_replays_total", Help: "Digest credentials refused because their nonce count was reused (replays).",
 	})
+	metricAuthNoQop = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "duet_cwmp_auth_no_qop_total", Help: "Digest credentials refused because they carried no qop (DUET_CWMP_ALLOW_DIGEST_WITHOUT_QOP is off).",
+	})
+	metricSourceRefused = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "duet_cwmp_source_refused_total", Help: "Connections refused because their source is outside DUET_CWMP_ALLOW_SOURCES.",
+	})
 	metricShed = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "duet_cwmp_shed_total", Help: "Requests refused with 503, by reason.",
 	}, []string{"reason"})

@@ -32,7 +32,7 @@ func TestSimulatedCPE(t *testing.T) {
 			e.queue(&duetv1.Command{Id: "get", Op: &duetv1.Command_Get{Get: &duetv1.GetRequest{Paths: []string{tc.root + "DeviceInfo."}}}})
 			sim, err := cpe.New(cpe.Options{
 				ACSURL: e.url, DataModelPath: "../../testdata/datamodel/" + tc.dm, Serial: "SIM1",
-				Username: "acs", Password: "s3cret", ConnReqUsername: "cr", ConnReqPassword: "crpw",
+				Username: "acs", Password: testPassword, ConnReqUsername: "cr", ConnReqPassword: "crpw",
 				IgnoreCookies: tc.ignoreCookies, NewConnectionPerPOST: tc.newConnPerPOST,
 				PeriodicInterval: time.Hour, RetryMinWait: 50 * time.Millisecond,
 				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),

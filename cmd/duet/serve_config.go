@@ -158,7 +158,16 @@ func (s *settings) checkCWMP(realm string) (cwmpadapter.Options, error) {
 	if auth == cwmpadapter.AuthShared && (s.str("cwmp-username") == "" || s.str("cwmp-password") == "") {
 		return o, s.errSetting("cwmp-auth", "shared mode needs DUET_CWMP_USERNAME and DUET_CWMP_PASSWORD")
 	}
+	if auth == cwmpadapter.AuthShared {
+		if err := cwmpadapter.CheckSharedPassword(s.str("cwmp-password")); err != nil {
+			return o, s.errSetting("cwmp-password", "%v (every CPE holds it: use a long random one)", err)
+		}
+	}
 	basic, err := s.boolean("cwmp-allow-basic-http")
+	if err != nil {
+		return o, err
+	}
+	noQop, err := s.boolean("cwmp-allow-digest-without-qop")
 	if err != nil {
 		return o, err
 	}
@@ -189,7 +198,7 @@ func (s *settings) checkCWMP(realm string) (cwmpadapter.Options, error) {
 		Addr:           addr, Path: s.str("cwmp-path"), Auth: auth,
 		Username: s.str("cwmp-username"), Password: s.str("cwmp-password"), Realm: realm,
 		TLSCertFile: s.str("cwmp-tls-cert"), TLSKeyFile: s.str("cwmp-tls-key"),
-		AllowBasicOverHTTP: basic, MaxSessions: maxSessions, MinInformInterval: minInform,
+		AllowBasicOverHTTP: basic, AllowDigestWithoutQop: noQop, MaxSessions: maxSessions, MinInformInterval: minInform,
 	}, nil
 }
 

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"io"
+	"strings"
+	"testing"
+)
+
+// cwmpSettings parses serve settings for the cwmp component alone.
+func cwmpSettings(t *testing.T, env map[string]string) (*serveConfig, error) {
+	t.Helper()
+	s := newSettings()
+	all := map[string]string{"DUET_ONLY": "cwmp", "DUET_CWMP_AUTH": "shared", "DUET_CWMP_USERNAME": "acs"}
+	for k, v := range env {
+		all[k] = v
+	}
+	if err := s.parse("serve", nil, func(k string) string { return all[k] }, io.Discard); err != nil {
+		return nil, err
+	}
+	return s.checkServe()
+}
+
+// TestSharedCWMPPasswordTooWeakRefusedAtStart: DUET_CWMP_PASSWORD=a was
+// accepted (issue 15 §6); now the start fails naming the setting.
+func TestSharedCWMPPasswordTooWeakRefusedAtStart(t *testing.T) {
+	for pass, want := range map[string]string{"a": "too short", "aaaaaaaaaaaaaaaa": "too weak"} {
+		_, err := cwmpSettings(t, map[string]string{"DUET_CWMP_PASSWORD": pass})
+		if err == nil || !strings.Contains(err.Error(), "DUET_CWMP_PASSWORD") || !strings.Contains(err.Error(), want) {
+			t.Errorf("password %q: %v, want an error naming DUET_CWMP_PASSWORD: %s", pass, err, want)
+		}
+	}
+	cfg, err := cwmpSettings(t, map[string]string{"DUET_CWMP_PASSWORD": "a-Long-random-0ne"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.cwmp.AllowDigestWithoutQop {
+		t.Error("Digest without qop is allowed by default")
+	}
+	cfg, err = cwmpSettings(t, map[string]string{"DUET_CWMP_PASSWORD": "a-Long-random-0ne", "DUET_CWMP_ALLOW_DIGEST_WITHOUT_QOP": "true"})
+	if err != nil || !cfg.cwmp.AllowDigestWithoutQop {
+		t.Fatalf("DUET_CWMP_ALLOW_DIGEST_WITHOUT_QOP=true: %v", err)
+	}
+}
