@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -51,6 +52,18 @@ type Options struct {
 	// MaxSessions bounds concurrent sessions; past it new sessions get 503
 	// with Retry-After (docs/cwmp-interop.md #31). Default 1000.
 	MaxSessions int
+	// MaxSessionsPerDevice bounds the open sessions of one device identity
+	// (a CPE has one at a time, TR-069 §3.7); past it that identity's new
+	// sessions get 503, other devices' are unaffected. Default 2.
+	MaxSessionsPerDevice int
+	// AllowSources, when not empty, are the only networks CPEs may
+	// connect from; others get 403 and are counted and logged.
+	AllowSources []netip.Prefix
+	// InformRateDevice and InformRateSource bound new sessions per device
+	// identity and per source address (503 + Retry-After past them).
+	// Defaults 20/min burst 20 per device, 3000/min burst 1000 per source
+	// (many CPEs may share one address behind NAT); PerMinute < 0 = off.
+	InformRateDevice, InformRateSource Rate
 	// MinInformInterval refuses (503) a device that informs again sooner
 	// than this after its last accepted Inform. 0 = off.
 	MinInformInterval time.Duration
@@ -113,6 +126,24 @@ func (o *Options) setDefaults() error {
 	if o.MaxSessions < 0 {
 		return fmt.Errorf("cwmp: MaxSessions %d must be positive", o.MaxSessions)
 	}
+	if o.MaxSessionsPerDevice == 0 {
+		o.MaxSessionsPerDevice = 2
+	}
+	if o.MaxSessionsPerDevice < 0 {
+		return fmt.Errorf("cwmp: MaxSessionsPerDevice %d must be positive", o.MaxSessionsPerDevice)
+	}
+	for _, r := range []struct {
+		name string
+		r    *Rate
+		def  Rate
+	}{{"InformRateDevice", &o.InformRateDevice, Rate{20, 20}}, {"InformRateSource", &o.InformRateSource, Rate{3000, 1000}}} {
+		switch {
+		case *r.r == Rate{}:
+			*r.r = r.def
+		case r.r.PerMinute > 0 && r.r.Burst < 1:
+			return fmt.Errorf("cwmp: %s burst %d must be at least 1", r.name, r.r.Burst)
+		}
+	}
 	if o.MinInformInterval < 0 {
 		return fmt.Errorf("cwmp: MinInformInterval %s must not be negative", o.MinInformInterval)
 	}
@@ -167,6 +198,8 @@ type ACS struct {
 	sessions *sessionTable
 	nonces   *nonceStore
 	informs  *informClock
+	perDev   *buckets // inform rate per device identity
+	perSrc   *buckets // inform rate per source address
 	connReq  *connectionRequester
 
 	mu       sync.Mutex
@@ -187,7 +220,9 @@ func New(o Options) (*ACS, error) {
 	a := &ACS{
 		o:        o,
 		log:      o.Logger.With("component", "cwmp", "adapter", o.AdapterID),
-		sessions: newSessionTable(o.MaxSessions),
+		sessions: newSessionTable(o.MaxSessions, o.MaxSessionsPerDevice),
+		perDev:   newBuckets(o.InformRateDevice, 100000),
+		perSrc:   newBuckets(o.InformRateSource, 100000),
 		nonces:   newNonceStore(4*o.MaxSessions+1024, 5*time.Minute),
 		informs:  newInformClock(o.MinInformInterval, 100000),
 		done:     make(chan struct{}),
@@ -339,6 +374,8 @@ func (a *ACS) reap() {
 			}
 			a.nonces.purge(now)
 			a.informs.purge(now)
+			a.perDev.purge(now)
+			a.perSrc.purge(now)
 		}
 	}
 }

@@ -78,6 +78,10 @@ func (a *ACS) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "shutting down", http.StatusServiceUnavailable)
 		return
 	}
+	if !sourceAllowed(a.o.AllowSources, r.RemoteAddr) {
+		a.refuseSource(w, r)
+		return
+	}
 	ci := connFrom(r.Context(), r.RemoteAddr)
 	enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding")))
 	// A zero-length body is the empty POST whatever Content-Encoding says
@@ -206,10 +210,24 @@ func (a *ACS) startSession(w http.ResponseWriter, r *http.Request, ci *connInfo,
 		a.badRequest(w, r, http.StatusBadRequest, "device_id", "bad DeviceId")
 		return
 	}
+	now := time.Now()
+	// Per source before authenticating: a flood from one address costs no
+	// credential lookups (per-device mode asks the controller).
+	if ok, wait := a.perSrc.take(sourceHost(r.RemoteAddr), now); !ok {
+		a.refusals.Warn("CWMP informs from one source over DUET_CWMP_INFORM_RATE_SOURCE; 503", "remote", r.RemoteAddr)
+		shed(w, "source_rate", wait, "informing too often from this address")
+		return
+	}
 	if !a.authenticate(r.Context(), w, r, ci, deviceID, body) {
 		return
 	}
-	now := time.Now()
+	// Per device only once the identity is authenticated, so nobody can
+	// spend another device's budget.
+	if ok, wait := a.perDev.take(deviceID, now); !ok {
+		a.refusals.Warn("CWMP informs of one device over DUET_CWMP_INFORM_RATE_DEVICE; 503", "device", deviceID, "remote", r.RemoteAddr)
+		shed(w, "device_rate", wait, "informing too often")
+		return
+	}
 	if !a.informs.allow(deviceID, now) {
 		metricShed.WithLabelValues("inform_interval").Inc()
 		w.Header().Set("Retry-After", strconv.Itoa(int(a.o.MinInformInterval/time.Second)+1))
@@ -225,10 +243,11 @@ func (a *ACS) startSession(w http.ResponseWriter, r *http.Request, ci *connInfo,
 	}
 	s.touch()
 	s.ident, s.reach, s.root = identityFromInform(deviceID, inf, ci.remote)
-	if !a.sessions.add(s) {
-		metricShed.WithLabelValues("sessions").Inc()
-		w.Header().Set("Retry-After", "60")
-		http.Error(w, "too many sessions", http.StatusServiceUnavailable)
+	if why := a.sessions.add(s); why != "" {
+		if why == "device_sessions" {
+			a.refusals.Warn("CWMP device already holds DUET_CWMP_MAX_SESSIONS_PER_DEVICE open sessions; 503", "device", deviceID, "remote", r.RemoteAddr)
+		}
+		shed(w, why, time.Minute, "too many sessions")
 		return
 	}
 	s.busy.Store(true)

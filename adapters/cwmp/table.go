@@ -52,13 +52,15 @@ func (c *connInfo) setSession(s *session) {
 // sessionTable holds the open sessions, at most max of them (the bound is
 // the load-shedding limit: past it new sessions get 503, docs/cwmp-interop.md #31).
 type sessionTable struct {
-	mu  sync.Mutex
-	max int
-	m   map[string]*session
+	mu     sync.Mutex
+	max    int
+	maxDev int // open sessions per device identity
+	m      map[string]*session
+	perDev map[string]int
 }
 
-func newSessionTable(max int) *sessionTable {
-	return &sessionTable{max: max, m: make(map[string]*session)}
+func newSessionTable(max, maxDev int) *sessionTable {
+	return &sessionTable{max: max, maxDev: maxDev, m: make(map[string]*session), perDev: make(map[string]int)}
 }
 
 func (t *sessionTable) full() bool {
@@ -67,16 +69,22 @@ func (t *sessionTable) full() bool {
 	return len(t.m) >= t.max
 }
 
-// add inserts s unless the table is full.
-func (t *sessionTable) add(s *session) bool {
+// add inserts s unless the table is full ("sessions") or s's device
+// already holds its share of it ("device_sessions"); it returns the
+// reason of a refusal, or "".
+func (t *sessionTable) add(s *session) string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if len(t.m) >= t.max {
-		return false
+		return "sessions"
+	}
+	if t.perDev[s.deviceID] >= t.maxDev {
+		return "device_sessions"
 	}
 	t.m[s.id] = s
+	t.perDev[s.deviceID]++
 	metricSessionsActive.Inc()
-	return true
+	return ""
 }
 
 func (t *sessionTable) get(id string) *session {
@@ -92,6 +100,9 @@ func (t *sessionTable) remove(s *session) bool {
 		return false
 	}
 	delete(t.m, s.id)
+	if t.perDev[s.deviceID]--; t.perDev[s.deviceID] <= 0 {
+		delete(t.perDev, s.deviceID)
+	}
 	metricSessionsActive.Dec()
 	return true
 }

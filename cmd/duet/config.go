@@ -88,6 +88,12 @@ func newSettings() *settings {
 	add("cwmp-offline-grace", "DUET_CWMP_OFFLINE_GRACE", "1m", "added to every CPE's inform deadline")
 	add("cwmp-offline-after", "DUET_CWMP_OFFLINE_AFTER", "24h", "inform deadline of a CPE whose PeriodicInformInterval Duet has not learned (from the parameter cache: an Inform, a get, a set)")
 	add("cwmp-offline-sweep", "DUET_CWMP_OFFLINE_SWEEP", "15s", "how often the controller looks for CPEs past their inform deadline")
+	add("cwmp-max-sessions-per-device", "DUET_CWMP_MAX_SESSIONS_PER_DEVICE", "2", "open CWMP sessions one device identity may hold; its further Informs get 503 (a CPE has one session at a time)")
+	add("cwmp-allow-sources", "DUET_CWMP_ALLOW_SOURCES", "", "comma list of networks (CIDR) CPEs may connect from; others get 403, counted in duet_cwmp_source_refused_total (empty = any source)")
+	add("cwmp-inform-rate-device", "DUET_CWMP_INFORM_RATE_DEVICE", "20", "new sessions per minute one device identity may start on average, past DUET_CWMP_INFORM_BURST_DEVICE at once; more get 503 + Retry-After (0 = off)")
+	add("cwmp-inform-burst-device", "DUET_CWMP_INFORM_BURST_DEVICE", "20", "new sessions one device identity may start at once")
+	add("cwmp-inform-rate-source", "DUET_CWMP_INFORM_RATE_SOURCE", "3000", "Informs per minute from one source address on average (CPEs behind one NAT share it; a simulated fleet on one host may need 0 = off); more get 503 + Retry-After")
+	add("cwmp-inform-burst-source", "DUET_CWMP_INFORM_BURST_SOURCE", "1000", "Informs one source address may send at once")
 	add("cwmp-min-inform-interval", "DUET_CWMP_MIN_INFORM_INTERVAL", "0s", "a device informing more often than this gets 503 (0 = off)")
 	// USP
 	add("usp-endpoint-id", "DUET_USP_ENDPOINT_ID", "self::duet-controller", "the controller's USP endpoint ID")

@@ -41,3 +41,31 @@ func TestSharedCWMPPasswordTooWeakRefusedAtStart(t *testing.T) {
 		t.Fatalf("DUET_CWMP_ALLOW_DIGEST_WITHOUT_QOP=true: %v", err)
 	}
 }
+
+// TestCWMPAdmissionSettings: the source allow-list, inform rates and the
+// per-device session cap reach the adapter; 0 turns a rate off.
+func TestCWMPAdmissionSettings(t *testing.T) {
+	pass := map[string]string{"DUET_CWMP_PASSWORD": "a-Long-random-0ne"}
+	cfg, err := cwmpSettings(t, pass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := cfg.cwmp
+	if o.MaxSessionsPerDevice != 2 || len(o.AllowSources) != 0 || o.InformRateDevice.PerMinute != 20 || o.InformRateSource.Burst != 1000 {
+		t.Fatalf("defaults: %+v", o)
+	}
+	pass["DUET_CWMP_ALLOW_SOURCES"] = "10.0.0.0/8, 2001:db8::/32"
+	pass["DUET_CWMP_INFORM_RATE_SOURCE"] = "0"
+	pass["DUET_CWMP_MAX_SESSIONS_PER_DEVICE"] = "1"
+	if cfg, err = cwmpSettings(t, pass); err != nil {
+		t.Fatal(err)
+	}
+	o = cfg.cwmp
+	if len(o.AllowSources) != 2 || o.InformRateSource.PerMinute >= 0 || o.MaxSessionsPerDevice != 1 {
+		t.Fatalf("set: %+v", o)
+	}
+	pass["DUET_CWMP_ALLOW_SOURCES"] = "10.0.0.0/33"
+	if _, err := cwmpSettings(t, pass); err == nil || !strings.Contains(err.Error(), "DUET_CWMP_ALLOW_SOURCES") {
+		t.Fatalf("bad CIDR: %v", err)
+	}
+}

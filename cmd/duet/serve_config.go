@@ -179,6 +179,22 @@ func (s *settings) checkCWMP(realm string) (cwmpadapter.Options, error) {
 	if err != nil {
 		return o, err
 	}
+	perDevice, err := s.integer("cwmp-max-sessions-per-device", 1, 1000)
+	if err != nil {
+		return o, err
+	}
+	sources, err := netguard.ParsePrefixes(s.str("cwmp-allow-sources"))
+	if err != nil {
+		return o, s.errSetting("cwmp-allow-sources", "%v", err)
+	}
+	rateDevice, err := s.informRate("device")
+	if err != nil {
+		return o, err
+	}
+	rateSource, err := s.informRate("source")
+	if err != nil {
+		return o, err
+	}
 	if (s.str("cwmp-tls-cert") == "") != (s.str("cwmp-tls-key") == "") {
 		return o, s.errSetting("cwmp-tls-cert", "DUET_CWMP_TLS_CERT and DUET_CWMP_TLS_KEY must be set together")
 	}
@@ -199,7 +215,25 @@ func (s *settings) checkCWMP(realm string) (cwmpadapter.Options, error) {
 		Username: s.str("cwmp-username"), Password: s.str("cwmp-password"), Realm: realm,
 		TLSCertFile: s.str("cwmp-tls-cert"), TLSKeyFile: s.str("cwmp-tls-key"),
 		AllowBasicOverHTTP: basic, AllowDigestWithoutQop: noQop, MaxSessions: maxSessions, MinInformInterval: minInform,
+		MaxSessionsPerDevice: perDevice, AllowSources: sources, InformRateDevice: rateDevice, InformRateSource: rateSource,
 	}, nil
+}
+
+// informRate reads DUET_CWMP_INFORM_RATE_<who> and its burst; a rate of 0
+// turns the limit off.
+func (s *settings) informRate(who string) (cwmpadapter.Rate, error) {
+	if s.str("cwmp-inform-rate-"+who) == "0" {
+		return cwmpadapter.Rate{PerMinute: -1}, nil
+	}
+	rate, err := s.float("cwmp-inform-rate-"+who, 0, 1e9)
+	if err != nil {
+		return cwmpadapter.Rate{}, err
+	}
+	burst, err := s.integer("cwmp-inform-burst-"+who, 1, 1_000_000)
+	if err != nil {
+		return cwmpadapter.Rate{}, err
+	}
+	return cwmpadapter.Rate{PerMinute: rate, Burst: burst}, nil
 }
 
 func (s *settings) checkUSP(c *serveConfig) error {
