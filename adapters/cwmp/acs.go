@@ -78,6 +78,11 @@ type Options struct {
 	// ConnReqTimeout bounds each connection request GET; default 2 s
 	// (TR-069 §3.2.2).
 	ConnReqTimeout time.Duration
+	// ConnReqUsername and ConnReqPassword are the shared connection-request
+	// credentials, used for every device the controller holds none for
+	// (TR-069 §3.2.2: ManagementServer.ConnectionRequestUsername/Password).
+	// Both or neither.
+	ConnReqUsername, ConnReqPassword string
 	// ConnReqTargets decides which addresses connection requests may go
 	// to, checked on the resolved address at dial time; nil is the default
 	// (no loopback, link-local, unspecified or multicast: issue 15 §7).
@@ -164,6 +169,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.MaxBodyBytes < 0 || o.MaxBodyBytes > 1<<30 {
 		return fmt.Errorf("cwmp: MaxBodyBytes %d must be between 1 and 1 GiB", o.MaxBodyBytes)
+	}
+	if (o.ConnReqUsername == "") != (o.ConnReqPassword == "") {
+		return errors.New("cwmp: ConnReqUsername and ConnReqPassword must be set together")
 	}
 	if o.ConnReqTimeout == 0 {
 		o.ConnReqTimeout = 2 * time.Second

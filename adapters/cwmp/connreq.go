@@ -16,6 +16,7 @@ import (
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/netguard"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
+	"google.golang.org/protobuf/proto"
 )
 
 // connectionRequester sends HTTP connection requests (TR-069 §3.2.2).
@@ -156,6 +157,17 @@ func digestAuthorization(challenge, user, pass, uri string) string {
 	return h
 }
 
+// withSharedCredentials returns cr with the shared connection-request
+// credentials when it carries none of the device's own.
+func (a *ACS) withSharedCredentials(cr *duetv1.ConnectionRequest) *duetv1.ConnectionRequest {
+	if cr.GetUsername() != "" || a.o.ConnReqUsername == "" {
+		return cr
+	}
+	c := proto.Clone(cr).(*duetv1.ConnectionRequest)
+	c.Username, c.Password = a.o.ConnReqUsername, a.o.ConnReqPassword
+	return c
+}
+
 // handleCommand serves duet.cmd.cwmp.* requests. Only connection_request
 // can be executed outside a session: every other operation reaches a CPE
 // through SessionWork when it next connects.
@@ -165,7 +177,7 @@ func (a *ACS) handleCommand(ctx context.Context, cmd *duetv1.Command) *duetv1.Co
 		return bus.ResultError(cmd, devicemodel.Errorf(devicemodel.CodeUnsupported,
 			"CWMP commands other than connection_request are delivered in session (SessionWork)"))
 	}
-	status, err := a.connReq.send(ctx, cr)
+	status, err := a.connReq.send(ctx, a.withSharedCredentials(cr))
 	accepted := err == nil && (status == http.StatusOK || status == http.StatusNoContent)
 	if err == nil && !accepted {
 		switch status {

@@ -81,6 +81,8 @@ func newSettings() *settings {
 	add("cwmp-tls-key", "DUET_CWMP_TLS_KEY", "", "PEM key file for cwmp-tls-cert")
 	add("cwmp-allow-digest-without-qop", "DUET_CWMP_ALLOW_DIGEST_WITHOUT_QOP", "false", "accept Digest without qop (RFC 2069 form, for legacy CPEs); a captured header can then be replayed while its nonce lives (5 min)")
 	add("cwmp-allow-basic-http", "DUET_CWMP_ALLOW_BASIC_HTTP", "false", "accept Basic auth over plain HTTP (for CPEs that can do nothing else)")
+	add("cwmp-connreq-username", "DUET_CWMP_CONNREQ_USERNAME", "", "shared connection-request username, sent to every CPE Duet holds no per-device credentials for (its ManagementServer.ConnectionRequestUsername)")
+	add("cwmp-connreq-password", "DUET_CWMP_CONNREQ_PASSWORD", "", "shared connection-request password, with cwmp-connreq-username")
 	add("cwmp-connreq-allow", "DUET_CWMP_CONNREQ_ALLOW", "", "comma list of networks (CIDR) connection requests may go to even if refused otherwise; by default loopback, link-local (169.254.169.254), unspecified and multicast addresses are refused")
 	add("cwmp-connreq-refuse", "DUET_CWMP_CONNREQ_REFUSE", "", "comma list of further networks (CIDR) connection requests never go to (0.0.0.0/0,::/0 with an allow list: only the listed networks)")
 	add("cwmp-max-sessions", "DUET_CWMP_MAX_SESSIONS", "1000", "concurrent CWMP sessions before new ones get 503")
@@ -119,7 +121,7 @@ func newSettings() *settings {
 
 	// Secrets: each also reads from a file (x-file / DUET_X_FILE), for
 	// Docker and Kubernetes secrets mounted as files.
-	for _, f := range []string{"database-url", "admin-token", "cwmp-password", "credentials-key", "mqtt-password", "stomp-passcode"} {
+	for _, f := range []string{"database-url", "admin-token", "cwmp-password", "cwmp-connreq-password", "credentials-key", "mqtt-password", "stomp-passcode"} {
 		s.byFlag[f].secret = true
 	}
 	return s

@@ -69,3 +69,21 @@ func TestCWMPAdmissionSettings(t *testing.T) {
 		t.Fatalf("bad CIDR: %v", err)
 	}
 }
+
+// TestSharedConnReqSettings: the shared connection-request credentials go
+// together and reach the adapter; the password is a secret (readable from
+// a file, never printed).
+func TestSharedConnReqSettings(t *testing.T) {
+	base := map[string]string{"DUET_CWMP_PASSWORD": "a-Long-random-0ne", "DUET_CWMP_CONNREQ_USERNAME": "cr"}
+	if _, err := cwmpSettings(t, base); err == nil || !strings.Contains(err.Error(), "set together") {
+		t.Fatalf("username alone: %v", err)
+	}
+	base["DUET_CWMP_CONNREQ_PASSWORD"] = "crpw"
+	cfg, err := cwmpSettings(t, base)
+	if err != nil || cfg.cwmp.ConnReqUsername != "cr" || cfg.cwmp.ConnReqPassword != "crpw" {
+		t.Fatalf("%v %+v", err, cfg)
+	}
+	if !newSettings().byFlag["cwmp-connreq-password"].secret {
+		t.Error("cwmp-connreq-password is not a secret")
+	}
+}

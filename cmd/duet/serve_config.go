@@ -187,6 +187,9 @@ func (s *settings) checkCWMP(realm string) (cwmpadapter.Options, error) {
 	if err != nil {
 		return o, s.errSetting("cwmp-allow-sources", "%v", err)
 	}
+	if (s.str("cwmp-connreq-username") == "") != (s.str("cwmp-connreq-password") == "") {
+		return o, s.errSetting("cwmp-connreq-username", "DUET_CWMP_CONNREQ_USERNAME and DUET_CWMP_CONNREQ_PASSWORD must be set together")
+	}
 	rateDevice, err := s.informRate("device")
 	if err != nil {
 		return o, err
@@ -215,6 +218,7 @@ func (s *settings) checkCWMP(realm string) (cwmpadapter.Options, error) {
 		Username: s.str("cwmp-username"), Password: s.str("cwmp-password"), Realm: realm,
 		TLSCertFile: s.str("cwmp-tls-cert"), TLSKeyFile: s.str("cwmp-tls-key"),
 		AllowBasicOverHTTP: basic, AllowDigestWithoutQop: noQop, MaxSessions: maxSessions, MinInformInterval: minInform,
+		ConnReqUsername: s.str("cwmp-connreq-username"), ConnReqPassword: s.str("cwmp-connreq-password"),
 		MaxSessionsPerDevice: perDevice, AllowSources: sources, InformRateDevice: rateDevice, InformRateSource: rateSource,
 	}, nil
 }
