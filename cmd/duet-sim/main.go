@@ -189,7 +189,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	ticker := time.NewTicker(c.report)
 	defer ticker.Stop()
-	lastSessions, lastLat, lastAt := uint64(0), counters.lat.snapshot(), time.Now()
+	// The first interval starts with the simulator: the CPEs were
+	// informing while the rest started.
+	lastSessions, lastLat, lastAt := uint64(0), histogram{}, start
 	cpesUp := func() int64 {
 		var up int64
 		for _, f := range fleets {
