@@ -203,11 +203,11 @@ type Endpoint struct {
 	mu       sync.Mutex
 	closed   bool
 	agents   map[string]*session
-	known    *lru[struct{}]        // agents onboarded by this process
-	bootSeen *lru[bootHappening]   // the last Boot! published, key eid (dedupe.go)
-	notifies *lru[*notifyState]    // Notify de-duplication, key eid\x00msg_id
-	reboots  *lru[[]pendingReboot] // Reboot()/FactoryReset() awaiting Boot!, key eid
-	asyncOps *lru[[]asyncOp]       // async Operates awaiting OperationComplete, key eid
+	known    *lru[struct{}]          // agents onboarded by this process
+	bootSeen *lru[bootHappening]     // the last Boot! published, key eid (dedupe.go)
+	notifies *lru[*notifyState]      // Notify de-duplication, key eid\x00msg_id
+	reboots  *lru[[]pendingReboot]   // Reboot()/FactoryReset() awaiting Boot!, key eid
+	asyncOps *lru[[]asyncOp]         // async Operates awaiting OperationComplete, key eid
 	admitted *lru[admissionDecision] // admission decisions, key eid (identity.go)
 
 	shards     []chan job
