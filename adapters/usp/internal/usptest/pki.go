@@ -93,3 +93,6 @@ func (p *PKI) ClientTLS(cert *tls.Certificate) *tls.Config {
 	}
 	return c
 }
+
+// CA is the authority's certificate (DER).
+func (p *PKI) CA() []byte { return p.ca.Raw }
