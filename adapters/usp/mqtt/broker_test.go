@@ -96,7 +96,9 @@ func TestEmbeddedBrokerRefusesAnonymousAndWildcard(t *testing.T) {
 // attacker).
 func TestEmbeddedBrokerRefusesHijack(t *testing.T) {
 	br, sec, ep, tr, b := securedBroker(t, nil)
-	get := func(eid string) map[string]string { return usptest.MustGet(t, b, eid, "Device.DeviceInfo.SerialNumber") }
+	get := func(eid string) map[string]string {
+		return usptest.MustGet(t, b, eid, "Device.DeviceInfo.SerialNumber")
+	}
 	a := usptest.SimAgent(t, ep.ID(), "MQTT")
 	w := usptest.Watch(t, b, a.EndpointID())
 	sec.add(a.EndpointID(), "victim secret of twenty chars")
@@ -204,7 +206,6 @@ func TestEmbeddedBrokerRefusesOversizedPublish(t *testing.T) {
 		t.Fatalf("heap grew by %d MB on a refused publish", grew>>20)
 	}
 }
-
 
 // TestEmbeddedBrokerTLS: MQTTS with a password login, and with a client
 // certificate naming the agent (TR-369 urn:bbf:usp:id: SAN) instead of a

@@ -113,4 +113,6 @@ func writeKey(t *testing.T, path string, c tls.Certificate) {
 	writePEM(t, path, "PRIVATE KEY", der)
 }
 
-func x509MarshalKey(c tls.Certificate) ([]byte, error) { return x509.MarshalPKCS8PrivateKey(c.PrivateKey) }
+func x509MarshalKey(c tls.Certificate) ([]byte, error) {
+	return x509.MarshalPKCS8PrivateKey(c.PrivateKey)
+}
