@@ -35,6 +35,7 @@ type Listeners struct {
 	NATS  string // URL of the bus (embedded or external)
 	CWMP  string
 	MQTT  string // broker URL the USP adapter uses
+	MQTTS string // the embedded broker's MQTTS listener, if any
 	STOMP string
 	WS    string
 }
@@ -134,6 +135,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	// a token nobody saw.
 	ensureAdmin := func() error { return nil }
 	checks = append(checks, readyCheck{"nats", b.Ping})
+	var mainStore *store.Store // the controller's, when it runs here
 
 	if comps["controller"] {
 		st, err := store.Open(ctx, store.Options{URL: s.str("database-url"), Logger: log})
@@ -142,6 +144,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			return s.errSetting("database-url", "%v", err)
 		}
 		started.push(func(context.Context) { st.Close() })
+		mainStore = st
 		if _, err := st.Migrate(ctx); err != nil {
 			_ = hl.Close()
 			return err
@@ -249,7 +252,21 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		}
 	}
 	if comps["usp-mqtt"] || comps["usp-stomp"] || comps["usp-ws"] {
-		if err := m.startUSP(s, cfg, b, log, &started, &ls); err != nil {
+		// Agent secrets and admission live in PostgreSQL: the controller's
+		// pool, or one of the adapter's own when it runs without it.
+		var dir *agentDirectory
+		if mainStore != nil {
+			dir = &agentDirectory{st: mainStore, ck: credKey}
+		} else if cfg.uspSec.needsStore() {
+			st, err := store.Open(ctx, store.Options{URL: s.str("database-url"), MaxConns: 4, Logger: log})
+			if err != nil {
+				_ = hl.Close()
+				return s.errSetting("database-url", "USP agent authentication and admission need PostgreSQL: %v", err)
+			}
+			started.push(func(context.Context) { st.Close() })
+			dir = &agentDirectory{st: st, ck: credKey}
+		}
+		if err := m.startUSP(s, cfg, b, dir, log, &started, &ls); err != nil {
 			_ = hl.Close()
 			return err
 		}
@@ -288,6 +305,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		{"NATS bus", netguard.RedactURL(ls.NATS)},
 		{"CWMP ACS (TR-069)", ls.CWMP},
 		{"USP over MQTT (broker)", netguard.RedactURL(ls.MQTT)},
+		{"USP over MQTTS (embedded broker)", ls.MQTTS},
 		{"USP over STOMP (broker)", ls.STOMP},
 		{"USP over WebSocket", ls.WS},
 	} {
@@ -328,27 +346,52 @@ func (m *Main) startCWMP(s *settings, cfg *serveConfig, b *bus.Bus, log *slog.Lo
 	return nil
 }
 
-func (m *Main) startUSP(s *settings, cfg *serveConfig, b *bus.Bus, log *slog.Logger, started *stack, ls *Listeners) error {
+func (m *Main) startUSP(s *settings, cfg *serveConfig, b *bus.Bus, dir *agentDirectory, log *slog.Logger, started *stack, ls *Listeners) error {
 	comps := cfg.comps
+	sec := &cfg.uspSec
+	adm := uspadapter.Admission{Mode: sec.admission, Allow: sec.allow}
+	if dir != nil {
+		adm.Directory = dir
+	}
 	ep, err := uspadapter.New(uspadapter.Options{EndpointID: s.str("usp-endpoint-id"), Bus: b, Logger: log,
-		KeepAliveInterval: cfg.uspKeepAlive, OnboardValueChange: cfg.uspValueChange})
+		KeepAliveInterval: cfg.uspKeepAlive, OnboardValueChange: cfg.uspValueChange,
+		ReplyPatterns: sec.replyPatterns, Admission: adm})
 	if err != nil {
 		return s.errSetting("usp-endpoint-id", "%v", err)
 	}
 	started.push(func(ctx context.Context) { _ = ep.Shutdown(ctx) })
 	if comps["usp-mqtt"] {
 		url := s.str("mqtt-url")
+		user, pass := s.str("mqtt-username"), s.str("mqtt-password")
+		topic := s.str("mqtt-topic")
+		if topic == "" {
+			topic = "usp/controller/" + ep.ID()
+		}
 		if url == "" {
 			port := cfg.mqttPort
-			br, err := uspmqtt.StartEmbeddedBroker(":" + strconv.Itoa(port))
+			host := s.str("mqtt-host")
+			o := uspmqtt.BrokerOptions{Addr: net.JoinHostPort(host, strconv.Itoa(port)), ControllerTopic: topic, AgentTopic: sec.agentTopic, Logger: log}
+			if sec.mqttAuth {
+				o.Auth = dir
+			}
+			if sec.brokerTLS != nil {
+				o.TLSAddr, o.TLS = net.JoinHostPort(host, strconv.Itoa(sec.mqttTLSPort)), sec.brokerTLS
+			}
+			br, err := uspmqtt.StartBroker(o)
 			if err != nil {
 				return s.errSetting("mqtt-port", "%v (set DUET_MQTT_PORT to a free port, or DUET_MQTT_URL to use that broker)", err)
 			}
 			started.push(func(context.Context) { _ = br.Close() })
-			url = "mqtt://127.0.0.1:" + strconv.Itoa(port)
+			url = "mqtt://" + net.JoinHostPort(dialHost(host), strconv.Itoa(port))
+			if sec.mqttAuth {
+				user, pass = br.ControllerCredentials()
+			}
+			if br.TLSAddr() != "" {
+				ls.MQTTS = "mqtts://" + displayAddr(br.TLSAddr())
+			}
 		}
-		t, err := uspmqtt.New(uspmqtt.Options{Endpoint: ep, BrokerURL: url, Topic: s.str("mqtt-topic"),
-			Username: s.str("mqtt-username"), Password: s.str("mqtt-password"),
+		t, err := uspmqtt.New(uspmqtt.Options{Endpoint: ep, BrokerURL: url, Topic: topic,
+			Username: user, Password: pass,
 			SharedGroup: s.str("mqtt-shared-group"), Logger: log})
 		if err != nil {
 			return s.errSetting("mqtt-url", "%v", err)
@@ -361,10 +404,23 @@ func (m *Main) startUSP(s *settings, cfg *serveConfig, b *bus.Bus, log *slog.Log
 		started.push(func(ctx context.Context) { _ = t.Shutdown(ctx) })
 		ls.MQTT = url + " topic " + t.Topic()
 	}
-	if err := m.startUSPStomp(s, cfg, ep, log, started, ls); err != nil {
+	if err := m.startUSPStomp(s, cfg, ep, dir, log, started, ls); err != nil {
 		return err
 	}
-	return m.startUSPWebSocket(s, cfg, ep, log, started, ls)
+	if err := m.startUSPWebSocket(s, cfg, ep, dir, log, started, ls); err != nil {
+		return err
+	}
+	sec.warnOpen(log)
+	return nil
+}
+
+// dialHost is where Duet reaches a broker it runs on host: an
+// every-interface listener is reached on loopback.
+func dialHost(host string) string {
+	if ip := net.ParseIP(strings.Trim(host, "[]")); host == "" || (ip != nil && ip.IsUnspecified()) {
+		return "127.0.0.1"
+	}
+	return host
 }
 
 type readyCheck struct {

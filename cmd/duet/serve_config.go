@@ -47,6 +47,7 @@ type serveConfig struct {
 	mqttPort       int // embedded broker only
 	stompPort      int // embedded broker only
 	wsAddr         string
+	uspSec         uspSecurity // serve_usp_security.go
 }
 
 func (s *settings) checkServe() (*serveConfig, error) {
@@ -245,5 +246,5 @@ func (s *settings) checkUSP(c *serveConfig) error {
 			return err
 		}
 	}
-	return nil
+	return s.checkUSPSecurity(c)
 }
