@@ -131,25 +131,50 @@ func (c ParamCondition) Check() error {
 	return nil
 }
 
-// sql returns the condition as an EXISTS probe of device_parameters'
-// primary key, its arguments numbered after args.
+// indexedValueLen is how many characters of a value
+// device_parameters_value_idx holds (0077_param_search.sql).
+const indexedValueLen = 128
+
+// truncateRunes is PostgreSQL's left(s, n) on a UTF-8 string: its first n
+// characters.
+func truncateRunes(s string, n int) string {
+	i := 0
+	for j := range s {
+		if i == n {
+			return s[:j]
+		}
+		i++
+	}
+	return s
+}
+
+// sql returns the condition as an EXISTS over device_parameters, its
+// arguments numbered after args: PostgreSQL probes the primary key per
+// candidate device or scans the value indexes for the matching ones,
+// whichever it estimates cheaper.
 func (c ParamCondition) sql(args []any) (string, []any) {
 	args = append(args, c.Path, c.Value)
 	pa, va := len(args)-1, len(args)
 	var cmp string
+	// The first terms of eq, prefix and the numeric comparisons are the
+	// expressions of device_parameters_value_idx and _number_idx
+	// (migrations/0077_param_search.sql), so PostgreSQL can start from the
+	// matching parameters; they must stay identical to the index's.
 	switch c.Op {
 	case ParamEq:
-		cmp = fmt.Sprintf("p.value = $%d", va)
+		args = append(args, truncateRunes(c.Value, indexedValueLen))
+		cmp = fmt.Sprintf(`(left(p.value, %d) COLLATE "C") = $%d AND p.value = $%d`, indexedValueLen, len(args), va)
 	case ParamNe:
 		cmp = fmt.Sprintf("p.value <> $%d", va)
 	case ParamPrefix:
-		cmp = fmt.Sprintf("starts_with(p.value, $%d)", va)
+		args = append(args, likeEscape(truncateRunes(c.Value, indexedValueLen))+"%")
+		cmp = fmt.Sprintf(`(left(p.value, %d) COLLATE "C") LIKE $%d AND starts_with(p.value, $%d)`, indexedValueLen, len(args), va)
 	default:
 		// CASE evaluates the cast only for values that pass numericRE,
 		// so a non-numeric cached value is NULL (no match), never an
 		// error. The operand passed the same pattern in Check.
-		cmp = fmt.Sprintf("(CASE WHEN p.value ~ '%s' THEN p.value::numeric END) %s $%d::numeric",
-			numericRE, paramOpSQL[c.Op], va)
+		cmp = fmt.Sprintf("p.value ~ '%s' AND (CASE WHEN p.value ~ '%s' THEN p.value::numeric END) %s $%d::numeric",
+			numericRE, numericRE, paramOpSQL[c.Op], va)
 	}
 	return fmt.Sprintf("EXISTS (SELECT 1 FROM device_parameters p WHERE p.device_id = devices.id AND p.path = $%d AND %s)", pa, cmp), args
 }
