@@ -185,7 +185,7 @@ type ACS struct {
 	done     chan struct{} // closed by Shutdown; stops the reaper
 	// backlogged: the controllers' last answer was above MaxBacklog.
 	backlogged atomic.Bool
-	wg       sync.WaitGroup
+	wg         sync.WaitGroup
 }
 
 // New validates o and builds an ACS. Nothing listens until Start.

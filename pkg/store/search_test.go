@@ -297,7 +297,7 @@ func TestParamConditionsOnLongValues(t *testing.T) {
 	seedSearch(t, s)
 	ctx := context.Background()
 	base := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	head := strings.Repeat("é", 128) // 256 bytes
+	head := strings.Repeat("é", 128)  // 256 bytes
 	long := strings.Repeat("x", 3000) // past a btree entry's limit
 	ps := []store.Parameter{
 		{DeviceID: "00D09E-HG-A1", Path: "Device.X.Long", Value: head + "A-tail", UpdatedAt: base},
