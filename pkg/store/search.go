@@ -160,15 +160,31 @@ func (c ParamCondition) sql(args []any) (string, []any) {
 	// expressions of device_parameters_value_idx and _number_idx
 	// (migrations/0077_param_search.sql), so PostgreSQL can start from the
 	// matching parameters; they must stay identical to the index's.
+	// An operand shorter than the indexed prefix is decided by the index
+	// alone (the planner's estimate then is the index's statistics, not
+	// a product of two that it takes as independent); a longer one also
+	// compares the whole value.
+	head := truncateRunes(c.Value, indexedValueLen)
+	short := len(head) == len(c.Value) && utf8.RuneCountInString(c.Value) < indexedValueLen
 	switch c.Op {
 	case ParamEq:
-		args = append(args, truncateRunes(c.Value, indexedValueLen))
-		cmp = fmt.Sprintf(`(left(p.value, %d) COLLATE "C") = $%d AND p.value = $%d`, indexedValueLen, len(args), va)
+		if short {
+			cmp = fmt.Sprintf(`(left(p.value, %d) COLLATE "C") = $%d`, indexedValueLen, va)
+		} else {
+			args = append(args, head)
+			cmp = fmt.Sprintf(`(left(p.value, %d) COLLATE "C") = $%d AND p.value = $%d`, indexedValueLen, len(args), va)
+		}
 	case ParamNe:
 		cmp = fmt.Sprintf("p.value <> $%d", va)
 	case ParamPrefix:
-		args = append(args, likeEscape(truncateRunes(c.Value, indexedValueLen))+"%")
-		cmp = fmt.Sprintf(`(left(p.value, %d) COLLATE "C") LIKE $%d AND starts_with(p.value, $%d)`, indexedValueLen, len(args), va)
+		pattern := likeEscape(head) + "%"
+		if short {
+			args[va-1] = pattern
+			cmp = fmt.Sprintf(`(left(p.value, %d) COLLATE "C") LIKE $%d`, indexedValueLen, va)
+		} else {
+			args = append(args, pattern)
+			cmp = fmt.Sprintf(`(left(p.value, %d) COLLATE "C") LIKE $%d AND starts_with(p.value, $%d)`, indexedValueLen, len(args), va)
+		}
 	default:
 		// CASE evaluates the cast only for values that pass numericRE,
 		// so a non-numeric cached value is NULL (no match), never an
