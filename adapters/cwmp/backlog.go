@@ -26,7 +26,6 @@ func (a *ACS) watchBacklog() {
 				a.log.Info("the controllers caught up: new CWMP sessions are accepted again", "backlog_events", n)
 			}
 		}
-		metricBacklog.Set(float64(n))
 		select {
 		case <-a.done:
 			return

@@ -32,10 +32,6 @@ var (
 	metricShed = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "duet_cwmp_shed_total", Help: "Requests refused with 503, by reason.",
 	}, []string{"reason"})
-	metricBacklog = promauto.NewGauge(prometheus.GaugeOpts{
-		Name: "duet_cwmp_controller_backlog_events",
-		Help: "Device events the controllers had yet to apply at the last ask (with DUET_CWMP_MAX_BACKLOG set); above it, new sessions are shed (reason backlog).",
-	})
 	metricBadRequests = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "duet_cwmp_bad_requests_total", Help: "Requests refused with a 4xx, by reason.",
 	}, []string{"reason"})
