@@ -131,66 +131,25 @@ func (c ParamCondition) Check() error {
 	return nil
 }
 
-// indexedValueLen is how many characters of a value
-// device_parameters_value_idx holds (0077_param_search.sql).
-const indexedValueLen = 128
-
-// truncateRunes is PostgreSQL's left(s, n) on a UTF-8 string: its first n
-// characters.
-func truncateRunes(s string, n int) string {
-	i := 0
-	for j := range s {
-		if i == n {
-			return s[:j]
-		}
-		i++
-	}
-	return s
-}
-
-// sql returns the condition as an EXISTS over device_parameters, its
-// arguments numbered after args: PostgreSQL probes the primary key per
-// candidate device or scans the value indexes for the matching ones,
-// whichever it estimates cheaper.
+// sql returns the condition as an EXISTS probe of device_parameters'
+// primary key, its arguments numbered after args.
 func (c ParamCondition) sql(args []any) (string, []any) {
 	args = append(args, c.Path, c.Value)
 	pa, va := len(args)-1, len(args)
 	var cmp string
-	// The first terms of eq, prefix and the numeric comparisons are the
-	// expressions of device_parameters_value_idx and _number_idx
-	// (migrations/0077_param_search.sql), so PostgreSQL can start from the
-	// matching parameters; they must stay identical to the index's.
-	// An operand shorter than the indexed prefix is decided by the index
-	// alone (the planner's estimate then is the index's statistics, not
-	// a product of two that it takes as independent); a longer one also
-	// compares the whole value.
-	head := truncateRunes(c.Value, indexedValueLen)
-	short := len(head) == len(c.Value) && utf8.RuneCountInString(c.Value) < indexedValueLen
 	switch c.Op {
 	case ParamEq:
-		if short {
-			cmp = fmt.Sprintf(`(left(p.value, %d) COLLATE "C") = $%d`, indexedValueLen, va)
-		} else {
-			args = append(args, head)
-			cmp = fmt.Sprintf(`(left(p.value, %d) COLLATE "C") = $%d AND p.value = $%d`, indexedValueLen, len(args), va)
-		}
+		cmp = fmt.Sprintf("p.value = $%d", va)
 	case ParamNe:
 		cmp = fmt.Sprintf("p.value <> $%d", va)
 	case ParamPrefix:
-		pattern := likeEscape(head) + "%"
-		if short {
-			args[va-1] = pattern
-			cmp = fmt.Sprintf(`(left(p.value, %d) COLLATE "C") LIKE $%d`, indexedValueLen, va)
-		} else {
-			args = append(args, pattern)
-			cmp = fmt.Sprintf(`(left(p.value, %d) COLLATE "C") LIKE $%d AND starts_with(p.value, $%d)`, indexedValueLen, len(args), va)
-		}
+		cmp = fmt.Sprintf("starts_with(p.value, $%d)", va)
 	default:
 		// CASE evaluates the cast only for values that pass numericRE,
 		// so a non-numeric cached value is NULL (no match), never an
 		// error. The operand passed the same pattern in Check.
-		cmp = fmt.Sprintf("p.value ~ '%s' AND (CASE WHEN p.value ~ '%s' THEN p.value::numeric END) %s $%d::numeric",
-			numericRE, numericRE, paramOpSQL[c.Op], va)
+		cmp = fmt.Sprintf("(CASE WHEN p.value ~ '%s' THEN p.value::numeric END) %s $%d::numeric",
+			numericRE, paramOpSQL[c.Op], va)
 	}
 	return fmt.Sprintf("EXISTS (SELECT 1 FROM device_parameters p WHERE p.device_id = devices.id AND p.path = $%d AND %s)", pa, cmp), args
 }
