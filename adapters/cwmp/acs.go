@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/duet-dm/duet/pkg/bus"
@@ -47,6 +48,13 @@ type Options struct {
 	// MaxSessions bounds concurrent sessions; past it new sessions get 503
 	// with Retry-After (docs/cwmp-interop.md #31). Default 1000.
 	MaxSessions int
+	// MaxBacklog sheds new sessions (503 with Retry-After) while the
+	// controllers have more device events than this yet to apply (asked
+	// every BacklogPoll on the bus): the devices wait instead of the
+	// registry falling further behind (issue 17). 0 = off.
+	MaxBacklog uint64
+	// BacklogPoll is how often the backlog is asked; default 1 s.
+	BacklogPoll time.Duration
 	// MinInformInterval refuses (503) a device that informs again sooner
 	// than this after its last accepted Inform. 0 = off.
 	MinInformInterval time.Duration
@@ -105,6 +113,12 @@ func (o *Options) setDefaults() error {
 	}
 	if o.MaxSessions < 0 {
 		return fmt.Errorf("cwmp: MaxSessions %d must be positive", o.MaxSessions)
+	}
+	if o.BacklogPoll == 0 {
+		o.BacklogPoll = time.Second
+	}
+	if o.BacklogPoll < 0 {
+		return fmt.Errorf("cwmp: BacklogPoll %s must be positive", o.BacklogPoll)
 	}
 	if o.MinInformInterval < 0 {
 		return fmt.Errorf("cwmp: MinInformInterval %s must not be negative", o.MinInformInterval)
@@ -169,7 +183,9 @@ type ACS struct {
 	started  bool
 	shutdown bool
 	done     chan struct{} // closed by Shutdown; stops the reaper
-	wg       sync.WaitGroup
+	// backlogged: the controllers' last answer was above MaxBacklog.
+	backlogged atomic.Bool
+	wg         sync.WaitGroup
 }
 
 // New validates o and builds an ACS. Nothing listens until Start.
@@ -253,6 +269,13 @@ func (a *ACS) Start() error {
 		ErrorLog:    slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
 	}
 	a.started = true
+	if a.o.MaxBacklog > 0 {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.watchBacklog()
+		}()
+	}
 	a.wg.Add(2)
 	go func() {
 		defer a.wg.Done()

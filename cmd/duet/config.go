@@ -68,6 +68,7 @@ func newSettings() *settings {
 	add("reboot-timeout", "DUET_REBOOT_TIMEOUT", "10m", "a reboot or factory reset task fails with timeout when the device is not back (USP Boot!, CWMP 1 BOOT) within this")
 	add("transfer-timeout", "DUET_TRANSFER_TIMEOUT", "1h", "a download or upload the device accepted for later (Status 1) fails with timeout when no TransferComplete comes within this")
 	add("operation-timeout", "DUET_OPERATION_TIMEOUT", "1h", "an asynchronous command (USP OperationComplete, CWMP diagnostics) fails with timeout when its completion does not come within this")
+	add("pprof-addr", "DUET_PPROF_ADDR", "", "loopback address (127.0.0.1:6060) serving Go's /debug/pprof profiles, for measuring Duet; empty is off, and any other host is refused")
 	add("admin-token", "DUET_ADMIN_TOKEN", "", "API admin bearer token to create at start (at least 24 characters); unset, the first start generates one and prints it once")
 	// CWMP
 	add("cwmp-addr", "DUET_CWMP_ADDR", ":7547", "listen address of the CWMP ACS")
@@ -83,6 +84,7 @@ func newSettings() *settings {
 	add("cwmp-connreq-allow", "DUET_CWMP_CONNREQ_ALLOW", "", "comma list of networks (CIDR) connection requests may go to even if refused otherwise; by default loopback, link-local (169.254.169.254), unspecified and multicast addresses are refused")
 	add("cwmp-connreq-refuse", "DUET_CWMP_CONNREQ_REFUSE", "", "comma list of further networks (CIDR) connection requests never go to (0.0.0.0/0,::/0 with an allow list: only the listed networks)")
 	add("cwmp-max-sessions", "DUET_CWMP_MAX_SESSIONS", "1000", "concurrent CWMP sessions before new ones get 503")
+	add("cwmp-max-backlog", "DUET_CWMP_MAX_BACKLOG", "100000", "new CWMP sessions get 503 (Retry-After) while the controllers have more device events than this yet to apply, so devices wait instead of the registry falling behind without bound (0 = off)")
 	add("cwmp-offline-tolerance", "DUET_CWMP_OFFLINE_TOLERANCE", "2.5", "a CPE is offline (reason inform_overdue) when no session came for its PeriodicInformInterval times this, plus DUET_CWMP_OFFLINE_GRACE (at least 1)")
 	add("cwmp-offline-grace", "DUET_CWMP_OFFLINE_GRACE", "1m", "added to every CPE's inform deadline")
 	add("cwmp-offline-after", "DUET_CWMP_OFFLINE_AFTER", "24h", "inform deadline of a CPE whose PeriodicInformInterval Duet has not learned (from the parameter cache: an Inform, a get, a set)")
@@ -323,6 +325,24 @@ func (s *settings) addr(flag string) (string, error) {
 	v := s.str(flag)
 	if _, p, err := net.SplitHostPort(v); err != nil || p == "" {
 		return "", s.errSetting(flag, "%q is not host:port (e.g. :8080 or 127.0.0.1:8080)", v)
+	}
+	return v, nil
+}
+
+// loopbackAddr checks an optional host:port whose host must be a loopback
+// address: what it serves is for whoever is on the machine, never the
+// network.
+func (s *settings) loopbackAddr(flag string) (string, error) {
+	v := s.str(flag)
+	if v == "" {
+		return "", nil
+	}
+	h, p, err := net.SplitHostPort(v)
+	if err != nil || p == "" {
+		return "", s.errSetting(flag, "%q is not host:port (e.g. 127.0.0.1:6060)", v)
+	}
+	if ip := net.ParseIP(h); h != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return "", s.errSetting(flag, "%q: the host must be a loopback address (127.0.0.1, ::1 or localhost)", v)
 	}
 	return v, nil
 }

@@ -121,6 +121,12 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	}
 	started.push(func(context.Context) { b.Close() })
 
+	if cfg.pprofAddr != "" {
+		if err := startPprof(cfg.pprofAddr, log, &started); err != nil {
+			return s.errSetting("pprof-addr", "%s is already in use or not available: %v", cfg.pprofAddr, err)
+		}
+	}
+
 	// HTTP: bind first so a busy port fails before anything else starts.
 	hl, err := net.Listen("tcp", httpAddr)
 	if err != nil {
@@ -206,7 +212,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		rec.Start()
 		started.push(func(context.Context) { rec.Stop() })
 		desk, err := controller.StartAdapterDeskWith(controller.AdapterDeskOptions{
-			Bus: b, Tasks: tasks, Store: st, CredentialKey: credKey, Logger: log})
+			Bus: b, Tasks: tasks, Store: st, CredentialKey: credKey, Backlog: reg.Backlog, Logger: log})
 		if err != nil {
 			_ = hl.Close()
 			return err

@@ -22,6 +22,7 @@ type serveConfig struct {
 	history          controller.HistoryOptions // issue 12 item 5
 	latestOnly       []string
 	httpAddr         string
+	pprofAddr        string // "" when off
 	realm            string
 	credKey          *store.CredentialKey
 	natsPort         int // embedded NATS only
@@ -71,6 +72,9 @@ func (s *settings) checkServe() (*serveConfig, error) {
 		return nil, s.errSetting("event-stream-latest-only", "%v", err)
 	}
 	if c.httpAddr, err = s.addr("http-addr"); err != nil {
+		return nil, err
+	}
+	if c.pprofAddr, err = s.loopbackAddr("pprof-addr"); err != nil {
 		return nil, err
 	}
 	if c.realm, err = s.realm(); err != nil {
@@ -172,6 +176,10 @@ func (s *settings) checkCWMP(realm string) (cwmpadapter.Options, error) {
 	if err != nil {
 		return o, err
 	}
+	maxBacklog, err := s.integer("cwmp-max-backlog", 0, 1_000_000_000)
+	if err != nil {
+		return o, err
+	}
 	if (s.str("cwmp-tls-cert") == "") != (s.str("cwmp-tls-key") == "") {
 		return o, s.errSetting("cwmp-tls-cert", "DUET_CWMP_TLS_CERT and DUET_CWMP_TLS_KEY must be set together")
 	}
@@ -192,6 +200,7 @@ func (s *settings) checkCWMP(realm string) (cwmpadapter.Options, error) {
 		Username: s.str("cwmp-username"), Password: s.str("cwmp-password"), Realm: realm,
 		TLSCertFile: s.str("cwmp-tls-cert"), TLSKeyFile: s.str("cwmp-tls-key"),
 		AllowBasicOverHTTP: basic, MaxSessions: maxSessions, MinInformInterval: minInform,
+		MaxBacklog: uint64(maxBacklog),
 	}, nil
 }
 
