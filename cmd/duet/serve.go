@@ -165,6 +165,15 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 				// shipped elsewhere); only its hash is stored.
 				fmt.Fprintf(m.Stdout, "\nNo API token existed, so an admin token was created. It is shown only now:\n\n  %s\n\nUse it as \"Authorization: Bearer <token>\"; manage tokens with \"duet token\".\n\n", adminToken)
 			}
+			// The console's first admin, the same way (issue 13 item 3).
+			password, err := st.EnsureFirstAdmin(ctx)
+			if err != nil {
+				return err
+			}
+			if password != "" {
+				fmt.Fprintf(m.Stdout, "\nNo console user existed, so the user %q (role admin) was created. Its password is shown only now:\n\n  %s\n\nLog in to the console at %s; manage users there or with \"duet user\".\n\n",
+					store.FirstAdminName, password, "http://"+displayAddr(ls.HTTP)+"/")
+			}
 			return nil
 		}
 		awaitTimeouts := cfg.awaitTimeouts
