@@ -18,7 +18,7 @@ export DUET_TEST_DATABASE_URL ?= postgres:///postgres?host=/var/run/postgresql
 # Test timeout for the whole suite; the machines are shared and slow.
 TEST_TIMEOUT ?= 15m
 
-.PHONY: all build run test test-short services lint bench fuzz proto proto-check tools clean
+.PHONY: all build run test test-short services lint bench fuzz proto proto-check tools clean web-vendor
 
 all: build
 
@@ -53,6 +53,9 @@ fuzz: ## run each fuzz target for FUZZTIME
 	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; \
 	done
+
+web-vendor: ## refresh the console's vendored browser packages (needs npm; building does not)
+	scripts/web-vendor.sh
 
 tools: $(TOOLS)/buf $(TOOLS)/protoc-gen-go $(TOOLS)/staticcheck
 
