@@ -30,8 +30,8 @@ build: ## build bin/duet and bin/duet-sim (the fleet simulator)
 run: build ## run Duet with embedded NATS and brokers (PostgreSQL is found or set up)
 	scripts/run.sh
 
-services: ## make sure PostgreSQL, NATS, Mosquitto and RabbitMQ (+STOMP) are running
-	scripts/services.sh postgres nats mosquitto rabbitmq
+services: ## make sure PostgreSQL, NATS, Mosquitto and RabbitMQ (+STOMP) are running, and Chromium installed
+	scripts/services.sh postgres nats mosquitto rabbitmq chromium
 
 test: services ## every test, with the race detector, against the real services
 	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...

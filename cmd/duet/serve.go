@@ -21,6 +21,7 @@ import (
 	uspadapter "github.com/duet-dm/duet/adapters/usp"
 	uspmqtt "github.com/duet-dm/duet/adapters/usp/mqtt"
 	"github.com/duet-dm/duet/controller"
+	"github.com/duet-dm/duet/controller/console"
 	"github.com/duet-dm/duet/controller/policy"
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/netguard"
@@ -128,6 +129,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	mux := http.NewServeMux()
 	var checks []readyCheck
 	var api *controller.API
+	var web *console.Console
 	// ensureAdmin creates (and prints, once) the first admin token. It runs
 	// after every component started, so a start that fails never creates
 	// a token nobody saw.
@@ -248,6 +250,15 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			log.Warn("DUET_CREDENTIALS_KEY is not set: the device credentials API answers 503 and per-device CWMP auth finds no credentials")
 		}
 		mux.Handle("/api/v1/", api)
+		// The web console answers every other path (issue 13).
+		con, err := console.New(console.Options{Store: st, Tasks: tasks, IdleTimeout: cfg.consoleIdle,
+			SessionLifetime: cfg.consoleLifetime, Logger: log})
+		if err != nil {
+			_ = hl.Close()
+			return err
+		}
+		mux.Handle("/", con)
+		web = con
 	}
 
 	if comps["cwmp"] {
@@ -283,6 +294,9 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		// Event streams never end on their own; end them when draining.
 		srv.RegisterOnShutdown(api.Close)
 	}
+	if web != nil {
+		srv.RegisterOnShutdown(web.Close)
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(hl) }()
 	started.push(func(ctx context.Context) { _ = srv.Shutdown(ctx) })
@@ -292,6 +306,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		"mqtt", netguard.RedactURL(ls.MQTT), "stomp", ls.STOMP, "websocket", ls.WS)
 	fmt.Fprintf(m.Stdout, "duet %s is up\n", version())
 	for _, l := range []struct{ what, where string }{
+		{"web console", consoleURL(comps, ls.HTTP)},
 		{"API, /healthz, /readyz, /metrics", "http://" + displayAddr(ls.HTTP)},
 		{"NATS bus", netguard.RedactURL(ls.NATS)},
 		{"CWMP ACS (TR-069)", ls.CWMP},
@@ -466,4 +481,13 @@ func displayAddr(a string) string {
 // would print a time.Duration in nanoseconds in JSON).
 func roundSeconds(d time.Duration) float64 {
 	return float64(d.Round(time.Millisecond)) / float64(time.Second)
+}
+
+// consoleURL is where the web console is, when this process runs the
+// controller ("" otherwise).
+func consoleURL(comps map[string]bool, httpAddr string) string {
+	if !comps["controller"] {
+		return ""
+	}
+	return "http://" + displayAddr(httpAddr) + "/"
 }
