@@ -220,11 +220,22 @@ func TestConsole(t *testing.T) {
 	if count != "1" || !strings.Contains(rows, cwmpDev) || strings.Contains(rows, uspDev) {
 		t.Fatalf("search %q: count %q, rows %q", cond, count, rows)
 	}
+	run(t, ctx, "open the device found",
+		chromedp.Click(`#devices a[href="/devices/`+url.PathEscape(cwmpDev)+`"]`, chromedp.ByQuery),
+		chromedp.WaitVisible("#tasks", chromedp.ByID))
+
+	// Inline edit on each protocol: the new value, read back from the
+	// device, shows in place.
+	editParameter(t, ctx, d.HTTP, cwmpDev, "Device.WiFi.SSID.1.SSID", "console-cwmp")
+	editParameter(t, ctx, d.HTTP, uspDev, "Device.WiFi.SSID.1.SSID", "console-usp")
+	if v, _ := a.Parameter("Device.WiFi.SSID.1.SSID"); v != "console-usp" {
+		t.Fatalf("the agent's SSID is %q after the console's set", v)
+	}
 
 	// Reboot from the device page: confirmed, then the task's progress shows
 	// in place until it succeeded, and the device is online again.
 	run(t, ctx, "open the device",
-		chromedp.Click(`#devices a[href="/devices/`+url.PathEscape(cwmpDev)+`"]`, chromedp.ByQuery),
+		chromedp.Navigate(d.HTTP+"/devices/"+url.PathEscape(cwmpDev)),
 		chromedp.WaitVisible("#reboot", chromedp.ByID),
 	)
 	screenshot(t, ctx, "device")
@@ -373,4 +384,36 @@ func TestConsoleViewerAndLogin(t *testing.T) {
 	if !strings.Contains(msg, "Too many failed logins") {
 		t.Fatalf("after 5 failures: %q", msg)
 	}
+}
+
+// editParameter reads path live on the device page, edits it inline and
+// waits until the row shows value, read back from the device.
+func editParameter(t *testing.T, ctx context.Context, base, dev, path, value string) {
+	t.Helper()
+	row := `tr[data-path="` + path + `"]`
+	run(t, ctx, "read "+path+" of "+dev,
+		chromedp.Navigate(base+"/devices/"+url.PathEscape(dev)+"?prefix="+url.QueryEscape(path)),
+		chromedp.WaitVisible("#read-live", chromedp.ByID),
+		chromedp.Click("#read-live", chromedp.ByID),
+		chromedp.WaitVisible(row+" summary", chromedp.ByQuery),
+		chromedp.Click(row+" summary", chromedp.ByQuery),
+		chromedp.WaitVisible(row+` input[name="value"]`, chromedp.ByQuery),
+		chromedp.SetValue(row+` input[name="value"]`, value, chromedp.ByQuery),
+		chromedp.Click(row+` button[type="submit"]`, chromedp.ByQuery),
+	)
+	bustest.CheckFor(t, 60*time.Second, 250*time.Millisecond, func() error {
+		var shown string
+		var pending bool
+		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := chromedp.Run(tctx, chromedp.Text(row+" span.v", &shown, chromedp.ByQuery),
+			chromedp.Evaluate(`!!document.querySelector('`+row+`.pending, `+row+` .error')`, &pending)); err != nil {
+			return err
+		}
+		if shown != value || pending {
+			return fmt.Errorf("%s of %s shows %q (pending or failed: %v), want %q", path, dev, shown, pending, value)
+		}
+		return nil
+	})
+	screenshot(t, ctx, "edited-"+strings.ReplaceAll(dev, ":", "_"))
 }

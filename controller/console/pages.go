@@ -298,7 +298,7 @@ type paramRow struct {
 type deviceData struct {
 	Device     deviceRow
 	Protocol   string
-	Params     []paramRow
+	Params     []paramEdit
 	Prefix     string
 	NextParams string
 	Tasks      []store.Task
@@ -329,7 +329,7 @@ func (c *Console) device(w http.ResponseWriter, r *http.Request, sess *store.Ses
 		if row.Secret {
 			row.Value = ""
 		}
-		d.Params = append(d.Params, row)
+		d.Params = append(d.Params, paramEdit{DeviceID: id, Row: row, Done: true, CanEdit: canEdit(sess, row)})
 	}
 	d.NextParams = next
 	if d.Tasks, err = c.deviceTasks(r.Context(), id); err != nil {

@@ -116,6 +116,11 @@ func (c *Console) fragment(w http.ResponseWriter, r *http.Request, sess *store.S
 }
 
 func (c *Console) write(w http.ResponseWriter, r *http.Request, code int, page, name string, l layout) {
+	c.writeData(w, code, page, name, l)
+}
+
+// writeData executes one template of a page with any data.
+func (c *Console) writeData(w http.ResponseWriter, code int, page, name string, l any) {
 	var buf bytes.Buffer
 	t := c.pages[page]
 	if t == nil {
