@@ -247,7 +247,9 @@ func (c *Console) fail(w http.ResponseWriter, r *http.Request, sess *store.Sessi
 	msg := devicemodel.ErrorMessage(err)
 	if store.IsQueryTimeout(err) {
 		code, msg = http.StatusServiceUnavailable, "The database took too long to answer; narrow the search and try again."
-	} else if code >= 500 {
+	} else if code == http.StatusInternalServerError {
+		// A bug or an untyped error: the words are for the log only. A
+		// typed unavailable or timeout (503, 504) says what to do.
 		c.rl.Log(r.Context(), slog.LevelError, "console request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		msg = "Something went wrong on the server; the controller's log has the details."
 	}
