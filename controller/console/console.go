@@ -81,6 +81,9 @@ type Console struct {
 	stop    chan struct{}
 	once    sync.Once
 	secrets func(path string) bool
+
+	overviewMu sync.Mutex
+	overview   overviewData // the last figures computed (overviewData)
 }
 
 // New builds the console; a bad option is an error naming it.
@@ -127,7 +130,7 @@ func New(o Options) (*Console, error) {
 	c.mux.HandleFunc("GET /login", c.loginPage)
 	c.mux.HandleFunc("POST /login", c.login)
 	c.route("POST /logout", store.RoleViewer, c.logout)
-	c.route("GET /{$}", store.RoleViewer, c.overview)
+	c.route("GET /{$}", store.RoleViewer, c.overviewPage)
 	c.route("GET /live/overview", store.RoleViewer, c.overviewLive)
 	c.route("GET /devices", store.RoleViewer, c.devices)
 	c.route("GET /devices/{id}", store.RoleViewer, c.device)
