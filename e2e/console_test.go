@@ -94,7 +94,7 @@ func screenshot(t *testing.T, ctx context.Context, name string) {
 		return
 	}
 	var png []byte
-	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	sctx, cancel := context.WithTimeout(ctx, 45*time.Second)
 	defer cancel()
 	if err := chromedp.Run(sctx, chromedp.FullScreenshot(&png, 100)); err != nil {
 		t.Logf("screenshot %s: %v", name, err)
@@ -211,8 +211,10 @@ func TestConsole(t *testing.T) {
 		chromedp.Navigate(d.HTTP+"/devices"),
 		chromedp.WaitVisible("#param", chromedp.ByID),
 		chromedp.SendKeys("#param", cond, chromedp.ByID),
+		// Marks this page, to know when the results' page replaced it.
+		chromedp.Evaluate(`document.body.dataset.before = "search"`, nil),
 		chromedp.Click("#search-button", chromedp.ByID),
-		chromedp.WaitVisible("#device-count", chromedp.ByID),
+		chromedp.WaitVisible(`body:not([data-before]) #device-count strong`, chromedp.ByQuery),
 		chromedp.Text("#device-count strong", &count, chromedp.ByQuery),
 		chromedp.Text("#devices tbody", &rows, chromedp.ByQuery),
 	)

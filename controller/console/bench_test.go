@@ -65,6 +65,9 @@ func BenchmarkConsolePages(b *testing.B) {
 		{"device-list-online-cwmp", "/devices?protocol=cwmp&online=true", c},
 		{"device-list-param-condition", "/devices?param=Device.X_Bench.P3:eq:v-" + strconv.Itoa(devices/2) + "-3", c},
 		{"device-list-text", "/devices?q=SN0" + strconv.Itoa(devices/4), c},
+		// The count each list loads after itself (deviceCount).
+		{"device-count", "/devices/count", c},
+		{"device-count-param-condition", "/devices/count?param=Device.X_Bench.P3:eq:v-" + strconv.Itoa(devices/2) + "-3", c},
 		{"device-page", "/devices/" + mid, c},
 	} {
 		b.Run(p.name, func(b *testing.B) {

@@ -133,6 +133,7 @@ func New(o Options) (*Console, error) {
 	c.route("GET /{$}", store.RoleViewer, c.overviewPage)
 	c.route("GET /live/overview", store.RoleViewer, c.overviewLive)
 	c.route("GET /devices", store.RoleViewer, c.devices)
+	c.route("GET /devices/count", store.RoleViewer, c.deviceCount)
 	c.route("GET /devices/{id}", store.RoleViewer, c.device)
 	c.route("POST /devices/{id}/reboot", store.RoleOperator, c.deviceOperate("reboot"))
 	c.route("POST /devices/{id}/factory-reset", store.RoleOperator, c.deviceOperate("factory_reset"))
