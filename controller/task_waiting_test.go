@@ -175,3 +175,81 @@ func TestConnectionRequestSentAgainWhenNoSessionCame(t *testing.T) {
 		t.Fatalf("session work %v", cmds)
 	}
 }
+
+// TestConnectionRequestForTasksQueuedWhileOneIsOut: tasks queued while a
+// connection request is still out for the device (accepted by the CPE,
+// its answer not yet back) must get a request of their own once it is
+// back. The session the first request brought may already have asked for
+// its last work and ended before they were queued; before, the second
+// wake-up was merged into the first and lost, and the tasks waited for the
+// next periodic inform (seen in e2e as a management policy's Set stuck in
+// "awaiting_session" after its Get). The resend of unanswered requests is
+// off here (an hour), so only a request of their own can come in time.
+func TestConnectionRequestForTasksQueuedWhileOneIsOut(t *testing.T) {
+	e := newEnv(t)
+	q, err := controller.NewTaskQueue(controller.TaskQueueOptions{Store: e.store, Bus: e.bus,
+		SweepInterval: 50 * time.Millisecond, CommandTimeout: 5 * time.Second, ConnReqResendAfter: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(q.Stop)
+	e.tasks = q
+	api := httptest.NewServer(controller.NewAPI(controller.APIOptions{Store: e.store, Tasks: q}))
+	t.Cleanup(api.Close)
+	e.api = api
+	e.startRegistry(t)
+	startDesk(t, e)
+	const dev = "00D09E-ONT-CRBUSY"
+	e.seen(t, dev, duetv1.Protocol_PROTOCOL_CWMP, "inform")
+
+	arrived := make(chan int, 10)
+	release := make(chan struct{})
+	var mu sync.Mutex
+	crs := 0
+	sub, err := e.bus.ServeCommands(bus.CommandSubject(devicemodel.ProtocolCWMP, dev), "", func(ctx context.Context, cmd *duetv1.Command) *duetv1.CommandResult {
+		mu.Lock()
+		crs++
+		n := crs
+		mu.Unlock()
+		arrived <- n
+		if n == 1 {
+			<-release // the CPE said 200; the adapter's answer is slow to come back
+		}
+		return &duetv1.CommandResult{}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Stop()
+
+	_, first := e.createTask(t, dev, `{"operation":"get","paths":["Device.DeviceInfo."]}`)
+	select {
+	case <-arrived:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no connection request for the first task")
+	}
+	// The session the request brought runs the first task and ends before
+	// the second task is queued.
+	cmds := askWork(t, e.bus, dev, "s1", 0)
+	if len(cmds) != 1 || cmds[0].Id != first.ID {
+		t.Fatalf("s1 round 0: %v", cmds)
+	}
+	if cmds := askWork(t, e.bus, dev, "s1", 1, ok(cmds[0])); len(cmds) != 0 {
+		t.Fatalf("s1 round 1: %v", cmds)
+	}
+	e.waitState(t, first.ID, "succeeded")
+	_, second := e.createTask(t, dev, `{"operation":"get","paths":["Device.ManagementServer."]}`)
+	close(release)
+
+	select {
+	case <-arrived:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no connection request for task %s, queued while the first request was out", second.ID)
+	}
+	if cmds := askWork(t, e.bus, dev, "s2", 0); len(cmds) != 1 || cmds[0].Id != second.ID {
+		t.Fatalf("s2 round 0: %v", cmds)
+	}
+}
