@@ -189,3 +189,40 @@ func TestStaticAssetsEmbedded(t *testing.T) {
 		}
 	}
 }
+
+// TestTokensPage: an admin makes an API token in the console, which
+// works on the API's lookup, and revokes it; both are in the audit log
+// under the admin's name, without the secret.
+func TestTokensPage(t *testing.T) {
+	c, st := newTestConsole(t)
+	ctx := context.Background()
+	if _, err := st.CreateUser(ctx, "test", "ada", store.RoleAdmin, "adas long password"); err != nil {
+		t.Fatal(err)
+	}
+	sess, csrf := logIn(t, c, "ada", "adas long password", nil)
+	a := do(c, "POST", "/tokens", url.Values{"csrf": {csrf}, "name": {"grafana"}, "role": {"viewer"}}, []*http.Cookie{sess}, nil)
+	m := regexp.MustCompile(`<code id="token-secret">(duet_[^<]+)</code>`).FindStringSubmatch(a.body)
+	if a.code != 200 || m == nil {
+		t.Fatalf("create token: %d\n%s", a.code, a.body)
+	}
+	tok, err := st.FindTokenBySecret(ctx, m[1])
+	if err != nil || tok.Role != store.RoleViewer || tok.Name != "grafana" {
+		t.Fatalf("the console's token: %+v %v", tok, err)
+	}
+	if a := do(c, "POST", "/tokens/"+tok.ID+"/revoke", url.Values{"csrf": {csrf}}, []*http.Cookie{sess}, nil); a.code != http.StatusSeeOther {
+		t.Fatalf("revoke: %d\n%s", a.code, a.body)
+	}
+	if _, err := st.FindTokenBySecret(ctx, m[1]); err == nil {
+		t.Fatal("a revoked token still authenticates")
+	}
+	var n int
+	var leaked bool
+	if err := st.Pool().QueryRow(ctx, `SELECT count(*), bool_or(after::text LIKE '%duet_%') FROM audit_log WHERE object_type = 'token' AND object_id = $1 AND actor = 'ada (user)'`,
+		tok.ID).Scan(&n, &leaked); err != nil || n != 2 || leaked {
+		t.Fatalf("token audit rows: %d (secret in them: %v) %v", n, leaked, err)
+	}
+	// A bad role is said in words, on the page.
+	if a := do(c, "POST", "/tokens", url.Values{"csrf": {csrf}, "name": {"x"}, "role": {"root"}}, []*http.Cookie{sess}, nil); a.code != 400 || !strings.Contains(a.body, "is not one of admin, operator, viewer") {
+		t.Fatalf("bad role: %d\n%s", a.code, a.body)
+	}
+}

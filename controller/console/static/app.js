@@ -24,6 +24,11 @@
       flash(tmp.textContent.trim() || ("The request failed (" + xhr.status + ")."));
     }
   });
+  // A plain form with data-confirm asks first (htmx forms use hx-confirm).
+  document.addEventListener("submit", function (e) {
+    var m = e.target.dataset && e.target.dataset.confirm;
+    if (m && !window.confirm(m)) { e.preventDefault(); }
+  });
   document.addEventListener("htmx:sendError", function () {
     flash("The controller cannot be reached. Check the network; the page retries live parts by itself.");
   });
