@@ -143,6 +143,7 @@ func New(o Options) (*Console, error) {
 	c.route("GET /users", store.RoleAdmin, c.users)
 	c.route("POST /users", store.RoleAdmin, c.createUser)
 	c.route("POST /users/{name}", store.RoleAdmin, c.updateUser)
+	c.route("GET /audit", store.RoleViewer, c.audit)
 	c.route("GET /tokens", store.RoleAdmin, c.tokens)
 	c.route("POST /tokens", store.RoleAdmin, c.createToken)
 	c.route("POST /tokens/{id}/revoke", store.RoleAdmin, c.revokeToken)

@@ -221,6 +221,18 @@ func TestTokensPage(t *testing.T) {
 		tok.ID).Scan(&n, &leaked); err != nil || n != 2 || leaked {
 		t.Fatalf("token audit rows: %d (secret in them: %v) %v", n, leaked, err)
 	}
+	// The audit page finds them by actor and entity, and only them.
+	a = do(c, "GET", "/audit?"+url.Values{"actor": {"ada (user)"}, "type": {"token"}}.Encode(), nil, []*http.Cookie{sess}, nil)
+	if a.code != 200 || strings.Count(a.body, "token "+tok.ID) != 2 {
+		t.Fatalf("audit page: %d\n%s", a.code, a.body)
+	}
+	a = do(c, "GET", "/audit?"+url.Values{"actor": {"someone else"}}.Encode(), nil, []*http.Cookie{sess}, nil)
+	if a.code != 200 || !strings.Contains(a.body, "No entry matches.") {
+		t.Fatalf("audit page of another actor: %d\n%s", a.code, a.body)
+	}
+	if a := do(c, "GET", "/audit?since=yesterday", nil, []*http.Cookie{sess}, nil); a.code != 400 || !strings.Contains(a.body, "is not a date and time") {
+		t.Fatalf("audit with a bad time: %d", a.code)
+	}
 	// A bad role is said in words, on the page.
 	if a := do(c, "POST", "/tokens", url.Values{"csrf": {csrf}, "name": {"x"}, "role": {"root"}}, []*http.Cookie{sess}, nil); a.code != 400 || !strings.Contains(a.body, "is not one of admin, operator, viewer") {
 		t.Fatalf("bad role: %d\n%s", a.code, a.body)

@@ -58,6 +58,7 @@ var funcs = template.FuncMap{
 	},
 	"words":        func(s string) string { return strings.ReplaceAll(s, "_", " ") },
 	"protocolName": protocolName,
+	"list":         func(v ...string) []string { return v },
 	// pageQuery is the search form's query with another cursor.
 	"pageQuery": func(q url.Values, cursor string) string {
 		out := url.Values{}
