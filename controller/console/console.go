@@ -64,6 +64,10 @@ type Options struct {
 	// OpenAPI is the REST API's OpenAPI document, shown on the API
 	// documentation page.
 	OpenAPI []byte
+	// SecretParams are parameter-name endings whose values are secrets,
+	// besides controller.DefaultSecretParams (the API's setting): the
+	// console never shows them.
+	SecretParams []string
 	// LiveInterval is how often live parts of pages (the overview) are
 	// refreshed over Server-Sent Events. Default 5 s.
 	LiveInterval time.Duration
@@ -72,15 +76,17 @@ type Options struct {
 
 // Console serves the web console at "/".
 type Console struct {
-	o       Options
-	st      *store.Store
-	log     *slog.Logger
-	rl      *ratelog.Logger
-	mux     *http.ServeMux
-	pages   map[string]*template.Template
-	stop    chan struct{}
-	once    sync.Once
-	secrets func(path string) bool
+	o        Options
+	st       *store.Store
+	log      *slog.Logger
+	rl       *ratelog.Logger
+	mux      *http.ServeMux
+	pages    map[string]*template.Template
+	stop     chan struct{}
+	once     sync.Once
+	secrets  controller.SecretNames
+	registry *controller.Devices
+	params   *controller.Parameters
 
 	overviewMu sync.Mutex
 	overview   overviewData // the last figures computed (overviewData)
@@ -110,8 +116,10 @@ func New(o Options) (*Console, error) {
 		o.LiveInterval = 5 * time.Second
 	}
 	log := o.Logger.With("component", "console")
+	secrets := controller.NewSecretNames(o.SecretParams)
 	c := &Console{o: o, st: o.Store, log: log, rl: ratelog.New(log, 0, 0), mux: http.NewServeMux(), stop: make(chan struct{}),
-		secrets: secretPath}
+		secrets: secrets, registry: controller.NewDevices(o.Store),
+		params: controller.NewParameters(controller.ParametersOptions{Store: o.Store, Tasks: o.Tasks, Secrets: secrets, Logger: log})}
 	if err := c.parseTemplates(); err != nil {
 		return nil, err
 	}
@@ -170,13 +178,9 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c.mux.ServeHTTP(w, r)
 }
 
-// roleRank orders the roles as the API does (controller's roles).
-var roleRank = map[store.Role]int{store.RoleViewer: 1, store.RoleOperator: 2, store.RoleAdmin: 3}
-
-func roleAtLeast(have, need store.Role) bool {
-	h, ok := roleRank[have]
-	return ok && h >= roleRank[need]
-}
+// roleAtLeast is the controller's role order (viewer < operator <
+// admin), the same for the console as for the REST API.
+func roleAtLeast(have, need store.Role) bool { return controller.RoleAtLeast(have, need) }
 
 // route registers a page that needs a session whose user has at least
 // role need; a POST also needs the session's CSRF token. The user's name
@@ -286,15 +290,4 @@ func clientAddress(r *http.Request) string {
 		return r.RemoteAddr
 	}
 	return host
-}
-
-// secretPath reports a parameter whose value the console never shows: the
-// controller's list of secret name endings.
-func secretPath(path string) bool {
-	for _, x := range controller.DefaultSecretParams {
-		if strings.HasSuffix(path, x) {
-			return true
-		}
-	}
-	return false
 }

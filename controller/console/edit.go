@@ -3,7 +3,6 @@ package console
 import (
 	"net/http"
 	"net/url"
-	"time"
 
 	"github.com/duet-dm/duet/controller"
 	"github.com/duet-dm/duet/pkg/devicemodel"
@@ -51,7 +50,7 @@ func (c *Console) setParameter(w http.ResponseWriter, r *http.Request, sess *sto
 		return devicemodel.Errorf(devicemodel.CodeUnavailable, "tasks are not available on this controller")
 	}
 	id, path, value := r.PathValue("id"), r.PostFormValue("path"), r.PostFormValue("value")
-	if c.secrets(path) {
+	if c.secrets.IsSecret(path) {
 		// Secrets are set through the API, where the request is not shown
 		// back; the console never holds their values.
 		return devicemodel.Errorf(devicemodel.CodeInvalidArgument, "%s holds a secret; set it through the API", path)
@@ -96,7 +95,7 @@ func (c *Console) paramRowOf(w http.ResponseWriter, r *http.Request, sess *store
 	}
 	e := paramEdit{DeviceID: id, Row: paramRow{Parameter: store.Parameter{DeviceID: id, Path: path}}, Set: set, Get: get}
 	if len(ps) == 1 && ps[0].Path == path {
-		e.Row = paramRow{Parameter: ps[0], Secret: c.secrets(path)}
+		e.Row = paramRow{Parameter: ps[0], Secret: c.secrets.IsSecret(path)}
 	}
 	if e.Row.Secret {
 		e.Row.Value = ""
@@ -124,33 +123,17 @@ func taskFailure(t store.Task) string {
 }
 
 // readLive reads a subtree (or one parameter) from the device now and
-// shows it: a get task, waited for up to 30 s; its values land in the
-// cache before the task is final (TaskQueue).
+// shows it (controller.Parameters.ReadLive: a get task, waited for up to
+// 30 s, its values in the cache before the task is final).
 func (c *Console) readLive(w http.ResponseWriter, r *http.Request, _ *store.Session) error {
-	if c.o.Tasks == nil {
-		return devicemodel.Errorf(devicemodel.CodeUnavailable, "tasks are not available on this controller")
-	}
 	id, prefix := r.PathValue("id"), r.PostFormValue("prefix")
 	if prefix == "" {
 		prefix = "Device."
 	}
-	t, err := c.o.Tasks.Create(r.Context(), id, controller.TaskRequest{Operation: "get", Paths: []string{prefix}})
-	if err != nil {
+	// The REST API's refresh=true: the same service.
+	if err := c.params.ReadLive(r.Context(), id, prefix); err != nil {
 		return err
-	}
-	t, err = c.o.Tasks.Wait(r.Context(), t.ID, readLiveTimeout)
-	if err != nil {
-		return err
-	}
-	if t.State != store.TaskSucceeded {
-		if !t.State.Terminal() {
-			return devicemodel.Errorf(devicemodel.CodeTimeout, "the device did not answer within %s; task %s is still %s", readLiveTimeout, t.ID, t.State)
-		}
-		return devicemodel.Errorf(devicemodel.CodeUnavailable, "reading %s failed: %s", prefix, taskFailure(t))
 	}
 	http.Redirect(w, r, "/devices/"+url.PathEscape(id)+"?prefix="+url.QueryEscape(prefix), http.StatusSeeOther)
 	return nil
 }
-
-// readLiveTimeout is how long "Read from device" waits.
-const readLiveTimeout = 30 * time.Second

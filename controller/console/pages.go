@@ -267,7 +267,7 @@ func (c *Console) devices(w http.ResponseWriter, r *http.Request, sess *store.Se
 		c.render(w, r, sess, http.StatusBadRequest, "devices", "Devices", d)
 		return nil
 	}
-	devs, next, err := c.st.FindDevices(r.Context(), f)
+	page, err := c.registry.Search(r.Context(), f)
 	if err != nil {
 		if statusOf(err) < 500 {
 			d.FormError = devicemodel.ErrorMessage(err)
@@ -276,18 +276,10 @@ func (c *Console) devices(w http.ResponseWriter, r *http.Request, sess *store.Se
 		}
 		return err
 	}
-	ids := make([]string, len(devs))
-	for i, dev := range devs {
-		ids[i] = dev.ID
+	for _, dev := range page.Devices {
+		d.Rows = append(d.Rows, deviceRow{Device: dev.Device, State: controller.DeviceState(dev.Device), Tags: dev.Tags})
 	}
-	tags, err := c.st.FindTagsOfDevices(r.Context(), ids)
-	if err != nil {
-		return err
-	}
-	for _, dev := range devs {
-		d.Rows = append(d.Rows, deviceRow{Device: dev, State: deviceState(dev), Tags: tags[dev.ID]})
-	}
-	d.Next, d.Searched = next, true
+	d.Next, d.Searched = page.Next, true
 	c.render(w, r, sess, http.StatusOK, "devices", "Devices", d)
 	return nil
 }
@@ -306,28 +298,13 @@ func (c *Console) deviceCount(w http.ResponseWriter, r *http.Request, sess *stor
 	}
 	var count int64
 	f.Count, f.Limit = &count, 1
-	if _, _, err := c.st.FindDevices(r.Context(), f); err != nil {
+	page, err := c.registry.Search(r.Context(), f)
+	if err != nil {
 		return err
 	}
-	d := devicesData{Count: count}
-	if len(f.Params) > 0 {
-		if d.Unknown, err = c.st.CountDevicesWithoutParams(r.Context(), f); err != nil {
-			return err
-		}
-	}
+	d := devicesData{Count: count, Unknown: page.Unknown}
 	c.fragment(w, r, sess, "devices", "count", d)
 	return nil
-}
-
-// deviceState is the API's (controller: rebooting, online, offline).
-func deviceState(d devicemodel.Device) string {
-	switch {
-	case d.Rebooting:
-		return "rebooting"
-	case d.Online:
-		return "online"
-	}
-	return "offline"
 }
 
 type paramRow struct {
@@ -350,22 +327,21 @@ func (c *Console) device(w http.ResponseWriter, r *http.Request, sess *store.Ses
 	if err := devicemodel.ValidateDeviceID(id); err != nil {
 		return devicemodel.Errorf(devicemodel.CodeNotFound, "there is no device %q", id)
 	}
-	dev, err := c.st.FindDeviceByID(r.Context(), id)
+	dev, err := c.registry.Get(r.Context(), id)
 	if err != nil {
 		return err
 	}
-	tags, err := c.st.FindTagsOfDevices(r.Context(), []string{id})
-	if err != nil {
-		return err
-	}
-	d := deviceData{Device: deviceRow{Device: dev, State: deviceState(dev), Tags: tags[id]}, Protocol: protocolName(string(dev.Protocol)),
-		Prefix: r.URL.Query().Get("prefix")}
-	ps, next, err := c.st.FindParameters(r.Context(), store.ParameterFilter{DeviceID: id, Prefix: d.Prefix, After: r.URL.Query().Get("after"), Limit: 200})
+	d := deviceData{Device: deviceRow{Device: dev.Device, State: controller.DeviceState(dev.Device), Tags: dev.Tags},
+		Protocol: protocolName(string(dev.Protocol)), Prefix: r.URL.Query().Get("prefix")}
+	// Never revealed here: the console shows no secret value (the API's
+	// admins can, audited).
+	ps, next, err := c.params.List(r.Context(), store.ParameterFilter{DeviceID: id, Prefix: d.Prefix, After: r.URL.Query().Get("after"), Limit: 200},
+		false, store.ActorFrom(r.Context()))
 	if err != nil {
 		return err
 	}
 	for _, p := range ps {
-		row := paramRow{Parameter: p, Secret: c.secrets(p.Path)}
+		row := paramRow{Parameter: p.Parameter, Secret: p.Redacted || c.secrets.IsSecret(p.Path)}
 		if row.Secret {
 			row.Value = ""
 		}
