@@ -198,9 +198,9 @@ func TestConnectionRequestForTasksQueuedWhileOneIsOut(t *testing.T) {
 	}
 	t.Cleanup(q.Stop)
 	e.tasks = q
-	api := httptest.NewServer(controller.NewAPI(controller.APIOptions{Store: e.store, Tasks: q}))
-	t.Cleanup(api.Close)
-	e.api = api
+	srv := httptest.NewServer(api.New(api.Options{Store: e.store, Tasks: q}))
+	t.Cleanup(srv.Close)
+	e.api = srv
 	e.startRegistry(t)
 	startDesk(t, e)
 	const dev = "00D09E-ONT-CRBUSY"
