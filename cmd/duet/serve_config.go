@@ -39,6 +39,7 @@ type serveConfig struct {
 	secretParams                  []string
 	consoleIdle, consoleLifetime  time.Duration
 	wsPerIP                       int
+	wsMaxConns                    int
 
 	cwmp cwmpadapter.Options // without Bus and Logger
 
@@ -245,6 +246,9 @@ func (s *settings) checkUSP(c *serveConfig) error {
 			return s.errSetting("ws-path", "%q must start with /", s.str("ws-path"))
 		}
 		if c.wsPerIP, err = s.integer("ws-max-conns-per-ip", 0, 1_000_000); err != nil {
+			return err
+		}
+		if c.wsMaxConns, err = s.integer("ws-max-conns", 1, 10_000_000); err != nil {
 			return err
 		}
 	}
