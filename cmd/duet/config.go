@@ -70,6 +70,8 @@ func newSettings() *settings {
 	add("operation-timeout", "DUET_OPERATION_TIMEOUT", "1h", "an asynchronous command (USP OperationComplete, CWMP diagnostics) fails with timeout when its completion does not come within this")
 	add("pprof-addr", "DUET_PPROF_ADDR", "", "loopback address (127.0.0.1:6060) serving Go's /debug/pprof profiles, for measuring Duet; empty is off, and any other host is refused")
 	add("admin-token", "DUET_ADMIN_TOKEN", "", "API admin bearer token to create at start (at least 24 characters); unset, the first start generates one and prints it once")
+	add("console-idle-timeout", "DUET_CONSOLE_IDLE_TIMEOUT", "30m", "a web console session unused this long ends and its user logs in again (at least 1m)")
+	add("console-session-lifetime", "DUET_CONSOLE_SESSION_LIFETIME", "12h", "a web console session ends this long after its login, used or not (at least console-idle-timeout)")
 	// CWMP
 	add("cwmp-addr", "DUET_CWMP_ADDR", ":7547", "listen address of the CWMP ACS")
 	add("cwmp-path", "DUET_CWMP_PATH", "/", "URL path of the CWMP ACS")

@@ -22,6 +22,7 @@ import (
 	uspmqtt "github.com/duet-dm/duet/adapters/usp/mqtt"
 	"github.com/duet-dm/duet/controller"
 	"github.com/duet-dm/duet/controller/api"
+	"github.com/duet-dm/duet/controller/console"
 	"github.com/duet-dm/duet/controller/policy"
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/netguard"
@@ -136,6 +137,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	mux := http.NewServeMux()
 	var checks []readyCheck
 	var apiServer *api.Server
+	var web *console.Console
 	// ensureAdmin creates (and prints, once) the first admin token. It runs
 	// after every component started, so a start that fails never creates
 	// a token nobody saw.
@@ -174,6 +176,15 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 				// Printed once, to stdout only (not the log, which is often
 				// shipped elsewhere); only its hash is stored.
 				fmt.Fprintf(m.Stdout, "\nNo API token existed, so an admin token was created. It is shown only now:\n\n  %s\n\nUse it as \"Authorization: Bearer <token>\"; manage tokens with \"duet token\".\n\n", adminToken)
+			}
+			// The console's first admin, the same way (issue 13 item 3).
+			password, err := st.EnsureFirstAdmin(ctx)
+			if err != nil {
+				return err
+			}
+			if password != "" {
+				fmt.Fprintf(m.Stdout, "\nNo console user existed, so the user %q (role admin) was created. Its password is shown only now:\n\n  %s\n\nLog in to the console at %s; manage users there or with \"duet user\".\n\n",
+					store.FirstAdminName, password, "http://"+displayAddr(ls.HTTP)+"/")
 			}
 			return nil
 		}
@@ -249,6 +260,15 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			log.Warn("DUET_CREDENTIALS_KEY is not set: the device credentials API answers 503 and per-device CWMP auth finds no credentials")
 		}
 		mux.Handle("/api/v1/", apiServer)
+		// The web console answers every other path (issue 13).
+		con, err := console.New(console.Options{Store: st, Tasks: tasks, IdleTimeout: cfg.consoleIdle,
+			SessionLifetime: cfg.consoleLifetime, OpenAPI: api.OpenAPIDocument(), SecretParams: cfg.secretParams, Logger: log})
+		if err != nil {
+			_ = hl.Close()
+			return err
+		}
+		mux.Handle("/", con)
+		web = con
 	}
 
 	if comps["cwmp"] {
@@ -298,6 +318,9 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		// Event streams never end on their own; end them when draining.
 		srv.RegisterOnShutdown(apiServer.Close)
 	}
+	if web != nil {
+		srv.RegisterOnShutdown(web.Close)
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(hl) }()
 	started.push(func(ctx context.Context) { _ = srv.Shutdown(ctx) })
@@ -307,6 +330,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		"mqtt", netguard.RedactURL(ls.MQTT), "stomp", ls.STOMP, "websocket", ls.WS)
 	fmt.Fprintf(m.Stdout, "duet %s is up\n", version())
 	for _, l := range []struct{ what, where string }{
+		{"web console", consoleURL(comps, ls.HTTP)},
 		{"API, /healthz, /readyz, /metrics", "http://" + displayAddr(ls.HTTP)},
 		{"NATS bus", netguard.RedactURL(ls.NATS)},
 		{"CWMP ACS (TR-069)", ls.CWMP},
@@ -520,4 +544,13 @@ func displayAddr(a string) string {
 // would print a time.Duration in nanoseconds in JSON).
 func roundSeconds(d time.Duration) float64 {
 	return float64(d.Round(time.Millisecond)) / float64(time.Second)
+}
+
+// consoleURL is where the web console is, when this process runs the
+// controller ("" otherwise).
+func consoleURL(comps map[string]bool, httpAddr string) string {
+	if !comps["controller"] {
+		return ""
+	}
+	return "http://" + displayAddr(httpAddr) + "/"
 }

@@ -38,6 +38,7 @@ type serveConfig struct {
 	apiQueryTimeout               time.Duration
 	apiSearches                   int
 	secretParams                  []string
+	consoleIdle, consoleLifetime  time.Duration
 	wsPerIP                       int
 	wsMaxConns                    int
 
@@ -120,6 +121,12 @@ func (s *settings) checkServe() (*serveConfig, error) {
 			return nil, err
 		}
 		c.secretParams = strings.Split(s.str("secret-params"), ",")
+		if c.consoleIdle, err = s.duration("console-idle-timeout", time.Minute); err != nil {
+			return nil, err
+		}
+		if c.consoleLifetime, err = s.duration("console-session-lifetime", c.consoleIdle); err != nil {
+			return nil, err
+		}
 		if v := s.str("admin-token"); v != "" && len(v) < store.MinTokenLen {
 			return nil, s.errSetting("admin-token", "is shorter than %d characters", store.MinTokenLen)
 		}
