@@ -18,7 +18,7 @@ export DUET_TEST_DATABASE_URL ?= postgres:///postgres?host=/var/run/postgresql
 # Test timeout for the whole suite; the machines are shared and slow.
 TEST_TIMEOUT ?= 15m
 
-.PHONY: all build run test test-short services lint bench fuzz proto proto-check tools clean
+.PHONY: all build run test test-short services lint bench fuzz proto proto-check tools clean web-vendor
 
 all: build
 
@@ -30,8 +30,8 @@ build: ## build bin/duet and bin/duet-sim (the fleet simulator)
 run: build ## run Duet with embedded NATS and brokers (PostgreSQL is found or set up)
 	scripts/run.sh
 
-services: ## make sure PostgreSQL, NATS, Mosquitto and RabbitMQ (+STOMP) are running
-	scripts/services.sh postgres nats mosquitto rabbitmq
+services: ## make sure PostgreSQL, NATS, Mosquitto and RabbitMQ (+STOMP) are running, and Chromium installed
+	scripts/services.sh postgres nats mosquitto rabbitmq chromium
 
 test: services ## every test, with the race detector, against the real services
 	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
@@ -53,6 +53,9 @@ fuzz: ## run each fuzz target for FUZZTIME
 	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; \
 	done
+
+web-vendor: ## refresh the console's vendored browser packages (needs npm; building does not)
+	scripts/web-vendor.sh
 
 tools: $(TOOLS)/buf $(TOOLS)/protoc-gen-go $(TOOLS)/staticcheck
 

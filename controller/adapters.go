@@ -31,7 +31,10 @@ type AdapterDeskOptions struct {
 	// (the key's absence means per-device credentials are off).
 	Store         *store.Store
 	CredentialKey *store.CredentialKey
-	Logger        *slog.Logger
+	// Backlog, when set, answers the adapters' backlog questions
+	// (Registry.Backlog): they shed new sessions while it is high.
+	Backlog func() uint64
+	Logger  *slog.Logger
 }
 
 // StartAdapterDesk subscribes the desk's handlers in queue groups, so
@@ -92,6 +95,14 @@ func StartAdapterDeskWith(o AdapterDeskOptions) (*AdapterDesk, error) {
 		return nil, err
 	}
 	d.subs = append(d.subs, routes)
+	if o.Backlog != nil {
+		backlog, err := b.ServeBacklog("duet-controller", func(context.Context) uint64 { return o.Backlog() })
+		if err != nil {
+			d.Stop()
+			return nil, err
+		}
+		d.subs = append(d.subs, backlog)
+	}
 	return d, nil
 }
 

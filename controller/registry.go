@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -44,6 +45,14 @@ var (
 		Name:    "duet_controller_batch_events",
 		Help:    "Events per committed registry batch.",
 		Buckets: prometheus.ExponentialBuckets(1, 2, 12),
+	})
+	metricEventsPending = promauto.NewGauge(prometheus.GaugeOpts{
+		Name: "duet_controller_events_pending",
+		Help: "Device events in the stream that the controllers' consumer has not been handed yet, as of this replica's last fetch (0 when a fetch found none): the registry's backlog (issue 17).",
+	})
+	metricEventLagSeconds = promauto.NewGauge(prometheus.GaugeOpts{
+		Name: "duet_controller_event_lag_seconds",
+		Help: "Age of the oldest event of the batch this replica applied last, from its arrival in the stream (0 when a fetch found none): how far the registry is behind.",
 	})
 	metricApplySeconds = promauto.NewHistogram(prometheus.HistogramOpts{
 		Name:    "duet_controller_apply_duration_seconds",
@@ -90,6 +99,8 @@ type Registry struct {
 	o    RegistryOptions
 	log  *slog.Logger
 	cons jetstream.Consumer
+
+	backlog atomic.Uint64 // noteBacklog
 
 	stopOnce sync.Once
 	cancel   context.CancelFunc
@@ -178,7 +189,15 @@ func (r *Registry) run(ctx context.Context) {
 			r.log.Debug("fetch ended", "err", err)
 		}
 		if len(msgs) == 0 {
+			r.noteBacklog(0, time.Time{})
 			continue
+		}
+		if meta, err := msgs[len(msgs)-1].Metadata(); err == nil {
+			oldest := meta.Timestamp
+			if m0, err := msgs[0].Metadata(); err == nil {
+				oldest = m0.Timestamp
+			}
+			r.noteBacklog(meta.NumPending, oldest)
 		}
 		if err := r.apply(ctx, msgs); err != nil {
 			metricApplyErrors.Inc()
@@ -197,6 +216,23 @@ func (r *Registry) run(ctx context.Context) {
 		backoff = 100 * time.Millisecond
 	}
 }
+
+// noteBacklog records the consumer's backlog after a fetch: pending
+// events not yet handed to any replica, and the stream arrival time of
+// the oldest event fetched (zero: none).
+func (r *Registry) noteBacklog(pending uint64, oldest time.Time) {
+	metricEventsPending.Set(float64(pending))
+	lag := 0.0
+	if !oldest.IsZero() {
+		lag = max(time.Since(oldest).Seconds(), 0)
+	}
+	metricEventLagSeconds.Set(lag)
+	r.backlog.Store(pending)
+}
+
+// Backlog is the consumer's backlog as of this replica's last fetch: the
+// events not yet handed to any replica.
+func (r *Registry) Backlog() uint64 { return r.backlog.Load() }
 
 // isolate handles a failed batch whose failure is not the database's (it
 // answers a ping): one event's data may be what fails, so the events are

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make sure the services Duet's tests and `make run` use are running:
-#   scripts/services.sh postgres nats mosquitto rabbitmq
+#   scripts/services.sh postgres nats mosquitto rabbitmq chromium
 # Each one is started if installed and down, installed with apt-get when
 # missing and we are root, and otherwise named in one clear line saying what
 # to install. Idempotent; safe to run on every `make test`.
@@ -92,6 +92,12 @@ ensure_mosquitto() {
 	fi
 }
 
+# Headless Chromium for the web console's end-to-end tests (e2e/console_test.go
+# drives it with chromedp); not a service, only installed.
+ensure_chromium() {
+	command -v chromium >/dev/null || apt_install chromium
+}
+
 ensure_rabbitmq() {
 	command -v rabbitmq-server >/dev/null || [[ -x /usr/sbin/rabbitmq-server ]] || apt_install rabbitmq-server
 	if ! port_open 5672; then
@@ -113,6 +119,7 @@ for svc in "$@"; do
 	nats) ensure_nats ;;
 	mosquitto) ensure_mosquitto ;;
 	rabbitmq) ensure_rabbitmq ;;
+	chromium) ensure_chromium ;;
 	db:*) ensure_postgres && ensure_database "${svc#db:}" ;;
 	*) die "unknown service $svc" ;;
 	esac

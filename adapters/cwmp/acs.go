@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/duet-dm/duet/pkg/bus"
@@ -64,6 +65,13 @@ type Options struct {
 	// Defaults 20/min burst 20 per device, 3000/min burst 1000 per source
 	// (many CPEs may share one address behind NAT); PerMinute < 0 = off.
 	InformRateDevice, InformRateSource Rate
+	// MaxBacklog sheds new sessions (503 with Retry-After) while the
+	// controllers have more device events than this yet to apply (asked
+	// every BacklogPoll on the bus): the devices wait instead of the
+	// registry falling further behind (issue 17). 0 = off.
+	MaxBacklog uint64
+	// BacklogPoll is how often the backlog is asked; default 1 s.
+	BacklogPoll time.Duration
 	// MinInformInterval refuses (503) a device that informs again sooner
 	// than this after its last accepted Inform. 0 = off.
 	MinInformInterval time.Duration
@@ -149,6 +157,12 @@ func (o *Options) setDefaults() error {
 			return fmt.Errorf("cwmp: %s burst %d must be at least 1", r.name, r.r.Burst)
 		}
 	}
+	if o.BacklogPoll == 0 {
+		o.BacklogPoll = time.Second
+	}
+	if o.BacklogPoll < 0 {
+		return fmt.Errorf("cwmp: BacklogPoll %s must be positive", o.BacklogPoll)
+	}
 	if o.MinInformInterval < 0 {
 		return fmt.Errorf("cwmp: MinInformInterval %s must not be negative", o.MinInformInterval)
 	}
@@ -217,7 +231,9 @@ type ACS struct {
 	started  bool
 	shutdown bool
 	done     chan struct{} // closed by Shutdown; stops the reaper
-	wg       sync.WaitGroup
+	// backlogged: the controllers' last answer was above MaxBacklog.
+	backlogged atomic.Bool
+	wg         sync.WaitGroup
 }
 
 // New validates o and builds an ACS. Nothing listens until Start.
@@ -303,6 +319,13 @@ func (a *ACS) Start() error {
 		ErrorLog:    slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
 	}
 	a.started = true
+	if a.o.MaxBacklog > 0 {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.watchBacklog()
+		}()
+	}
 	a.wg.Add(2)
 	go func() {
 		defer a.wg.Done()

@@ -5,6 +5,7 @@ import (
 	"crypto/md5"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -237,4 +238,56 @@ func TestConnectionRequest(t *testing.T) {
 	if err != nil || res.GetError().GetCode() != duetv1.ErrorCode_ERROR_CODE_UNSUPPORTED {
 		t.Fatalf("get outside a session: %v %v", res, err)
 	}
+}
+
+// TestLoadSheddingBacklog (issue 17): while the controllers report more
+// events to apply than MaxBacklog, new sessions get 503 with Retry-After
+// and the CPE keeps its events; once they catch up, sessions are accepted
+// again. A missing answer sheds nothing.
+func TestLoadSheddingBacklog(t *testing.T) {
+	var backlog atomic.Uint64
+	backlog.Store(5000)
+	e := newEnv(t, func(o *Options) { o.MaxBacklog = 1000; o.BacklogPoll = 20 * time.Millisecond })
+	sub, err := e.bus.ServeBacklog("", func(context.Context) uint64 { return backlog.Load() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Stop()
+	c := newCPE(t, e.url, "Device.", "BL1", true, false)
+	bustest.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		resp, _ := c.post(c.inform(cwmp.EventPeriodic))
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+			if resp.StatusCode == http.StatusOK {
+				c.post(nil)
+			}
+			return fmt.Errorf("inform with a backlog: %d", resp.StatusCode)
+		}
+		return nil
+	})
+	backlog.Store(10)
+	bustest.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		resp, _ := c.post(c.inform(cwmp.EventPeriodic))
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("inform after catching up: %d", resp.StatusCode)
+		}
+		return nil
+	})
+	if resp, _ := c.post(nil); resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("empty POST: %d", resp.StatusCode)
+	}
+	// Nobody answers: nothing is shed.
+	backlog.Store(5000)
+	bustest.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		if !e.acs.backlogged.Load() {
+			return errors.New("not backlogged yet")
+		}
+		return nil
+	})
+	sub.Stop()
+	bustest.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		if e.acs.backlogged.Load() {
+			return errors.New("still shedding without an answer")
+		}
+		return nil
+	})
 }

@@ -120,6 +120,14 @@ func (a *ACS) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "too many sessions", http.StatusServiceUnavailable)
 		return
 	}
+	if s == nil && a.backlogged.Load() {
+		// The registry is behind (MaxBacklog): the CPE keeps its events
+		// and informs again later (TR-069 §3.7), which is the backpressure.
+		metricShed.WithLabelValues("backlog").Inc()
+		w.Header().Set("Retry-After", "30")
+		http.Error(w, "controller busy", http.StatusServiceUnavailable)
+		return
+	}
 	env, err := cwmp.Limits{MaxBodySize: int(a.o.MaxBodyBytes)}.Decode(body, r.Header.Get("Content-Type"))
 	if err != nil {
 		reason := "malformed"

@@ -116,6 +116,14 @@ type Options struct {
 	// so this is how a dead agent is noticed. Default 10 min; negative
 	// disables.
 	KeepAliveInterval time.Duration
+	// ReplyPatterns, by MTP name ("mqtt", "stomp"), is the only reply
+	// address an agent may give: the pattern with {endpoint} replaced by
+	// its endpoint ID, e.g. "usp/agent/{endpoint}". A record naming
+	// another address is dropped (reason reply_outside_pattern). Empty:
+	// no check (docs/guide-usp.md, securing USP).
+	ReplyPatterns map[string]string
+	// Admission decides which endpoint IDs are served; default every one.
+	Admission Admission
 }
 
 func (o *Options) setDefaults() error {
@@ -163,6 +171,14 @@ func (o *Options) setDefaults() error {
 	if o.OnboardWorkers == 0 {
 		o.OnboardWorkers = 4
 	}
+	for mtp, p := range o.ReplyPatterns {
+		if err := validReplyPattern(mtp, p); err != nil {
+			return err
+		}
+	}
+	if err := o.Admission.validate(); err != nil {
+		return err
+	}
 	if o.EventWorkers < 0 || o.EventQueue < 0 || o.OnboardWorkers < 0 {
 		return errors.New("usp: Options.EventWorkers, EventQueue and OnboardWorkers must be positive")
 	}
@@ -187,11 +203,12 @@ type Endpoint struct {
 	mu       sync.Mutex
 	closed   bool
 	agents   map[string]*session
-	known    *lru[struct{}]        // agents onboarded by this process
-	bootSeen *lru[bootHappening]   // the last Boot! published, key eid (dedupe.go)
-	notifies *lru[*notifyState]    // Notify de-duplication, key eid\x00msg_id
-	reboots  *lru[[]pendingReboot] // Reboot()/FactoryReset() awaiting Boot!, key eid
-	asyncOps *lru[[]asyncOp]       // async Operates awaiting OperationComplete, key eid
+	known    *lru[struct{}]          // agents onboarded by this process
+	bootSeen *lru[bootHappening]     // the last Boot! published, key eid (dedupe.go)
+	notifies *lru[*notifyState]      // Notify de-duplication, key eid\x00msg_id
+	reboots  *lru[[]pendingReboot]   // Reboot()/FactoryReset() awaiting Boot!, key eid
+	asyncOps *lru[[]asyncOp]         // async Operates awaiting OperationComplete, key eid
+	admitted *lru[admissionDecision] // admission decisions, key eid (identity.go)
 
 	shards     []chan job
 	onboardQ   chan string
@@ -247,6 +264,7 @@ func New(opts Options) (*Endpoint, error) {
 		notifies:   newLRU[*notifyState](16_384),
 		reboots:    newLRU[[]pendingReboot](16_384),
 		asyncOps:   newLRU[[]asyncOp](16_384),
+		admitted:   newLRU[admissionDecision](65_536),
 		onboardQ:   make(chan string, 4096),
 		onboarding: make(map[string]*onboardRun),
 	}
@@ -418,14 +436,33 @@ func (e *Endpoint) HandleRecord(mtp MTP, from Address, data []byte) error {
 	if from.EndpointID != "" && from.EndpointID != eid {
 		return e.drop(mtp, DropEIDMismatch, fmt.Errorf("from_id %q on a connection of %q", eid, from.EndpointID), "device", eid)
 	}
+	// Where the record asks to be answered: checked against the MTP's
+	// pattern before it can move the agent's session.
+	reply := from.Reply
+	switch {
+	case reply != "":
+	case rec.Kind == pkgusp.RecordMQTTConnect:
+		reply = rec.SubscribedTopic
+	case rec.Kind == pkgusp.RecordSTOMPConnect:
+		reply = rec.SubscribedDestination
+	}
+	if err := e.checkReply(mtp, eid, reply); err != nil {
+		return e.drop(mtp, DropReplyOutsidePattern, err, "device", eid)
+	}
 	e.mu.Lock()
 	closed := e.closed
-	if s := e.agents[eid]; s != nil && !closed {
+	s := e.agents[eid]
+	if s != nil && !closed {
 		s.lastHeard.Store(time.Now().UnixNano()) // keep-alive: it is talking
 	}
 	e.mu.Unlock()
 	if closed {
 		return e.drop(mtp, DropClosed, nil)
+	}
+	if s == nil && rec.Kind != pkgusp.RecordDisconnect {
+		if ok, reason := e.admit(mtp, eid, from); !ok {
+			return e.drop(mtp, reason, nil, "device", eid)
+		}
 	}
 	if rec.Kind == pkgusp.RecordMQTTConnect || rec.Kind == pkgusp.RecordSTOMPConnect ||
 		rec.Kind == pkgusp.RecordWebSocketConnect || rec.Kind == pkgusp.RecordUDSConnect {

@@ -6,6 +6,11 @@
 //
 //	go run ./cmd/duet-licenses > THIRD_PARTY.md
 //
+// It also lists the browser packages the web console vendors
+// (controller/console/static/vendor/manifest.json, written by make
+// web-vendor), with the licence read from the LICENSE file copied beside
+// them.
+//
 // It exits 1 when a licence is unknown or not compatible, so a new
 // dependency is looked at by a person. TestThirdPartyUpToDate fails when
 // THIRD_PARTY.md is not what this prints.
@@ -29,9 +34,15 @@ func main() {
 		fmt.Fprintln(os.Stderr, "duet-licenses:", err)
 		os.Exit(2)
 	}
+	web, err := loadVendored(vendorDir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "duet-licenses:", err)
+		os.Exit(2)
+	}
 	render(os.Stdout, mods)
+	renderVendored(os.Stdout, web)
 	bad := false
-	for _, m := range mods {
+	for _, m := range append(mods, web...) {
 		if !m.Compatible {
 			fmt.Fprintf(os.Stderr, "duet-licenses: %s %s: licence %q is not known to be compatible with Apache-2.0\n", m.Path, m.Version, m.License)
 			bad = true
@@ -134,6 +145,9 @@ func classify(text string) string {
 	case has("Eclipse Public License") && has("Eclipse Distribution License"):
 		// Dual-licensed: the EDL-1.0 is the 3-clause BSD licence.
 		return "EPL-2.0 OR BSD-3-Clause"
+	case has("Zero-Clause BSD") || has("BSD Zero Clause License"):
+		// Its grant is ISC's without the notice condition.
+		return "0BSD"
 	case has("GNU AFFERO GENERAL PUBLIC LICENSE"):
 		return "AGPL"
 	case has("GNU LESSER GENERAL PUBLIC LICENSE"):
@@ -174,7 +188,7 @@ func classify(text string) string {
 // The GPL family is not (Apache-2.0 code cannot be relicensed under it
 // without changing Duet's licence), nor is anything unrecognised.
 func compatible(spdx string) bool {
-	ok := map[string]bool{"MIT": true, "BSD-2-Clause": true, "BSD-3-Clause": true, "ISC": true,
+	ok := map[string]bool{"MIT": true, "0BSD": true, "BSD-2-Clause": true, "BSD-3-Clause": true, "ISC": true,
 		"Apache-2.0": true, "MPL-2.0": true}
 	if strings.Contains(spdx, " OR ") { // a choice: one compatible option suffices
 		for _, p := range strings.Split(spdx, " OR ") {
@@ -218,5 +232,63 @@ cannot recognise. The Go standard library and toolchain are BSD-3-Clause.
 			c = "**NO — review**"
 		}
 		fmt.Fprintf(w, "| `%s` | %s | %s | %s | %s |\n", m.Path, m.Version, kind, m.License, c)
+	}
+}
+
+// vendorDir is where make web-vendor puts the console's browser packages,
+// relative to the repository root (where go run runs).
+const vendorDir = "controller/console/static/vendor"
+
+// loadVendored reads the vendored packages' manifest and classifies the
+// licence file copied beside each.
+func loadVendored(dir string) ([]Module, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var man struct {
+		Packages []struct {
+			Name, Version, Dir string
+			LicenseFile        string `json:"license_file"`
+		}
+	}
+	if err := json.Unmarshal(b, &man); err != nil {
+		return nil, fmt.Errorf("%s/manifest.json: %v", dir, err)
+	}
+	var out []Module
+	for _, p := range man.Packages {
+		m := Module{Path: p.Name, Version: p.Version, License: "unknown", File: filepath.Join(p.Dir, p.LicenseFile)}
+		if t, err := os.ReadFile(filepath.Join(dir, p.Dir, p.LicenseFile)); err == nil {
+			m.License = classify(string(t))
+		}
+		m.Compatible = compatible(m.License)
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+func renderVendored(w io.Writer, web []Module) {
+	if len(web) == 0 {
+		return
+	}
+	fmt.Fprint(w, `
+## Browser packages of the web console
+
+Vendored from the npm registry by `+"`make web-vendor`"+` (scripts/web-vendor.sh,
+pinned versions and sha512 integrity) into controller/console/static/vendor/,
+each with its licence file, and embedded in the duet binary.
+
+| package | version | licence | compatible with Apache-2.0 |
+|---|---|---|---|
+`)
+	for _, m := range web {
+		c := "yes"
+		if !m.Compatible {
+			c = "**NO — review**"
+		}
+		fmt.Fprintf(w, "| `%s` | %s | %s | %s |\n", m.Path, m.Version, m.License, c)
 	}
 }

@@ -32,8 +32,21 @@ func TestThirdPartyUpToDate(t *testing.T) {
 			t.Errorf("%s %s: licence %q is not known to be compatible with Apache-2.0 (file %q)", m.Path, m.Version, m.License, m.File)
 		}
 	}
+	web, err := loadVendored("../../" + vendorDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(web) == 0 {
+		t.Error("no vendored browser packages found (controller/console/static/vendor/manifest.json)")
+	}
+	for _, m := range web {
+		if !m.Compatible {
+			t.Errorf("vendored %s %s: licence %q is not known to be compatible with Apache-2.0 (file %q)", m.Path, m.Version, m.License, m.File)
+		}
+	}
 	var want bytes.Buffer
 	render(&want, mods)
+	renderVendored(&want, web)
 	if want.String() == string(b) {
 		return
 	}
@@ -56,6 +69,7 @@ func TestClassify(t *testing.T) {
 		{"Redistribution and use in source and binary\n  forms, with or without", "BSD-2-Clause", true},
 		{"Permission to use, copy, modify, and/or distribute this software for any purpose with or without fee", "ISC", true},
 		{"Mozilla Public License Version 2.0", "MPL-2.0", true},
+		{"Zero-Clause BSD\n=====\nPermission to use, copy, modify, and/or distribute this software for any purpose with or without fee", "0BSD", true},
 		{"Apache License\n Version 2.0, January 2004", "Apache-2.0", true},
 		{"GNU GENERAL PUBLIC LICENSE Version 3", "GPL", false},
 		{"GNU AFFERO GENERAL PUBLIC LICENSE", "AGPL", false},

@@ -16,6 +16,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -30,8 +32,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gorilla/websocket"
+
 	"github.com/duet-dm/duet/pkg/sim/agent"
 	"github.com/duet-dm/duet/pkg/sim/cpe"
+	"github.com/duet-dm/duet/pkg/usp"
 )
 
 func main() {
@@ -54,6 +59,7 @@ type config struct {
 	periodic                       time.Duration
 	mqtt, mqttTopic                string
 	stomp, stompDest               string
+	enrolmentKey, brokerCA         string
 	ws                             string
 	controllerID                   string
 	prefix                         string
@@ -79,6 +85,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&c.stompDest, "stomp-destination", "/queue/usp.controller", "controller destination")
 	fs.IntVar(&c.uspWS, "usp-ws", 0, "number of USP agents over WebSocket")
 	fs.StringVar(&c.ws, "ws", "ws://127.0.0.1:8081/usp", "controller WebSocket URL")
+	fs.StringVar(&c.enrolmentKey, "usp-enrolment-key", "", "enrolment key (POST /api/v1/usp/enrolment-keys) the USP agents derive their passwords from: MQTT password, STOMP passcode, WebSocket bearer token")
+	fs.StringVar(&c.brokerCA, "usp-tls-ca", "", "PEM CA file: connect to the MQTT and STOMP brokers over TLS (MQTTS, STOMP over TLS) and to wss:// trusting it")
 	fs.StringVar(&c.controllerID, "controller-id", "self::duet-controller", "the controller's USP endpoint ID")
 	fs.StringVar(&c.prefix, "prefix", "SIM", "serial number prefix, to run several simulators side by side")
 	fs.DurationVar(&c.duration, "duration", 0, "stop after this long (0: until Ctrl-C)")
@@ -148,19 +156,45 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	var agentFleets []*agent.Fleet
 	var uspElapsed time.Duration
+	// Each agent's login: its endpoint ID and the password the enrolment
+	// key gives it (docs/guide-usp.md, securing USP).
+	login := func(a *agent.Agent) (user, pass string) {
+		if c.enrolmentKey == "" {
+			return "", ""
+		}
+		return a.EndpointID(), usp.EnrolmentPassword(c.enrolmentKey, a.EndpointID())
+	}
+	var tlsCfg *tls.Config
+	if c.brokerCA != "" {
+		pem, err := os.ReadFile(c.brokerCA)
+		pool := x509.NewCertPool()
+		if err != nil || !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("--usp-tls-ca %s: no PEM certificate (%v)", c.brokerCA, err)
+		}
+		tlsCfg = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
 	for _, tr := range []struct {
 		name string
 		n    int
 		dial agent.DialFunc
 	}{
 		{"MQTT", c.uspMQTT, func(ctx context.Context, a *agent.Agent) (*agent.Client, error) {
-			return agent.DialMQTT(ctx, a, agent.MQTTConfig{Broker: c.mqtt, ControllerTopic: topic, AgentTopic: "usp/agent/" + a.EndpointID()})
+			user, pass := login(a)
+			return agent.DialMQTT(ctx, a, agent.MQTTConfig{Broker: c.mqtt, ControllerTopic: topic, AgentTopic: "usp/agent/" + a.EndpointID(),
+				Username: user, Password: pass, TLS: tlsCfg})
 		}},
 		{"STOMP", c.uspSTOMP, func(ctx context.Context, a *agent.Agent) (*agent.Client, error) {
-			return agent.DialSTOMP(ctx, a, agent.STOMPConfig{Server: c.stomp, Destination: "/queue/agent-" + a.EndpointID(), ControllerDestination: c.stompDest})
+			user, pass := login(a)
+			return agent.DialSTOMP(ctx, a, agent.STOMPConfig{Server: c.stomp, Destination: "/queue/agent-" + a.EndpointID(), ControllerDestination: c.stompDest,
+				Login: user, Passcode: pass, TLS: tlsCfg})
 		}},
 		{"WS", c.uspWS, func(ctx context.Context, a *agent.Agent) (*agent.Client, error) {
-			return agent.DialWebSocket(ctx, a, agent.WebSocketConfig{URL: c.ws})
+			_, token := login(a)
+			wc := agent.WebSocketConfig{URL: c.ws, Token: token}
+			if tlsCfg != nil {
+				wc.Dialer = &websocket.Dialer{TLSClientConfig: tlsCfg, HandshakeTimeout: 30 * time.Second}
+			}
+			return agent.DialWebSocket(ctx, a, wc)
 		}},
 	} {
 		if tr.n == 0 {

@@ -68,7 +68,10 @@ func newSettings() *settings {
 	add("reboot-timeout", "DUET_REBOOT_TIMEOUT", "10m", "a reboot or factory reset task fails with timeout when the device is not back (USP Boot!, CWMP 1 BOOT) within this")
 	add("transfer-timeout", "DUET_TRANSFER_TIMEOUT", "1h", "a download or upload the device accepted for later (Status 1) fails with timeout when no TransferComplete comes within this")
 	add("operation-timeout", "DUET_OPERATION_TIMEOUT", "1h", "an asynchronous command (USP OperationComplete, CWMP diagnostics) fails with timeout when its completion does not come within this")
+	add("pprof-addr", "DUET_PPROF_ADDR", "", "loopback address (127.0.0.1:6060) serving Go's /debug/pprof profiles, for measuring Duet; empty is off, and any other host is refused")
 	add("admin-token", "DUET_ADMIN_TOKEN", "", "API admin bearer token to create at start (at least 24 characters); unset, the first start generates one and prints it once")
+	add("console-idle-timeout", "DUET_CONSOLE_IDLE_TIMEOUT", "30m", "a web console session unused this long ends and its user logs in again (at least 1m)")
+	add("console-session-lifetime", "DUET_CONSOLE_SESSION_LIFETIME", "12h", "a web console session ends this long after its login, used or not (at least console-idle-timeout)")
 	// CWMP
 	add("cwmp-addr", "DUET_CWMP_ADDR", ":7547", "listen address of the CWMP ACS")
 	add("cwmp-path", "DUET_CWMP_PATH", "/", "URL path of the CWMP ACS")
@@ -86,6 +89,7 @@ func newSettings() *settings {
 	add("cwmp-connreq-allow", "DUET_CWMP_CONNREQ_ALLOW", "", "comma list of networks (CIDR) connection requests may go to even if refused otherwise; by default loopback, link-local (169.254.169.254), unspecified and multicast addresses are refused")
 	add("cwmp-connreq-refuse", "DUET_CWMP_CONNREQ_REFUSE", "", "comma list of further networks (CIDR) connection requests never go to (0.0.0.0/0,::/0 with an allow list: only the listed networks)")
 	add("cwmp-max-sessions", "DUET_CWMP_MAX_SESSIONS", "1000", "concurrent CWMP sessions before new ones get 503")
+	add("cwmp-max-backlog", "DUET_CWMP_MAX_BACKLOG", "100000", "new CWMP sessions get 503 (Retry-After) while the controllers have more device events than this yet to apply, so devices wait instead of the registry falling behind without bound (0 = off)")
 	add("cwmp-offline-tolerance", "DUET_CWMP_OFFLINE_TOLERANCE", "2.5", "a CPE is offline (reason inform_overdue) when no session came for its PeriodicInformInterval times this, plus DUET_CWMP_OFFLINE_GRACE (at least 1)")
 	add("cwmp-offline-grace", "DUET_CWMP_OFFLINE_GRACE", "1m", "added to every CPE's inform deadline")
 	add("cwmp-offline-after", "DUET_CWMP_OFFLINE_AFTER", "24h", "inform deadline of a CPE whose PeriodicInformInterval Duet has not learned (from the parameter cache: an Inform, a get, a set)")
@@ -102,13 +106,17 @@ func newSettings() *settings {
 	add("usp-valuechange", "DUET_USP_VALUECHANGE", "Device.DeviceInfo.SoftwareVersion", "comma list of parameters every agent gets a ValueChange subscription for at onboarding")
 	add("usp-keepalive", "DUET_USP_KEEPALIVE", "10m", "an agent silent this long is probed; no answer takes it offline (0 = off)")
 	add("mqtt-url", "DUET_MQTT_URL", "", "external MQTT broker URL (mqtt://host:1883); empty embeds a broker")
+	add("mqtt-host", "DUET_MQTT_HOST", "127.0.0.1", "listen host of the embedded MQTT broker; 0.0.0.0 (every interface) turns agent authentication on (usp-agent-auth)")
 	add("mqtt-port", "DUET_MQTT_PORT", "1883", "listen port of the embedded MQTT broker")
+	add("mqtt-tls-port", "DUET_MQTT_TLS_PORT", "8883", "MQTTS port of the embedded broker, opened when usp-broker-tls-cert is set")
 	add("mqtt-topic", "DUET_MQTT_TOPIC", "", "controller topic (default usp/controller/<endpoint id>)")
 	add("mqtt-username", "DUET_MQTT_USERNAME", "", "MQTT username")
 	add("mqtt-password", "DUET_MQTT_PASSWORD", "", "MQTT password")
 	add("mqtt-shared-group", "DUET_MQTT_SHARED_GROUP", "", "MQTT 5 shared subscription group, to spread agents over several adapters")
 	add("stomp-addr", "DUET_STOMP_ADDR", "", "external STOMP broker host:port; empty embeds a broker")
+	add("stomp-host", "DUET_STOMP_HOST", "127.0.0.1", "listen host of the embedded STOMP broker; 0.0.0.0 (every interface) turns agent authentication on (usp-agent-auth)")
 	add("stomp-port", "DUET_STOMP_PORT", "61613", "listen port of the embedded STOMP broker")
+	add("stomp-tls-port", "DUET_STOMP_TLS_PORT", "61614", "STOMP-over-TLS port of the embedded broker, opened when usp-broker-tls-cert is set")
 	add("stomp-destination", "DUET_STOMP_DESTINATION", "", "controller destination (default /queue/usp.controller)")
 	add("stomp-login", "DUET_STOMP_LOGIN", "", "STOMP login")
 	add("stomp-passcode", "DUET_STOMP_PASSCODE", "", "STOMP passcode")
@@ -118,6 +126,16 @@ func newSettings() *settings {
 	add("ws-tls-cert", "DUET_WS_TLS_CERT", "", "PEM certificate file; enables wss://")
 	add("ws-tls-key", "DUET_WS_TLS_KEY", "", "PEM key file for ws-tls-cert")
 	add("ws-max-conns", "DUET_WS_MAX_CONNS", "10000", "WebSocket connections one usp-ws process holds at once before new upgrades get 503 (each needs a file descriptor: keep it below ulimit -n)")
+	add("usp-agent-auth", "DUET_USP_AGENT_AUTH", "auto", "USP agents log in to the embedded brokers and the WebSocket server with their endpoint ID and secret (or a client certificate): on, off, or auto (on for each of them not listening on loopback only)")
+	add("usp-broker-tls-cert", "DUET_USP_BROKER_TLS_CERT", "", "PEM certificate file; adds MQTTS (mqtt-tls-port) and STOMP over TLS (stomp-tls-port) to the embedded brokers")
+	add("usp-broker-tls-key", "DUET_USP_BROKER_TLS_KEY", "", "PEM key file for usp-broker-tls-cert")
+	add("usp-client-ca", "DUET_USP_CLIENT_CA", "", "PEM CA file: an agent presenting a certificate of this CA naming urn:bbf:usp:id:<endpoint ID> is authenticated without a secret (embedded brokers over TLS, wss://)")
+	add("usp-agent-topic", "DUET_USP_AGENT_TOPIC", "usp/agent/{endpoint}", "with agent authentication, the only MQTT topic an agent of the embedded broker may subscribe to and give as reply topic ({endpoint} is its endpoint ID)")
+	add("usp-agent-destination", "DUET_USP_AGENT_DESTINATION", "/queue/agent-{endpoint}", "with agent authentication, the only STOMP destination an agent of the embedded broker may subscribe to and give as reply-to-dest")
+	add("usp-reply-topic-pattern", "DUET_USP_REPLY_TOPIC_PATTERN", "", "the MQTT reply topic every agent must give ({endpoint} is its endpoint ID, e.g. usp/agent/{endpoint}); a record naming another is dropped. Set it with an external broker; the embedded one with authentication uses usp-agent-topic")
+	add("usp-reply-destination-pattern", "DUET_USP_REPLY_DESTINATION_PATTERN", "", "the STOMP reply-to-dest every agent must give ({endpoint} is its endpoint ID); set it with an external broker")
+	add("usp-admission", "DUET_USP_ADMISSION", "accept", "unknown USP endpoint IDs (no device, no secret, no approval): accept, hold (listed for approval at /api/v1/usp/admission) or refuse")
+	add("usp-admission-allow", "DUET_USP_ADMISSION_ALLOW", "", "comma list of endpoint-ID patterns ('*' wildcard, e.g. os::00256D-*) admitted in every admission mode")
 	add("ws-max-conns-per-ip", "DUET_WS_MAX_CONNS_PER_IP", "256", "WebSocket connections one source address may hold (agents behind one NAT share it; 0 = no limit)")
 
 	// Secrets: each also reads from a file (x-file / DUET_X_FILE), for
@@ -318,6 +336,24 @@ func (s *settings) addr(flag string) (string, error) {
 	v := s.str(flag)
 	if _, p, err := net.SplitHostPort(v); err != nil || p == "" {
 		return "", s.errSetting(flag, "%q is not host:port (e.g. :8080 or 127.0.0.1:8080)", v)
+	}
+	return v, nil
+}
+
+// loopbackAddr checks an optional host:port whose host must be a loopback
+// address: what it serves is for whoever is on the machine, never the
+// network.
+func (s *settings) loopbackAddr(flag string) (string, error) {
+	v := s.str(flag)
+	if v == "" {
+		return "", nil
+	}
+	h, p, err := net.SplitHostPort(v)
+	if err != nil || p == "" {
+		return "", s.errSetting(flag, "%q is not host:port (e.g. 127.0.0.1:6060)", v)
+	}
+	if ip := net.ParseIP(h); h != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return "", s.errSetting(flag, "%q: the host must be a loopback address (127.0.0.1, ::1 or localhost)", v)
 	}
 	return v, nil
 }

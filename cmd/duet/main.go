@@ -4,6 +4,7 @@
 //	duet serve        run the server (every component, or --only some)
 //	duet migrate      apply database migrations and exit
 //	duet token        create, list or revoke API tokens
+//	duet user         manage the web console's users
 //	duet config       print a reference settings file, or check settings
 //	duet healthcheck  exit 0 when a running duet answers /readyz
 //	duet version      print the version
@@ -35,7 +36,7 @@ const ShutdownBudget = 10 * time.Second
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	m := &Main{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv}
+	m := &Main{Stdout: os.Stdout, Stderr: os.Stderr, Stdin: os.Stdin, Getenv: os.Getenv}
 	go func() {
 		// A hard stop in case draining hangs: exit within the budget
 		// whatever happens.
@@ -51,7 +52,9 @@ func main() {
 // it in-process.
 type Main struct {
 	Stdout, Stderr io.Writer
-	Getenv         func(string) string
+	// Stdin is read by `duet user … --password-stdin`.
+	Stdin  io.Reader
+	Getenv func(string) string
 	// Ready, when set, is called once `serve` is up, with its listeners.
 	Ready func(Listeners)
 }
@@ -70,6 +73,8 @@ func (m *Main) Run(ctx context.Context, args []string) int {
 		err = m.migrate(ctx, args[1:])
 	case "token":
 		err = m.token(ctx, args[1:])
+	case "user":
+		err = m.user(ctx, args[1:])
 	case "config":
 		err = m.config(ctx, args[1:])
 	case "healthcheck":
@@ -104,6 +109,7 @@ commands:
   serve        run the server
   migrate      apply database migrations and exit
   token        create, list or revoke API tokens
+  user         create, list, disable, enable console users or set a password
   config       print a reference settings file (config example) or check
                settings without starting (config check)
   healthcheck  exit 0 when the local duet answers /readyz (for containers)

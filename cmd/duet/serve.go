@@ -22,6 +22,7 @@ import (
 	uspmqtt "github.com/duet-dm/duet/adapters/usp/mqtt"
 	"github.com/duet-dm/duet/controller"
 	"github.com/duet-dm/duet/controller/api"
+	"github.com/duet-dm/duet/controller/console"
 	"github.com/duet-dm/duet/controller/policy"
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/netguard"
@@ -35,6 +36,7 @@ type Listeners struct {
 	NATS  string // URL of the bus (embedded or external)
 	CWMP  string
 	MQTT  string // broker URL the USP adapter uses
+	MQTTS string // the embedded broker's MQTTS listener, if any
 	STOMP string
 	WS    string
 }
@@ -120,6 +122,12 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	}
 	started.push(func(context.Context) { b.Close() })
 
+	if cfg.pprofAddr != "" {
+		if err := startPprof(cfg.pprofAddr, log, &started); err != nil {
+			return s.errSetting("pprof-addr", "%s is already in use or not available: %v", cfg.pprofAddr, err)
+		}
+	}
+
 	// HTTP: bind first so a busy port fails before anything else starts.
 	hl, err := net.Listen("tcp", httpAddr)
 	if err != nil {
@@ -129,11 +137,13 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	mux := http.NewServeMux()
 	var checks []readyCheck
 	var apiServer *api.Server
+	var web *console.Console
 	// ensureAdmin creates (and prints, once) the first admin token. It runs
 	// after every component started, so a start that fails never creates
 	// a token nobody saw.
 	ensureAdmin := func() error { return nil }
 	checks = append(checks, readyCheck{"nats", b.Ping})
+	var mainStore *store.Store // the controller's, when it runs here
 
 	if comps["controller"] {
 		st, err := store.Open(ctx, store.Options{URL: s.str("database-url"), Logger: log})
@@ -142,6 +152,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			return s.errSetting("database-url", "%v", err)
 		}
 		started.push(func(context.Context) { st.Close() })
+		mainStore = st
 		if _, err := st.Migrate(ctx); err != nil {
 			_ = hl.Close()
 			return err
@@ -165,6 +176,15 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 				// Printed once, to stdout only (not the log, which is often
 				// shipped elsewhere); only its hash is stored.
 				fmt.Fprintf(m.Stdout, "\nNo API token existed, so an admin token was created. It is shown only now:\n\n  %s\n\nUse it as \"Authorization: Bearer <token>\"; manage tokens with \"duet token\".\n\n", adminToken)
+			}
+			// The console's first admin, the same way (issue 13 item 3).
+			password, err := st.EnsureFirstAdmin(ctx)
+			if err != nil {
+				return err
+			}
+			if password != "" {
+				fmt.Fprintf(m.Stdout, "\nNo console user existed, so the user %q (role admin) was created. Its password is shown only now:\n\n  %s\n\nLog in to the console at %s; manage users there or with \"duet user\".\n\n",
+					store.FirstAdminName, password, "http://"+displayAddr(ls.HTTP)+"/")
 			}
 			return nil
 		}
@@ -203,7 +223,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		rec.Start()
 		started.push(func(context.Context) { rec.Stop() })
 		desk, err := controller.StartAdapterDeskWith(controller.AdapterDeskOptions{
-			Bus: b, Tasks: tasks, Store: st, CredentialKey: credKey, Logger: log})
+			Bus: b, Tasks: tasks, Store: st, CredentialKey: credKey, Backlog: reg.Backlog, Logger: log})
 		if err != nil {
 			_ = hl.Close()
 			return err
@@ -240,6 +260,15 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			log.Warn("DUET_CREDENTIALS_KEY is not set: the device credentials API answers 503 and per-device CWMP auth finds no credentials")
 		}
 		mux.Handle("/api/v1/", apiServer)
+		// The web console answers every other path (issue 13).
+		con, err := console.New(console.Options{Store: st, Tasks: tasks, IdleTimeout: cfg.consoleIdle,
+			SessionLifetime: cfg.consoleLifetime, OpenAPI: api.OpenAPIDocument(), SecretParams: cfg.secretParams, Logger: log})
+		if err != nil {
+			_ = hl.Close()
+			return err
+		}
+		mux.Handle("/", con)
+		web = con
 	}
 
 	if comps["cwmp"] {
@@ -249,7 +278,21 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		}
 	}
 	if comps["usp-mqtt"] || comps["usp-stomp"] || comps["usp-ws"] {
-		if err := m.startUSP(s, cfg, b, log, &started, &ls); err != nil {
+		// Agent secrets and admission live in PostgreSQL: the controller's
+		// pool, or one of the adapter's own when it runs without it.
+		var dir *agentDirectory
+		if mainStore != nil {
+			dir = &agentDirectory{st: mainStore, ck: credKey}
+		} else if cfg.uspSec.needsStore() {
+			st, err := store.Open(ctx, store.Options{URL: s.str("database-url"), MaxConns: 4, Logger: log})
+			if err != nil {
+				_ = hl.Close()
+				return s.errSetting("database-url", "USP agent authentication and admission need PostgreSQL: %v", err)
+			}
+			started.push(func(context.Context) { st.Close() })
+			dir = &agentDirectory{st: st, ck: credKey}
+		}
+		if err := m.startUSP(s, cfg, b, dir, log, &started, &ls); err != nil {
 			_ = hl.Close()
 			return err
 		}
@@ -275,6 +318,9 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		// Event streams never end on their own; end them when draining.
 		srv.RegisterOnShutdown(apiServer.Close)
 	}
+	if web != nil {
+		srv.RegisterOnShutdown(web.Close)
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(hl) }()
 	started.push(func(ctx context.Context) { _ = srv.Shutdown(ctx) })
@@ -284,10 +330,12 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		"mqtt", netguard.RedactURL(ls.MQTT), "stomp", ls.STOMP, "websocket", ls.WS)
 	fmt.Fprintf(m.Stdout, "duet %s is up\n", version())
 	for _, l := range []struct{ what, where string }{
+		{"web console", consoleURL(comps, ls.HTTP)},
 		{"API, /healthz, /readyz, /metrics", "http://" + displayAddr(ls.HTTP)},
 		{"NATS bus", netguard.RedactURL(ls.NATS)},
 		{"CWMP ACS (TR-069)", ls.CWMP},
 		{"USP over MQTT (broker)", netguard.RedactURL(ls.MQTT)},
+		{"USP over MQTTS (embedded broker)", ls.MQTTS},
 		{"USP over STOMP (broker)", ls.STOMP},
 		{"USP over WebSocket", ls.WS},
 	} {
@@ -328,27 +376,52 @@ func (m *Main) startCWMP(s *settings, cfg *serveConfig, b *bus.Bus, log *slog.Lo
 	return nil
 }
 
-func (m *Main) startUSP(s *settings, cfg *serveConfig, b *bus.Bus, log *slog.Logger, started *stack, ls *Listeners) error {
+func (m *Main) startUSP(s *settings, cfg *serveConfig, b *bus.Bus, dir *agentDirectory, log *slog.Logger, started *stack, ls *Listeners) error {
 	comps := cfg.comps
+	sec := &cfg.uspSec
+	adm := uspadapter.Admission{Mode: sec.admission, Allow: sec.allow}
+	if dir != nil {
+		adm.Directory = dir
+	}
 	ep, err := uspadapter.New(uspadapter.Options{EndpointID: s.str("usp-endpoint-id"), Bus: b, Logger: log,
-		KeepAliveInterval: cfg.uspKeepAlive, OnboardValueChange: cfg.uspValueChange})
+		KeepAliveInterval: cfg.uspKeepAlive, OnboardValueChange: cfg.uspValueChange,
+		ReplyPatterns: sec.replyPatterns, Admission: adm})
 	if err != nil {
 		return s.errSetting("usp-endpoint-id", "%v", err)
 	}
 	started.push(func(ctx context.Context) { _ = ep.Shutdown(ctx) })
 	if comps["usp-mqtt"] {
 		url := s.str("mqtt-url")
+		user, pass := s.str("mqtt-username"), s.str("mqtt-password")
+		topic := s.str("mqtt-topic")
+		if topic == "" {
+			topic = "usp/controller/" + ep.ID()
+		}
 		if url == "" {
 			port := cfg.mqttPort
-			br, err := uspmqtt.StartEmbeddedBroker(":" + strconv.Itoa(port))
+			host := s.str("mqtt-host")
+			o := uspmqtt.BrokerOptions{Addr: net.JoinHostPort(host, strconv.Itoa(port)), ControllerTopic: topic, AgentTopic: sec.agentTopic, Logger: log}
+			if sec.mqttAuth {
+				o.Auth = dir
+			}
+			if sec.brokerTLS != nil {
+				o.TLSAddr, o.TLS = net.JoinHostPort(host, strconv.Itoa(sec.mqttTLSPort)), sec.brokerTLS
+			}
+			br, err := uspmqtt.StartBroker(o)
 			if err != nil {
 				return s.errSetting("mqtt-port", "%v (set DUET_MQTT_PORT to a free port, or DUET_MQTT_URL to use that broker)", err)
 			}
 			started.push(func(context.Context) { _ = br.Close() })
-			url = "mqtt://127.0.0.1:" + strconv.Itoa(port)
+			url = "mqtt://" + net.JoinHostPort(dialHost(host), strconv.Itoa(port))
+			if sec.mqttAuth {
+				user, pass = br.ControllerCredentials()
+			}
+			if br.TLSAddr() != "" {
+				ls.MQTTS = "mqtts://" + displayAddr(br.TLSAddr())
+			}
 		}
-		t, err := uspmqtt.New(uspmqtt.Options{Endpoint: ep, BrokerURL: url, Topic: s.str("mqtt-topic"),
-			Username: s.str("mqtt-username"), Password: s.str("mqtt-password"),
+		t, err := uspmqtt.New(uspmqtt.Options{Endpoint: ep, BrokerURL: url, Topic: topic,
+			Username: user, Password: pass,
 			SharedGroup: s.str("mqtt-shared-group"), Logger: log})
 		if err != nil {
 			return s.errSetting("mqtt-url", "%v", err)
@@ -361,10 +434,23 @@ func (m *Main) startUSP(s *settings, cfg *serveConfig, b *bus.Bus, log *slog.Log
 		started.push(func(ctx context.Context) { _ = t.Shutdown(ctx) })
 		ls.MQTT = url + " topic " + t.Topic()
 	}
-	if err := m.startUSPStomp(s, cfg, ep, log, started, ls); err != nil {
+	if err := m.startUSPStomp(s, cfg, ep, dir, log, started, ls); err != nil {
 		return err
 	}
-	return m.startUSPWebSocket(s, cfg, ep, log, started, ls)
+	if err := m.startUSPWebSocket(s, cfg, ep, dir, log, started, ls); err != nil {
+		return err
+	}
+	sec.warnOpen(log)
+	return nil
+}
+
+// dialHost is where Duet reaches a broker it runs on host: an
+// every-interface listener is reached on loopback.
+func dialHost(host string) string {
+	if ip := net.ParseIP(strings.Trim(host, "[]")); host == "" || (ip != nil && ip.IsUnspecified()) {
+		return "127.0.0.1"
+	}
+	return host
 }
 
 type readyCheck struct {
@@ -458,4 +544,13 @@ func displayAddr(a string) string {
 // would print a time.Duration in nanoseconds in JSON).
 func roundSeconds(d time.Duration) float64 {
 	return float64(d.Round(time.Millisecond)) / float64(time.Second)
+}
+
+// consoleURL is where the web console is, when this process runs the
+// controller ("" otherwise).
+func consoleURL(comps map[string]bool, httpAddr string) string {
+	if !comps["controller"] {
+		return ""
+	}
+	return "http://" + displayAddr(httpAddr) + "/"
 }

@@ -22,6 +22,7 @@ type serveConfig struct {
 	history          controller.HistoryOptions // issue 12 item 5
 	latestOnly       []string
 	httpAddr         string
+	pprofAddr        string // "" when off
 	realm            string
 	credKey          *store.CredentialKey
 	natsPort         int // embedded NATS only
@@ -37,6 +38,7 @@ type serveConfig struct {
 	apiQueryTimeout               time.Duration
 	apiSearches                   int
 	secretParams                  []string
+	consoleIdle, consoleLifetime  time.Duration
 	wsPerIP                       int
 	wsMaxConns                    int
 
@@ -47,6 +49,7 @@ type serveConfig struct {
 	mqttPort       int // embedded broker only
 	stompPort      int // embedded broker only
 	wsAddr         string
+	uspSec         uspSecurity // serve_usp_security.go
 }
 
 func (s *settings) checkServe() (*serveConfig, error) {
@@ -70,6 +73,9 @@ func (s *settings) checkServe() (*serveConfig, error) {
 		return nil, s.errSetting("event-stream-latest-only", "%v", err)
 	}
 	if c.httpAddr, err = s.addr("http-addr"); err != nil {
+		return nil, err
+	}
+	if c.pprofAddr, err = s.loopbackAddr("pprof-addr"); err != nil {
 		return nil, err
 	}
 	if c.realm, err = s.realm(); err != nil {
@@ -115,6 +121,12 @@ func (s *settings) checkServe() (*serveConfig, error) {
 			return nil, err
 		}
 		c.secretParams = strings.Split(s.str("secret-params"), ",")
+		if c.consoleIdle, err = s.duration("console-idle-timeout", time.Minute); err != nil {
+			return nil, err
+		}
+		if c.consoleLifetime, err = s.duration("console-session-lifetime", c.consoleIdle); err != nil {
+			return nil, err
+		}
 		if v := s.str("admin-token"); v != "" && len(v) < store.MinTokenLen {
 			return nil, s.errSetting("admin-token", "is shorter than %d characters", store.MinTokenLen)
 		}
@@ -199,6 +211,10 @@ func (s *settings) checkCWMP(realm string) (cwmpadapter.Options, error) {
 	if err != nil {
 		return o, err
 	}
+	maxBacklog, err := s.integer("cwmp-max-backlog", 0, 1_000_000_000)
+	if err != nil {
+		return o, err
+	}
 	if (s.str("cwmp-tls-cert") == "") != (s.str("cwmp-tls-key") == "") {
 		return o, s.errSetting("cwmp-tls-cert", "DUET_CWMP_TLS_CERT and DUET_CWMP_TLS_KEY must be set together")
 	}
@@ -221,6 +237,7 @@ func (s *settings) checkCWMP(realm string) (cwmpadapter.Options, error) {
 		AllowBasicOverHTTP: basic, AllowDigestWithoutQop: noQop, MaxSessions: maxSessions, MinInformInterval: minInform,
 		ConnReqUsername: s.str("cwmp-connreq-username"), ConnReqPassword: s.str("cwmp-connreq-password"),
 		MaxSessionsPerDevice: perDevice, AllowSources: sources, InformRateDevice: rateDevice, InformRateSource: rateSource,
+		MaxBacklog: uint64(maxBacklog),
 	}, nil
 }
 
@@ -292,5 +309,5 @@ func (s *settings) checkUSP(c *serveConfig) error {
 			return err
 		}
 	}
-	return nil
+	return s.checkUSPSecurity(c)
 }

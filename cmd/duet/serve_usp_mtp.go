@@ -13,22 +13,43 @@ import (
 
 // startUSPStomp runs the STOMP MTP: a client of DUET_STOMP_ADDR, or of the
 // embedded go-stomp broker on DUET_STOMP_PORT.
-func (m *Main) startUSPStomp(s *settings, cfg *serveConfig, ep *uspadapter.Endpoint, log *slog.Logger, started *stack, ls *Listeners) error {
+func (m *Main) startUSPStomp(s *settings, cfg *serveConfig, ep *uspadapter.Endpoint, dir *agentDirectory, log *slog.Logger, started *stack, ls *Listeners) error {
 	if !cfg.comps["usp-stomp"] {
 		return nil
 	}
+	sec := &cfg.uspSec
 	addr := s.str("stomp-addr")
+	login, passcode := s.str("stomp-login"), s.str("stomp-passcode")
+	dest := s.str("stomp-destination")
+	if dest == "" {
+		dest = "/queue/usp.controller"
+	}
+	tlsNote := ""
 	if addr == "" {
 		port := cfg.stompPort
-		br, err := uspstomp.StartEmbeddedBroker(":" + strconv.Itoa(port))
+		host := s.str("stomp-host")
+		o := uspstomp.BrokerOptions{Addr: net.JoinHostPort(host, strconv.Itoa(port)), ControllerDestination: dest, AgentDestination: sec.agentDest, Logger: log}
+		if sec.stompAuth {
+			o.Auth = dir
+		}
+		if sec.brokerTLS != nil {
+			o.TLSAddr, o.TLS = net.JoinHostPort(host, strconv.Itoa(sec.stompTLSPort)), sec.brokerTLS
+		}
+		br, err := uspstomp.StartBroker(o)
 		if err != nil {
 			return s.errSetting("stomp-port", "%v (set DUET_STOMP_PORT to a free port, or DUET_STOMP_ADDR to use that broker)", err)
 		}
 		started.push(func(context.Context) { _ = br.Close() })
-		addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		addr = net.JoinHostPort(dialHost(host), strconv.Itoa(port))
+		if sec.stompAuth {
+			login, passcode = br.ControllerCredentials()
+		}
+		if br.TLSAddr() != "" {
+			tlsNote = ", TLS on " + displayAddr(br.TLSAddr())
+		}
 	}
-	t, err := uspstomp.New(uspstomp.Options{Endpoint: ep, BrokerAddr: addr, Login: s.str("stomp-login"),
-		Passcode: s.str("stomp-passcode"), VHost: s.str("stomp-vhost"), Destination: s.str("stomp-destination"), Logger: log})
+	t, err := uspstomp.New(uspstomp.Options{Endpoint: ep, BrokerAddr: addr, Login: login,
+		Passcode: passcode, VHost: s.str("stomp-vhost"), Destination: dest, Logger: log})
 	if err != nil {
 		return s.errSetting("stomp-addr", "%v", err)
 	}
@@ -38,19 +59,28 @@ func (m *Main) startUSPStomp(s *settings, cfg *serveConfig, ep *uspadapter.Endpo
 	// Agents that stayed connected to the broker while Duet was down.
 	ep.RestoreRoutes(t)
 	started.push(func(ctx context.Context) { _ = t.Shutdown(ctx) })
-	ls.STOMP = "stomp://" + addr + " destination " + t.Destination()
+	ls.STOMP = "stomp://" + addr + " destination " + t.Destination() + tlsNote
 	return nil
 }
 
 // startUSPWebSocket runs the WebSocket MTP: Duet is the server agents dial
 // (TR-369 "WebSocket Binding"), on DUET_WS_ADDR at DUET_WS_PATH, wss:// with a certificate.
-func (m *Main) startUSPWebSocket(s *settings, cfg *serveConfig, ep *uspadapter.Endpoint, log *slog.Logger, started *stack, ls *Listeners) error {
+func (m *Main) startUSPWebSocket(s *settings, cfg *serveConfig, ep *uspadapter.Endpoint, dir *agentDirectory, log *slog.Logger, started *stack, ls *Listeners) error {
 	if !cfg.comps["usp-ws"] {
 		return nil
 	}
 	addr := cfg.wsAddr
+	var auth uspadapter.AgentAuthenticator
+	if dir != nil {
+		auth = dir
+	}
+	clientCA := ""
+	if s.str("ws-tls-cert") != "" {
+		clientCA = cfg.uspSec.clientCAFile
+	}
 	t, err := uspws.New(uspws.Options{Endpoint: ep, Addr: addr, Path: s.str("ws-path"),
 		TLSCertFile: s.str("ws-tls-cert"), TLSKeyFile: s.str("ws-tls-key"),
+		Auth: auth, RequireAuth: cfg.uspSec.wsAuth, ClientCAFile: clientCA,
 		HandshakeTimeout: cfg.httpRead, HTTPIdleTimeout: cfg.httpIdle, MaxConnsPerSource: cfg.wsPerIP, MaxConnections: cfg.wsMaxConns, Logger: log})
 	if err != nil {
 		return s.errSetting("ws-addr", "%v", err)

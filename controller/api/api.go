@@ -113,6 +113,7 @@ func New(o Options) *Server {
 	a.route("PUT /api/v1/devices/{id}/credentials", a.putCredentials)
 	a.route("GET /api/v1/devices/{id}/credentials", a.getCredentials)
 	a.route("DELETE /api/v1/devices/{id}/credentials", a.deleteCredentials)
+	a.registerUSPAgentRoutes() // uspagents_api.go
 	if o.Tasks != nil {
 		a.route("POST /api/v1/devices/{id}/tasks", a.createTask)
 		a.route("GET /api/v1/devices/{id}/tasks", a.listTasks)

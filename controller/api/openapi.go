@@ -9,3 +9,7 @@ import _ "embed"
 //
 //go:embed openapi.json
 var openAPIDocument []byte
+
+// OpenAPIDocument returns the OpenAPI document (the web console shows it on
+// its API documentation page). Callers must not modify it.
+func OpenAPIDocument() []byte { return openAPIDocument }

@@ -198,3 +198,12 @@ func RoutesSubject(transport string) string {
 
 // RoutesWildcard matches every RoutesSubject.
 const RoutesWildcard = ControlPrefix + ".usp.routes.*"
+
+// BacklogSubject is where an adapter asks the controllers how many device
+// events they have yet to apply: duet.ctl.<protocol>.backlog (issue 17).
+func BacklogSubject(p devicemodel.Protocol) string {
+	return ControlPrefix + "." + string(p) + ".backlog"
+}
+
+// BacklogWildcard matches BacklogSubject of every protocol.
+const BacklogWildcard = ControlPrefix + ".*.backlog"

@@ -466,6 +466,11 @@ type AuditFilter struct {
 	// DeviceID: the entries about one device, its tags, its credentials
 	// and its single-device tasks.
 	DeviceID string
+	// Actor: the entries of one actor ("alice (user)", "name (tok_…)").
+	Actor string
+	// Since and Until bound the entries' time (inclusive, exclusive);
+	// zero is no bound.
+	Since, Until time.Time
 	// Before is the cursor: entries with a smaller ID than this one.
 	Before int64
 	Limit  int
@@ -490,6 +495,15 @@ func (s *Store) FindAudit(ctx context.Context, f AuditFilter) ([]AuditEntry, str
 	if f.DeviceID != "" {
 		add(`((object_type IN ('`+AuditDeviceTags+`', '`+AuditDeviceCredentials+`') AND object_id = $%[1]d)
 			OR (object_type = '`+AuditTask+`' AND after ->> 'device_id' = $%[1]d))`, f.DeviceID)
+	}
+	if f.Actor != "" {
+		add("actor = $%d", f.Actor)
+	}
+	if !f.Since.IsZero() {
+		add("at >= $%d", f.Since)
+	}
+	if !f.Until.IsZero() {
+		add("at < $%d", f.Until)
 	}
 	if f.Before > 0 {
 		add("id < $%d", f.Before)

@@ -287,3 +287,43 @@ func TestDeviceTagsAddRemoveAudit(t *testing.T) {
 		t.Fatalf("tag filter: %v", got)
 	}
 }
+
+// TestParamConditionsOnLongValues (issue 17): the value index holds a
+// value's first 128 characters, so eq and prefix must still compare the
+// whole value, also when the first 128 characters are shared and when
+// they are multi-byte.
+func TestParamConditionsOnLongValues(t *testing.T) {
+	s, _ := storetest.Open(t)
+	seedSearch(t, s)
+	ctx := context.Background()
+	base := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	head := strings.Repeat("é", 128)  // 256 bytes
+	long := strings.Repeat("x", 3000) // past a btree entry's limit
+	ps := []store.Parameter{
+		{DeviceID: "00D09E-HG-A1", Path: "Device.X.Long", Value: head + "A-tail", UpdatedAt: base},
+		{DeviceID: "00D09E-HG-A2", Path: "Device.X.Long", Value: head + "B-tail", UpdatedAt: base},
+		{DeviceID: "00259E-ZX-B1", Path: "Device.X.Long", Value: head, UpdatedAt: base},
+		{DeviceID: "00259E-ZX-B2", Path: "Device.X.Long", Value: long, UpdatedAt: base},
+		{DeviceID: "os::0011AA-C1", Path: "Device.X.Long", Value: "50%_off", UpdatedAt: base},
+	}
+	if err := s.UpsertParameters(ctx, ps); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		cond, want string
+	}{
+		{"Device.X.Long:eq:" + head + "A-tail", "00D09E-HG-A1"},
+		{"Device.X.Long:eq:" + head, "00259E-ZX-B1"},
+		{"Device.X.Long:prefix:" + head + "B", "00D09E-HG-A2"},
+		{"Device.X.Long:prefix:" + head, "00259E-ZX-B1,00D09E-HG-A1,00D09E-HG-A2"},
+		{"Device.X.Long:eq:" + long, "00259E-ZX-B2"},
+		{"Device.X.Long:prefix:" + long[:200], "00259E-ZX-B2"},
+		// LIKE's wildcards are literal.
+		{"Device.X.Long:prefix:50%", "os::0011AA-C1"},
+		{"Device.X.Long:prefix:50_", ""},
+	} {
+		if got := strings.Join(findIDs(t, s, store.DeviceFilter{Params: conds(t, c.cond)}), ","); got != c.want {
+			t.Errorf("%.40s…: %s, want %s", c.cond, got, c.want)
+		}
+	}
+}

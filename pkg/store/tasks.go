@@ -391,6 +391,20 @@ func (s *Store) RequeueTask(ctx context.Context, id, why string, delivered bool)
 	return tag.RowsAffected() == 1, nil
 }
 
+// HasOpenTasks reports whether the device has a task queued or
+// dispatched: without one, a CWMP session has nothing to do or settle.
+func (s *Store) HasOpenTasks(ctx context.Context, deviceID string) (bool, error) {
+	var open bool
+	// The predicate is tasks_device_open_idx's (0003_tasks.sql): an
+	// index-only probe.
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tasks
+		WHERE device_id = $1 AND state IN ('queued', 'dispatched'))`, deviceID).Scan(&open)
+	if err != nil {
+		return false, fmt.Errorf("store: open tasks: %w", err)
+	}
+	return open, nil
+}
+
 // DispatchedTasks returns the device's dispatched tasks ("" for every
 // device) that wait for the device's answer, oldest first; tasks the
 // device accepted and finishes later (a SubState) are not among them.

@@ -173,6 +173,11 @@ func (t *Transport) Start() error {
 			}
 			// TR-369 "MQTT Binding" CONNECT: user property usp-endpoint-id.
 			c.Properties.User.Add(pkgusp.MQTTEndpointIDProperty, t.ep.ID())
+			// MQTT 5 §3.1.2.11.4: the broker must not send us a larger
+			// packet (it drops it), so no agent can make Duet buffer
+			// more than a record's worth (issue 15 §3).
+			maxSize := uint32(DefaultMaxPacketSize)
+			c.Properties.MaximumPacketSize = &maxSize
 			return c, nil
 		},
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {

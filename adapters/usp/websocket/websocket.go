@@ -9,12 +9,15 @@ package websocket
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,7 +41,7 @@ var (
 	})
 	metricRejected = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "duet_usp_websocket_rejected_total",
-		Help: "WebSocket connections refused or closed by us, by reason (no_subprotocol, no_eid, too_many, too_many_per_source, bad_record, replaced, text_frame, too_large, idle).",
+		Help: "WebSocket connections refused or closed by us, by reason (no_subprotocol, no_eid, too_many, too_many_per_source, unauthenticated, takeover, bad_record, replaced, text_frame, too_large, idle).",
 	}, []string{"reason"})
 )
 
@@ -54,6 +57,20 @@ type Options struct {
 	// TLSCertFile and TLSKeyFile enable wss:// when both are set.
 	TLSCertFile string
 	TLSKeyFile  string
+	// ClientCAFile (PEM), with TLS, verifies client certificates when
+	// agents present them: an agent whose certificate names it
+	// (subjectAltName urn:bbf:usp:id:<endpoint-id>, TR-369 "Endpoint
+	// Identifier") is authenticated without a token.
+	ClientCAFile string
+	// Auth checks bearer tokens (Authorization: Bearer <agent secret>)
+	// against the ?eid= the agent claims.
+	Auth usp.AgentAuthenticator
+	// RequireAuth refuses (401) agents that present neither a valid
+	// certificate nor a valid token. Without it an unauthenticated agent
+	// is served, but never replaces a connection of the same endpoint ID
+	// (409): otherwise anyone could take an agent's session with
+	// ?eid=<victim> (issue 15 §2).
+	RequireAuth bool
 	// MaxConnections bounds open connections; further upgrades get 503.
 	// Default 10000.
 	MaxConnections int
@@ -111,6 +128,8 @@ type conn struct {
 	once    sync.Once
 	// nextPing is when the pinger (runPinger) pings next, in unix nanos.
 	nextPing atomic.Int64
+	// authed: the agent proved its endpoint ID (certificate or token).
+	authed bool
 	// replaced: a newer connection from the same agent took over; this one
 	// only drains what is already in flight.
 	replaced atomic.Bool
@@ -145,6 +164,12 @@ func New(opts Options) (*Transport, error) {
 	}
 	if (opts.TLSCertFile == "") != (opts.TLSKeyFile == "") {
 		return nil, errors.New("usp/websocket: set both Options.TLSCertFile and Options.TLSKeyFile, or neither")
+	}
+	if opts.ClientCAFile != "" && opts.TLSCertFile == "" {
+		return nil, errors.New("usp/websocket: Options.ClientCAFile needs TLSCertFile and TLSKeyFile")
+	}
+	if opts.RequireAuth && opts.Auth == nil && opts.ClientCAFile == "" {
+		return nil, errors.New("usp/websocket: Options.RequireAuth needs Auth (tokens) or ClientCAFile (certificates)")
 	}
 	if opts.MaxConnections == 0 {
 		opts.MaxConnections = 10000
@@ -225,7 +250,17 @@ func (t *Transport) Start() error {
 			_ = ln.Close()
 			return fmt.Errorf("usp/websocket: TLS certificate %s / key %s: %w", t.opts.TLSCertFile, t.opts.TLSKeyFile, err)
 		}
-		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}) // TR-369 "Message Transfer Protocols"
+		cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12} // TR-369 "Message Transfer Protocols"
+		if t.opts.ClientCAFile != "" {
+			pem, err := os.ReadFile(t.opts.ClientCAFile)
+			pool := x509.NewCertPool()
+			if err != nil || !pool.AppendCertsFromPEM(pem) {
+				_ = ln.Close()
+				return fmt.Errorf("usp/websocket: client CA file %s: no PEM certificate (%v)", t.opts.ClientCAFile, err)
+			}
+			cfg.ClientCAs, cfg.ClientAuth = pool, tls.VerifyClientCertIfGiven
+		}
+		ln = tls.NewListener(ln, cfg)
 	}
 	ln = netguard.LimitPerSource(ln, t.opts.MaxConnsPerSource, func(string) {
 		metricRejected.WithLabelValues("too_many_per_source").Inc()
@@ -267,6 +302,25 @@ func (t *Transport) serveWS(w http.ResponseWriter, r *http.Request) {
 		t.reject(w, http.StatusBadRequest, "no_eid", "query parameter eid (the agent's endpoint ID) is required")
 		return
 	}
+	authed, reason := t.authenticate(r, eid)
+	if reason != "" {
+		usp.CountAgentRefused("websocket", reason)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="duet-usp"`)
+		t.reject(w, http.StatusUnauthorized, "unauthenticated", "authenticate with a client certificate naming the endpoint ID or Authorization: Bearer <agent secret>")
+		return
+	}
+	if !authed {
+		t.mu.Lock()
+		old := t.conns[eid]
+		t.mu.Unlock()
+		if old != nil {
+			usp.CountAgentRefused("websocket", usp.RefuseTakeover)
+			t.log.Warn("unauthenticated websocket connection for a connected agent refused", "device", eid, "peer", r.RemoteAddr, "connected_peer", old.peer)
+			w.Header().Set("Retry-After", "30")
+			t.reject(w, http.StatusConflict, "takeover", "endpoint already connected; authenticate to replace its connection")
+			return
+		}
+	}
 	if n := t.open.Add(1); n > int64(t.opts.MaxConnections) {
 		t.open.Add(-1)
 		w.Header().Set("Retry-After", "30")
@@ -280,7 +334,7 @@ func (t *Transport) serveWS(w http.ResponseWriter, r *http.Request) {
 		return // Upgrade already answered
 	}
 	metricOpen.Inc()
-	c := &conn{ws: ws, eid: eid, peer: r.RemoteAddr, done: make(chan struct{})}
+	c := &conn{ws: ws, eid: eid, peer: r.RemoteAddr, done: make(chan struct{}), authed: authed}
 	t.mu.Lock()
 	if t.stopped {
 		t.mu.Unlock()
@@ -290,6 +344,19 @@ func (t *Transport) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	old := t.conns[eid]
+	if old != nil && !authed {
+		// Only a proven identity may take a connection over; an agent
+		// without credentials waits until its old connection is gone
+		// (closed, or the idle timeout).
+		t.mu.Unlock()
+		usp.CountAgentRefused("websocket", usp.RefuseTakeover)
+		t.log.Warn("unauthenticated websocket connection for a connected agent refused", "device", eid, "peer", r.RemoteAddr, "connected_peer", old.peer)
+		metricRejected.WithLabelValues("takeover").Inc()
+		c.close(websocket.ClosePolicyViolation, "endpoint already connected; authenticate to replace it", t.opts.WriteTimeout)
+		t.open.Add(-1)
+		metricOpen.Dec()
+		return
+	}
 	t.conns[eid] = c
 	t.wg.Add(1)
 	t.mu.Unlock()
@@ -316,6 +383,35 @@ func (t *Transport) serveWS(w http.ResponseWriter, r *http.Request) {
 		defer t.wg.Done()
 		t.serveConn(c)
 	}()
+}
+
+// authenticate finds who the agent proved to be: a verified client
+// certificate naming eid, or a bearer token that is eid's secret.
+// reason is non-empty when the request must be refused: credentials
+// that do not prove eid, or none with RequireAuth.
+func (t *Transport) authenticate(r *http.Request, eid string) (authed bool, reason string) {
+	if r.TLS != nil {
+		if certEID, ok := usp.EndpointIDFromTLS(*r.TLS); ok {
+			if certEID != eid {
+				return false, usp.RefuseBadLogin
+			}
+			return true, ""
+		}
+	}
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, token, _ := strings.Cut(h, " ")
+		if !strings.EqualFold(scheme, "Bearer") {
+			return false, usp.RefuseBadLogin
+		}
+		if reason := usp.CheckAgentLogin(r.Context(), t.opts.Auth, eid, strings.TrimSpace(token)); reason != "" {
+			return false, reason
+		}
+		return true, ""
+	}
+	if t.opts.RequireAuth {
+		return false, usp.RefuseBadLogin
+	}
+	return false, ""
 }
 
 // replacedDrain is how long a replaced connection's reader may still

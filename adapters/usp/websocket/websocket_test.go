@@ -64,13 +64,25 @@ type wsAgent struct {
 }
 
 func dial(t testing.TB, url, eid string, tlsCfg *tls.Config) (*websocket.Conn, *http.Response, error) {
+	return dialWith(url, eid, tlsCfg, nil)
+}
+
+func dialWith(url, eid string, tlsCfg *tls.Config, hdr http.Header) (*websocket.Conn, *http.Response, error) {
 	d := websocket.Dialer{Subprotocols: []string{pkgusp.WebSocketSubprotocol}, HandshakeTimeout: 5 * time.Second, TLSClientConfig: tlsCfg}
-	return d.Dial(url+"?"+pkgusp.WebSocketEIDQuery(eid), nil)
+	return d.Dial(url+"?"+pkgusp.WebSocketEIDQuery(eid), hdr)
 }
 
 func startAgent(t testing.TB, url, ctrlID, eid string, tlsCfg *tls.Config) *wsAgent {
 	t.Helper()
-	ws, resp, err := dial(t, url, eid, tlsCfg)
+	return startAgentWith(t, url, ctrlID, eid, tlsCfg, nil)
+}
+
+// bearer is the header of an agent authenticating with its secret.
+func bearer(secret string) http.Header { return http.Header{"Authorization": {"Bearer " + secret}} }
+
+func startAgentWith(t testing.TB, url, ctrlID, eid string, tlsCfg *tls.Config, hdr http.Header) *wsAgent {
+	t.Helper()
+	ws, resp, err := dialWith(url, eid, tlsCfg, hdr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,15 +296,18 @@ func TestTooLargeMessage(t *testing.T) {
 	}
 }
 
+// TestNewConnectionReplacesOld: an authenticated agent's new connection
+// replaces its old one (it evidently lost it).
 func TestNewConnectionReplacesOld(t *testing.T) {
 	ep, b := usptest.Endpoint(t)
-	tr := startServer(t, ep, Options{})
-	url := "ws://" + tr.Addr() + "/usp"
 	eid := "os::00D09E-RE-" + bus.NewID()[:6]
+	auth := secretsOf(eid, "the agent's secret, 20+ chars")
+	tr := startServer(t, ep, Options{Auth: auth})
+	url := "ws://" + tr.Addr() + "/usp"
 	w := usptest.Watch(t, b, eid)
 	first := startAgent(t, url, ep.ID(), eid, nil)
 	w.Wait("online", nil)
-	second := startAgent(t, url, ep.ID(), eid, nil)
+	second := startAgentWith(t, url, ep.ID(), eid, nil, bearer("the agent's secret, 20+ chars"))
 	if code := closeCode(t, first.closed); code != websocket.ClosePolicyViolation {
 		t.Fatalf("old connection closed with %d", code)
 	}

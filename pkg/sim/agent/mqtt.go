@@ -2,9 +2,9 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
 	"sync"
 
 	"github.com/eclipse/paho.golang/paho"
@@ -30,8 +30,13 @@ type MQTTConfig struct {
 	ClientID   string // empty: v5 sends an empty ClientID and the broker assigns one
 	Username   string
 	Password   string
-	KeepAlive  uint16 // seconds, default 30
-	QoS        byte   // PUBLISH QoS, 0 (obuspa's default) or 1
+	// TLS, when set, dials the broker over TLS (MQTTS); its
+	// Certificates may carry a client certificate naming the agent
+	// (subjectAltName urn:bbf:usp:id:<endpoint-id>), which the embedded
+	// broker accepts instead of a password.
+	TLS       *tls.Config
+	KeepAlive uint16 // seconds, default 30
+	QoS       byte   // PUBLISH QoS, 0 (obuspa's default) or 1
 }
 
 // DialMQTT connects a to an MQTT broker, subscribes to its topic and
@@ -88,8 +93,7 @@ func (s *mqttSession) publish(topic string, rec []byte) error {
 func (s *mqttSession) send(rec []byte) error { return s.publish(s.cfg.ControllerTopic, rec) }
 
 func dialMQTT5(ctx context.Context, a *Agent, cfg MQTTConfig) (session, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", cfg.Broker)
+	conn, err := dialTCP(ctx, cfg.Broker, cfg.TLS)
 	if err != nil {
 		return nil, err
 	}

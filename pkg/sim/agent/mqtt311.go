@@ -80,6 +80,10 @@ func dialMQTT311(ctx context.Context, a *Agent, cfg MQTTConfig) (session, error)
 	if cfg.Username != "" {
 		opts.SetUsername(cfg.Username).SetPassword(cfg.Password)
 	}
+	if cfg.TLS != nil {
+		opts.Servers = nil
+		opts.AddBroker("ssl://" + cfg.Broker).SetTLSConfig(cfg.TLS)
+	}
 	s.cli = mqtt311.NewClient(opts)
 	if err := wait311(ctx, s.cli.Connect()); err != nil {
 		s.cli.Disconnect(0)

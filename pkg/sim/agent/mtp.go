@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -182,3 +184,14 @@ func (c *Client) serve(ctx context.Context, s session) (agentClosed bool) {
 // Done is closed once the client has stopped: after Close, or by itself
 // when its Agent is closed.
 func (c *Client) Done() <-chan struct{} { return c.done }
+
+// dialTCP opens a TCP connection, over TLS when cfg is set (the handshake
+// bounded by ctx).
+func dialTCP(ctx context.Context, addr string, cfg *tls.Config) (net.Conn, error) {
+	if cfg == nil {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	d := tls.Dialer{Config: cfg}
+	return d.DialContext(ctx, "tcp", addr)
+}

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"strings"
@@ -27,6 +28,9 @@ type STOMPConfig struct {
 	ControllerDestination string
 	Login, Passcode       string
 	VirtualHost           string // the host header; default "/"
+	// TLS, when set, dials the server over TLS (STOMP over TLS), with an
+	// optional client certificate naming the agent.
+	TLS *tls.Config
 	// HeartBeat is sent as heart-beat:<out>,<in>; zero disables heartbeats.
 	HeartBeat time.Duration
 }
@@ -77,8 +81,7 @@ func (s *stompSession) send(rec []byte) error { return s.sendTo(s.cfg.Controller
 const stompHandshakeTimeout = 10 * time.Second
 
 func dialSTOMP(ctx context.Context, a *Agent, cfg STOMPConfig) (session, error) {
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", cfg.Server)
+	nc, err := dialTCP(ctx, cfg.Server, cfg.TLS)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -26,6 +27,10 @@ type WebSocketConfig struct {
 	// Dialer, when set, is used instead of websocket.DefaultDialer (TLS
 	// settings, timeouts); its Subprotocols are replaced with v1.usp.
 	Dialer *websocket.Dialer
+	// Token, when set, is sent as Authorization: Bearer <token>: the
+	// agent's secret, which Duet checks against its endpoint ID. A
+	// client certificate goes in Dialer.TLSClientConfig instead.
+	Token string
 }
 
 // DialWebSocket dials the Controller with subprotocol v1.usp, sends the
@@ -78,7 +83,11 @@ func dialWebSocket(ctx context.Context, a *Agent, cfg WebSocketConfig) (session,
 		sep = "&"
 	}
 	eid := a.EndpointID()
-	conn, resp, err := dd.DialContext(ctx, cfg.URL+sep+usp.WebSocketEIDQuery(eid), nil)
+	var hdr http.Header
+	if cfg.Token != "" {
+		hdr = http.Header{"Authorization": {"Bearer " + cfg.Token}}
+	}
+	conn, resp, err := dd.DialContext(ctx, cfg.URL+sep+usp.WebSocketEIDQuery(eid), hdr)
 	if err != nil {
 		return nil, fmt.Errorf("agent: WebSocket dial: %w", err)
 	}

@@ -598,10 +598,18 @@ func (c *CPE) newID() string {
 }
 
 // session runs one CWMP session (TR-069 §3.7).
-func (c *CPE) session() error {
+func (c *CPE) session() (err error) {
 	c.inSess.Store(true)
-	defer c.inSess.Store(false)
-	defer c.tr.CloseIdleConnections() // the CPE closes the connection at the end
+	// The session is counted only once it is over (connection closed, no
+	// longer "in session"): whoever sees the count may send a connection
+	// request next, which a CPE still in session answers 503.
+	defer func() {
+		c.tr.CloseIdleConnections() // the CPE closes the connection at the end
+		c.inSess.Store(false)
+		if err == nil {
+			c.stats.sessions.Add(1)
+		}
+	}()
 	s := &httpSession{c: c, client: &http.Client{Transport: c.tr, Timeout: c.opts.RequestTimeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 	if !c.opts.IgnoreCookies {
@@ -662,11 +670,7 @@ func (c *CPE) session() error {
 		}
 		env, err = s.post(&cwmp.Envelope{Namespace: c.opts.Namespace, Header: cwmp.Header{ID: env.Header.ID}, Body: resp})
 	}
-	if err != nil {
-		return err
-	}
-	c.stats.sessions.Add(1)
-	return nil
+	return err
 }
 
 // sendOwnRequests sends queued TransferComplete and DUStateChangeComplete
