@@ -28,7 +28,7 @@ func (m *Main) startUSPStomp(s *settings, cfg *serveConfig, ep *uspadapter.Endpo
 		addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	}
 	t, err := uspstomp.New(uspstomp.Options{Endpoint: ep, BrokerAddr: addr, Login: s.str("stomp-login"),
-		Passcode: s.str("stomp-passcode"), VHost: s.str("stomp-vhost"), Destination: s.str("stomp-destination"), Logger: log})
+		Passcode: s.str("stomp-passcode"), VHost: s.str("stomp-vhost"), TLS: cfg.tls.stomp, Destination: s.str("stomp-destination"), Logger: log})
 	if err != nil {
 		return s.errSetting("stomp-addr", "%v", err)
 	}
@@ -38,7 +38,11 @@ func (m *Main) startUSPStomp(s *settings, cfg *serveConfig, ep *uspadapter.Endpo
 	// Agents that stayed connected to the broker while Duet was down.
 	ep.RestoreRoutes(t)
 	started.push(func(ctx context.Context) { _ = t.Shutdown(ctx) })
-	ls.STOMP = "stomp://" + addr + " destination " + t.Destination()
+	scheme := "stomp://"
+	if cfg.tls.stomp != nil {
+		scheme = "stomp+ssl://"
+	}
+	ls.STOMP = scheme + addr + " destination " + t.Destination()
 	return nil
 }
 
@@ -50,7 +54,7 @@ func (m *Main) startUSPWebSocket(s *settings, cfg *serveConfig, ep *uspadapter.E
 	}
 	addr := cfg.wsAddr
 	t, err := uspws.New(uspws.Options{Endpoint: ep, Addr: addr, Path: s.str("ws-path"),
-		TLSCertFile: s.str("ws-tls-cert"), TLSKeyFile: s.str("ws-tls-key"),
+		TLSCertFile: s.str("ws-tls-cert"), TLSKeyFile: s.str("ws-tls-key"), TLS: cfg.tls.ws,
 		HandshakeTimeout: cfg.httpRead, HTTPIdleTimeout: cfg.httpIdle, MaxConnsPerSource: cfg.wsPerIP, Logger: log})
 	if err != nil {
 		return s.errSetting("ws-addr", "%v", err)

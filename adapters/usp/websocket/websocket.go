@@ -54,6 +54,9 @@ type Options struct {
 	// TLSCertFile and TLSKeyFile enable wss:// when both are set.
 	TLSCertFile string
 	TLSKeyFile  string
+	// TLS, when set, enables wss:// instead of the files (`duet serve`
+	// passes a pkg/tlsutil configuration that reloads the certificate).
+	TLS *tls.Config
 	// MaxConnections bounds open connections; further upgrades get 503.
 	// Default 10000.
 	MaxConnections int
@@ -198,7 +201,9 @@ func (t *Transport) Start() error {
 	if err != nil {
 		return fmt.Errorf("usp/websocket: cannot listen on %s (port in use?): %w", t.opts.Addr, err)
 	}
-	if t.opts.TLSCertFile != "" {
+	if t.opts.TLS != nil {
+		ln = tls.NewListener(ln, t.opts.TLS)
+	} else if t.opts.TLSCertFile != "" {
 		cert, err := tls.LoadX509KeyPair(t.opts.TLSCertFile, t.opts.TLSKeyFile)
 		if err != nil {
 			_ = ln.Close()
@@ -224,7 +229,7 @@ func (t *Transport) Start() error {
 			t.log.Error("websocket server stopped", "err", err)
 		}
 	}()
-	t.log.Info("usp websocket listening", "addr", ln.Addr().String(), "path", t.opts.Path, "tls", t.opts.TLSCertFile != "")
+	t.log.Info("usp websocket listening", "addr", ln.Addr().String(), "path", t.opts.Path, "tls", t.opts.TLS != nil || t.opts.TLSCertFile != "")
 	return nil
 }
 
