@@ -86,7 +86,7 @@ func (m *Main) startBus(ctx context.Context, s *settings, cfg *serveConfig, log 
 			protected = append(protected, durable)
 		}
 		emb, err = bus.StartEmbedded(bus.EmbeddedOptions{Host: s.str("nats-host"), Port: cfg.natsPort, StoreDir: dir,
-			Identities: ids, ProtectedConsumers: protected, TLS: cfg.tls.natsServer})
+			Identities: ids, ProtectedConsumers: protected, TLS: cfg.tls.natsServer, InProcessTLS: cfg.tls.natsInProcess})
 		if errors.Is(err, bus.ErrPortInUse) {
 			return nil, s.errSetting("nats-port", "%v (set DUET_NATS_PORT to a free port, or DUET_NATS_URL to use that server)", err)
 		}
@@ -102,7 +102,7 @@ func (m *Main) startBus(ctx context.Context, s *settings, cfg *serveConfig, log 
 		log.Info("embedded NATS started", "url", set.url, "store", dir, "nkeys", ids.Dir, "tls", cfg.tls.natsServer != nil)
 	}
 	if emb != nil {
-		base.URL = emb.URL() // in-process: no network, no TLS
+		base.URL = emb.URL()
 	}
 	connect := func(r bus.Role) error {
 		o := base

@@ -17,6 +17,7 @@ type tlsConfig struct {
 	reloader *tlsutil.Reloader
 	// Servers: nil means plain text.
 	http, cwmp, ws, natsServer *tls.Config
+	natsInProcess              *tls.Config // trusts natsServer's own certificate
 	// Clients of external servers: nil means plain text.
 	natsClient, mqtt, stomp *tls.Config
 }
@@ -76,7 +77,7 @@ func (s *settings) checkTLS(c *serveConfig) error {
 			return err
 		}
 		if src != nil {
-			t.natsServer = src.ServerConfig(tls.NoClientCert)
+			t.natsServer, t.natsInProcess = src.ServerConfig(tls.NoClientCert), src.PinnedClientConfig()
 		}
 	}
 	if c.comps["cwmp"] {

@@ -114,7 +114,14 @@ func (o *Options) setDefaults() error {
 func (o *Options) authOptions() ([]nats.Option, error) {
 	out := []nats.Option{nats.CustomInboxPrefix(o.Role.InboxPrefix())}
 	if o.Embedded != nil {
-		out = append(out, nats.InProcessServer(o.Embedded))
+		if c := o.Embedded.inProcessTLS; c != nil {
+			// A server with TLS does not complete a TLS handshake over its
+			// in-memory pipe: dial it as any client, trusting its own
+			// certificate.
+			out = append(out, nats.Secure(c))
+		} else {
+			out = append(out, nats.InProcessServer(o.Embedded))
+		}
 	}
 	if f := o.CredentialsFile; f != "" {
 		data, err := os.ReadFile(f)

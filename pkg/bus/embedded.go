@@ -31,13 +31,18 @@ type EmbeddedOptions struct {
 	ProtectedConsumers []string
 	// TLS, when set, is required of every network client (its
 	// certificate is reloaded by pkg/tlsutil). Connections in the same
-	// process (Bus Options.Embedded) need none.
+	// process (Bus Options.Embedded) use InProcessTLS.
 	TLS *tls.Config
+	// InProcessTLS is the client configuration of this process's
+	// connections when TLS is set: they dial the server over loopback with
+	// TLS, trusting exactly its own certificate.
+	InProcessTLS *tls.Config
 }
 
 // Embedded is a running in-process NATS server with JetStream.
 type Embedded struct {
-	srv *server.Server
+	srv          *server.Server
+	inProcessTLS *tls.Config
 }
 
 // ErrPortInUse is returned when the embedded server's port is taken.
@@ -90,6 +95,9 @@ func StartEmbedded(o EmbeddedOptions) (*Embedded, error) {
 		so.AuthTimeout = 5
 	}
 	if o.TLS != nil {
+		if o.InProcessTLS == nil {
+			return nil, errors.New("bus: embedded NATS with TLS needs InProcessTLS")
+		}
 		so.TLSConfig, so.TLS = o.TLS, true
 		so.TLSTimeout = 5
 	}
@@ -102,7 +110,7 @@ func StartEmbedded(o EmbeddedOptions) (*Embedded, error) {
 		srv.Shutdown()
 		return nil, errors.New("bus: embedded NATS did not become ready in 10s")
 	}
-	return &Embedded{srv: srv}, nil
+	return &Embedded{srv: srv, inProcessTLS: o.InProcessTLS}, nil
 }
 
 // URL is the client URL of the embedded server.

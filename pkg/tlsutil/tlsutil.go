@@ -11,10 +11,12 @@
 package tlsutil
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -186,6 +188,23 @@ func (s *Source) ClientConfig(serverName string) *tls.Config {
 	// next start; the client certificate is reloaded.
 	c.RootCAs = s.CAPool()
 	return c
+}
+
+// PinnedClientConfig trusts exactly s's own current certificate: for a
+// client in the same process as the server that serves it (Duet's
+// components on the embedded NATS), where no CA or name is involved.
+func (s *Source) PinnedClientConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, // replaced by the pin below
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			c := s.Certificate()
+			if c == nil || len(raw) == 0 || !bytes.Equal(raw[0], c.Certificate[0]) {
+				return errors.New("tls: the server's certificate is not this process's own")
+			}
+			return nil
+		},
+	}
 }
 
 // Reloader checks its sources' files every interval and on SIGHUP.
