@@ -48,7 +48,10 @@ type BulkOptions struct {
 	// PageSize is how many devices are matched per page (and per saved
 	// cursor). Default 100.
 	PageSize int
-	Logger   *slog.Logger
+	// AdoptInterval is how often the runner looks for running batches
+	// whose replica is gone. Default 5 s.
+	AdoptInterval time.Duration
+	Logger        *slog.Logger
 }
 
 // BulkRunner creates the tasks of task batches (POST /api/v1/tasks): it
@@ -62,7 +65,7 @@ type BulkOptions struct {
 // devices of the interrupted page that already have their task are
 // skipped, so each device gets exactly one task.
 //
-// One controller runs the batches (as one owns the task queue).
+// Each batch runs in one replica at a time, its runner (Start).
 type BulkRunner struct {
 	o   BulkOptions
 	log *slog.Logger
@@ -94,6 +97,9 @@ func NewBulkRunner(o BulkOptions) (*BulkRunner, error) {
 	if o.PageSize <= 0 {
 		o.PageSize = 100
 	}
+	if o.AdoptInterval <= 0 {
+		o.AdoptInterval = 5 * time.Second
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -101,15 +107,65 @@ func NewBulkRunner(o BulkOptions) (*BulkRunner, error) {
 	return &BulkRunner{o: o, log: o.Logger.With("component", "bulk"), running: map[string]context.CancelFunc{}, ctx: ctx, cancel: cancel}, nil
 }
 
-// Start resumes the batches that were running when the last controller
-// stopped.
+// Start resumes the running batches whose controller is gone, and from
+// then on looks for such batches every AdoptInterval. A batch runs in one
+// replica at a time: each records its runner (this replica's dispatcher
+// ID, alive while it holds its dispatcher lease), and a replica takes over
+// only a batch whose runner is gone, one replica winning each
+// (store.AdoptTaskBatch). Start the TaskQueue first: its lease is the
+// proof of life.
 func (b *BulkRunner) Start(ctx context.Context) error {
-	jobs, err := b.o.Store.RunningTaskBatches(ctx)
+	if err := b.adopt(ctx); err != nil {
+		return err
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		t := time.NewTicker(b.o.AdoptInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-b.ctx.Done():
+				return
+			case <-t.C:
+				if err := b.adopt(b.ctx); err != nil && b.ctx.Err() == nil {
+					b.log.Warn("looking for task batches to take over", "err", err)
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+// Runs reports whether this runner is running batch id now.
+func (b *BulkRunner) Runs(id string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.running[id] != nil
+}
+
+// adopt takes over and runs the running batches whose runner is gone.
+func (b *BulkRunner) adopt(ctx context.Context) error {
+	jobs, err := b.o.Store.OrphanedTaskBatches(ctx, b.o.Tasks.id)
 	if err != nil {
 		return err
 	}
 	for _, j := range jobs {
-		b.log.Info("resuming task batch", "batch", j.ID, "cursor", j.Cursor, "matched", j.Matched)
+		b.mu.Lock()
+		mine := b.running[j.ID] != nil
+		b.mu.Unlock()
+		if mine {
+			continue
+		}
+		ok, err := b.o.Store.AdoptTaskBatch(ctx, j, b.o.Tasks.id)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue // another replica took it
+		}
+		b.log.Info("resuming task batch", "batch", j.ID, "cursor", j.Cursor, "matched", j.Matched, "previous_runner", j.Runner)
+		j.Runner = b.o.Tasks.id
 		b.launch(j)
 	}
 	return nil
@@ -300,7 +356,7 @@ func (b *BulkRunner) Submit(ctx context.Context, actor string, req BulkRequest) 
 	if err != nil {
 		return store.TaskBatch{}, err
 	}
-	j, err := b.o.Store.CreateTaskBatch(ctx, actor, store.TaskBatch{Filter: filter, Request: task, Rate: rate}, b.o.MaxRunning)
+	j, err := b.o.Store.CreateTaskBatch(ctx, actor, store.TaskBatch{Filter: filter, Request: task, Rate: rate, Runner: b.o.Tasks.id}, b.o.MaxRunning)
 	if err != nil {
 		return j, err
 	}

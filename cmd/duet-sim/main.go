@@ -4,19 +4,29 @@
 //
 //	duet-sim --cwmp 1000 --acs http://localhost:7547/
 //	duet-sim --usp-mqtt 500 --mqtt 127.0.0.1:1883 --usp-ws 500 --ws ws://localhost:8081/usp
+//
+// Every --report it prints a progress line (devices up, sessions per
+// second, session errors, session latency percentiles, load average), and
+// on exit one line of JSON with the totals, for benchmarks. Each CPE has a
+// connection-request listener (one descriptor) unless --connreq=false;
+// each agent holds one connection: past the open-file limit (ulimit -n),
+// run several simulators with distinct --prefix.
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"sync"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -48,6 +58,7 @@ type config struct {
 	controllerID                   string
 	prefix                         string
 	duration, report               time.Duration
+	connReq                        bool
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -72,6 +83,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&c.prefix, "prefix", "SIM", "serial number prefix, to run several simulators side by side")
 	fs.DurationVar(&c.duration, "duration", 0, "stop after this long (0: until Ctrl-C)")
 	fs.DurationVar(&c.report, "report", 10*time.Second, "how often to print progress")
+	fs.BoolVar(&c.connReq, "connreq", true, "give each CPE a connection-request listener (one file descriptor each; false for fleets past the open-file limit)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -95,6 +107,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}()
 	start := time.Now()
+	counters := &cwmpCounters{}
 
 	var fleets []*cpe.Fleet
 	if c.cwmp > 0 {
@@ -110,6 +123,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			f, err := cpe.NewFleet(cpe.FleetOptions{N: part.n, SerialPrefix: c.prefix + part.class, Template: cpe.Options{
 				ACSURL: c.acs, DataModelPath: filepath.Join(c.dataModels, part.file), ProductClass: part.class,
 				Username: c.acsUser, Password: c.acsPass, PeriodicInterval: c.periodic, Logger: log,
+				DisableConnReq: !c.connReq, SessionObserver: counters.observe,
 			}})
 			if err != nil {
 				return err
@@ -133,6 +147,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	var agentFleets []*agent.Fleet
+	var uspElapsed time.Duration
 	for _, tr := range []struct {
 		name string
 		n    int
@@ -159,23 +174,52 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		closers = append(closers, func() { _ = f.Close() })
 		agentFleets = append(agentFleets, f)
 		el := time.Since(t0)
+		uspElapsed += el
 		fmt.Fprintf(out, "connected %d USP agents over %s in %s (%.0f/s)\n", tr.n, tr.name, el.Round(time.Millisecond), float64(tr.n)/el.Seconds())
 	}
 
+	uspAgents, uspConnected := c.uspMQTT+c.uspSTOMP+c.uspWS, 0
+	for _, f := range agentFleets {
+		uspConnected += len(f.Agents())
+	}
+	var uspRate *float64
+	if uspConnected > 0 {
+		r := float64(uspConnected) / uspElapsed.Seconds()
+		uspRate = &r
+	}
 	ticker := time.NewTicker(c.report)
 	defer ticker.Stop()
-	var last cpe.Stats
-	lastAt := time.Now()
+	// The first interval starts with the simulator: the CPEs were
+	// informing while the rest started.
+	lastSessions, lastLat, lastAt := uint64(0), histogram{}, start
+	cpesUp := func() int64 {
+		var up int64
+		for _, f := range fleets {
+			for _, p := range f.CPEs() {
+				if p.Stats().Sessions > 0 {
+					up++
+				}
+			}
+		}
+		return up
+	}
 	report := func() {
+		now := time.Now()
+		sessions := counters.sessions.Load()
+		lat := counters.lat.snapshot()
+		iv := lat.since(lastLat)
+		dt := now.Sub(lastAt).Seconds()
+		fmt.Fprintf(out, "%s  up: cwmp %d/%d usp %d/%d | sessions %d (%.1f/s) errors %d | session p50 %.1f p95 %.1f p99 %.1f ms | load %s\n",
+			time.Since(start).Round(time.Second), cpesUp(), c.cwmp, uspConnected, uspAgents, sessions,
+			float64(sessions-lastSessions)/dt, counters.errors.Load(), iv.percentile(50), iv.percentile(95), iv.percentile(99), loadAverage())
+		lastSessions, lastLat, lastAt = sessions, lat, now
+	}
+	final := func() {
 		var s cpe.Stats
 		for _, f := range fleets {
 			fs := f.Stats()
-			s.Sessions += fs.Sessions
-			s.FailedSessions += fs.FailedSessions
 			s.Informs += fs.Informs
 			s.RPCs += fs.RPCs
-			s.Faults += fs.Faults
-			s.ConnectionRequests += fs.ConnectionRequests
 		}
 		boots := 0
 		for _, f := range agentFleets {
@@ -183,21 +227,50 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 				boots += a.Boots()
 			}
 		}
-		now := time.Now()
-		dt := now.Sub(lastAt).Seconds()
-		fmt.Fprintf(out, "%s  cwmp: sessions %d (%.1f/s) failed %d informs %d rpcs %d conn-req %d | usp agents %d, boots %d\n",
-			time.Since(start).Round(time.Second), s.Sessions, float64(s.Sessions-last.Sessions)/dt, s.FailedSessions,
-			s.Informs, s.RPCs, s.ConnectionRequests, c.uspMQTT+c.uspSTOMP+c.uspWS, boots)
-		last, lastAt = s, now
+		lat := counters.lat.snapshot()
+		el := time.Since(start).Seconds()
+		sum := summary{Seconds: math.Round(el*10) / 10, CWMPCPEs: c.cwmp, CWMPUp: cpesUp(), Sessions: counters.sessions.Load(),
+			SessionsPerSec: math.Round(float64(counters.sessions.Load())/el*10) / 10, SessionErrors: counters.errors.Load(),
+			Informs: s.Informs, RPCs: s.RPCs, LatencyP50ms: lat.percentile(50), LatencyP95ms: lat.percentile(95), LatencyP99ms: lat.percentile(99),
+			USPAgents: uspAgents, USPConnected: uspConnected, USPConnectPerS: uspRate, USPBoots: boots}
+		if l, err := strconv.ParseFloat(strings.Fields(loadAverage() + " x")[0], 64); err == nil {
+			sum.LoadAverage1Min = &l
+		}
+		b, _ := json.Marshal(sum)
+		fmt.Fprintln(out, string(b))
 	}
-	var once sync.Once
 	for {
 		select {
 		case <-ctx.Done():
-			once.Do(report)
+			report()
+			final()
 			return nil
 		case <-ticker.C:
 			report()
 		}
 	}
+}
+
+// observe counts one CPE session (cpe.Options.SessionObserver).
+func (cc *cwmpCounters) observe(took time.Duration, err error) {
+	if err != nil {
+		cc.errors.Add(1)
+		return
+	}
+	cc.sessions.Add(1)
+	cc.lat.add(took)
+}
+
+// loadAverage is the machine's 1, 5 and 15 minute load averages, or "?"
+// where /proc/loadavg does not exist.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }

@@ -125,6 +125,7 @@ func newSettings() *settings {
 	add("ws-path", "DUET_WS_PATH", "/usp", "URL path of the USP WebSocket server")
 	add("ws-tls-cert", "DUET_WS_TLS_CERT", "", "PEM certificate file; enables wss://")
 	add("ws-tls-key", "DUET_WS_TLS_KEY", "", "PEM key file for ws-tls-cert")
+	add("ws-max-conns", "DUET_WS_MAX_CONNS", "10000", "WebSocket connections one usp-ws process holds at once before new upgrades get 503 (each needs a file descriptor: keep it below ulimit -n)")
 	add("ws-max-conns-per-ip", "DUET_WS_MAX_CONNS_PER_IP", "256", "WebSocket connections one source address may hold (agents behind one NAT share it; 0 = no limit)")
 
 	// Secrets: each also reads from a file (x-file / DUET_X_FILE), for

@@ -40,6 +40,7 @@ type serveConfig struct {
 	apiSearches                   int
 	secretParams                  []string
 	wsPerIP                       int
+	wsMaxConns                    int
 
 	cwmp cwmpadapter.Options // without Bus and Logger
 
@@ -264,6 +265,9 @@ func (s *settings) checkUSP(c *serveConfig) error {
 			return s.errSetting("ws-path", "%q must start with /", s.str("ws-path"))
 		}
 		if c.wsPerIP, err = s.integer("ws-max-conns-per-ip", 0, 1_000_000); err != nil {
+			return err
+		}
+		if c.wsMaxConns, err = s.integer("ws-max-conns", 1, 10_000_000); err != nil {
 			return err
 		}
 	}

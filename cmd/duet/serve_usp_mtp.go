@@ -55,7 +55,7 @@ func (m *Main) startUSPWebSocket(s *settings, cfg *serveConfig, ep *uspadapter.E
 	addr := cfg.wsAddr
 	t, err := uspws.New(uspws.Options{Endpoint: ep, Addr: addr, Path: s.str("ws-path"),
 		TLSCertFile: s.str("ws-tls-cert"), TLSKeyFile: s.str("ws-tls-key"), TLS: cfg.tls.ws,
-		HandshakeTimeout: cfg.httpRead, HTTPIdleTimeout: cfg.httpIdle, MaxConnsPerSource: cfg.wsPerIP, Logger: log})
+		HandshakeTimeout: cfg.httpRead, HTTPIdleTimeout: cfg.httpIdle, MaxConnsPerSource: cfg.wsPerIP, MaxConnections: cfg.wsMaxConns, Logger: log})
 	if err != nil {
 		return s.errSetting("ws-addr", "%v", err)
 	}

@@ -325,3 +325,60 @@ func TestBulkResumesAfterRestartExactlyOnce(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestBulkBatchRunsInOneReplica: two controller replicas share the task
+// queue. A batch runs only in the replica that took it, however often the
+// other looks for work (before, a starting replica resumed every running
+// batch, one a live replica was running too); when that replica is gone
+// (its runner and its dispatcher lease), the other takes the batch over
+// and finishes it, one task per device.
+func TestBulkBatchRunsInOneReplica(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	devs := deviceIDs("replica", 12)
+	seedOffline(t, e, devs, "1.0")
+	req := controller.TaskRequest{Operation: "get", Paths: []string{"Device.DeviceInfo.SoftwareVersion"}}
+	qA := e.tasks
+	rA := withBulk(t, e, controller.BulkOptions{PageSize: 2, AdoptInterval: 20 * time.Millisecond})
+	j, err := rA.Submit(ctx, "tester", controller.BulkRequest{Filter: &controller.BulkFilter{Q: "replica-"}, Task: &req, Rate: ptr(4.0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	qB := e.startTasks(t)
+	rB, err := controller.NewBulkRunner(controller.BulkOptions{Store: e.store, Tasks: qB, PageSize: 2, AdoptInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rB.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rB.Stop)
+	// Many of B's looks while A creates tasks 2 to 5.
+	bustest.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+		if rB.Runs(j.ID) {
+			t.Fatal("the second replica runs the batch the first one is running")
+		}
+		if n := len(batchTasks(t, e, j.ID)); n < 5 {
+			return fmt.Errorf("%d tasks", n)
+		}
+		return nil
+	})
+	first, err := e.store.FindTaskBatchByID(ctx, j.ID)
+	if err != nil || first.Runner == "" {
+		t.Fatalf("batch runner %q: %v", first.Runner, err)
+	}
+	// Replica A goes away (the runner and the lease its liveness is).
+	rA.Stop()
+	qA.Stop()
+	if done := e.waitBatch(t, j.ID, "done"); done.Matched != 12 || done.CreatedTasks != 12 {
+		t.Fatalf("batch after the takeover: %+v", done)
+	}
+	if last, err := e.store.FindTaskBatchByID(ctx, j.ID); err != nil || last.Runner == first.Runner || last.Runner == "" {
+		t.Fatalf("runner %q after the takeover (was %q): %v", last.Runner, first.Runner, err)
+	}
+	for d, n := range batchTasks(t, e, j.ID) {
+		if n != 1 {
+			t.Errorf("%s has %d tasks of the batch", d, n)
+		}
+	}
+}

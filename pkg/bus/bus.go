@@ -159,6 +159,8 @@ type Bus struct {
 	mu     sync.Mutex
 	subs   map[*Subscription]struct{}
 	closed bool
+	// shared carries the per-device command subscriptions (shared.go).
+	shared sharedQueue
 }
 
 // Connect dials NATS and makes sure the event stream exists (idempotently:
@@ -237,25 +239,78 @@ func (b *Bus) ensureStreams(ctx context.Context) error {
 	switch b.opts.Role {
 	case RoleController:
 		for _, cfg := range cfgs {
-			if _, err := b.js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			if err := b.ensureStream(ctx, cfg); err != nil {
 				return fmt.Errorf("bus: create stream %s: %w", cfg.Name, err)
 			}
 		}
 	case RoleCWMP, RoleUSP:
 		for _, cfg := range cfgs {
-			_, err := b.js.Stream(ctx, cfg.Name)
-			if err == nil {
-				continue
-			}
-			if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			if err := b.retryNotReady(ctx, cfg.Name, func() error {
+				_, err := b.js.Stream(ctx, cfg.Name)
+				if !errors.Is(err, jetstream.ErrStreamNotFound) {
+					return err
+				}
+				if _, err := b.js.CreateStream(ctx, cfg); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+					return err
+				}
+				return nil
+			}); err != nil {
 				return fmt.Errorf("bus: stream %s: %w", cfg.Name, err)
-			}
-			if _, err := b.js.CreateStream(ctx, cfg); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-				return fmt.Errorf("bus: create stream %s: %w", cfg.Name, err)
 			}
 		}
 	}
 	return nil
+}
+
+// streamStartBudget is how long a start waits for a clustered JetStream
+// that does not answer yet: several Duet processes starting with a NATS
+// cluster that is still electing its leaders (docs/scaling.md) see the
+// JetStream API time out or say it is unavailable for a while.
+const streamStartBudget = 90 * time.Second
+
+// ensureStream creates or updates one stream, trying again while
+// JetStream only times out or is temporarily unavailable. Any other
+// refusal (too few servers for the replicas, say) fails at once.
+func (b *Bus) ensureStream(ctx context.Context, cfg jetstream.StreamConfig) error {
+	return b.retryNotReady(ctx, cfg.Name, func() error {
+		_, err := b.js.CreateOrUpdateStream(ctx, cfg)
+		return err
+	})
+}
+
+// retryNotReady runs op until it succeeds, fails otherwise than with
+// JetStream not being ready yet, or streamStartBudget passes.
+func (b *Bus) retryNotReady(ctx context.Context, stream string, op func() error) error {
+	deadline := time.Now().Add(streamStartBudget)
+	wait := 250 * time.Millisecond
+	for {
+		err := op()
+		if err == nil || ctx.Err() != nil || time.Now().After(deadline) || !jetStreamNotReady(err) {
+			return err
+		}
+		b.log.Warn("JetStream not ready; trying again", "stream", stream, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+// jsErrClusterNotAvail is the server's JSClusterNotAvailErr, "JetStream
+// system temporarily unavailable" (nats.go names no constant for it).
+const jsErrClusterNotAvail jetstream.ErrorCode = 10008
+
+// jetStreamNotReady: the JetStream API timed out, or said it is not
+// available yet (JSClusterNotAvail 10008, no meta leader).
+func jetStreamNotReady(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrClusterNotAvail {
+		return true
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, nats.ErrNoResponders)
 }
 
 // Conn is the underlying NATS connection.
@@ -300,9 +355,11 @@ func (b *Bus) Close() {
 	for s := range subs {
 		s.once.Do(func() {
 			s.stop()
+			s.end()
 			s.wg.Wait()
 		})
 	}
+	b.shared.stop()
 }
 
 // NewID returns a random 128-bit identifier in hex, for events and commands.
@@ -532,8 +589,12 @@ type CommandHandler func(ctx context.Context, cmd *duetv1.Command) *duetv1.Comma
 // ServeCommands answers commands on subject (a device's CommandSubject or a
 // CommandWildcard) as part of queue group queue ("" for none). Handlers run
 // concurrently, at most MaxConcurrentHandlers at once per subscription.
+//
+// A device's subscription (not a wildcard) costs no goroutine of its own
+// while idle: its messages come through one dispatcher per Bus
+// (shared.go), so an adapter may hold one per connected agent.
 func (b *Bus) ServeCommands(subject, queue string, h CommandHandler) (*Subscription, error) {
-	return b.serve(subject, queue, func(ctx context.Context, m *nats.Msg) (proto.Message, error) {
+	return b.serveOn(subject, queue, !strings.HasSuffix(subject, ">") && !strings.Contains(subject, "*"), func(ctx context.Context, m *nats.Msg) (proto.Message, error) {
 		cmd := &duetv1.Command{}
 		if err := proto.Unmarshal(m.Data, cmd); err != nil {
 			return nil, fmt.Errorf("undecodable command: %w", err)
@@ -675,6 +736,11 @@ type Subscription struct {
 	wg   sync.WaitGroup
 	once sync.Once
 	stop context.CancelFunc
+	// shared: delivered by the Bus's dispatcher (shared.go).
+	shared bool
+	// ended: Stop is waiting for the handlers; no new one starts.
+	mu    sync.Mutex
+	ended bool
 }
 
 // Stop removes the subscription and waits for running handlers. Safe to
@@ -693,7 +759,11 @@ func (s *Subscription) Stop() {
 			}
 		}
 		_ = s.sub.Unsubscribe()
+		if s.shared {
+			s.bus.shared.handlers.Delete(s.sub)
+		}
 		s.stop()
+		s.end()
 		s.wg.Wait()
 		s.bus.mu.Lock()
 		if s.bus.subs != nil {
@@ -703,17 +773,63 @@ func (s *Subscription) Stop() {
 	})
 }
 
+// end stops new handlers from starting (Stop, Close).
+func (s *Subscription) end() {
+	s.mu.Lock()
+	s.ended = true
+	s.mu.Unlock()
+}
+
 func (b *Bus) serve(subject, queue string, h func(context.Context, *nats.Msg) (proto.Message, error)) (*Subscription, error) {
+	return b.serveOn(subject, queue, false, h)
+}
+
+// serveOn is serve; shared delivers through the Bus's one dispatcher
+// (shared.go) instead of a goroutine of the subscription's own.
+func (b *Bus) serveOn(subject, queue string, shared bool, h func(context.Context, *nats.Msg) (proto.Message, error)) (*Subscription, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Subscription{bus: b, stop: cancel}
 	sem := make(chan struct{}, b.opts.MaxConcurrentHandlers)
+	var run func(m *nats.Msg)
 	handle := func(m *nats.Msg) {
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
 			return
 		}
+		run(m)
+	}
+	// dispatch is handle for the shared dispatcher, which must not wait
+	// on one subscription's slots: a message finding them all busy waits
+	// in a goroutine of its own, of which there are boundedly many.
+	dispatch := func(m *nats.Msg) {
+		select {
+		case sem <- struct{}{}:
+			run(m)
+			return
+		default:
+		}
+		select {
+		case b.shared.waiters <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		go func() {
+			defer func() { <-b.shared.waiters }()
+			handle(m)
+		}()
+	}
+	run = func(m *nats.Msg) {
+		// A message may reach here from a waiting goroutine (dispatch)
+		// while Stop waits for the handlers: none starts after it.
+		s.mu.Lock()
+		if s.ended {
+			s.mu.Unlock()
+			<-sem
+			return
+		}
 		s.wg.Add(1)
+		s.mu.Unlock()
 		go func() {
 			defer s.wg.Done()
 			defer func() { <-sem }()
@@ -736,18 +852,29 @@ func (b *Bus) serve(subject, queue string, h func(context.Context, *nats.Msg) (p
 	}
 	var sub *nats.Subscription
 	var err error
-	if queue == "" {
+	switch {
+	case shared:
+		b.shared.start()
+		sub, err = b.nc.ChanQueueSubscribe(subject, queue, b.shared.ch)
+		if err == nil {
+			b.shared.handlers.Store(sub, dispatch)
+			s.shared = true
+		}
+	case queue == "":
 		sub, err = b.nc.Subscribe(subject, handle)
-	} else {
+	default:
 		sub, err = b.nc.QueueSubscribe(subject, queue, handle)
 	}
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("bus: subscribe %s: %w", subject, err)
 	}
-	// Bound what waits for a handler: past this NATS reports a slow consumer
-	// and drops, rather than growing without limit (CONTRIBUTING.md, habit 8).
-	_ = sub.SetPendingLimits(64*1024, 256<<20)
+	if !shared {
+		// Bound what waits for a handler: past this NATS reports a slow consumer
+		// and drops, rather than growing without limit (CONTRIBUTING.md, habit 8).
+		// A shared subscription is bounded by the shared channel.
+		_ = sub.SetPendingLimits(64*1024, 256<<20)
+	}
 	// When Serve* returns, the server has the subscription: a request sent
 	// from another connection right after finds a responder.
 	if err := b.nc.Flush(); err != nil {

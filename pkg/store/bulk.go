@@ -48,16 +48,19 @@ type TaskBatch struct {
 	CreatedAt    time.Time
 	UpdatedAt    time.Time
 	FinishedAt   *time.Time
+	// Runner is the dispatcher ID of the controller replica running the
+	// batch ("" before one took it; migrations/0080_task_batch_runner.sql).
+	Runner string
 }
 
 const batchColumns = `id, seq, actor, filter, request, rate, state, cursor, matched, created_tasks, errors,
-	last_error, created_at, updated_at, finished_at`
+	last_error, created_at, updated_at, finished_at, runner`
 
 func scanBatch(row pgx.Row) (TaskBatch, error) {
 	var b TaskBatch
 	var st string
 	err := row.Scan(&b.ID, &b.Seq, &b.Actor, &b.Filter, &b.Request, &b.Rate, &st, &b.Cursor, &b.Matched,
-		&b.CreatedTasks, &b.Errors, &b.LastError, &b.CreatedAt, &b.UpdatedAt, &b.FinishedAt)
+		&b.CreatedTasks, &b.Errors, &b.LastError, &b.CreatedAt, &b.UpdatedAt, &b.FinishedAt, &b.Runner)
 	b.State = TaskBatchState(st)
 	return b, err
 }
@@ -84,8 +87,8 @@ func (r rawJSON) MarshalJSON() ([]byte, error) {
 	return r, nil
 }
 
-// CreateTaskBatch stores a running batch (Filter, Request and Rate of b
-// are used) and records it in the audit log. Errors: CodeInvalidArgument
+// CreateTaskBatch stores a running batch (Filter, Request, Rate and
+// Runner of b are used) and records it in the audit log. Errors: CodeInvalidArgument
 // for no actor or a rate that is not positive; CodeResourcesExceeded when
 // maxRunning batches already run (0: no bound).
 func (s *Store) CreateTaskBatch(ctx context.Context, actor string, b TaskBatch, maxRunning int) (TaskBatch, error) {
@@ -111,9 +114,9 @@ func (s *Store) CreateTaskBatch(ctx context.Context, actor string, b TaskBatch, 
 			}
 		}
 		var err error
-		out, err = scanBatch(tx.QueryRow(ctx, `INSERT INTO task_batches (id, actor, filter, request, rate, state)
-			VALUES ($1, $2, $3, $4, $5, 'running') RETURNING `+batchColumns,
-			newID("batch"), actor, b.Filter, b.Request, b.Rate))
+		out, err = scanBatch(tx.QueryRow(ctx, `INSERT INTO task_batches (id, actor, filter, request, rate, state, runner)
+			VALUES ($1, $2, $3, $4, $5, 'running', $6) RETURNING `+batchColumns,
+			newID("batch"), actor, b.Filter, b.Request, b.Rate, b.Runner))
 		if err != nil {
 			return err
 		}
@@ -195,6 +198,40 @@ func (s *Store) RunningTaskBatches(ctx context.Context) ([]TaskBatch, error) {
 		return nil, fmt.Errorf("store: running task batches: %w", err)
 	}
 	return out, nil
+}
+
+// OrphanedTaskBatches returns the running batches that runner may take
+// over, oldest first: its own, those no runner took yet, and those whose
+// runner's dispatcher lease no live session of this database holds (the
+// replica stopped or crashed; the pg_locks test is OrphanedTasks').
+func (s *Store) OrphanedTaskBatches(ctx context.Context, runner string) ([]TaskBatch, error) {
+	rows, err := s.pool.Query(ctx, "SELECT "+batchColumns+` FROM task_batches b
+		WHERE b.state = 'running' AND (b.runner = '' OR b.runner = $1 OR NOT EXISTS (
+			SELECT 1 FROM pg_locks l
+			WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
+			  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+			  AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('duet.lease.dispatcher.' || b.runner, 0)))
+		ORDER BY seq`, runner)
+	if err != nil {
+		return nil, fmt.Errorf("store: orphaned task batches: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (TaskBatch, error) { return scanBatch(r) })
+	if err != nil {
+		return nil, fmt.Errorf("store: orphaned task batches: %w", err)
+	}
+	return out, nil
+}
+
+// AdoptTaskBatch makes runner the runner of b, found by
+// OrphanedTaskBatches, if it is still running under b's runner; ok is
+// false when another replica took it first or it ended meanwhile.
+func (s *Store) AdoptTaskBatch(ctx context.Context, b TaskBatch, runner string) (ok bool, err error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE task_batches SET runner = $3, updated_at = now()
+		WHERE id = $1 AND state = 'running' AND runner = $2`, b.ID, b.Runner, runner)
+	if err != nil {
+		return false, fmt.Errorf("store: adopt task batch: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
 }
 
 // CancelTaskBatch stops a running batch: no more tasks are created for

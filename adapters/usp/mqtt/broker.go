@@ -33,7 +33,8 @@ func StartEmbeddedBroker(addr string) (*Broker, error) {
 	}
 	real := l.Addr().String()
 	_ = l.Close()
-	srv := mochi.New(&mochi.Options{InlineClient: false, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	srv := mochi.New(&mochi.Options{InlineClient: false, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Capabilities: brokerCapabilities(), ClientNetReadBufferSize: clientReadBuffer})
 	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
 		return nil, fmt.Errorf("usp/mqtt: embedded broker: %w", err)
 	}
@@ -46,6 +47,25 @@ func StartEmbeddedBroker(addr string) (*Broker, error) {
 		return nil, fmt.Errorf("usp/mqtt: embedded broker: %w", err)
 	}
 	return &Broker{srv: srv, addr: tcp.Address()}, nil
+}
+
+// Memory per agent (docs/scaling.md): mochi allocates each client's
+// outbound queue in full when it connects, 8,192 packet pointers (64 KiB)
+// by default, and a 2 KiB read buffer. An agent is sent a few records at a
+// time (at most usp.Options.MaxInFlightPerAgent requests); the adapter's
+// own connection, which carries every agent's records, drains its queue as
+// fast as they come. A packet that finds the queue full is dropped and
+// counted by mochi; agents retry an unanswered Notify (TR-369
+// "Notifications").
+const (
+	clientWritesPending = 512
+	clientReadBuffer    = 1024
+)
+
+func brokerCapabilities() *mochi.Capabilities {
+	c := mochi.NewDefaultServerCapabilities()
+	c.MaximumClientWritesPending = clientWritesPending
+	return c
 }
 
 // Addr is the host:port the broker listens on.

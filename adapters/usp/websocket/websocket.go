@@ -97,6 +97,10 @@ type Transport struct {
 	stopped bool
 	open    atomic.Int64
 	wg      sync.WaitGroup
+	// pingStop ends runPinger (Shutdown).
+	pingStop chan struct{}
+	// pings bounds the pings being written at once.
+	pings chan struct{}
 }
 
 var _ usp.MTP = (*Transport)(nil)
@@ -108,6 +112,8 @@ type conn struct {
 	writeMu sync.Mutex
 	done    chan struct{}
 	once    sync.Once
+	// nextPing is when the pinger (runPinger) pings next, in unix nanos.
+	nextPing atomic.Int64
 	// replaced: a newer connection from the same agent took over; this one
 	// only drains what is already in flight.
 	replaced atomic.Bool
@@ -120,6 +126,14 @@ func (c *conn) close(code int, reason string, wt time.Duration) {
 		close(c.done)
 	})
 }
+
+// readBufferSize is each connection's read buffer: enough for a frame
+// header and a small record.
+const readBufferSize = 1024
+
+// writeBuffers lends write buffers to every connection of the process,
+// for the length of one message.
+var writeBuffers sync.Pool
 
 // New validates the options.
 func New(opts Options) (*Transport, error) {
@@ -165,11 +179,18 @@ func New(opts Options) (*Transport, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	t := &Transport{opts: opts, ep: opts.Endpoint, log: opts.Logger.With("component", "usp-websocket"), conns: map[string]*conn{}}
+	t := &Transport{opts: opts, ep: opts.Endpoint, log: opts.Logger.With("component", "usp-websocket"), conns: map[string]*conn{},
+		pings: make(chan struct{}, maxPingsAtOnce)}
 	t.upgrader = websocket.Upgrader{
-		Subprotocols:    []string{pkgusp.WebSocketSubprotocol},
-		ReadBufferSize:  4096,
+		Subprotocols: []string{pkgusp.WebSocketSubprotocol},
+		// Memory per agent (docs/scaling.md): an idle connection keeps
+		// only a small read buffer (a record larger than it is read
+		// straight into the message); the write buffer is taken from a
+		// pool for the length of one write. Without them gorilla keeps
+		// 4 KiB + 4 KiB per connection for as long as it is open.
+		ReadBufferSize:  readBufferSize,
 		WriteBufferSize: 4096,
+		WriteBufferPool: &writeBuffers,
 		// Agents are not browsers; Origin carries no meaning here.
 		CheckOrigin: func(*http.Request) bool { return true },
 	}
@@ -222,13 +243,15 @@ func (t *Transport) Start() error {
 		IdleTimeout: t.opts.HTTPIdleTimeout, ErrorLog: slog.NewLogLogger(t.log.Handler(), slog.LevelDebug)}
 	t.ln = ln
 	t.started = true
-	t.wg.Add(1)
+	t.pingStop = make(chan struct{})
+	t.wg.Add(2)
 	go func() {
 		defer t.wg.Done()
 		if err := t.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			t.log.Error("websocket server stopped", "err", err)
 		}
 	}()
+	go t.runPinger()
 	t.log.Info("usp websocket listening", "addr", ln.Addr().String(), "path", t.opts.Path, "tls", t.opts.TLS != nil || t.opts.TLSCertFile != "")
 	return nil
 }
@@ -289,9 +312,15 @@ func (t *Transport) serveWS(w http.ResponseWriter, r *http.Request) {
 		old.replaced.Store(true)
 		_ = old.ws.SetReadDeadline(time.Now().Add(replacedDrain))
 	}
-	// The read loop runs on the HTTP handler's goroutine, tracked by wg.
-	defer t.wg.Done()
-	t.serveConn(c)
+	// The read loop runs in a goroutine of its own, tracked by wg, and
+	// the handler returns: net/http then lets go of what it kept for the
+	// request (its connection state, the request, a 4 KiB read buffer),
+	// which a read loop on the handler's goroutine kept for as long as
+	// the agent stays connected (docs/scaling.md, "Memory per agent").
+	go func() {
+		defer t.wg.Done()
+		t.serveConn(c)
+	}()
 }
 
 // replacedDrain is how long a replaced connection's reader may still
@@ -331,24 +360,9 @@ func (t *Transport) serveConn(c *conn) {
 		return err
 	})
 	ws.SetPongHandler(func(string) error { alive(); return nil })
-	// Our own pings keep NATs open and detect dead peers that never ping.
-	t.wg.Add(1)
-	go func() {
-		defer t.wg.Done()
-		tick := time.NewTicker(t.opts.PingInterval)
-		defer tick.Stop()
-		for {
-			select {
-			case <-c.done:
-				return
-			case <-tick.C:
-				if err := ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(t.opts.WriteTimeout)); err != nil {
-					c.close(websocket.CloseGoingAway, "ping failed", t.opts.WriteTimeout)
-					return
-				}
-			}
-		}
-	}()
+	// Our own pings keep NATs open and detect dead peers that never ping;
+	// one goroutine sends them for every connection (runPinger).
+	c.nextPing.Store(time.Now().Add(t.opts.PingInterval).UnixNano())
 	from := usp.Address{Reply: c.eid, Peer: c.peer, EndpointID: c.eid}
 	for {
 		mt, data, err := ws.ReadMessage() // reassembles fragmented messages
@@ -378,6 +392,53 @@ func (t *Transport) serveConn(c *conn) {
 				metricRejected.WithLabelValues("bad_record").Inc()
 				c.close(websocket.CloseUnsupportedData, re.Reason, t.opts.WriteTimeout)
 				return
+			}
+		}
+	}
+}
+
+// maxPingsAtOnce bounds the ping writes in progress: a peer that stopped
+// reading holds its write for up to WriteTimeout.
+const maxPingsAtOnce = 64
+
+// runPinger pings each connection every PingInterval, from one goroutine
+// for the whole server rather than a goroutine and a ticker per
+// connection (docs/scaling.md, "Memory per agent"). Each write runs in a
+// short-lived goroutine, so a peer that stopped reading delays no other.
+func (t *Transport) runPinger() {
+	defer t.wg.Done()
+	step := min(time.Second, t.opts.PingInterval/4)
+	tick := time.NewTicker(step)
+	defer tick.Stop()
+	var due []*conn
+	for {
+		select {
+		case <-t.pingStop:
+			return
+		case now := <-tick.C:
+			due = due[:0]
+			t.mu.Lock()
+			for _, c := range t.conns {
+				if c.nextPing.Load() <= now.UnixNano() {
+					due = append(due, c)
+				}
+			}
+			t.mu.Unlock()
+			for _, c := range due {
+				select {
+				case t.pings <- struct{}{}:
+				default:
+					continue // busy: pinged on a later tick
+				}
+				c.nextPing.Store(now.Add(t.opts.PingInterval).UnixNano())
+				t.wg.Add(1)
+				go func() {
+					defer t.wg.Done()
+					defer func() { <-t.pings }()
+					if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(t.opts.WriteTimeout)); err != nil {
+						c.close(websocket.CloseGoingAway, "ping failed", t.opts.WriteTimeout)
+					}
+				}()
 			}
 		}
 	}
@@ -426,6 +487,7 @@ func (t *Transport) Shutdown(ctx context.Context) error {
 		conns = append(conns, c)
 	}
 	t.mu.Unlock()
+	close(t.pingStop)
 	err := srv.Shutdown(ctx) // hijacked connections are ours to close
 	for _, c := range conns {
 		c.close(websocket.CloseGoingAway, "controller shutting down", t.opts.WriteTimeout)

@@ -96,6 +96,11 @@ type Options struct {
 	// first Inform carries 1 BOOT without 0 BOOTSTRAP.
 	Bootstrapped bool
 
+	// SessionObserver, when set, is called after every session with how
+	// long it took and its error (nil when it succeeded): duet-sim's
+	// latency percentiles. It is called from the CPE's own goroutine.
+	SessionObserver func(took time.Duration, err error)
+
 	// Namespace is the cwmp namespace to speak, default cwmp-1-0.
 	Namespace       string
 	NumericBooleans bool
@@ -110,6 +115,7 @@ type Stats struct {
 	RPCs               uint64 // ACS requests handled
 	Faults             uint64 // faults sent
 	ConnectionRequests uint64 // accepted connection requests
+	Reboots            uint64 // Reboot RPCs carried out (after their session)
 }
 
 // ErrUnauthorized is returned when the ACS rejects the credentials twice.
@@ -170,7 +176,7 @@ type CPE struct {
 	auth  *digestServer
 	tr    *http.Transport
 
-	stats struct{ sessions, failed, informs, rpcs, faults, crs atomic.Uint64 }
+	stats struct{ sessions, failed, informs, rpcs, faults, crs, reboots atomic.Uint64 }
 
 	startOnce, closeOnce sync.Once
 	started              atomic.Bool
@@ -400,6 +406,7 @@ func (c *CPE) Stats() Stats {
 	return Stats{
 		Sessions: c.stats.sessions.Load(), FailedSessions: c.stats.failed.Load(), Informs: c.stats.informs.Load(),
 		RPCs: c.stats.rpcs.Load(), Faults: c.stats.faults.Load(), ConnectionRequests: c.stats.crs.Load(),
+		Reboots: c.stats.reboots.Load(),
 	}
 }
 
@@ -509,7 +516,12 @@ func (c *CPE) run() {
 			continue
 		}
 		if pending && (retryAt.IsZero() || !now.Before(retryAt)) {
-			if err := c.session(); err != nil {
+			began := time.Now()
+			err := c.session()
+			if c.opts.SessionObserver != nil {
+				c.opts.SessionObserver(time.Since(began), err)
+			}
+			if err != nil {
 				c.stats.failed.Add(1)
 				c.mu.Lock()
 				c.retries++

@@ -114,6 +114,7 @@ func (f *Fleet) Stats() FleetStats {
 		s.RPCs += cs.RPCs
 		s.Faults += cs.Faults
 		s.ConnectionRequests += cs.ConnectionRequests
+		s.Reboots += cs.Reboots
 	}
 	return s
 }

@@ -214,6 +214,7 @@ func (c *CPE) goAway() {
 func (c *CPE) reboot(key string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.stats.reboots.Add(1)
 	c.goAway()
 	c.m.set(c.m.root+"DeviceInfo.UpTime", "0")
 	c.addEvent(cwmp.EventBoot, "")
