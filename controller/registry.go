@@ -66,8 +66,22 @@ type RegistryOptions struct {
 	Bus   *bus.Bus
 	Store *store.Store
 	// Durable is the JetStream consumer name; controller replicas share it.
-	// Default "duet-controller".
+	// Default "duet-controller"; `duet serve` names it after the
+	// installation (InstallationDurable).
 	Durable string
+	// AdoptLegacy, when set, is the consumer of older releases whose
+	// position a new Durable starts from (AdoptConsumer); it is deleted once
+	// the new one exists.
+	AdoptLegacy string
+	// StartTime, when set, is where a new consumer without a legacy one to
+	// adopt begins: a new installation reads the events published since it
+	// was made, not the whole stream another installation on the same NATS
+	// left (docs/bus.md, "Consumers and installations"). Zero: everything.
+	StartTime time.Time
+	// InactiveThreshold: JetStream deletes the consumer when no controller
+	// asked for events for this long (0 never). `duet serve` passes the
+	// event retention: past it, nothing the consumer held back is left.
+	InactiveThreshold time.Duration
 	// BatchSize is the most events committed in one transaction. Default 500.
 	BatchSize int
 	// MaxWait is how long a fetch waits to fill a batch. Default 100 ms.
@@ -130,18 +144,28 @@ func NewRegistry(ctx context.Context, o RegistryOptions) (*Registry, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	start, err := startPosition(ctx, o.Bus.JetStream(), o, o.Logger)
+	if err != nil {
+		return nil, err
+	}
 	cons, err := o.Bus.JetStream().CreateOrUpdateConsumer(ctx, bus.EventStream, jetstream.ConsumerConfig{
-		Durable:       o.Durable,
-		Description:   "Duet controller: device events into the registry",
-		FilterSubject: bus.EventPrefix + ".>",
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		AckPolicy:     jetstream.AckExplicitPolicy,
+		Durable:           o.Durable,
+		DeliverPolicy:     start.policy,
+		OptStartSeq:       start.seq,
+		OptStartTime:      start.time,
+		InactiveThreshold: o.InactiveThreshold,
+		Description:       "Duet controller: device events into the registry",
+		FilterSubject:     bus.EventPrefix + ".>",
+		AckPolicy:         jetstream.AckExplicitPolicy,
 		// Acks come after the database commit.
 		AckWait:       o.AckWait,
 		MaxAckPending: 4 * o.BatchSize,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("controller: create consumer: %w", err)
+	}
+	if err := start.adopted(ctx); err != nil {
+		return nil, err
 	}
 	return &Registry{o: o, log: o.Logger.With("component", "registry"), cons: cons, done: make(chan struct{})}, nil
 }

@@ -8,11 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/bus/bustest"
 	"github.com/duet-dm/duet/pkg/sim/cpe"
 	"github.com/duet-dm/duet/pkg/store/storetest"
@@ -74,7 +72,7 @@ func (d *duet) searchIDs(query string) []string {
 // late can still change the cache.
 func (d *duet) eventsDrained(timeout time.Duration) {
 	d.t.Helper()
-	nc, err := nats.Connect("nats://127.0.0.1:" + d.Env["DUET_NATS_PORT"])
+	nc, err := natsConnect(d.Env)
 	if err != nil {
 		d.t.Fatal(err)
 	}
@@ -86,7 +84,7 @@ func (d *duet) eventsDrained(timeout time.Duration) {
 	bustest.CheckFor(d.t, timeout, 20*time.Millisecond, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		c, err := js.Consumer(ctx, "DUET_EVENTS", "duet-controller")
+		c, err := controllerConsumer(ctx, js)
 		if err != nil {
 			return err
 		}
@@ -203,11 +201,7 @@ func TestDeletedInstanceStaysDeleted(t *testing.T) {
 	t.Run("usp", func(t *testing.T) {
 		a, _ := startAgent(t, env, "GDU1")
 		d.waitOnline(a.EndpointID(), true)
-		b, err := bus.Connect(context.Background(), bus.Options{URL: "nats://127.0.0.1:" + env["DUET_NATS_PORT"]})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer b.Close()
+		b := connectEmbeddedBus(t, env)
 		// An agent's ValueChange of the instance, observed while it was
 		// read and delivered only after the Delete (a Notify retried, a
 		// slow broker): it is older than the deletion and must not bring

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/duet-dm/duet/pkg/bus/bustest"
@@ -231,7 +230,7 @@ func (p *pgBackends) cpu() time.Duration {
 // consumerPending is how many events the registry has not applied yet.
 func (d *duet) consumerPending() uint64 {
 	d.t.Helper()
-	nc, err := nats.Connect("nats://127.0.0.1:" + d.Env["DUET_NATS_PORT"])
+	nc, err := natsConnect(d.Env)
 	if err != nil {
 		d.t.Fatal(err)
 	}
@@ -242,7 +241,7 @@ func (d *duet) consumerPending() uint64 {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := js.Consumer(ctx, "DUET_EVENTS", "duet-controller")
+	c, err := controllerConsumer(ctx, js)
 	if err != nil {
 		d.t.Fatal(err)
 	}

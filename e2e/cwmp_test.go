@@ -154,7 +154,7 @@ func TestCWMPConnectionRequestThroughBinary(t *testing.T) {
 		}
 		return nil
 	})
-	b := bustest.Connect(t, "nats://127.0.0.1:"+env["DUET_NATS_PORT"])
+	b := connectEmbeddedBus(t, env)
 	res, err := b.Request(context.Background(), devicemodel.ProtocolCWMP, &duetv1.Command{
 		DeviceId: c.DeviceID(), Timeout: durationpb.New(5 * time.Second),
 		Op: &duetv1.Command_ConnectionRequest{ConnectionRequest: &duetv1.ConnectionRequest{

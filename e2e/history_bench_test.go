@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/duet-dm/duet/pkg/bus/bustest"
@@ -18,7 +17,7 @@ import (
 // historyBytes is what device history occupies: every PostgreSQL table
 // whose name starts with device_event (table, indexes and TOAST,
 // pg_total_relation_size) and every JetStream stream (bytes stored).
-func historyBytes(tb testing.TB, dbURL, natsURL string) (pg, js int64) {
+func historyBytes(tb testing.TB, dbURL string, env map[string]string) (pg, js int64) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -32,7 +31,7 @@ func historyBytes(tb testing.TB, dbURL, natsURL string) (pg, js int64) {
 		WHERE c.relkind = 'r' AND n.nspname = current_schema() AND c.relname LIKE 'device\_event%'`).Scan(&pg); err != nil {
 		tb.Fatal(err)
 	}
-	nc, err := nats.Connect(natsURL)
+	nc, err := natsConnect(env)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -67,7 +66,6 @@ func BenchmarkHistoryBytesPerDeviceDay(b *testing.B) {
 	env := baseEnv(b, dbURL)
 	d := startDuet(b, env, "serve")
 	d.waitReady(60 * time.Second)
-	natsURL := "nats://127.0.0.1:" + env["DUET_NATS_PORT"]
 	acs := "http://" + env["DUET_CWMP_ADDR"] + "/"
 	var pgPerDay, jsPerDay float64
 	for i := range b.N {
@@ -92,7 +90,7 @@ func BenchmarkHistoryBytesPerDeviceDay(b *testing.B) {
 			return nil
 		})
 		d.eventsDrained(60 * time.Second)
-		pg0, js0 := historyBytes(b, dbURL, natsURL)
+		pg0, js0 := historyBytes(b, dbURL, env)
 		for _, c := range cpes {
 			_ = c.Close()
 		}
@@ -131,7 +129,7 @@ func BenchmarkHistoryBytesPerDeviceDay(b *testing.B) {
 		}
 		d.eventsDrained(60 * time.Second)
 		b.StopTimer()
-		pg1, js1 := historyBytes(b, dbURL, natsURL)
+		pg1, js1 := historyBytes(b, dbURL, env)
 		// Scale to exactly one day: a few CPEs ran a session or two
 		// more before they were stopped.
 		scale := float64(devices*(sessionsPerDay+1)) / float64(sessions)

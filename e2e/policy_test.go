@@ -327,7 +327,7 @@ func TestRolloutStopsAtFailureThresholdAndResumes(t *testing.T) {
 	env, d, f := startPolicyDuet(t, "RST", 8)
 
 	// Integrators follow the rollout on the bus.
-	b := bustest.Connect(t, "nats://127.0.0.1:"+env["DUET_NATS_PORT"])
+	b := connectEmbeddedBus(t, env)
 	var mu sync.Mutex
 	var changes []string
 	sub, err := b.Conn().Subscribe("duet.policy.>", func(m *nats.Msg) {

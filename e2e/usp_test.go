@@ -61,7 +61,7 @@ func TestUSPFleetOnEveryTransport(t *testing.T) {
 	env := baseEnv(t, storetest.NewDatabase(t))
 	d := startDuet(t, env, "serve")
 	d.waitReady(30 * time.Second)
-	b := bustest.Connect(t, "nats://127.0.0.1:"+env["DUET_NATS_PORT"])
+	b := connectEmbeddedBus(t, env)
 	ctx := context.Background()
 
 	const perTransport = 100

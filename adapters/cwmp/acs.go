@@ -37,6 +37,10 @@ type Options struct {
 	Path string
 	// TLSCertFile and TLSKeyFile enable HTTPS (both or neither).
 	TLSCertFile, TLSKeyFile string
+	// TLS, when set, enables HTTPS instead of the files: `duet serve`
+	// passes a pkg/tlsutil configuration that reloads the certificate and,
+	// with DUET_CWMP_TLS_CLIENT_CA, requires CPEs' client certificates.
+	TLS *tls.Config
 	// Auth is required: "none", "shared" or "per-device".
 	Auth string
 	// Username and Password of the shared mode.
@@ -285,8 +289,8 @@ func (a *ACS) Start() error {
 	if a.o.Auth == AuthNone {
 		a.log.Warn("CWMP authentication is off (Auth=none): any client can claim any device identity")
 	}
-	var tlsConf *tls.Config
-	if a.o.TLSCertFile != "" {
+	tlsConf := a.o.TLS
+	if tlsConf == nil && a.o.TLSCertFile != "" {
 		// Load now so a bad certificate fails Start, not a goroutine.
 		cert, err := tls.LoadX509KeyPair(a.o.TLSCertFile, a.o.TLSKeyFile)
 		if err != nil {
@@ -338,7 +342,7 @@ func (a *ACS) Start() error {
 		a.reap()
 	}()
 	a.log.Info("CWMP ACS listening", "addr", ln.Addr().String(), "path", a.o.Path, "auth", a.o.Auth,
-		"tls", a.o.TLSCertFile != "")
+		"tls", tlsConf != nil)
 	return nil
 }
 

@@ -46,8 +46,17 @@ func newSettings() *settings {
 	add("nats-host", "DUET_NATS_HOST", "127.0.0.1", "listen host of the embedded NATS server")
 	add("nats-port", "DUET_NATS_PORT", "4222", "listen port of the embedded NATS server")
 	add("nats-replicas", "DUET_NATS_REPLICAS", "1", "copies JetStream keeps of Duet's streams on a clustered external NATS (1 to 5, at most the cluster's size; 3 survives the loss of one node); 1 with the embedded server")
+	add("nats-credentials", "DUET_NATS_CREDENTIALS", "", "file authenticating Duet to DUET_NATS_URL: a NATS .creds file (user JWT and NKey seed) or an NKey seed file; the embedded bus writes one per role in <data-dir>/bus/ (controller.nk, cwmp.nk, usp.nk, integrator.nk)")
+	add("nats-user", "DUET_NATS_USER", "", "NATS user for DUET_NATS_URL (or user:password@ in the URL)")
+	add("nats-password", "DUET_NATS_PASSWORD", "", "NATS password for DUET_NATS_USER")
+	add("nats-tls-ca", "DUET_NATS_TLS_CA", "", "PEM CA bundle the NATS servers' certificates are verified against (tls:// in DUET_NATS_URL, or a server that requires TLS); without it, the system's roots")
+	add("nats-tls-cert", "DUET_NATS_TLS_CERT", "", "PEM certificate: with DUET_NATS_URL, Duet's client certificate (mutual TLS); without it, the embedded NATS server's certificate, and TLS is then required of network clients")
+	add("nats-tls-key", "DUET_NATS_TLS_KEY", "", "PEM key file for nats-tls-cert")
+	add("bus-seal-key", "DUET_BUS_SEAL_KEY", "", "base64 of 32 random bytes (openssl rand -base64 32) sealing the secrets that cross the bus (device HA1, connection-request passwords); the controller and every CWMP adapter need the same; unset: <data-dir>/bus/seal.key, created on first start")
 	add("http-addr", "DUET_HTTP_ADDR", ":8080", "address of the REST API, /healthz, /readyz and /metrics")
-	add("data-dir", "DUET_DATA_DIR", "duet-data", "directory for embedded NATS (JetStream) data")
+	add("http-tls-cert", "DUET_HTTP_TLS_CERT", "", "PEM certificate file; enables HTTPS on the API, /healthz, /readyz and /metrics (reloaded when it changes or on SIGHUP)")
+	add("http-tls-key", "DUET_HTTP_TLS_KEY", "", "PEM key file for http-tls-cert")
+	add("data-dir", "DUET_DATA_DIR", "duet-data", "directory for embedded NATS (JetStream) data, and (bus/, mode 0700) the embedded bus's NKeys and the bus seal key")
 	add("log-level", "DUET_LOG_LEVEL", "info", "debug, info, warn or error")
 	add("log-format", "DUET_LOG_FORMAT", "auto", "text, json, or auto (text on a terminal, JSON otherwise)")
 	add("only", "DUET_ONLY", "", "comma list of components to run: controller, cwmp, usp-mqtt, usp-stomp, usp-ws (default: all)")
@@ -83,6 +92,7 @@ func newSettings() *settings {
 	add("cwmp-tls-cert", "DUET_CWMP_TLS_CERT", "", "PEM certificate file; enables HTTPS on the ACS")
 	add("cwmp-tls-key", "DUET_CWMP_TLS_KEY", "", "PEM key file for cwmp-tls-cert")
 	add("cwmp-allow-digest-without-qop", "DUET_CWMP_ALLOW_DIGEST_WITHOUT_QOP", "false", "accept Digest without qop (RFC 2069 form, for legacy CPEs); a captured header can then be replayed while its nonce lives (5 min)")
+	add("cwmp-tls-client-ca", "DUET_CWMP_TLS_CLIENT_CA", "", "PEM CA bundle; set, every CPE must present a client certificate it signs (TLS client authentication, on top of DUET_CWMP_AUTH; needs cwmp-tls-cert)")
 	add("cwmp-allow-basic-http", "DUET_CWMP_ALLOW_BASIC_HTTP", "false", "accept Basic auth over plain HTTP (for CPEs that can do nothing else)")
 	add("cwmp-connreq-username", "DUET_CWMP_CONNREQ_USERNAME", "", "shared connection-request username, sent to every CPE Duet holds no per-device credentials for (its ManagementServer.ConnectionRequestUsername)")
 	add("cwmp-connreq-password", "DUET_CWMP_CONNREQ_PASSWORD", "", "shared connection-request password, with cwmp-connreq-username")
@@ -112,6 +122,9 @@ func newSettings() *settings {
 	add("mqtt-topic", "DUET_MQTT_TOPIC", "", "controller topic (default usp/controller/<endpoint id>)")
 	add("mqtt-username", "DUET_MQTT_USERNAME", "", "MQTT username")
 	add("mqtt-password", "DUET_MQTT_PASSWORD", "", "MQTT password")
+	add("mqtt-tls-ca", "DUET_MQTT_TLS_CA", "", "PEM CA bundle the external broker's certificate is verified against (DUET_MQTT_URL tls://, ssl://, mqtts:// or wss://); without it, the system's roots")
+	add("mqtt-tls-cert", "DUET_MQTT_TLS_CERT", "", "PEM client certificate Duet presents to the external MQTT broker (mutual TLS)")
+	add("mqtt-tls-key", "DUET_MQTT_TLS_KEY", "", "PEM key file for mqtt-tls-cert")
 	add("mqtt-shared-group", "DUET_MQTT_SHARED_GROUP", "", "MQTT 5 shared subscription group, to spread agents over several adapters")
 	add("stomp-addr", "DUET_STOMP_ADDR", "", "external STOMP broker host:port; empty embeds a broker")
 	add("stomp-host", "DUET_STOMP_HOST", "127.0.0.1", "listen host of the embedded STOMP broker; 0.0.0.0 (every interface) turns agent authentication on (usp-agent-auth)")
@@ -121,6 +134,10 @@ func newSettings() *settings {
 	add("stomp-login", "DUET_STOMP_LOGIN", "", "STOMP login")
 	add("stomp-passcode", "DUET_STOMP_PASSCODE", "", "STOMP passcode")
 	add("stomp-vhost", "DUET_STOMP_VHOST", "", "STOMP virtual host")
+	add("stomp-tls", "DUET_STOMP_TLS", "false", "connect to the external STOMP broker (DUET_STOMP_ADDR) over TLS; on when a stomp-tls-* file is set")
+	add("stomp-tls-ca", "DUET_STOMP_TLS_CA", "", "PEM CA bundle the external STOMP broker's certificate is verified against; without it, the system's roots")
+	add("stomp-tls-cert", "DUET_STOMP_TLS_CERT", "", "PEM client certificate Duet presents to the external STOMP broker (mutual TLS)")
+	add("stomp-tls-key", "DUET_STOMP_TLS_KEY", "", "PEM key file for stomp-tls-cert")
 	add("ws-addr", "DUET_WS_ADDR", ":8081", "listen address of the USP WebSocket server")
 	add("ws-path", "DUET_WS_PATH", "/usp", "URL path of the USP WebSocket server")
 	add("ws-tls-cert", "DUET_WS_TLS_CERT", "", "PEM certificate file; enables wss://")
@@ -140,7 +157,7 @@ func newSettings() *settings {
 
 	// Secrets: each also reads from a file (x-file / DUET_X_FILE), for
 	// Docker and Kubernetes secrets mounted as files.
-	for _, f := range []string{"database-url", "admin-token", "cwmp-password", "cwmp-connreq-password", "credentials-key", "mqtt-password", "stomp-passcode"} {
+	for _, f := range []string{"database-url", "admin-token", "cwmp-password", "cwmp-connreq-password", "credentials-key", "mqtt-password", "stomp-passcode", "nats-password", "bus-seal-key"} {
 		s.byFlag[f].secret = true
 	}
 	return s

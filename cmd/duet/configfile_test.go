@@ -260,6 +260,7 @@ func TestShutdownLogsSeconds(t *testing.T) {
 		"DUET_NATS_URL":     bustest.StartServer(t).URL(),
 		"DUET_ONLY":         "controller",
 		"DUET_LOG_FORMAT":   "json",
+		"DUET_DATA_DIR":     t.TempDir(), // the bus seal key
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan Listeners, 1)

@@ -173,7 +173,7 @@ func (c duetContainer) check(t *testing.T) {
 }
 
 func secretPlaceholder(env string) string {
-	if env == "DUET_CREDENTIALS_KEY" {
+	if env == "DUET_CREDENTIALS_KEY" || env == "DUET_BUS_SEAL_KEY" {
 		return "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" // 32 zero bytes
 	}
 	return "placeholder-secret-value-long-enough"

@@ -79,6 +79,7 @@ func TestNATSReplicasOnCluster(t *testing.T) {
 		"DUET_NATS_URL":      natsURL,
 		"DUET_NATS_REPLICAS": "3",
 		"DUET_ONLY":          "controller",
+		"DUET_DATA_DIR":      t.TempDir(), // the bus seal key
 	}
 	var out syncBuf
 	ctx, cancel := context.WithCancel(context.Background())

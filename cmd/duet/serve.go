@@ -2,14 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -91,36 +89,43 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	}()
 	var ls Listeners
 
-	// The bus: external, or embedded with JetStream under the data dir.
-	natsURL := s.str("nats-url")
-	if natsURL == "" {
-		port := cfg.natsPort
-		dir := filepath.Join(s.str("data-dir"), "nats")
-		if err := os.MkdirAll(dir, 0o750); err != nil {
-			return s.errSetting("data-dir", "cannot create %s: %v", dir, err)
+	// Certificates of every TLS surface are reloaded when their files
+	// change or on SIGHUP (issue 15 §5).
+	cfg.tls.reloader.Start(true)
+	started.push(func(context.Context) { cfg.tls.reloader.Stop() })
+
+	// The controller's database comes first: the installation ID names the
+	// controller's consumer, which the closed embedded bus protects from
+	// integrators (issue 15 §4).
+	var st *store.Store
+	var durable, legacyDurable string
+	var installedAt time.Time
+	if comps["controller"] {
+		st, err = store.Open(ctx, store.Options{URL: s.str("database-url"), Logger: log})
+		if err != nil {
+			return s.errSetting("database-url", "%v", err)
 		}
-		emb, err := bus.StartEmbedded(bus.EmbeddedOptions{Host: s.str("nats-host"), Port: port, StoreDir: dir})
-		if errors.Is(err, bus.ErrPortInUse) {
-			return s.errSetting("nats-port", "%v (set DUET_NATS_PORT to a free port, or DUET_NATS_URL to use that server)", err)
+		started.push(func(context.Context) { st.Close() })
+		if _, err := st.Migrate(ctx); err != nil {
+			return err
 		}
+		inst, err := st.Installation(ctx)
 		if err != nil {
 			return err
 		}
-		started.push(func(context.Context) { emb.Shutdown() })
-		natsURL = emb.URL()
-		log.Info("embedded NATS started", "url", natsURL, "store", dir)
-	}
-	ls.NATS = natsURL
-	b, err := bus.Connect(ctx, bus.Options{URL: natsURL, Name: "duet", EventMaxAge: cfg.retention, Replicas: cfg.natsReplicas,
-		LatestOnlyKinds: cfg.latestOnly, Logger: log})
-	if err != nil {
-		if cfg.natsReplicas > 1 && strings.Contains(err.Error(), "stream") {
-			// Most likely the servers are fewer than the replicas.
-			return s.errSetting("nats-replicas", "%v", err)
+		durable, installedAt = controller.InstallationDurable(inst.ID), inst.CreatedAt
+		if inst.AdoptLegacyConsumer {
+			legacyDurable = controller.LegacyDurable
 		}
-		return s.errSetting("nats-url", "%v", err)
 	}
-	started.push(func(context.Context) { b.Close() })
+
+	buses, err := m.startBus(ctx, s, cfg, log, &started, durable)
+	if err != nil {
+		return err
+	}
+	ls.NATS = buses.url
+	// b is the controller's connection, or the first component's.
+	b := buses.any()
 
 	if cfg.pprofAddr != "" {
 		if err := startPprof(cfg.pprofAddr, log, &started); err != nil {
@@ -142,21 +147,10 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	// after every component started, so a start that fails never creates
 	// a token nobody saw.
 	ensureAdmin := func() error { return nil }
-	checks = append(checks, readyCheck{"nats", b.Ping})
-	var mainStore *store.Store // the controller's, when it runs here
+	checks = append(checks, readyCheck{"nats", buses.ping})
+	mainStore := st // the controller's, when it runs here
 
 	if comps["controller"] {
-		st, err := store.Open(ctx, store.Options{URL: s.str("database-url"), Logger: log})
-		if err != nil {
-			_ = hl.Close()
-			return s.errSetting("database-url", "%v", err)
-		}
-		started.push(func(context.Context) { st.Close() })
-		mainStore = st
-		if _, err := st.Migrate(ctx); err != nil {
-			_ = hl.Close()
-			return err
-		}
 		checks = append(checks, readyCheck{"postgres", st.Ping}, readyCheck{"migrations", func(ctx context.Context) error {
 			v, err := st.SchemaVersion(ctx)
 			if err != nil {
@@ -211,10 +205,17 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			return err
 		}
 		started.push(func(context.Context) { tasks.Stop() })
-		reg, err := controller.NewRegistry(ctx, controller.RegistryOptions{Bus: b, Store: st, Tasks: tasks, Reconciler: rec, History: cfg.history, Logger: log})
+		reg, err := controller.NewRegistry(ctx, controller.RegistryOptions{Bus: b, Store: st, Tasks: tasks, Reconciler: rec, History: cfg.history,
+			Durable: durable, AdoptLegacy: legacyDurable, StartTime: installedAt, InactiveThreshold: cfg.retention, Logger: log})
 		if err != nil {
 			_ = hl.Close()
 			return err
+		}
+		if legacyDurable != "" {
+			if err := st.LegacyConsumerAdopted(ctx); err != nil {
+				_ = hl.Close()
+				return err
+			}
 		}
 		reg.Start()
 		started.push(func(context.Context) { reg.Stop() })
@@ -272,7 +273,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	}
 
 	if comps["cwmp"] {
-		if err := m.startCWMP(s, cfg, b, log, &started, &ls); err != nil {
+		if err := m.startCWMP(s, cfg, buses.get(bus.RoleCWMP), log, &started, &ls); err != nil {
 			_ = hl.Close()
 			return err
 		}
@@ -292,7 +293,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			started.push(func(context.Context) { st.Close() })
 			dir = &agentDirectory{st: st, ck: credKey}
 		}
-		if err := m.startUSP(s, cfg, b, dir, log, &started, &ls); err != nil {
+		if err := m.startUSP(s, cfg, buses.get(bus.RoleUSP), dir, log, &started, &ls); err != nil {
 			_ = hl.Close()
 			return err
 		}
@@ -321,6 +322,11 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	if web != nil {
 		srv.RegisterOnShutdown(web.Close)
 	}
+	apiScheme := "http://"
+	if cfg.tls.http != nil {
+		hl = tls.NewListener(hl, cfg.tls.http)
+		apiScheme = "https://"
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(hl) }()
 	started.push(func(ctx context.Context) { _ = srv.Shutdown(ctx) })
@@ -330,9 +336,9 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		"mqtt", netguard.RedactURL(ls.MQTT), "stomp", ls.STOMP, "websocket", ls.WS)
 	fmt.Fprintf(m.Stdout, "duet %s is up\n", version())
 	for _, l := range []struct{ what, where string }{
-		{"web console", consoleURL(comps, ls.HTTP)},
-		{"API, /healthz, /readyz, /metrics", "http://" + displayAddr(ls.HTTP)},
-		{"NATS bus", netguard.RedactURL(ls.NATS)},
+		{"web console", consoleURL(comps, apiScheme, ls.HTTP)},
+		{"API, /healthz, /readyz, /metrics", apiScheme + displayAddr(ls.HTTP)},
+		{"NATS bus", netguard.RedactURL(ls.NATS) + buses.note},
 		{"CWMP ACS (TR-069)", ls.CWMP},
 		{"USP over MQTT (broker)", netguard.RedactURL(ls.MQTT)},
 		{"USP over MQTTS (embedded broker)", ls.MQTTS},
@@ -358,7 +364,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 
 func (m *Main) startCWMP(s *settings, cfg *serveConfig, b *bus.Bus, log *slog.Logger, started *stack, ls *Listeners) error {
 	opts := cfg.cwmp
-	opts.Bus, opts.Logger = b, log
+	opts.Bus, opts.Logger, opts.TLS = b, log, cfg.tls.cwmp
 	acs, err := cwmpadapter.New(opts)
 	if err != nil {
 		return s.errSetting("cwmp-auth", "%v", err)
@@ -369,7 +375,7 @@ func (m *Main) startCWMP(s *settings, cfg *serveConfig, b *bus.Bus, log *slog.Lo
 	started.push(func(ctx context.Context) { _ = acs.Shutdown(ctx) })
 	// The adapter itself warns when auth is "none".
 	scheme := "http://"
-	if s.str("cwmp-tls-cert") != "" {
+	if cfg.tls.cwmp != nil {
 		scheme = "https://"
 	}
 	ls.CWMP = scheme + displayAddr(acs.Addr()) + s.str("cwmp-path")
@@ -421,7 +427,7 @@ func (m *Main) startUSP(s *settings, cfg *serveConfig, b *bus.Bus, dir *agentDir
 			}
 		}
 		t, err := uspmqtt.New(uspmqtt.Options{Endpoint: ep, BrokerURL: url, Topic: topic,
-			Username: user, Password: pass,
+			Username: user, Password: pass, TLS: cfg.tls.mqtt,
 			SharedGroup: s.str("mqtt-shared-group"), Logger: log})
 		if err != nil {
 			return s.errSetting("mqtt-url", "%v", err)
@@ -548,9 +554,9 @@ func roundSeconds(d time.Duration) float64 {
 
 // consoleURL is where the web console is, when this process runs the
 // controller ("" otherwise).
-func consoleURL(comps map[string]bool, httpAddr string) string {
+func consoleURL(comps map[string]bool, scheme, httpAddr string) string {
 	if !comps["controller"] {
 		return ""
 	}
-	return "http://" + displayAddr(httpAddr) + "/"
+	return scheme + displayAddr(httpAddr) + "/"
 }

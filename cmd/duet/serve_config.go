@@ -1,11 +1,13 @@
 package main
 
 import (
+	"os"
 	"strings"
 	"time"
 
 	cwmpadapter "github.com/duet-dm/duet/adapters/cwmp"
 	"github.com/duet-dm/duet/controller"
+	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/netguard"
 	"github.com/duet-dm/duet/pkg/store"
@@ -43,6 +45,8 @@ type serveConfig struct {
 	wsMaxConns                    int
 
 	cwmp cwmpadapter.Options // without Bus and Logger
+
+	tls *tlsConfig // every TLS surface (serve_tls.go)
 
 	uspKeepAlive   time.Duration // -1 is off
 	uspValueChange []string
@@ -151,6 +155,28 @@ func (s *settings) checkServe() (*serveConfig, error) {
 		if err := s.checkUSP(c); err != nil {
 			return nil, err
 		}
+	}
+	if (s.str("nats-user") == "") != (s.str("nats-password") == "") {
+		return nil, s.errSetting("nats-user", "DUET_NATS_USER and DUET_NATS_PASSWORD must be set together")
+	}
+	if s.str("nats-url") == "" {
+		for _, f := range []string{"nats-credentials", "nats-user"} {
+			if s.str(f) != "" {
+				return nil, s.errSetting(f, "is for an external NATS (DUET_NATS_URL); the embedded bus makes its own NKeys in <data-dir>/bus/")
+			}
+		}
+	} else if f := s.str("nats-credentials"); f != "" {
+		if _, err := os.Stat(f); err != nil {
+			return nil, s.errSetting("nats-credentials", "%v", err)
+		}
+	}
+	if v := s.str("bus-seal-key"); v != "" {
+		if _, err := bus.ParseSealKey(v); err != nil {
+			return nil, s.errSetting("bus-seal-key", "%v", err) // never the value
+		}
+	}
+	if err := s.checkTLS(c); err != nil {
+		return nil, err
 	}
 	return c, nil
 }

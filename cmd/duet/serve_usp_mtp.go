@@ -49,7 +49,7 @@ func (m *Main) startUSPStomp(s *settings, cfg *serveConfig, ep *uspadapter.Endpo
 		}
 	}
 	t, err := uspstomp.New(uspstomp.Options{Endpoint: ep, BrokerAddr: addr, Login: login,
-		Passcode: passcode, VHost: s.str("stomp-vhost"), Destination: dest, Logger: log})
+		Passcode: passcode, TLS: cfg.tls.stomp, VHost: s.str("stomp-vhost"), Destination: dest, Logger: log})
 	if err != nil {
 		return s.errSetting("stomp-addr", "%v", err)
 	}
@@ -59,7 +59,11 @@ func (m *Main) startUSPStomp(s *settings, cfg *serveConfig, ep *uspadapter.Endpo
 	// Agents that stayed connected to the broker while Duet was down.
 	ep.RestoreRoutes(t)
 	started.push(func(ctx context.Context) { _ = t.Shutdown(ctx) })
-	ls.STOMP = "stomp://" + addr + " destination " + t.Destination() + tlsNote
+	scheme := "stomp://"
+	if cfg.tls.stomp != nil {
+		scheme = "stomp+ssl://"
+	}
+	ls.STOMP = scheme + addr + " destination " + t.Destination() + tlsNote
 	return nil
 }
 
@@ -79,7 +83,7 @@ func (m *Main) startUSPWebSocket(s *settings, cfg *serveConfig, ep *uspadapter.E
 		clientCA = cfg.uspSec.clientCAFile
 	}
 	t, err := uspws.New(uspws.Options{Endpoint: ep, Addr: addr, Path: s.str("ws-path"),
-		TLSCertFile: s.str("ws-tls-cert"), TLSKeyFile: s.str("ws-tls-key"),
+		TLSCertFile: s.str("ws-tls-cert"), TLSKeyFile: s.str("ws-tls-key"), TLS: cfg.tls.ws,
 		Auth: auth, RequireAuth: cfg.uspSec.wsAuth, ClientCAFile: clientCA,
 		HandshakeTimeout: cfg.httpRead, HTTPIdleTimeout: cfg.httpIdle, MaxConnsPerSource: cfg.wsPerIP, MaxConnections: cfg.wsMaxConns, Logger: log})
 	if err != nil {

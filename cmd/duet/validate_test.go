@@ -144,6 +144,7 @@ func TestNATSReplicasAboveClusterRefused(t *testing.T) {
 		"DUET_NATS_URL":      bustest.StartServer(t).URL(),
 		"DUET_NATS_REPLICAS": "3",
 		"DUET_ONLY":          "controller",
+		"DUET_DATA_DIR":      t.TempDir(), // the bus seal key
 	}
 	var out bytes.Buffer
 	m := &Main{Stdout: &out, Stderr: &out, Getenv: envOf(env)}

@@ -3,10 +3,12 @@ package bus
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -47,6 +49,27 @@ type Options struct {
 	// buffer and NATS drops (slow consumer) beyond that. Default 256.
 	MaxConcurrentHandlers int
 	Logger                *slog.Logger
+
+	// Role names what this connection does; it sets the inbox prefix its
+	// replies come back under (Role.InboxPrefix). Default RoleController.
+	Role Role
+	// Embedded, when set, connects in-process to that server instead of
+	// dialling URL (no TLS needed; NKey authentication still applies).
+	Embedded *Embedded
+	// CredentialsFile authenticates the connection: a NATS credentials
+	// file (.creds: a user JWT and its NKey seed) or an NKey seed file (as
+	// the embedded bus writes under <data-dir>/bus/).
+	CredentialsFile string
+	// User and Password authenticate with a user and password (a URL's
+	// user:password@ does too).
+	User, Password string
+	// TLS is the client TLS configuration: the CA that signs the server's
+	// certificate and, for mutual TLS, this client's certificate.
+	TLS *tls.Config
+	// SealKey seals the secrets requests and replies carry: credentials
+	// and connection-request passwords (seal.go). Without it they are not
+	// sent at all.
+	SealKey *SealKey
 }
 
 func (o *Options) setDefaults() error {
@@ -77,7 +100,51 @@ func (o *Options) setDefaults() error {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.Role == "" {
+		o.Role = RoleController
+	}
+	if _, err := Permissions(o.Role, nil); err != nil {
+		return err
+	}
 	return nil
+}
+
+// authOptions are the NATS options that authenticate and encrypt the
+// connection.
+func (o *Options) authOptions() ([]nats.Option, error) {
+	out := []nats.Option{nats.CustomInboxPrefix(o.Role.InboxPrefix())}
+	if o.Embedded != nil {
+		if c := o.Embedded.inProcessTLS; c != nil {
+			// A server with TLS does not complete a TLS handshake over its
+			// in-memory pipe: dial it as any client, trusting its own
+			// certificate.
+			out = append(out, nats.Secure(c))
+		} else {
+			out = append(out, nats.InProcessServer(o.Embedded))
+		}
+	}
+	if f := o.CredentialsFile; f != "" {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("bus: credentials file: %w", err)
+		}
+		if strings.Contains(string(data), "BEGIN NATS USER JWT") {
+			out = append(out, nats.UserCredentials(f))
+		} else {
+			opt, err := nats.NkeyOptionFromSeed(f)
+			if err != nil {
+				return nil, fmt.Errorf("bus: credentials file %s is neither a .creds file nor an NKey seed: %w", f, err)
+			}
+			out = append(out, opt)
+		}
+	}
+	if o.User != "" {
+		out = append(out, nats.UserInfo(o.User, o.Password))
+	}
+	if o.TLS != nil {
+		out = append(out, nats.Secure(o.TLS))
+	}
+	return out, nil
 }
 
 // Bus is a connection to the NATS bus with Duet's contract on top.
@@ -103,7 +170,11 @@ func Connect(ctx context.Context, opts Options) (*Bus, error) {
 		return nil, err
 	}
 	log := opts.Logger.With("component", "bus")
-	nc, err := nats.Connect(opts.URL,
+	auth, err := opts.authOptions()
+	if err != nil {
+		return nil, err
+	}
+	nc, err := nats.Connect(opts.URL, append(auth,
 		nats.Name(opts.Name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(500*time.Millisecond),
@@ -121,7 +192,7 @@ func Connect(ctx context.Context, opts Options) (*Bus, error) {
 			metricBusErrors.WithLabelValues("async").Inc()
 			log.Error("nats async error", "subject", subj, "err", err)
 		}),
-	)
+	)...)
 	if err != nil {
 		return nil, fmt.Errorf("bus: connect to %s: %w", netguard.RedactURL(opts.URL), err)
 	}
@@ -159,10 +230,33 @@ func (b *Bus) EventStreamConfig() jetstream.StreamConfig {
 	}
 }
 
+// ensureStreams creates Duet's streams, or brings their configuration up to
+// date. The controller owns them: an adapter only creates a stream that is
+// missing (it may not change the controller's; on the closed embedded bus
+// it may only ask whether they exist).
 func (b *Bus) ensureStreams(ctx context.Context) error {
-	for _, cfg := range []jetstream.StreamConfig{b.EventStreamConfig(), b.PolicyStreamConfig(), b.DeadLetterStreamConfig()} {
-		if err := b.ensureStream(ctx, cfg); err != nil {
-			return fmt.Errorf("bus: create stream %s: %w", cfg.Name, err)
+	cfgs := []jetstream.StreamConfig{b.EventStreamConfig(), b.PolicyStreamConfig(), b.DeadLetterStreamConfig()}
+	switch b.opts.Role {
+	case RoleController:
+		for _, cfg := range cfgs {
+			if err := b.ensureStream(ctx, cfg); err != nil {
+				return fmt.Errorf("bus: create stream %s: %w", cfg.Name, err)
+			}
+		}
+	case RoleCWMP, RoleUSP:
+		for _, cfg := range cfgs {
+			if err := b.retryNotReady(ctx, cfg.Name, func() error {
+				_, err := b.js.Stream(ctx, cfg.Name)
+				if !errors.Is(err, jetstream.ErrStreamNotFound) {
+					return err
+				}
+				if _, err := b.js.CreateStream(ctx, cfg); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+					return err
+				}
+				return nil
+			}); err != nil {
+				return fmt.Errorf("bus: stream %s: %w", cfg.Name, err)
+			}
 		}
 	}
 	return nil
@@ -178,14 +272,23 @@ const streamStartBudget = 90 * time.Second
 // JetStream only times out or is temporarily unavailable. Any other
 // refusal (too few servers for the replicas, say) fails at once.
 func (b *Bus) ensureStream(ctx context.Context, cfg jetstream.StreamConfig) error {
+	return b.retryNotReady(ctx, cfg.Name, func() error {
+		_, err := b.js.CreateOrUpdateStream(ctx, cfg)
+		return err
+	})
+}
+
+// retryNotReady runs op until it succeeds, fails otherwise than with
+// JetStream not being ready yet, or streamStartBudget passes.
+func (b *Bus) retryNotReady(ctx context.Context, stream string, op func() error) error {
 	deadline := time.Now().Add(streamStartBudget)
 	wait := 250 * time.Millisecond
 	for {
-		_, err := b.js.CreateOrUpdateStream(ctx, cfg)
+		err := op()
 		if err == nil || ctx.Err() != nil || time.Now().After(deadline) || !jetStreamNotReady(err) {
 			return err
 		}
-		b.log.Warn("JetStream not ready; trying again", "stream", cfg.Name, "err", err)
+		b.log.Warn("JetStream not ready; trying again", "stream", stream, "err", err)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -452,6 +555,16 @@ func (b *Bus) Request(ctx context.Context, p devicemodel.Protocol, cmd *duetv1.C
 	if cmd.Id == "" {
 		cmd.Id = NewID()
 	}
+	if cr := cmd.GetConnectionRequest(); cr.GetPassword() != "" {
+		// The password crosses the bus sealed, never in clear (issue 15 §4).
+		if b.opts.SealKey == nil {
+			return nil, devicemodel.Errorf(devicemodel.CodeInternal, "bus: a connection-request password cannot be sent without a seal key (DUET_BUS_SEAL_KEY)")
+		}
+		cmd = proto.Clone(cmd).(*duetv1.Command)
+		cr = cmd.GetConnectionRequest()
+		cr.SealedPassword = b.opts.SealKey.Seal([]byte(cr.Password), purposeConnReq(cmd.DeviceId))
+		cr.Password = ""
+	}
 	if _, ok := ctx.Deadline(); !ok && cmd.Timeout != nil {
 		var cancel context.CancelFunc
 		// A little longer than the adapter's own wait, so the adapter's
@@ -490,6 +603,9 @@ func (b *Bus) ServeCommands(subject, queue string, h CommandHandler) (*Subscript
 			if id, err := DeviceFromSubject(m.Subject); err == nil {
 				cmd.DeviceId = id
 			}
+		}
+		if err := b.openConnReq(cmd); err != nil {
+			return &duetv1.CommandResult{CommandId: cmd.Id, DeviceId: cmd.DeviceId, Error: ErrorToProto(err)}, nil
 		}
 		if cmd.Timeout != nil && cmd.Timeout.AsDuration() > 0 {
 			var cancel context.CancelFunc
@@ -548,6 +664,23 @@ func (b *Bus) AskCredentials(ctx context.Context, deviceID string) (*duetv1.Cred
 	if err := b.request(ctx, CredentialsSubject(deviceID), &duetv1.CredentialsRequest{DeviceId: deviceID}, res); err != nil {
 		return nil, err
 	}
+	// Only a sealed HA1 is believed: a clear one crossed the bus for any
+	// subscriber to read (an older controller), so it is not used.
+	clear := res.DigestHa1
+	res.DigestHa1 = ""
+	if len(res.SealedDigestHa1) > 0 {
+		if b.opts.SealKey == nil {
+			return nil, devicemodel.Errorf(devicemodel.CodeUnavailable, "bus: credentials arrive sealed and this process has no seal key (DUET_BUS_SEAL_KEY)")
+		}
+		ha1, err := b.opts.SealKey.Open(res.SealedDigestHa1, purposeHA1(deviceID))
+		if err != nil {
+			return nil, devicemodel.Errorf(devicemodel.CodeUnavailable, "bus: credentials of %s: %v", deviceID, err)
+		}
+		res.DigestHa1, res.SealedDigestHa1 = string(ha1), nil
+	} else if clear != "" {
+		b.log.Warn("the controller sent a device's HA1 in clear; ignored (upgrade it with the adapters)", "device", deviceID)
+		res.Found = false
+	}
 	return res, nil
 }
 
@@ -561,8 +694,39 @@ func (b *Bus) ServeCredentials(queue string, h CredentialsHandler) (*Subscriptio
 		if err := proto.Unmarshal(m.Data, req); err != nil {
 			return nil, fmt.Errorf("undecodable credentials request: %w", err)
 		}
-		return h(ctx, req.DeviceId)
+		c, err := h(ctx, req.DeviceId)
+		if err != nil || c.GetDigestHa1() == "" {
+			return c, err
+		}
+		// HA1 is as good as the password for Digest: sealed, or not sent.
+		if b.opts.SealKey == nil {
+			return nil, errors.New("no seal key (DUET_BUS_SEAL_KEY): credentials are not sent in clear")
+		}
+		c.SealedDigestHa1 = b.opts.SealKey.Seal([]byte(c.DigestHa1), purposeHA1(req.DeviceId))
+		c.DigestHa1 = ""
+		return c, nil
 	})
+}
+
+// openConnReq opens a connection request's sealed password in place.
+func (b *Bus) openConnReq(cmd *duetv1.Command) error {
+	cr := cmd.GetConnectionRequest()
+	if cr == nil {
+		return nil
+	}
+	cr.Password = "" // only a sealed password is believed
+	if len(cr.SealedPassword) == 0 {
+		return nil
+	}
+	if b.opts.SealKey == nil {
+		return devicemodel.Errorf(devicemodel.CodeInternal, "the connection-request password is sealed and this adapter has no seal key (DUET_BUS_SEAL_KEY)")
+	}
+	p, err := b.opts.SealKey.Open(cr.SealedPassword, purposeConnReq(cmd.DeviceId))
+	if err != nil {
+		return devicemodel.Errorf(devicemodel.CodeInternal, "connection-request password: %v", err)
+	}
+	cr.Password, cr.SealedPassword = string(p), nil
+	return nil
 }
 
 // Subscription is a running Serve* subscription.

@@ -10,6 +10,7 @@ package mqtt
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -35,6 +36,11 @@ type Options struct {
 	ClientID string
 	Username string
 	Password string
+	// TLS configures the connection for tls://, ssl://, mqtts:// and wss://
+	// brokers: the CA that signs the broker's certificate and, for mutual
+	// TLS, Duet's client certificate (pkg/tlsutil reloads both). Nil: the
+	// system's roots, no client certificate.
+	TLS *tls.Config
 	// Topic is the controller topic agents publish to
 	// (Device.LocalAgent.Controller.{i}.MTP.{i}.MQTT.Topic on the agent).
 	// Default "usp/controller/<endpoint-id>".
@@ -161,6 +167,7 @@ func (t *Transport) Start() error {
 
 	cfg := autopaho.ClientConfig{
 		ServerUrls:                    []*url.URL{t.broker},
+		TlsCfg:                        t.opts.TLS,
 		KeepAlive:                     30,
 		CleanStartOnInitialConnection: true,
 		ConnectTimeout:                t.opts.ConnectTimeout,

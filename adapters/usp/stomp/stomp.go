@@ -5,9 +5,11 @@ package stomp
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -24,6 +26,11 @@ type Options struct {
 	Endpoint *usp.Endpoint
 	// BrokerAddr is host:port. Default "127.0.0.1:61613".
 	BrokerAddr string
+	// TLS, when set, connects with TLS (STOMP over TLS, as RabbitMQ's
+	// stomp.listeners.ssl): the CA that signs the broker's certificate and,
+	// for mutual TLS, Duet's client certificate. Its ServerName defaults
+	// to BrokerAddr's host.
+	TLS *tls.Config
 	// Login and Passcode for the broker (RabbitMQ: guest/guest locally).
 	Login    string
 	Passcode string
@@ -135,7 +142,7 @@ func (t *Transport) connect(ctx context.Context) (*gostomp.Conn, *gostomp.Subscr
 	}
 	dctx, cancel := context.WithTimeout(ctx, t.opts.ConnectTimeout)
 	defer cancel()
-	conn, err := gostomp.DialWithContext(dctx, "tcp", t.opts.BrokerAddr,
+	stompOpts := []func(*gostomp.Conn) error{
 		gostomp.ConnOpt.UseStomp, // the STOMP frame, as TR-369 "STOMP Binding" requires
 		gostomp.ConnOpt.AcceptVersion(gostomp.V12),
 		gostomp.ConnOpt.Login(t.opts.Login, t.opts.Passcode),
@@ -145,7 +152,8 @@ func (t *Transport) connect(ctx context.Context) (*gostomp.Conn, *gostomp.Subscr
 		gostomp.ConnOpt.HeartBeat(hb, hb),
 		gostomp.ConnOpt.ResponseHeaders(func(h *frame.Header) { connected = h }),
 		gostomp.ConnOpt.Logger(quietLogger{t.log}),
-	)
+	}
+	conn, err := t.dial(dctx, stompOpts)
 	if err != nil {
 		return nil, nil, fmt.Errorf("usp/stomp: cannot connect to broker %s: %w", t.opts.BrokerAddr, err)
 	}
@@ -298,3 +306,31 @@ func (q quietLogger) Debug(m string)              { q.l.Debug(m) }
 func (q quietLogger) Info(m string)               { q.l.Debug(m) }
 func (q quietLogger) Warning(m string)            { q.l.Warn(m) }
 func (q quietLogger) Error(m string)              { q.l.Warn(m) }
+
+// dial connects in plain text, or over TLS when Options.TLS is set; the
+// STOMP handshake is bounded by ctx either way.
+func (t *Transport) dial(ctx context.Context, opts []func(*gostomp.Conn) error) (*gostomp.Conn, error) {
+	if t.opts.TLS == nil {
+		return gostomp.DialWithContext(ctx, "tcp", t.opts.BrokerAddr, opts...)
+	}
+	cfg := t.opts.TLS.Clone()
+	if cfg.ServerName == "" {
+		if host, _, err := net.SplitHostPort(t.opts.BrokerAddr); err == nil {
+			cfg.ServerName = host
+		}
+	}
+	nc, err := (&tls.Dialer{Config: cfg}).DialContext(ctx, "tcp", t.opts.BrokerAddr)
+	if err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = nc.SetDeadline(dl)
+	}
+	conn, err := gostomp.Connect(nc, opts...)
+	if err != nil {
+		_ = nc.Close()
+		return nil, err
+	}
+	_ = nc.SetDeadline(time.Time{})
+	return conn, nil
+}

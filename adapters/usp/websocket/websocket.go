@@ -71,6 +71,9 @@ type Options struct {
 	// (409): otherwise anyone could take an agent's session with
 	// ?eid=<victim> (issue 15 §2).
 	RequireAuth bool
+	// TLS, when set, enables wss:// instead of the files (`duet serve`
+	// passes a pkg/tlsutil configuration that reloads the certificate).
+	TLS *tls.Config
 	// MaxConnections bounds open connections; further upgrades get 503.
 	// Default 10000.
 	MaxConnections int
@@ -244,7 +247,9 @@ func (t *Transport) Start() error {
 	if err != nil {
 		return fmt.Errorf("usp/websocket: cannot listen on %s (port in use?): %w", t.opts.Addr, err)
 	}
-	if t.opts.TLSCertFile != "" {
+	if t.opts.TLS != nil {
+		ln = tls.NewListener(ln, t.opts.TLS)
+	} else if t.opts.TLSCertFile != "" {
 		cert, err := tls.LoadX509KeyPair(t.opts.TLSCertFile, t.opts.TLSKeyFile)
 		if err != nil {
 			_ = ln.Close()
@@ -282,7 +287,7 @@ func (t *Transport) Start() error {
 		}
 	}()
 	go t.runPinger()
-	t.log.Info("usp websocket listening", "addr", ln.Addr().String(), "path", t.opts.Path, "tls", t.opts.TLSCertFile != "")
+	t.log.Info("usp websocket listening", "addr", ln.Addr().String(), "path", t.opts.Path, "tls", t.opts.TLS != nil || t.opts.TLSCertFile != "")
 	return nil
 }
 

@@ -32,6 +32,10 @@ import (
 type config struct {
 	// URL of the NATS server(s), comma separated.
 	URL string
+	// NKeyFile is an NKey seed file: Duet's embedded bus accepts only its
+	// own keys, and an integrator uses <data-dir>/bus/integrator.nk
+	// (docs/bus.md, "Who may do what"). Empty: no authentication.
+	NKeyFile string
 	// Durable names a consumer that survives restarts and resumes where
 	// it stopped; empty creates an ephemeral one, deleted by the server
 	// after InactiveThreshold without a client.
@@ -56,6 +60,7 @@ const eventStream = "DUET_EVENTS"
 func main() {
 	cfg := config{}
 	flag.StringVar(&cfg.URL, "server", "nats://127.0.0.1:4222", "NATS server URL (Duet's DUET_NATS_URL, or the embedded server's nats-host:nats-port)")
+	flag.StringVar(&cfg.NKeyFile, "nkey", "", "NKey seed file (the embedded bus: <data-dir>/bus/integrator.nk)")
 	flag.StringVar(&cfg.Durable, "durable", "", "durable consumer name; empty: an ephemeral consumer")
 	flag.StringVar(&cfg.Filter, "filter", "duet.evt.>", "subject filter")
 	flag.DurationVar(&cfg.AckWait, "ack-wait", 30*time.Second, "redelivery delay of an unacknowledged event")
@@ -95,7 +100,15 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	if cfg.AckWait == 0 {
 		cfg.AckWait = 30 * time.Second
 	}
-	nc, err := nats.Connect(cfg.URL, nats.Name("duet-example-consumer"), nats.MaxReconnects(-1))
+	opts := []nats.Option{nats.Name("duet-example-consumer"), nats.MaxReconnects(-1)}
+	if cfg.NKeyFile != "" {
+		key, err := nats.NkeyOptionFromSeed(cfg.NKeyFile)
+		if err != nil {
+			return fmt.Errorf("nkey: %w", err)
+		}
+		opts = append(opts, key)
+	}
+	nc, err := nats.Connect(cfg.URL, opts...)
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", cfg.URL, err)
 	}

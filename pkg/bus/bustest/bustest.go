@@ -28,7 +28,7 @@ func Connect(t testing.TB, url string) *bus.Bus {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	b, err := bus.Connect(ctx, bus.Options{URL: url, Name: t.Name(), DefaultTimeout: 10 * time.Second})
+	b, err := bus.Connect(ctx, bus.Options{URL: url, Name: t.Name(), DefaultTimeout: 10 * time.Second, SealKey: SealKey(t)})
 	if err != nil {
 		t.Fatalf("connect bus: %v", err)
 	}
@@ -58,4 +58,15 @@ func CheckFor(t testing.TB, timeout, poll time.Duration, fn func() error) {
 		}
 		time.Sleep(poll)
 	}
+}
+
+// SealKey is the seal key every test bus shares, as the controller and the
+// CWMP adapters of one Duet do.
+func SealKey(t testing.TB) *bus.SealKey {
+	t.Helper()
+	k, err := bus.NewSealKey([]byte("duet bustest seal key 0123456789"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }

@@ -1067,13 +1067,18 @@ func (x *CwmpRpc) GetArgs() map[string]string {
 
 // ConnectionRequest asks the CWMP adapter to wake a CPE (TR-069 §3.2.2).
 type ConnectionRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Url           string                 `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
-	Username      string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
-	Password      string                 `protobuf:"bytes,3,opt,name=password,proto3" json:"password,omitempty"`
-	AllowBasic    bool                   `protobuf:"varint,4,opt,name=allow_basic,json=allowBasic,proto3" json:"allow_basic,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Url      string                 `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	Username string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	// Never sent: the password travels in sealed_password (docs/bus.md,
+	// "Secrets on the bus"). Kept so the field number is never reused.
+	Password   string `protobuf:"bytes,3,opt,name=password,proto3" json:"password,omitempty"`
+	AllowBasic bool   `protobuf:"varint,4,opt,name=allow_basic,json=allowBasic,proto3" json:"allow_basic,omitempty"`
+	// The connection-request password sealed with the key the controller and
+	// the CWMP adapters share (AES-256-GCM, bound to the device ID).
+	SealedPassword []byte `protobuf:"bytes,5,opt,name=sealed_password,json=sealedPassword,proto3" json:"sealed_password,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ConnectionRequest) Reset() {
@@ -1132,6 +1137,13 @@ func (x *ConnectionRequest) GetAllowBasic() bool {
 		return x.AllowBasic
 	}
 	return false
+}
+
+func (x *ConnectionRequest) GetSealedPassword() []byte {
+	if x != nil {
+		return x.SealedPassword
+	}
+	return nil
 }
 
 // CommandResult answers one Command. error is set when the command failed as
@@ -2577,12 +2589,17 @@ type Credentials struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Found    bool                   `protobuf:"varint,1,opt,name=found,proto3" json:"found,omitempty"`
 	Username string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	// Never sent: HA1 travels in sealed_digest_ha1 (docs/bus.md, "Secrets
+	// on the bus"). Kept so the field number is never reused.
+	DigestHa1 string `protobuf:"bytes,3,opt,name=digest_ha1,json=digestHa1,proto3" json:"digest_ha1,omitempty"`
+	Realm     string `protobuf:"bytes,4,opt,name=realm,proto3" json:"realm,omitempty"`
 	// MD5(username ":" realm ":" password) in lower-case hex (RFC 2617),
-	// so the password itself never crosses the bus.
-	DigestHa1     string `protobuf:"bytes,3,opt,name=digest_ha1,json=digestHa1,proto3" json:"digest_ha1,omitempty"`
-	Realm         string `protobuf:"bytes,4,opt,name=realm,proto3" json:"realm,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// sealed with the key the controller and the CWMP adapters share
+	// (AES-256-GCM, bound to the device ID): the password never crosses the
+	// bus, and HA1 only sealed.
+	SealedDigestHa1 []byte `protobuf:"bytes,5,opt,name=sealed_digest_ha1,json=sealedDigestHa1,proto3" json:"sealed_digest_ha1,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Credentials) Reset() {
@@ -2641,6 +2658,13 @@ func (x *Credentials) GetRealm() string {
 		return x.Realm
 	}
 	return ""
+}
+
+func (x *Credentials) GetSealedDigestHa1() []byte {
+	if x != nil {
+		return x.SealedDigestHa1
+	}
+	return nil
 }
 
 // RebootResult is the protocol-neutral result of a reboot or factory reset
@@ -2904,13 +2928,14 @@ const file_duet_v1_command_proto_rawDesc = "" +
 	"\x04args\x18\x02 \x03(\v2\x1a.duet.v1.CwmpRpc.ArgsEntryR\x04args\x1a7\n" +
 	"\tArgsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"~\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa7\x01\n" +
 	"\x11ConnectionRequest\x12\x10\n" +
 	"\x03url\x18\x01 \x01(\tR\x03url\x12\x1a\n" +
 	"\busername\x18\x02 \x01(\tR\busername\x12\x1a\n" +
 	"\bpassword\x18\x03 \x01(\tR\bpassword\x12\x1f\n" +
 	"\vallow_basic\x18\x04 \x01(\bR\n" +
-	"allowBasic\"\xc2\a\n" +
+	"allowBasic\x12'\n" +
+	"\x0fsealed_password\x18\x05 \x01(\fR\x0esealedPassword\"\xc2\a\n" +
 	"\rCommandResult\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x1b\n" +
@@ -3023,13 +3048,14 @@ const file_duet_v1_command_proto_rawDesc = "" +
 	"\vSessionWork\x12,\n" +
 	"\bcommands\x18\x01 \x03(\v2\x10.duet.v1.CommandR\bcommands\"1\n" +
 	"\x12CredentialsRequest\x12\x1b\n" +
-	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"t\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"\xa0\x01\n" +
 	"\vCredentials\x12\x14\n" +
 	"\x05found\x18\x01 \x01(\bR\x05found\x12\x1a\n" +
 	"\busername\x18\x02 \x01(\tR\busername\x12\x1d\n" +
 	"\n" +
 	"digest_ha1\x18\x03 \x01(\tR\tdigestHa1\x12\x14\n" +
-	"\x05realm\x18\x04 \x01(\tR\x05realm\"\xce\x01\n" +
+	"\x05realm\x18\x04 \x01(\tR\x05realm\x12*\n" +
+	"\x11sealed_digest_ha1\x18\x05 \x01(\fR\x0fsealedDigestHa1\"\xce\x01\n" +
 	"\fRebootResult\x12\x1f\n" +
 	"\vcommand_key\x18\x01 \x01(\tR\n" +
 	"commandKey\x12#\n" +
