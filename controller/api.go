@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/duet-dm/duet/controller/files"
 	"github.com/duet-dm/duet/controller/policy"
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/devicemodel"
@@ -76,7 +77,10 @@ type APIOptions struct {
 	// SecretParams are parameter-name endings whose values are secrets,
 	// besides DefaultSecretParams: the API shows them as "***".
 	SecretParams []string
-	Logger       *slog.Logger
+	// Files is the file repository (issue 14); without it the file routes
+	// are not offered.
+	Files  *files.Repository
+	Logger *slog.Logger
 }
 
 // NewAPI builds the REST API handler. Every route needs a bearer token.
@@ -121,6 +125,7 @@ func NewAPI(o APIOptions) *API {
 		a.route("GET /api/v1/task-batches/{id}", a.getTaskBatch)
 		a.route("DELETE /api/v1/task-batches/{id}", a.cancelTaskBatch)
 	}
+	a.registerFileRoutes()
 	// Groups, policies (validate, preview) and the audit log (issue 6).
 	RegisterGroupRoutes(a.mux, GroupRoutesOptions{Store: a.store, Bus: o.Bus, Env: o.PolicyEnv, Logger: a.log}, a.route)
 	a.route("GET /api/v1/openapi.json", func(w http.ResponseWriter, r *http.Request) (int, error) {
