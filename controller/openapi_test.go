@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/duet-dm/duet/controller/files"
 	"github.com/duet-dm/duet/pkg/store"
 	"github.com/duet-dm/duet/pkg/store/storetest"
 )
@@ -18,7 +19,7 @@ import (
 func TestOpenAPIMatchesRoutes(t *testing.T) {
 	st, _ := storetest.Open(t)
 	// Tasks enabled, so their routes are registered too.
-	a := NewAPI(APIOptions{Store: st, Tasks: &TaskQueue{}})
+	a := NewAPI(APIOptions{Store: st, Tasks: &TaskQueue{}, Files: &files.Repository{}})
 	var doc struct {
 		OpenAPI string                                `json:"openapi"`
 		Paths   map[string]map[string]json.RawMessage `json:"paths"`
