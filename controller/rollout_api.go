@@ -120,6 +120,11 @@ func (g *groupRoutes) rolloutView(w http.ResponseWriter, r *http.Request, id str
 	if err != nil {
 		return 0, err
 	}
+	if p.Kind == policy.KindFirmware {
+		if c.ByVersion, err = g.store.CountVersions(r.Context(), id); err != nil {
+			return 0, err
+		}
+	}
 	v := RolloutView{Rollout: ro, Revision: p.Revision, Counts: c}
 	if c.Finished > 0 {
 		v.FailureRate = float64(c.Failed) / float64(c.Finished)
@@ -172,6 +177,9 @@ func (g *groupRoutes) rolloutAction(to, change string, from ...string) func(http
 			return 0, err
 		}
 		c, _ := g.store.CountRollout(r.Context(), id, ro.Batch)
+		if p.Kind == policy.KindFirmware {
+			c.ByVersion, _ = g.store.CountVersions(r.Context(), id)
+		}
 		PublishRollout(r.Context(), g.bus, g.log, id, p.Revision, ro, change, c)
 		if to == store.RolloutAborted {
 			return writeJSON(w, http.StatusOK, RolloutView{Rollout: ro, Revision: p.Revision, Counts: c}), nil

@@ -254,3 +254,94 @@ func TestConfigBackupRestoreBothProtocols(t *testing.T) {
 		}
 	}
 }
+
+// campaignFleet is the number of devices of each protocol in the
+// campaign test (issue 14, done-when: 100 CWMP and 100 USP).
+const campaignFleet = 100
+
+// TestFirmwareCampaignStopsAndResumes: a firmware policy over CWMP and USP
+// devices, 10 % rigged to fail, rolled out in batches: it stops itself
+// when the failure rate passes the threshold; the failed devices are not
+// retried until the operator resumes, after which (the fault fixed) the
+// campaign converges on the target version. A device already on it is
+// compliant without a transfer.
+func TestFirmwareCampaignStopsAndResumes(t *testing.T) {
+	env := fileEnv(t)
+	d := startDuet(t, env, "serve")
+	d.waitReady(30 * time.Second)
+	acs := "http://" + env["DUET_CWMP_ADDR"] + "/"
+	fw := d.firmwareFile("9.9.9")
+
+	var cpes []*cpe.CPE
+	var agents []*agent.Agent
+	rigged := func(i int) bool { return i%10 == 3 }
+	for i := 0; i < campaignFleet; i++ {
+		o := cpe.Options{ACSURL: acs, Serial: fmt.Sprintf("CMP-C%03d", i), FirmwareUpdatesVersion: true}
+		if rigged(i) {
+			o.FirmwareFailure = "checksum"
+		}
+		cpes = append(cpes, startCPEWith(t, o))
+		cfg := agent.Config{SerialNumber: fmt.Sprintf("CMP-U%03d", i)}
+		if rigged(i) {
+			cfg.FirmwareFailure = agent.FirmwareBadChecksum
+		}
+		if i == 0 {
+			cfg.SoftwareVersion = "9.9.9" // already there: no transfer
+		}
+		agents = append(agents, startAgentWith(t, env, cfg))
+	}
+	for _, c := range cpes {
+		d.waitDevice(c.DeviceID())
+	}
+	for _, a := range agents {
+		d.waitOnline(a.EndpointID(), true)
+	}
+
+	var g, p idJSON
+	d.mustJSON("POST", "/api/v1/groups", `{"name":"campaign","filter":"serial_number.startsWith(\"CMP-\")"}`, &g)
+	d.mustJSON("POST", "/api/v1/policies", `{"group_id":"`+g.ID+`","name":"fw 9.9.9","kind":"firmware",
+		"spec":{"file_id":"`+fw.ID+`","version":"9.9.9"}}`, &p)
+	// In-use files cannot be deleted.
+	if code, body := d.do("DELETE", "/api/v1/files/"+fw.ID, ""); code != 409 {
+		t.Fatalf("delete of a campaign's file: %d %s", code, body)
+	}
+	d.mustJSON("POST", "/api/v1/policies/"+p.ID+"/enable",
+		`{"rollout":{"batch_size":50,"max_in_flight":50,"failure_threshold":0.05,"min_finished":40}}`, nil)
+	r := d.waitRollout(p.ID, 240*time.Second, func(r rolloutJSON) bool { return r.State == "stopped" })
+	if !strings.Contains(r.Reason, "failure rate") || r.Counts.Failed == 0 {
+		t.Fatalf("stopped campaign: %+v", r)
+	}
+	// Failed devices stay failed: nothing is retried while stopped.
+	failedBefore := r.Counts.Failed
+	time.Sleep(2 * time.Second)
+	if r2 := d.rollout(p.ID); r2.State != "stopped" || r2.Counts.Failed != failedBefore {
+		t.Fatalf("stopped campaign moved: %+v", r2)
+	}
+	// The operator fixes the cause and resumes: every device converges.
+	for i := range cpes {
+		cpes[i].SetFirmwareFailure("")
+		agents[i].SetFirmwareFailure("")
+	}
+	d.mustJSON("POST", "/api/v1/policies/"+p.ID+"/rollout/resume", `{"reason":"image re-signed","retry_failed":true}`, nil)
+	r = d.waitRollout(p.ID, 300*time.Second, func(r rolloutJSON) bool { return r.State == "completed" })
+	if r.Counts.ByStatus["compliant"] != 2*campaignFleet || r.Counts.Failed != 0 {
+		t.Fatalf("completed campaign: %+v", r)
+	}
+	for _, c := range cpes {
+		if v := d.softwareVersion(c.DeviceID()); v != "9.9.9" {
+			t.Fatalf("%s runs %q", c.DeviceID(), v)
+		}
+	}
+	// The device already on the version got no task.
+	var tasks struct {
+		Tasks []struct {
+			Operation string `json:"operation"`
+		} `json:"tasks"`
+	}
+	d.mustJSON("GET", "/api/v1/devices/"+url.PathEscape(agents[0].EndpointID())+"/tasks", "", &tasks)
+	for _, tk := range tasks.Tasks {
+		if tk.Operation == "firmware_upgrade" {
+			t.Fatalf("%s was already on 9.9.9 and got a firmware_upgrade", agents[0].EndpointID())
+		}
+	}
+}

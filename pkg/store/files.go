@@ -229,3 +229,25 @@ func (s *Store) FileSigningKey(ctx context.Context) ([]byte, error) {
 	err := s.pool.QueryRow(ctx, `SELECT key FROM file_signing_key`).Scan(&out)
 	return out, err
 }
+
+// CountVersions counts a policy's member devices (those with a status) by
+// the software version they run: a firmware campaign's progress by
+// version (issue 14 §4).
+func (s *Store) CountVersions(ctx context.Context, policyID string) (map[string]int, error) {
+	rows, err := s.pool.Query(ctx, `SELECT d.software_version, count(*) FROM policy_status s
+		JOIN devices d ON d.id = s.device_id WHERE s.policy_id = $1 GROUP BY 1`, policyID)
+	if err != nil {
+		return nil, fmt.Errorf("store: count versions: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var v string
+		var n int
+		if err := rows.Scan(&v, &n); err != nil {
+			return nil, err
+		}
+		out[v] = n
+	}
+	return out, rows.Err()
+}

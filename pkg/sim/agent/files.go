@@ -374,3 +374,11 @@ func sortedKeys(m map[string]string) []string {
 	sort.Strings(out)
 	return out
 }
+
+// SetFirmwareFailure changes how the next firmware downloads fail
+// (Config.FirmwareFailure; "" makes them work).
+func (a *Agent) SetFirmwareFailure(mode string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.cfg.FirmwareFailure = mode
+}

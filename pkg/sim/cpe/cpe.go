@@ -846,3 +846,11 @@ func compress(b []byte, encoding string) ([]byte, error) {
 	}
 	return out.Bytes(), nil
 }
+
+// SetFirmwareFailure changes how the next firmware downloads fail
+// (Options.FirmwareFailure; "" makes them work).
+func (c *CPE) SetFirmwareFailure(mode string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.opts.FirmwareFailure = mode
+}

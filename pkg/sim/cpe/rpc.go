@@ -321,6 +321,7 @@ func (c *CPE) runDueTransfers() {
 			return
 		}
 		t.state = 2
+		fwFail := c.opts.FirmwareFailure
 		var upload []byte
 		if t.kind == kindUpload {
 			upload = c.dump()
@@ -336,7 +337,7 @@ func (c *CPE) runDueTransfers() {
 			code, msg = c.opts.TransferFault, c.opts.TransferFaultString
 		case t.kind == kindUpload:
 			code, msg = c.doUpload(t.ul, upload)
-		case t.dl.FileType == cwmp.FileTypeFirmware && c.opts.FirmwareFailure == "not_found":
+		case t.dl.FileType == cwmp.FileTypeFirmware && fwFail == "not_found":
 			dl := t.dl
 			dl.URL += ".missing" // the rigged image is not where it was said to be
 			body, code, msg = c.doDownload(dl)
@@ -345,7 +346,7 @@ func (c *CPE) runDueTransfers() {
 			}
 		default:
 			body, code, msg = c.doDownload(t.dl)
-			if code == 0 && t.dl.FileType == cwmp.FileTypeFirmware && c.opts.FirmwareFailure == "checksum" {
+			if code == 0 && t.dl.FileType == cwmp.FileTypeFirmware && fwFail == "checksum" {
 				code, msg = cwmp.FaultFileCorrupted, "image signature check failed"
 			}
 		}
@@ -362,7 +363,7 @@ func (c *CPE) runDueTransfers() {
 		if code == 0 && t.kind != kindUpload && t.dl.FileType == "3 Vendor Configuration File" {
 			c.applyConfig(body)
 		}
-		if code == 0 && t.kind != kindUpload && t.dl.FileType == cwmp.FileTypeFirmware && c.opts.FirmwareFailure == "boot_old" {
+		if code == 0 && t.kind != kindUpload && t.dl.FileType == cwmp.FileTypeFirmware && fwFail == "boot_old" {
 			c.m.set(c.m.root+"DeviceInfo.UpTime", "0")
 			c.addEvent(cwmp.EventBoot, "") // it rebooted, into the old image
 		} else if code == 0 && t.kind != kindUpload && t.dl.FileType == cwmp.FileTypeFirmware && c.opts.FirmwareUpdatesVersion {
