@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/duet-dm/duet/controller"
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/bus/bustest"
@@ -43,9 +45,10 @@ func BenchmarkRegistryUpsertThroughBus(b *testing.B) {
 	start := time.Now()
 	for i := 0; i < b.N; i++ {
 		id := fmt.Sprintf("bench-%04d", i%1000)
-		ev := informEvent(id, fmt.Sprint(i))
-		ev.Id = bus.NewID()
-		data, _ := marshal(ev)
+		ev := &duetv1.Event{Id: bus.NewID(),
+			Device: &duetv1.DeviceIdentity{Id: id, Protocol: duetv1.Protocol_PROTOCOL_CWMP, SoftwareVersion: fmt.Sprint(i)},
+			Kind:   &duetv1.Event_Inform{Inform: &duetv1.Inform{}}}
+		data, _ := proto.Marshal(ev)
 		payloads[i%1000] = data
 		if _, err := js.PublishAsync(bus.EventSubject("cwmp", id, "inform"), data); err != nil {
 			b.Fatal(err)

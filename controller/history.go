@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/duet-dm/duet/pkg/store"
+	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 )
 
 var (
@@ -56,7 +58,7 @@ func ParseHistoryKinds(s string) (map[string]time.Duration, error) {
 			return nil, fmt.Errorf("%q: want kind=duration", item)
 		}
 		if !eventKinds[kind] {
-			return nil, fmt.Errorf("%q is not an event kind; one of %s", kind, kindNames())
+			return nil, fmt.Errorf("%q is not an event kind; one of %s", kind, EventKindNames())
 		}
 		if _, dup := out[kind]; dup {
 			return nil, fmt.Errorf("%q is given twice", kind)
@@ -87,7 +89,7 @@ func ParseEventKinds(s string) ([]string, error) {
 			continue
 		}
 		if !eventKinds[k] {
-			return nil, fmt.Errorf("%q is not an event kind; one of %s", k, kindNames())
+			return nil, fmt.Errorf("%q is not an event kind; one of %s", k, EventKindNames())
 		}
 		if !slices.Contains(out, k) {
 			out = append(out, k)
@@ -196,4 +198,29 @@ func (p *HistoryPruner) Stop() {
 		p.cancel()
 		<-p.done
 	})
+}
+
+// eventKinds are the snake_case names of Event.kind, the last token of an
+// event subject.
+var eventKinds = func() map[string]bool {
+	out := map[string]bool{}
+	fs := (&duetv1.Event{}).ProtoReflect().Descriptor().Oneofs().ByName("kind").Fields()
+	for i := 0; i < fs.Len(); i++ {
+		out[string(fs.Get(i).Name())] = true
+	}
+	return out
+}()
+
+// IsEventKind reports whether k names a kind of device event.
+func IsEventKind(k string) bool { return eventKinds[k] }
+
+// EventKindNames lists the event kinds, sorted and comma separated, for
+// error messages.
+func EventKindNames() string {
+	var n []string
+	for k := range eventKinds {
+		n = append(n, k)
+	}
+	sort.Strings(n)
+	return strings.Join(n, ", ")
 }

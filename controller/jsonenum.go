@@ -99,12 +99,12 @@ func renamesOf(ed protoreflect.EnumDescriptor) map[string]string {
 
 var apiProtoJSON = protojson.MarshalOptions{UseProtoNames: true}
 
-// protoJSON renders m as the API's JSON: protojson with the .proto field
+// ProtoJSON renders m as the API's JSON: protojson with the .proto field
 // names, every enum value renamed by APIEnumName, whatever the message.
 // It rewrites protojson's output in one pass, guided by the message
 // descriptor, so field order stays and the output is one line (SSE data
 // needs that).
-func protoJSON(m proto.Message) ([]byte, error) {
+func ProtoJSON(m proto.Message) ([]byte, error) {
 	raw, err := apiProtoJSON.Marshal(m)
 	if err != nil {
 		return nil, err

@@ -8,7 +8,6 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/duet-dm/duet/pkg/netguard"
-	"github.com/duet-dm/duet/pkg/store"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 )
 
@@ -18,14 +17,16 @@ const Redacted = "***"
 // DefaultSecretParams are the parameter-name endings whose values are
 // secrets (TR-181: WiFi KeyPassphrase, PreSharedKey, SAEPassphrase,
 // WEPKey, RadiusSecret, Users.User.{i}.Password, ManagementServer.
-// ConnectionRequestPassword, …). APIOptions.SecretParams adds to them.
+// ConnectionRequestPassword, …). NewSecretNames adds to them (api.Options.SecretParams).
 var DefaultSecretParams = []string{"Password", "Passphrase", "KeyPassphrase", "PreSharedKey", "Secret", "WEPKey"}
 
-// secretNames decides which values the API hides.
-type secretNames struct{ suffixes []string }
+// SecretNames decides which values Duet never shows unasked: the REST API
+// and the console render values through it.
+type SecretNames struct{ suffixes []string }
 
-func newSecretNames(extra []string) secretNames {
-	s := secretNames{suffixes: append([]string(nil), DefaultSecretParams...)}
+// NewSecretNames is DefaultSecretParams plus the endings in extra.
+func NewSecretNames(extra []string) SecretNames {
+	s := SecretNames{suffixes: append([]string(nil), DefaultSecretParams...)}
 	for _, e := range extra {
 		if e = strings.TrimSpace(e); e != "" {
 			s.suffixes = append(s.suffixes, e)
@@ -34,9 +35,9 @@ func newSecretNames(extra []string) secretNames {
 	return s
 }
 
-// secret reports a parameter path (or argument name) whose value is a
+// IsSecret reports a parameter path (or argument name) whose value is a
 // secret: it ends with one of the names ("…Password", "…PreSharedKey").
-func (s secretNames) secret(path string) bool {
+func (s SecretNames) IsSecret(path string) bool {
 	for _, x := range s.suffixes {
 		if strings.HasSuffix(path, x) {
 			return true
@@ -45,26 +46,17 @@ func (s secretNames) secret(path string) bool {
 	return false
 }
 
-// canReveal says whether a role may ask to see cached secret values
-// (?reveal=true, audited). Every other role, operators included, sees
-// "***" (issue 15 §9).
-func canReveal(role store.Role) bool { return role == store.RoleAdmin }
-
-// canCauseDeviceTraffic says whether a role may make Duet talk to a
-// device (a task, a refresh): a read-only role must not (issue 15 §10).
-func canCauseDeviceTraffic(role store.Role) bool { return allowed(role, "POST") }
-
 var parameterFullName = (&duetv1.Parameter{}).ProtoReflect().Descriptor().FullName()
 
-// redactMessage replaces, in place, the value of every Parameter with a
+// RedactMessage replaces, in place, the value of every Parameter with a
 // secret path and every string map entry with a secret key (Download and
 // Upload "Password", operate arguments). It reports whether it changed
 // anything.
-func (s secretNames) redactMessage(m protoreflect.Message) bool {
+func (s SecretNames) RedactMessage(m protoreflect.Message) bool {
 	changed := false
 	if m.Descriptor().FullName() == parameterFullName {
 		p := m.Interface().(*duetv1.Parameter)
-		if s.secret(p.Path) && p.Value != "" {
+		if s.IsSecret(p.Path) && p.Value != "" {
 			p.Value = Redacted
 			return true
 		}
@@ -81,11 +73,11 @@ func (s secretNames) redactMessage(m protoreflect.Message) bool {
 			mp.Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
 				switch fd.MapValue().Kind() {
 				case protoreflect.StringKind:
-					if s.secret(k.String()) && mv.String() != "" {
+					if s.IsSecret(k.String()) && mv.String() != "" {
 						hide = append(hide, k)
 					}
 				case protoreflect.MessageKind:
-					if s.redactMessage(mv.Message()) {
+					if s.RedactMessage(mv.Message()) {
 						changed = true
 					}
 				}
@@ -98,12 +90,12 @@ func (s secretNames) redactMessage(m protoreflect.Message) bool {
 		case fd.IsList() && fd.Kind() == protoreflect.MessageKind:
 			l := v.List()
 			for i := 0; i < l.Len(); i++ {
-				if s.redactMessage(l.Get(i).Message()) {
+				if s.RedactMessage(l.Get(i).Message()) {
 					changed = true
 				}
 			}
 		case fd.Kind() == protoreflect.MessageKind:
-			if s.redactMessage(v.Message()) {
+			if s.RedactMessage(v.Message()) {
 				changed = true
 			}
 		}
@@ -112,20 +104,20 @@ func (s secretNames) redactMessage(m protoreflect.Message) bool {
 	return changed
 }
 
-// redactProto returns a redacted copy of msg (msg itself when nothing is
+// RedactProto returns a redacted copy of msg (msg itself when nothing is
 // secret) and whether anything was hidden.
-func (s secretNames) redactProto(msg proto.Message) (proto.Message, bool) {
+func (s SecretNames) RedactProto(msg proto.Message) (proto.Message, bool) {
 	c := proto.Clone(msg)
-	if s.redactMessage(c.ProtoReflect()) {
+	if s.RedactMessage(c.ProtoReflect()) {
 		return c, true
 	}
 	return msg, false
 }
 
-// redactTaskRequest hides secret values in a stored task request (a task's
+// RedactTaskRequest hides secret values in a stored task request (a task's
 // or a task batch's): set and add "params", "input_args", and a "url"'s
 // userinfo. Other fields are kept as they are.
-func (s secretNames) redactTaskRequest(raw json.RawMessage) (json.RawMessage, bool) {
+func (s SecretNames) RedactTaskRequest(raw json.RawMessage) (json.RawMessage, bool) {
 	var r map[string]json.RawMessage
 	if len(raw) == 0 || json.Unmarshal(raw, &r) != nil {
 		return raw, false
@@ -136,7 +128,7 @@ func (s secretNames) redactTaskRequest(raw json.RawMessage) (json.RawMessage, bo
 		hit := false
 		for _, p := range ps {
 			path, _ := p["path"].(string)
-			if v, _ := p["value"].(string); v != "" && s.secret(path) {
+			if v, _ := p["value"].(string); v != "" && s.IsSecret(path) {
 				p["value"] = Redacted
 				hit = true
 			}
@@ -150,7 +142,7 @@ func (s secretNames) redactTaskRequest(raw json.RawMessage) (json.RawMessage, bo
 	if json.Unmarshal(r["input_args"], &args) == nil {
 		hit := false
 		for k, v := range args {
-			if sv, _ := v.(string); sv != "" && s.secret(k) {
+			if sv, _ := v.(string); sv != "" && s.IsSecret(k) {
 				args[k] = Redacted
 				hit = true
 			}

@@ -99,9 +99,9 @@ func invalid(format string, args ...any) error {
 	return devicemodel.Errorf(devicemodel.CodeInvalidArgument, format, args...)
 }
 
-// checkPath parses p and wants one of kinds; a syntax error is
+// CheckPath parses p (the value of field) and wants one of kinds; a syntax error is
 // invalid_path with the position (PathSyntaxError).
-func checkPath(field, p string, supported bool, kinds ...devicemodel.PathKind) error {
+func CheckPath(field, p string, supported bool, kinds ...devicemodel.PathKind) error {
 	pp, err := devicemodel.ParsePath(p, supported)
 	if err != nil {
 		if se, ok := err.(*devicemodel.PathSyntaxError); ok {
@@ -127,10 +127,10 @@ func protoParams(field string, ps []ParamJSON, relative bool) ([]*duetv1.Paramet
 		f := fmt.Sprintf("%s[%d].path", field, i)
 		if relative && !strings.HasPrefix(p.Path, "Device.") && !strings.HasPrefix(p.Path, "InternetGatewayDevice.") {
 			// Relative names are checked as if under a root.
-			if err := checkPath(f, "Device."+p.Path, false, devicemodel.PathParameter); err != nil {
+			if err := CheckPath(f, "Device."+p.Path, false, devicemodel.PathParameter); err != nil {
 				return nil, err
 			}
-		} else if err := checkPath(f, p.Path, false, devicemodel.PathParameter); err != nil {
+		} else if err := CheckPath(f, p.Path, false, devicemodel.PathParameter); err != nil {
 			return nil, err
 		}
 		t, ok := paramTypes[p.Type]
@@ -189,7 +189,7 @@ func buildCommand(r *TaskRequest, d devicemodel.Device, id string) (*duetv1.Comm
 			return invalid("%s needs paths", r.Operation)
 		}
 		for i, p := range r.Paths {
-			if err := checkPath(fmt.Sprintf("paths[%d]", i), p, r.Operation == "get_supported_dm", devicemodel.PathObject, devicemodel.PathParameter); err != nil {
+			if err := CheckPath(fmt.Sprintf("paths[%d]", i), p, r.Operation == "get_supported_dm", devicemodel.PathObject, devicemodel.PathParameter); err != nil {
 				return err
 			}
 		}
@@ -231,7 +231,7 @@ func buildCommand(r *TaskRequest, d devicemodel.Device, id string) (*duetv1.Comm
 		if r.ObjectPath == "" {
 			return nil, invalid("add needs object_path")
 		}
-		if err := checkPath("object_path", r.ObjectPath, false, devicemodel.PathObject); err != nil {
+		if err := CheckPath("object_path", r.ObjectPath, false, devicemodel.PathObject); err != nil {
 			return nil, err
 		}
 		ps, err := protoParams("params", r.Params, true)
@@ -244,7 +244,7 @@ func buildCommand(r *TaskRequest, d devicemodel.Device, id string) (*duetv1.Comm
 			return nil, invalid("delete needs object_paths")
 		}
 		for i, p := range r.ObjectPaths {
-			if err := checkPath(fmt.Sprintf("object_paths[%d]", i), p, false, devicemodel.PathObject); err != nil {
+			if err := CheckPath(fmt.Sprintf("object_paths[%d]", i), p, false, devicemodel.PathObject); err != nil {
 				return nil, err
 			}
 		}
@@ -253,7 +253,7 @@ func buildCommand(r *TaskRequest, d devicemodel.Device, id string) (*duetv1.Comm
 		if r.Command == "" {
 			return nil, invalid("operate needs command")
 		}
-		if err := checkPath("command", r.Command, false, devicemodel.PathCommand); err != nil {
+		if err := CheckPath("command", r.Command, false, devicemodel.PathCommand); err != nil {
 			return nil, err
 		}
 		cmd.Op = &duetv1.Command_Operate{Operate: &duetv1.OperateRequest{Command: r.Command, CommandKey: cmp.Or(r.CommandKey, id), InputArgs: r.InputArgs}}

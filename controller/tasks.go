@@ -116,7 +116,11 @@ type TaskQueue struct {
 	// per USP device with queued tasks).
 	pending, running, again, unreachable map[string]bool
 	// waking: a connection request (with its retries) is out for the device.
-	waking  map[string]bool
+	waking map[string]bool
+	// rewake: devices woken again while their request was out; the
+	// session that request brings may have ended before the newer tasks
+	// were queued, so they get a request of their own once it is back.
+	rewake  map[string]bool
 	waiters map[string][]chan struct{}
 	// finished is told of every task that reached a final state through
 	// a device's answer (the reconciler); set before Start.
@@ -182,7 +186,7 @@ func NewTaskQueue(o TaskQueueOptions) (*TaskQueue, error) {
 	return &TaskQueue{
 		o: o, log: o.Logger.With("component", "tasks"), id: bus.NewID(),
 		wake:    make(chan string, o.MaxPendingWakeups),
-		pending: map[string]bool{}, running: map[string]bool{}, again: map[string]bool{}, unreachable: map[string]bool{}, waking: map[string]bool{}, crWaiting: map[string]string{}, crAccepted: map[string]crAccepted{},
+		pending: map[string]bool{}, running: map[string]bool{}, again: map[string]bool{}, unreachable: map[string]bool{}, waking: map[string]bool{}, rewake: map[string]bool{}, crWaiting: map[string]string{}, crAccepted: map[string]crAccepted{},
 		waiters: map[string][]chan struct{}{},
 		crSem:   make(chan struct{}, o.MaxConnectionRequests),
 		ctx:     ctx, cancel: cancel,
@@ -692,6 +696,10 @@ func (q *TaskQueue) wakeCWMP(deviceID, url string) {
 	}
 	q.mu.Lock()
 	if q.waking[deviceID] {
+		// Not merged into the request that is out: the CPE may have
+		// accepted it already and its session asked for its last work
+		// before these tasks were queued. Sent again once it is back.
+		q.rewake[deviceID] = true
 		q.mu.Unlock()
 		return
 	}
@@ -718,9 +726,12 @@ func (q *TaskQueue) wakeCWMP(deviceID, url string) {
 	q.wg.Add(1)
 	go func() {
 		defer q.wg.Done()
+		gaveUp := false
 		defer func() {
 			q.mu.Lock()
 			delete(q.waking, deviceID)
+			again := q.rewake[deviceID] && !gaveUp
+			delete(q.rewake, deviceID)
 			<-q.crSem
 			var next, nextURL string
 			if len(q.crLine) > 0 && q.ctx.Err() == nil {
@@ -732,6 +743,9 @@ func (q *TaskQueue) wakeCWMP(deviceID, url string) {
 			q.mu.Unlock()
 			if next != "" {
 				q.wakeCWMP(next, nextURL)
+			}
+			if again && q.ctx.Err() == nil {
+				q.wakeIfWanted(deviceID)
 			}
 		}()
 		backoff := 250 * time.Millisecond
@@ -747,6 +761,9 @@ func (q *TaskQueue) wakeCWMP(deviceID, url string) {
 				return
 			}
 			if try == connReqTries || devicemodel.ErrorCode(err) == devicemodel.CodeUnauthenticated {
+				// A wake-up that came meanwhile would meet the same
+				// failure: its tasks wait for the inform too.
+				gaveUp = true
 				metricConnReqs.WithLabelValues("failed").Inc()
 				q.log.Info("connection request failed; the tasks wait for the next inform", "device", deviceID, "err", err)
 				if strings.Contains(devicemodel.ErrorMessage(err), "nobody serves") {
@@ -769,6 +786,23 @@ func (q *TaskQueue) wakeCWMP(deviceID, url string) {
 			}
 		}
 	}()
+}
+
+// wakeIfWanted sends a connection request to a CWMP device whose queued
+// tasks still ask for one, to the URL it reported last.
+func (q *TaskQueue) wakeIfWanted(deviceID string) {
+	devs, err := q.o.Store.DevicesWithQueuedTasks(q.ctx, []string{deviceID})
+	if err != nil {
+		if q.ctx.Err() == nil {
+			q.log.Warn("scanning queued tasks failed", "device", deviceID, "err", err)
+		}
+		return
+	}
+	for _, d := range devs {
+		if d.ID == deviceID && d.Protocol == devicemodel.ProtocolCWMP && d.WantsConnectionRequest {
+			q.wakeCWMP(d.ID, d.ConnectionRequestURL)
+		}
+	}
 }
 
 // crAccepted is a connection request a CPE accepted: when, and

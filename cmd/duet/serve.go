@@ -21,6 +21,7 @@ import (
 	uspadapter "github.com/duet-dm/duet/adapters/usp"
 	uspmqtt "github.com/duet-dm/duet/adapters/usp/mqtt"
 	"github.com/duet-dm/duet/controller"
+	"github.com/duet-dm/duet/controller/api"
 	"github.com/duet-dm/duet/controller/files"
 	"github.com/duet-dm/duet/controller/policy"
 	"github.com/duet-dm/duet/pkg/bus"
@@ -129,7 +130,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	ls.HTTP = hl.Addr().String()
 	mux := http.NewServeMux()
 	var checks []readyCheck
-	var api *controller.API
+	var apiServer *api.Server
 	// ensureAdmin creates (and prints, once) the first admin token. It runs
 	// after every component started, so a start that fails never creates
 	// a token nobody saw.
@@ -240,12 +241,12 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			return s.errSetting("database-url", "%v", err)
 		}
 		started.push(func(context.Context) { apiStore.Close() })
-		api = controller.NewAPI(controller.APIOptions{Store: apiStore, Tokens: st, Tasks: tasks, Bulk: bulk, Bus: b, PolicyEnv: policyEnv,
+		apiServer = api.New(api.Options{Store: apiStore, Tokens: st, Tasks: tasks, Bulk: bulk, Bus: b, PolicyEnv: policyEnv,
 			CredentialKey: credKey, CWMPRealm: realm, SearchConcurrency: cfg.apiSearches, SecretParams: cfg.secretParams, Files: repo, Logger: log})
 		if credKey == nil {
 			log.Warn("DUET_CREDENTIALS_KEY is not set: the device credentials API answers 503 and per-device CWMP auth finds no credentials")
 		}
-		mux.Handle("/api/v1/", api)
+		mux.Handle("/api/v1/", apiServer)
 	}
 
 	if comps["cwmp"] {
@@ -277,9 +278,9 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	hl = netguard.LimitPerSource(hl, cfg.httpPerIP, func(src string) {
 		refusals.Warn("API connection refused: too many from one address (DUET_HTTP_MAX_CONNS_PER_IP)", "source", src)
 	})
-	if api != nil {
+	if apiServer != nil {
 		// Event streams never end on their own; end them when draining.
-		srv.RegisterOnShutdown(api.Close)
+		srv.RegisterOnShutdown(apiServer.Close)
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(hl) }()
