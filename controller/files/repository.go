@@ -62,7 +62,9 @@ type RepositoryOptions struct {
 type Repository struct {
 	o   RepositoryOptions
 	obs jetstream.ObjectStore
-	log *slog.Logger
+	// chunks is the bucket's stream, read one chunk per request (OpenAt).
+	chunks jetstream.Stream
+	log    *slog.Logger
 }
 
 // NewRepository opens (creating when needed) the bucket.
@@ -88,7 +90,11 @@ func NewRepository(ctx context.Context, o RepositoryOptions) (*Repository, error
 	if err != nil {
 		return nil, fmt.Errorf("files: object store bucket %s: %w", Bucket, err)
 	}
-	return &Repository{o: o, obs: obs, log: o.Logger.With("component", "files")}, nil
+	chunks, err := o.Bus.JetStream().Stream(cctx, "OBJ_"+Bucket)
+	if err != nil {
+		return nil, fmt.Errorf("files: object store stream: %w", err)
+	}
+	return &Repository{o: o, obs: obs, chunks: chunks, log: o.Logger.With("component", "files")}, nil
 }
 
 // MaxSize is the largest file accepted.
@@ -237,11 +243,69 @@ func (r *Repository) Delete(ctx context.Context, id string) error {
 	return nil
 }
 
-// Open reads a file's bytes from the start.
-func (r *Repository) Open(ctx context.Context, id string) (io.ReadCloser, error) {
-	res, err := r.obs.Get(ctx, id)
+// OpenAt reads a file's bytes from offset on. It fetches one chunk per
+// request, when the reader wants it: a slow device holds no consumer
+// open. (The object store's own Get pushes the chunks through an ordered
+// consumer into a pipe; a reader slower than its heartbeats made the
+// consumer reset and the transfer end short — BenchmarkServeFileConcurrent
+// saw it.) Chunks before offset are fetched and skipped: a chunk's length
+// is only known by reading it (an upload's reads fill them unevenly).
+func (r *Repository) OpenAt(ctx context.Context, id string, offset int64) (io.ReadCloser, error) {
+	info, err := r.obs.GetInfo(ctx, id)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
 		return nil, devicemodel.Errorf(devicemodel.CodeNotFound, "no bytes stored for file %s", id)
 	}
-	return res, err
+	if err != nil {
+		return nil, err
+	}
+	cr := &chunkReader{ctx: ctx, stream: r.chunks, subject: "$O." + Bucket + ".C." + info.NUID, seq: 1, left: int64(info.Size)}
+	for offset > 0 && cr.left > 0 {
+		if err := cr.next(); err != nil {
+			return nil, err
+		}
+		n := min(offset, int64(len(cr.buf)))
+		cr.buf = cr.buf[n:]
+		offset -= n
+	}
+	return cr, nil
 }
+
+// chunkReader reads an object's chunks in order, one request each.
+type chunkReader struct {
+	ctx     context.Context
+	stream  jetstream.Stream
+	subject string
+	seq     uint64
+	left    int64 // bytes of the object not yet fetched
+	buf     []byte
+}
+
+func (c *chunkReader) next() error {
+	m, err := c.stream.GetMsg(c.ctx, c.seq, jetstream.WithGetMsgSubject(c.subject))
+	if err != nil {
+		return fmt.Errorf("files: reading a chunk: %w", err)
+	}
+	c.seq = m.Sequence + 1
+	c.buf = m.Data
+	c.left -= int64(len(m.Data))
+	if len(m.Data) == 0 || c.left < 0 {
+		return errors.New("files: the object's chunks do not add up to its size")
+	}
+	return nil
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	if len(c.buf) == 0 {
+		if c.left == 0 {
+			return 0, io.EOF
+		}
+		if err := c.next(); err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, c.buf)
+	c.buf = c.buf[n:]
+	return n, nil
+}
+
+func (c *chunkReader) Close() error { return nil }
