@@ -176,13 +176,13 @@ func TestServeRangeHeadAndTokens(t *testing.T) {
 // consumer and transfers ended short.
 func TestConcurrentDownloadsComplete(t *testing.T) {
 	r := newRig(t, 0)
-	data := bytes.Repeat([]byte("0123456789abcdef"), 1<<19) // 8 MiB
+	data := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB
 	f, err := r.repo.Put(t.Context(), files.Upload{Name: "c.bin", Type: "other", UploadedBy: "t", ExpectedSize: -1}, bytes.NewReader(data))
 	if err != nil {
 		t.Fatal(err)
 	}
-	errs := make(chan error, 24)
-	for i := 0; i < 24; i++ {
+	errs := make(chan error, 16)
+	for i := 0; i < 16; i++ {
 		go func() {
 			res, err := http.Get(r.urls.Download(f.ID, f.Name, "dev"))
 			if err != nil {
@@ -197,7 +197,7 @@ func TestConcurrentDownloadsComplete(t *testing.T) {
 			errs <- err
 		}()
 	}
-	for i := 0; i < 24; i++ {
+	for i := 0; i < 16; i++ {
 		if err := <-errs; err != nil {
 			t.Fatalf("a concurrent download: %v", err)
 		}

@@ -280,8 +280,26 @@ type chunkReader struct {
 	buf     []byte
 }
 
+// chunkTimeout bounds one chunk's fetch; a busy server gets chunkTries.
+const (
+	chunkTimeout = 30 * time.Second
+	chunkTries   = 3
+)
+
 func (c *chunkReader) next() error {
-	m, err := c.stream.GetMsg(c.ctx, c.seq, jetstream.WithGetMsgSubject(c.subject))
+	var m *jetstream.RawStreamMsg
+	var err error
+	for try := 0; try < chunkTries && c.ctx.Err() == nil; try++ {
+		cctx, cancel := context.WithTimeout(c.ctx, chunkTimeout)
+		m, err = c.stream.GetMsg(cctx, c.seq, jetstream.WithGetMsgSubject(c.subject))
+		cancel()
+		if err == nil || !errors.Is(err, context.DeadlineExceeded) {
+			break
+		}
+	}
+	if err == nil && m == nil {
+		err = c.ctx.Err()
+	}
 	if err != nil {
 		return fmt.Errorf("files: reading a chunk: %w", err)
 	}

@@ -268,7 +268,7 @@ func (s *Server) serveFile(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case err != nil:
 		t.Outcome = "aborted"
-		s.log.Debug("a download ended early", "file", f.ID, "device", g.DeviceID, "err", err)
+		s.log.Warn("a download ended early", "file", f.ID, "device", g.DeviceID, "err", err)
 	case partial:
 		t.Outcome = "partial"
 	default:
