@@ -175,7 +175,7 @@ func (q *TaskQueue) catchUp(ctx context.Context, t store.Task) {
 			k, _, match := completionMatcher(c)
 			if k != "" && match(t) {
 				metricTasksCompleted.WithLabelValues(k, "matched").Inc()
-				if q.finishAwaited(ctx, t, completedOutcome(t, c)) {
+				if q.endAwaited(ctx, t, c) {
 					q.rescan(ctx, []string{t.DeviceID}, true)
 				}
 				return
@@ -227,7 +227,7 @@ func (q *TaskQueue) Complete(ctx context.Context, cs []Completion) ([]string, er
 			continue
 		}
 		metricTasksCompleted.WithLabelValues(kind, "matched").Inc()
-		if q.finishAwaited(ctx, *hit, completedOutcome(*hit, c)) && !seen[c.DeviceID] {
+		if q.endAwaited(ctx, *hit, c) && !seen[c.DeviceID] {
 			seen[c.DeviceID] = true
 			ended = append(ended, c.DeviceID)
 		}

@@ -208,6 +208,12 @@ func (p *Policies) Rollout(ctx context.Context, id string) (RolloutProgress, err
 	if err != nil {
 		return RolloutProgress{}, err
 	}
+	if pol.Kind == policy.KindFirmware {
+		// A campaign's progress by version (issue 14 §4).
+		if c.ByVersion, err = p.o.Store.CountVersions(ctx, id); err != nil {
+			return RolloutProgress{}, err
+		}
+	}
 	v := RolloutProgress{Rollout: ro, Revision: pol.Revision, Counts: c}
 	if c.Finished > 0 {
 		v.FailureRate = float64(c.Failed) / float64(c.Finished)
@@ -278,6 +284,9 @@ func (p *Policies) ChangeRollout(ctx context.Context, actor, id string, action R
 		return RolloutProgress{}, err
 	}
 	c, _ := p.o.Store.CountRollout(ctx, id, ro.Batch)
+	if pol.Kind == policy.KindFirmware {
+		c.ByVersion, _ = p.o.Store.CountVersions(ctx, id)
+	}
 	PublishRollout(ctx, p.o.Bus, p.o.Logger, id, pol.Revision, ro, change, c)
 	if to == store.RolloutAborted {
 		return RolloutProgress{Rollout: ro, Revision: pol.Revision, Counts: c}, nil

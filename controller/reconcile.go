@@ -674,6 +674,9 @@ func (r *Reconciler) tasksFor(p *activePolicy, d devicemodel.Device, plan policy
 			return v, err
 		}
 	}
+	if plan.Firmware != nil {
+		return v, r.firmwareTask(p, d, plan.Firmware, types, refreshed, add)
+	}
 	// Parameters never read are read first, once per revision: the
 	// device may already hold the value (no Set at all), and a CWMP Set
 	// must carry the type the device uses (TR-069: a mismatched
@@ -734,6 +737,44 @@ func (r *Reconciler) tasksFor(p *activePolicy, d devicemodel.Device, plan policy
 		}
 	}
 	return v, nil
+}
+
+// firmwareTask is a firmware policy's work on a device that runs another
+// version: one firmware_upgrade (issue 14 §4). A USP device's firmware
+// images are read first, once per revision, so the download never goes
+// into the active image.
+func (r *Reconciler) firmwareTask(p *activePolicy, d devicemodel.Device, fw *policy.FirmwareWant, types map[string]string, refreshed []string,
+	add func(purpose, target string, req *TaskRequest, cmd *duetv1.Command) error) error {
+	if r.o.Tasks == nil {
+		return devicemodel.Errorf(devicemodel.CodeUnavailable, "no task queue")
+	}
+	root := d.DataModel
+	if root == "" {
+		root = "Device."
+	}
+	read := fmt.Sprintf("firmware-images@%d", p.Revision)
+	if d.Protocol == devicemodel.ProtocolUSP && !slices.Contains(refreshed, read) {
+		known := false
+		for path := range types {
+			if strings.HasPrefix(path, root+"DeviceInfo.FirmwareImage.") {
+				known = true
+				break
+			}
+		}
+		if !known {
+			return add("refresh", read, &TaskRequest{Operation: "get", Paths: []string{root + "DeviceInfo."}}, nil)
+		}
+	}
+	req := &TaskRequest{Operation: "firmware_upgrade", FileID: fw.FileID}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.o.Tasks.resolveFile(ctx, req, d); err != nil {
+		return err
+	}
+	if req.Version != fw.Version {
+		return devicemodel.Errorf(devicemodel.CodeInvalidArgument, "file %s is version %q; the policy wants %q", fw.FileID, req.Version, fw.Version)
+	}
+	return add("firmware", fw.Version, req, nil)
 }
 
 // keyOf is a stable rendering of an instance's parameters for a unique

@@ -5,6 +5,7 @@ package controller
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -533,6 +534,20 @@ func observationOf(m jetstream.Msg, ev *duetv1.Event) (store.Observation, error)
 		at = ev.Time.AsTime()
 	}
 	d := ev.Device
+	if b := ev.GetBoot(); b != nil && d.GetSoftwareVersion() == "" {
+		// A USP Boot! reports the version the agent came back on in its
+		// ParameterMap (TR-181 Device.Boot!, Controller.{i}.BootParameter):
+		// after a firmware activation it is the registry's first news.
+		var pm map[string]string
+		if json.Unmarshal([]byte(b.GetArgs()["ParameterMap"]), &pm) == nil {
+			for k, v := range pm {
+				if strings.HasSuffix(k, ".DeviceInfo.SoftwareVersion") && v != "" {
+					d = proto.Clone(d).(*duetv1.DeviceIdentity)
+					d.SoftwareVersion = v
+				}
+			}
+		}
+	}
 	r := ev.GetReachability()
 	return store.Observation{
 		EventID:   ev.Id,

@@ -12,6 +12,7 @@ import (
 
 	"github.com/robfig/cron/v3"
 
+	"github.com/duet-dm/duet/controller/policy"
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
@@ -280,7 +281,20 @@ func (r *Reconciler) advance(ctx context.Context, p *activePolicy) error {
 // fatal (the API has the same progress).
 func (r *Reconciler) publish(ctx context.Context, p *activePolicy, ro store.Rollout, change string, c store.RolloutCounts) {
 	metricRolloutChanges.WithLabelValues(change).Inc()
+	if p.Kind == policy.KindFirmware {
+		c.ByVersion = r.versions(ctx, p.ID)
+	}
 	PublishRollout(ctx, r.o.Bus, r.log, p.ID, p.Revision, ro, change, c)
+}
+
+// versions counts a firmware campaign's devices by version; a failure is
+// logged (the event goes without them).
+func (r *Reconciler) versions(ctx context.Context, policyID string) map[string]int {
+	v, err := r.o.Store.CountVersions(ctx, policyID)
+	if err != nil {
+		r.log.Warn("counting a campaign's versions failed", "policy", policyID, "err", err)
+	}
+	return v
 }
 
 // PublishRollout sends a rollout progress event on the bus (nil bus: none).
@@ -292,10 +306,17 @@ func PublishRollout(ctx context.Context, b *bus.Bus, log *slog.Logger, policyID 
 	for k, v := range c.ByStatus {
 		by[k] = int32(v)
 	}
+	var byVersion map[string]int32
+	if len(c.ByVersion) > 0 {
+		byVersion = map[string]int32{}
+		for k, v := range c.ByVersion {
+			byVersion[k] = int32(v)
+		}
+	}
 	ev := &duetv1.PolicyEvent{PolicyId: policyID, Revision: int32(revision), Kind: &duetv1.PolicyEvent_Rollout{Rollout: &duetv1.RolloutProgress{
 		State: ro.State, Change: change, Reason: ro.Reason, Batch: int32(ro.Batch),
 		Admitted: int32(c.Admitted), Finished: int32(c.Finished), Failed: int32(c.Failed), Waiting: int32(c.Waiting),
-		InFlight: int32(c.InFlight), ByStatus: by,
+		InFlight: int32(c.InFlight), ByStatus: by, ByVersion: byVersion,
 	}}}
 	if err := b.PublishPolicyEvent(ctx, ev); err != nil {
 		log.Warn("publishing rollout progress failed", "policy", policyID, "change", change, "err", err)

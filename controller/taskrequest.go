@@ -41,6 +41,13 @@ type TaskRequest struct {
 	// download, upload
 	URL      string `json:"url,omitempty"`
 	FileType string `json:"file_type,omitempty"`
+	// firmware_upgrade, restore_config: a file of the repository.
+	FileID string `json:"file_id,omitempty"`
+	// Version is the firmware file's version, recorded when the task is
+	// created: the version the device must report afterwards.
+	Version string `json:"version,omitempty"`
+	// resolved is the file and URL create found (firmware.go).
+	resolved *resolvedFile
 
 	// Options.
 	// Wait is how many seconds the request may block for the result.
@@ -76,6 +83,7 @@ var paramTypes = map[string]duetv1.ParamType{
 var operations = map[string]bool{ // name -> non-idempotent
 	"get": false, "set": false, "delete": false, "get_supported_dm": false, "get_instances": false,
 	"add": true, "operate": true, "reboot": true, "factory_reset": true, "download": true, "upload": true,
+	"firmware_upgrade": true, "backup_config": true, "restore_config": true,
 }
 
 func operationNames() string {
@@ -186,6 +194,12 @@ func buildCommand(r *TaskRequest, d devicemodel.Device, id string) (*duetv1.Comm
 			}
 		}
 		return nil
+	}
+	if _, ok := fileOperations[r.Operation]; ok {
+		if err := fileCommand(cmd, r, d, root, cmp.Or(r.CommandKey, id)); err != nil {
+			return nil, err
+		}
+		return cmd, nil
 	}
 	switch r.Operation {
 	case "get":
@@ -311,6 +325,9 @@ func (q *TaskQueue) create(ctx context.Context, deviceID string, r TaskRequest, 
 	}
 	d, err := q.o.Store.FindDeviceByID(ctx, deviceID)
 	if err != nil {
+		return store.Task{}, err
+	}
+	if err := q.resolveFile(ctx, &r, d); err != nil {
 		return store.Task{}, err
 	}
 	id := bus.NewID()

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/duet-dm/duet/controller/files"
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
@@ -86,7 +87,11 @@ type TaskQueueOptions struct {
 	// CredentialKey opens the stored connection-request passwords; without
 	// it connection requests go out without credentials.
 	CredentialKey *store.CredentialKey
-	Logger        *slog.Logger
+	// FileURLs signs the file listener's URLs that file operations
+	// (firmware_upgrade, backup_config, restore_config) hand devices;
+	// without it those operations are refused.
+	FileURLs *files.URLs
+	Logger   *slog.Logger
 }
 
 // TaskQueue dispatches tasks: to online USP devices at once through the

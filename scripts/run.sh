@@ -30,4 +30,5 @@ if [[ -z ${DUET_CWMP_AUTH:-} ]]; then
 	echo "run: DUET_CWMP_AUTH=none for this development run (CPEs are not authenticated); set it to shared or per-device for anything real" >&2
 	export DUET_CWMP_AUTH=none
 fi
+export DUET_FILE_ADDR=${DUET_FILE_ADDR-:7548}
 exec ./bin/duet serve "$@"

@@ -78,6 +78,13 @@ func newSettings() *settings {
 	add("transfer-timeout", "DUET_TRANSFER_TIMEOUT", "1h", "a download or upload the device accepted for later (Status 1) fails with timeout when no TransferComplete comes within this")
 	add("operation-timeout", "DUET_OPERATION_TIMEOUT", "1h", "an asynchronous command (USP OperationComplete, CWMP diagnostics) fails with timeout when its completion does not come within this")
 	add("pprof-addr", "DUET_PPROF_ADDR", "", "loopback address (127.0.0.1:6060) serving Go's /debug/pprof profiles, for measuring Duet; empty is off, and any other host is refused")
+	// Files (issue 14): the repository and the listener devices fetch from.
+	add("file-addr", "DUET_FILE_ADDR", "", "listen address of the file listener devices download files from and upload to (:7548); empty runs none, and file operations (firmware_upgrade, backup_config, restore_config) are refused")
+	add("file-url", "DUET_FILE_URL", "", "base URL devices reach the file listener at (http://acs.example.net:7548); empty: http(s)://127.0.0.1 and the listener's port, only right for a lab")
+	add("file-tls-cert", "DUET_FILE_TLS_CERT", "", "PEM certificate file; enables HTTPS on the file listener")
+	add("file-tls-key", "DUET_FILE_TLS_KEY", "", "PEM key file for file-tls-cert")
+	add("file-max-size", "DUET_FILE_MAX_SIZE", "2147483648", "largest file (bytes) the repository takes, from the API or a device upload")
+	add("file-url-ttl", "DUET_FILE_URL_TTL", "24h", "how long a signed transfer URL a task hands a device stays valid (cover the time a task may wait queued plus the transfer)")
 	add("admin-token", "DUET_ADMIN_TOKEN", "", "API admin bearer token to create at start (at least 24 characters); unset, the first start generates one and prints it once")
 	add("console-idle-timeout", "DUET_CONSOLE_IDLE_TIMEOUT", "30m", "a web console session unused this long ends and its user logs in again (at least 1m)")
 	add("console-session-lifetime", "DUET_CONSOLE_SESSION_LIFETIME", "12h", "a web console session ends this long after its login, used or not (at least console-idle-timeout)")

@@ -21,6 +21,7 @@ import (
 	"github.com/duet-dm/duet/controller"
 	"github.com/duet-dm/duet/controller/api"
 	"github.com/duet-dm/duet/controller/console"
+	"github.com/duet-dm/duet/controller/files"
 	"github.com/duet-dm/duet/controller/policy"
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/netguard"
@@ -37,6 +38,7 @@ type Listeners struct {
 	MQTTS string // the embedded broker's MQTTS listener, if any
 	STOMP string
 	WS    string
+	Files string // base URL of the file listener as devices are told it
 }
 
 // stack collects what serve started, to stop it in reverse order.
@@ -183,8 +185,13 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			return nil
 		}
 		awaitTimeouts := cfg.awaitTimeouts
+		repo, fileURLs, err := m.startFiles(ctx, s, cfg, st, b, log, &started, &ls)
+		if err != nil {
+			_ = hl.Close()
+			return err
+		}
 		tasks, err := controller.NewTaskQueue(controller.TaskQueueOptions{Store: st, Bus: b, CredentialKey: credKey, Logger: log,
-			RebootTimeout: awaitTimeouts[0], TransferTimeout: awaitTimeouts[1], OperationTimeout: awaitTimeouts[2]})
+			RebootTimeout: awaitTimeouts[0], TransferTimeout: awaitTimeouts[1], OperationTimeout: awaitTimeouts[2], FileURLs: fileURLs})
 		if err != nil {
 			_ = hl.Close()
 			return err
@@ -256,7 +263,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		}
 		started.push(func(context.Context) { apiStore.Close() })
 		apiServer = api.New(api.Options{Store: apiStore, Tokens: st, Tasks: tasks, Bulk: bulk, Bus: b, PolicyEnv: policyEnv,
-			CredentialKey: credKey, CWMPRealm: realm, SearchConcurrency: cfg.apiSearches, SecretParams: cfg.secretParams, Logger: log})
+			CredentialKey: credKey, CWMPRealm: realm, SearchConcurrency: cfg.apiSearches, SecretParams: cfg.secretParams, Files: repo, Logger: log})
 		if credKey == nil {
 			log.Warn("DUET_CREDENTIALS_KEY is not set: the device credentials API answers 503 and per-device CWMP auth finds no credentials")
 		}
@@ -344,6 +351,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		{"USP over MQTTS (embedded broker)", ls.MQTTS},
 		{"USP over STOMP (broker)", ls.STOMP},
 		{"USP over WebSocket", ls.WS},
+		{"File listener (devices)", ls.Files},
 	} {
 		if l.where != "" {
 			fmt.Fprintf(m.Stdout, "  %-34s %s\n", l.what, l.where)
@@ -360,6 +368,48 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	case err := <-serveErr:
 		return fmt.Errorf("http server: %w", err)
 	}
+}
+
+// startFiles opens the file repository (issue 14) and, with file-addr,
+// starts the listener devices transfer files on. Without file-addr the
+// repository still serves the API and file operations are refused.
+func (m *Main) startFiles(ctx context.Context, s *settings, cfg *serveConfig, st *store.Store, b *bus.Bus, log *slog.Logger, started *stack, ls *Listeners) (*files.Repository, *files.URLs, error) {
+	repo, err := files.NewRepository(ctx, files.RepositoryOptions{Store: st, Bus: b, Replicas: cfg.natsReplicas, MaxSize: cfg.fileMaxSize, Logger: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	if cfg.fileAddr == "" {
+		return repo, nil, nil
+	}
+	key, err := st.FileSigningKey(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	signer, err := files.NewSigner(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	srv, err := files.NewServer(files.ServerOptions{Repository: repo, Signer: signer, Addr: cfg.fileAddr,
+		TLSCert: s.str("file-tls-cert"), TLSKey: s.str("file-tls-key"), Logger: log})
+	if err != nil {
+		return nil, nil, s.errSetting("file-tls-cert", "%v", err)
+	}
+	if err := srv.Start(); err != nil {
+		return nil, nil, s.errSetting("file-addr", "%v", err)
+	}
+	started.push(func(ctx context.Context) { _ = srv.Shutdown(ctx) })
+	base := cfg.fileURL
+	if base == "" {
+		scheme := "http://"
+		if s.str("file-tls-cert") != "" {
+			scheme = "https://"
+		}
+		_, port, _ := net.SplitHostPort(srv.Addr())
+		base = scheme + net.JoinHostPort("127.0.0.1", port)
+		log.Warn("DUET_FILE_URL is not set: devices are given file URLs on 127.0.0.1, which only a device on this machine reaches", "url", base)
+	}
+	ls.Files = base
+	return repo, &files.URLs{Signer: signer, Base: base, TTL: cfg.fileURLTTL}, nil
 }
 
 func (m *Main) startCWMP(s *settings, cfg *serveConfig, b *bus.Bus, log *slog.Logger, started *stack, ls *Listeners) error {

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -32,6 +34,10 @@ type serveConfig struct {
 	policySweep      time.Duration
 	bulkRate         float64
 	awaitTimeouts    [3]time.Duration // reboot, transfer, operation
+	fileAddr         string           // "" runs no file listener
+	fileURL          string
+	fileMaxSize      int64
+	fileURLTTL       time.Duration
 
 	// The API and its HTTP server (issue 15 §8, §9).
 	httpRead, httpWrite, httpIdle time.Duration
@@ -138,6 +144,29 @@ func (s *settings) checkServe() (*serveConfig, error) {
 			return nil, err
 		}
 		if c.bulkRate, err = s.float("bulk-rate", 0, controller.MaxBulkRate); err != nil {
+			return nil, err
+		}
+		if v := s.str("file-addr"); v != "" {
+			if c.fileAddr, err = s.addr("file-addr"); err != nil {
+				return nil, err
+			}
+		}
+		if (s.str("file-tls-cert") == "") != (s.str("file-tls-key") == "") {
+			return nil, s.errSetting("file-tls-cert", "give file-tls-cert and file-tls-key together")
+		}
+		if v := s.str("file-url"); v != "" {
+			u, err := url.Parse(v)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				return nil, s.errSetting("file-url", "%q is not an http or https URL with a host", v)
+			}
+			c.fileURL = strings.TrimRight(v, "/")
+		}
+		n, err := strconv.ParseInt(s.str("file-max-size"), 10, 64)
+		if err != nil || n < 1 {
+			return nil, s.errSetting("file-max-size", "%q is not a positive number of bytes", s.str("file-max-size"))
+		}
+		c.fileMaxSize = n
+		if c.fileURLTTL, err = s.duration("file-url-ttl", time.Minute); err != nil {
 			return nil, err
 		}
 		for i, name := range []string{"reboot-timeout", "transfer-timeout", "operation-timeout"} {

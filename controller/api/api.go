@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/duet-dm/duet/controller"
+	"github.com/duet-dm/duet/controller/files"
 	"github.com/duet-dm/duet/controller/policy"
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/devicemodel"
@@ -80,7 +81,10 @@ type Options struct {
 	// SecretParams are parameter-name endings whose values are secrets,
 	// besides DefaultSecretParams: the API shows them as "***".
 	SecretParams []string
-	Logger       *slog.Logger
+	// Files is the file repository (issue 14); without it the file routes
+	// are not offered.
+	Files  *files.Repository
+	Logger *slog.Logger
 }
 
 // New builds the REST API handler. Every route needs a bearer token.
@@ -125,6 +129,7 @@ func New(o Options) *Server {
 		a.route("GET /api/v1/task-batches/{id}", a.getTaskBatch)
 		a.route("DELETE /api/v1/task-batches/{id}", a.cancelTaskBatch)
 	}
+	a.registerFileRoutes()
 	// Groups, policies (validate, preview) and the audit log (issue 6).
 	RegisterGroupRoutes(a.mux, GroupRoutesOptions{Store: a.store, Bus: o.Bus, Env: o.PolicyEnv, Logger: a.log}, a.route)
 	a.route("GET /api/v1/openapi.json", func(w http.ResponseWriter, r *http.Request) (int, error) {

@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/duet-dm/duet/controller"
+	"github.com/duet-dm/duet/controller/files"
 	"github.com/duet-dm/duet/pkg/store"
 	"github.com/duet-dm/duet/pkg/store/storetest"
 )
@@ -24,7 +25,7 @@ import (
 func TestOpenAPIMatchesRoutes(t *testing.T) {
 	st, _ := storetest.Open(t)
 	// Tasks enabled, so their routes are registered too.
-	a := New(Options{Store: st, Tasks: &controller.TaskQueue{}})
+	a := New(Options{Store: st, Tasks: &controller.TaskQueue{}, Files: &files.Repository{}})
 	var doc struct {
 		OpenAPI string                                `json:"openapi"`
 		Paths   map[string]map[string]json.RawMessage `json:"paths"`

@@ -41,7 +41,7 @@ func TestPoliciesAPIValidatePreviewAndAudit(t *testing.T) {
 			r.Spec = json.RawMessage(`{"parameters":[{"path":"Device.X","expr":"serial_number + 1"}]}`)
 		}, 400, "spec.parameters[0].expr: value expression 1:15: found no matching overload"},
 		"bad path":      {func(r *PolicyRequest) { r.Spec = json.RawMessage(`{"parameters":[{"path":"Device.1X","value":"1"}]}`) }, 400, "at position 8"},
-		"unknown kind":  {func(r *PolicyRequest) { r.Kind = "firmware" }, 400, "not supported"},
+		"unknown kind":  {func(r *PolicyRequest) { r.Kind = "bootloader" }, 400, "not supported"},
 		"unknown group": {func(r *PolicyRequest) { r.GroupID = "grp_nope" }, 400, "no such group"},
 		"enabled":       {func(r *PolicyRequest) { r.Enabled = true }, 400, "POST /api/v1/policies/{id}/enable"},
 	} {

@@ -13,8 +13,8 @@ import (
 	"github.com/duet-dm/duet/pkg/store"
 )
 
-// Policy kinds (issue 6 §2). Firmware targets will be a fourth kind; a
-// kind only has to validate its spec and say what it Wants of a device.
+// Policy kinds (issue 6 §2, issue 14 §4 for firmware); a kind only has to
+// validate its spec and say what it Wants of a device.
 const (
 	KindParameters = "parameters"
 	KindObjects    = "objects"
@@ -22,7 +22,7 @@ const (
 )
 
 // Kinds lists the policy kinds, for error messages.
-var Kinds = []string{KindParameters, KindObjects, KindManagement}
+var Kinds = []string{KindParameters, KindObjects, KindManagement, KindFirmware}
 
 // Env is what a policy may need to know about this Duet installation to
 // compute a device's Wants.
@@ -69,6 +69,7 @@ type CheckedSpec struct {
 	Parameters []ParameterValue
 	Objects    []ObjectSpec
 	Management *ManagementSpec
+	Firmware   *FirmwareSpec
 }
 
 // ValidateSpec checks a policy's kind and spec before it is stored or
@@ -88,6 +89,8 @@ func ValidateSpec(kind string, spec json.RawMessage) (*CheckedSpec, error) {
 		return validateObjects(spec)
 	case KindManagement:
 		return validateManagement(spec)
+	case KindFirmware:
+		return validateFirmware(spec)
 	}
 	return nil, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "policy kind %q is not supported; known kinds: %s", kind, strings.Join(Kinds, ", "))
 }
@@ -203,7 +206,7 @@ func (s *CheckedSpec) Need() ParamNeed {
 			need = need.Union(pv.compiled.Params())
 		}
 	}
-	return need.Union(s.objectsNeed()).Union(s.managementNeed())
+	return need.Union(s.objectsNeed()).Union(s.managementNeed()).Union(s.firmwareNeed())
 }
 
 // Wants computes what the spec asks of one device. A failing expression
@@ -215,6 +218,8 @@ func (s *CheckedSpec) Wants(d DeviceFacts, env Env) ([]Want, error) {
 		return s.objectWants(d, env)
 	case KindManagement:
 		return s.managementWants(d, env)
+	case KindFirmware:
+		return s.firmwareWants(d), nil
 	}
 	wants := make([]Want, 0, len(s.Parameters))
 	for _, pv := range s.Parameters {

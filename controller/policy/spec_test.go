@@ -19,7 +19,9 @@ func TestValidateSpecRejects(t *testing.T) {
 		code       devicemodel.Code
 		says       string
 	}{
-		{"firmware", `{}`, devicemodel.CodeInvalidArgument, `kind "firmware" is not supported`},
+		{"firmware", `{}`, devicemodel.CodeInvalidArgument, `spec.file_id`},
+		{"firmware", `{"file_id":"f"}`, devicemodel.CodeInvalidArgument, `spec.version`},
+		{"firmwares", `{}`, devicemodel.CodeInvalidArgument, `kind "firmwares" is not supported`},
 		{"parameters", `{`, devicemodel.CodeInvalidArgument, "spec:"},
 		{"parameters", `{"parameters":[]}`, devicemodel.CodeInvalidArgument, "empty"},
 		{"parameters", `{"parameters":[{"path":"Device.X","vlaue":"1"}]}`, devicemodel.CodeInvalidArgument, `unknown field "vlaue"`},

@@ -28,6 +28,8 @@ type Want struct {
 	Param  *ParamWant  `json:"param,omitempty"`
 	Object *ObjectWant `json:"object,omitempty"`
 	Attr   *AttrWant   `json:"attribute,omitempty"`
+	// Firmware: the software version the device must run (firmware.go).
+	Firmware *FirmwareWant `json:"firmware,omitempty"`
 }
 
 // ParamWant is one parameter's desired value.
@@ -84,6 +86,8 @@ func (w Want) Key() string {
 		return "object " + w.Object.Table + "[" + w.Object.KeyParam + "==" + w.Object.KeyValue + "]"
 	case w.Attr != nil:
 		return "attribute " + w.Attr.Path
+	case w.Firmware != nil:
+		return "firmware"
 	}
 	return ""
 }
@@ -112,6 +116,8 @@ func (w Want) Value() string {
 		return b.String()
 	case w.Attr != nil:
 		return strconv.Itoa(w.Attr.Notification)
+	case w.Firmware != nil:
+		return w.Firmware.Version
 	}
 	return ""
 }
@@ -140,12 +146,14 @@ type Plan struct {
 	// Missing lists instances that must exist but may not be created and
 	// are not on the device: the device cannot comply.
 	Missing []string `json:"missing,omitempty"`
+	// Firmware: the device runs another version than the policy's.
+	Firmware *FirmwareWant `json:"firmware,omitempty"`
 }
 
 // Empty reports whether nothing needs doing.
 func (p Plan) Empty() bool {
 	return len(p.Set) == 0 && len(p.Add) == 0 && len(p.Delete) == 0 && len(p.Attributes) == 0 &&
-		len(p.Refresh) == 0 && len(p.Missing) == 0 && len(p.Undecided) == 0
+		len(p.Refresh) == 0 && len(p.Missing) == 0 && len(p.Undecided) == 0 && p.Firmware == nil
 }
 
 // Listings is what Duet knows of the completeness of one device's tables
@@ -191,6 +199,11 @@ func Diff(wants []Want, known map[string]string, listings Listings, freshSince t
 	var p Plan
 	for _, w := range wants {
 		switch {
+		case w.Firmware != nil:
+			if w.Firmware.Current != w.Firmware.Version {
+				fw := *w.Firmware
+				p.Firmware = &fw
+			}
 		case w.Param != nil:
 			cur, ok := known[w.Param.Path]
 			if ok && cur == w.Param.Value {

@@ -37,6 +37,7 @@ const (
 	CodeObjectNotCreatable Code = 18 // Add on something that is not a creatable table
 	CodeUnauthenticated    Code = 19 // missing or wrong credentials
 	CodeOutcomeUnknown     Code = 20 // sent, but whether it took effect is unknown
+	CodeVersionUnchanged   Code = 21 // a firmware upgrade ended with the device on another version than the file's
 )
 
 var codeNames = map[Code]string{
@@ -61,6 +62,7 @@ var codeNames = map[Code]string{
 	CodeObjectNotCreatable: "object_not_creatable",
 	CodeUnauthenticated:    "unauthenticated",
 	CodeOutcomeUnknown:     "outcome_unknown",
+	CodeVersionUnchanged:   "version_unchanged",
 }
 
 // String returns the stable snake_case name used in JSON and logs.

@@ -368,6 +368,9 @@ type RolloutCounts struct {
 	// those of them still applying or pending.
 	CurrentBatch     int `json:"current_batch"`
 	CurrentBatchOpen int `json:"current_batch_open"`
+	// ByVersion (firmware policies): member devices by the software
+	// version they run (CountVersions).
+	ByVersion map[string]int `json:"by_version,omitempty"`
 }
 
 // PolicyStatusCounts counts every status of every policy: policy ID ->

@@ -8,9 +8,11 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"strconv"
 	"sync"
 	"time"
@@ -73,6 +75,14 @@ type Config struct {
 
 	// Now is the clock for UpTime; default time.Now.
 	Now func() time.Time
+
+	// FirmwareFailure rigs FirmwareImage.{i}.Download(): "" works,
+	// FirmwareBadChecksum, FirmwareNotFound or FirmwareBootOld fail as
+	// named (files.go).
+	FirmwareFailure string
+	// HTTPClient fetches and uploads files (Download(), Backup(),
+	// Restore()); default one with a 5-minute timeout.
+	HTTPClient *http.Client
 }
 
 func (c *Config) defaults() error {
@@ -111,6 +121,14 @@ func (c *Config) defaults() error {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	switch c.FirmwareFailure {
+	case "", FirmwareBadChecksum, FirmwareNotFound, FirmwareBootOld:
+	default:
+		return fmt.Errorf("agent: Config.FirmwareFailure %q is not one of %q, %q, %q", c.FirmwareFailure, FirmwareBadChecksum, FirmwareNotFound, FirmwareBootOld)
+	}
+	if c.HTTPClient == nil {
+		c.HTTPClient = &http.Client{Timeout: 5 * time.Minute}
+	}
 	return nil
 }
 
@@ -146,6 +164,11 @@ type Agent struct {
 	// bootCommandKey and bootCause survive the reboot, as obuspa persists
 	// them, and go into the next Boot! (TR-181 Device.LocalAgent events).
 	bootCommandKey, bootCause string
+	// bootFirmwareUpdated goes into the next Boot! (an activation).
+	bootFirmwareUpdated bool
+	// ctx ends file transfers running off the lock when the agent closes.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	out     chan Outgoing
 	dropped uint64
@@ -170,6 +193,7 @@ func New(cfg Config) (*Agent, error) {
 		timers:  map[*time.Timer]struct{}{},
 		out:     make(chan Outgoing, cfg.OutgoingQueue),
 	}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
 	a.m = a.factoryModel()
 	a.factory = a.m.clone()
 	a.bootTime = cfg.Now()
@@ -236,6 +260,13 @@ func (a *Agent) factoryModel() *model {
 		m.values[s+"SSID"] = name
 		m.values[s+"Status"] = "Up"
 	}
+	a.addFileModel(m)
+	// The operator's factory configuration reports the software version
+	// in every Boot! (TR-181 Controller.{i}.BootParameter.{i}.).
+	bp := m.addInstance(ctrl + "BootParameter.")
+	m.values[bp+"Alias"] = "cpe-1"
+	m.values[bp+"Enable"] = "true"
+	m.values[bp+"ParameterName"] = "Device.DeviceInfo.SoftwareVersion"
 	m.next["Device.NAT.PortMapping."] = 1
 	m.next["Device.LocalAgent.Subscription."] = 1
 	if !c.NoFactorySubscription {
@@ -312,6 +343,7 @@ func (a *Agent) Close() error {
 		return nil
 	}
 	a.closed = true
+	a.cancel()
 	for t := range a.timers {
 		t.Stop()
 	}

@@ -161,7 +161,10 @@ func TestGet(t *testing.T) {
 		t.Fatalf("%d results", len(res))
 	}
 	di := res[0].GetResolvedPathResults()
-	if len(di) != 1 || di[0].GetResolvedPath() != "Device.DeviceInfo." || di[0].GetResultParams()["ManufacturerOUI"] != "00256D" ||
+	// DeviceInfo itself, then its two firmware images and its
+	// configuration file (TR-181 FirmwareImage.{i}., VendorConfigFile.{i}.).
+	if len(di) != 4 || di[1].GetResolvedPath() != "Device.DeviceInfo.FirmwareImage.1." || di[1].GetResultParams()["Status"] != "Active" ||
+		di[0].GetResolvedPath() != "Device.DeviceInfo." || di[0].GetResultParams()["ManufacturerOUI"] != "00256D" ||
 		di[0].GetResultParams()["UpTime"] == "" {
 		t.Fatalf("DeviceInfo: %v", di)
 	}

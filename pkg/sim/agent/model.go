@@ -81,7 +81,7 @@ func rw(name string, t valueType, def string) paramDef {
 func ro(name string, t valueType) paramDef { return paramDef{name: name, typ: t} }
 
 // schema is the supported data model: a small TR-181 subset (TR-181).
-var schema = buildSchema([]objDef{
+var schema = buildSchema(append(fileSchema, []objDef{
 	{path: "Device.", commands: []cmdDef{
 		{name: "Reboot()", inputs: []string{"Cause", "Reason"}},
 		{name: "FactoryReset()", inputs: []string{"Cause", "Reason"}},
@@ -90,6 +90,7 @@ var schema = buildSchema([]objDef{
 		ro("Manufacturer", typeString), ro("ManufacturerOUI", typeString), ro("ModelName", typeString),
 		ro("ProductClass", typeString), ro("SerialNumber", typeString), ro("SoftwareVersion", typeString),
 		ro("HardwareVersion", typeString), ro("UpTime", typeUint), rw("ProvisioningCode", typeString, ""),
+		ro("ActiveFirmwareImage", typeString), ro("BootFirmwareImage", typeString),
 	}},
 	{path: "Device.LocalAgent.", params: []paramDef{
 		ro("EndpointID", typeString), ro("SoftwareVersion", typeString), ro("SupportedProtocols", typeString),
@@ -150,7 +151,7 @@ var schema = buildSchema([]objDef{
 		inputs: []string{"Interface", "ProtocolVersion", "Host", "NumberOfRepetitions", "Timeout", "DataBlockSize", "DSCP"},
 		output: []string{"Status", "IPAddressUsed", "SuccessCount", "FailureCount", "AverageResponseTime", "MinimumResponseTime", "MaximumResponseTime"},
 	}}},
-})
+}...))
 
 type schemaIndex struct {
 	byPath map[string]*objDef

@@ -304,6 +304,17 @@ func (a *Agent) operate(id string, op *uspmsg.Operate, from string) *uspmsg.Msg 
 		sync := func(out map[string]string) {
 			r.OperationResp = &uspmsg.OperateResp_OperationResult_ReqOutputArgs{ReqOutputArgs: &uspmsg.OperateResp_OperationResult_OutputArgs{OutputArgs: out}}
 		}
+		if req, fail, ok := a.fileCommand(from, o, name, op.GetInputArgs(), op.GetCommandKey()); ok {
+			if fail != "" {
+				failures = true
+				r.OperationResp = &uspmsg.OperateResp_OperationResult_CmdFailure{CmdFailure: &uspmsg.OperateResp_OperationResult_CommandFailure{
+					ErrCode: usp.ErrCodeCommandFailure, ErrMsg: fail}}
+			} else {
+				r.OperationResp = &uspmsg.OperateResp_OperationResult_ReqObjPath{ReqObjPath: req}
+			}
+			resp.OperationResults = append(resp.OperationResults, r)
+			continue
+		}
 		switch o + name {
 		case "Device.Reboot()":
 			sync(nil)

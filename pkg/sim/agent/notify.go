@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/duet-dm/duet/pkg/devicemodel"
@@ -181,7 +182,15 @@ func (a *Agent) reboot(cause, commandKey string, factory bool) {
 		delete(a.pending, id)
 	}
 	if factory {
-		a.m = a.factory.clone()
+		// A factory reset keeps the firmware the device runs.
+		m := a.factory.clone()
+		for k, v := range a.m.values {
+			if strings.HasPrefix(k, "Device.DeviceInfo.FirmwareImage.") || k == "Device.DeviceInfo.ActiveFirmwareImage" ||
+				k == "Device.DeviceInfo.BootFirmwareImage" || k == "Device.DeviceInfo.SoftwareVersion" {
+				m.values[k] = v
+			}
+		}
+		a.m = m
 	} else {
 		m := a.m.clone()
 		for _, row := range m.instances("Device.LocalAgent.Subscription.") {
@@ -221,7 +230,7 @@ func (a *Agent) sendBoot() {
 	args := map[string]string{
 		"CommandKey":      a.bootCommandKey,
 		"Cause":           a.bootCause,
-		"FirmwareUpdated": "false",
+		"FirmwareUpdated": strconv.FormatBool(a.bootFirmwareUpdated),
 		"ParameterMap":    string(pm),
 	}
 	for _, s := range a.matching("Event", "Device.Boot!") {
@@ -229,7 +238,7 @@ func (a *Agent) sendBoot() {
 			ObjPath: "Device.", EventName: "Boot!", Params: args,
 		}}})
 	}
-	a.bootCommandKey, a.bootCause = "", "LocalReboot"
+	a.bootCommandKey, a.bootCause, a.bootFirmwareUpdated = "", "LocalReboot", false
 }
 
 // Reboot reboots the agent locally (Cause LocalReboot, no CommandKey).

@@ -77,6 +77,11 @@ type Options struct {
 	// download sets DeviceInfo.SoftwareVersion to the file's first line
 	// (or TargetFileName) and reports 1 BOOT as a real upgrade would.
 	FirmwareUpdatesVersion bool
+	// FirmwareFailure rigs "1 Firmware Upgrade Image" downloads: "" works;
+	// "checksum" fails with 9018 (file corrupted), "not_found" with 9016
+	// (the server's 404), "boot_old" completes but the device comes back
+	// on its old version (the new image did not boot).
+	FirmwareFailure string
 
 	// RebootDowntime is how long the CPE is away after a Reboot or
 	// FactoryReset (which happen once the session ended, TR-069 A.3.2.3):
@@ -856,4 +861,12 @@ func compress(b []byte, encoding string) ([]byte, error) {
 		return nil, err
 	}
 	return out.Bytes(), nil
+}
+
+// SetFirmwareFailure changes how the next firmware downloads fail
+// (Options.FirmwareFailure; "" makes them work).
+func (c *CPE) SetFirmwareFailure(mode string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.opts.FirmwareFailure = mode
 }

@@ -322,6 +322,7 @@ func (c *CPE) runDueTransfers() {
 			return
 		}
 		t.state = 2
+		fwFail := c.opts.FirmwareFailure
 		var upload []byte
 		if t.kind == kindUpload {
 			upload = c.dump()
@@ -337,8 +338,18 @@ func (c *CPE) runDueTransfers() {
 			code, msg = c.opts.TransferFault, c.opts.TransferFaultString
 		case t.kind == kindUpload:
 			code, msg = c.doUpload(t.ul, upload)
+		case t.dl.FileType == cwmp.FileTypeFirmware && fwFail == "not_found":
+			dl := t.dl
+			dl.URL += ".missing" // the rigged image is not where it was said to be
+			body, code, msg = c.doDownload(dl)
+			if code == 0 {
+				code, msg = cwmp.FaultFileAccess, "404 Not Found"
+			}
 		default:
 			body, code, msg = c.doDownload(t.dl)
+			if code == 0 && t.dl.FileType == cwmp.FileTypeFirmware && fwFail == "checksum" {
+				code, msg = cwmp.FaultFileCorrupted, "image signature check failed"
+			}
 		}
 		if c.ctx.Err() != nil {
 			return // shutting down: the transfer is lost, as on a power cut
@@ -350,7 +361,13 @@ func (c *CPE) runDueTransfers() {
 				break
 			}
 		}
-		if code == 0 && t.kind != kindUpload && t.dl.FileType == cwmp.FileTypeFirmware && c.opts.FirmwareUpdatesVersion {
+		if code == 0 && t.kind != kindUpload && t.dl.FileType == "3 Vendor Configuration File" {
+			c.applyConfig(body)
+		}
+		if code == 0 && t.kind != kindUpload && t.dl.FileType == cwmp.FileTypeFirmware && fwFail == "boot_old" {
+			c.m.set(c.m.root+"DeviceInfo.UpTime", "0")
+			c.addEvent(cwmp.EventBoot, "") // it rebooted, into the old image
+		} else if code == 0 && t.kind != kindUpload && t.dl.FileType == cwmp.FileTypeFirmware && c.opts.FirmwareUpdatesVersion {
 			v := firstLine(body)
 			if v == "" {
 				v = t.dl.TargetFileName
@@ -454,4 +471,18 @@ func (c *CPE) doUpload(u cwmp.Upload, data []byte) (uint32, string) {
 		return cwmp.FaultTransferAuthFailure, resp.Status
 	}
 	return cwmp.FaultUploadFailure, resp.Status
+}
+
+// applyConfig sets the writable parameters a configuration file (a dump,
+// "path=value" lines) names. Caller holds c.mu.
+func (c *CPE) applyConfig(body []byte) {
+	for _, line := range strings.Split(string(body), "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), "=")
+		if !ok {
+			continue
+		}
+		if p, exists := c.m.params[k]; exists && p.writable {
+			c.m.set(k, v)
+		}
+	}
 }

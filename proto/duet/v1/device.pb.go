@@ -231,6 +231,9 @@ const (
 	ErrorCode_ERROR_CODE_OBJECT_NOT_CREATABLE ErrorCode = 18
 	ErrorCode_ERROR_CODE_UNAUTHENTICATED      ErrorCode = 19
 	ErrorCode_ERROR_CODE_OUTCOME_UNKNOWN      ErrorCode = 20
+	// A firmware upgrade completed, but the device runs another version
+	// than the file's (it booted back into its old image).
+	ErrorCode_ERROR_CODE_VERSION_UNCHANGED ErrorCode = 21
 )
 
 // Enum value maps for ErrorCode.
@@ -257,6 +260,7 @@ var (
 		18: "ERROR_CODE_OBJECT_NOT_CREATABLE",
 		19: "ERROR_CODE_UNAUTHENTICATED",
 		20: "ERROR_CODE_OUTCOME_UNKNOWN",
+		21: "ERROR_CODE_VERSION_UNCHANGED",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":          0,
@@ -280,6 +284,7 @@ var (
 		"ERROR_CODE_OBJECT_NOT_CREATABLE": 18,
 		"ERROR_CODE_UNAUTHENTICATED":      19,
 		"ERROR_CODE_OUTCOME_UNKNOWN":      20,
+		"ERROR_CODE_VERSION_UNCHANGED":    21,
 	}
 )
 
@@ -785,7 +790,7 @@ const file_duet_v1_device_proto_rawDesc = "" +
 	"\x13WRITABILITY_UNKNOWN\x10\x00\x12\x19\n" +
 	"\x15WRITABILITY_READ_ONLY\x10\x01\x12\x1a\n" +
 	"\x16WRITABILITY_READ_WRITE\x10\x02\x12\x1a\n" +
-	"\x16WRITABILITY_WRITE_ONLY\x10\x03*\xf5\x04\n" +
+	"\x16WRITABILITY_WRITE_ONLY\x10\x03*\x97\x05\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13ERROR_CODE_INTERNAL\x10\x01\x12\x1f\n" +
@@ -808,7 +813,8 @@ const file_duet_v1_device_proto_rawDesc = "" +
 	"\x1eERROR_CODE_NOTIFICATION_DENIED\x10\x11\x12#\n" +
 	"\x1fERROR_CODE_OBJECT_NOT_CREATABLE\x10\x12\x12\x1e\n" +
 	"\x1aERROR_CODE_UNAUTHENTICATED\x10\x13\x12\x1e\n" +
-	"\x1aERROR_CODE_OUTCOME_UNKNOWN\x10\x14B.Z,github.com/duet-dm/duet/proto/duet/v1;duetv1b\x06proto3"
+	"\x1aERROR_CODE_OUTCOME_UNKNOWN\x10\x14\x12 \n" +
+	"\x1cERROR_CODE_VERSION_UNCHANGED\x10\x15B.Z,github.com/duet-dm/duet/proto/duet/v1;duetv1b\x06proto3"
 
 var (
 	file_duet_v1_device_proto_rawDescOnce sync.Once

@@ -149,7 +149,10 @@ type RolloutProgress struct {
 	InFlight int32 `protobuf:"varint,9,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
 	// Every member device by status (compliant, pending, applying, failed,
 	// conflicting).
-	ByStatus      map[string]int32 `protobuf:"bytes,10,rep,name=by_status,json=byStatus,proto3" json:"by_status,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	ByStatus map[string]int32 `protobuf:"bytes,10,rep,name=by_status,json=byStatus,proto3" json:"by_status,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// Firmware policies (campaigns): every member device by the software
+	// version it runs.
+	ByVersion     map[string]int32 `protobuf:"bytes,11,rep,name=by_version,json=byVersion,proto3" json:"by_version,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -254,6 +257,13 @@ func (x *RolloutProgress) GetByStatus() map[string]int32 {
 	return nil
 }
 
+func (x *RolloutProgress) GetByVersion() map[string]int32 {
+	if x != nil {
+		return x.ByVersion
+	}
+	return nil
+}
+
 var File_duet_v1_policy_proto protoreflect.FileDescriptor
 
 const file_duet_v1_policy_proto_rawDesc = "" +
@@ -266,7 +276,7 @@ const file_duet_v1_policy_proto_rawDesc = "" +
 	"\brevision\x18\x04 \x01(\x05R\brevision\x124\n" +
 	"\arollout\x18\n" +
 	" \x01(\v2\x18.duet.v1.RolloutProgressH\x00R\arolloutB\x06\n" +
-	"\x04kind\"\xf6\x02\n" +
+	"\x04kind\"\xfc\x03\n" +
 	"\x0fRolloutProgress\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x12\x16\n" +
 	"\x06change\x18\x02 \x01(\tR\x06change\x12\x16\n" +
@@ -278,8 +288,13 @@ const file_duet_v1_policy_proto_rawDesc = "" +
 	"\awaiting\x18\b \x01(\x05R\awaiting\x12\x1b\n" +
 	"\tin_flight\x18\t \x01(\x05R\binFlight\x12C\n" +
 	"\tby_status\x18\n" +
-	" \x03(\v2&.duet.v1.RolloutProgress.ByStatusEntryR\bbyStatus\x1a;\n" +
+	" \x03(\v2&.duet.v1.RolloutProgress.ByStatusEntryR\bbyStatus\x12F\n" +
+	"\n" +
+	"by_version\x18\v \x03(\v2'.duet.v1.RolloutProgress.ByVersionEntryR\tbyVersion\x1a;\n" +
 	"\rByStatusEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\x1a<\n" +
+	"\x0eByVersionEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01B.Z,github.com/duet-dm/duet/proto/duet/v1;duetv1b\x06proto3"
 
@@ -295,22 +310,24 @@ func file_duet_v1_policy_proto_rawDescGZIP() []byte {
 	return file_duet_v1_policy_proto_rawDescData
 }
 
-var file_duet_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_duet_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_duet_v1_policy_proto_goTypes = []any{
 	(*PolicyEvent)(nil),           // 0: duet.v1.PolicyEvent
 	(*RolloutProgress)(nil),       // 1: duet.v1.RolloutProgress
 	nil,                           // 2: duet.v1.RolloutProgress.ByStatusEntry
-	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
+	nil,                           // 3: duet.v1.RolloutProgress.ByVersionEntry
+	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
 }
 var file_duet_v1_policy_proto_depIdxs = []int32{
-	3, // 0: duet.v1.PolicyEvent.time:type_name -> google.protobuf.Timestamp
+	4, // 0: duet.v1.PolicyEvent.time:type_name -> google.protobuf.Timestamp
 	1, // 1: duet.v1.PolicyEvent.rollout:type_name -> duet.v1.RolloutProgress
 	2, // 2: duet.v1.RolloutProgress.by_status:type_name -> duet.v1.RolloutProgress.ByStatusEntry
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	3, // 3: duet.v1.RolloutProgress.by_version:type_name -> duet.v1.RolloutProgress.ByVersionEntry
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_duet_v1_policy_proto_init() }
@@ -327,7 +344,7 @@ func file_duet_v1_policy_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_duet_v1_policy_proto_rawDesc), len(file_duet_v1_policy_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
