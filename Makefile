@@ -33,11 +33,13 @@ run: build ## run Duet with embedded NATS and brokers (PostgreSQL is found or se
 services: ## make sure PostgreSQL, NATS, Mosquitto and RabbitMQ (+STOMP) are running, and Chromium installed
 	scripts/services.sh postgres nats mosquitto rabbitmq chromium
 
+# -json through scripts/testprogress: a line per finished test, so a long
+# package (e2e takes minutes) shows it is alive; a failure prints its output.
 test: services ## every test, with the race detector, against the real services
-	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+	set -o pipefail; $(GO) test -race -timeout $(TEST_TIMEOUT) -json ./... | $(GO) run ./scripts/testprogress
 
 test-short: services
-	$(GO) test -timeout $(TEST_TIMEOUT) ./...
+	set -o pipefail; $(GO) test -timeout $(TEST_TIMEOUT) -json ./... | $(GO) run ./scripts/testprogress
 
 lint: $(TOOLS)/staticcheck ## go vet and staticcheck
 	$(GO) vet ./...

@@ -275,6 +275,11 @@ func runScaleOut(t *testing.T, load scaleOutLoad) {
 		env["DUET_MQTT_TOPIC"] = topic
 		env["DUET_MQTT_SHARED_GROUP"] = "duet-" + run
 		env["DUET_WS_MAX_CONNS_PER_IP"] = "0" // all agents come from the balancer
+		// Each CPE informs every 2 s, faster than the per-device inform
+		// rate limit allows (docs/guide-cwmp.md); this test is about
+		// processes dying, not about rate limits.
+		env["DUET_CWMP_INFORM_RATE_DEVICE"] = "0"
+		env["DUET_CWMP_INFORM_RATE_SOURCE"] = "0"
 		for k, v := range more {
 			env[k] = v
 		}
@@ -483,7 +488,7 @@ func runScaleOut(t *testing.T, load scaleOutLoad) {
 	bustest.CheckFor(t, 120*time.Second, 250*time.Millisecond, func() error {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
-		c, err := js.Consumer(cctx, bus.EventStream, "duet-controller")
+		c, err := controllerConsumer(cctx, js) // duet-controller-<installation id>
 		if err != nil {
 			return err
 		}

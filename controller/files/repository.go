@@ -81,15 +81,24 @@ func NewRepository(ctx context.Context, o RepositoryOptions) (*Repository, error
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	obs, err := o.Bus.JetStream().CreateOrUpdateObjectStore(cctx, jetstream.ObjectStoreConfig{
-		Bucket: Bucket, Description: "Duet's file repository (firmware, configuration files, device uploads)",
-		Storage: jetstream.FileStorage, Replicas: o.Replicas,
+	// A NATS cluster still electing its leaders times out for a while
+	// (docs/scaling.md): try again as stream creation does.
+	var obs jetstream.ObjectStore
+	err := o.Bus.RetryNotReady(ctx, "OBJ_"+Bucket, func() error {
+		actx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		var err error
+		obs, err = o.Bus.JetStream().CreateOrUpdateObjectStore(actx, jetstream.ObjectStoreConfig{
+			Bucket: Bucket, Description: "Duet's file repository (firmware, configuration files, device uploads)",
+			Storage: jetstream.FileStorage, Replicas: o.Replicas,
+		})
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("files: object store bucket %s: %w", Bucket, err)
 	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
 	chunks, err := o.Bus.JetStream().Stream(cctx, "OBJ_"+Bucket)
 	if err != nil {
 		return nil, fmt.Errorf("files: object store stream: %w", err)

@@ -278,6 +278,13 @@ func (b *Bus) ensureStream(ctx context.Context, cfg jetstream.StreamConfig) erro
 	})
 }
 
+// RetryNotReady gives other JetStream set-up (an object store bucket, say)
+// the patience stream creation has: op runs again while JetStream times
+// out or is not available yet, for up to 90 s.
+func (b *Bus) RetryNotReady(ctx context.Context, what string, op func() error) error {
+	return b.retryNotReady(ctx, what, op)
+}
+
 // retryNotReady runs op until it succeeds, fails otherwise than with
 // JetStream not being ready yet, or streamStartBudget passes.
 func (b *Bus) retryNotReady(ctx context.Context, stream string, op func() error) error {

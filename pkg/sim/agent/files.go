@@ -120,6 +120,13 @@ func (a *Agent) inBackground(work func(ctx context.Context) fetched, apply func(
 	ctx := a.ctx
 	go func() {
 		f := work(ctx)
+		// after touches the agent's timers: it runs under a.mu, like
+		// every other caller.
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.closed {
+			return
+		}
 		a.after(0, func() {
 			if a.boots == boot {
 				apply(f)
