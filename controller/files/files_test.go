@@ -251,9 +251,6 @@ func (z *zeros) Read(p []byte) (int, error) {
 // TestPutStreamsWithBoundedMemory stores 200 MB and checks the heap never
 // held more than a bound far below the file (issue 14, done-when).
 func TestPutStreamsWithBoundedMemory(t *testing.T) {
-	if testing.Short() {
-		t.Skip("200 MB through the object store")
-	}
 	r := newRig(t, 0)
 	const size = 200 << 20
 	runtime.GC()
