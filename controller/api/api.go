@@ -162,7 +162,7 @@ func (a *Server) route(pattern string, h func(http.ResponseWriter, *http.Request
 			writeError(w, code, devicemodel.Errorf(devicemodel.CodeUnavailable, "the query ran longer than the API allows (DUET_API_QUERY_TIMEOUT); narrow the filter"))
 		}
 		if err != nil {
-			code = statusOf(err)
+			code = StatusOf(err)
 			if code >= 500 {
 				a.log.Error("api request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 				// Don't leak internals to clients.
@@ -458,7 +458,9 @@ func badParam(name, why string) error {
 	return devicemodel.Errorf(devicemodel.CodeInvalidArgument, "query parameter %q: %s", name, why)
 }
 
-func statusOf(err error) int {
+// StatusOf is the HTTP status of an error of the services: one mapping of
+// devicemodel codes for every HTTP surface (the REST API and the console).
+func StatusOf(err error) int {
 	var tl *bodyTooLargeError
 	if errors.As(err, &tl) {
 		return http.StatusRequestEntityTooLarge

@@ -82,7 +82,7 @@ func authenticate(tokens controller.TokenFinder, next http.Handler) http.Handler
 		}
 		t, err := controller.Authenticate(r.Context(), tokens, secret)
 		if err != nil {
-			code := statusOf(err)
+			code := StatusOf(err)
 			switch code {
 			case http.StatusUnauthorized:
 				metricAuthFailures.WithLabelValues("invalid").Inc()

@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/duet-dm/duet/controller"
+	"github.com/duet-dm/duet/controller/api"
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/ratelog"
 	"github.com/duet-dm/duet/pkg/store"
@@ -223,32 +224,10 @@ func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter 
 
 // statusOf maps a domain error to an HTTP status (CONTRIBUTING.md, habit 2).
 func statusOf(err error) int {
-	var e *devicemodel.Error
-	if !errors.As(err, &e) {
-		if errors.Is(err, context.Canceled) {
-			return 499
-		}
-		return http.StatusInternalServerError
+	if errors.Is(err, context.Canceled) {
+		return 499 // the browser went away
 	}
-	switch e.Code {
-	case devicemodel.CodeInvalidArgument, devicemodel.CodeInvalidPath, devicemodel.CodeInvalidValue, devicemodel.CodeInvalidType:
-		return http.StatusBadRequest
-	case devicemodel.CodeNotFound:
-		return http.StatusNotFound
-	case devicemodel.CodeUnauthenticated:
-		return http.StatusUnauthorized
-	case devicemodel.CodeDenied:
-		return http.StatusForbidden
-	case devicemodel.CodeConflict:
-		return http.StatusConflict
-	case devicemodel.CodeUnavailable:
-		return http.StatusServiceUnavailable
-	case devicemodel.CodeTimeout:
-		return http.StatusGatewayTimeout
-	case devicemodel.CodeResourcesExceeded:
-		return http.StatusTooManyRequests
-	}
-	return http.StatusInternalServerError
+	return api.StatusOf(err)
 }
 
 // fail answers a failed request with a page (or, for an htmx request, a
