@@ -154,6 +154,24 @@ func (m *Main) migrate(ctx context.Context, args []string) error {
 	return nil
 }
 
+// openMigrated opens a small pool for a command-line tool (token, user) and
+// brings the schema up to date; the caller closes it.
+func (m *Main) openMigrated(ctx context.Context, s *settings) (*store.Store, error) {
+	log, err := m.logger(s)
+	if err != nil {
+		return nil, err
+	}
+	st, err := store.Open(ctx, store.Options{URL: s.str("database-url"), MaxConns: 2, Logger: log})
+	if err != nil {
+		return nil, s.errSetting("database-url", "%v", err)
+	}
+	if _, err := st.Migrate(ctx); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
 func (m *Main) logger(s *settings) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(s.str("log-level"))); err != nil {

@@ -64,18 +64,11 @@ func (m *Main) token(ctx context.Context, args []string) error {
 			return fmt.Errorf("token create: --role %q is not one of admin, operator, viewer", role)
 		}
 	}
-	log, err := m.logger(s)
+	st, err := m.openMigrated(ctx, s)
 	if err != nil {
 		return err
-	}
-	st, err := store.Open(ctx, store.Options{URL: s.str("database-url"), MaxConns: 2, Logger: log})
-	if err != nil {
-		return s.errSetting("database-url", "%v", err)
 	}
 	defer st.Close()
-	if _, err := st.Migrate(ctx); err != nil {
-		return err
-	}
 	switch sub {
 	case "create":
 		t, secret, err := st.CreateToken(ctx, name, store.Role(role))

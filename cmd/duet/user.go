@@ -98,18 +98,11 @@ func (m *Main) user(ctx context.Context, args []string) error {
 			password, generated = store.NewPassword(), true
 		}
 	}
-	log, err := m.logger(s)
+	st, err := m.openMigrated(ctx, s)
 	if err != nil {
 		return err
-	}
-	st, err := store.Open(ctx, store.Options{URL: s.str("database-url"), MaxConns: 2, Logger: log})
-	if err != nil {
-		return s.errSetting("database-url", "%v", err)
 	}
 	defer st.Close()
-	if _, err := st.Migrate(ctx); err != nil {
-		return err
-	}
 	switch sub {
 	case "create":
 		u, err := st.CreateUser(ctx, cliActor, name, store.Role(role), password)
