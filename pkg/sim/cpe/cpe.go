@@ -362,7 +362,7 @@ func (c *CPE) SetParameterValue(path, value string) error {
 	if err := cwmp.ValidateValue(p.typ, value); err != nil {
 		return devicemodel.Errorf(devicemodel.CodeInvalidValue, "%v", err)
 	}
-	p.value = cwmp.NormalizeValue(p.typ, value, false)
+	c.m.set(path, cwmp.NormalizeValue(p.typ, value, false))
 	if p.notification == 0 {
 		return nil
 	}
@@ -397,7 +397,7 @@ func (c *CPE) CreateInstance(table string, params map[string]string) (string, er
 			_ = c.m.deleteObject(inst)
 			return "", devicemodel.Errorf(devicemodel.CodeInvalidPath, "no parameter %s%s", inst, name)
 		}
-		p.value = cwmp.NormalizeValue(p.typ, v, false)
+		c.m.set(inst+name, cwmp.NormalizeValue(p.typ, v, false))
 	}
 	return inst, nil
 }
@@ -821,7 +821,8 @@ func (c *CPE) serveConnReq(w http.ResponseWriter, r *http.Request) {
 func (c *CPE) dump() []byte {
 	var b bytes.Buffer
 	for _, p := range c.m.sortedParams(c.m.root) {
-		fmt.Fprintf(&b, "%s=%s\n", p, c.m.params[p].value)
+		v, _ := c.m.get(p)
+		fmt.Fprintf(&b, "%s=%s\n", p, v)
 	}
 	return b.Bytes()
 }

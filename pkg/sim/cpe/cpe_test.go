@@ -1001,3 +1001,48 @@ func TestCreateInstanceBehindTheACSsBack(t *testing.T) {
 		t.Fatalf("%d sessions after creating rows, was %d", got, sessions)
 	}
 }
+
+// TestSharedModelCopyOnWrite: the CPEs of one DataModel share it, and what
+// one of them changes (values, attributes, instances, a factory reset's
+// defaults) is its own.
+func TestSharedModelCopyOnWrite(t *testing.T) {
+	dm, err := LoadDataModel(tr181Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := newModel(dm)
+	b, _ := newModel(dm)
+	const alias, entries = "Device.NAT.PortMapping.1.Alias", "Device.NAT.PortMappingNumberOfEntries"
+	if f := a.setValues([]cwmp.ParameterValueStruct{{Name: alias, Value: cwmp.Value{Type: cwmp.TypeString, Data: "mine"}}}); f != nil {
+		t.Fatal(f)
+	}
+	defaults := a.clone()
+	if f := a.setAttributes([]cwmp.SetParameterAttributesStruct{{Name: alias, NotificationChange: true, Notification: 1}}); f != nil {
+		t.Fatal(f)
+	}
+	if _, f := a.addObject("Device.NAT.PortMapping."); f != nil {
+		t.Fatal(f)
+	}
+	a.set(alias, "changed after the snapshot")
+	if v, _ := a.get(alias); v != "changed after the snapshot" {
+		t.Fatalf("a: %s = %q", alias, v)
+	}
+	if v, _ := a.get(entries); v != "2" {
+		t.Fatalf("a: %s = %q, want 2", entries, v)
+	}
+	if v, _ := defaults.get(alias); v != "mine" {
+		t.Fatalf("defaults: %s = %q, want the value at the snapshot", alias, v)
+	}
+	if v, _ := b.get(alias); v != "cpe-1" {
+		t.Fatalf("b: %s = %q, want the data model's", alias, v)
+	}
+	if v, _ := b.get(entries); v != "1" || b.objects["Device.NAT.PortMapping.2."] {
+		t.Fatalf("b: %s = %q, instance 2 %v: a's AddObject leaked", entries, v, b.objects["Device.NAT.PortMapping.2."])
+	}
+	if at, _ := b.getAttributes([]string{alias}); at[0].Notification != 0 {
+		t.Fatalf("b: notification %d: a's attribute leaked", at[0].Notification)
+	}
+	if c, _ := newModel(dm); len(c.vals) != 0 || !c.shared {
+		t.Fatalf("a new CPE's model is not the pristine shared one: %+v", c.vals)
+	}
+}

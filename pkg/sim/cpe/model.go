@@ -3,10 +3,12 @@ package cpe
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/duet-dm/duet/pkg/cwmp"
 	"github.com/duet-dm/duet/pkg/devicemodel"
@@ -19,10 +21,18 @@ import (
 //	{"root": "Device.",
 //	 "parameters": [{"path": "Device.DeviceInfo.SerialNumber", "type": "string", "value": "X", "writable": false}],
 //	 "tables": [{"path": "Device.NAT.PortMapping.", "template": [{"name": "Enable", "type": "boolean", "value": "false", "writable": true}]}]}
+//
+// The CPEs built from one DataModel share the model it describes and keep
+// only what they change (copy-on-write), so a DataModel must not be changed
+// once a CPE uses it.
 type DataModel struct {
 	Root       string      `json:"root"`
 	Parameters []ParamSpec `json:"parameters"`
 	Tables     []TableSpec `json:"tables"`
+
+	once sync.Once
+	base *model // the shared model every CPE starts from
+	err  error
 }
 
 // ParamSpec is one parameter of a DataModel.
@@ -75,14 +85,32 @@ type table struct {
 
 // model is the live data model of one CPE. It is not safe for concurrent
 // use; the CPE guards it with its mutex.
+//
+// A shared model's params, tables and objects (and the params they point
+// to) belong to its DataModel and every CPE built from it: they are only
+// read, and values the CPE changes live in vals. Anything else that
+// changes (attributes, instances) first makes the model its own (own).
 type model struct {
 	root    string
 	params  map[string]*param
 	tables  map[string]*table
 	objects map[string]bool // every object path ending in "."
+
+	shared bool
+	vals   map[string]string // a shared model's changed values
 }
 
+// newModel returns a model of dm that shares dm's parameters until it
+// changes more than their values.
 func newModel(dm *DataModel) (*model, error) {
+	dm.once.Do(func() { dm.base, dm.err = buildModel(dm) })
+	if dm.err != nil {
+		return nil, dm.err
+	}
+	return &model{root: dm.Root, params: dm.base.params, tables: dm.base.tables, objects: dm.base.objects, shared: true}, nil
+}
+
+func buildModel(dm *DataModel) (*model, error) {
 	m := &model{root: dm.Root, params: map[string]*param{}, tables: map[string]*table{}}
 	for _, p := range dm.Parameters {
 		if !strings.HasPrefix(p.Path, dm.Root) || strings.HasSuffix(p.Path, ".") {
@@ -134,11 +162,31 @@ func (m *model) reindex() {
 	}
 }
 
+// clone copies the model; a shared model's copy shares what it shares.
 func (m *model) clone() *model {
+	if m.shared {
+		return &model{root: m.root, params: m.params, tables: m.tables, objects: m.objects, shared: true, vals: maps.Clone(m.vals)}
+	}
+	return m.deepClone()
+}
+
+// own makes a shared model the CPE's own, its changed values folded in,
+// before something other than a value changes.
+func (m *model) own() {
+	if !m.shared {
+		return
+	}
+	*m = *m.deepClone()
+}
+
+func (m *model) deepClone() *model {
 	c := &model{root: m.root, params: make(map[string]*param, len(m.params)), tables: make(map[string]*table, len(m.tables))}
 	for k, p := range m.params {
 		cp := *p
 		cp.accessList = append([]string(nil), p.accessList...)
+		if v, ok := m.vals[k]; ok {
+			cp.value = v
+		}
 		c.params[k] = &cp
 	}
 	for k, t := range m.tables {
@@ -190,8 +238,8 @@ func (m *model) getValues(names []string) ([]cwmp.ParameterValueStruct, *cwmp.Fa
 }
 
 func (m *model) pvs(path string) cwmp.ParameterValueStruct {
-	p := m.params[path]
-	return cwmp.ParameterValueStruct{Name: path, Value: cwmp.Value{Type: p.typ, Data: p.value}}
+	v, _ := m.get(path)
+	return cwmp.ParameterValueStruct{Name: path, Value: cwmp.Value{Type: m.params[path].typ, Data: v}}
 }
 
 // setValues implements SetParameterValues atomically: every parameter is
@@ -228,8 +276,7 @@ func (m *model) setValues(list []cwmp.ParameterValueStruct) *cwmp.Fault {
 		return f
 	}
 	for _, pv := range list {
-		p := m.params[pv.Name]
-		p.value = cwmp.NormalizeValue(p.typ, pv.Value.Data, false)
+		m.set(pv.Name, cwmp.NormalizeValue(m.params[pv.Name].typ, pv.Value.Data, false))
 	}
 	return nil
 }
@@ -332,6 +379,7 @@ func (m *model) setAttributes(list []cwmp.SetParameterAttributesStruct) *cwmp.Fa
 		}
 		_ = ps
 	}
+	m.own()
 	for _, a := range list {
 		ps, _ := m.covered(a.Name)
 		for _, n := range ps {
@@ -368,10 +416,11 @@ func (m *model) getAttributes(names []string) ([]cwmp.ParameterAttributeStruct, 
 }
 
 func (m *model) addObject(obj string) (uint32, *cwmp.Fault) {
-	t, ok := m.tables[obj]
-	if !ok {
+	if _, ok := m.tables[obj]; !ok {
 		return 0, fault(cwmp.FaultInvalidParameterName, "%s is not a writable table", obj)
 	}
+	m.own()
+	t := m.tables[obj]
 	n := t.next
 	t.next++
 	inst := obj + strconv.FormatUint(uint64(n), 10) + "."
@@ -394,6 +443,7 @@ func (m *model) deleteObject(obj string) *cwmp.Fault {
 	if tbl == "" || !m.objects[obj] {
 		return fault(cwmp.FaultInvalidParameterName, "%s is not an instance of a writable table", obj)
 	}
+	m.own()
 	for p := range m.params {
 		if strings.HasPrefix(p, obj) {
 			delete(m.params, p)
@@ -412,8 +462,8 @@ func (m *model) deleteObject(obj string) *cwmp.Fault {
 // updateCount keeps <Table>NumberOfEntries in step with the instances.
 func (m *model) updateCount(tbl string) {
 	parent, name := devicemodel.SplitParameter(strings.TrimSuffix(tbl, "."))
-	p, ok := m.params[parent+name+"NumberOfEntries"]
-	if !ok {
+	count := parent + name + "NumberOfEntries"
+	if _, ok := m.params[count]; !ok {
 		return
 	}
 	n := 0
@@ -422,7 +472,7 @@ func (m *model) updateCount(tbl string) {
 			n++
 		}
 	}
-	p.value = strconv.Itoa(n)
+	m.set(count, strconv.Itoa(n))
 }
 
 func (m *model) get(path string) (string, bool) {
@@ -430,12 +480,24 @@ func (m *model) get(path string) (string, bool) {
 	if !ok {
 		return "", false
 	}
+	if v, ok := m.vals[path]; ok {
+		return v, true
+	}
 	return p.value, true
 }
 
-// set writes a parameter without any checks (the CPE's own changes).
+// set writes a parameter's value without any checks (the CPE's own
+// changes; every value written goes through here).
 func (m *model) set(path, value string) {
-	if p, ok := m.params[path]; ok {
+	p, ok := m.params[path]
+	switch {
+	case !ok:
+	case m.shared:
+		if m.vals == nil {
+			m.vals = map[string]string{}
+		}
+		m.vals[path] = value
+	default:
 		p.value = value
 	}
 }
