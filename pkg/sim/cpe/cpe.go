@@ -103,13 +103,18 @@ type Options struct {
 
 	// SessionObserver, when set, is called after every session with how
 	// long it took and its error (nil when it succeeded): duet-sim's
-	// latency percentiles. It is called from the CPE's own goroutine.
+	// latency percentiles. It is called from the goroutine that ran the
+	// session, never for two sessions of one CPE at once.
 	SessionObserver func(took time.Duration, err error)
 
 	// Namespace is the cwmp namespace to speak, default cwmp-1-0.
 	Namespace       string
 	NumericBooleans bool
 	Logger          *slog.Logger
+
+	// Scheduler runs the CPE's session loop; nil is a shared one that
+	// runs at most DefaultSessionLimit sessions at once.
+	Scheduler *Scheduler
 }
 
 // Stats counts what a CPE did; all fields are cumulative.
@@ -171,15 +176,23 @@ type CPE struct {
 	awayUntil time.Time
 	gone      bool
 
-	wake   chan struct{} // a connection request arrived
-	kick   chan struct{} // new work: re-evaluate now
+	woken  atomic.Bool // a connection request arrived
+	kicked atomic.Bool // new work: re-evaluate now
 	inSess atomic.Bool
+
+	// The session loop's state between turns (only turn uses them) and
+	// its place in the Scheduler (guarded by the Scheduler's mu).
+	retryAt, periodicAt time.Time
+	sched               *Scheduler
+	timer               *time.Timer
+	loop                int
+	again, stopped      bool
+	drained             chan struct{}
 
 	crURL string
 	ln    net.Listener
 	srv   *http.Server
 	auth  *digestServer
-	tr    *http.Transport
 
 	stats struct{ sessions, failed, informs, rpcs, faults, crs, reboots atomic.Uint64 }
 
@@ -237,9 +250,10 @@ func New(opts Options) (*CPE, error) {
 	}
 	c := &CPE{
 		opts: opts, m: m, enc: cwmp.Encoder{NumericBooleans: opts.NumericBooleans},
-		wake: make(chan struct{}, 1), kick: make(chan struct{}, 1),
-		auth: newDigestServer("duet-sim"),
-		tr:   &http.Transport{DisableKeepAlives: opts.NewConnectionPerPOST, MaxIdleConnsPerHost: 1, Proxy: nil},
+		auth: newDigestServer("duet-sim"), sched: opts.Scheduler,
+	}
+	if c.sched == nil {
+		c.sched = defaultScheduler
 	}
 	di, ms := m.root+"DeviceInfo.", m.root+"ManagementServer."
 	for path, v := range map[string]string{
@@ -304,8 +318,13 @@ func (c *CPE) Start(ctx context.Context) error {
 			c.addEvent(cwmp.EventBootstrap, "")
 		}
 		c.addEvent(cwmp.EventBoot, "")
+		if iv := c.periodicInterval(); iv > 0 {
+			c.periodicAt = time.Now().Add(iv)
+		}
 		c.mu.Unlock()
 		c.ctx, c.cancel = context.WithCancel(ctx)
+		c.timer = time.AfterFunc(time.Hour, c.poke)
+		c.timer.Stop()
 		c.started.Store(true)
 		if c.srv != nil {
 			c.wg.Add(1)
@@ -314,10 +333,18 @@ func (c *CPE) Start(ctx context.Context) error {
 				c.srv.Serve(c.ln)
 			}()
 		}
-		c.wg.Add(1)
-		go c.run()
+		// A cancelled ctx ends the loop as Close does (turn sees it).
+		context.AfterFunc(c.ctx, c.poke)
+		c.poke()
 	})
 	return err
+}
+
+// poke asks for a turn of the session loop.
+func (c *CPE) poke() {
+	if c.started.Load() {
+		c.sched.poke(c)
+	}
 }
 
 // Close stops the session loop and the listener and waits for every
@@ -332,8 +359,8 @@ func (c *CPE) Close() error {
 		if c.srv != nil {
 			c.srv.Close()
 		}
+		c.sched.stop(c)
 		c.wg.Wait()
-		c.tr.CloseIdleConnections()
 	})
 	return nil
 }
@@ -373,7 +400,8 @@ func (c *CPE) SetParameterValue(path, value string) error {
 	// the next Inform, which then carries 4 VALUE CHANGE too (session()).
 	if p.notification == 2 || p.notification == 5 || p.notification == 6 {
 		c.addEvent(cwmp.EventValueChange, "")
-		c.signal(c.kick)
+		c.kicked.Store(true)
+		c.poke()
 	}
 	return nil
 }
@@ -404,7 +432,11 @@ func (c *CPE) CreateInstance(table string, params map[string]string) (string, er
 
 // Wake starts a session with 6 CONNECTION REQUEST, as an accepted
 // connection request does.
-func (c *CPE) Wake() { c.signal(c.wake) }
+func (c *CPE) Wake() {
+	// Several requests before the session make one (TR-069 §3.2.2).
+	c.woken.Store(true)
+	c.poke()
+}
 
 // Stats returns the counters.
 func (c *CPE) Stats() Stats {
@@ -412,13 +444,6 @@ func (c *CPE) Stats() Stats {
 		Sessions: c.stats.sessions.Load(), FailedSessions: c.stats.failed.Load(), Informs: c.stats.informs.Load(),
 		RPCs: c.stats.rpcs.Load(), Faults: c.stats.faults.Load(), ConnectionRequests: c.stats.crs.Load(),
 		Reboots: c.stats.reboots.Load(),
-	}
-}
-
-func (c *CPE) signal(ch chan struct{}) {
-	select {
-	case ch <- struct{}{}:
-	default: // already pending: several requests make one session (TR-069 §3.2.2)
 	}
 }
 
@@ -450,33 +475,27 @@ func (c *CPE) periodicInterval() time.Duration {
 	return time.Duration(n) * time.Second
 }
 
-// run is the session loop: it owns every session and post-session action.
-func (c *CPE) run() {
-	defer c.wg.Done()
-	if c.srv != nil {
-		// When Start's context ends the listener goes too; Close does the same.
-		defer c.srv.Close()
-	}
-	var retryAt, periodicAt time.Time
-	c.mu.Lock()
-	if iv := c.periodicInterval(); iv > 0 {
-		periodicAt = time.Now().Add(iv)
-	}
-	c.mu.Unlock()
+// turn is one turn of the session loop, run by the Scheduler: it runs
+// the sessions and post-session actions due and returns when it wants the
+// next turn (zero: only when poked). Turns of one CPE never overlap.
+func (c *CPE) turn() time.Time {
 	for {
 		if c.ctx.Err() != nil {
-			return
+			if c.srv != nil {
+				c.srv.Close() // when Start's context ends the listener goes too
+			}
+			return time.Time{}
 		}
 		c.runDueTransfers()
 		c.mu.Lock()
 		now := time.Now()
 		if iv := c.periodicInterval(); iv <= 0 {
-			periodicAt = time.Time{}
-		} else if periodicAt.IsZero() || periodicAt.Sub(now) > iv {
-			periodicAt = now.Add(iv)
-		} else if !now.Before(periodicAt) {
+			c.periodicAt = time.Time{}
+		} else if c.periodicAt.IsZero() || c.periodicAt.Sub(now) > iv {
+			c.periodicAt = now.Add(iv)
+		} else if !now.Before(c.periodicAt) {
 			c.addEvent(cwmp.EventPeriodic, "")
-			periodicAt = now.Add(iv)
+			c.periodicAt = now.Add(iv)
 		}
 		keep := c.scheduled[:0]
 		for _, s := range c.scheduled {
@@ -489,7 +508,7 @@ func (c *CPE) run() {
 		}
 		c.scheduled = keep
 		pending := len(c.events) > 0
-		next := periodicAt
+		next := c.periodicAt
 		for _, s := range c.scheduled {
 			if next.IsZero() || s.at.Before(next) {
 				next = s.at
@@ -500,70 +519,55 @@ func (c *CPE) run() {
 				next = t.due
 			}
 		}
-		c.mu.Unlock()
-
-		c.mu.Lock()
 		away, gone := c.awayUntil, c.gone
 		c.mu.Unlock()
+
 		if gone {
-			<-c.ctx.Done() // rigged: the CPE never came back from its reboot
-			return
+			return time.Time{} // rigged: the CPE never came back from its reboot
 		}
 		if now.Before(away) {
-			// Restarting: nothing happens until it is up again.
-			t := time.NewTimer(away.Sub(now))
-			select {
-			case <-c.ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
+			return away // restarting: nothing happens until it is up again
+		}
+		if pending && (c.retryAt.IsZero() || !now.Before(c.retryAt)) {
+			c.runSession()
 			continue
 		}
-		if pending && (retryAt.IsZero() || !now.Before(retryAt)) {
-			began := time.Now()
-			err := c.session()
-			if c.opts.SessionObserver != nil {
-				c.opts.SessionObserver(time.Since(began), err)
-			}
-			if err != nil {
-				c.stats.failed.Add(1)
-				c.mu.Lock()
-				c.retries++
-				wait := c.retryWait(c.retries)
-				c.mu.Unlock()
-				retryAt = time.Now().Add(wait)
-				c.log.Info("session failed", "err", err, "retry_in", wait)
-			} else {
-				retryAt = time.Time{}
-				c.afterSession()
-			}
-			continue
-		}
-		if pending && (next.IsZero() || retryAt.Before(next)) {
-			next = retryAt
-		}
-		var timer *time.Timer
-		var timerC <-chan time.Time
-		if !next.IsZero() {
-			timer = time.NewTimer(time.Until(next))
-			timerC = timer.C
-		}
-		select {
-		case <-c.ctx.Done():
-			return
-		case <-c.wake:
+		if c.woken.Swap(false) {
 			c.mu.Lock()
 			c.addEvent(cwmp.EventConnectionRequest, "")
 			c.mu.Unlock()
-			retryAt = time.Time{}
-		case <-c.kick:
-		case <-timerC:
+			c.retryAt = time.Time{}
+			continue
 		}
-		if timer != nil {
-			timer.Stop()
+		if c.kicked.Swap(false) {
+			continue
 		}
+		if pending && (next.IsZero() || c.retryAt.Before(next)) {
+			next = c.retryAt
+		}
+		return next
 	}
+}
+
+// runSession runs one session and, when it failed, sets when to retry.
+func (c *CPE) runSession() {
+	began := time.Now()
+	err := c.session()
+	if c.opts.SessionObserver != nil {
+		c.opts.SessionObserver(time.Since(began), err)
+	}
+	if err == nil {
+		c.retryAt = time.Time{}
+		c.afterSession()
+		return
+	}
+	c.stats.failed.Add(1)
+	c.mu.Lock()
+	c.retries++
+	wait := c.retryWait(c.retries)
+	c.mu.Unlock()
+	c.retryAt = time.Now().Add(wait)
+	c.log.Info("session failed", "err", err, "retry_in", wait)
 }
 
 // retryWait follows the CWMP retry pattern: m·2^(n-1) seconds, randomised
@@ -608,14 +612,16 @@ func (c *CPE) session() (err error) {
 	// The session is counted only once it is over (connection closed, no
 	// longer "in session"): whoever sees the count may send a connection
 	// request next, which a CPE still in session answers 503.
+	// A transport per session: an idle CPE holds no connection or pool.
+	tr := newTransport(c.opts.NewConnectionPerPOST)
 	defer func() {
-		c.tr.CloseIdleConnections() // the CPE closes the connection at the end
+		tr.CloseIdleConnections() // the CPE closes the connection at the end
 		c.inSess.Store(false)
 		if err == nil {
 			c.stats.sessions.Add(1)
 		}
 	}()
-	s := &httpSession{c: c, client: &http.Client{Transport: c.tr, Timeout: c.opts.RequestTimeout,
+	s := &httpSession{c: c, client: &http.Client{Transport: tr, Timeout: c.opts.RequestTimeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 	if !c.opts.IgnoreCookies {
 		s.client.Jar, _ = cookiejar.New(nil)
@@ -814,7 +820,12 @@ func (c *CPE) serveConnReq(w http.ResponseWriter, r *http.Request) {
 	}
 	c.stats.crs.Add(1)
 	w.WriteHeader(http.StatusOK) // answer first, then start the session
-	c.signal(c.wake)
+	c.Wake()
+}
+
+// newTransport is the HTTP transport of one session or transfer.
+func newTransport(noKeepAlive bool) *http.Transport {
+	return &http.Transport{DisableKeepAlives: noKeepAlive, MaxIdleConnsPerHost: 1, Proxy: nil}
 }
 
 // dump renders the model for Upload: one "path=value" line per parameter.

@@ -417,7 +417,7 @@ func (c *CPE) doDownload(d cwmp.Download) (body []byte, code uint32, msg string)
 	if d.Username != "" {
 		req.SetBasicAuth(d.Username, d.Password)
 	}
-	resp, err := (&http.Client{Transport: c.tr}).Do(req)
+	resp, err := doTransfer(req)
 	if err != nil {
 		return nil, cwmp.FaultFileServerUnreachable, err.Error()
 	}
@@ -454,7 +454,7 @@ func (c *CPE) doUpload(u cwmp.Upload, data []byte) (uint32, string) {
 	if u.Username != "" {
 		req.SetBasicAuth(u.Username, u.Password)
 	}
-	resp, err := (&http.Client{Transport: c.tr}).Do(req)
+	resp, err := doTransfer(req)
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) {
@@ -485,4 +485,28 @@ func (c *CPE) applyConfig(body []byte) {
 			c.m.set(k, v)
 		}
 	}
+}
+
+// doTransfer sends a transfer's request on a transport of its own, closed
+// once the body is read: an idle CPE keeps no connection.
+func doTransfer(req *http.Request) (*http.Response, error) {
+	tr := newTransport(false)
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		tr.CloseIdleConnections()
+		return nil, err
+	}
+	resp.Body = closeTransport{resp.Body, tr}
+	return resp, nil
+}
+
+type closeTransport struct {
+	io.ReadCloser
+	tr *http.Transport
+}
+
+func (b closeTransport) Close() error {
+	err := b.ReadCloser.Close()
+	b.tr.CloseIdleConnections()
+	return err
 }
