@@ -3,9 +3,15 @@ package agent_test
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/gorilla/websocket"
 
 	"github.com/duet-dm/duet/pkg/sim/agent"
 	"github.com/duet-dm/duet/pkg/usp"
@@ -61,4 +67,65 @@ func TestFleetMQTT(t *testing.T) {
 	f.Close()
 	f.Close()
 	noLeak(t, base)
+}
+
+// TestConnectFleetRetries: a server that refuses connections (as one at its
+// descriptor limit does) costs ConnectFleet errors and retries, never the
+// fleet: every agent ends up connected.
+func TestConnectFleetRetries(t *testing.T) {
+	const n, refusals = 5, 7
+	var refused atomic.Int64
+	connected := make(chan string, n)
+	up := websocket.Upgrader{Subprotocols: []string{usp.WebSocketSubprotocol}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if refused.Add(1) <= refusals {
+			http.Error(w, "too many connections", http.StatusServiceUnavailable)
+			return
+		}
+		eid, _ := usp.ParseWebSocketEID(r.URL.RawQuery)
+		conn, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		connected <- eid
+		for {
+			if _, _, err := conn.ReadMessage(); err != nil {
+				return
+			}
+		}
+	}))
+	defer srv.Close()
+	var reported atomic.Int64
+	f, err := agent.ConnectFleet(context.Background(), agent.FleetOptions{
+		N: n, Parallel: 2, RetryMax: 100 * time.Millisecond,
+		Config: func(i int) agent.Config {
+			return agent.Config{SerialNumber: fmt.Sprintf("RETRY%04d", i), ControllerID: ctrlID}
+		},
+		Dial: func(ctx context.Context, a *agent.Agent) (*agent.Client, error) {
+			return agent.DialWebSocket(ctx, a, agent.WebSocketConfig{URL: "ws" + strings.TrimPrefix(srv.URL, "http") + "/usp"})
+		},
+		OnError: func(error) { reported.Add(1) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	eids := map[string]bool{}
+	for len(eids) < n {
+		select {
+		case eid := <-connected:
+			eids[eid] = true
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("%d of %d agents connected, %d errors", len(eids), n, f.Errors())
+		}
+	}
+	select {
+	case <-f.Ready():
+	case <-time.After(2 * time.Minute):
+		t.Fatal("Ready not closed with every agent connected")
+	}
+	if f.Connected() != n || f.Errors() != refusals || reported.Load() != refusals {
+		t.Fatalf("connected %d, errors %d, reported %d; want %d, %d, %d", f.Connected(), f.Errors(), reported.Load(), n, refusals, refusals)
+	}
 }
