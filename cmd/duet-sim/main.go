@@ -9,8 +9,11 @@
 // second, session errors, session latency percentiles, load average), and
 // on exit one line of JSON with the totals, for benchmarks. Each CPE has a
 // connection-request listener (one descriptor) unless --connreq=false;
-// each agent holds one connection: past the open-file limit (ulimit -n),
-// run several simulators with distinct --prefix.
+// idle CPEs hold no goroutine and no connection, and at most --sessions
+// sessions run at once. Each agent holds one connection: past the
+// open-file limit (ulimit -n), run several simulators with distinct
+// --prefix. A refused agent connection or a failed CPE session is counted
+// and retried with back-off; the fleet is never abandoned.
 package main
 
 import (
@@ -65,6 +68,7 @@ type config struct {
 	prefix                         string
 	duration, report               time.Duration
 	connReq                        bool
+	sessions, uspParallel          int
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -91,6 +95,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&c.prefix, "prefix", "SIM", "serial number prefix, to run several simulators side by side")
 	fs.DurationVar(&c.duration, "duration", 0, "stop after this long (0: until Ctrl-C)")
 	fs.DurationVar(&c.report, "report", 10*time.Second, "how often to print progress")
+	fs.IntVar(&c.sessions, "sessions", 1000, "CWMP sessions in flight at once, at most (each one ACS connection)")
+	fs.IntVar(&c.uspParallel, "usp-parallel", 8, "USP agent connections being opened at once")
 	fs.BoolVar(&c.connReq, "connreq", true, "give each CPE a connection-request listener (one file descriptor each; false for fleets past the open-file limit)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -116,8 +122,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}()
 	start := time.Now()
 	counters := &cwmpCounters{}
+	uspErrors := &errorCounter{log: log}
+	uspReady := &readyRate{}
 
 	var fleets []*cpe.Fleet
+	sched := cpe.NewScheduler(c.sessions)
 	if c.cwmp > 0 {
 		n098 := int(float64(c.cwmp)*c.tr098Share + 0.5)
 		for _, part := range []struct {
@@ -131,7 +140,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			f, err := cpe.NewFleet(cpe.FleetOptions{N: part.n, SerialPrefix: c.prefix + part.class, Template: cpe.Options{
 				ACSURL: c.acs, DataModelPath: filepath.Join(c.dataModels, part.file), ProductClass: part.class,
 				Username: c.acsUser, Password: c.acsPass, PeriodicInterval: c.periodic, Logger: log,
-				DisableConnReq: !c.connReq, SessionObserver: counters.observe,
+				DisableConnReq: !c.connReq, SessionObserver: counters.observe, Scheduler: sched,
 			}})
 			if err != nil {
 				return err
@@ -155,7 +164,6 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	var agentFleets []*agent.Fleet
-	var uspElapsed time.Duration
 	// Each agent's login: its endpoint ID and the password the enrolment
 	// key gives it (docs/guide-usp.md, securing USP).
 	login := func(a *agent.Agent) (user, pass string) {
@@ -200,26 +208,30 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		if tr.n == 0 {
 			continue
 		}
-		t0 := time.Now()
-		f, err := agent.StartFleet(ctx, tr.n, uspConfig(tr.name), tr.dial)
+		f, err := agent.ConnectFleet(ctx, agent.FleetOptions{N: tr.n, Config: uspConfig(tr.name), Dial: tr.dial,
+			Parallel: c.uspParallel, OnError: uspErrors.record})
 		if err != nil {
 			return fmt.Errorf("%s agents: %w", tr.name, err)
 		}
 		closers = append(closers, func() { _ = f.Close() })
 		agentFleets = append(agentFleets, f)
-		el := time.Since(t0)
-		uspElapsed += el
-		fmt.Fprintf(out, "connected %d USP agents over %s in %s (%.0f/s)\n", tr.n, tr.name, el.Round(time.Millisecond), float64(tr.n)/el.Seconds())
+		go func(name string, n int) {
+			select {
+			case <-f.Ready():
+				el := time.Since(start)
+				uspReady.add(n, el)
+				fmt.Fprintf(out, "connected %d USP agents over %s in %s (%.0f/s)\n", n, name, el.Round(time.Millisecond), float64(n)/el.Seconds())
+			case <-ctx.Done():
+			}
+		}(tr.name, tr.n)
 	}
 
-	uspAgents, uspConnected := c.uspMQTT+c.uspSTOMP+c.uspWS, 0
-	for _, f := range agentFleets {
-		uspConnected += len(f.Agents())
-	}
-	var uspRate *float64
-	if uspConnected > 0 {
-		r := float64(uspConnected) / uspElapsed.Seconds()
-		uspRate = &r
+	uspAgents := c.uspMQTT + c.uspSTOMP + c.uspWS
+	uspConnected := func() (n int) {
+		for _, f := range agentFleets {
+			n += f.Connected()
+		}
+		return n
 	}
 	ticker := time.NewTicker(c.report)
 	defer ticker.Stop()
@@ -243,9 +255,10 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		lat := counters.lat.snapshot()
 		iv := lat.since(lastLat)
 		dt := now.Sub(lastAt).Seconds()
-		fmt.Fprintf(out, "%s  up: cwmp %d/%d usp %d/%d | sessions %d (%.1f/s) errors %d | session p50 %.1f p95 %.1f p99 %.1f ms | load %s\n",
-			time.Since(start).Round(time.Second), cpesUp(), c.cwmp, uspConnected, uspAgents, sessions,
-			float64(sessions-lastSessions)/dt, counters.errors.Load(), iv.percentile(50), iv.percentile(95), iv.percentile(99), loadAverage())
+		fmt.Fprintf(out, "%s  up: cwmp %d/%d usp %d/%d | sessions %d (%.1f/s) errors %d | session p50 %.1f p95 %.1f p99 %.1f ms | usp connect errors %d%s | rss %d MB | load %s\n",
+			time.Since(start).Round(time.Second), cpesUp(), c.cwmp, uspConnected(), uspAgents, sessions,
+			float64(sessions-lastSessions)/dt, counters.errors.Load(), iv.percentile(50), iv.percentile(95), iv.percentile(99),
+			uspErrors.n.Load(), uspErrors.last(), rssKB()/1024, loadAverage())
 		lastSessions, lastLat, lastAt = sessions, lat, now
 	}
 	final := func() {
@@ -266,7 +279,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		sum := summary{Seconds: math.Round(el*10) / 10, CWMPCPEs: c.cwmp, CWMPUp: cpesUp(), Sessions: counters.sessions.Load(),
 			SessionsPerSec: math.Round(float64(counters.sessions.Load())/el*10) / 10, SessionErrors: counters.errors.Load(),
 			Informs: s.Informs, RPCs: s.RPCs, LatencyP50ms: lat.percentile(50), LatencyP95ms: lat.percentile(95), LatencyP99ms: lat.percentile(99),
-			USPAgents: uspAgents, USPConnected: uspConnected, USPConnectPerS: uspRate, USPBoots: boots}
+			USPAgents: uspAgents, USPConnected: uspConnected(), USPConnectPerS: uspReady.rate(), USPConnectErrors: uspErrors.n.Load(),
+			USPBoots: boots, RSSMB: rssKB() / 1024}
+		if devices := int64(c.cwmp + uspAgents); devices > 0 {
+			sum.KBPerDevice = math.Round(float64(rssKB())/float64(devices)*10) / 10
+		}
 		if l, err := strconv.ParseFloat(strings.Fields(loadAverage() + " x")[0], 64); err == nil {
 			sum.LoadAverage1Min = &l
 		}
