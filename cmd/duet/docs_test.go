@@ -23,6 +23,8 @@ func TestDocsNameRealThings(t *testing.T) {
 		"DUET_CONFIG": true,
 		// The tests' database (Makefile, docs/testing.md).
 		"DUET_TEST_DATABASE_URL": true,
+		// The knobs of the e2e benchmarks (e2e/duetsim_bench_test.go).
+		"DUET_BENCH_CPES": true, "DUET_BENCH_INTERVAL": true, "DUET_BENCH_WARMUP": true, "DUET_BENCH_WINDOW": true,
 	}
 	for _, st := range s.list {
 		known[st.env] = true
