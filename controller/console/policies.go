@@ -274,7 +274,10 @@ func (c *Console) policy(w http.ResponseWriter, r *http.Request, sess *store.Ses
 // its rollout and per-device statuses.
 func (c *Console) showPolicy(w http.ResponseWriter, r *http.Request, sess *store.Session, code int, d policyData) error {
 	d.Kinds, d.Examples = policyKinds, specExamples
-	d.Check = checkSpec(d.Form)
+	if d.Policy != nil || d.Error != "" {
+		// A new, untouched form is not judged yet.
+		d.Check = checkSpec(d.Form)
+	}
 	if d.Policy == nil {
 		// A new policy picks its group.
 		gs, _, err := c.st.FindGroups(r.Context(), store.PageFilter{Limit: store.MaxPageSize})
@@ -338,7 +341,7 @@ func plural(n int, one, many string) string {
 
 // checkPolicy answers the editor as the spec is typed.
 func (c *Console) checkPolicy(w http.ResponseWriter, r *http.Request, _ *store.Session) error {
-	c.writeData(w, http.StatusOK, "policy", "spec-check", checkSpec(readPolicyForm(r)))
+	c.writeData(w, http.StatusOK, "policy", "spec-check-result", checkSpec(readPolicyForm(r)))
 	return nil
 }
 
