@@ -276,4 +276,18 @@ func TestGroupPolicyPreviewEnable(t *testing.T) {
 	if want := "group create,policy create,policy update,rollout enable,rollout paused"; strings.Join(got, ",") != want {
 		t.Fatalf("audit of otto's changes: %v, want %s", got, want)
 	}
+
+	// A group its policies use is not deleted; the page says why.
+	a = do(c, "POST", "/groups/"+gid+"/delete", url.Values{"csrf": {csrf}}, ck, nil)
+	if a.code != http.StatusConflict || !strings.Contains(a.body, "the group still has policies; delete them first") {
+		t.Fatalf("delete a group in use: %d\n%s", a.code, a.body)
+	}
+	for _, path := range []string{"/policies/" + pid + "/delete", "/groups/" + gid + "/delete"} {
+		if a := do(c, "POST", path, url.Values{"csrf": {csrf}}, ck, nil); a.code != http.StatusSeeOther {
+			t.Fatalf("POST %s: %d\n%s", path, a.code, a.body)
+		}
+	}
+	if _, err := st.FindGroupByID(ctx, gid); devicemodel.ErrorCode(err) != devicemodel.CodeNotFound {
+		t.Fatalf("the group after its deletion: %v", err)
+	}
 }
