@@ -30,22 +30,33 @@ type filterCheck struct {
 	LineNo      int
 	Count       policy.MemberCount
 	Counted     bool
+	// Pending: the filter is valid and its count loads after the page.
+	Pending bool
 }
 
-// checkFilterSource compiles a filter and, when it is valid, counts its
-// members. Only a store failure is an error.
-func (c *Console) checkFilterSource(r *http.Request, src string) (filterCheck, error) {
+// compileFilter compiles a filter; its error, marked, is in the check.
+func compileFilter(src string) (*policy.Filter, filterCheck, error) {
 	f, err := policy.CompileFilter(src)
 	if err != nil {
 		if statusOf(err) >= 500 {
-			return filterCheck{}, err
+			return nil, filterCheck{}, err
 		}
 		fc := filterCheck{Error: devicemodel.ErrorMessage(err)}
 		if line, col, ok := policy.ErrorPosition(err); ok {
 			fc.LineNo = line
 			fc.Line, fc.Caret = caretUnder(src, line, col)
 		}
-		return fc, nil
+		return nil, fc, nil
+	}
+	return f, filterCheck{}, nil
+}
+
+// checkFilterSource compiles a filter and, when it is valid, counts its
+// members. Only a store failure is an error.
+func (c *Console) checkFilterSource(r *http.Request, src string) (filterCheck, error) {
+	f, fc, err := compileFilter(src)
+	if err != nil || f == nil {
+		return fc, err
 	}
 	n, err := policy.CountMembers(r.Context(), c.st, f, countBudget)
 	if err != nil {
@@ -130,8 +141,6 @@ type groupData struct {
 	Group    store.Group
 	Check    filterCheck
 	Policies []store.Policy
-	Members  []string
-	More     bool
 	Error    string
 }
 
@@ -151,23 +160,21 @@ func (c *Console) group(w http.ResponseWriter, r *http.Request, sess *store.Sess
 	return c.showGroup(w, r, sess, http.StatusOK, groupData{Group: g})
 }
 
-// showGroup renders a group's page: its filter checked and counted, a
-// first page of its members and its policies.
+// showGroup renders a group's page: its filter checked and its policies.
+// The member count and the members, which evaluate the filter over the
+// registry, load after the page (checkFilter, groupCount, groupMembers).
 func (c *Console) showGroup(w http.ResponseWriter, r *http.Request, sess *store.Session, code int, d groupData) error {
 	var err error
-	if d.Check, err = c.checkFilterSource(r, d.Group.Filter); err != nil {
+	if d.New() && d.Group.Filter == "" {
+		// Nothing typed yet: nothing to judge.
+	} else if _, d.Check, err = compileFilter(d.Group.Filter); err != nil {
 		return err
+	} else {
+		d.Check.Pending = d.Check.Error == ""
 	}
 	if !d.New() {
 		if d.Policies, err = c.st.FindPolicies(r.Context(), d.Group.ID); err != nil {
 			return err
-		}
-		if d.Check.Error == "" {
-			p, err := policy.Members(r.Context(), c.st, d.Group, "", 20)
-			if err != nil {
-				return err
-			}
-			d.Members, d.More = p.IDs, p.Next != ""
 		}
 	}
 	title := "New group"
@@ -232,5 +239,37 @@ func (c *Console) deleteGroup(w http.ResponseWriter, r *http.Request, sess *stor
 		})
 	}
 	http.Redirect(w, r, "/groups", http.StatusSeeOther)
+	return nil
+}
+
+type membersData struct {
+	GroupID     string
+	IDs         []string
+	Next, This  string
+	Scanned     int
+	Unevaluable int
+}
+
+// groupMembers is a page of a group's members (policy.Members, the API's
+// GET /api/v1/groups/{id}/devices): a page can hold fewer devices than
+// asked and still have a next one, as each evaluates a bounded slice of
+// the registry.
+func (c *Console) groupMembers(w http.ResponseWriter, r *http.Request, _ *store.Session) error {
+	g, err := c.st.FindGroupByID(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	cursor := r.URL.Query().Get("cursor")
+	if cursor != "" {
+		if _, err := store.DecodeCursor(cursor); err != nil {
+			return devicemodel.Errorf(devicemodel.CodeInvalidArgument, "the page link is stale; open the group again")
+		}
+	}
+	p, err := policy.Members(r.Context(), c.st, g, cursor, 50)
+	if err != nil {
+		return err
+	}
+	c.writeData(w, http.StatusOK, "groups-edit", "members", membersData{GroupID: g.ID, IDs: p.IDs, Next: p.Next, This: cursor,
+		Scanned: p.Scanned, Unevaluable: p.Unevaluable})
 	return nil
 }

@@ -33,6 +33,7 @@ func (c *Console) policyRoutes() {
 	c.route("POST /groups", store.RoleOperator, c.createGroup)
 	c.route("GET /groups/{id}", store.RoleViewer, c.group)
 	c.route("GET /groups/{id}/count", store.RoleViewer, c.groupCount)
+	c.route("GET /groups/{id}/members", store.RoleViewer, c.groupMembers)
 	c.route("POST /groups/{id}", store.RoleOperator, c.updateGroup)
 	c.route("POST /groups/{id}/delete", store.RoleOperator, c.deleteGroup)
 	c.route("GET /policies", store.RoleViewer, c.policies)

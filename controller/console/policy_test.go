@@ -180,8 +180,15 @@ func TestGroupPolicyPreviewEnable(t *testing.T) {
 		t.Fatalf("create group: %d %v\n%s", a.code, a.header, a.body)
 	}
 	gid := strings.TrimPrefix(loc, "/groups/")
-	if a := do(c, "GET", loc, nil, ck, nil); a.code != 200 || !strings.Contains(a.body, `<a href="/devices/dev-004">`) || strings.Contains(a.body, "dev-001") {
+	// Its page loads the count and the members after itself.
+	if a := do(c, "GET", loc, nil, ck, nil); a.code != 200 || !strings.Contains(a.body, `hx-get="`+loc+`/members"`) || !strings.Contains(a.body, `id="filter"`) {
 		t.Fatalf("group page: %d\n%s", a.code, a.body)
+	}
+	if a := do(c, "GET", loc+"/members", nil, ck, htmx); a.code != 200 || !strings.Contains(a.body, `<a href="/devices/dev-004">`) || strings.Contains(a.body, "dev-001") {
+		t.Fatalf("group members: %d\n%s", a.code, a.body)
+	}
+	if a := do(c, "GET", loc+"/count", nil, ck, htmx); a.code != 200 || !strings.Contains(a.body, `<strong>3</strong> devices`) {
+		t.Fatalf("group count: %d\n%s", a.code, a.body)
 	}
 
 	// The policy, from rows; an empty row is skipped.
