@@ -176,6 +176,20 @@ func TestConsolePolicy(t *testing.T) {
 		return nil
 	})
 	screenshot(t, ctx, "policy-statuses")
+
+	// In a narrow window (a phone, a split screen) the pages fit: wide
+	// tables scroll inside themselves, the page does not.
+	for _, page := range []struct{ name, path string }{{"groups", "/groups"}, {"policies", "/policies"}, {"policy", policyPath}} {
+		var overflow bool
+		run(t, ctx, "narrow "+page.name, chromedp.EmulateViewport(400, 900), chromedp.Navigate(d.HTTP+page.path),
+			chromedp.WaitVisible("main h1", chromedp.ByQuery),
+			chromedp.Evaluate(`document.documentElement.scrollWidth > window.innerWidth + 1`, &overflow))
+		screenshot(t, ctx, "narrow-"+page.name)
+		if overflow {
+			t.Errorf("%s is wider than a 400 px window", page.path)
+		}
+	}
+	run(t, ctx, "wide again", chromedp.EmulateViewport(1280, 900))
 	for _, id := range f.ids() {
 		if v := f.value(id, ssid); v != "duet-console" {
 			t.Fatalf("device %s has %s = %q", id, ssid, v)
