@@ -277,12 +277,16 @@ func completionMatcher(c Completion) (kind, subState string, match func(store.Ta
 			if interimResult(t).GetOperate() == nil || !strings.HasSuffix(t.AwaitKey, ".") {
 				return false
 			}
+			found := false
 			for _, p := range ps {
-				if strings.HasPrefix(p.GetPath(), t.AwaitKey) {
-					return true
+				if p.GetPath() == t.AwaitKey+"DiagnosticsState" && strings.TrimSpace(p.GetValue()) == "Requested" {
+					// The adapter reads every diagnostics object: this
+					// one is still running; another one completed.
+					return false
 				}
+				found = found || strings.HasPrefix(p.GetPath(), t.AwaitKey)
 			}
-			return false
+			return found
 		}
 	}
 	return "", "", nil
@@ -385,6 +389,7 @@ func (q *TaskQueue) finishAwaited(ctx context.Context, t store.Task, o store.Tas
 	q.log.Info("task completed by the device", "task", t.ID, "device", t.DeviceID, "operation", t.Operation,
 		"state", o.State, "error", o.ErrorCode, "device_fault", o.DeviceFault)
 	q.notify(t.ID)
+	q.recordDiagnostic(ctx, final)
 	if q.finished != nil {
 		q.finished(ctx, final)
 	}
