@@ -435,13 +435,20 @@ func ParseDiagnostic(kind string, raw map[string]string) (DiagnosticResult, []st
 	case DiagTraceroute:
 		tr := &TracerouteResult{IPAddressUsed: raw["IPAddressUsed"], ResponseTimeMS: p.ms("ResponseTime"), Hops: []Hop{}}
 		for _, i := range p.instances("RouteHops.") {
+			// TR-181 names, or TR-098's Hop-prefixed ones.
 			pre := "RouteHops." + strconv.Itoa(i) + "."
-			h := Hop{Host: raw[pre+"Host"], Address: raw[pre+"HostAddress"], ErrorCode: p.uint(pre + "ErrorCode"), RTTsMS: []float64{}}
-			for _, s := range strings.Split(raw[pre+"RTTimes"], ",") {
+			name := func(n string) string {
+				if _, ok := raw[pre+n]; ok {
+					return pre + n
+				}
+				return pre + "Hop" + n
+			}
+			h := Hop{Host: raw[name("Host")], Address: raw[name("HostAddress")], ErrorCode: p.uint(name("ErrorCode")), RTTsMS: []float64{}}
+			for _, s := range strings.Split(raw[name("RTTimes")], ",") {
 				if s = strings.TrimSpace(s); s == "" {
 					continue
 				}
-				if v, ok := p.number(pre+"RTTimes", s); ok {
+				if v, ok := p.number(name("RTTimes"), s); ok {
 					h.RTTsMS = append(h.RTTsMS, v)
 				}
 			}
