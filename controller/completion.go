@@ -171,6 +171,12 @@ func (q *TaskQueue) catchUp(ctx context.Context, t store.Task) {
 			if ev.GetBootstrap() != nil && t.DispatchedAt != nil && e.Time.Before(*t.DispatchedAt) {
 				continue // a keyless bootstrap counts only after the reset was sent
 			}
+			if ev.GetDiagnosticsComplete() != nil && t.DispatchedAt != nil && e.Time.Before(*t.DispatchedAt) {
+				// Keyless too: a CPE runs the test after the session that
+				// requested it, so an earlier "8 DIAGNOSTICS COMPLETE" is
+				// an earlier run's (its results are still in the object).
+				continue
+			}
 			c := Completion{DeviceID: t.DeviceID, Time: e.Time, Event: ev}
 			k, _, match := completionMatcher(c)
 			if k != "" && match(t) {
