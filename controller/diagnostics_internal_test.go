@@ -213,3 +213,14 @@ func FuzzParseDiagnostic(f *testing.F) {
 		}
 	})
 }
+
+// TestDiagnosticInBatch: a batch's task is checked like a device's, for
+// either protocol, before any device's URL exists.
+func TestDiagnosticInBatch(t *testing.T) {
+	if err := checkBulkTask(&TaskRequest{Operation: "diagnostic", Diagnostic: &DiagnosticRequest{Kind: "download"}}); err != nil {
+		t.Fatalf("download on the listener: %v", err)
+	}
+	if err := checkBulkTask(&TaskRequest{Operation: "diagnostic", Diagnostic: &DiagnosticRequest{Kind: "ping", Host: "ftp://x"}}); devicemodel.ErrorCode(err) != devicemodel.CodeInvalidArgument {
+		t.Fatalf("bad host: %v", err)
+	}
+}
