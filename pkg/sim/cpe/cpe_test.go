@@ -611,7 +611,17 @@ func TestQueuedTransfersAndCancel(t *testing.T) {
 
 func TestDiagnosticsComplete(t *testing.T) {
 	acs := newTestACS(t)
-	c := bootstrapped(t, acs, nil)
+	// Two CPEs of one data model: the diagnostics of one (its values
+	// changed by the ACS, its result tables rebuilt) are its own.
+	dm, err := LoadDataModel(tr181Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sibling, err := New(Options{ACSURL: acs.srv.URL, DataModel: dm, Serial: "SIBLING"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := bootstrapped(t, acs, func(o *Options) { o.DataModel, o.DataModelPath = dm, "" })
 	d := "Device.IP.Diagnostics.IPPing."
 	acs.enqueue(&cwmp.SetParameterValues{ParameterList: []cwmp.ParameterValueStruct{
 		{Name: d + "Host", Value: cwmp.Value{Data: "127.0.0.1"}},
@@ -629,6 +639,9 @@ func TestDiagnosticsComplete(t *testing.T) {
 	}
 	if v, _ := c.Value(d + "SuccessCount"); v != "4" {
 		t.Fatalf("SuccessCount %q", v)
+	}
+	if v, _ := sibling.Value(d + "DiagnosticsState"); v == "Complete" {
+		t.Fatal("the diagnostics changed another CPE of the same data model")
 	}
 	// Only Requested may be written.
 	acs.enqueue(&cwmp.SetParameterValues{ParameterList: []cwmp.ParameterValueStruct{{Name: d + "DiagnosticsState", Value: cwmp.Value{Data: "Complete"}}}})

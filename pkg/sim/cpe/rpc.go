@@ -247,12 +247,14 @@ func (c *CPE) runDiagnostics(obj string) {
 	}
 	in := map[string]string{}
 	for _, p := range c.m.sortedParams(obj) {
-		in[strings.TrimPrefix(p, obj)] = c.m.params[p].value
+		in[strings.TrimPrefix(p, obj)], _ = c.m.get(p)
 	}
 	tr098 := c.m.root == "InternetGatewayDevice."
 	c.mu.Unlock()
 
-	out := simdiag.Run(c.ctx, obj, in, simdiag.Options{Client: &http.Client{Transport: c.tr}, TR098: tr098})
+	tr := newTransport(false)
+	defer tr.CloseIdleConnections()
+	out := simdiag.Run(c.ctx, obj, in, simdiag.Options{Client: &http.Client{Transport: tr}, TR098: tr098})
 	if c.ctx.Err() != nil {
 		return
 	}
@@ -261,6 +263,7 @@ func (c *CPE) runDiagnostics(obj string) {
 	if v, _ := c.m.get(obj + "DiagnosticsState"); v != "Requested" {
 		return // cancelled while it ran
 	}
+	c.m.own() // the hop and answer tables change the model's shape
 	for p := range c.m.params {
 		if strings.HasPrefix(p, obj+"RouteHops.") || strings.HasPrefix(p, obj+"Result.") {
 			delete(c.m.params, p)
