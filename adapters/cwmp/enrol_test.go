@@ -126,3 +126,18 @@ func TestConnectionRequestFallback(t *testing.T) {
 		t.Fatalf("fallback to the old credentials: %v", res)
 	}
 }
+
+// TestEachSessionAuthenticates: a new session on a kept-alive connection
+// authenticates again (a device's credentials may have changed since, by
+// an enrolment or an operator). Before, the connection's authentication
+// carried over and the second Inform needed no credentials.
+func TestEachSessionAuthenticates(t *testing.T) {
+	e := newEnv(t, sharedAuth)
+	c := newCPE(t, e.url, "Device.", "KA1", true, false)
+	c.user, c.pass = "acs", testPassword
+	c.session(c.inform(cwmp.EventPeriodic))
+	c.user = "" // no answer to a challenge
+	if resp, _ := c.post(c.inform(cwmp.EventPeriodic)); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("second session on the same connection without credentials: %d, want 401", resp.StatusCode)
+	}
+}
