@@ -268,9 +268,9 @@ func (e *Enrolments) prepare(ctx context.Context, t store.Task, cmd *duetv1.Comm
 	for _, p := range cmd.GetSet().GetParams() {
 		switch {
 		case strings.HasSuffix(p.Path, "ManagementServer.Password"):
-			p.Value = pass
+			p.Value, p.Secret = pass, true // sealed on the bus
 		case strings.HasSuffix(p.Path, "ManagementServer.ConnectionRequestPassword"):
-			p.Value = crPass
+			p.Value, p.Secret = crPass, true
 		}
 	}
 	return nil

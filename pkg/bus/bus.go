@@ -650,7 +650,51 @@ func (b *Bus) AskWork(ctx context.Context, req *duetv1.SessionWorkRequest) (*due
 	if err := b.request(ctx, WorkSubject(req.DeviceId), req, res); err != nil {
 		return nil, err
 	}
+	for _, cmd := range res.GetCommands() {
+		if err := b.openParams(cmd); err != nil {
+			return nil, err
+		}
+	}
 	return res, nil
+}
+
+// sealParams moves a Set's secret values into sealed_value, so they never
+// cross the bus in clear (issue 15 §4).
+func (b *Bus) sealParams(cmd *duetv1.Command) error {
+	for _, p := range cmd.GetSet().GetParams() {
+		if !p.GetSecret() || p.GetValue() == "" {
+			continue
+		}
+		if b.opts.SealKey == nil {
+			return errors.New("no seal key (DUET_BUS_SEAL_KEY): secret values are not sent in clear")
+		}
+		p.SealedValue = b.opts.SealKey.Seal([]byte(p.Value), purposeParam(cmd.GetDeviceId()))
+		p.Value = ""
+	}
+	return nil
+}
+
+// openParams opens a Set's sealed values in place; a secret value that
+// arrives in clear is not believed.
+func (b *Bus) openParams(cmd *duetv1.Command) error {
+	for _, p := range cmd.GetSet().GetParams() {
+		if !p.GetSecret() {
+			continue
+		}
+		p.Value = ""
+		if len(p.SealedValue) == 0 {
+			return devicemodel.Errorf(devicemodel.CodeInternal, "bus: the secret value of %s arrived unsealed", p.GetPath())
+		}
+		if b.opts.SealKey == nil {
+			return devicemodel.Errorf(devicemodel.CodeUnavailable, "bus: a value arrives sealed and this process has no seal key (DUET_BUS_SEAL_KEY)")
+		}
+		v, err := b.opts.SealKey.Open(p.SealedValue, purposeParam(cmd.GetDeviceId()))
+		if err != nil {
+			return devicemodel.Errorf(devicemodel.CodeInternal, "bus: the secret value of %s: %v", p.GetPath(), err)
+		}
+		p.Value, p.SealedValue = string(v), nil
+	}
+	return nil
 }
 
 // WorkHandler decides the next commands for a CWMP session.
@@ -663,7 +707,13 @@ func (b *Bus) ServeWork(queue string, h WorkHandler) (*Subscription, error) {
 		if err := proto.Unmarshal(m.Data, req); err != nil {
 			return nil, fmt.Errorf("undecodable work request: %w", err)
 		}
-		return h(ctx, req)
+		w, err := h(ctx, req)
+		for _, cmd := range w.GetCommands() {
+			if err == nil {
+				err = b.sealParams(cmd)
+			}
+		}
+		return w, err
 	})
 }
 
