@@ -48,6 +48,8 @@ type TaskRequest struct {
 	Version string `json:"version,omitempty"`
 	// resolved is the file and URL create found (firmware.go).
 	resolved *resolvedFile
+	// diagnostic: the test to run and its arguments (diagnostics.go).
+	Diagnostic *DiagnosticRequest `json:"diagnostic,omitempty"`
 
 	// Options.
 	// Wait is how many seconds the request may block for the result.
@@ -84,6 +86,8 @@ var operations = map[string]bool{ // name -> non-idempotent
 	"get": false, "set": false, "delete": false, "get_supported_dm": false, "get_instances": false,
 	"add": true, "operate": true, "reboot": true, "factory_reset": true, "download": true, "upload": true,
 	"firmware_upgrade": true, "backup_config": true, "restore_config": true,
+	// A diagnostic changes nothing on the device: sent again, it measures again.
+	"diagnostic": false,
 }
 
 func operationNames() string {
@@ -197,6 +201,12 @@ func buildCommand(r *TaskRequest, d devicemodel.Device, id string) (*duetv1.Comm
 	}
 	if _, ok := fileOperations[r.Operation]; ok {
 		if err := fileCommand(cmd, r, d, root, cmp.Or(r.CommandKey, id)); err != nil {
+			return nil, err
+		}
+		return cmd, nil
+	}
+	if r.Operation == "diagnostic" {
+		if err := diagnosticCommand(cmd, r, root, cmp.Or(r.CommandKey, id)); err != nil {
 			return nil, err
 		}
 		return cmd, nil
@@ -330,6 +340,14 @@ func (q *TaskQueue) create(ctx context.Context, deviceID string, r TaskRequest, 
 	if err := q.resolveFile(ctx, &r, d); err != nil {
 		return store.Task{}, err
 	}
+	if r.Diagnostic != nil {
+		// Each task gets its own (a batch shares the request).
+		dr := *r.Diagnostic
+		r.Diagnostic = &dr
+	}
+	if err := q.resolveDiagnostic(&r, d); err != nil {
+		return store.Task{}, err
+	}
 	id := bus.NewID()
 	cmd, err := buildCommand(&r, d, id)
 	if err != nil {
@@ -346,37 +364,47 @@ func (q *TaskQueue) create(ctx context.Context, deviceID string, r TaskRequest, 
 		return store.Task{}, err
 	}
 	cr := r.ConnectionRequest == nil || *r.ConnectionRequest
-	t, err := q.o.Store.CreateTask(ctx, store.Task{
+	wait := waitsFromCreate(d, cr)
+	t, changed, err := q.o.Store.CreateTaskWaiting(ctx, store.Task{
 		ID: id, DeviceID: d.ID, Operation: r.Operation, Request: reqJSON, Command: cmdBytes,
 		NonIdempotent: operations[r.Operation], UniqueKey: r.UniqueKey, ConnectionRequest: cr,
 		ExpiresAt: r.ExpiresAt, RetryOf: retryOf,
-	})
+	}, wait)
 	if err != nil {
 		return t, err
 	}
 	metricTasksCreated.WithLabelValues(r.Operation).Inc()
-	q.deliver(d, cr)
+	if wait != "" {
+		q.waitingChanged(d.ID, wait, changed)
+	} else {
+		q.deliver(d)
+	}
 	return t, nil
 }
 
-// deliver starts delivery of a device's queued tasks.
-func (q *TaskQueue) deliver(d devicemodel.Device, connReq bool) {
-	switch d.Protocol {
-	case devicemodel.ProtocolUSP:
+// waitsFromCreate is why a new task of d waits from the start, recorded
+// with it; "" when its delivery starts at once (deliver).
+func waitsFromCreate(d devicemodel.Device, connReq bool) string {
+	switch {
+	case d.Protocol == devicemodel.ProtocolUSP && !d.Online:
 		// An offline agent's tasks wait for its next event (DevicesSeen),
 		// which also covers a registry that lags behind a reconnect.
-		if d.Online {
-			q.reachable(d.ID)
-			q.kick(d.ID)
-		} else {
-			q.waiting(q.ctx, d.ID, store.WaitDeviceOffline)
-		}
+		return store.WaitDeviceOffline
+	case d.Protocol == devicemodel.ProtocolCWMP && !connReq:
+		return store.WaitAwaitingInform
+	}
+	return ""
+}
+
+// deliver starts delivery of a device's queued tasks: at once to an
+// online USP agent, by a connection request to a CWMP device.
+func (q *TaskQueue) deliver(d devicemodel.Device) {
+	switch d.Protocol {
+	case devicemodel.ProtocolUSP:
+		q.reachable(d.ID)
+		q.kick(d.ID)
 	case devicemodel.ProtocolCWMP:
-		if connReq {
-			q.wakeCWMP(d.ID, d.ConnectionRequestURL)
-		} else {
-			q.waiting(q.ctx, d.ID, store.WaitAwaitingInform)
-		}
+		q.wakeCWMP(d.ID, d.ConnectionRequestURL)
 	}
 }
 
