@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"net/url"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -197,62 +196,35 @@ type devicesData struct {
 	ThisCursor string
 }
 
-// deviceFilter reads the search form: the filters of GET /api/v1/devices.
+// deviceFilter reads the search form: the search of GET /api/v1/devices
+// (controller.ParseDeviceSearch), its param conditions one a line, 50 a
+// page unless the form says otherwise.
 func deviceFilter(q url.Values) (store.DeviceFilter, error) {
-	f := store.DeviceFilter{Limit: 50, Tag: strings.TrimSpace(q.Get("tag")), Query: strings.TrimSpace(q.Get("q")),
-		SoftwareVersion: strings.TrimSpace(q.Get("software_version")), ProductClass: strings.TrimSpace(q.Get("product_class"))}
-	if v := q.Get("protocol"); v != "" {
-		p, err := devicemodel.ParseProtocol(v)
-		if err != nil {
-			return f, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "protocol must be TR-069 or USP")
-		}
-		f.Protocol = p
+	s, err := controller.ParseDeviceSearch(searchValues(q))
+	if err != nil {
+		return s.Filter, err
 	}
-	if v := q.Get("online"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return f, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "online must be yes or no")
-		}
-		f.Online = &b
+	if s.Filter.Limit == 0 {
+		s.Filter.Limit = 50
 	}
-	if err := store.CheckQuery(f.Query); err != nil {
-		return f, err
-	}
-	if f.Tag != "" {
-		if err := store.CheckTag(f.Tag); err != nil {
-			return f, err
+	return s.Filter, nil
+}
+
+// searchValues is the form's query as the API's: text fields trimmed,
+// the conditions' lines as repeated param values; other keys dropped.
+func searchValues(q url.Values) url.Values {
+	out := url.Values{}
+	for _, k := range controller.DeviceSearchKeys {
+		if v := strings.TrimSpace(q.Get(k)); v != "" && k != "param" {
+			out.Set(k, v)
 		}
 	}
-	// One condition a line, as the API's param=<path>:<op>:<value>.
-	for i, line := range strings.Split(q.Get("param"), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" {
-			continue
+	for _, line := range strings.Split(q.Get("param"), "\n") {
+		if line = strings.TrimSpace(line); line != "" {
+			out.Add("param", line)
 		}
-		cond, err := store.ParseParamCondition(line)
-		if err != nil {
-			return f, devicemodel.Errorf(devicemodel.ErrorCode(err), "condition on line %d: %s", i+1, devicemodel.ErrorMessage(err))
-		}
-		f.Params = append(f.Params, cond)
 	}
-	if len(f.Params) > controller.MaxParamConditions {
-		return f, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "%d conditions; at most %d", len(f.Params), controller.MaxParamConditions)
-	}
-	if v := q.Get("sort"); v != "" {
-		o, err := store.ParseDeviceSort(v)
-		if err != nil {
-			return f, err
-		}
-		f.Sort = o
-	}
-	if v := q.Get("cursor"); v != "" {
-		after, key, err := store.DecodeDeviceCursor(f.Sort, v)
-		if err != nil {
-			return f, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "the page link is stale; search again")
-		}
-		f.After, f.AfterKey = after, key
-	}
-	return f, nil
+	return out
 }
 
 func (c *Console) devices(w http.ResponseWriter, r *http.Request, sess *store.Session) error {
