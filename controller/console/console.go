@@ -32,7 +32,7 @@ import (
 	"github.com/duet-dm/duet/pkg/store"
 )
 
-//go:embed templates/*.html
+//go:embed templates/*.html templates/parts/*.html
 var templateFS embed.FS
 
 //go:embed static
@@ -55,6 +55,12 @@ type Options struct {
 	// Tasks creates the tasks of the console's actions (reboot, set);
 	// without it those actions answer "not available".
 	Tasks *controller.TaskQueue
+	// Bulk creates task batches (the device list's selection or filter);
+	// without it the batch actions answer "not available".
+	Bulk *controller.BulkRunner
+	// Settings are the effective configuration the settings page shows,
+	// secrets already masked by the caller (cmd/duet).
+	Settings []Setting
 	// IdleTimeout ends a session unused this long. Default 30 min.
 	IdleTimeout time.Duration
 	// SessionLifetime ends a session this long after login, used or not.
@@ -156,6 +162,7 @@ func New(o Options) (*Console, error) {
 	c.route("GET /tokens", store.RoleAdmin, c.tokens)
 	c.route("POST /tokens", store.RoleAdmin, c.createToken)
 	c.route("POST /tokens/{id}/revoke", store.RoleAdmin, c.revokeToken)
+	c.registerOps() // ops.go
 	c.route("GET /api-docs", store.RoleViewer, c.apiDocs)
 	c.route("GET /api-docs/openapi.json", store.RoleViewer, c.openAPI)
 	c.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

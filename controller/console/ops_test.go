@@ -2,11 +2,18 @@ package console
 
 import (
 	"context"
+	"html"
 	"net/http"
+	"net/url"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/duet-dm/duet/controller"
+	"github.com/duet-dm/duet/pkg/bus/bustest"
 	"github.com/duet-dm/duet/pkg/store"
+	"github.com/duet-dm/duet/pkg/store/storetest"
 )
 
 // addDevices puts devices in the registry as the registry would: ids
@@ -68,5 +75,243 @@ func TestConsoleSearchIsTheAPIs(t *testing.T) {
 	a = do(c, "GET", "/devices?online=maybe", nil, v.cookies, nil)
 	if a.code != 400 || !strings.Contains(a.body, "&#34;online&#34;: must be true or false") {
 		t.Fatalf("online=maybe: %d\n%s", a.code, a.body)
+	}
+}
+
+// newOpsConsole is a console with a task queue and a bulk runner, as
+// `duet serve` builds it, and users of every role.
+func newOpsConsole(t *testing.T, settings ...Setting) (*Console, *store.Store, map[string]loggedIn) {
+	t.Helper()
+	b, _ := bustest.Start(t)
+	st, _ := storetest.Open(t)
+	q, err := controller.NewTaskQueue(controller.TaskQueueOptions{Store: st, Bus: b, SweepInterval: 100 * time.Millisecond, CommandTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(q.Stop)
+	bulk, err := controller.NewBulkRunner(controller.BulkOptions{Store: st, Tasks: q, DefaultRate: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bulk.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(bulk.Stop)
+	c, err := New(Options{Store: st, Tasks: q, Bulk: bulk, Settings: settings})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c, st, usersOfEveryRole(t, c, st)
+}
+
+var hiddenField = regexp.MustCompile(`<input type="hidden" name="(filter|task|rate|scope)" value="([^"]*)">`)
+
+// formFields reads a page's hidden fields (filter, task, rate, scope).
+func formFields(body string) url.Values {
+	out := url.Values{}
+	for _, m := range hiddenField.FindAllStringSubmatch(body, -1) {
+		out.Set(m[1], html.UnescapeString(m[2]))
+	}
+	return out
+}
+
+func (u loggedIn) post(c *Console, target string, form url.Values) answer {
+	f := url.Values{"csrf": {u.csrf}}
+	for k, v := range form {
+		f[k] = v
+	}
+	return do(c, "POST", target, f, u.cookies, nil)
+}
+
+// waitFor polls until cond holds, for up to two minutes (a loaded machine).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(2 * time.Minute); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestConsoleSelectionBecomesABatch: ticked rows, or the whole search,
+// become a task batch through the API's bulk service after a confirmation
+// that counts the devices; the batch, its progress and its tasks show on
+// the batch and task pages; a viewer's forged POSTs are refused.
+func TestConsoleSelectionBecomesABatch(t *testing.T) {
+	c, st, us := newOpsConsole(t)
+	ctx := context.Background()
+	addDevices(t, st, "ACME", "b-1", "b-2", "b-3")
+	addDevices(t, st, "Other", "b-x")
+	otto, vera := us["otto"], us["vera"]
+
+	// An operator's device list has the checkboxes and both actions; a
+	// viewer's has neither.
+	if a := do(c, "GET", "/devices?manufacturer=ACME", nil, otto.cookies, nil); !strings.Contains(a.body, `name="ids" value="b-1"`) ||
+		!strings.Contains(a.body, `id="act-filter"`) || !strings.Contains(a.body, `<input type="hidden" name="manufacturer" value="ACME">`) {
+		t.Fatalf("operator's device list:\n%s", a.body)
+	}
+	if a := do(c, "GET", "/devices", nil, vera.cookies, nil); strings.Contains(a.body, `name="ids"`) || strings.Contains(a.body, "act-filter") {
+		t.Fatalf("viewer's device list offers actions:\n%s", a.body)
+	}
+
+	// The selection: two devices, a reboot.
+	a := do(c, "GET", "/batches/new?scope=selection&ids=b-1&ids=b-2&manufacturer=ACME", nil, otto.cookies, nil)
+	if a.code != 200 || !strings.Contains(a.body, "<strong>2</strong> selected devices") {
+		t.Fatalf("action form: %d\n%s", a.code, a.body)
+	}
+	form := formFields(a.body)
+	form.Set("operation", "reboot")
+	form.Set("rate", "200")
+	a = otto.post(c, "/batches/confirm", form)
+	if a.code != 200 || !strings.Contains(a.body, `<strong id="confirm-count">2</strong>`) || !strings.Contains(a.body, "<strong>reboot</strong>") {
+		t.Fatalf("confirmation: %d\n%s", a.code, a.body)
+	}
+	confirmed := formFields(a.body)
+
+	// A viewer cannot create it, with a valid session and CSRF token.
+	if a := vera.post(c, "/batches", confirmed); a.code != http.StatusForbidden {
+		t.Fatalf("viewer's forged batch: %d", a.code)
+	}
+	if a := vera.post(c, "/batches/confirm", form); a.code != http.StatusForbidden {
+		t.Fatalf("viewer's forged confirmation: %d", a.code)
+	}
+	if bs, _, err := st.FindTaskBatches(ctx, store.TaskBatchFilter{}); err != nil || len(bs) != 0 {
+		t.Fatalf("a viewer made a batch: %v %v", bs, err)
+	}
+
+	a = otto.post(c, "/batches", confirmed)
+	if a.code != http.StatusSeeOther || !strings.HasPrefix(a.header.Get("Location"), "/batches/") {
+		t.Fatalf("create: %d %v\n%s", a.code, a.header, a.body)
+	}
+	batchID := strings.TrimPrefix(a.header.Get("Location"), "/batches/")
+	var b store.TaskBatch
+	waitFor(t, "the batch to finish", func() bool {
+		var err error
+		b, err = st.FindTaskBatchByID(ctx, batchID)
+		return err == nil && b.State == store.BatchDone
+	})
+	ts, _, err := st.FindAllTasks(ctx, store.TaskListFilter{BatchID: batchID})
+	if err != nil || len(ts) != 2 || b.Actor != store.UserActor("otto") || b.Rate != 200 {
+		t.Fatalf("batch %+v tasks %v %v", b, ts, err)
+	}
+	for _, task := range ts {
+		if task.Operation != "reboot" || (task.DeviceID != "b-1" && task.DeviceID != "b-2") {
+			t.Fatalf("task %+v", task)
+		}
+	}
+
+	// The batches list and the batch page show it with its progress; the
+	// task list filters by batch; a task's page shows its request.
+	if a := do(c, "GET", "/batches", nil, vera.cookies, nil); a.code != 200 || !strings.Contains(a.body, `data-batch="`+batchID+`" data-state="done"`) ||
+		!strings.Contains(a.body, `data-matched="2" data-created="2"`) {
+		t.Fatalf("batches page: %d\n%s", a.code, a.body)
+	}
+	if a := do(c, "GET", "/batches/"+batchID, nil, vera.cookies, nil); a.code != 200 || !strings.Contains(a.body, `data-task="`+ts[0].ID+`"`) {
+		t.Fatalf("batch page: %d\n%s", a.code, a.body)
+	}
+	if a := do(c, "GET", "/tasks?batch="+batchID+"&part=rows", nil, vera.cookies, map[string]string{"HX-Request": "true"}); a.code != 200 ||
+		strings.Count(a.body, "data-task=") != 2 || strings.Contains(a.body, "<html") {
+		t.Fatalf("task rows: %d\n%s", a.code, a.body)
+	}
+	if a := do(c, "GET", "/tasks/"+ts[0].ID, nil, vera.cookies, nil); a.code != 200 || !strings.Contains(a.body, "&#34;operation&#34;: &#34;reboot&#34;") ||
+		!strings.Contains(a.body, "created by otto (user)") {
+		t.Fatalf("task page: %d\n%s", a.code, a.body)
+	}
+
+	// The whole search: the three ACME devices, not the other one.
+	a = do(c, "GET", "/batches/new?scope=filter&manufacturer=ACME", nil, otto.cookies, nil)
+	form = formFields(a.body)
+	form.Set("operation", "get")
+	form.Set("paths", "Device.DeviceInfo.\n\n")
+	if a := otto.post(c, "/batches/confirm", form); a.code != 200 || !strings.Contains(a.body, `<strong id="confirm-count">3</strong>`) {
+		t.Fatalf("filter confirmation: %d\n%s", a.code, a.body)
+	}
+	// A bad action is said in words on the form, nothing is counted.
+	form.Set("operation", "set")
+	form.Set("params", "Device.WiFi.AccessPoint.1.Security.KeyPassphrase=hunter2")
+	if a := otto.post(c, "/batches/confirm", form); a.code != 400 || !strings.Contains(a.body, "holds a secret") || strings.Contains(a.body, "confirm-count") {
+		t.Fatalf("secret set: %d\n%s", a.code, a.body)
+	}
+	form.Set("params", "Device.X")
+	if a := otto.post(c, "/batches/confirm", form); a.code != 400 || !strings.Contains(a.body, "want path=value") {
+		t.Fatalf("bad set: %d\n%s", a.code, a.body)
+	}
+	if a := do(c, "GET", "/batches/new?scope=selection", nil, otto.cookies, nil); a.code != 400 || !strings.Contains(a.body, "No device is selected") {
+		t.Fatalf("empty selection: %d\n%s", a.code, a.body)
+	}
+	if a := do(c, "GET", "/batches/new?scope=filter", nil, vera.cookies, nil); a.code != http.StatusForbidden {
+		t.Fatalf("viewer's action form: %d", a.code)
+	}
+}
+
+// TestConsoleTaskCancelRetry: the task list filters by state, operation
+// and device; an operator cancels a queued task and retries it; a
+// viewer's forged cancel is refused.
+func TestConsoleTaskCancelRetry(t *testing.T) {
+	c, st, us := newOpsConsole(t)
+	ctx := store.ContextWithActor(context.Background(), "test")
+	addDevices(t, st, "ACME", "t-1", "t-2")
+	// Offline devices keep their tasks queued.
+	if _, err := st.Pool().Exec(ctx, "UPDATE devices SET online = false"); err != nil {
+		t.Fatal(err)
+	}
+	task, err := c.o.Tasks.Create(ctx, "t-1", controller.TaskRequest{Operation: "reboot"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.o.Tasks.Create(ctx, "t-2", controller.TaskRequest{Operation: "get", Paths: []string{"Device."}}); err != nil {
+		t.Fatal(err)
+	}
+	otto, vera := us["otto"], us["vera"]
+	for query, want := range map[string]int{"": 2, "state=queued": 2, "state=failed": 0, "operation=reboot": 1, "device=t-2": 1,
+		"since=2000-01-01T00:00": 2, "until=2000-01-01T00:00": 0} {
+		a := do(c, "GET", "/tasks?"+query, nil, vera.cookies, nil)
+		if a.code != 200 || strings.Count(a.body, "data-task=") != want {
+			t.Errorf("/tasks?%s: %d, %d tasks, want %d", query, a.code, strings.Count(a.body, "data-task="), want)
+		}
+	}
+	if a := do(c, "GET", "/tasks?state=lost", nil, vera.cookies, nil); a.code != 400 || !strings.Contains(a.body, "state must be one of") {
+		t.Fatalf("bad state: %d", a.code)
+	}
+	if a := vera.post(c, "/tasks/"+task.ID+"/cancel", nil); a.code != http.StatusForbidden {
+		t.Fatalf("viewer's forged cancel: %d", a.code)
+	}
+	if a := do(c, "GET", "/tasks/"+task.ID, nil, otto.cookies, nil); !strings.Contains(a.body, `id="cancel-task"`) || strings.Contains(a.body, `id="retry-task"`) {
+		t.Fatalf("queued task's page:\n%s", a.body)
+	}
+	if a := otto.post(c, "/tasks/"+task.ID+"/cancel", nil); a.code != http.StatusSeeOther {
+		t.Fatalf("cancel: %d\n%s", a.code, a.body)
+	}
+	a := do(c, "GET", "/tasks/"+task.ID, nil, otto.cookies, nil)
+	if !strings.Contains(a.body, `data-state="cancelled"`) || !strings.Contains(a.body, `id="retry-task"`) {
+		t.Fatalf("cancelled task's page:\n%s", a.body)
+	}
+	if a := otto.post(c, "/tasks/"+task.ID+"/cancel", nil); a.code != http.StatusConflict || !strings.Contains(a.body, "only a queued task can be cancelled") {
+		t.Fatalf("second cancel: %d", a.code)
+	}
+	a = otto.post(c, "/tasks/"+task.ID+"/retry", nil)
+	if a.code != http.StatusSeeOther || a.header.Get("Location") == "/tasks/"+task.ID {
+		t.Fatalf("retry: %d %v", a.code, a.header)
+	}
+	a = do(c, "GET", a.header.Get("Location"), nil, vera.cookies, nil)
+	if !strings.Contains(a.body, "a retry of "+task.ID) || !strings.Contains(a.body, `data-state="queued"`) {
+		t.Fatalf("the retry's page:\n%s", a.body)
+	}
+}
+
+// TestConsoleSettingsPage: every role reads the settings as given (cmd/duet
+// masks secrets before they reach the console).
+func TestConsoleSettingsPage(t *testing.T) {
+	c, _, us := newOpsConsole(t, Setting{Name: "cwmp-password", Env: "DUET_CWMP_PASSWORD", Value: "(secret, set)", Source: "environment"},
+		Setting{Name: "http-addr", Env: "DUET_HTTP_ADDR", Value: ":8080", Source: "default"})
+	a := do(c, "GET", "/settings", nil, us["vera"].cookies, nil)
+	if a.code != 200 || !strings.Contains(a.body, `<tr data-setting="cwmp-password"><td>cwmp-password</td><td><code>DUET_CWMP_PASSWORD</code></td><td class="value">(secret, set)</td><td>environment</td>`) ||
+		!strings.Contains(a.body, `href="/settings"`) {
+		t.Fatalf("settings: %d\n%s", a.code, a.body)
 	}
 }

@@ -194,7 +194,12 @@ type devicesData struct {
 	Searched   bool
 	FormError  string
 	ThisCursor string
+	// Carry is the search, as hidden fields of the selection form: "act
+	// on every device the search matches" sends it on.
+	Carry []field
 }
+
+type field struct{ Name, Value string }
 
 // deviceFilter reads the search form: the search of GET /api/v1/devices
 // (controller.ParseDeviceSearch), its param conditions one a line, 50 a
@@ -219,11 +224,7 @@ func searchValues(q url.Values) url.Values {
 			out.Set(k, v)
 		}
 	}
-	for _, line := range strings.Split(q.Get("param"), "\n") {
-		if line = strings.TrimSpace(line); line != "" {
-			out.Add("param", line)
-		}
-	}
+	out["param"] = lines(q.Get("param"))
 	return out
 }
 
@@ -252,6 +253,15 @@ func (c *Console) devices(w http.ResponseWriter, r *http.Request, sess *store.Se
 		d.Rows = append(d.Rows, deviceRow{Device: dev.Device, State: controller.DeviceState(dev.Device), Tags: dev.Tags})
 	}
 	d.Next, d.Searched = page.Next, true
+	for k, vs := range searchValues(q) {
+		if k == "cursor" || k == "limit" || k == "count" || k == "sort" {
+			continue
+		}
+		for _, v := range vs {
+			d.Carry = append(d.Carry, field{k, v})
+		}
+	}
+	sort.Slice(d.Carry, func(i, j int) bool { return d.Carry[i].Name < d.Carry[j].Name })
 	c.render(w, r, sess, http.StatusOK, "devices", "Devices", d)
 	return nil
 }

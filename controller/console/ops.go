@@ -1,0 +1,19 @@
+package console
+
+import "github.com/duet-dm/duet/pkg/store"
+
+// registerOps registers the operations pages: task batches from the
+// device list, tasks and batches, the settings page.
+func (c *Console) registerOps() {
+	c.route("GET /batches/new", store.RoleOperator, c.newBatch)
+	c.route("POST /batches/confirm", store.RoleOperator, c.confirmBatch)
+	c.route("POST /batches", store.RoleOperator, c.createBatch)
+	c.route("GET /batches", store.RoleViewer, c.batches)
+	c.route("GET /batches/{id}", store.RoleViewer, c.batch)
+	c.route("POST /batches/{id}/cancel", store.RoleOperator, c.cancelBatch)
+	c.route("GET /tasks", store.RoleViewer, c.tasks)
+	c.route("GET /tasks/{id}", store.RoleViewer, c.task)
+	c.route("POST /tasks/{id}/cancel", store.RoleOperator, c.cancelTask)
+	c.route("POST /tasks/{id}/retry", store.RoleOperator, c.retryTask)
+	c.route("GET /settings", store.RoleViewer, c.settings)
+}
