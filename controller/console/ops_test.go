@@ -315,3 +315,81 @@ func TestConsoleSettingsPage(t *testing.T) {
 		t.Fatalf("settings: %d\n%s", a.code, a.body)
 	}
 }
+
+// TestConsoleHeldAgents: held endpoint IDs are listed; an admin (the
+// API's role for admission) approves one and rejects another, audited
+// with the user's name; a viewer's or an operator's forged approval is
+// refused.
+func TestConsoleHeldAgents(t *testing.T) {
+	c, st, us := newOpsConsole(t)
+	ctx := context.Background()
+	for _, eid := range []string{"os::HELD-1", "os::HELD-2"} {
+		if _, err := st.HoldUSPAgent(ctx, eid, "mqtt", "192.0.2.7"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vera, otto, ada := us["vera"], us["otto"], us["ada"]
+	a := do(c, "GET", "/agents", nil, vera.cookies, nil)
+	if a.code != 200 || !strings.Contains(a.body, `data-agent="os::HELD-1" data-state="pending"`) || strings.Contains(a.body, "/approve") {
+		t.Fatalf("viewer's held agents: %d\n%s", a.code, a.body)
+	}
+	for _, u := range []loggedIn{vera, otto} {
+		if a := u.post(c, "/agents/os::HELD-1/approve", nil); a.code != http.StatusForbidden {
+			t.Fatalf("forged approval: %d", a.code)
+		}
+	}
+	if s, _ := st.AdmissionState(ctx, "os::HELD-1"); s != store.AdmissionPending {
+		t.Fatalf("after a refused approval: %s", s)
+	}
+	if a := do(c, "GET", "/agents", nil, otto.cookies, nil); strings.Contains(a.body, "/approve") {
+		t.Fatalf("operator's held agents offer approval:\n%s", a.body)
+	}
+	if a := do(c, "GET", "/agents", nil, ada.cookies, nil); !strings.Contains(a.body, `action="/agents/os::HELD-1/approve"`) {
+		t.Fatalf("admin's held agents:\n%s", a.body)
+	}
+	if a := ada.post(c, "/agents/os::HELD-1/approve", url.Values{"from": {"pending"}}); a.code != http.StatusSeeOther {
+		t.Fatalf("approve: %d\n%s", a.code, a.body)
+	}
+	if a := ada.post(c, "/agents/os::HELD-2/reject", nil); a.code != http.StatusSeeOther {
+		t.Fatalf("reject: %d\n%s", a.code, a.body)
+	}
+	for eid, want := range map[string]string{"os::HELD-1": store.AdmissionApproved, "os::HELD-2": store.AdmissionRejected} {
+		if s, _ := st.AdmissionState(ctx, eid); s != want {
+			t.Errorf("%s: %s, want %s", eid, s, want)
+		}
+	}
+	a = do(c, "GET", "/agents?state=approved", nil, vera.cookies, nil)
+	if !strings.Contains(a.body, `data-agent="os::HELD-1" data-state="approved"`) || !strings.Contains(a.body, "ada (user)") {
+		t.Fatalf("approved agents:\n%s", a.body)
+	}
+}
+
+// TestConsoleOwnPassword: any user changes their own password with the
+// old one; a wrong old password is refused (and counts as a failed
+// login); afterwards the old sessions are over and the new password logs
+// in.
+func TestConsoleOwnPassword(t *testing.T) {
+	c, _, us := newOpsConsole(t)
+	vera := us["vera"]
+	if a := vera.post(c, "/account/password", url.Values{"old": {"not my password"}, "new": {"a new long password"}, "again": {"a new long password"}}); a.code != http.StatusForbidden ||
+		!strings.Contains(a.body, "The current password is wrong.") {
+		t.Fatalf("wrong old password: %d\n%s", a.code, a.body)
+	}
+	if a := vera.post(c, "/account/password", url.Values{"old": {"veras long password"}, "new": {"a new long password"}, "again": {"another one"}}); a.code != http.StatusBadRequest {
+		t.Fatalf("repetition differs: %d", a.code)
+	}
+	if a := vera.post(c, "/account/password", url.Values{"old": {"veras long password"}, "new": {"short"}, "again": {"short"}}); a.code != http.StatusBadRequest {
+		t.Fatalf("too short: %d\n%s", a.code, a.body)
+	}
+	if a := do(c, "POST", "/account/password", url.Values{"old": {"veras long password"}, "new": {"a new long password"}, "again": {"a new long password"}}, vera.cookies, nil); a.code != http.StatusForbidden {
+		t.Fatalf("without the CSRF token: %d", a.code)
+	}
+	a := vera.post(c, "/account/password", url.Values{"old": {"veras long password"}, "new": {"a new long password"}, "again": {"a new long password"}})
+	if a.code != http.StatusSeeOther || a.header.Get("Location") != "/login?changed=1" {
+		t.Fatalf("change: %d %v\n%s", a.code, a.header, a.body)
+	}
+	if a := do(c, "GET", "/tasks", nil, vera.cookies, nil); a.code != http.StatusSeeOther {
+		t.Fatalf("the old session lives on: %d", a.code)
+	}
+	logIn(t, c, "vera", "a new long password", nil)
+}
