@@ -110,6 +110,9 @@ func TestConsoleOps(t *testing.T) {
 	}
 	run(t, ctx, "batches page", chromedp.Navigate(d.HTTP+"/batches"), chromedp.WaitVisible(`tr[data-batch="`+batchID+`"]`, chromedp.ByQuery))
 	screenshot(t, ctx, "batches")
+	run(t, ctx, "the batch's page", chromedp.Click(`a[href="/batches/`+batchID+`"]`, chromedp.ByQuery),
+		chromedp.WaitVisible(`#batch-progress[data-state="done"]`, chromedp.ByQuery))
+	screenshot(t, ctx, "batch")
 	run(t, ctx, "a task's page", chromedp.Click(`#task-rows a[href^="/tasks/"]`, chromedp.ByQuery), chromedp.WaitVisible("#task-history", chromedp.ByID))
 	screenshot(t, ctx, "task")
 

@@ -58,6 +58,10 @@ type Options struct {
 	// Bulk creates task batches (the device list's selection or filter);
 	// without it the batch actions answer "not available".
 	Bulk *controller.BulkRunner
+	// Credentials stores CWMP devices' credentials (the API's service);
+	// without it the device page's credentials form answers "not
+	// available".
+	Credentials *controller.Credentials
 	// Settings are the effective configuration the settings page shows,
 	// secrets already masked by the caller (cmd/duet).
 	Settings []Setting
@@ -94,6 +98,7 @@ type Console struct {
 	secrets  controller.SecretNames
 	registry *controller.Devices
 	params   *controller.Parameters
+	creds    *controller.Credentials
 
 	overviewMu sync.Mutex
 	overview   overviewData // the last figures computed (overviewData)
@@ -127,6 +132,10 @@ func New(o Options) (*Console, error) {
 	c := &Console{o: o, st: o.Store, log: log, rl: ratelog.New(log, 0, 0), mux: http.NewServeMux(), stop: make(chan struct{}),
 		secrets: secrets, registry: controller.NewDevices(o.Store),
 		params: controller.NewParameters(controller.ParametersOptions{Store: o.Store, Tasks: o.Tasks, Secrets: secrets, Logger: log})}
+	c.creds = o.Credentials
+	if c.creds == nil {
+		c.creds = controller.NewCredentials(controller.CredentialsOptions{Store: o.Store, Logger: log})
+	}
 	if err := c.parseTemplates(); err != nil {
 		return nil, err
 	}

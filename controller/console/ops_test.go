@@ -1,9 +1,12 @@
 package console
 
 import (
+	"bufio"
 	"context"
+	"fmt"
 	"html"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strings"
@@ -12,6 +15,7 @@ import (
 
 	"github.com/duet-dm/duet/controller"
 	"github.com/duet-dm/duet/pkg/bus/bustest"
+	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
 	"github.com/duet-dm/duet/pkg/store/storetest"
 )
@@ -82,6 +86,12 @@ func TestConsoleSearchIsTheAPIs(t *testing.T) {
 // `duet serve` builds it, and users of every role.
 func newOpsConsole(t *testing.T, settings ...Setting) (*Console, *store.Store, map[string]loggedIn) {
 	t.Helper()
+	return newOpsConsoleWith(t, func(o *Options) { o.Settings = settings })
+}
+
+// newOpsConsoleWith is newOpsConsole with more options set by opt.
+func newOpsConsoleWith(t *testing.T, opt func(*Options)) (*Console, *store.Store, map[string]loggedIn) {
+	t.Helper()
 	b, _ := bustest.Start(t)
 	st, _ := storetest.Open(t)
 	q, err := controller.NewTaskQueue(controller.TaskQueueOptions{Store: st, Bus: b, SweepInterval: 100 * time.Millisecond, CommandTimeout: 5 * time.Second})
@@ -100,7 +110,9 @@ func newOpsConsole(t *testing.T, settings ...Setting) (*Console, *store.Store, m
 		t.Fatal(err)
 	}
 	t.Cleanup(bulk.Stop)
-	c, err := New(Options{Store: st, Tasks: q, Bulk: bulk, Settings: settings})
+	o := Options{Store: st, Tasks: q, Bulk: bulk, LiveInterval: 100 * time.Millisecond}
+	opt(&o)
+	c, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -392,4 +404,118 @@ func TestConsoleOwnPassword(t *testing.T) {
 		t.Fatalf("the old session lives on: %d", a.code)
 	}
 	logIn(t, c, "vera", "a new long password", nil)
+}
+
+// TestConsoleDeviceExtras: the device page's credentials (stored by an
+// admin, never shown, refused to an operator), an operate command queued
+// from its action form, its policies, its event history paged and the
+// live tail of new events.
+func TestConsoleDeviceExtras(t *testing.T) {
+	key, err := store.NewCredentialKey([]byte("0123456789abcdef0123456789abcdef"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st *store.Store
+	c, st, us := newOpsConsoleWith(t, func(o *Options) {
+		o.Credentials = controller.NewCredentials(controller.CredentialsOptions{Store: o.Store, Key: key})
+	})
+	ctx := context.Background()
+	addDevices(t, st, "ACME", "x-1")
+	ada, otto, vera := us["ada"], us["otto"], us["vera"]
+	a := do(c, "GET", "/devices/x-1", nil, ada.cookies, nil)
+	if a.code != 200 || !strings.Contains(a.body, "None stored for this device") || !strings.Contains(a.body, `id="credentials-form"`) ||
+		!strings.Contains(a.body, "No policy applies to this device.") || !strings.Contains(a.body, `id="run-action"`) {
+		t.Fatalf("admin's device page: %d\n%s", a.code, a.body)
+	}
+	creds := url.Values{"username": {"cpe-x1"}, "password": {"cpe-pw-s3cret"}, "cr_username": {"acs"}, "cr_password": {"cr-pw-s3cret"}}
+	if a := otto.post(c, "/devices/x-1/credentials", creds); a.code != http.StatusForbidden {
+		t.Fatalf("operator's forged credentials: %d", a.code)
+	}
+	if a := ada.post(c, "/devices/x-1/credentials", creds); a.code != http.StatusSeeOther {
+		t.Fatalf("store credentials: %d\n%s", a.code, a.body)
+	}
+	a = do(c, "GET", "/devices/x-1", nil, ada.cookies, nil)
+	if !strings.Contains(a.body, "user name <code>cpe-x1</code>") || strings.Contains(a.body, "s3cret") {
+		t.Fatalf("device page after storing credentials:\n%s", a.body)
+	}
+	if a := do(c, "GET", "/devices/x-1", nil, otto.cookies, nil); strings.Contains(a.body, `id="credentials-form"`) {
+		t.Fatal("an operator is offered the credentials form")
+	}
+	if a := ada.post(c, "/devices/x-1/credentials/delete", nil); a.code != http.StatusSeeOther {
+		t.Fatalf("delete credentials: %d", a.code)
+	}
+	if _, err := st.FindDeviceCredentials(ctx, "x-1"); devicemodel.ErrorCode(err) != devicemodel.CodeNotFound {
+		t.Fatalf("credentials after delete: %v", err)
+	}
+
+	// An operate command from the action form; a viewer's is refused.
+	op := url.Values{"operation": {"operate"}, "command": {"Device.IP.Diagnostics.IPPing()"}, "input_args": {"Host=192.0.2.1\nNumberOfRepetitions=3"}}
+	if a := vera.post(c, "/devices/x-1/action", op); a.code != http.StatusForbidden {
+		t.Fatalf("viewer's forged action: %d", a.code)
+	}
+	if a := otto.post(c, "/devices/x-1/action", op); a.code != http.StatusSeeOther {
+		t.Fatalf("operate: %d\n%s", a.code, a.body)
+	}
+	ts, _, err := st.FindTasks(ctx, store.TaskFilter{DeviceID: "x-1"})
+	if err != nil || len(ts) != 1 || ts[0].Operation != "operate" || !strings.Contains(string(ts[0].Request), `"NumberOfRepetitions": "3"`) ||
+		ts[0].CreatedBy != store.UserActor("otto") {
+		t.Fatalf("tasks %+v %v", ts, err)
+	}
+
+	// History, paged; the live tail sends an event stored after it began.
+	addEvent := func(id string, at time.Time) {
+		t.Helper()
+		if _, err := st.Pool().Exec(ctx, `INSERT INTO device_events (id, device_id, kind, time, stream_seq, payload)
+			VALUES ($1, 'x-1', 'boot', $2, 0, ''::bytea)`, id, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 55 {
+		addEvent(fmt.Sprintf("ev-%02d", i), time.Now().Add(-time.Hour+time.Duration(i)*time.Second))
+	}
+	a = do(c, "GET", "/devices/x-1/events", nil, vera.cookies, nil)
+	if a.code != 200 || strings.Count(a.body, "data-event=") != 50 || !strings.Contains(a.body, `data-event="ev-54"`) || !strings.Contains(a.body, `sse-connect="/live/devices/x-1/events"`) {
+		t.Fatalf("events page: %d\n%s", a.code, a.body)
+	}
+	next := regexp.MustCompile(`href="\?cursor=([^"&]+)"`).FindStringSubmatch(a.body)
+	if next == nil {
+		t.Fatalf("no next page:\n%s", a.body)
+	}
+	if a := do(c, "GET", "/devices/x-1/events?cursor="+next[1], nil, vera.cookies, nil); strings.Count(a.body, "data-event=") != 5 || strings.Contains(a.body, "sse-connect") {
+		t.Fatalf("second page:\n%s", a.body)
+	}
+	srv := httptest.NewServer(c)
+	defer srv.Close()
+	req, _ := http.NewRequest("GET", srv.URL+"/live/devices/x-1/events", nil)
+	req.AddCookie(vera.cookies[0])
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != 200 || res.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("live tail: %d %v", res.StatusCode, res.Header)
+	}
+	addEvent("ev-new", time.Now())
+	got := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(res.Body)
+		var b strings.Builder
+		for sc.Scan() {
+			b.WriteString(sc.Text() + "\n")
+			if strings.Contains(b.String(), "ev-new") {
+				got <- b.String()
+				return
+			}
+		}
+		got <- b.String()
+	}()
+	select {
+	case s := <-got:
+		if !strings.Contains(s, "event: device-event\ndata: <tr data-event=\"ev-new\"") || strings.Contains(s, "ev-54") {
+			t.Fatalf("live tail sent:\n%s", s)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the live tail sent nothing")
+	}
 }

@@ -302,6 +302,7 @@ type deviceData struct {
 	NextParams string
 	Tasks      []store.Task
 	Events     []store.DeviceEvent
+	Extras     deviceExtras // device_extras.go
 }
 
 func (c *Console) device(w http.ResponseWriter, r *http.Request, sess *store.Session) error {
@@ -339,6 +340,9 @@ func (c *Console) device(w http.ResponseWriter, r *http.Request, sess *store.Ses
 	if r.URL.Query().Get("part") == "tasks" {
 		c.fragment(w, r, sess, "device", "tasks", d)
 		return nil
+	}
+	if d.Extras, err = c.deviceExtras(r.Context(), sess, id, dev.Protocol); err != nil {
+		return err
 	}
 	c.render(w, r, sess, http.StatusOK, "device", dev.ID, d)
 	return nil
