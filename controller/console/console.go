@@ -79,6 +79,9 @@ type Options struct {
 	// besides controller.DefaultSecretParams (the API's setting): the
 	// console never shows them.
 	SecretParams []string
+	// ActivityInterval is how often the overview's activity chart is
+	// sampled. Default 1 min, the chart's resolution.
+	ActivityInterval time.Duration
 	// LiveInterval is how often live parts of pages (the overview) are
 	// refreshed over Server-Sent Events. Default 5 s.
 	LiveInterval time.Duration
@@ -95,6 +98,7 @@ type Console struct {
 	pages    map[string]*template.Template
 	stop     chan struct{}
 	once     sync.Once
+	wg       sync.WaitGroup
 	secrets  controller.SecretNames
 	registry *controller.Devices
 	params   *controller.Parameters
@@ -126,6 +130,9 @@ func New(o Options) (*Console, error) {
 	}
 	if o.LiveInterval <= 0 {
 		o.LiveInterval = 5 * time.Second
+	}
+	if o.ActivityInterval <= 0 {
+		o.ActivityInterval = time.Minute
 	}
 	log := o.Logger.With("component", "console")
 	secrets := controller.NewSecretNames(o.SecretParams)
@@ -177,12 +184,17 @@ func New(o Options) (*Console, error) {
 	c.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, nil, devicemodel.Errorf(devicemodel.CodeNotFound, "there is no page %s", r.URL.Path))
 	})
+	c.wg.Add(1)
+	go c.sampleActivity() // charts.go
 	return c, nil
 }
 
 // Close ends the live streams (which would hold a graceful shutdown
-// open). Safe to call twice.
-func (c *Console) Close() { c.once.Do(func() { close(c.stop) }) }
+// open) and the activity sampler. Safe to call twice.
+func (c *Console) Close() {
+	c.once.Do(func() { close(c.stop) })
+	c.wg.Wait()
+}
 
 func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()

@@ -4,7 +4,8 @@ import "github.com/duet-dm/duet/pkg/store"
 
 // registerOps registers the operations pages: task batches from the
 // device list, tasks and batches, the settings page, held USP agents,
-// the user's own password, the device page's extras.
+// the user's own password, the device page's extras, the overview's
+// charts.
 func (c *Console) registerOps() {
 	c.route("GET /batches/new", store.RoleOperator, c.newBatch)
 	c.route("POST /batches/confirm", store.RoleOperator, c.confirmBatch)
@@ -17,6 +18,7 @@ func (c *Console) registerOps() {
 	c.route("POST /tasks/{id}/cancel", store.RoleOperator, c.cancelTask)
 	c.route("POST /tasks/{id}/retry", store.RoleOperator, c.retryTask)
 	c.route("GET /settings", store.RoleViewer, c.settings)
+	c.route("GET /overview/charts.json", store.RoleViewer, c.charts)
 	c.route("GET /agents", store.RoleViewer, c.heldAgents)
 	c.route("POST /agents/{eid}/approve", admissionRole, c.decideAgent(true))
 	c.route("POST /agents/{eid}/reject", admissionRole, c.decideAgent(false))

@@ -3,6 +3,7 @@ package console
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"html"
 	"net/http"
@@ -110,7 +111,8 @@ func newOpsConsoleWith(t *testing.T, opt func(*Options)) (*Console, *store.Store
 		t.Fatal(err)
 	}
 	t.Cleanup(bulk.Stop)
-	o := Options{Store: st, Tasks: q, Bulk: bulk, LiveInterval: 100 * time.Millisecond}
+	// The activity sampler samples once at the start, then not during a test.
+	o := Options{Store: st, Tasks: q, Bulk: bulk, LiveInterval: 100 * time.Millisecond, ActivityInterval: time.Hour}
 	opt(&o)
 	c, err := New(o)
 	if err != nil {
@@ -517,5 +519,57 @@ func TestConsoleDeviceExtras(t *testing.T) {
 		}
 	case <-time.After(2 * time.Minute):
 		t.Fatal("the live tail sent nothing")
+	}
+}
+
+// TestConsoleCharts: the overview's chart data comes from Duet's own
+// records: Informs per minute from the samples' differences, events
+// stored per minute, new devices per day, task outcomes per hour.
+func TestConsoleCharts(t *testing.T) {
+	c, st, us := newOpsConsole(t)
+	ctx := context.Background()
+	addDevices(t, st, "ACME", "c-1", "c-2", "c-3")
+	exec := func(sql string, args ...any) {
+		t.Helper()
+		if _, err := st.Pool().Exec(ctx, sql, args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exec(`UPDATE devices SET first_seen = now() - interval '2 days' WHERE id = 'c-3'`)
+	now := time.Now().UTC().Truncate(time.Minute)
+	// Two samples a minute apart: 7 Informs and 2 boot events between.
+	exec(`DELETE FROM console_activity`)
+	exec(`UPDATE devices SET informs_total = 10`)
+	if err := st.SampleActivity(ctx, now.Add(-time.Minute), chartKinds); err != nil {
+		t.Fatal(err)
+	}
+	exec(`UPDATE devices SET informs_total = informs_total + CASE id WHEN 'c-1' THEN 5 ELSE 1 END`)
+	for i := range 2 {
+		exec(`INSERT INTO device_events (id, device_id, kind, time, stream_seq, payload) VALUES ($1, 'c-1', 'boot', $2, 0, ''::bytea)`,
+			fmt.Sprintf("cb-%d", i), now.Add(-30*time.Second))
+	}
+	if err := st.SampleActivity(ctx, now, chartKinds); err != nil {
+		t.Fatal(err)
+	}
+	// A task finished now, failed.
+	exec(`INSERT INTO tasks (id, device_id, operation, request, command, non_idempotent, state, finished_at, error_code, error_message)
+		VALUES ('ct-1', 'c-1', 'reboot', '{}', ''::bytea, true, 'failed', now(), 'timeout', 'no answer')`)
+	a := do(c, "GET", "/overview/charts.json", nil, us["vera"].cookies, nil)
+	var d chartsData
+	if a.code != 200 || json.Unmarshal([]byte(a.body), &d) != nil {
+		t.Fatalf("charts: %d %s", a.code, a.body)
+	}
+	last := func(s chartSeries, i int) int64 { return s.Series[i][len(s.Series[i])-1] }
+	if len(d.Activity.X) == 0 || d.Activity.X[len(d.Activity.X)-1] != now.Unix() || last(d.Activity, 0) != 7 || last(d.Activity, 1) != 2 {
+		t.Fatalf("activity %+v", d.Activity)
+	}
+	if len(d.NewDevices.X) != 30 || last(d.NewDevices, 0) != 2 || d.NewDevices.Series[0][27] != 1 {
+		t.Fatalf("new devices %+v", d.NewDevices)
+	}
+	if len(d.TaskResults.X) != 24 || d.TaskResults.Labels[1] != "failed" || last(d.TaskResults, 1) != 1 || last(d.TaskResults, 0) != 0 {
+		t.Fatalf("task outcomes %+v", d.TaskResults)
+	}
+	if a := do(c, "GET", "/", nil, us["vera"].cookies, nil); !strings.Contains(a.body, `id="chart-activity"`) || !strings.Contains(a.body, "/static/vendor/uplot/uPlot.iife.min.js") {
+		t.Fatalf("overview has no charts:\n%s", a.body)
 	}
 }
