@@ -16,7 +16,7 @@ import (
 
 // TestConsoleOps: in a real browser against the real duet, an operator's
 // work beyond one device (issue 13 item 4): the overview's counts are the
-// API's; two ticked devices become a task batch after a confirmation
+// API's and its charts draw; two ticked devices become a task batch after a confirmation
 // that counts them; the tasks page shows the batch's tasks ending, live;
 // the settings page shows the configuration without a secret.
 func TestConsoleOps(t *testing.T) {
@@ -51,6 +51,9 @@ func TestConsoleOps(t *testing.T) {
 		}
 		return nil
 	})
+	// The charts draw (uPlot, vendored) from the console's own data.
+	run(t, ctx, "overview charts", chromedp.Navigate(d.HTTP+"/"),
+		chromedp.WaitVisible(`#charts[data-loaded="true"] #chart-task_outcomes canvas`, chromedp.ByQuery))
 	screenshot(t, ctx, "overview")
 
 	// Tick the first two CWMP devices; read their device info as a batch.

@@ -53,6 +53,11 @@ func (c *Console) deviceExtras(ctx context.Context, sess *store.Session, id stri
 	}
 	sort.Slice(x.Policies, func(i, j int) bool { return x.Policies[i].PolicyID < x.Policies[j].PolicyID })
 	if p == devicemodel.ProtocolCWMP {
+		if err := c.creds.Available(); err != nil {
+			// No key configured: the page says so; the rest still shows.
+			x.CredentialsError = devicemodel.ErrorMessage(err)
+			return c.deviceFiles(ctx, sess, x)
+		}
 		switch cr, err := c.creds.Find(ctx, id); {
 		case err == nil:
 			x.Credentials = &cr
@@ -63,12 +68,18 @@ func (c *Console) deviceExtras(ctx context.Context, sess *store.Session, id stri
 			return x, err
 		}
 	}
-	if roleAtLeast(sess.User.Role, store.RoleOperator) {
-		if x.Files, err = c.st.FindFiles(ctx, store.FileFilter{Limit: 200}); err != nil {
-			return x, err
-		}
+	return c.deviceFiles(ctx, sess, x)
+}
+
+// deviceFiles adds the repository's files an operator's action form
+// offers.
+func (c *Console) deviceFiles(ctx context.Context, sess *store.Session, x deviceExtras) (deviceExtras, error) {
+	if !roleAtLeast(sess.User.Role, store.RoleOperator) {
+		return x, nil
 	}
-	return x, nil
+	var err error
+	x.Files, err = c.st.FindFiles(ctx, store.FileFilter{Limit: 200})
+	return x, err
 }
 
 // deviceAction queues the action form's task for one device (the page

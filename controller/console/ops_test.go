@@ -282,6 +282,10 @@ func TestConsoleTaskCancelRetry(t *testing.T) {
 		t.Fatal(err)
 	}
 	otto, vera := us["otto"], us["vera"]
+	// Without a credentials key the device page still shows, and says so.
+	if a := do(c, "GET", "/devices/t-1", nil, otto.cookies, nil); a.code != 200 || !strings.Contains(a.body, "DUET_CREDENTIALS_KEY") {
+		t.Fatalf("device page without a credentials key: %d\n%s", a.code, a.body)
+	}
 	for query, want := range map[string]int{"": 2, "state=queued": 2, "state=failed": 0, "operation=reboot": 1, "device=t-2": 1,
 		"since=2000-01-01T00:00": 2, "until=2000-01-01T00:00": 0} {
 		a := do(c, "GET", "/tasks?"+query, nil, vera.cookies, nil)
