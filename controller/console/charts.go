@@ -76,7 +76,9 @@ func (c *Console) charts(w http.ResponseWriter, r *http.Request, _ *store.Sessio
 	if err != nil {
 		return err
 	}
-	d.Activity = chartSeries{Labels: []string{"Informs", "Other device events"}, Series: make([][]int64, 2)}
+	// Empty, not null, before the first two samples: the browser's
+	// uPlot wants arrays.
+	d.Activity = chartSeries{X: []int64{}, Labels: []string{"Informs", "Other device events"}, Series: [][]int64{{}, {}}}
 	for _, p := range act {
 		d.Activity.X = append(d.Activity.X, p.Minute.Unix())
 		d.Activity.Series[0] = append(d.Activity.Series[0], p.Informs)

@@ -539,6 +539,12 @@ func TestConsoleCharts(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Before two samples a minute apart, the activity is empty arrays
+	// (uPlot cannot draw null).
+	exec(`DELETE FROM console_activity`)
+	if a := do(c, "GET", "/overview/charts.json", nil, us["vera"].cookies, nil); !strings.Contains(a.body, `"activity":{"x":[],"labels":["Informs","Other device events"],"series":[[],[]]}`) {
+		t.Fatalf("charts before any sample: %s", a.body)
+	}
 	exec(`UPDATE devices SET first_seen = now() - interval '2 days' WHERE id = 'c-3'`)
 	now := time.Now().UTC().Truncate(time.Minute)
 	// Two samples a minute apart: 7 Informs and 2 boot events between.

@@ -8,7 +8,7 @@
 
   function draw(name, data) {
     var el = document.getElementById("chart-" + name);
-    if (!el || !window.uPlot) { return; }
+    if (!el || !window.uPlot || !data || !data.x) { return; }
     var series = [{}];
     for (var i = 0; i < data.labels.length; i++) {
       var c = stateColours[data.labels[i]] || colours[i % colours.length];
