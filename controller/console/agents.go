@@ -3,6 +3,7 @@ package console
 import (
 	"net/http"
 	"net/url"
+	"slices"
 
 	"github.com/duet-dm/duet/controller/api"
 	"github.com/duet-dm/duet/pkg/devicemodel"
@@ -31,7 +32,7 @@ func (c *Console) heldAgents(w http.ResponseWriter, r *http.Request, sess *store
 	if d.State == "" {
 		d.State = store.AdmissionPending
 	}
-	if !contains(admissionStates, d.State) {
+	if !slices.Contains(admissionStates, d.State) {
 		return devicemodel.Errorf(devicemodel.CodeInvalidArgument, "state must be pending, approved or rejected")
 	}
 	const limit = 100

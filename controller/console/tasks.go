@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -40,7 +41,7 @@ type tasksData struct {
 func taskFilter(q url.Values) (store.TaskListFilter, error) {
 	f := store.TaskListFilter{State: store.TaskState(q.Get("state")), Operation: strings.TrimSpace(q.Get("operation")),
 		DeviceID: strings.TrimSpace(q.Get("device")), BatchID: strings.TrimSpace(q.Get("batch")), Limit: 50}
-	if f.State != "" && !contains(taskStates, string(f.State)) {
+	if f.State != "" && !slices.Contains(taskStates, string(f.State)) {
 		return f, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "state must be one of %s", strings.Join(taskStates, ", "))
 	}
 	for _, x := range []struct {
@@ -63,15 +64,6 @@ func taskFilter(q url.Values) (store.TaskListFilter, error) {
 		f.Before = n
 	}
 	return f, nil
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 func (c *Console) tasks(w http.ResponseWriter, r *http.Request, sess *store.Session) error {
@@ -230,7 +222,7 @@ type batchRow struct {
 	Open, Succeeded, Failed int64
 }
 
-// Progress is the batch's finished tasks as a share of those created.
+// Finished counts the batch's tasks that ended, whatever their outcome.
 func (b batchRow) Finished() int64 { return b.Succeeded + b.Failed }
 
 type batchesData struct {
@@ -265,7 +257,7 @@ func (c *Console) batches(w http.ResponseWriter, r *http.Request, sess *store.Se
 	q := r.URL.Query()
 	d := batchesData{Form: q, Live: "/batches?" + pageQuery(q, q.Get("cursor")) + "&part=rows"}
 	f := store.TaskBatchFilter{Limit: 50, State: store.TaskBatchState(q.Get("state"))}
-	if f.State != "" && !contains([]string{"running", "done", "cancelled", "failed"}, string(f.State)) {
+	if f.State != "" && !slices.Contains([]string{"running", "done", "cancelled", "failed"}, string(f.State)) {
 		return devicemodel.Errorf(devicemodel.CodeInvalidArgument, "state must be running, done, cancelled or failed")
 	}
 	if v := q.Get("cursor"); v != "" {
