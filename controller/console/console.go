@@ -106,6 +106,10 @@ type Console struct {
 
 	overviewMu sync.Mutex
 	overview   overviewData // the last figures computed (overviewData)
+
+	chartsMu   sync.Mutex
+	chartsData chartsData // the last chart data computed (charts.go)
+	chartsAt   time.Time
 }
 
 // New builds the console; a bad option is an error naming it.

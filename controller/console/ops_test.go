@@ -530,7 +530,8 @@ func TestConsoleDeviceExtras(t *testing.T) {
 // records: Informs per minute from the samples' differences, events
 // stored per minute, new devices per day, task outcomes per hour.
 func TestConsoleCharts(t *testing.T) {
-	c, st, us := newOpsConsole(t)
+	// Computed for each request, not shared for a while.
+	c, st, us := newOpsConsoleWith(t, func(o *Options) { o.LiveInterval = time.Nanosecond })
 	ctx := context.Background()
 	addDevices(t, st, "ACME", "c-1", "c-2", "c-3")
 	exec := func(sql string, args ...any) {
