@@ -271,7 +271,8 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		// The web console answers every other path (issue 13).
 		con, err := console.New(console.Options{Store: st, Tasks: tasks, Bulk: bulk, Settings: s.consoleSettings(), IdleTimeout: cfg.consoleIdle,
 			Credentials:     controller.NewCredentials(controller.CredentialsOptions{Store: st, Key: credKey, Realm: realm, Logger: log}),
-			SessionLifetime: cfg.consoleLifetime, OpenAPI: api.OpenAPIDocument(), SecretParams: cfg.secretParams, Logger: log})
+			SessionLifetime: cfg.consoleLifetime, OpenAPI: api.OpenAPIDocument(), SecretParams: cfg.secretParams, Logger: log,
+			Bus: b, PolicyEnv: policyEnv})
 		if err != nil {
 			_ = hl.Close()
 			return err

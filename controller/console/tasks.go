@@ -1,7 +1,6 @@
 package console
 
 import (
-	"bytes"
 	"encoding/json"
 	"net/http"
 	"net/url"
@@ -179,14 +178,6 @@ func taskErrorWords(t store.Task) string {
 		s += "; the device answered fault " + strconv.Itoa(t.DeviceFault)
 	}
 	return s
-}
-
-func indentJSON(b []byte) string {
-	var out bytes.Buffer
-	if json.Indent(&out, b, "", "  ") != nil {
-		return string(b)
-	}
-	return out.String()
 }
 
 func (c *Console) cancelTask(w http.ResponseWriter, r *http.Request, _ *store.Session) error {
