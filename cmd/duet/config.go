@@ -6,11 +6,13 @@ import (
 	"io"
 	"net"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/duet-dm/duet/controller"
+	"github.com/duet-dm/duet/controller/console"
 )
 
 // setting is one configuration knob: a flag, a DUET_* variable and a key of
@@ -293,6 +295,33 @@ type level struct {
 	source, what, whatFile string
 	v, vFile               string
 	ok, okFile             bool
+}
+
+// shown is the setting's value as Duet shows it (duet config check, the
+// console's settings page): a secret only as set or not, and the password
+// of any URL in a value (nats://user:password@host) as ***.
+func (st *setting) shown() string {
+	if st.secret {
+		if st.value == "" {
+			return ""
+		}
+		return "(secret, set)"
+	}
+	return urlPassword.ReplaceAllString(st.value, "${1}***@")
+}
+
+// urlPassword matches the user:password@ of a URL (RFC 3986 §3.2.1), in
+// a value that may list several.
+var urlPassword = regexp.MustCompile(`([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s,]*:)[^@/\s,]*@`)
+
+// consoleSettings is the effective configuration for the console's
+// settings page, masked here: the console never holds a secret.
+func (s *settings) consoleSettings() []console.Setting {
+	out := make([]console.Setting, 0, len(s.list))
+	for _, st := range s.list {
+		out = append(out, console.Setting{Name: st.flag, Env: st.env, Value: st.shown(), Source: st.source})
+	}
+	return out
 }
 
 // readSecretFile reads a secret from a file, without the line ending most

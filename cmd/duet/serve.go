@@ -284,7 +284,8 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		}
 		mux.Handle("/api/v1/", apiServer)
 		// The web console answers every other path (issue 13).
-		con, err := console.New(console.Options{Store: st, Tasks: tasks, IdleTimeout: cfg.consoleIdle,
+		con, err := console.New(console.Options{Store: st, Tasks: tasks, Bulk: bulk, Settings: s.consoleSettings(), IdleTimeout: cfg.consoleIdle,
+			Credentials:     controller.NewCredentials(controller.CredentialsOptions{Store: st, Key: credKey, Realm: realm, Logger: log}),
 			SessionLifetime: cfg.consoleLifetime, OpenAPI: api.OpenAPIDocument(), SecretParams: cfg.secretParams, Logger: log,
 			Bus: b, PolicyEnv: policyEnv})
 		if err != nil {
