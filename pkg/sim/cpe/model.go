@@ -239,6 +239,11 @@ func (m *model) getValues(names []string) ([]cwmp.ParameterValueStruct, *cwmp.Fa
 
 func (m *model) pvs(path string) cwmp.ParameterValueStruct {
 	v, _ := m.get(path)
+	if strings.HasSuffix(path, "Password") {
+		// Passwords read back empty (TR-098/TR-181 ManagementServer.Password,
+		// ConnectionRequestPassword, STUNPassword, Users.User.{i}.Password).
+		v = ""
+	}
 	return cwmp.ParameterValueStruct{Name: path, Value: cwmp.Value{Type: m.params[path].typ, Data: v}}
 }
 
