@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/duet-dm/duet/controller/files"
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
@@ -260,7 +261,8 @@ func completionMatcher(c Completion) (kind, subState string, match func(store.Ta
 			// AutonomousTransferComplete has no CommandKey (TR-069
 			// A.3.3.3): it completes the one transfer to its URL.
 			return "transfer", store.SubStateAwaitingCompletion, func(t store.Task) bool {
-				return interimResult(t).GetTransfer() != nil && tc.GetUrl() != "" && taskURL(t) == tc.GetUrl()
+				u := taskURL(t)
+				return interimResult(t).GetTransfer() != nil && tc.GetUrl() != "" && (u == tc.GetUrl() || u == files.Shape(tc.GetUrl()))
 			}
 		}
 		return "transfer", store.SubStateAwaitingCompletion, func(t store.Task) bool {

@@ -478,9 +478,12 @@ func (q *TaskQueue) dispatchUSP(id string) {
 		if !ok {
 			return
 		}
-		cmd := &duetv1.Command{}
-		if err := proto.Unmarshal(t.Command, cmd); err != nil {
-			q.settle(q.ctx, t, nil, devicemodel.Errorf(devicemodel.CodeInternal, "stored command is undecodable: %v", err))
+		cmd, err := q.commandOf(q.ctx, t)
+		if err != nil {
+			if q.settle(q.ctx, t, nil, err) {
+				q.waiting(q.ctx, id, waitReason(err))
+				return
+			}
 			continue
 		}
 		metricTasksDispatched.WithLabelValues(string(devicemodel.ProtocolUSP)).Inc()
@@ -511,6 +514,19 @@ func (q *TaskQueue) dispatchUSP(id string) {
 			return
 		}
 	}
+}
+
+// commandOf is the command a claimed task sends: the stored one, with a
+// transfer URL signed now (signTransfer).
+func (q *TaskQueue) commandOf(ctx context.Context, t store.Task) (*duetv1.Command, error) {
+	cmd := &duetv1.Command{}
+	if err := proto.Unmarshal(t.Command, cmd); err != nil {
+		return nil, devicemodel.Errorf(devicemodel.CodeInternal, "stored command is undecodable: %v", err)
+	}
+	if err := q.signTransfer(ctx, t, cmd); err != nil {
+		return nil, err
+	}
+	return cmd, nil
 }
 
 // neverSent reports whether a bus error proves the command did not reach
@@ -684,9 +700,9 @@ func (q *TaskQueue) SessionWork(ctx context.Context, req *duetv1.SessionWorkRequ
 	if err != nil || !ok {
 		return &duetv1.SessionWork{}, err
 	}
-	cmd := &duetv1.Command{}
-	if err := proto.Unmarshal(t.Command, cmd); err != nil {
-		q.settle(ctx, t, nil, devicemodel.Errorf(devicemodel.CodeInternal, "stored command is undecodable: %v", err))
+	cmd, err := q.commandOf(ctx, t)
+	if err != nil {
+		q.settle(ctx, t, nil, err)
 		return &duetv1.SessionWork{}, nil
 	}
 	metricTasksDispatched.WithLabelValues(string(devicemodel.ProtocolCWMP)).Inc()

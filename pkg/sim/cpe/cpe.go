@@ -163,10 +163,12 @@ type CPE struct {
 	pendingTC []*cwmp.TransferComplete
 	pendingDU []*cwmp.DUStateChangeComplete
 	transfers []*transfer
-	scheduled []scheduled
-	actions   []func() // run after the current session ends
-	retries   uint32
-	nextID    uint64
+	// transferURLs: the URL of every transfer the ACS ordered, in order.
+	transferURLs []string
+	scheduled    []scheduled
+	actions      []func() // run after the current session ends
+	retries      uint32
+	nextID       uint64
 	// awayUntil: rebooting, no sessions before it; gone: never back.
 	awayUntil time.Time
 	gone      bool
@@ -405,6 +407,14 @@ func (c *CPE) CreateInstance(table string, params map[string]string) (string, er
 // Wake starts a session with 6 CONNECTION REQUEST, as an accepted
 // connection request does.
 func (c *CPE) Wake() { c.signal(c.wake) }
+
+// TransferURLs returns the URLs of the transfers (Download, Upload,
+// ScheduleDownload) the ACS ordered, in order.
+func (c *CPE) TransferURLs() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.transferURLs)
+}
 
 // Stats returns the counters.
 func (c *CPE) Stats() Stats {
