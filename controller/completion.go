@@ -46,7 +46,7 @@ var (
 	}, []string{"sub_state"})
 	metricTasksCompleted = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "duet_tasks_completions_total",
-		Help: "Device completions (transfer, operation, boot, diagnostics) by outcome: matched a waiting task, or unmatched.",
+		Help: "Device completions (transfer, operation, boot, diagnostics) by outcome: matched a waiting task, cancelled (recorded on a task cancelled while it waited), or unmatched.",
 	}, []string{"kind", "outcome"})
 	metricTasksTimedOut = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "duet_tasks_await_timeouts_total",
@@ -224,7 +224,13 @@ func (q *TaskQueue) Complete(ctx context.Context, cs []Completion) ([]string, er
 			}
 		}
 		if hit == nil {
-			metricTasksCompleted.WithLabelValues(kind, "unmatched").Inc()
+			outcome := "unmatched"
+			if late, err := q.noteLate(ctx, c, kind, subState, match); err != nil {
+				return ended, err
+			} else if late {
+				outcome = "cancelled"
+			}
+			metricTasksCompleted.WithLabelValues(kind, outcome).Inc()
 			continue
 		}
 		metricTasksCompleted.WithLabelValues(kind, "matched").Inc()
@@ -234,6 +240,34 @@ func (q *TaskQueue) Complete(ctx context.Context, cs []Completion) ([]string, er
 		}
 	}
 	return ended, nil
+}
+
+// noteLate records a completion on the task it matches among those
+// cancelled while awaiting it: the task stays cancelled, its result and
+// message say what the device did after all. It reports whether one
+// matched.
+func (q *TaskQueue) noteLate(ctx context.Context, c Completion, kind, subState string, match func(store.Task) bool) (bool, error) {
+	ts, err := q.o.Store.CancelledAwaitingTasks(ctx, c.DeviceID, subState)
+	if err != nil {
+		return false, err
+	}
+	for _, t := range ts {
+		if !match(t) {
+			continue
+		}
+		o := completedOutcome(t, c)
+		note := "the device reported its " + kind + " completion afterwards: succeeded"
+		if o.State != store.TaskSucceeded {
+			note = fmt.Sprintf("the device reported its %s completion afterwards: failed (%s)", kind, o.ErrorMessage)
+		}
+		if _, ok, err := q.o.Store.NoteLateCompletion(ctx, t.ID, o.Result, note); err != nil || !ok {
+			return false, err
+		}
+		q.log.Info("completion of a cancelled task recorded; the task stays cancelled", "task", t.ID, "device", t.DeviceID, "kind", kind, "state", o.State)
+		q.notify(t.ID)
+		return true, nil
+	}
+	return false, nil
 }
 
 // completionMatcher names a completion's kind and the sub-state and test
