@@ -138,6 +138,7 @@ func (q *TaskQueue) await(ctx context.Context, t store.Task, p awaitPlan) bool {
 	}
 	if ok {
 		metricTasksAwaiting.WithLabelValues(p.subState).Inc()
+		q.armDeadline(time.Now().Add(p.timeout))
 		q.log.Info("task accepted by the device; waiting for its completion", "task", t.ID, "device", t.DeviceID,
 			"operation", t.Operation, "sub_state", p.subState, "key", p.key, "timeout", p.timeout)
 		q.notify(t.ID)
@@ -429,6 +430,62 @@ func (q *TaskQueue) finishAwaited(ctx context.Context, t store.Task, o store.Tas
 
 // failOverdue fails the awaiting tasks whose completion did not come in
 // time, with code timeout.
+// armDeadline makes sure the earliest await deadline this queue knows of
+// is acted on when it passes, not on the next sweep: one timer, for the
+// earliest deadline (a task of another replica is still failed by the
+// sweep). It fails the overdue tasks, then arms itself for the next
+// deadline the store holds.
+func (q *TaskQueue) armDeadline(at time.Time) {
+	q.dlMu.Lock()
+	defer q.dlMu.Unlock()
+	if q.dlStopped || (!q.dlAt.IsZero() && !at.Before(q.dlAt)) {
+		return
+	}
+	if q.dlTimer != nil {
+		q.dlTimer.Stop()
+	}
+	q.dlAt = at
+	q.dlTimer = time.AfterFunc(time.Until(at), q.deadlinePassed)
+}
+
+func (q *TaskQueue) deadlinePassed() {
+	q.dlMu.Lock()
+	if q.dlStopped {
+		q.dlMu.Unlock()
+		return
+	}
+	q.dlAt = time.Time{}
+	q.wg.Add(1) // under dlMu: Stop waits for it
+	q.dlMu.Unlock()
+	defer q.wg.Done()
+	q.failOverdue(q.ctx)
+	next, ok, err := q.o.Store.NextAwaitDeadline(q.ctx)
+	if err != nil {
+		if q.ctx.Err() == nil {
+			q.log.Warn("looking for the next task deadline failed; the sweep takes over", "err", err)
+		}
+		return
+	}
+	if ok {
+		// Not sooner than a second from now: a deadline the database's
+		// clock does not see passed yet is not a reason to spin.
+		if soon := time.Now().Add(time.Second); next.Before(soon) {
+			next = soon
+		}
+		q.armDeadline(next)
+	}
+}
+
+// stopDeadline stops the deadline timer for good (Stop).
+func (q *TaskQueue) stopDeadline() {
+	q.dlMu.Lock()
+	defer q.dlMu.Unlock()
+	q.dlStopped = true
+	if q.dlTimer != nil {
+		q.dlTimer.Stop()
+	}
+}
+
 func (q *TaskQueue) failOverdue(ctx context.Context) {
 	ts, err := q.o.Store.OverdueTasks(ctx)
 	if err != nil {

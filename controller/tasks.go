@@ -60,7 +60,9 @@ type TaskQueueOptions struct {
 	// CommandTimeout bounds the wait for a USP device's answer. Default 60 s.
 	CommandTimeout time.Duration
 	// SweepInterval is how often queued tasks are expired and online USP
-	// devices with queued tasks are re-examined. Default 5 s.
+	// devices with queued tasks are re-examined. Default 5 s. A task
+	// awaiting its completion fails at its deadline (a timer), the sweep
+	// catching what another replica's timer left.
 	SweepInterval time.Duration
 	// ConnReqResendAfter: a connection request the CPE accepted without
 	// opening a session within this time is sent again, at most
@@ -128,6 +130,13 @@ type TaskQueue struct {
 	// connReqFailed is told of connection requests that failed for good
 	// (presence evidence, cwmp_presence.go); set before Start.
 	connReqFailed func(context.Context, string, error)
+
+	// The timer of the earliest await deadline (armDeadline): dlAt is
+	// when it fires (zero: not armed).
+	dlMu      sync.Mutex
+	dlTimer   *time.Timer
+	dlAt      time.Time
+	dlStopped bool
 
 	crSem chan struct{}
 	// crLine: CWMP devices waiting for a connection-request slot, in
@@ -234,6 +243,12 @@ func (q *TaskQueue) Start(ctx context.Context) error {
 		q.sweepLoop()
 	}()
 	q.rescan(ctx, nil, true)
+	// Tasks that were awaiting their completion before this start.
+	if next, ok, err := q.o.Store.NextAwaitDeadline(ctx); err != nil {
+		q.log.Warn("looking for the next task deadline failed; the sweep takes over", "err", err)
+	} else if ok {
+		q.armDeadline(next)
+	}
 	return nil
 }
 
@@ -243,6 +258,7 @@ func (q *TaskQueue) Start(ctx context.Context) error {
 func (q *TaskQueue) Stop() {
 	q.stopOnce.Do(func() {
 		q.cancel()
+		q.stopDeadline()
 		q.wg.Wait()
 		if q.lease != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -594,6 +594,19 @@ func (s *Store) AwaitingTasks(ctx context.Context, deviceID, subState string) ([
 	return out, nil
 }
 
+// NextAwaitDeadline returns the earliest deadline of the awaiting tasks
+// (ok false when none awaits).
+func (s *Store) NextAwaitDeadline(ctx context.Context) (at time.Time, ok bool, err error) {
+	var t *time.Time
+	if err := s.pool.QueryRow(ctx, `SELECT min(await_deadline) FROM tasks WHERE state = 'dispatched' AND sub_state <> ''`).Scan(&t); err != nil {
+		return at, false, fmt.Errorf("store: next await deadline: %w", err)
+	}
+	if t == nil {
+		return at, false, nil
+	}
+	return *t, true, nil
+}
+
 // OverdueTasks returns the awaiting tasks past their deadline, oldest first.
 func (s *Store) OverdueTasks(ctx context.Context) ([]Task, error) {
 	out, err := collectTasks(s.pool.Query(ctx, "SELECT "+taskColumns+` FROM tasks
