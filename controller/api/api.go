@@ -71,6 +71,9 @@ type Options struct {
 	// CredentialKey seals connection-request passwords; without it the
 	// credentials routes answer 503.
 	CredentialKey *store.CredentialKey
+	// Enrolments runs automatic CWMP credential enrolment; without it
+	// POST …/credentials/enrolment answers 503.
+	Enrolments *controller.Enrolments
 	// CWMPRealm is the Digest realm the ACS challenges with; stored HA1s
 	// are computed for it. Default "Duet".
 	CWMPRealm string
@@ -111,12 +114,15 @@ func New(o Options) *Server {
 	a.route("GET /api/v1/devices/{id}", a.getDevice)
 	a.route("GET /api/v1/devices/{id}/events", a.listEvents)
 	a.route("GET /api/v1/devices/{id}/parameters", a.listParameters)
+	a.route("GET /api/v1/devices/{id}/diagnostics", a.listDiagnostics)
 	a.route("POST /api/v1/devices/{id}/tags/{tag}", a.addTag)
 	a.route("DELETE /api/v1/devices/{id}/tags/{tag}", a.removeTag)
 	a.route("GET /api/v1/events", a.streamEvents)
 	a.route("PUT /api/v1/devices/{id}/credentials", a.putCredentials)
 	a.route("GET /api/v1/devices/{id}/credentials", a.getCredentials)
 	a.route("DELETE /api/v1/devices/{id}/credentials", a.deleteCredentials)
+	a.route("GET /api/v1/devices/{id}/credentials/enrolment", a.getEnrolment)
+	a.route("POST /api/v1/devices/{id}/credentials/enrolment", a.retryEnrolment)
 	a.registerUSPAgentRoutes() // uspagents_api.go
 	if o.Tasks != nil {
 		a.route("POST /api/v1/devices/{id}/tasks", a.createTask)
@@ -131,7 +137,7 @@ func New(o Options) *Server {
 	}
 	a.registerFileRoutes()
 	// Groups, policies (validate, preview) and the audit log (issue 6).
-	RegisterGroupRoutes(a.mux, GroupRoutesOptions{Store: a.store, Bus: o.Bus, Env: o.PolicyEnv, Logger: a.log}, a.route)
+	RegisterGroupRoutes(a.mux, GroupRoutesOptions{Store: a.store, Bus: o.Bus, Env: o.PolicyEnv, Secrets: a.secrets, Logger: a.log}, a.route)
 	a.route("GET /api/v1/openapi.json", func(w http.ResponseWriter, r *http.Request) (int, error) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusOK)
