@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/duet-dm/duet/controller/files"
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
@@ -45,7 +46,7 @@ var (
 	}, []string{"sub_state"})
 	metricTasksCompleted = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "duet_tasks_completions_total",
-		Help: "Device completions (transfer, operation, boot, diagnostics) by outcome: matched a waiting task, or unmatched.",
+		Help: "Device completions (transfer, operation, boot, diagnostics) by outcome: matched a waiting task, cancelled (recorded on a task cancelled while it waited), or unmatched.",
 	}, []string{"kind", "outcome"})
 	metricTasksTimedOut = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "duet_tasks_await_timeouts_total",
@@ -137,6 +138,7 @@ func (q *TaskQueue) await(ctx context.Context, t store.Task, p awaitPlan) bool {
 	}
 	if ok {
 		metricTasksAwaiting.WithLabelValues(p.subState).Inc()
+		q.armDeadline(time.Now().Add(p.timeout))
 		q.log.Info("task accepted by the device; waiting for its completion", "task", t.ID, "device", t.DeviceID,
 			"operation", t.Operation, "sub_state", p.subState, "key", p.key, "timeout", p.timeout)
 		q.notify(t.ID)
@@ -229,7 +231,13 @@ func (q *TaskQueue) Complete(ctx context.Context, cs []Completion) ([]string, er
 			}
 		}
 		if hit == nil {
-			metricTasksCompleted.WithLabelValues(kind, "unmatched").Inc()
+			outcome := "unmatched"
+			if late, err := q.noteLate(ctx, c, kind, subState, match); err != nil {
+				return ended, err
+			} else if late {
+				outcome = "cancelled"
+			}
+			metricTasksCompleted.WithLabelValues(kind, outcome).Inc()
 			continue
 		}
 		metricTasksCompleted.WithLabelValues(kind, "matched").Inc()
@@ -239,6 +247,34 @@ func (q *TaskQueue) Complete(ctx context.Context, cs []Completion) ([]string, er
 		}
 	}
 	return ended, nil
+}
+
+// noteLate records a completion on the task it matches among those
+// cancelled while awaiting it: the task stays cancelled, its result and
+// message say what the device did after all. It reports whether one
+// matched.
+func (q *TaskQueue) noteLate(ctx context.Context, c Completion, kind, subState string, match func(store.Task) bool) (bool, error) {
+	ts, err := q.o.Store.CancelledAwaitingTasks(ctx, c.DeviceID, subState)
+	if err != nil {
+		return false, err
+	}
+	for _, t := range ts {
+		if !match(t) {
+			continue
+		}
+		o := completedOutcome(t, c)
+		note := "the device reported its " + kind + " completion afterwards: succeeded"
+		if o.State != store.TaskSucceeded {
+			note = fmt.Sprintf("the device reported its %s completion afterwards: failed (%s)", kind, o.ErrorMessage)
+		}
+		if _, ok, err := q.o.Store.NoteLateCompletion(ctx, t.ID, o.Result, note); err != nil || !ok {
+			return false, err
+		}
+		q.log.Info("completion of a cancelled task recorded; the task stays cancelled", "task", t.ID, "device", t.DeviceID, "kind", kind, "state", o.State)
+		q.notify(t.ID)
+		return true, nil
+	}
+	return false, nil
 }
 
 // completionMatcher names a completion's kind and the sub-state and test
@@ -266,7 +302,8 @@ func completionMatcher(c Completion) (kind, subState string, match func(store.Ta
 			// AutonomousTransferComplete has no CommandKey (TR-069
 			// A.3.3.3): it completes the one transfer to its URL.
 			return "transfer", store.SubStateAwaitingCompletion, func(t store.Task) bool {
-				return interimResult(t).GetTransfer() != nil && tc.GetUrl() != "" && taskURL(t) == tc.GetUrl()
+				u := taskURL(t)
+				return interimResult(t).GetTransfer() != nil && tc.GetUrl() != "" && (u == tc.GetUrl() || u == files.Shape(tc.GetUrl()))
 			}
 		}
 		return "transfer", store.SubStateAwaitingCompletion, func(t store.Task) bool {
@@ -404,6 +441,62 @@ func (q *TaskQueue) finishAwaited(ctx context.Context, t store.Task, o store.Tas
 
 // failOverdue fails the awaiting tasks whose completion did not come in
 // time, with code timeout.
+// armDeadline makes sure the earliest await deadline this queue knows of
+// is acted on when it passes, not on the next sweep: one timer, for the
+// earliest deadline (a task of another replica is still failed by the
+// sweep). It fails the overdue tasks, then arms itself for the next
+// deadline the store holds.
+func (q *TaskQueue) armDeadline(at time.Time) {
+	q.dlMu.Lock()
+	defer q.dlMu.Unlock()
+	if q.dlStopped || (!q.dlAt.IsZero() && !at.Before(q.dlAt)) {
+		return
+	}
+	if q.dlTimer != nil {
+		q.dlTimer.Stop()
+	}
+	q.dlAt = at
+	q.dlTimer = time.AfterFunc(time.Until(at), q.deadlinePassed)
+}
+
+func (q *TaskQueue) deadlinePassed() {
+	q.dlMu.Lock()
+	if q.dlStopped {
+		q.dlMu.Unlock()
+		return
+	}
+	q.dlAt = time.Time{}
+	q.wg.Add(1) // under dlMu: Stop waits for it
+	q.dlMu.Unlock()
+	defer q.wg.Done()
+	q.failOverdue(q.ctx)
+	next, ok, err := q.o.Store.NextAwaitDeadline(q.ctx)
+	if err != nil {
+		if q.ctx.Err() == nil {
+			q.log.Warn("looking for the next task deadline failed; the sweep takes over", "err", err)
+		}
+		return
+	}
+	if ok {
+		// Not sooner than a second from now: a deadline the database's
+		// clock does not see passed yet is not a reason to spin.
+		if soon := time.Now().Add(time.Second); next.Before(soon) {
+			next = soon
+		}
+		q.armDeadline(next)
+	}
+}
+
+// stopDeadline stops the deadline timer for good (Stop).
+func (q *TaskQueue) stopDeadline() {
+	q.dlMu.Lock()
+	defer q.dlMu.Unlock()
+	q.dlStopped = true
+	if q.dlTimer != nil {
+		q.dlTimer.Stop()
+	}
+}
+
 func (q *TaskQueue) failOverdue(ctx context.Context) {
 	ts, err := q.o.Store.OverdueTasks(ctx)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/duet-dm/duet/controller/files"
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
@@ -34,7 +35,10 @@ import (
 //     VendorConfigFile.{i}.Restore().
 //
 // Every URL handed to a device is the file listener's, signed for that
-// file (or upload) and device (controller/files).
+// file (or upload) and device (controller/files) when the task is
+// dispatched: the task keeps the URL with files.TokenPlaceholder for its
+// token, so nobody reading tasks gets a credential, and the token's life
+// starts when the device is told, not when the task was queued.
 
 // fileOperations need the file repository.
 var fileOperations = map[string]string{ // operation -> the file type it takes ("" none)
@@ -64,7 +68,7 @@ func (q *TaskQueue) resolveFile(ctx context.Context, r *TaskRequest, d devicemod
 	}
 	res := &resolvedFile{}
 	if want == "" {
-		res.url = q.o.FileURLs.Upload(store.FileVendorConfig, d.ID)
+		res.url = q.o.FileURLs.UploadShape()
 		r.resolved = res
 		return nil
 	}
@@ -85,9 +89,10 @@ func (q *TaskQueue) resolveFile(ctx context.Context, r *TaskRequest, d devicemod
 		return invalid("file_id %q is not for this device: %s", r.FileID, msg)
 	}
 	res.file = f
-	res.url = q.o.FileURLs.Download(f.ID, f.Name, d.ID)
-	// Kept in the request: the task shows what the device was told, and
-	// an AutonomousTransferComplete to it finds the task (completion.go).
+	res.url = q.o.FileURLs.DownloadShape(f.Name)
+	// Kept in the request: the task shows where the device is sent (the
+	// token is made at dispatch, signTransfer), and an
+	// AutonomousTransferComplete to it finds the task (completion.go).
 	r.URL = res.url
 	if r.Operation == "firmware_upgrade" {
 		r.Version = f.Version
@@ -101,6 +106,52 @@ func (q *TaskQueue) resolveFile(ctx context.Context, r *TaskRequest, d devicemod
 	}
 	r.resolved = res
 	return nil
+}
+
+// signTransfer puts a freshly signed URL into the command of a file
+// operation being dispatched, in place of the stored one with
+// files.TokenPlaceholder. A failure to sign is reported as a command that
+// never ran (the task goes back to the queue), a file gone as not_found.
+func (q *TaskQueue) signTransfer(ctx context.Context, t store.Task, cmd *duetv1.Command) error {
+	if _, ok := fileOperations[t.Operation]; !ok {
+		return nil
+	}
+	args := transferArgs(cmd)
+	if !strings.Contains(args["URL"], files.TokenPlaceholder) {
+		return nil // stored with its token, before tokens were made at dispatch
+	}
+	if q.o.FileURLs == nil {
+		return devicemodel.Errorf(devicemodel.CodeUnavailable, "this controller does not run the file repository, so %s was not sent before the command ran", t.Operation)
+	}
+	if t.Operation == "backup_config" {
+		args["URL"] = q.o.FileURLs.Upload(store.FileVendorConfig, t.DeviceID)
+		return nil
+	}
+	var r TaskRequest
+	if err := json.Unmarshal(t.Request, &r); err != nil {
+		return devicemodel.Errorf(devicemodel.CodeInternal, "stored request is undecodable: %v", err)
+	}
+	f, err := q.o.Store.FindFile(ctx, r.FileID)
+	if devicemodel.ErrorCode(err) == devicemodel.CodeNotFound {
+		return devicemodel.Errorf(devicemodel.CodeNotFound, "file %s is gone", r.FileID)
+	}
+	if err != nil {
+		return devicemodel.Errorf(devicemodel.CodeUnavailable, "signing the URL of file %s failed before the command ran: %v", r.FileID, err)
+	}
+	args["URL"] = q.o.FileURLs.Download(f.ID, f.Name, t.DeviceID)
+	return nil
+}
+
+// transferArgs are the arguments of a file operation's command, where
+// its URL is (fileCommand).
+func transferArgs(cmd *duetv1.Command) map[string]string {
+	if op := cmd.GetOperate(); op != nil && op.InputArgs != nil {
+		return op.InputArgs
+	}
+	if rpc := cmd.GetCwmpRpc(); rpc != nil && rpc.Args != nil {
+		return rpc.Args
+	}
+	return map[string]string{}
 }
 
 // fileFits says why a file does not target a device ("" when it does):

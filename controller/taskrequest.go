@@ -408,14 +408,22 @@ func (q *TaskQueue) deliver(d devicemodel.Device) {
 	}
 }
 
-// Cancel cancels a queued task (CodeConflict once it was dispatched).
+// Cancel cancels a queued task, or one the device accepted that awaits its
+// completion (store.CancelTask says what that leaves on the device);
+// CodeConflict for a task in flight without a sub-state, or finished. A
+// device whose awaited task is cancelled gets its next queued task.
 func (q *TaskQueue) Cancel(ctx context.Context, id string) (store.Task, error) {
 	t, err := q.o.Store.CancelTask(ctx, id)
-	if err == nil {
-		metricTasksFinished.WithLabelValues(string(store.TaskCancelled)).Inc()
-		q.notify(id)
+	if err != nil {
+		return t, err
 	}
-	return t, err
+	metricTasksFinished.WithLabelValues(string(store.TaskCancelled)).Inc()
+	q.notify(id)
+	if t.SubState != "" {
+		q.log.Info("task cancelled while awaiting its completion", "task", t.ID, "device", t.DeviceID, "sub_state", t.SubState)
+		q.rescan(ctx, []string{t.DeviceID}, true)
+	}
+	return t, nil
 }
 
 // Retry queues a new task with the same request as a finished one that did

@@ -60,7 +60,9 @@ type TaskQueueOptions struct {
 	// CommandTimeout bounds the wait for a USP device's answer. Default 60 s.
 	CommandTimeout time.Duration
 	// SweepInterval is how often queued tasks are expired and online USP
-	// devices with queued tasks are re-examined. Default 5 s.
+	// devices with queued tasks are re-examined. Default 5 s. A task
+	// awaiting its completion fails at its deadline (a timer), the sweep
+	// catching what another replica's timer left.
 	SweepInterval time.Duration
 	// ConnReqResendAfter: a connection request the CPE accepted without
 	// opening a session within this time is sent again, at most
@@ -130,6 +132,13 @@ type TaskQueue struct {
 	// connReqFailed is told of connection requests that failed for good
 	// (presence evidence, cwmp_presence.go); set before Start.
 	connReqFailed func(context.Context, string, error)
+
+	// The timer of the earliest await deadline (armDeadline): dlAt is
+	// when it fires (zero: not armed).
+	dlMu      sync.Mutex
+	dlTimer   *time.Timer
+	dlAt      time.Time
+	dlStopped bool
 
 	crSem chan struct{}
 	// crLine: CWMP devices waiting for a connection-request slot, in
@@ -236,6 +245,12 @@ func (q *TaskQueue) Start(ctx context.Context) error {
 		q.sweepLoop()
 	}()
 	q.rescan(ctx, nil, true)
+	// Tasks that were awaiting their completion before this start.
+	if next, ok, err := q.o.Store.NextAwaitDeadline(ctx); err != nil {
+		q.log.Warn("looking for the next task deadline failed; the sweep takes over", "err", err)
+	} else if ok {
+		q.armDeadline(next)
+	}
 	return nil
 }
 
@@ -245,6 +260,7 @@ func (q *TaskQueue) Start(ctx context.Context) error {
 func (q *TaskQueue) Stop() {
 	q.stopOnce.Do(func() {
 		q.cancel()
+		q.stopDeadline()
 		q.wg.Wait()
 		if q.lease != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -488,9 +504,12 @@ func (q *TaskQueue) dispatchUSP(id string) {
 		if !ok {
 			return
 		}
-		cmd := &duetv1.Command{}
-		if err := proto.Unmarshal(t.Command, cmd); err != nil {
-			q.settle(q.ctx, t, nil, devicemodel.Errorf(devicemodel.CodeInternal, "stored command is undecodable: %v", err))
+		cmd, err := q.commandOf(q.ctx, t)
+		if err != nil {
+			if q.settle(q.ctx, t, nil, err) {
+				q.waiting(q.ctx, id, waitReason(err))
+				return
+			}
 			continue
 		}
 		metricTasksDispatched.WithLabelValues(string(devicemodel.ProtocolUSP)).Inc()
@@ -526,6 +545,19 @@ func (q *TaskQueue) dispatchUSP(id string) {
 			return
 		}
 	}
+}
+
+// commandOf is the command a claimed task sends: the stored one, with a
+// transfer URL signed now (signTransfer).
+func (q *TaskQueue) commandOf(ctx context.Context, t store.Task) (*duetv1.Command, error) {
+	cmd := &duetv1.Command{}
+	if err := proto.Unmarshal(t.Command, cmd); err != nil {
+		return nil, devicemodel.Errorf(devicemodel.CodeInternal, "stored command is undecodable: %v", err)
+	}
+	if err := q.signTransfer(ctx, t, cmd); err != nil {
+		return nil, err
+	}
+	return cmd, nil
 }
 
 // neverSent reports whether a bus error proves the command did not reach
@@ -697,9 +729,9 @@ func (q *TaskQueue) SessionWork(ctx context.Context, req *duetv1.SessionWorkRequ
 	if err != nil || !ok {
 		return &duetv1.SessionWork{}, err
 	}
-	cmd := &duetv1.Command{}
-	if err := proto.Unmarshal(t.Command, cmd); err != nil {
-		q.settle(ctx, t, nil, devicemodel.Errorf(devicemodel.CodeInternal, "stored command is undecodable: %v", err))
+	cmd, err := q.commandOf(ctx, t)
+	if err != nil {
+		q.settle(ctx, t, nil, err)
 		return &duetv1.SessionWork{}, nil
 	}
 	if q.prepare != nil {

@@ -157,27 +157,30 @@ func TestFirmwareUpgradeBothProtocols(t *testing.T) {
 }
 
 // TestFileListenerRangeAndTokens: the URL a task hands a device serves
-// HEAD and a byte range; without a valid token the listener refuses.
+// HEAD and a byte range; without a valid token the listener refuses. The
+// URL the task shows carries no token (it is made at dispatch).
 func TestFileListenerRangeAndTokens(t *testing.T) {
 	env := fileEnv(t)
 	d := startDuet(t, env, "serve")
 	d.waitReady(30 * time.Second)
 	fw := d.firmwareFile("3.1")
-	// A CPE that never informs again after the first session keeps the
-	// task queued; its request shows the URL.
+	// Without connection requests the task stays queued until the CPE
+	// next informs.
 	c := startCPEWith(t, cpe.Options{ACSURL: "http://" + env["DUET_CWMP_ADDR"] + "/", Serial: "RANGE-1"})
 	d.waitDevice(c.DeviceID())
 	_, tk := d.postTask(c.DeviceID(), `{"operation":"firmware_upgrade","file_id":"`+fw.ID+`","connection_request":false}`)
-	_, body := d.fullTask(tk.ID)
-	var got struct {
-		Request struct {
-			URL string `json:"url"`
-		} `json:"request"`
+	shown := taskRequestURL(t, d, tk.ID)
+	c.Wake()
+	d.finished(tk.ID)
+	var u string
+	if us := c.TransferURLs(); len(us) == 1 {
+		u = us[0]
+	} else {
+		t.Fatalf("the CPE was told %q", us)
 	}
-	if json.Unmarshal([]byte(body), &got) != nil || !strings.HasPrefix(got.Request.URL, "http://127.0.0.1:") {
-		t.Fatalf("task request: %s", body)
+	if !strings.HasPrefix(u, "http://127.0.0.1:") || u == shown {
+		t.Fatalf("the CPE was told %q; the task shows %q", u, shown)
 	}
-	u := got.Request.URL
 	do := func(method, u string, hdr map[string]string) (*http.Response, []byte) {
 		req, _ := http.NewRequest(method, u, nil)
 		for k, v := range hdr {
@@ -202,6 +205,7 @@ func TestFileListenerRangeAndTokens(t *testing.T) {
 	for _, bad := range []string{
 		strings.Replace(u, "/files/", "/files/A", 1),
 		"http://" + env["DUET_FILE_ADDR"] + "/files/" + fw.ID,
+		shown,
 	} {
 		if res, _ := do("GET", bad, nil); res.StatusCode != 403 && res.StatusCode != 404 {
 			t.Fatalf("%s: %d, want refused", bad, res.StatusCode)
@@ -210,9 +214,67 @@ func TestFileListenerRangeAndTokens(t *testing.T) {
 	if v := d.metric(`duet_files_refused_total{reason="signature"}`) + d.metric(`duet_files_refused_total{reason="malformed"}`); v < 1 {
 		t.Fatalf("refusals not counted: %v", v)
 	}
-	// In use by the queued task: deleting it is refused.
+	// In use by a queued task: deleting it is refused.
+	d.postTask(c.DeviceID(), `{"operation":"firmware_upgrade","file_id":"`+fw.ID+`","connection_request":false}`)
 	if code, body := d.do("DELETE", "/api/v1/files/"+fw.ID, ""); code != 409 {
 		t.Fatalf("delete of a file in use: %d %s", code, body)
+	}
+}
+
+// taskRequestURL is the url of a task's request, as the API shows it; it
+// must carry no token (files.TokenPlaceholder in its place).
+func taskRequestURL(t *testing.T, d *duet, id string) string {
+	t.Helper()
+	_, body := d.fullTask(id)
+	var got struct {
+		Request struct {
+			URL string `json:"url"`
+		} `json:"request"`
+	}
+	if json.Unmarshal([]byte(body), &got) != nil || !strings.HasPrefix(got.Request.URL, "http://127.0.0.1:") ||
+		!strings.Contains(got.Request.URL, "/files/{token}/") {
+		t.Fatalf("task request: %s", body)
+	}
+	return got.Request.URL
+}
+
+// TestTransferTokenMadeAtDispatch: a firmware task queued for a device
+// that stays away longer than the transfer URL's life still hands it a
+// URL that works, because the token is made when the task is dispatched;
+// and the task, read by anyone, shows no token (issue 14 §2, "expiring"
+// and per-transfer). Before, the token was made when the task was
+// created: the CPE's download was refused as expired (fault 9012), and
+// any API reader could fetch the file with the URL the task showed.
+func TestTransferTokenMadeAtDispatch(t *testing.T) {
+	env := fileEnv(t)
+	const ttl = time.Minute // the shortest DUET_FILE_URL_TTL
+	env["DUET_FILE_URL_TTL"] = ttl.String()
+	d := startDuet(t, env, "serve")
+	d.waitReady(30 * time.Second)
+	fw := d.firmwareFile("4.0.0")
+	c := startCPEWith(t, cpe.Options{ACSURL: "http://" + env["DUET_CWMP_ADDR"] + "/", Serial: "LATE-1", FirmwareUpdatesVersion: true})
+	d.waitDevice(c.DeviceID())
+	created := time.Now()
+	_, tk := d.postTask(c.DeviceID(), `{"operation":"firmware_upgrade","file_id":"`+fw.ID+`","connection_request":false}`)
+	shown := taskRequestURL(t, d, tk.ID)
+	res, err := http.Get(shown)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusForbidden {
+		t.Fatalf("the URL a task shows fetched the file: %d", res.StatusCode)
+	}
+	// The device stays away past the URL's life (a token made at
+	// creation would have expired by now), then comes back.
+	time.Sleep(time.Until(created.Add(ttl + 5*time.Second)))
+	c.Wake()
+	if got := d.finished(tk.ID); got.State != "succeeded" {
+		_, body := d.fullTask(tk.ID)
+		t.Fatalf("firmware task of a device back after the URL's life: %s", body)
+	}
+	if v := d.softwareVersion(c.DeviceID()); v != "4.0.0" {
+		t.Fatalf("%s runs %q", c.DeviceID(), v)
 	}
 }
 

@@ -138,3 +138,62 @@ func waitDevice(t *testing.T, d *duet, id string) {
 type pendingErr struct{ s string }
 
 func (e *pendingErr) Error() string { return "not yet: " + e.s }
+
+// TestHeldAgentServedOnItsOpenConnection: an agent held for approval
+// that stays connected over WebSocket, sending nothing more, is served
+// once an admin approves it, without reconnecting; another one, rejected,
+// has its connection closed. Before, neither was re-checked until it sent
+// again (a real agent connected and idle sends nothing for a long time).
+func TestHeldAgentServedOnItsOpenConnection(t *testing.T) {
+	env := baseEnv(t, storetest.NewDatabase(t))
+	env["DUET_USP_ADMISSION"] = "hold"
+	env["DUET_ONLY"] = "controller,usp-ws"
+	d := startDuet(t, env, "serve")
+	d.waitReady(60 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	dial := func(serial string) (*agent.Agent, *agent.Client) {
+		a, err := agent.New(agent.Config{SerialNumber: serial, ControllerID: controllerEID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = a.Close() })
+		c, err := agent.DialWebSocket(ctx, a, agent.WebSocketConfig{URL: "ws://" + env["DUET_WS_ADDR"] + "/usp"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		return a, c
+	}
+	ok, okConn := dial("HELD-OK")
+	bad, badConn := dial("HELD-BAD")
+	for _, a := range []*agent.Agent{ok, bad} {
+		bustest.CheckFor(t, 60*time.Second, 100*time.Millisecond, func() error {
+			if code, body := d.get("/api/v1/usp/admission"); code != 200 || !strings.Contains(body, a.EndpointID()) {
+				return &pendingErr{body}
+			}
+			return nil
+		})
+	}
+	for eid, action := range map[string]string{ok.EndpointID(): "approve", bad.EndpointID(): "reject"} {
+		if code, body := d.do("POST", "/api/v1/usp/admission/"+url.PathEscape(eid)+"/"+action, ""); code != 200 {
+			t.Fatalf("%s %s: %d %s", action, eid, code, body)
+		}
+	}
+	// Approved: onboarded on the connection it kept.
+	waitDevice(t, d, ok.EndpointID())
+	if n := okConn.Connects(); n != 1 {
+		t.Fatalf("the approved agent connected %d times; it should be served on its first connection", n)
+	}
+	// Rejected: its connection is closed (the simulated agent dials again,
+	// and stays unserved).
+	bustest.CheckFor(t, 90*time.Second, 100*time.Millisecond, func() error {
+		if n := badConn.Connects(); n < 2 {
+			return &pendingErr{"the rejected agent's connection is still open"}
+		}
+		return nil
+	})
+	if code, _ := d.get("/api/v1/devices/" + url.PathEscape(bad.EndpointID())); code != 404 {
+		t.Fatalf("a rejected agent is a device (%d)", code)
+	}
+}

@@ -124,6 +124,9 @@ type Options struct {
 	ReplyPatterns map[string]string
 	// Admission decides which endpoint IDs are served; default every one.
 	Admission Admission
+	// HeldRecheckInterval is how often the admission state of agents held
+	// for approval is read again (held.go); default 5 s.
+	HeldRecheckInterval time.Duration
 }
 
 func (o *Options) setDefaults() error {
@@ -138,6 +141,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.RequestTimeout == 0 {
 		o.RequestTimeout = 30 * time.Second
+	}
+	if o.HeldRecheckInterval <= 0 {
+		o.HeldRecheckInterval = 5 * time.Second
 	}
 	if o.RequestTimeout < 0 {
 		return fmt.Errorf("usp: Options.RequestTimeout %s is negative", o.RequestTimeout)
@@ -209,6 +215,7 @@ type Endpoint struct {
 	reboots  *lru[[]pendingReboot]   // Reboot()/FactoryReset() awaiting Boot!, key eid
 	asyncOps *lru[[]asyncOp]         // async Operates awaiting OperationComplete, key eid
 	admitted *lru[admissionDecision] // admission decisions, key eid (identity.go)
+	held     map[string]heldAgent    // agents held for approval (held.go)
 
 	shards     []chan job
 	onboardQ   chan string
@@ -265,6 +272,7 @@ func New(opts Options) (*Endpoint, error) {
 		reboots:    newLRU[[]pendingReboot](16_384),
 		asyncOps:   newLRU[[]asyncOp](16_384),
 		admitted:   newLRU[admissionDecision](65_536),
+		held:       make(map[string]heldAgent),
 		onboardQ:   make(chan string, 4096),
 		onboarding: make(map[string]*onboardRun),
 	}
@@ -281,6 +289,10 @@ func New(opts Options) (*Endpoint, error) {
 	if opts.KeepAliveInterval > 0 {
 		e.wg.Add(1)
 		go e.runKeepAlive()
+	}
+	if opts.Admission.Mode == AdmitHold {
+		e.wg.Add(1)
+		go e.runHeldRecheck()
 	}
 	return e, nil
 }
@@ -461,6 +473,9 @@ func (e *Endpoint) HandleRecord(mtp MTP, from Address, data []byte) error {
 	}
 	if s == nil && rec.Kind != pkgusp.RecordDisconnect {
 		if ok, reason := e.admit(mtp, eid, from); !ok {
+			if reason == DropHeld {
+				e.hold(mtp, eid, from)
+			}
 			return e.drop(mtp, reason, nil, "device", eid)
 		}
 	}
@@ -499,6 +514,7 @@ func (e *Endpoint) HandleRecord(mtp MTP, from Address, data []byte) error {
 // gone (a closed WebSocket). It publishes offline and forgets the session
 // if the agent's current session is on that MTP.
 func (e *Endpoint) Disconnected(mtp MTP, endpointID string) {
+	e.unhold(mtp, endpointID)
 	e.forget(mtp, endpointID, mtp.Name()+" connection closed")
 }
 

@@ -86,7 +86,7 @@ func newSettings() *settings {
 	add("file-tls-cert", "DUET_FILE_TLS_CERT", "", "PEM certificate file; enables HTTPS on the file listener")
 	add("file-tls-key", "DUET_FILE_TLS_KEY", "", "PEM key file for file-tls-cert")
 	add("file-max-size", "DUET_FILE_MAX_SIZE", "2147483648", "largest file (bytes) the repository takes, from the API or a device upload")
-	add("file-url-ttl", "DUET_FILE_URL_TTL", "24h", "how long a signed transfer URL a task hands a device stays valid (cover the time a task may wait queued plus the transfer)")
+	add("file-url-ttl", "DUET_FILE_URL_TTL", "24h", "how long a signed transfer URL stays valid from the moment its task is dispatched to the device (cover the transfer and its resumptions)")
 	add("admin-token", "DUET_ADMIN_TOKEN", "", "API admin bearer token to create at start (at least 24 characters); unset, the first start generates one and prints it once")
 	add("console-idle-timeout", "DUET_CONSOLE_IDLE_TIMEOUT", "30m", "a web console session unused this long ends and its user logs in again (at least 1m)")
 	add("console-session-lifetime", "DUET_CONSOLE_SESSION_LIFETIME", "12h", "a web console session ends this long after its login, used or not (at least console-idle-timeout)")

@@ -21,7 +21,9 @@ var metricAPIRefused = promauto.NewCounterVec(prometheus.CounterOpts{
 // rejectNUL answers 400 to a request with a NUL byte in its path, query
 // or JSON body (raw, or as the escape \u0000): PostgreSQL text cannot hold
 // one, so it would otherwise surface as a 500 wherever it reached a query
-// (issue 15 §1). No name, path or value Duet stores needs it.
+// (issue 15 §1). No name, path or value Duet stores needs it. A body that
+// is not JSON but a file's bytes (rawBody) is not looked into: a firmware
+// image holds NUL bytes, and they go to the object store, not to a query.
 func rejectNUL(log *ratelog.Logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		where := ""
@@ -31,7 +33,7 @@ func rejectNUL(log *ratelog.Logger, next http.Handler) http.Handler {
 		case strings.Contains(strings.ToLower(r.URL.RawQuery), "%00") || strings.IndexByte(r.URL.RawQuery, 0) >= 0:
 			where = "query"
 		}
-		if where == "" && r.Body != nil && r.Body != http.NoBody {
+		if where == "" && r.Body != nil && r.Body != http.NoBody && !rawBody(r) {
 			// Bounded: a larger body is refused by its handler anyway
 			// (413); only what fits is checked, the rest passes on.
 			head, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
@@ -51,6 +53,12 @@ func rejectNUL(log *ratelog.Logger, next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// rawBody reports whether r's body is a file's bytes, streamed to the
+// repository (POST /api/v1/files), rather than JSON.
+func rawBody(r *http.Request) bool {
+	return r.Method == http.MethodPost && r.URL.Path == "/api/v1/files"
 }
 
 // jsonHasNUL finds a raw NUL or a JSON \u0000 escape that is not itself

@@ -3,12 +3,17 @@ package api_test
 import (
 	"context"
 	"encoding/json"
+	"net/http/httptest"
 	"testing"
 	"time"
 
+	"github.com/duet-dm/duet/controller"
+	"github.com/duet-dm/duet/controller/api"
 	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/bus/bustest"
 	"github.com/duet-dm/duet/pkg/devicemodel"
+	"github.com/duet-dm/duet/pkg/store"
+	"github.com/duet-dm/duet/pkg/store/storetest"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 )
 
@@ -117,3 +122,50 @@ func TestEarlyOperationCompleteEndsTask(t *testing.T) {
 type errString string
 
 func (e errString) Error() string { return string(e) }
+
+// TestAwaitDeadlineFailsOnTime: a task awaiting its completion fails with
+// timeout when its deadline passes, not on the next sweep: with a sweep
+// of an hour and a reboot timeout of 2 s, a reboot whose Boot! never
+// comes fails within seconds. Before, only the sweep (every 5 s by
+// default) looked for overdue tasks.
+func TestAwaitDeadlineFailsOnTime(t *testing.T) {
+	b, _ := bustest.Start(t)
+	s, _ := storetest.Open(t)
+	q, err := controller.NewTaskQueue(controller.TaskQueueOptions{Store: s, Bus: b,
+		SweepInterval: time.Hour, CommandTimeout: 5 * time.Second, RebootTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(q.Stop)
+	e := &env{bus: b, store: s, tasks: q}
+	srv := httptest.NewServer(api.New(api.Options{Store: s, Tasks: q}))
+	t.Cleanup(srv.Close)
+	if _, e.token, err = s.CreateToken(context.Background(), "test admin", store.RoleAdmin); err != nil {
+		t.Fatal(err)
+	}
+	e.api = srv
+	e.startRegistry(t)
+	const dev = "usp-deadline-1"
+	e.seen(t, dev, duetv1.Protocol_PROTOCOL_USP, "online")
+	sub, err := b.ServeCommands(bus.CommandSubject(devicemodel.ProtocolUSP, dev), "", func(ctx context.Context, cmd *duetv1.Command) *duetv1.CommandResult {
+		return &duetv1.CommandResult{Result: &duetv1.CommandResult_Operate{Operate: &duetv1.OperateResult{ExecutedCommand: "Device.Reboot()"}}}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sub.Stop)
+	_, rb := e.createTask(t, dev, `{"operation":"reboot"}`)
+	var tk api.TaskJSON
+	bustest.CheckFor(t, 60*time.Second, 50*time.Millisecond, func() error {
+		if tk = e.task(t, rb.ID); tk.State != "failed" {
+			return errString("reboot is " + tk.State + "/" + tk.SubState)
+		}
+		return nil
+	})
+	if tk.Error == nil || tk.Error.Code != "timeout" {
+		t.Fatalf("reboot that never came back: %+v %+v", tk, tk.Error)
+	}
+}

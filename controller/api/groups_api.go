@@ -156,25 +156,37 @@ func (g *groupRoutes) create(w http.ResponseWriter, r *http.Request) (int, error
 	return writeJSON(w, http.StatusCreated, out), nil
 }
 
+// listPage answers one page of a list: it decodes the request's cursor
+// with decode (a malformed one is a 400), finds the page after it, and
+// writes the body page makes of it, an empty page as [] rather than null.
+// Each list handler of this file goes through it.
+func listPage[C, T any](w http.ResponseWriter, cursor string, decode func(string) (C, error),
+	find func(after C) ([]T, string, error), page func(items []T, next string) any) (int, error) {
+	var after C
+	if cursor != "" {
+		var err error
+		if after, err = decode(cursor); err != nil {
+			return 0, badParam("cursor", "malformed; pass next_cursor from the previous page")
+		}
+	}
+	items, next, err := find(after)
+	if err != nil {
+		return 0, err
+	}
+	if items == nil {
+		items = []T{}
+	}
+	return writeJSON(w, http.StatusOK, page(items, next)), nil
+}
+
 func (g *groupRoutes) list(w http.ResponseWriter, r *http.Request) (int, error) {
 	_, limit, cursor, err := pageParams(r)
 	if err != nil {
 		return 0, err
 	}
-	f := store.PageFilter{Limit: limit}
-	if cursor != "" {
-		if f.After, err = store.DecodeCursor(cursor); err != nil {
-			return 0, badParam("cursor", "malformed; pass next_cursor from the previous page")
-		}
-	}
-	groups, next, err := g.store.FindGroups(r.Context(), f)
-	if err != nil {
-		return 0, err
-	}
-	if groups == nil {
-		groups = []store.Group{}
-	}
-	return writeJSON(w, http.StatusOK, GroupList{Groups: groups, NextCursor: next}), nil
+	return listPage(w, cursor, store.DecodeCursor, func(after string) ([]store.Group, string, error) {
+		return g.store.FindGroups(r.Context(), store.PageFilter{Limit: limit, After: after})
+	}, func(groups []store.Group, next string) any { return GroupList{Groups: groups, NextCursor: next} })
 }
 
 func (g *groupRoutes) get(w http.ResponseWriter, r *http.Request) (int, error) {
@@ -222,19 +234,18 @@ func (g *groupRoutes) devices(w http.ResponseWriter, r *http.Request) (int, erro
 	if err != nil {
 		return 0, err
 	}
-	if cursor != "" {
-		if _, err := store.DecodeCursor(cursor); err != nil {
-			return 0, badParam("cursor", "malformed; pass next_cursor from the previous page")
-		}
+	var p policy.MemberPage
+	// Members takes the cursor as it came; decoding checks it first.
+	checked := func(c string) (string, error) {
+		_, err := store.DecodeCursor(c)
+		return c, err
 	}
-	p, err := policy.Members(r.Context(), g.store, grp, cursor, limit)
-	if err != nil {
-		return 0, err
-	}
-	if p.IDs == nil {
-		p.IDs = []string{}
-	}
-	return writeJSON(w, http.StatusOK, GroupMembers{DeviceIDs: p.IDs, NextCursor: p.Next, Scanned: p.Scanned, Unevaluable: p.Unevaluable}), nil
+	return listPage(w, cursor, checked, func(after string) ([]string, string, error) {
+		p, err = policy.Members(r.Context(), g.store, grp, after, limit)
+		return p.IDs, p.Next, err
+	}, func(ids []string, next string) any {
+		return GroupMembers{DeviceIDs: ids, NextCursor: next, Scanned: p.Scanned, Unevaluable: p.Unevaluable}
+	})
 }
 
 func (g *groupRoutes) audit(w http.ResponseWriter, r *http.Request) (int, error) {
@@ -242,19 +253,11 @@ func (g *groupRoutes) audit(w http.ResponseWriter, r *http.Request) (int, error)
 	if err != nil {
 		return 0, err
 	}
-	f := store.AuditFilter{ObjectType: q["object_type"], ObjectID: q["object_id"], DeviceID: q["device"], Limit: limit}
-	if cursor != "" {
-		if f.Before, err = store.DecodeSeqCursor(cursor); err != nil {
-			return 0, badParam("cursor", "malformed; pass next_cursor from the previous page")
-		}
-	}
-	entries, next, err := g.store.FindAudit(r.Context(), f)
-	if err != nil {
-		return 0, err
-	}
-	if entries == nil {
-		entries = []store.AuditEntry{}
-	}
-	g.secrets.RedactAudit(entries)
-	return writeJSON(w, http.StatusOK, AuditList{Entries: entries, NextCursor: next}), nil
+	return listPage(w, cursor, store.DecodeSeqCursor, func(before int64) ([]store.AuditEntry, string, error) {
+		return g.store.FindAudit(r.Context(), store.AuditFilter{ObjectType: q["object_type"], ObjectID: q["object_id"],
+			DeviceID: q["device"], Limit: limit, Before: before})
+	}, func(entries []store.AuditEntry, next string) any {
+		g.secrets.RedactAudit(entries)
+		return AuditList{Entries: entries, NextCursor: next}
+	})
 }

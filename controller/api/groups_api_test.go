@@ -243,3 +243,37 @@ func TestGroupsAPIDevicesPaging(t *testing.T) {
 		t.Fatalf("bad cursor: %d %+v", code, ej)
 	}
 }
+
+// TestGroupListsOnePagingRule: every paged list of the group routes
+// (groups, members, audit, a device's policy statuses) answers an empty
+// page as [] and a malformed cursor as a 400 naming it, through one
+// helper (listPage).
+func TestGroupListsOnePagingRule(t *testing.T) {
+	e := newGroupsEnv(t)
+	var g store.Group
+	if code := e.do("POST", "/api/v1/groups", `{"name":"none","filter":"serial_number == \"nobody\""}`, &g); code != 201 {
+		t.Fatalf("create group: %d", code)
+	}
+	if err := e.st.ApplyObservations(context.Background(), []store.Observation{{EventID: "seed-paging", Kind: "inform", Time: time.Now(),
+		Payload: []byte("x"), Online: true, Device: devicemodel.Device{ID: "dev-paging", Protocol: devicemodel.ProtocolCWMP}}}); err != nil {
+		t.Fatal(err)
+	}
+	for path, field := range map[string]string{
+		"/api/v1/groups/" + g.ID + "/devices": "device_ids",
+		"/api/v1/audit?object_type=task":      "entries",
+		"/api/v1/devices/dev-paging/policies": "statuses",
+	} {
+		var body map[string]json.RawMessage
+		if code := e.doAs(e.viewer, "GET", path, nil, &body); code != 200 || string(body[field]) != "[]" {
+			t.Errorf("%s: %d %s=%s, want 200 and []", path, code, field, body[field])
+		}
+		sep := "?"
+		if strings.Contains(path, "?") {
+			sep = "&"
+		}
+		var ej ErrorJSON
+		if code := e.doAs(e.viewer, "GET", path+sep+"cursor=%%%", nil, &ej); code != 400 || !strings.Contains(ej.Message, "cursor") {
+			t.Errorf("%s with a malformed cursor: %d %+v", path, code, ej)
+		}
+	}
+}

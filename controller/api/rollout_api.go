@@ -143,19 +143,8 @@ func (g *groupRoutes) statuses(w http.ResponseWriter, r *http.Request, scope fun
 		return 0, badParam("status", "one of compliant, pending, applying, failed, conflicting")
 	}
 	f.Status, f.Limit = q["status"], limit
-	if cursor != "" {
-		after, err := store.DecodeCursor(cursor)
-		if err != nil {
-			return 0, badParam("cursor", "malformed; pass next_cursor from the previous page")
-		}
+	return listPage(w, cursor, store.DecodeCursor, func(after string) ([]store.PolicyStatus, string, error) {
 		f.After = after
-	}
-	list, next, err := g.store.FindStatuses(r.Context(), f)
-	if err != nil {
-		return 0, err
-	}
-	if list == nil {
-		list = []store.PolicyStatus{}
-	}
-	return writeJSON(w, http.StatusOK, StatusList{Statuses: list, NextCursor: next}), nil
+		return g.store.FindStatuses(r.Context(), f)
+	}, func(list []store.PolicyStatus, next string) any { return StatusList{Statuses: list, NextCursor: next} })
 }

@@ -84,7 +84,7 @@ func (a *Server) taskJSON(t store.Task) TaskJSON {
 
 func taskJSON(t store.Task, secrets controller.SecretNames) TaskJSON {
 	out := TaskJSON{
-		ID: t.ID, DeviceID: t.DeviceID, Operation: t.Operation, State: string(t.State), SubState: t.SubState, Request: t.Request,
+		ID: t.ID, DeviceID: t.DeviceID, Operation: t.Operation, State: string(t.State), SubState: subStateOf(t), Request: t.Request,
 		UniqueKey: t.UniqueKey, ConnectionRequest: t.ConnectionRequest, ExpiresAt: utcPtr(t.ExpiresAt),
 		CreatedAt: t.CreatedAt.UTC(), UpdatedAt: t.UpdatedAt.UTC(), DispatchedAt: utcPtr(t.DispatchedAt),
 		FinishedAt: utcPtr(t.FinishedAt), Attempts: t.Attempts, RetryOf: t.RetryOf, BatchID: t.BatchID,
@@ -194,6 +194,16 @@ func (a *Server) listTasks(w http.ResponseWriter, r *http.Request) (int, error) 
 		out.Tasks = append(out.Tasks, a.taskJSON(t))
 	}
 	return writeJSON(w, http.StatusOK, out), nil
+}
+
+// subStateOf is the sub-state a task shows: a task cancelled while it
+// waited keeps its sub-state in the store (for a late completion), which
+// is no longer what it waits for.
+func subStateOf(t store.Task) string {
+	if t.State != store.TaskDispatched {
+		return ""
+	}
+	return t.SubState
 }
 
 func (a *Server) cancelTask(w http.ResponseWriter, r *http.Request) (int, error) {

@@ -290,6 +290,26 @@ func TestPutStreamsWithBoundedMemory(t *testing.T) {
 	}
 }
 
+// TestURLShape: a task keeps a transfer URL with the token's place marked;
+// Shape turns the URL a device reports back (an AutonomousTransferComplete)
+// into that form, and leaves other URLs alone.
+func TestURLShape(t *testing.T) {
+	r := newRig(t, 0)
+	dl := r.urls.Download("f1", "fw 2.bin", "dev-1")
+	up := r.urls.Upload("vendor_config", "dev-1")
+	for _, c := range []struct{ in, want string }{
+		{dl, r.urls.DownloadShape("fw 2.bin")},
+		{up, r.urls.UploadShape()},
+		{"http://cdn.example/files/fw.bin", "http://cdn.example/files/fw.bin"},
+		{"http://cdn.example/files/a.b/fw.bin", "http://cdn.example/files/" + files.TokenPlaceholder + "/fw.bin"},
+		{"http://cdn.example/uploads/", "http://cdn.example/uploads/"},
+	} {
+		if got := files.Shape(c.in); got != c.want {
+			t.Errorf("Shape(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}
+
 // TestThroughputTestTransfers: the listener serves a test download of the
 // size its token names (HEAD and GET, right Content-Length) and takes a
 // test upload up to its size, storing nothing; a file token, a forged or

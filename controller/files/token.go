@@ -132,10 +132,23 @@ type URLs struct {
 	TTL time.Duration
 }
 
+// TokenPlaceholder stands for the token in the URL a task keeps (its
+// request, what operators read): the token itself is made when the task is
+// dispatched (TaskQueue), so a task listing hands nobody a credential, and
+// a task queued longer than TTL (a device offline for days) still gives its
+// device a URL that works.
+const TokenPlaceholder = "{token}"
+
 // Download is the URL from which device fetches file (named name, the
 // last path segment, for devices that want a file name).
 func (u *URLs) Download(fileID, name, deviceID string) string {
-	tok := u.Signer.Token(Grant{Kind: KindDownload, FileID: fileID, DeviceID: deviceID, Expires: time.Now().Add(u.TTL)})
+	return u.downloadURL(u.Signer.Token(Grant{Kind: KindDownload, FileID: fileID, DeviceID: deviceID, Expires: time.Now().Add(u.TTL)}), name)
+}
+
+// DownloadShape is Download's URL with TokenPlaceholder for the token.
+func (u *URLs) DownloadShape(name string) string { return u.downloadURL(TokenPlaceholder, name) }
+
+func (u *URLs) downloadURL(tok, name string) string {
 	return strings.TrimRight(u.Base, "/") + "/files/" + tok + "/" + url.PathEscape(name)
 }
 
@@ -156,6 +169,34 @@ func (u *URLs) TestUpload(deviceID string, size int64) string {
 
 // Upload is the URL device delivers a file of fileType to.
 func (u *URLs) Upload(fileType, deviceID string) string {
-	tok := u.Signer.Token(Grant{Kind: KindUpload, FileType: fileType, DeviceID: deviceID, Expires: time.Now().Add(u.TTL)})
+	return u.uploadURL(u.Signer.Token(Grant{Kind: KindUpload, FileType: fileType, DeviceID: deviceID, Expires: time.Now().Add(u.TTL)}))
+}
+
+// UploadShape is Upload's URL with TokenPlaceholder for the token.
+func (u *URLs) UploadShape() string { return u.uploadURL(TokenPlaceholder) }
+
+func (u *URLs) uploadURL(tok string) string {
 	return strings.TrimRight(u.Base, "/") + "/uploads/" + tok
+}
+
+// Shape is a transfer URL as a task keeps it: the token of a
+// ".../files/TOKEN/NAME" or ".../uploads/TOKEN" URL replaced by
+// TokenPlaceholder. Another URL is returned as it is.
+func Shape(raw string) string {
+	for _, seg := range []string{"/files/", "/uploads/"} {
+		i := strings.LastIndex(raw, seg)
+		if i < 0 {
+			continue
+		}
+		rest := raw[i+len(seg):]
+		tok, tail, _ := strings.Cut(rest, "/")
+		if p, sig, ok := strings.Cut(tok, "."); !ok || p == "" || sig == "" || strings.ContainsAny(tok, "?#") {
+			continue
+		}
+		if seg == "/files/" && tail == "" {
+			continue
+		}
+		return raw[:i+len(seg)] + TokenPlaceholder + rest[len(tok):]
+	}
+	return raw
 }

@@ -281,26 +281,33 @@ func DecodeSeqCursor(c string) (int64, error) {
 	return n, nil
 }
 
-// CancelTask cancels a queued task. Errors: CodeNotFound; CodeConflict
-// when the task is past queued (dispatched or finished). The row is locked
-// first, so the answer is about the state the cancel actually met.
+// CancelTask cancels a queued task, or a dispatched one the device
+// accepted that waits for its completion (a sub-state): Duet stops
+// waiting, but the device may carry the command out anyway, which the
+// task's message says; its sub-state is kept, so a late completion finds
+// it (NoteLateCompletion) without reopening it. Errors: CodeNotFound;
+// CodeConflict when the task is in flight without a sub-state (its answer
+// is on its way) or finished. The row is locked first, so the answer is
+// about the state the cancel actually met.
 func (s *Store) CancelTask(ctx context.Context, id string) (Task, error) {
 	var t Task
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var st string
-		err := tx.QueryRow(ctx, "SELECT state FROM tasks WHERE id = $1 FOR UPDATE", id).Scan(&st)
+		var st, sub string
+		err := tx.QueryRow(ctx, "SELECT state, sub_state FROM tasks WHERE id = $1 FOR UPDATE", id).Scan(&st, &sub)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return devicemodel.Errorf(devicemodel.CodeNotFound, "task %q not found", id)
 		}
 		if err != nil {
 			return err
 		}
-		if TaskState(st) != TaskQueued {
-			return devicemodel.Errorf(devicemodel.CodeConflict, "task %s is %s; only a queued task can be cancelled", id, st)
+		if TaskState(st) != TaskQueued && (TaskState(st) != TaskDispatched || sub == "") {
+			return devicemodel.Errorf(devicemodel.CodeConflict, "task %s is %s; only a queued task, or a dispatched one awaiting its completion, can be cancelled", id, st)
 		}
-		t, err = scanTask(tx.QueryRow(ctx, `UPDATE tasks SET state = 'cancelled', error_code = 'cancelled',
-			error_message = 'cancelled through the API', finished_at = now(), updated_at = now()
-			WHERE id = $1 RETURNING `+taskColumns, id))
+		// The device's rebooting marker goes with the reboot task that set it.
+		t, err = scanTask(tx.QueryRow(ctx, `WITH u AS (UPDATE tasks SET state = 'cancelled', error_code = 'cancelled',
+			error_message = $2, finished_at = now(), updated_at = now()
+			WHERE id = $1 RETURNING *), r AS (UPDATE devices SET rebooting_task = '' WHERE id = (SELECT device_id FROM u) AND rebooting_task = $1)
+			SELECT `+taskColumns+` FROM u`, id, cancelMessage(sub)))
 		if err != nil {
 			return err
 		}
@@ -319,6 +326,50 @@ func (s *Store) CancelTask(ctx context.Context, id string) (Task, error) {
 		return t, fmt.Errorf("store: cancel task: %w", err)
 	}
 	return t, nil
+}
+
+// cancelMessage is a cancelled task's message: what the device was left
+// with, by the sub-state the task was cancelled in.
+func cancelMessage(subState string) string {
+	switch subState {
+	case SubStateAwaitingCompletion:
+		return "cancelled through the API while awaiting its completion: the device had accepted the command " +
+			"(a transfer or an asynchronous operation) and may still carry it out; Duet no longer waits for it, " +
+			"and a completion the device reports later is recorded here without reopening the task"
+	case SubStateAwaitingBoot:
+		return "cancelled through the API while awaiting the device's boot: the device had accepted the reboot " +
+			"(or factory reset) and restarts anyway; Duet no longer waits for it, and a boot the device reports later " +
+			"is recorded here without reopening the task"
+	}
+	return "cancelled through the API"
+}
+
+// CancelledAwaitingTasks returns the device's tasks cancelled in subState
+// whose completion has not come, newest first (at most 20).
+func (s *Store) CancelledAwaitingTasks(ctx context.Context, deviceID, subState string) ([]Task, error) {
+	out, err := collectTasks(s.pool.Query(ctx, "SELECT "+taskColumns+` FROM tasks
+		WHERE device_id = $1 AND state = 'cancelled' AND sub_state = $2 ORDER BY seq DESC LIMIT 20`, deviceID, subState))
+	if err != nil {
+		return nil, fmt.Errorf("store: cancelled awaiting tasks: %w", err)
+	}
+	return out, nil
+}
+
+// NoteLateCompletion records on a task cancelled while awaiting its
+// completion what the device reported since (result, and note appended to
+// its message). The task stays cancelled; ok is false when it was not
+// such a task, or its completion was recorded already.
+func (s *Store) NoteLateCompletion(ctx context.Context, id string, result []byte, note string) (t Task, ok bool, err error) {
+	t, err = scanTask(s.pool.QueryRow(ctx, `UPDATE tasks SET result = COALESCE($2, result),
+		error_message = error_message || '; ' || $3, sub_state = '', updated_at = now()
+		WHERE id = $1 AND state = 'cancelled' AND sub_state <> '' RETURNING `+taskColumns, id, result, note))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return t, false, nil
+	}
+	if err != nil {
+		return t, false, fmt.Errorf("store: note late completion: %w", err)
+	}
+	return t, true, nil
 }
 
 // ClaimNextTask marks the device's oldest queued, unexpired task
@@ -610,6 +661,19 @@ func (s *Store) AwaitingTasks(ctx context.Context, deviceID, subState string) ([
 		return nil, fmt.Errorf("store: awaiting tasks: %w", err)
 	}
 	return out, nil
+}
+
+// NextAwaitDeadline returns the earliest deadline of the awaiting tasks
+// (ok false when none awaits).
+func (s *Store) NextAwaitDeadline(ctx context.Context) (at time.Time, ok bool, err error) {
+	var t *time.Time
+	if err := s.pool.QueryRow(ctx, `SELECT min(await_deadline) FROM tasks WHERE state = 'dispatched' AND sub_state <> ''`).Scan(&t); err != nil {
+		return at, false, fmt.Errorf("store: next await deadline: %w", err)
+	}
+	if t == nil {
+		return at, false, nil
+	}
+	return *t, true, nil
 }
 
 // OverdueTasks returns the awaiting tasks past their deadline, oldest first.

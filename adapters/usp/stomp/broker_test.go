@@ -12,6 +12,7 @@ import (
 	"time"
 
 	gostomp "github.com/go-stomp/stomp/v3"
+	"github.com/go-stomp/stomp/v3/frame"
 
 	"github.com/duet-dm/duet/adapters/usp"
 	"github.com/duet-dm/duet/adapters/usp/internal/usptest"
@@ -179,21 +180,25 @@ func TestEmbeddedBrokerTLSWithClientCertificate(t *testing.T) {
 	w.Wait("online", func(ev *duetv1.Event) bool { return ev.GetDevice().GetSerialNumber() != "" })
 }
 
-// FuzzReadFrame: the guard reads every frame an agent sends with it.
+// FuzzReadFrame: the guard reads every frame an agent sends with it, and
+// Duet's client every frame of an external broker (readServerFrame).
 func FuzzReadFrame(f *testing.F) {
+	f.Add([]byte("CONNECTED\nversion:1.2\nheart-beat:0,0\n\n\x00MESSAGE\ndestination:/queue/a\ncontent-length:3\n\nabc\x00"))
 	f.Add([]byte("STOMP\naccept-version:1.2\nlogin:os::1-A\npasscode:x\n\n\x00"))
 	f.Add([]byte("SEND\ndestination:/queue/a\ncontent-length:3\n\nabc\x00"))
 	f.Add([]byte("SEND\ndestination:/queue/a\nreply-to-dest:/queue/b\\c\n\nabc\x00\n\n"))
 	f.Add([]byte("SUBSCRIBE\nid:0\ndestination:/queue/a\nack:auto\n\n\x00"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		br := newFrameReader(bytes.NewReader(b))
-		for range 16 {
-			fr, err := readFrame(br, 1024)
-			if err != nil {
-				return
-			}
-			if fr != nil && len(fr.Body) > 1024 {
-				t.Fatalf("body of %d bytes past the bound", len(fr.Body))
+		for _, read := range []func(*bufio.Reader, int) (*frame.Frame, error){readFrame, readServerFrame} {
+			br := newFrameReader(bytes.NewReader(b))
+			for range 16 {
+				fr, err := read(br, 1024)
+				if err != nil {
+					break
+				}
+				if fr != nil && len(fr.Body) > 1024 {
+					t.Fatalf("body of %d bytes past the bound", len(fr.Body))
+				}
 			}
 		}
 	})

@@ -27,19 +27,45 @@ func newFrameReader(r interface{ Read([]byte) (int, error) }) *bufio.Reader {
 	return bufio.NewReaderSize(r, maxHeaderLine)
 }
 
-// readFrame reads one STOMP 1.2 frame of at most maxBody body bytes, or
-// a heart-beat EOL (nil frame, nil error); a frame beyond any bound is an
-// error before its body is read (errFrameTooLarge for the body).
+// readFrame reads one STOMP 1.2 frame a client sends (to the embedded
+// broker) of at most maxBody body bytes, or a heart-beat EOL (nil frame,
+// nil error); a frame beyond any bound is an error before its body is read
+// (errFrameTooLarge for the body).
 func readFrame(br *bufio.Reader, maxBody int) (*frame.Frame, error) {
+	return readFrameOf(br, maxBody, clientCommand)
+}
+
+// readServerFrame is readFrame for the frames a broker sends (to Duet's
+// client, guardedConn).
+func readServerFrame(br *bufio.Reader, maxBody int) (*frame.Frame, error) {
+	return readFrameOf(br, maxBody, serverCommand)
+}
+
+func clientCommand(c string) bool {
+	switch c {
+	case frame.CONNECT, frame.STOMP, frame.SEND, frame.SUBSCRIBE, frame.UNSUBSCRIBE, frame.ACK, frame.NACK,
+		frame.BEGIN, frame.COMMIT, frame.ABORT, frame.DISCONNECT:
+		return true
+	}
+	return false
+}
+
+func serverCommand(c string) bool {
+	switch c {
+	case frame.CONNECTED, frame.MESSAGE, frame.RECEIPT, frame.ERROR:
+		return true
+	}
+	return false
+}
+
+// readFrameOf reads one frame whose command accept takes.
+func readFrameOf(br *bufio.Reader, maxBody int, accept func(string) bool) (*frame.Frame, error) {
 	line, err := readLine(br)
 	if err != nil || len(line) == 0 {
 		return nil, err
 	}
 	f := frame.New(string(line))
-	switch f.Command {
-	case frame.CONNECT, frame.STOMP, frame.SEND, frame.SUBSCRIBE, frame.UNSUBSCRIBE, frame.ACK, frame.NACK,
-		frame.BEGIN, frame.COMMIT, frame.ABORT, frame.DISCONNECT:
-	default:
+	if !accept(f.Command) {
 		return nil, fmt.Errorf("stomp: unexpected command %.40q", f.Command)
 	}
 	for n := 0; ; n++ {

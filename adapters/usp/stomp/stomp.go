@@ -52,6 +52,10 @@ type Options struct {
 	// disagrees with an earlier one (for example "auto-delete" set by us
 	// but not by the agent's SEND).
 	QueueHeaders map[string]string
+	// MaxFrameBody bounds the body of a frame from the broker; default
+	// DefaultMaxFrameBody (a record of usp.MaxRecordBytes). A larger frame
+	// closes the connection before its body is read.
+	MaxFrameBody int
 	Logger       *slog.Logger
 }
 
@@ -94,6 +98,9 @@ func New(opts Options) (*Transport, error) {
 	}
 	if opts.HeartBeat == 0 {
 		opts.HeartBeat = 30 * time.Second
+	}
+	if opts.MaxFrameBody <= 0 {
+		opts.MaxFrameBody = DefaultMaxFrameBody
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -308,27 +315,32 @@ func (q quietLogger) Warning(m string)            { q.l.Warn(m) }
 func (q quietLogger) Error(m string)              { q.l.Warn(m) }
 
 // dial connects in plain text, or over TLS when Options.TLS is set; the
-// STOMP handshake is bounded by ctx either way.
+// STOMP handshake is bounded by ctx either way. go-stomp reads the broker
+// through guardedConn, never straight from the socket.
 func (t *Transport) dial(ctx context.Context, opts []func(*gostomp.Conn) error) (*gostomp.Conn, error) {
+	var nc net.Conn
+	var err error
 	if t.opts.TLS == nil {
-		return gostomp.DialWithContext(ctx, "tcp", t.opts.BrokerAddr, opts...)
-	}
-	cfg := t.opts.TLS.Clone()
-	if cfg.ServerName == "" {
-		if host, _, err := net.SplitHostPort(t.opts.BrokerAddr); err == nil {
-			cfg.ServerName = host
+		nc, err = (&net.Dialer{}).DialContext(ctx, "tcp", t.opts.BrokerAddr)
+	} else {
+		cfg := t.opts.TLS.Clone()
+		if cfg.ServerName == "" {
+			if host, _, err := net.SplitHostPort(t.opts.BrokerAddr); err == nil {
+				cfg.ServerName = host
+			}
 		}
+		nc, err = (&tls.Dialer{Config: cfg}).DialContext(ctx, "tcp", t.opts.BrokerAddr)
 	}
-	nc, err := (&tls.Dialer{Config: cfg}).DialContext(ctx, "tcp", t.opts.BrokerAddr)
 	if err != nil {
 		return nil, err
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(dl)
 	}
-	conn, err := gostomp.Connect(nc, opts...)
+	g := guard(nc, t.opts.MaxFrameBody, t.log)
+	conn, err := gostomp.Connect(g, opts...)
 	if err != nil {
-		_ = nc.Close()
+		_ = g.Close()
 		return nil, err
 	}
 	_ = nc.SetDeadline(time.Time{})

@@ -41,7 +41,7 @@ var (
 	})
 	metricRejected = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "duet_usp_websocket_rejected_total",
-		Help: "WebSocket connections refused or closed by us, by reason (no_subprotocol, no_eid, too_many, too_many_per_source, unauthenticated, takeover, bad_record, replaced, text_frame, too_large, idle).",
+		Help: "WebSocket connections refused or closed by us, by reason (no_subprotocol, no_eid, too_many, too_many_per_source, unauthenticated, takeover, bad_record, replaced, text_frame, too_large, idle, not_admitted: held for approval, then rejected).",
 	}, []string{"reason"})
 )
 
@@ -578,6 +578,20 @@ func (t *Transport) Send(_ context.Context, to usp.Address, record []byte) error
 	}
 	return nil
 }
+
+// DisconnectAgent closes eid's connection with 1008 (policy violation):
+// an agent held for approval that an operator rejected (usp.Disconnecter).
+func (t *Transport) DisconnectAgent(eid, why string) {
+	t.mu.Lock()
+	c := t.conns[eid]
+	t.mu.Unlock()
+	if c != nil {
+		metricRejected.WithLabelValues("not_admitted").Inc()
+		c.close(websocket.ClosePolicyViolation, why, t.opts.WriteTimeout)
+	}
+}
+
+var _ usp.Disconnecter = (*Transport)(nil)
 
 // Shutdown stops listening, closes every connection (1001) and waits for
 // their goroutines. Safe to call twice.

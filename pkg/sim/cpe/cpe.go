@@ -177,10 +177,12 @@ type CPE struct {
 	pendingTC []*cwmp.TransferComplete
 	pendingDU []*cwmp.DUStateChangeComplete
 	transfers []*transfer
-	scheduled []scheduled
-	actions   []func() // run after the current session ends
-	retries   uint32
-	nextID    uint64
+	// transferURLs: the URL of every transfer the ACS ordered, in order.
+	transferURLs []string
+	scheduled    []scheduled
+	actions      []func() // run after the current session ends
+	retries      uint32
+	nextID       uint64
 	// awayUntil: rebooting, no sessions before it; gone: never back.
 	awayUntil time.Time
 	gone      bool
@@ -454,6 +456,14 @@ func (c *CPE) Wake() {
 	// Several requests before the session make one (TR-069 §3.2.2).
 	c.woken.Store(true)
 	c.poke()
+}
+
+// TransferURLs returns the URLs of the transfers (Download, Upload,
+// ScheduleDownload) the ACS ordered, in order.
+func (c *CPE) TransferURLs() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.transferURLs)
 }
 
 // Stats returns the counters.

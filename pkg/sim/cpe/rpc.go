@@ -227,6 +227,11 @@ const maxQueuedTransfers = 16
 
 func (c *CPE) queueTransfer(t *transfer) {
 	t.state = 1
+	u := t.dl.URL
+	if t.kind == kindUpload {
+		u = t.ul.URL
+	}
+	c.transferURLs = append(c.transferURLs, u)
 	if len(c.transfers) >= maxQueuedTransfers {
 		// Refuse by reporting the failure later, as a busy CPE would.
 		c.finishTransfer(t, cwmp.FaultResourcesExceeded, "transfer queue full", time.Now())
