@@ -2,11 +2,13 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Indexed parameter search (migrations/0100_param_search.sql): the values
@@ -15,6 +17,17 @@ import (
 // on one of them starts from the devices it matches. A condition on any
 // other path probes device_parameters' key for each candidate device, as
 // before. docs/search.md says which to configure and what each costs.
+
+// DefaultSearchPaths are the search paths of DUET_SEARCH_PATHS by
+// default: what operators pick a part of the fleet by that the registry's
+// own columns (manufacturer, product class, software version) do not
+// hold, in both root data models (TR-181 Device., TR-098
+// InternetGatewayDevice.). Each is written at most once per Inform and
+// changes rarely.
+const DefaultSearchPaths = "Device.DeviceInfo.ModelName,Device.DeviceInfo.HardwareVersion,Device.DeviceInfo.ProvisioningCode," +
+	"Device.ManagementServer.PeriodicInformInterval," +
+	"InternetGatewayDevice.DeviceInfo.ModelName,InternetGatewayDevice.DeviceInfo.HardwareVersion," +
+	"InternetGatewayDevice.DeviceInfo.ProvisioningCode,InternetGatewayDevice.ManagementServer.PeriodicInformInterval"
 
 // SetSearchPaths makes paths the set whose values device searches find
 // through device_parameter_search: a new path is added with its own
@@ -168,22 +181,30 @@ func (s *Store) waitOlderTransactions(ctx context.Context, xid string) error {
 
 // backfillBatch copies paths' cached values of the backfillBatch devices
 // after after, and returns the last of those devices ("" when none was
-// left). FOR SHARE waits for a write in flight on a value and reads what
-// it stored (which that write also copied, so the newer copy wins either
-// way), and keeps the value from being deleted while it is copied.
+// left). A value the write path changes meanwhile is right either way:
+// the write's copy, if first, is kept (DO NOTHING); if second, it waits
+// for this one and replaces it. A value deleted from the cache while it
+// was copied fails the foreign key check (its delete cascades to the
+// copies only once they exist); the batch is then read again.
 func (s *Store) backfillBatch(ctx context.Context, paths []string, after string) (string, error) {
 	const q = `WITH d AS (SELECT id FROM devices WHERE id > $1 ORDER BY id LIMIT $3),
-		ins AS (INSERT INTO device_parameter_search AS s (path, device_id, value)
+		ins AS (INSERT INTO device_parameter_search (path, device_id, value)
 			SELECT p.path, p.device_id, p.value FROM d CROSS JOIN unnest($2::text[]) AS sp(path)
 			JOIN device_parameters p ON p.device_id = d.id AND p.path = sp.path
-			FOR SHARE OF p
-			ON CONFLICT (path, device_id) DO UPDATE SET value = excluded.value WHERE s.value <> excluded.value)
+			ON CONFLICT (path, device_id) DO NOTHING)
 		SELECT coalesce(max(id), '') FROM d`
-	var last string
-	if err := s.pool.QueryRow(ctx, q, after, paths, backfillBatch).Scan(&last); err != nil {
-		return "", fmt.Errorf("store: backfill search paths after %q: %w", after, err)
+	for attempt := 1; ; attempt++ {
+		var last string
+		err := s.pool.QueryRow(ctx, q, after, paths, backfillBatch).Scan(&last)
+		var pe *pgconn.PgError
+		if err != nil && errors.As(err, &pe) && pe.Code == "23503" && attempt < 5 {
+			continue
+		}
+		if err != nil {
+			return "", fmt.Errorf("store: backfill search paths after %q: %w", after, err)
+		}
+		return last, nil
 	}
-	return last, nil
 }
 
 // indexedPaths returns, for those of conds' paths device searches can
