@@ -374,6 +374,18 @@ func (s *Store) CountDevicesWithoutParams(ctx context.Context, f DeviceFilter) (
 			continue
 		}
 		where, args := deviceConditions(base, nil, nil)
+		if t := indexed[c.Path]; t != "" && len(where) == 0 {
+			// Every device with a value has one row in the path's
+			// partition: the registry's size less the partition's is two
+			// index-only counts, not an anti-join over both.
+			var n int64
+			q := fmt.Sprintf("SELECT (SELECT count(*) FROM devices) - (SELECT count(*) FROM %s)", t)
+			if err := s.pool.QueryRow(ctx, q).Scan(&n); err != nil {
+				return nil, fmt.Errorf("store: count devices without %s: %w", c.Path, err)
+			}
+			out[c.Path] = n
+			continue
+		}
 		args = append(args, c.Path)
 		// device_parameter_search holds every cached value of an indexed
 		// path, numbers or not.
