@@ -32,6 +32,12 @@ func (q *TaskQueue) waiting(ctx context.Context, deviceID, reason string) {
 		}
 		return
 	}
+	q.waitingChanged(deviceID, reason, changed)
+}
+
+// waitingChanged counts and logs a change of the reason deviceID's queued
+// tasks wait (changed says whether it is one).
+func (q *TaskQueue) waitingChanged(deviceID, reason string, changed bool) {
 	if changed {
 		label, _, _ := strings.Cut(reason, ":")
 		metricTasksWaiting.WithLabelValues(label).Inc()

@@ -346,37 +346,47 @@ func (q *TaskQueue) create(ctx context.Context, deviceID string, r TaskRequest, 
 		return store.Task{}, err
 	}
 	cr := r.ConnectionRequest == nil || *r.ConnectionRequest
-	t, err := q.o.Store.CreateTask(ctx, store.Task{
+	wait := waitsFromCreate(d, cr)
+	t, changed, err := q.o.Store.CreateTaskWaiting(ctx, store.Task{
 		ID: id, DeviceID: d.ID, Operation: r.Operation, Request: reqJSON, Command: cmdBytes,
 		NonIdempotent: operations[r.Operation], UniqueKey: r.UniqueKey, ConnectionRequest: cr,
 		ExpiresAt: r.ExpiresAt, RetryOf: retryOf,
-	})
+	}, wait)
 	if err != nil {
 		return t, err
 	}
 	metricTasksCreated.WithLabelValues(r.Operation).Inc()
-	q.deliver(d, cr)
+	if wait != "" {
+		q.waitingChanged(d.ID, wait, changed)
+	} else {
+		q.deliver(d)
+	}
 	return t, nil
 }
 
-// deliver starts delivery of a device's queued tasks.
-func (q *TaskQueue) deliver(d devicemodel.Device, connReq bool) {
-	switch d.Protocol {
-	case devicemodel.ProtocolUSP:
+// waitsFromCreate is why a new task of d waits from the start, recorded
+// with it; "" when its delivery starts at once (deliver).
+func waitsFromCreate(d devicemodel.Device, connReq bool) string {
+	switch {
+	case d.Protocol == devicemodel.ProtocolUSP && !d.Online:
 		// An offline agent's tasks wait for its next event (DevicesSeen),
 		// which also covers a registry that lags behind a reconnect.
-		if d.Online {
-			q.reachable(d.ID)
-			q.kick(d.ID)
-		} else {
-			q.waiting(q.ctx, d.ID, store.WaitDeviceOffline)
-		}
+		return store.WaitDeviceOffline
+	case d.Protocol == devicemodel.ProtocolCWMP && !connReq:
+		return store.WaitAwaitingInform
+	}
+	return ""
+}
+
+// deliver starts delivery of a device's queued tasks: at once to an
+// online USP agent, by a connection request to a CWMP device.
+func (q *TaskQueue) deliver(d devicemodel.Device) {
+	switch d.Protocol {
+	case devicemodel.ProtocolUSP:
+		q.reachable(d.ID)
+		q.kick(d.ID)
 	case devicemodel.ProtocolCWMP:
-		if connReq {
-			q.wakeCWMP(d.ID, d.ConnectionRequestURL)
-		} else {
-			q.waiting(q.ctx, d.ID, store.WaitAwaitingInform)
-		}
+		q.wakeCWMP(d.ID, d.ConnectionRequestURL)
 	}
 }
 

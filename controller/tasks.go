@@ -510,6 +510,11 @@ func (q *TaskQueue) dispatchUSP(id string) {
 			// is next seen.
 			return
 		}
+		if !t.MoreQueued {
+			// Nothing was queued behind it: a task created since kicked
+			// the device, and work() runs this again (q.again).
+			return
+		}
 	}
 }
 
@@ -663,19 +668,16 @@ func (q *TaskQueue) SessionWork(ctx context.Context, req *duetv1.SessionWorkRequ
 		return nil, err
 	}
 	// Most sessions are a periodic Inform of a device with no task: one
-	// indexed probe answers them, instead of the settling query and the
-	// claim's transaction below (issue 17: they were a fifth of Duet's
-	// CPU per session, and four PostgreSQL round trips).
-	open, err := q.o.Store.HasOpenTasks(ctx, req.GetDeviceId())
+	// round trip of indexed probes answers them, instead of the claim's
+	// transaction below (issue 17: they were a fifth of Duet's CPU per
+	// session, and four PostgreSQL round trips). The same round trip
+	// finds the tasks to settle.
+	open, left, err := q.o.Store.OpenTasks(ctx, req.GetDeviceId())
 	if err != nil {
 		return nil, err
 	}
 	if !open {
 		return &duetv1.SessionWork{}, nil
-	}
-	left, err := q.o.Store.DispatchedTasks(ctx, req.GetDeviceId())
-	if err != nil {
-		return nil, err
 	}
 	for _, t := range left {
 		q.settle(ctx, t, nil, devicemodel.Errorf(devicemodel.CodeOutcomeUnknown, "no result came back from CWMP session %s", t.Session))

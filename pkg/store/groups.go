@@ -98,6 +98,21 @@ func checkActor(actor string) error {
 
 // audit writes one audit row inside tx. before/after nil means SQL NULL.
 func audit(ctx context.Context, tx pgx.Tx, actor, action, objType, objID string, before, after any) error {
+	args, err := auditArgs(actor, action, objType, objID, before, after)
+	if err != nil {
+		return err
+	}
+	if _, err = tx.Exec(ctx, auditInsert, args...); err != nil {
+		return fmt.Errorf("store: audit: %w", err)
+	}
+	return nil
+}
+
+// auditInsert writes one audit row; auditArgs are its arguments.
+const auditInsert = `INSERT INTO audit_log (actor, action, object_type, object_id, before, after)
+	VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb)`
+
+func auditArgs(actor, action, objType, objID string, before, after any) ([]any, error) {
 	enc := func(v any) ([]byte, error) {
 		if v == nil {
 			return nil, nil
@@ -106,18 +121,13 @@ func audit(ctx context.Context, tx pgx.Tx, actor, action, objType, objID string,
 	}
 	b, err := enc(before)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("store: audit: %w", err)
 	}
 	a, err := enc(after)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("store: audit: %w", err)
 	}
-	_, err = tx.Exec(ctx, `INSERT INTO audit_log (actor, action, object_type, object_id, before, after)
-		VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb)`, actor, action, objType, objID, b, a)
-	if err != nil {
-		return fmt.Errorf("store: audit: %w", err)
-	}
-	return nil
+	return []any{actor, action, objType, objID, b, a}, nil
 }
 
 // pgError maps constraint violations to domain errors.

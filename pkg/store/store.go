@@ -36,7 +36,10 @@ type Options struct {
 	// satisfies IsQueryTimeout. The API opens its own pool with one, so
 	// a costly search cannot hold connections the hot path needs.
 	StatementTimeout time.Duration
-	Logger           *slog.Logger
+	// Tracer, when set, sees every statement, batch and prepare of the
+	// pool (the benchmarks count PostgreSQL round trips with it).
+	Tracer pgx.QueryTracer
+	Logger *slog.Logger
 }
 
 // Open connects a pool and checks that the server answers.
@@ -55,6 +58,9 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	cfg.ConnConfig.RuntimeParams["application_name"] = "duet"
 	if o.StatementTimeout > 0 {
 		cfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(max(o.StatementTimeout.Milliseconds(), 1), 10)
+	}
+	if o.Tracer != nil {
+		cfg.ConnConfig.Tracer = o.Tracer
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

@@ -23,15 +23,17 @@ const (
 // false when they already waited for that reason, or none is queued, so
 // callers log changes only.
 func (s *Store) SetTasksWaiting(ctx context.Context, deviceID, reason string) (changed bool, err error) {
-	tag, err := s.pool.Exec(ctx, `INSERT INTO device_task_waits (wait_device, wait_reason, wait_since)
-		SELECT $1, $2, now() WHERE EXISTS (SELECT 1 FROM tasks WHERE device_id = $1 AND state = 'queued')
-		ON CONFLICT (wait_device) DO UPDATE SET wait_reason = excluded.wait_reason, wait_since = excluded.wait_since
-		WHERE device_task_waits.wait_reason <> excluded.wait_reason`, deviceID, reason)
+	tag, err := s.pool.Exec(ctx, setTasksWaitingSQL, deviceID, reason)
 	if err != nil {
 		return false, fmt.Errorf("store: task waiting: %w", err)
 	}
 	return tag.RowsAffected() > 0, nil
 }
+
+const setTasksWaitingSQL = `INSERT INTO device_task_waits (wait_device, wait_reason, wait_since)
+	SELECT $1, $2, now() WHERE EXISTS (SELECT 1 FROM tasks WHERE device_id = $1 AND state = 'queued')
+	ON CONFLICT (wait_device) DO UPDATE SET wait_reason = excluded.wait_reason, wait_since = excluded.wait_since
+	WHERE device_task_waits.wait_reason <> excluded.wait_reason`
 
 // MarkOfflineTasksWaiting gives the devices that are offline with queued
 // tasks the reason device_offline, and forgets it for those online again,

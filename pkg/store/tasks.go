@@ -80,6 +80,10 @@ type Task struct {
 	WaitingReason string
 	WaitingSince  *time.Time
 	LastAttemptAt *time.Time
+	// MoreQueued is set by ClaimNextTask only: when the task was claimed,
+	// another task of the device was queued. Without one a dispatcher
+	// need not ask again until a new task is created.
+	MoreQueued bool
 }
 
 // Sub-states of a dispatched task (0030_task_completion.sql).
@@ -136,52 +140,79 @@ func nullable(s string) *string {
 // a queued task of the same device and key is cancelled in the same
 // transaction ("replaced by <id>"). Errors: CodeNotFound for an unknown
 // device; CodeConflict when the batch already has a task for the device.
+//
+// One round trip: the statements go as one batch, which PostgreSQL runs
+// as one implicit transaction (the extended protocol's Sync ends it), so
+// a failed insert undoes the cancel before it.
 func (s *Store) CreateTask(ctx context.Context, t Task) (Task, error) {
+	out, _, err := s.CreateTaskWaiting(ctx, t, "")
+	return out, err
+}
+
+// CreateTaskWaiting is CreateTask that also records, in the same round
+// trip and transaction, why the device's queued tasks wait (reason, when
+// not ""; changed as SetTasksWaiting reports it).
+func (s *Store) CreateTaskWaiting(ctx context.Context, t Task, reason string) (out Task, changed bool, err error) {
 	if t.BatchID == "" {
 		t.BatchID = taskBatchFrom(ctx)
 	}
 	if t.CreatedBy == "" {
 		t.CreatedBy = ActorFrom(ctx)
 	}
-	var out Task
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if t.UniqueKey != "" {
-			// Two creates with the same key must not both find nothing to
-			// replace and then collide on tasks_unique_key_idx: serialise
-			// them per device (the same lock as ClaimNextTask).
-			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('duet.task.' || $1, 0))", t.DeviceID); err != nil {
-				return err
-			}
-			if _, err := tx.Exec(ctx, `UPDATE tasks SET state = 'cancelled', error_code = 'cancelled',
-				error_message = 'replaced by task ' || $3, finished_at = now(), updated_at = now()
-				WHERE device_id = $1 AND unique_key = $2 AND state = 'queued'`, t.DeviceID, t.UniqueKey, t.ID); err != nil {
-				return err
-			}
-		}
-		var err error
-		out, err = scanTask(tx.QueryRow(ctx, `INSERT INTO tasks (id, device_id, operation, request, command, non_idempotent,
-			state, unique_key, connection_request, expires_at, retry_of, batch_id, created_by)
-			VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12) RETURNING `+taskColumns,
-			t.ID, t.DeviceID, t.Operation, t.Request, t.Command, t.NonIdempotent, nullable(t.UniqueKey),
-			t.ConnectionRequest, t.ExpiresAt, nullable(t.RetryOf), nullable(t.BatchID), t.CreatedBy))
-		if err != nil || out.BatchID != "" || out.CreatedBy == "" {
-			// A batch's tasks are in the audit log as their batch.
+	b := &pgx.Batch{}
+	if t.UniqueKey != "" {
+		// Two creates with the same key must not both find nothing to
+		// replace and then collide on tasks_unique_key_idx: serialise
+		// them per device (the same lock as ClaimNextTask). Each
+		// statement of the batch takes its snapshot after the one
+		// before, so the cancel sees what the lock waited for.
+		b.Queue(taskLock, t.DeviceID)
+		b.Queue(`UPDATE tasks SET state = 'cancelled', error_code = 'cancelled',
+			error_message = 'replaced by task ' || $3, finished_at = now(), updated_at = now()
+			WHERE device_id = $1 AND unique_key = $2 AND state = 'queued'`, t.DeviceID, t.UniqueKey, t.ID)
+	}
+	b.Queue(`INSERT INTO tasks (id, device_id, operation, request, command, non_idempotent,
+		state, unique_key, connection_request, expires_at, retry_of, batch_id, created_by)
+		VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12) RETURNING `+taskColumns,
+		t.ID, t.DeviceID, t.Operation, t.Request, t.Command, t.NonIdempotent, nullable(t.UniqueKey),
+		t.ConnectionRequest, t.ExpiresAt, nullable(t.RetryOf), nullable(t.BatchID), t.CreatedBy).
+		QueryRow(func(row pgx.Row) (err error) {
+			out, err = scanTask(row)
 			return err
+		})
+	if t.BatchID == "" && t.CreatedBy != "" {
+		// A batch's tasks are in the audit log as their batch.
+		a := t
+		a.State = TaskQueued
+		args, err := auditArgs(t.CreatedBy, AuditCreate, AuditTask, t.ID, nil, taskAuditOf(a))
+		if err != nil {
+			return out, false, err
 		}
-		return audit(ctx, tx, out.CreatedBy, AuditCreate, AuditTask, out.ID, nil, taskAuditOf(out))
-	})
+		b.Queue(auditInsert, args...)
+	}
+	if reason != "" {
+		b.Queue(setTasksWaitingSQL, t.DeviceID, reason).Exec(func(tag pgconn.CommandTag) error {
+			changed = tag.RowsAffected() > 0
+			return nil
+		})
+	}
+	err = s.pool.SendBatch(ctx, b).Close()
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) && pe.Code == "23503" && pe.ConstraintName != "tasks_batch_id_fkey" { // foreign_key_violation
-		return out, devicemodel.Errorf(devicemodel.CodeNotFound, "device %q not found", t.DeviceID)
+		return out, false, devicemodel.Errorf(devicemodel.CodeNotFound, "device %q not found", t.DeviceID)
 	}
 	if errors.As(err, &pe) && pe.Code == "23505" && pe.ConstraintName == "tasks_batch_device_idx" {
-		return out, devicemodel.Errorf(devicemodel.CodeConflict, "batch %s already has a task for device %q", t.BatchID, t.DeviceID)
+		return out, false, devicemodel.Errorf(devicemodel.CodeConflict, "batch %s already has a task for device %q", t.BatchID, t.DeviceID)
 	}
 	if err != nil {
-		return out, fmt.Errorf("store: create task: %w", err)
+		return out, false, fmt.Errorf("store: create task: %w", err)
 	}
-	return out, nil
+	return out, changed, nil
 }
+
+// taskLock serialises the claims (and keyed creates) of one device until
+// the end of the transaction.
+const taskLock = "SELECT pg_advisory_xact_lock(hashtextextended('duet.task.' || $1, 0))"
 
 // FindTaskByID returns a task or CodeNotFound.
 func (s *Store) FindTaskByID(ctx context.Context, id string) (Task, error) {
@@ -301,43 +332,53 @@ func (s *Store) CancelTask(ctx context.Context, id string) (Task, error) {
 // dispatchers never both send; FOR UPDATE SKIP LOCKED leaves a row being
 // cancelled right now to its canceller.
 func (s *Store) ClaimNextTask(ctx context.Context, deviceID, session, dispatcher string) (t Task, ok bool, err error) {
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('duet.task.' || $1, 0))", deviceID); err != nil {
-			return err
-		}
-		var id string
-		err := tx.QueryRow(ctx, `SELECT id FROM tasks
-			WHERE device_id = $1 AND state = 'queued' AND (expires_at IS NULL OR expires_at > now())
-			  AND NOT EXISTS (SELECT 1 FROM tasks d WHERE d.device_id = $1 AND d.state = 'dispatched'
-			                  AND d.sub_state <> 'awaiting_completion')
-			ORDER BY seq LIMIT 1
-			FOR UPDATE SKIP LOCKED`, deviceID).Scan(&id)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		t2, err := scanTask(tx.QueryRow(ctx, `UPDATE tasks SET state = 'dispatched', dispatched_at = now(),
+	// One round trip: the lock and the claim go as one batch, one
+	// implicit transaction that holds the lock to its end. The claim is
+	// a statement of its own, so its snapshot is taken after the lock
+	// was granted and sees the task a claim before it dispatched.
+	b := &pgx.Batch{}
+	b.Queue(taskLock, deviceID)
+	// Delivered now: no longer waiting (task_waiting.go).
+	b.Queue(`WITH u AS (UPDATE tasks SET state = 'dispatched', dispatched_at = now(),
 			updated_at = now(), session = $2, dispatcher = $3, attempts = attempts + 1, error_message = '',
 			last_attempt_at = now()
-			WHERE id = $1 RETURNING `+taskColumns, id, session, dispatcher))
-		if err != nil {
-			return err
-		}
-		// Delivered now: no longer waiting (task_waiting.go).
-		if _, err := tx.Exec(ctx, "DELETE FROM device_task_waits WHERE wait_device = $1", deviceID); err != nil {
-			return err
-		}
-		t2.WaitingReason, t2.WaitingSince = "", nil
-		t, ok = t2, true
-		return nil
-	})
-	if err != nil {
+			WHERE id = (SELECT id FROM tasks
+				WHERE device_id = $1 AND state = 'queued' AND (expires_at IS NULL OR expires_at > now())
+				  AND NOT EXISTS (SELECT 1 FROM tasks d WHERE d.device_id = $1 AND d.state = 'dispatched'
+				                  AND d.sub_state <> 'awaiting_completion')
+				ORDER BY seq LIMIT 1
+				FOR UPDATE SKIP LOCKED)
+			RETURNING *),
+		w AS (DELETE FROM device_task_waits WHERE wait_device = $1 AND EXISTS (SELECT 1 FROM u))
+		SELECT `+taskColumns+`, EXISTS (SELECT 1 FROM tasks o WHERE o.device_id = $1 AND o.state = 'queued' AND o.id <> u.id)
+		FROM u`, deviceID, session, dispatcher).
+		QueryRow(func(row pgx.Row) error {
+			t2, err := scanTask(moreQueued{row, &t.MoreQueued})
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			// The wait row went in the same statement.
+			t2.WaitingReason, t2.WaitingSince = "", nil
+			t2.MoreQueued = t.MoreQueued
+			t, ok = t2, true
+			return nil
+		})
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		return Task{}, false, fmt.Errorf("store: claim task: %w", err)
 	}
 	return t, ok, nil
 }
+
+// moreQueued scans a task row followed by one more column, into more.
+type moreQueued struct {
+	pgx.Row
+	more *bool
+}
+
+func (r moreQueued) Scan(dest ...any) error { return r.Row.Scan(append(dest, r.more)...) }
 
 // TaskOutcome is how a dispatched task ended.
 type TaskOutcome struct {
@@ -391,19 +432,47 @@ func (s *Store) RequeueTask(ctx context.Context, id, why string, delivered bool)
 	return tag.RowsAffected() == 1, nil
 }
 
-// HasOpenTasks reports whether the device has a task queued or
-// dispatched: without one, a CWMP session has nothing to do or settle.
-func (s *Store) HasOpenTasks(ctx context.Context, deviceID string) (bool, error) {
-	var open bool
-	// The predicate is tasks_device_open_idx's (0003_tasks.sql): an
-	// index-only probe.
-	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tasks
-		WHERE device_id = $1 AND state IN ('queued', 'dispatched'))`, deviceID).Scan(&open)
+// OpenTasks answers a CWMP session's first question in one round trip:
+// whether the device has a task queued or dispatched at all (without one
+// the session has nothing to do or settle), and which of its dispatched
+// tasks still wait for the device's answer (DispatchedTasks), oldest
+// first.
+func (s *Store) OpenTasks(ctx context.Context, deviceID string) (open bool, unanswered []Task, err error) {
+	// Both halves are range scans of tasks_device_open_idx
+	// (0003_tasks.sql); a device without tasks costs one index probe each.
+	rows, err := s.pool.Query(ctx, `(SELECT true, `+taskColumns+` FROM tasks
+			WHERE device_id = $1 AND state = 'dispatched' AND sub_state = '' ORDER BY seq)
+		UNION ALL
+		(SELECT false, `+taskColumns+` FROM tasks
+			WHERE device_id = $1 AND state IN ('queued', 'dispatched') LIMIT 1)`, deviceID)
 	if err != nil {
-		return false, fmt.Errorf("store: open tasks: %w", err)
+		return false, nil, fmt.Errorf("store: open tasks: %w", err)
 	}
-	return open, nil
+	defer rows.Close()
+	for rows.Next() {
+		var waits bool
+		t, err := scanTask(leading{rows, &waits})
+		if err != nil {
+			return false, nil, fmt.Errorf("store: open tasks: %w", err)
+		}
+		open = true
+		if waits {
+			unanswered = append(unanswered, t)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return false, nil, fmt.Errorf("store: open tasks: %w", err)
+	}
+	return open, unanswered, nil
 }
+
+// leading scans a row whose first column (into first) precedes a task's.
+type leading struct {
+	pgx.Row
+	first any
+}
+
+func (r leading) Scan(dest ...any) error { return r.Row.Scan(append([]any{r.first}, dest...)...) }
 
 // DispatchedTasks returns the device's dispatched tasks ("" for every
 // device) that wait for the device's answer, oldest first; tasks the

@@ -76,9 +76,16 @@ func NewDatabase(t testing.TB) string {
 // Open creates a database, migrates it and returns an open Store.
 func Open(t testing.TB) (*store.Store, string) {
 	t.Helper()
+	return OpenWith(t, store.Options{})
+}
+
+// OpenWith is Open with options (its URL is the new database's).
+func OpenWith(t testing.TB, o store.Options) (*store.Store, string) {
+	t.Helper()
 	url := NewDatabase(t)
 	ctx := context.Background()
-	s, err := store.Open(ctx, store.Options{URL: url})
+	o.URL = url
+	s, err := store.Open(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
