@@ -2,13 +2,11 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Indexed parameter search (migrations/0100_param_search.sql): the values
@@ -183,28 +181,22 @@ func (s *Store) waitOlderTransactions(ctx context.Context, xid string) error {
 // after after, and returns the last of those devices ("" when none was
 // left). A value the write path changes meanwhile is right either way:
 // the write's copy, if first, is kept (DO NOTHING); if second, it waits
-// for this one and replaces it. A value deleted from the cache while it
-// was copied fails the foreign key check (its delete cascades to the
-// copies only once they exist); the batch is then read again.
+// for this one and replaces it. FOR KEY SHARE keeps a cache row from
+// being deleted until its copy is committed, so the delete's trigger
+// (0100) removes the copy; a row deleted first is skipped.
 func (s *Store) backfillBatch(ctx context.Context, paths []string, after string) (string, error) {
 	const q = `WITH d AS (SELECT id FROM devices WHERE id > $1 ORDER BY id LIMIT $3),
 		ins AS (INSERT INTO device_parameter_search (path, device_id, value)
 			SELECT p.path, p.device_id, p.value FROM d CROSS JOIN unnest($2::text[]) AS sp(path)
 			JOIN device_parameters p ON p.device_id = d.id AND p.path = sp.path
+			FOR KEY SHARE OF p
 			ON CONFLICT (path, device_id) DO NOTHING)
 		SELECT coalesce(max(id), '') FROM d`
-	for attempt := 1; ; attempt++ {
-		var last string
-		err := s.pool.QueryRow(ctx, q, after, paths, backfillBatch).Scan(&last)
-		var pe *pgconn.PgError
-		if err != nil && errors.As(err, &pe) && pe.Code == "23503" && attempt < 5 {
-			continue
-		}
-		if err != nil {
-			return "", fmt.Errorf("store: backfill search paths after %q: %w", after, err)
-		}
-		return last, nil
+	var last string
+	if err := s.pool.QueryRow(ctx, q, after, paths, backfillBatch).Scan(&last); err != nil {
+		return "", fmt.Errorf("store: backfill search paths after %q: %w", after, err)
 	}
+	return last, nil
 }
 
 // indexedPaths returns, for those of conds' paths device searches can
