@@ -171,6 +171,12 @@ func (q *TaskQueue) catchUp(ctx context.Context, t store.Task) {
 			if ev.GetBootstrap() != nil && t.DispatchedAt != nil && e.Time.Before(*t.DispatchedAt) {
 				continue // a keyless bootstrap counts only after the reset was sent
 			}
+			if ev.GetDiagnosticsComplete() != nil && t.DispatchedAt != nil && e.Time.Before(*t.DispatchedAt) {
+				// Keyless too: a CPE runs the test after the session that
+				// requested it, so an earlier "8 DIAGNOSTICS COMPLETE" is
+				// an earlier run's (its results are still in the object).
+				continue
+			}
 			c := Completion{DeviceID: t.DeviceID, Time: e.Time, Event: ev}
 			k, _, match := completionMatcher(c)
 			if k != "" && match(t) {
@@ -277,12 +283,16 @@ func completionMatcher(c Completion) (kind, subState string, match func(store.Ta
 			if interimResult(t).GetOperate() == nil || !strings.HasSuffix(t.AwaitKey, ".") {
 				return false
 			}
+			found := false
 			for _, p := range ps {
-				if strings.HasPrefix(p.GetPath(), t.AwaitKey) {
-					return true
+				if p.GetPath() == t.AwaitKey+"DiagnosticsState" && strings.TrimSpace(p.GetValue()) == "Requested" {
+					// The adapter reads every diagnostics object: this
+					// one is still running; another one completed.
+					return false
 				}
+				found = found || strings.HasPrefix(p.GetPath(), t.AwaitKey)
 			}
-			return false
+			return found
 		}
 	}
 	return "", "", nil
@@ -385,6 +395,7 @@ func (q *TaskQueue) finishAwaited(ctx context.Context, t store.Task, o store.Tas
 	q.log.Info("task completed by the device", "task", t.ID, "device", t.DeviceID, "operation", t.Operation,
 		"state", o.State, "error", o.ErrorCode, "device_fault", o.DeviceFault)
 	q.notify(t.ID)
+	q.recordDiagnostic(ctx, final)
 	if q.finished != nil {
 		q.finished(ctx, final)
 	}

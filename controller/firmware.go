@@ -306,5 +306,8 @@ func (q *TaskQueue) endAwaited(ctx context.Context, t store.Task, c Completion) 
 		}
 		o = q.firmwareOutcome(ctx, t, c, o)
 	}
+	if t.Operation == "diagnostic" {
+		o = diagnosticOutcome(o)
+	}
 	return q.finishAwaited(ctx, t, o)
 }

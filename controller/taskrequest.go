@@ -48,6 +48,8 @@ type TaskRequest struct {
 	Version string `json:"version,omitempty"`
 	// resolved is the file and URL create found (firmware.go).
 	resolved *resolvedFile
+	// diagnostic: the test to run and its arguments (diagnostics.go).
+	Diagnostic *DiagnosticRequest `json:"diagnostic,omitempty"`
 
 	// Options.
 	// Wait is how many seconds the request may block for the result.
@@ -84,6 +86,8 @@ var operations = map[string]bool{ // name -> non-idempotent
 	"get": false, "set": false, "delete": false, "get_supported_dm": false, "get_instances": false,
 	"add": true, "operate": true, "reboot": true, "factory_reset": true, "download": true, "upload": true,
 	"firmware_upgrade": true, "backup_config": true, "restore_config": true,
+	// A diagnostic changes nothing on the device: sent again, it measures again.
+	"diagnostic": false,
 }
 
 func operationNames() string {
@@ -197,6 +201,12 @@ func buildCommand(r *TaskRequest, d devicemodel.Device, id string) (*duetv1.Comm
 	}
 	if _, ok := fileOperations[r.Operation]; ok {
 		if err := fileCommand(cmd, r, d, root, cmp.Or(r.CommandKey, id)); err != nil {
+			return nil, err
+		}
+		return cmd, nil
+	}
+	if r.Operation == "diagnostic" {
+		if err := diagnosticCommand(cmd, r, root, cmp.Or(r.CommandKey, id)); err != nil {
 			return nil, err
 		}
 		return cmd, nil
@@ -328,6 +338,14 @@ func (q *TaskQueue) create(ctx context.Context, deviceID string, r TaskRequest, 
 		return store.Task{}, err
 	}
 	if err := q.resolveFile(ctx, &r, d); err != nil {
+		return store.Task{}, err
+	}
+	if r.Diagnostic != nil {
+		// Each task gets its own (a batch shares the request).
+		dr := *r.Diagnostic
+		r.Diagnostic = &dr
+	}
+	if err := q.resolveDiagnostic(&r, d); err != nil {
 		return store.Task{}, err
 	}
 	id := bus.NewID()

@@ -616,6 +616,7 @@ func (q *TaskQueue) settle(ctx context.Context, t store.Task, res *duetv1.Comman
 	if done {
 		metricTasksFinished.WithLabelValues(string(o.State)).Inc()
 		q.notify(t.ID)
+		q.recordDiagnostic(ctx, final)
 		if q.finished != nil {
 			q.finished(ctx, final)
 		}

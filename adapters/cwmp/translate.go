@@ -368,7 +368,7 @@ var diagnosticInputs = map[string]cwmp.ValueType{
 	"EthernetPriority": cwmp.TypeUnsignedInt, "TestFileLength": cwmp.TypeUnsignedInt,
 	"NumberOfConnections": cwmp.TypeUnsignedInt, "TimeBasedTestDuration": cwmp.TypeUnsignedInt,
 	"TimeBasedTestMeasurementInterval": cwmp.TypeUnsignedInt, "TimeBasedTestMeasurementOffset": cwmp.TypeUnsignedInt,
-	"EnablePerConnectionResults": cwmp.TypeBoolean,
+	"EnablePerConnectionResults": cwmp.TypeBoolean, "Port": cwmp.TypeUnsignedInt, "InterTransmissionTime": cwmp.TypeUnsignedInt,
 }
 
 // diagnosticsObject returns the object a diagnostics command drives:
@@ -391,7 +391,8 @@ func diagnosticsObjects(root string) []string {
 			"InternetGatewayDevice.DownloadDiagnostics.", "InternetGatewayDevice.UploadDiagnostics."}
 	}
 	return []string{"Device.IP.Diagnostics.IPPing.", "Device.IP.Diagnostics.TraceRoute.",
-		"Device.IP.Diagnostics.DownloadDiagnostics.", "Device.IP.Diagnostics.UploadDiagnostics."}
+		"Device.IP.Diagnostics.DownloadDiagnostics.", "Device.IP.Diagnostics.UploadDiagnostics.",
+		"Device.IP.Diagnostics.UDPEchoDiagnostics.", "Device.DNS.Diagnostics.NSLookupDiagnostics."}
 }
 
 // newOperate maps USP-style commands to CWMP RPCs: Reboot(), FactoryReset(),

@@ -285,7 +285,8 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		mux.Handle("/api/v1/", apiServer)
 		// The web console answers every other path (issue 13).
 		con, err := console.New(console.Options{Store: st, Tasks: tasks, IdleTimeout: cfg.consoleIdle,
-			SessionLifetime: cfg.consoleLifetime, OpenAPI: api.OpenAPIDocument(), SecretParams: cfg.secretParams, Logger: log})
+			SessionLifetime: cfg.consoleLifetime, OpenAPI: api.OpenAPIDocument(), SecretParams: cfg.secretParams, Logger: log,
+			Bus: b, PolicyEnv: policyEnv})
 		if err != nil {
 			_ = hl.Close()
 			return err

@@ -111,6 +111,7 @@ func New(o Options) *Server {
 	a.route("GET /api/v1/devices/{id}", a.getDevice)
 	a.route("GET /api/v1/devices/{id}/events", a.listEvents)
 	a.route("GET /api/v1/devices/{id}/parameters", a.listParameters)
+	a.route("GET /api/v1/devices/{id}/diagnostics", a.listDiagnostics)
 	a.route("POST /api/v1/devices/{id}/tags/{tag}", a.addTag)
 	a.route("DELETE /api/v1/devices/{id}/tags/{tag}", a.removeTag)
 	a.route("GET /api/v1/events", a.streamEvents)

@@ -27,6 +27,8 @@ import (
 
 	"github.com/duet-dm/duet/controller"
 	"github.com/duet-dm/duet/controller/api"
+	"github.com/duet-dm/duet/controller/policy"
+	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/ratelog"
 	"github.com/duet-dm/duet/pkg/store"
@@ -72,7 +74,12 @@ type Options struct {
 	// LiveInterval is how often live parts of pages (the overview) are
 	// refreshed over Server-Sent Events. Default 5 s.
 	LiveInterval time.Duration
-	Logger       *slog.Logger
+	// Bus gets the rollout progress events of the console's rollout
+	// actions, as the API's (nil: none); PolicyEnv is the API's, for
+	// policy previews.
+	Bus       *bus.Bus
+	PolicyEnv policy.Env
+	Logger    *slog.Logger
 }
 
 // Console serves the web console at "/".
@@ -88,6 +95,7 @@ type Console struct {
 	secrets  controller.SecretNames
 	registry *controller.Devices
 	params   *controller.Parameters
+	pol      *controller.Policies
 
 	overviewMu sync.Mutex
 	overview   overviewData // the last figures computed (overviewData)
@@ -156,6 +164,7 @@ func New(o Options) (*Console, error) {
 	c.route("GET /tokens", store.RoleAdmin, c.tokens)
 	c.route("POST /tokens", store.RoleAdmin, c.createToken)
 	c.route("POST /tokens/{id}/revoke", store.RoleAdmin, c.revokeToken)
+	c.policyRoutes()
 	c.route("GET /api-docs", store.RoleViewer, c.apiDocs)
 	c.route("GET /api-docs/openapi.json", store.RoleViewer, c.openAPI)
 	c.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

@@ -58,3 +58,25 @@ func benchServe(b *testing.B, parallel bool) {
 		}
 	})
 }
+
+// BenchmarkTestDownload measures the throughput-test download (generated
+// bytes, nothing read from the object store): the ceiling the listener
+// puts on a device's DownloadDiagnostics measured against Duet.
+func BenchmarkTestDownload(b *testing.B) {
+	r := newRig(b, 0)
+	const size = 64 << 20
+	u := r.urls.TestDownload("bench-device", size)
+	b.SetBytes(size)
+	b.ResetTimer()
+	for range b.N {
+		res, err := http.Get(u)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n, _ := io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 || n != size {
+			b.Fatalf("%d, %d bytes", res.StatusCode, n)
+		}
+	}
+}

@@ -289,3 +289,68 @@ func TestPutStreamsWithBoundedMemory(t *testing.T) {
 		t.Fatalf("heap in use peaked at %d MiB while storing a 200 MB file; the bound is %d MiB", top>>20, bound>>20)
 	}
 }
+
+// TestThroughputTestTransfers: the listener serves a test download of the
+// size its token names (HEAD and GET, right Content-Length) and takes a
+// test upload up to its size, storing nothing; a file token, a forged or
+// an expired one is refused.
+func TestThroughputTestTransfers(t *testing.T) {
+	r := newRig(t, 0)
+	const size = 3<<20 + 17 // not a multiple of the generated block
+	u := r.urls.TestDownload("dev-1", size)
+	res, body := get(t, "HEAD", u, nil)
+	if res.StatusCode != 200 || len(body) != 0 || res.Header.Get("Content-Length") != "3145745" {
+		t.Fatalf("HEAD: %d %v", res.StatusCode, res.Header)
+	}
+	res, body = get(t, "GET", u, nil)
+	if res.StatusCode != 200 || len(body) != size || res.Header.Get("Content-Length") != "3145745" {
+		t.Fatalf("GET: %d, %d bytes, %v", res.StatusCode, len(body), res.Header)
+	}
+	if bytes.Count(body, []byte{0}) > size/64 {
+		t.Fatalf("test download is not random bytes")
+	}
+	put := func(u string, n int64) int {
+		req, _ := http.NewRequestWithContext(t.Context(), "PUT", u, io.LimitReader(&zeros{left: n}, n))
+		req.ContentLength = n
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	up := r.urls.TestUpload("dev-1", 1<<20)
+	if code := put(up, 1<<20); code != 200 {
+		t.Fatalf("test upload: %d", code)
+	}
+	if code := put(up, 1<<20+1); code != 413 {
+		t.Fatalf("test upload past its size: %d", code)
+	}
+	// Announced without a length (chunked): cut at the size.
+	req, _ := http.NewRequestWithContext(t.Context(), "POST", up, io.MultiReader(&zeros{left: 2 << 20}))
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 413 {
+		t.Fatalf("chunked test upload past its size: %d", res.StatusCode)
+	}
+	if fs, err := r.st.FindFiles(t.Context(), store.FileFilter{DeviceID: "dev-1"}); err != nil || len(fs) != 0 {
+		t.Fatalf("a test upload stored a file: %+v %v", fs, err)
+	}
+	other, _ := files.NewSigner(bytes.Repeat([]byte{1}, 32))
+	for _, bad := range []string{
+		r.srv.URL + "/diagnostics/download/",
+		r.srv.URL + "/diagnostics/download/garbage",
+		strings.Replace(u, "/download/", "/download/x", 1),
+		(&files.URLs{Signer: other, Base: r.srv.URL, TTL: time.Hour}).TestDownload("dev-1", size),
+		(&files.URLs{Signer: r.urls.Signer, Base: r.srv.URL, TTL: -time.Second}).TestDownload("dev-1", size),
+		strings.Replace(up, "/upload/", "/download/", 1), // an upload token cannot download
+		strings.Replace(r.urls.Download("f1", "x", "dev-1"), "/files/", "/diagnostics/download/", 1),
+	} {
+		if res, _ := get(t, "GET", bad, nil); res.StatusCode != 403 && res.StatusCode != 404 {
+			t.Errorf("%s: %d, want refused", bad, res.StatusCode)
+		}
+	}
+}

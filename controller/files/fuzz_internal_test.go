@@ -28,6 +28,7 @@ func FuzzParseRange(f *testing.F) {
 func FuzzCheckToken(f *testing.F) {
 	s, _ := NewSigner(bytes.Repeat([]byte{7}, 32))
 	f.Add(s.Token(Grant{Kind: "d", FileID: "abc", DeviceID: "dev", Expires: time.Unix(2e9, 0)}))
+	f.Add(s.Token(Grant{Kind: KindTestDownload, DeviceID: "dev", Size: 1 << 20, Expires: time.Unix(2e9, 0)}))
 	f.Add("a.b")
 	f.Add("")
 	f.Fuzz(func(t *testing.T, tok string) {

@@ -25,7 +25,7 @@ import (
 var (
 	metricTransfers = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "duet_files_transfers_total",
-		Help: "Transfers on the file listener, by direction (download: to a device, upload: from it) and outcome (complete, partial, aborted, not_found, failed, too_large).",
+		Help: "Transfers on the file listener, by direction (download: to a device, upload: from it; test_download, test_upload: throughput diagnostics) and outcome (complete, partial, aborted, not_found, failed, too_large).",
 	}, []string{"direction", "outcome"})
 	metricTransferBytes = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "duet_files_transfer_bytes_total",
@@ -100,6 +100,10 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("HEAD /files/{token}/{name...}", s.serveFile)
 	mux.HandleFunc("PUT /uploads/{token}", s.receive)
 	mux.HandleFunc("POST /uploads/{token}", s.receive)
+	mux.HandleFunc("GET /diagnostics/download/{token}", s.serveTest)
+	mux.HandleFunc("HEAD /diagnostics/download/{token}", s.serveTest)
+	mux.HandleFunc("PUT /diagnostics/upload/{token}", s.sinkTest)
+	mux.HandleFunc("POST /diagnostics/upload/{token}", s.sinkTest)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		metricRefused.WithLabelValues("no_token").Inc()
 		http.Error(w, "not found", http.StatusNotFound)
@@ -205,7 +209,7 @@ func (s *Server) record(t store.FileTransfer) {
 // several ranges gets the whole file (RFC 9110 §14.2 lets a server ignore
 // Range).
 func (s *Server) serveFile(w http.ResponseWriter, r *http.Request) {
-	g, ok := s.grant(w, r, "d")
+	g, ok := s.grant(w, r, KindDownload)
 	if !ok {
 		return
 	}
@@ -324,7 +328,7 @@ func parseRange(h string, size int64) (from, to int64, partial, satisfiable bool
 // receive takes an upload from a device (a configuration backup, a log)
 // into the repository, tied to the device.
 func (s *Server) receive(w http.ResponseWriter, r *http.Request) {
-	g, ok := s.grant(w, r, "u")
+	g, ok := s.grant(w, r, KindUpload)
 	if !ok {
 		return
 	}

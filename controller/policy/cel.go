@@ -12,6 +12,7 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -152,6 +153,24 @@ func issueError(kind string, errs []*cel.Error) error {
 		fmt.Fprintf(&b, "%d:%d: %s", line, col, e.Message)
 	}
 	return devicemodel.Errorf(devicemodel.CodeInvalidArgument, "%s %s", kind, b.String())
+}
+
+// positionRE reads the position issueError (and compile) put at the
+// start of a compile error's message: "<kind> <line>:<column>: ...".
+var positionRE = regexp.MustCompile(`^(?:filter|value expression) (\d+):(\d+): `)
+
+// ErrorPosition returns the 1-based line and column of the first problem
+// of a CompileFilter or CompileValue error, for an editor to mark; ok is
+// false for an error without one (an empty or oversized expression, a
+// planning failure).
+func ErrorPosition(err error) (line, col int, ok bool) {
+	m := positionRE.FindStringSubmatch(devicemodel.ErrorMessage(err))
+	if m == nil {
+		return 0, 0, false
+	}
+	line, _ = strconv.Atoi(m[1])
+	col, _ = strconv.Atoi(m[2])
+	return line, col, true
 }
 
 // activation resolves variables from the facts on demand: a filter that

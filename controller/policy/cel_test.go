@@ -223,3 +223,27 @@ func FuzzCompileFilter(f *testing.F) {
 		_, _ = policy.CompileValue(src)
 	})
 }
+
+// TestErrorPosition: the position of a compile error is read back for an
+// editor to mark; errors without one say so.
+func TestErrorPosition(t *testing.T) {
+	for _, c := range []struct {
+		src       string
+		line, col int
+		ok        bool
+	}{
+		{`manufacturer == "Huawei" &&`, 1, 28, true},
+		{"online &&\n  nope == 1", 2, 3, true},
+		{`model_name`, 1, 1, true}, // not a bool
+		{` `, 0, 0, false},         // empty
+	} {
+		_, err := policy.CompileFilter(c.src)
+		if err == nil {
+			t.Fatalf("%q compiled", c.src)
+		}
+		line, col, ok := policy.ErrorPosition(err)
+		if line != c.line || col != c.col || ok != c.ok {
+			t.Errorf("%q: %d:%d %v (%v), want %d:%d %v", c.src, line, col, ok, err, c.line, c.col, c.ok)
+		}
+	}
+}

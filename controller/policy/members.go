@@ -148,3 +148,37 @@ func scan(ctx context.Context, st *store.Store, f *Filter, cursor string, limit,
 		}
 	}
 }
+
+// MemberCount is how many devices a filter selects.
+type MemberCount struct {
+	Members int
+	// Scanned devices were evaluated; Unevaluable of them could not be
+	// (not members).
+	Scanned, Unevaluable int
+	// Complete: the whole registry was scanned. Otherwise the scan
+	// stopped at its budget and Members is a lower bound.
+	Complete bool
+}
+
+// CountMembers counts a filter's members over the registry, scanning at
+// most budget devices (in Members' bounded pages), so that a count asked
+// for on every keystroke of a filter being written stays bounded on any
+// fleet.
+func CountMembers(ctx context.Context, st *store.Store, f *Filter, budget int) (MemberCount, error) {
+	var c MemberCount
+	cursor := ""
+	for c.Scanned < budget {
+		p, err := scan(ctx, st, f, cursor, store.MaxPageSize, budget-c.Scanned, f.Params(), func(DeviceFacts) { c.Members++ })
+		if err != nil {
+			return MemberCount{}, err
+		}
+		c.Scanned += p.Scanned
+		c.Unevaluable += p.Unevaluable
+		if p.Next == "" {
+			c.Complete = true
+			return c, nil
+		}
+		cursor = p.Next
+	}
+	return c, nil
+}

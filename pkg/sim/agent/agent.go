@@ -49,7 +49,8 @@ type Config struct {
 	// matching Event subscriptions (TR-181 Device.LocalAgent events). Tests set milliseconds.
 	PeriodicInterval time.Duration
 
-	// AsyncDelay is how long the asynchronous IPPing() runs; default 50 ms.
+	// AsyncDelay is how long the asynchronous diagnostics take besides
+	// their real work (a transfer test's HTTP exchange); default 50 ms.
 	AsyncDelay time.Duration
 	// TimerUnit is what one DelaySeconds of ScheduleTimer() lasts; default
 	// one second (tests shorten it).
@@ -227,6 +228,7 @@ func (a *Agent) factoryModel() *model {
 	m.ensureObject("Device.WiFi.")
 	m.ensureObject("Device.NAT.")
 	m.ensureObject("Device.IP.Diagnostics.")
+	m.ensureObject("Device.DNS.Diagnostics.")
 	c := a.cfg
 	for k, v := range map[string]string{
 		"Device.DeviceInfo.Manufacturer":       c.Manufacturer,

@@ -507,7 +507,7 @@ func TestSupportedDMAndProtocol(t *testing.T) {
 		len(pm.GetSupportedParams()) == 0 || len(pm.GetUniqueKeySets()) != 2 {
 		t.Fatalf("portmapping: %v", pm)
 	}
-	if cmd := res[1].GetSupportedObjs()[0].GetSupportedCommands(); len(cmd) != 1 || cmd[0].GetCommandType() != uspmsg.GetSupportedDMResp_CMD_ASYNC {
+	if cmd := res[1].GetSupportedObjs()[0].GetSupportedCommands(); len(cmd) != 5 || cmd[0].GetCommandName() != "IPPing()" || cmd[0].GetCommandType() != uspmsg.GetSupportedDMResp_CMD_ASYNC {
 		t.Fatalf("ipping: %v", cmd)
 	}
 	if res[2].GetErrCode() != 7026 {

@@ -81,7 +81,7 @@ func rw(name string, t valueType, def string) paramDef {
 func ro(name string, t valueType) paramDef { return paramDef{name: name, typ: t} }
 
 // schema is the supported data model: a small TR-181 subset (TR-181).
-var schema = buildSchema(append(fileSchema, []objDef{
+var schema = buildSchema(append(append(fileSchema, diagSchema...), []objDef{
 	{path: "Device.", commands: []cmdDef{
 		{name: "Reboot()", inputs: []string{"Cause", "Reason"}},
 		{name: "FactoryReset()", inputs: []string{"Cause", "Reason"}},
@@ -145,12 +145,6 @@ var schema = buildSchema(append(fileSchema, []objDef{
 			{name: "Protocol", typ: typeString, writable: true, def: "TCP", enum: []string{"TCP", "UDP"}},
 			rw("InternalClient", typeString, ""),
 		}},
-	{path: "Device.IP.", params: []paramDef{}},
-	{path: "Device.IP.Diagnostics.", commands: []cmdDef{{
-		name: "IPPing()", async: true,
-		inputs: []string{"Interface", "ProtocolVersion", "Host", "NumberOfRepetitions", "Timeout", "DataBlockSize", "DSCP"},
-		output: []string{"Status", "IPAddressUsed", "SuccessCount", "FailureCount", "AverageResponseTime", "MinimumResponseTime", "MaximumResponseTime"},
-	}}},
 }...))
 
 type schemaIndex struct {

@@ -281,9 +281,6 @@ func (a *Agent) delete(id string, dl *uspmsg.Delete) *uspmsg.Msg {
 	return usp.NewResponse(id, &uspmsg.Response{RespType: &uspmsg.Response_DeleteResp{DeleteResp: resp}})
 }
 
-// ipPingMandatory are IPPing()'s mandatory input arguments (TR-181 commands).
-var ipPingMandatory = []string{"ProtocolVersion", "Host", "NumberOfRepetitions", "Timeout", "DataBlockSize"}
-
 // operate implements Operate (TR-369 "Operate", TR-181 commands).
 func (a *Agent) operate(id string, op *uspmsg.Operate, from string) *uspmsg.Msg {
 	cmd := op.GetCommand()
@@ -315,6 +312,16 @@ func (a *Agent) operate(id string, op *uspmsg.Operate, from string) *uspmsg.Msg 
 			resp.OperationResults = append(resp.OperationResults, r)
 			continue
 		}
+		if req, fail, ok := a.diagnosticCommand(from, o+name, op.GetInputArgs(), op.GetCommandKey()); ok {
+			if fail != nil {
+				failures = true
+				r.OperationResp = &uspmsg.OperateResp_OperationResult_CmdFailure{CmdFailure: fail}
+			} else {
+				r.OperationResp = &uspmsg.OperateResp_OperationResult_ReqObjPath{ReqObjPath: req}
+			}
+			resp.OperationResults = append(resp.OperationResults, r)
+			continue
+		}
 		switch o + name {
 		case "Device.Reboot()":
 			sync(nil)
@@ -322,22 +329,6 @@ func (a *Agent) operate(id string, op *uspmsg.Operate, from string) *uspmsg.Msg 
 		case "Device.FactoryReset()":
 			sync(nil)
 			after = func() { a.reboot("RemoteFactoryReset", op.GetCommandKey(), true) }
-		case "Device.IP.Diagnostics.IPPing()":
-			var missing []string
-			for _, k := range ipPingMandatory {
-				if _, ok := op.GetInputArgs()[k]; !ok {
-					missing = append(missing, k)
-				}
-			}
-			if len(missing) > 0 {
-				failures = true
-				r.OperationResp = &uspmsg.OperateResp_OperationResult_CmdFailure{CmdFailure: &uspmsg.OperateResp_OperationResult_CommandFailure{
-					ErrCode: usp.ErrCodeInvalidCommandArguments, ErrMsg: "missing mandatory argument " + strings.Join(missing, ","),
-				}}
-				break
-			}
-			req := a.startIPPing(from, o+name, op.GetCommandKey(), op.GetInputArgs())
-			r.OperationResp = &uspmsg.OperateResp_OperationResult_ReqObjPath{ReqObjPath: req}
 		case "Device.LocalAgent.ScheduleTimer()":
 			n, err := strconv.ParseUint(op.GetInputArgs()["DelaySeconds"], 10, 32)
 			if err != nil {
@@ -362,40 +353,6 @@ func (a *Agent) operate(id string, op *uspmsg.Operate, from string) *uspmsg.Msg 
 		return nil // send_resp=false: no OperateResp unless something failed
 	}
 	return usp.NewResponse(id, &uspmsg.Response{RespType: &uspmsg.Response_OperateResp{OperateResp: resp}})
-}
-
-// startIPPing creates the Request row of an async IPPing() and completes it
-// after AsyncDelay with an OperationComplete (TR-181 commands async flow).
-func (a *Agent) startIPPing(from, command, key string, args map[string]string) string {
-	before, work := a.m, a.m.clone()
-	req := work.addInstance("Device.LocalAgent.Request.")
-	work.values[req+"Originator"] = from
-	work.values[req+"Command"] = command
-	work.values[req+"CommandKey"] = key
-	work.values[req+"Status"] = "Active"
-	a.commit(before, work)
-	boot := a.boots
-	a.after(a.cfg.AsyncDelay, func() {
-		if a.boots != boot {
-			return // async commands are lost on reboot
-		}
-		before, work := a.m, a.m.clone()
-		work.deleteObject(req)
-		a.commit(before, work)
-		n := args["NumberOfRepetitions"]
-		out := map[string]string{"Status": "Complete", "IPAddressUsed": "192.0.2.10", "SuccessCount": n, "FailureCount": "0",
-			"AverageResponseTime": "1", "MinimumResponseTime": "1", "MaximumResponseTime": "2"}
-		if strings.HasSuffix(args["Host"], ".invalid") {
-			out = map[string]string{"Status": "Error_CannotResolveHostName", "SuccessCount": "0", "FailureCount": n}
-		}
-		if _, err := strconv.Atoi(n); err != nil {
-			a.operationComplete(command, key, nil, &uspmsg.Notify_OperationComplete_CommandFailure{
-				ErrCode: usp.ErrCodeInvalidCommandArguments, ErrMsg: "NumberOfRepetitions is not a number"})
-			return
-		}
-		a.operationComplete(command, key, out, nil)
-	})
-	return req
 }
 
 // startTimer creates the Request row of an async ScheduleTimer() and,

@@ -931,8 +931,8 @@ func TestDataModels(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n := len(dm.Parameters); n < 100 || n > 200 {
-			t.Errorf("%s: %d parameters, want 100–200", path, n)
+		if n := len(dm.Parameters); n < 100 || n > 250 {
+			t.Errorf("%s: %d parameters, want 100–250", path, n)
 		}
 		m, err := newModel(dm)
 		if err != nil {

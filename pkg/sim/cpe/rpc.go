@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/duet-dm/duet/pkg/cwmp"
+	"github.com/duet-dm/duet/pkg/sim/simdiag"
 )
 
 // supportedMethods is the GetRPCMethods answer.
@@ -233,49 +234,49 @@ func (c *CPE) factoryReset() {
 	c.addEvent(cwmp.EventBoot, "")
 }
 
-// runDiagnostics fills plausible IPPing results without sending a packet:
-// IP literals and localhost succeed, other names do not resolve.
+// runDiagnostics runs the diagnostic of object obj (IPPing, TraceRoute,
+// Download, Upload, NSLookup, UDP echo; pkg/sim/simdiag: the transfer
+// tests really fetch and send) outside the lock, then stores the results
+// in the object, the hop and answer tables rebuilt, and announces
+// "8 DIAGNOSTICS COMPLETE" (TR-069 Annex A DiagnosticsState, TR-143).
 func (c *CPE) runDiagnostics(obj string) {
+	c.mu.Lock()
+	if v, _ := c.m.get(obj + "DiagnosticsState"); v != "Requested" {
+		c.mu.Unlock()
+		return // cancelled or overwritten
+	}
+	in := map[string]string{}
+	for _, p := range c.m.sortedParams(obj) {
+		in[strings.TrimPrefix(p, obj)] = c.m.params[p].value
+	}
+	tr098 := c.m.root == "InternetGatewayDevice."
+	c.mu.Unlock()
+
+	out := simdiag.Run(c.ctx, obj, in, simdiag.Options{Client: &http.Client{Transport: c.tr}, TR098: tr098})
+	if c.ctx.Err() != nil {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if v, _ := c.m.get(obj + "DiagnosticsState"); v != "Requested" {
-		return // cancelled or overwritten
+		return // cancelled while it ran
 	}
-	host, _ := c.m.get(obj + "Host")
-	host = strings.TrimSpace(host)
-	reps, _ := c.m.get(obj + "NumberOfRepetitions")
-	n, _ := strconv.Atoi(reps)
-	if n <= 0 {
-		n = 1
-	}
-	state := "Complete"
-	ok := host == "localhost" || net.ParseIP(host) != nil
-	if !ok {
-		state = "Error_CannotResolveHostName"
-	}
-	set := func(k, v string) {
-		if _, exists := c.m.params[obj+k]; exists {
-			c.m.set(obj+k, v)
+	for p := range c.m.params {
+		if strings.HasPrefix(p, obj+"RouteHops.") || strings.HasPrefix(p, obj+"Result.") {
+			delete(c.m.params, p)
 		}
 	}
-	set("DiagnosticsState", state)
-	if ok {
-		set("SuccessCount", strconv.Itoa(n))
-		set("FailureCount", "0")
-		set("MinimumResponseTime", "1")
-		set("AverageResponseTime", "1")
-		set("MaximumResponseTime", "2")
-		set("MinimumResponseTimeDetailed", "850")
-		set("AverageResponseTimeDetailed", "1200")
-		set("MaximumResponseTimeDetailed", "1900")
-		if host == "localhost" {
-			host = "127.0.0.1"
+	for k, v := range out {
+		switch {
+		case k == "Status":
+			c.m.set(obj+"DiagnosticsState", v)
+		case strings.HasPrefix(k, "RouteHops.") || strings.HasPrefix(k, "Result."):
+			c.m.params[obj+k] = &param{typ: cwmp.TypeString, value: v}
+		default:
+			c.m.set(obj+k, v) // only what the object has
 		}
-		set("IPAddressUsed", host)
-	} else {
-		set("SuccessCount", "0")
-		set("FailureCount", "0")
 	}
+	c.m.reindex()
 	c.addEvent(cwmp.EventDiagnosticsComplete, "")
 }
 
