@@ -31,6 +31,9 @@ type AdapterDeskOptions struct {
 	// (the key's absence means per-device credentials are off).
 	Store         *store.Store
 	CredentialKey *store.CredentialKey
+	// Enrolments, when set, is told how each CWMP session authenticated
+	// (round 0 of its work) and adds pending credentials to the lookups.
+	Enrolments *Enrolments
 	// Backlog, when set, answers the adapters' backlog questions
 	// (Registry.Backlog): they shed new sessions while it is high.
 	Backlog func() uint64
@@ -51,6 +54,10 @@ func StartAdapterDeskWith(o AdapterDeskOptions) (*AdapterDesk, error) {
 	}
 	d := &AdapterDesk{}
 	work, err := b.ServeWork("duet-controller", func(ctx context.Context, req *duetv1.SessionWorkRequest) (*duetv1.SessionWork, error) {
+		if req.GetRound() == 0 && o.Enrolments != nil {
+			// Before the work: an enrolment it starts is this session's.
+			o.Enrolments.Session(ctx, req)
+		}
 		if tasks == nil {
 			return &duetv1.SessionWork{}, nil
 		}
@@ -71,16 +78,13 @@ func StartAdapterDeskWith(o AdapterDeskOptions) (*AdapterDesk, error) {
 		if o.Store == nil || o.CredentialKey == nil {
 			return &duetv1.Credentials{Found: false}, nil
 		}
-		c, err := o.Store.FindDeviceCredentials(ctx, deviceID)
-		if devicemodel.ErrorCode(err) == devicemodel.CodeNotFound {
-			return &duetv1.Credentials{Found: false}, nil
-		}
+		out, err := lookUpCredentials(ctx, o.Store, deviceID)
 		if err != nil {
 			// The adapter answers 503 and the CPE retries.
 			log.Error("credential lookup failed", "device", deviceID, "err", err)
 			return nil, err
 		}
-		return &duetv1.Credentials{Found: true, Username: c.Username, DigestHa1: c.DigestHA1, Realm: c.Realm}, nil
+		return out, nil
 	})
 	if err != nil {
 		work.Stop()
@@ -104,6 +108,33 @@ func StartAdapterDeskWith(o AdapterDeskOptions) (*AdapterDesk, error) {
 		d.subs = append(d.subs, backlog)
 	}
 	return d, nil
+}
+
+// lookUpCredentials answers a credential lookup: the device's own
+// credentials, and those of an enrolment in progress (accepted besides
+// the old ones until the CPE uses them, docs/guide-cwmp.md "Enrolment").
+func lookUpCredentials(ctx context.Context, st *store.Store, deviceID string) (*duetv1.Credentials, error) {
+	out := &duetv1.Credentials{}
+	c, err := st.FindDeviceCredentials(ctx, deviceID)
+	switch {
+	case err == nil:
+		out.Found, out.Username, out.DigestHa1, out.Realm = true, c.Username, c.DigestHA1, c.Realm
+	case devicemodel.ErrorCode(err) != devicemodel.CodeNotFound:
+		return nil, err
+	}
+	e, err := st.FindEnrolment(ctx, deviceID)
+	switch {
+	case err == nil && e.State == store.EnrolmentEnrolled:
+		out.Enrolled = out.Found
+	case err == nil && e.State == store.EnrolmentPending && e.DigestHA1 != "":
+		out.PendingUsername, out.PendingDigestHa1 = e.Username, e.DigestHA1
+		if out.Realm == "" {
+			out.Realm = e.Realm
+		}
+	case err != nil && devicemodel.ErrorCode(err) != devicemodel.CodeNotFound:
+		return nil, err
+	}
+	return out, nil
 }
 
 // answerRoutes tells a USP adapter on a broker which agents were last

@@ -220,6 +220,9 @@ type BulkFilter struct {
 	Q               string     `json:"q,omitempty"`
 	// Param holds conditions "<path>:<op>:<value>", all of which must hold.
 	Param []string `json:"param,omitempty"`
+	// IDs: only these devices (at most MaxBulkIDs), with the other
+	// conditions; a selection made in the console.
+	IDs []string `json:"ids,omitempty"`
 	// Group: the members of this group (its CEL filter), instead of the
 	// conditions above.
 	Group string `json:"group,omitempty"`
@@ -230,7 +233,7 @@ func (f BulkFilter) deviceFilter() (store.DeviceFilter, error) {
 	var sf store.DeviceFilter
 	if f.Group != "" {
 		if f.Protocol != "" || f.Online != nil || f.Manufacturer != "" || f.ProductClass != "" || f.SoftwareVersion != "" ||
-			f.LastSeenAfter != nil || f.LastSeenBefore != nil || f.Tag != "" || f.Q != "" || len(f.Param) > 0 {
+			f.LastSeenAfter != nil || f.LastSeenBefore != nil || f.Tag != "" || f.Q != "" || len(f.Param) > 0 || len(f.IDs) > 0 {
 			return sf, invalid("filter: group selects the devices on its own; put other conditions in the group's filter")
 		}
 		return sf, nil
@@ -265,8 +268,20 @@ func (f BulkFilter) deviceFilter() (store.DeviceFilter, error) {
 		return sf, err
 	}
 	sf.Params = conds
+	if len(f.IDs) > MaxBulkIDs {
+		return sf, invalid("filter.ids: %d devices; at most %d (use the other conditions for more)", len(f.IDs), MaxBulkIDs)
+	}
+	for i, id := range f.IDs {
+		if err := devicemodel.ValidateDeviceID(id); err != nil {
+			return sf, invalid("filter.ids[%d]: %s", i, devicemodel.ErrorMessage(err))
+		}
+	}
+	sf.IDs = f.IDs
 	return sf, nil
 }
+
+// MaxBulkIDs bounds the device IDs a batch filter lists.
+const MaxBulkIDs = 1000
 
 // parseParamConditions parses param conditions; an error names the field
 // and index, and keeps a path error's position.
@@ -316,37 +331,81 @@ func checkBulkTask(r *TaskRequest) error {
 	return nil
 }
 
+// Check validates a bulk request as Submit does, storing nothing.
+func (b *BulkRunner) Check(ctx context.Context, req BulkRequest) error {
+	if req.Filter == nil {
+		return invalid("filter is required ({} for every device)")
+	}
+	if req.Task == nil {
+		return invalid("task is required")
+	}
+	if _, err := req.Filter.deviceFilter(); err != nil {
+		return err
+	}
+	if req.Filter.Group != "" {
+		if _, err := b.o.Store.FindGroupByID(ctx, req.Filter.Group); err != nil {
+			if devicemodel.ErrorCode(err) == devicemodel.CodeNotFound {
+				return invalid("filter.group: no group %q", req.Filter.Group)
+			}
+			return err
+		}
+	}
+	if req.Rate != nil && !(*req.Rate > 0 && *req.Rate <= MaxBulkRate) {
+		return invalid("rate: %v is not in (0, %d] tasks per second", *req.Rate, MaxBulkRate)
+	}
+	return checkBulkTask(req.Task)
+}
+
+// Count validates a bulk request (Check) and counts the devices its
+// filter matches now: the figure a confirmation shows before Submit.
+// Devices that come to match before the runner reaches them get their
+// task too.
+func (b *BulkRunner) Count(ctx context.Context, req BulkRequest) (int64, error) {
+	if err := b.Check(ctx, req); err != nil {
+		return 0, err
+	}
+	if req.Filter.Group != "" {
+		return b.countGroup(ctx, req.Filter.Group)
+	}
+	sf, err := req.Filter.deviceFilter()
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	sf.Count, sf.Limit = &n, 1
+	if _, _, err := b.o.Store.FindDevices(ctx, sf); err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+func (b *BulkRunner) countGroup(ctx context.Context, id string) (int64, error) {
+	var n int64
+	cursor := ""
+	for {
+		ids, next, done, err := b.page(ctx, BulkFilter{Group: id}, store.DeviceFilter{}, cursor)
+		if err != nil {
+			return 0, err
+		}
+		n += int64(len(ids))
+		if done {
+			return n, nil
+		}
+		cursor = next
+	}
+}
+
 // Submit validates a bulk request, stores the batch and starts it.
 // Nothing is stored when the request is invalid. Errors:
 // CodeInvalidArgument / CodeInvalidPath (the message names the field);
 // CodeResourcesExceeded when MaxRunning batches run.
 func (b *BulkRunner) Submit(ctx context.Context, actor string, req BulkRequest) (store.TaskBatch, error) {
-	if req.Filter == nil {
-		return store.TaskBatch{}, invalid("filter is required ({} for every device)")
-	}
-	if req.Task == nil {
-		return store.TaskBatch{}, invalid("task is required")
-	}
-	if _, err := req.Filter.deviceFilter(); err != nil {
-		return store.TaskBatch{}, err
-	}
-	if req.Filter.Group != "" {
-		if _, err := b.o.Store.FindGroupByID(ctx, req.Filter.Group); err != nil {
-			if devicemodel.ErrorCode(err) == devicemodel.CodeNotFound {
-				return store.TaskBatch{}, invalid("filter.group: no group %q", req.Filter.Group)
-			}
-			return store.TaskBatch{}, err
-		}
-	}
-	if err := checkBulkTask(req.Task); err != nil {
+	if err := b.Check(ctx, req); err != nil {
 		return store.TaskBatch{}, err
 	}
 	rate := b.o.DefaultRate
 	if req.Rate != nil {
 		rate = *req.Rate
-		if !(rate > 0 && rate <= MaxBulkRate) {
-			return store.TaskBatch{}, invalid("rate: %v is not in (0, %d] tasks per second", rate, MaxBulkRate)
-		}
 	}
 	filter, err := json.Marshal(req.Filter)
 	if err != nil {

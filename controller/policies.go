@@ -98,11 +98,15 @@ func (p *Policies) CreatePolicy(ctx context.Context, actor string, in PolicyInpu
 
 // UpdatePolicy replaces a policy; it cannot move to another group.
 func (p *Policies) UpdatePolicy(ctx context.Context, actor, id string, in PolicyInput) (store.Policy, error) {
-	pol, err := checkPolicy(in)
+	cur, err := p.o.Store.FindPolicyByID(ctx, id)
 	if err != nil {
 		return store.Policy{}, err
 	}
-	cur, err := p.o.Store.FindPolicyByID(ctx, id)
+	// The API shows secret values as "***"; sent back, they keep theirs.
+	if in.Spec, err = RestoreRedacted(in.Spec, cur.Spec); err != nil {
+		return store.Policy{}, err
+	}
+	pol, err := checkPolicy(in)
 	if err != nil {
 		return store.Policy{}, err
 	}

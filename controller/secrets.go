@@ -1,13 +1,17 @@
 package controller
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
+	"strconv"
 	"strings"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/duet-dm/duet/pkg/netguard"
+	"github.com/duet-dm/duet/pkg/store"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 )
 
@@ -167,4 +171,167 @@ func (s SecretNames) RedactTaskRequest(raw json.RawMessage) (json.RawMessage, bo
 		return raw, false
 	}
 	return b, true
+}
+
+// RedactJSON hides secret values anywhere in a JSON document (a policy's
+// spec, an audit entry's before and after): the "value" and "expr" of an
+// object whose "path" is a secret parameter, a string member whose name is
+// a secret name ({"KeyPassphrase": "…"}, input_args), and the userinfo of
+// URLs. It returns raw itself when nothing is secret.
+func (s SecretNames) RedactJSON(raw json.RawMessage) (json.RawMessage, bool) {
+	if len(raw) == 0 {
+		return raw, false
+	}
+	var v any
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber() // numbers come back as they were written
+	if dec.Decode(&v) != nil {
+		return raw, false
+	}
+	if !s.redactValue(v) {
+		return raw, false
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return raw, false
+	}
+	return b, true
+}
+
+// redactValue redacts v in place (objects and arrays) and reports whether
+// it changed anything.
+func (s SecretNames) redactValue(v any) bool {
+	changed := false
+	switch x := v.(type) {
+	case map[string]any:
+		if p, ok := x["path"].(string); ok && s.IsSecret(p) && redactMembers(x) {
+			changed = true
+		}
+		for k, m := range x {
+			switch mv := m.(type) {
+			case map[string]any:
+				// {"Password": {"expr": "…"}} (an objects policy's parameters)
+				if s.IsSecret(k) && redactMembers(mv) {
+					changed = true
+				}
+				if s.redactValue(mv) {
+					changed = true
+				}
+			case string:
+				if mv == "" || mv == Redacted {
+					continue
+				}
+				if s.IsSecret(k) {
+					x[k] = Redacted
+					changed = true
+				} else if strings.Contains(mv, "://") && netguard.RedactURL(mv) != mv {
+					ru := netguard.RedactURL(mv)
+					x[k] = ru
+					changed = true
+				}
+			default:
+				if s.redactValue(mv) {
+					changed = true
+				}
+			}
+		}
+	case []any:
+		for _, e := range x {
+			if s.redactValue(e) {
+				changed = true
+			}
+		}
+	}
+	return changed
+}
+
+// valueMembers are the members that carry the value of an object naming a
+// parameter: a policy's value or expression, a preview's current and
+// desired values.
+var valueMembers = []string{"value", "expr", "current", "desired"}
+
+func redactMembers(x map[string]any) bool {
+	changed := false
+	for _, k := range valueMembers {
+		if sv, ok := x[k].(string); ok && sv != "" && sv != Redacted {
+			x[k] = Redacted
+			changed = true
+		}
+	}
+	return changed
+}
+
+// RedactAudit hides secret values in audit entries' before and after, in
+// place (a task's set values, a policy's spec): the audit log is read by
+// every role, and a secret in it is never revealed.
+func (s SecretNames) RedactAudit(entries []store.AuditEntry) {
+	for i := range entries {
+		entries[i].Before, _ = s.RedactJSON(entries[i].Before)
+		entries[i].After, _ = s.RedactJSON(entries[i].After)
+	}
+}
+
+// RedactPolicy hides secret values in a policy's spec.
+func (s SecretNames) RedactPolicy(p store.Policy) store.Policy {
+	p.Spec, _ = s.RedactJSON(p.Spec)
+	return p
+}
+
+// RestoreRedacted puts back, in a policy spec sent to replace stored, the
+// stored values the API showed as Redacted: a client that reads a policy,
+// edits it and sends it back keeps its secrets instead of setting them to
+// "***". A value is found by the parameter path it belongs to ("value" and
+// "expr" of {"path": …}), or else by its place in the document (an
+// objects policy's entry by its table and key). A Redacted value with
+// nothing stored at its place is left as it is.
+func RestoreRedacted(spec, stored json.RawMessage) (json.RawMessage, error) {
+	if !bytes.Contains(spec, []byte(`"`+Redacted+`"`)) {
+		return spec, nil
+	}
+	var old, cur any
+	if json.Unmarshal(stored, &old) != nil {
+		return spec, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(spec))
+	dec.UseNumber()
+	if err := dec.Decode(&cur); err != nil {
+		return spec, nil // the validation names the error
+	}
+	values := map[string]string{}
+	walkSlots(old, "", func(slot string, v string, _ func(string)) { values[slot] = v })
+	walkSlots(cur, "", func(slot string, v string, set func(string)) {
+		if was, ok := values[slot]; ok && v == Redacted {
+			set(was)
+		}
+	})
+	return json.Marshal(cur)
+}
+
+// walkSlots calls fn for every string in v with the place it is at and a
+// function replacing it.
+func walkSlots(v any, at string, fn func(slot, value string, set func(string))) {
+	switch x := v.(type) {
+	case map[string]any:
+		base := at
+		if p, ok := x["path"].(string); ok {
+			base = "path:" + p
+		}
+		for k, m := range x {
+			if s, ok := m.(string); ok {
+				fn(base+"/"+k, s, func(nv string) { x[k] = nv })
+				continue
+			}
+			walkSlots(m, base+"/"+k, fn)
+		}
+	case []any:
+		for i, e := range x {
+			seg := strconv.Itoa(i)
+			if m, ok := e.(map[string]any); ok && m["table"] != nil && m["key"] != nil {
+				// An objects policy's entry is known by its table and key.
+				k, _ := json.Marshal(m["key"])
+				seg = fmt.Sprintf("%v%s", m["table"], k)
+			}
+			walkSlots(e, at+"/"+seg, fn)
+		}
+	}
 }

@@ -125,6 +125,8 @@ type TaskQueue struct {
 	// finished is told of every task that reached a final state through
 	// a device's answer (the reconciler); set before Start.
 	finished func(context.Context, store.Task)
+	// prepare completes a CWMP task's command at dispatch (OnDispatch).
+	prepare func(context.Context, store.Task, *duetv1.Command) error
 	// connReqFailed is told of connection requests that failed for good
 	// (presence evidence, cwmp_presence.go); set before Start.
 	connReqFailed func(context.Context, string, error)
@@ -379,6 +381,14 @@ func (q *TaskQueue) rescan(ctx context.Context, ids []string, wakeCWMP bool) {
 // OnFinished registers fn to be told of every task a device's answer
 // finished (succeeded or failed). Call it before Start.
 func (q *TaskQueue) OnFinished(fn func(context.Context, store.Task)) { q.finished = fn }
+
+// OnDispatch registers fn to complete a CWMP task's command as it is
+// handed to a session: what must not be stored with the task (the
+// passwords of a credential enrolment). An error fails the task. Call it
+// before Start.
+func (q *TaskQueue) OnDispatch(fn func(context.Context, store.Task, *duetv1.Command) error) {
+	q.prepare = fn
+}
 
 // DeliverQueued starts delivery of the listed devices' queued tasks: at
 // once to online USP devices, by a connection request to CWMP devices
@@ -692,6 +702,12 @@ func (q *TaskQueue) SessionWork(ctx context.Context, req *duetv1.SessionWorkRequ
 		q.settle(ctx, t, nil, devicemodel.Errorf(devicemodel.CodeInternal, "stored command is undecodable: %v", err))
 		return &duetv1.SessionWork{}, nil
 	}
+	if q.prepare != nil {
+		if err := q.prepare(ctx, t, cmd); err != nil {
+			q.settle(ctx, t, nil, devicemodel.Errorf(devicemodel.CodeConflict, "preparing the command: %s", devicemodel.ErrorMessage(err)))
+			return &duetv1.SessionWork{}, nil
+		}
+	}
 	metricTasksDispatched.WithLabelValues(string(devicemodel.ProtocolCWMP)).Inc()
 	return &duetv1.SessionWork{Commands: []*duetv1.Command{cmd}}, nil
 }
@@ -890,10 +906,21 @@ func (q *TaskQueue) connectionRequest(deviceID, url string) error {
 	if err != nil {
 		return err
 	}
+	cr := &duetv1.ConnectionRequest{Url: url, Username: user, Password: pass}
+	// A CPE that accepted enrolled credentials may or may not use the new
+	// connection-request password yet: the new one first, then the old
+	// (docs/guide-cwmp.md, "Enrolment").
+	puser, ppass, pending, err := q.o.Store.PendingConnectionRequestCredentials(ctx, q.o.CredentialKey, deviceID)
+	if err != nil {
+		return err
+	}
+	if pending {
+		cr = &duetv1.ConnectionRequest{Url: url, Username: puser, Password: ppass,
+			Fallback: true, FallbackUsername: user, FallbackPassword: pass}
+	}
 	res, err := q.o.Bus.Request(ctx, devicemodel.ProtocolCWMP, &duetv1.Command{
 		DeviceId: deviceID,
-		Op: &duetv1.Command_ConnectionRequest{ConnectionRequest: &duetv1.ConnectionRequest{
-			Url: url, Username: user, Password: pass}},
+		Op:       &duetv1.Command_ConnectionRequest{ConnectionRequest: cr},
 	})
 	if err == nil && res.GetError() != nil {
 		err = bus.ErrorFromProto(res.GetError())

@@ -45,6 +45,12 @@ type Options struct {
 	Auth string
 	// Username and Password of the shared mode.
 	Username, Password string
+	// Enrol: in the shared mode, also ask the controller for each device's
+	// credentials; a device with its own (enrolled, or set through the
+	// API) is refused the shared ones, and an enrolment's pending ones are
+	// accepted (docs/guide-cwmp.md, "Enrolment"). In the per-device mode
+	// pending ones are always accepted.
+	Enrol bool
 	// Realm of the HTTP challenge; default "Duet".
 	Realm string
 	// AllowBasicOverHTTP offers and accepts Basic on plain HTTP. Off by

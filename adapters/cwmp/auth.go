@@ -97,80 +97,108 @@ func (n *nonceStore) purgeLocked(now time.Time) {
 	}
 }
 
-// expected returns the credentials a device must present: the shared ones,
-// or (per-device) those the controller holds, as username and HA1 =
-// MD5(username:realm:password) so no password crosses the bus. found is
-// false when the controller knows no credentials for the device.
-func (a *ACS) expected(ctx context.Context, deviceID string) (user, ha1 string, found bool, err error) {
-	if a.o.Auth == AuthShared {
-		return a.o.Username, a.shared, true, nil
+// credential is one set of credentials a device may present: username and
+// HA1 = MD5(username:realm:password), so no password crosses the bus. kind
+// says which (kindShared, kindDevice, kindPending).
+type credential struct{ kind, user, ha1 string }
+
+// How a session authenticated (SessionWorkRequest.auth).
+const (
+	kindShared  = "shared"
+	kindDevice  = "device"
+	kindPending = "pending"
+)
+
+// expected returns the credentials a device may present: the shared ones,
+// or (per-device) those the controller holds, and those of an enrolment
+// in progress (docs/guide-cwmp.md, "Enrolment"). In the shared mode with
+// Enrol, an enrolled device is refused the shared ones.
+// None means the controller knows no credentials for the device.
+func (a *ACS) expected(ctx context.Context, deviceID string) ([]credential, error) {
+	shared := credential{kindShared, a.o.Username, a.shared}
+	if a.o.Auth == AuthShared && !a.o.Enrol {
+		return []credential{shared}, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, a.o.SessionTimeout)
 	defer cancel()
 	c, err := a.o.Bus.AskCredentials(ctx, deviceID)
 	if err != nil {
-		return "", "", false, err
-	}
-	if !c.GetFound() || c.GetUsername() == "" || c.GetDigestHa1() == "" {
-		return "", "", false, nil
+		return nil, err
 	}
 	// The challenge went out before the device was known, with our realm;
 	// an HA1 made for another realm cannot match (TR-069 §3.4.4).
 	if c.GetRealm() != "" && c.GetRealm() != a.o.Realm {
 		a.log.Warn("per-device credentials use another realm; set the ACS Realm to match",
 			"device", deviceID, "realm", c.GetRealm(), "acs_realm", a.o.Realm)
-		return "", "", false, nil
+		return nil, nil
 	}
-	return c.GetUsername(), strings.ToLower(c.GetDigestHa1()), true, nil
+	var out []credential
+	switch {
+	case c.GetFound() && c.GetUsername() != "" && c.GetDigestHa1() != "" && (a.o.Auth == AuthPerDevice || c.GetEnrolled()):
+		// In the shared mode only enrolled credentials replace the shared
+		// ones (docs/guide-cwmp.md, "Enrolment").
+		out = append(out, credential{kindDevice, c.GetUsername(), strings.ToLower(c.GetDigestHa1())})
+	case a.o.Auth == AuthShared:
+		out = append(out, shared)
+	}
+	if c.GetPendingUsername() != "" && c.GetPendingDigestHa1() != "" {
+		out = append(out, credential{kindPending, c.GetPendingUsername(), strings.ToLower(c.GetPendingDigestHa1())})
+	}
+	return out, nil
 }
 
 func (a *ACS) basicAllowed(r *http.Request) bool { return r.TLS != nil || a.o.AllowBasicOverHTTP }
 
 // authenticate checks the request's credentials for deviceID. It returns
-// true when the connection may proceed; otherwise it has written the reply
-// (401 challenge, or 503 when credentials cannot be looked up). The
-// challenge comes first, before the DeviceId is known; a connection that
-// authenticated stays authenticated for that device only, and a new
-// connection mid-session re-authenticates (TR-069 §3.4.4, docs/cwmp-interop.md #10).
-func (a *ACS) authenticate(ctx context.Context, w http.ResponseWriter, r *http.Request, ci *connInfo, deviceID string, body []byte) bool {
+// true when the connection may proceed, with the kind of credentials used
+// ("" when authentication is off or the connection had authenticated
+// before); otherwise it has written the reply (401 challenge, or 503 when
+// credentials cannot be looked up). The challenge comes first, before the
+// DeviceId is known; a connection that authenticated stays authenticated
+// for that device only, and a new connection mid-session re-authenticates
+// (TR-069 §3.4.4, docs/cwmp-interop.md #10).
+func (a *ACS) authenticate(ctx context.Context, w http.ResponseWriter, r *http.Request, ci *connInfo, deviceID string, body []byte) (string, bool) {
 	if a.o.Auth == AuthNone {
-		return true
+		return "", true
 	}
 	ci.mu.Lock()
-	done := ci.authDevice == deviceID
+	done, kind := ci.authDevice == deviceID, ci.authKind
 	ci.mu.Unlock()
 	if done {
-		return true
+		return kind, true
 	}
 	h := r.Header.Get("Authorization")
 	if h == "" {
 		a.challenge(w, r, false, false)
-		return false
+		return "", false
 	}
-	user, ha1, found, err := a.expected(ctx, deviceID)
+	creds, err := a.expected(ctx, deviceID)
 	if err != nil {
 		a.log.Warn("credential lookup failed; refusing the session", "device", deviceID, "err", err)
 		metricShed.WithLabelValues("credentials").Inc()
 		w.Header().Set("Retry-After", "60")
 		http.Error(w, "credentials unavailable", http.StatusServiceUnavailable)
-		return false
+		return "", false
 	}
-	scheme, ok, stale := "unknown", false, false
+	scheme, stale := "unknown", false
+	var used *credential
 	switch {
-	case found && len(h) > 7 && strings.EqualFold(h[:7], "Digest "):
+	case len(creds) > 0 && len(h) > 7 && strings.EqualFold(h[:7], "Digest "):
 		scheme = "digest"
-		ok, stale = a.verifyDigest(r, h[7:], user, ha1, body)
-	case found && len(h) > 6 && strings.EqualFold(h[:6], "Basic "):
+		used, stale = a.verifyDigest(r, h[7:], creds, body)
+	case len(creds) > 0 && len(h) > 6 && strings.EqualFold(h[:6], "Basic "):
 		scheme = "basic"
-		ok = a.basicAllowed(r) && verifyBasic(h[6:], user, ha1, a.o.Realm)
-	case !found:
+		if a.basicAllowed(r) {
+			used = verifyBasic(h[6:], creds, a.o.Realm)
+		}
+	case len(creds) == 0:
 		scheme = "no_credentials"
 	}
-	if ok {
+	if used != nil {
 		ci.mu.Lock()
-		ci.authDevice, ci.authFails = deviceID, 0
+		ci.authDevice, ci.authKind, ci.authFails = deviceID, used.kind, 0
 		ci.mu.Unlock()
-		return true
+		return used.kind, true
 	}
 	ci.mu.Lock()
 	if !stale {
@@ -182,7 +210,7 @@ func (a *ACS) authenticate(ctx context.Context, w http.ResponseWriter, r *http.R
 	// Never log the header or any secret; the scheme and device suffice.
 	a.refusals.Warn("CPE authentication failed", "device", deviceID, "remote", r.RemoteAddr, "scheme", scheme, "stale", stale)
 	a.challenge(w, r, stale, fails >= 2)
-	return false
+	return "", false
 }
 
 // challenge answers 401 with a fresh Digest nonce (qop=auth) and, where
@@ -248,26 +276,27 @@ func md5hex(s string) string {
 	return hex.EncodeToString(h[:])
 }
 
-// verifyDigest checks an RFC 2617 MD5 Digest response computed from HA1.
+// verifyDigest checks an RFC 2617 MD5 Digest response against each of
+// creds (by username; HA1 only) and returns the one it matches, or nil.
 // qop=auth is what we offer; auth-int (body hash) is accepted too, and
 // the RFC 2069 form without qop only with AllowDigestWithoutQop (TR-069
 // §3.4.4; without qop a captured header replays until the nonce expires).
-func (a *ACS) verifyDigest(r *http.Request, params, user, ha1 string, body []byte) (ok, stale bool) {
+func (a *ACS) verifyDigest(r *http.Request, params string, creds []credential, body []byte) (used *credential, stale bool) {
 	p := parseAuthParams(params)
-	if p["username"] != user || p["realm"] != a.o.Realm || p["response"] == "" || p["uri"] == "" {
-		return false, false
+	if p["realm"] != a.o.Realm || p["response"] == "" || p["uri"] == "" {
+		return nil, false
 	}
 	if p["qop"] == "" && !a.o.AllowDigestWithoutQop {
 		metricAuthNoQop.Inc()
-		a.refusals.Warn("CWMP digest without qop refused (DUET_CWMP_ALLOW_DIGEST_WITHOUT_QOP)", "remote", r.RemoteAddr, "user", user)
-		return false, false
+		a.refusals.Warn("CWMP digest without qop refused (DUET_CWMP_ALLOW_DIGEST_WITHOUT_QOP)", "remote", r.RemoteAddr, "user", p["username"])
+		return nil, false
 	}
 	if alg := p["algorithm"]; alg != "" && !strings.EqualFold(alg, "MD5") {
-		return false, false
+		return nil, false
 	}
 	nonceOK, stale := a.nonces.check(p["nonce"], time.Now())
 	if !nonceOK {
-		return false, stale
+		return nil, stale
 	}
 	var ha2 string
 	switch p["qop"] {
@@ -276,28 +305,39 @@ func (a *ACS) verifyDigest(r *http.Request, params, user, ha1 string, body []byt
 	case "auth-int":
 		ha2 = md5hex(r.Method + ":" + p["uri"] + ":" + md5hex(string(body)))
 	default:
-		return false, false
+		return nil, false
 	}
-	var want string
-	if p["qop"] == "" {
-		want = md5hex(ha1 + ":" + p["nonce"] + ":" + ha2)
-	} else {
-		want = md5hex(ha1 + ":" + p["nonce"] + ":" + p["nc"] + ":" + p["cnonce"] + ":" + p["qop"] + ":" + ha2)
+	got := []byte(strings.ToLower(p["response"]))
+	for i := range creds {
+		c := &creds[i]
+		if p["username"] != c.user {
+			continue
+		}
+		var want string
+		if p["qop"] == "" {
+			want = md5hex(c.ha1 + ":" + p["nonce"] + ":" + ha2)
+		} else {
+			want = md5hex(c.ha1 + ":" + p["nonce"] + ":" + p["nc"] + ":" + p["cnonce"] + ":" + p["qop"] + ":" + ha2)
+		}
+		if subtle.ConstantTimeCompare([]byte(want), got) == 1 {
+			used = c
+			break
+		}
 	}
-	if subtle.ConstantTimeCompare([]byte(want), []byte(strings.ToLower(p["response"]))) != 1 {
-		return false, false
+	if used == nil {
+		return nil, false
 	}
 	if p["qop"] != "" {
 		nc, err := strconv.ParseUint(p["nc"], 16, 64)
 		if err != nil || !a.nonces.useCount(p["nonce"], nc) {
 			metricAuthReplays.Inc()
-			a.refusals.Warn("CWMP digest nonce count reused: replay refused", "remote", r.RemoteAddr, "user", user)
-			return false, false
+			a.refusals.Warn("CWMP digest nonce count reused: replay refused", "remote", r.RemoteAddr, "user", used.user)
+			return nil, false
 		}
 	}
 	// Without qop (RFC 2069 clients) there is no count to check; such a
 	// nonce stays usable until it expires.
-	return true, false
+	return used, false
 }
 
 // MinSharedPasswordLength is the shortest shared CPE password accepted:
@@ -320,16 +360,24 @@ func CheckSharedPassword(p string) error {
 	return nil
 }
 
-// verifyBasic checks Basic credentials against HA1: MD5(user:realm:pass)
-// must equal it, so the ACS never needs the clear password.
-func verifyBasic(enc, user, wantHA1, realm string) bool {
+// verifyBasic checks Basic credentials against each of creds' HA1:
+// MD5(user:realm:pass) must equal it, so the ACS never needs the clear
+// password. It returns the credentials matched, or nil.
+func verifyBasic(enc string, creds []credential, realm string) *credential {
 	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(enc))
 	if err != nil {
-		return false
+		return nil
 	}
 	u, pass, ok := strings.Cut(string(raw), ":")
-	if !ok || subtle.ConstantTimeCompare([]byte(u), []byte(user)) != 1 {
-		return false
+	if !ok {
+		return nil
 	}
-	return subtle.ConstantTimeCompare([]byte(ha1(u, realm, pass)), []byte(wantHA1)) == 1
+	got := []byte(ha1(u, realm, pass))
+	for i := range creds {
+		c := &creds[i]
+		if subtle.ConstantTimeCompare([]byte(u), []byte(c.user)) == 1 && subtle.ConstantTimeCompare(got, []byte(c.ha1)) == 1 {
+			return c
+		}
+	}
+	return nil
 }

@@ -178,6 +178,12 @@ func (a *ACS) handleCommand(ctx context.Context, cmd *duetv1.Command) *duetv1.Co
 			"CWMP commands other than connection_request are delivered in session (SessionWork)"))
 	}
 	status, err := a.connReq.send(ctx, a.withSharedCredentials(cr))
+	if status == http.StatusUnauthorized && cr.GetFallback() {
+		// During an enrolment: the CPE does not use the new password (yet).
+		metricConnReqFallbacks.Inc()
+		status, err = a.connReq.send(ctx, a.withSharedCredentials(&duetv1.ConnectionRequest{Url: cr.GetUrl(),
+			AllowBasic: cr.GetAllowBasic(), Username: cr.GetFallbackUsername(), Password: cr.GetFallbackPassword()}))
+	}
 	accepted := err == nil && (status == http.StatusOK || status == http.StatusNoContent)
 	if err == nil && !accepted {
 		switch status {

@@ -20,43 +20,8 @@ import (
 // controller sends (the device's own) still win.
 func TestSharedConnectionRequestCredentials(t *testing.T) {
 	const user, pass = "cr-fleet", "cr-Fleet-pass-9"
-	startSim := func(t *testing.T, e *env, serial string) *cpe.CPE {
-		sim, err := cpe.New(cpe.Options{
-			ACSURL: e.url, DataModelPath: "../../testdata/datamodel/tr181.json", Serial: serial,
-			ConnReqUsername: user, ConnReqPassword: pass,
-			PeriodicInterval: time.Hour, RetryMinWait: 50 * time.Millisecond,
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := sim.Start(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { sim.Close() })
-		e.waitEvent("bootstrap", sim.DeviceID(), nil)
-		return sim
-	}
-	// request sends a connection request as the controller does, retrying
-	// while the CPE is still busy closing its first session (503).
-	request := func(t *testing.T, e *env, sim *cpe.CPE, cr *duetv1.ConnectionRequest) *duetv1.CommandResult {
-		var res *duetv1.CommandResult
-		bustest.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			r, err := e.bus.Request(ctx, devicemodel.ProtocolCWMP, &duetv1.Command{DeviceId: sim.DeviceID(),
-				Op: &duetv1.Command_ConnectionRequest{ConnectionRequest: cr}})
-			if err != nil {
-				t.Fatalf("connection request: %v", err)
-			}
-			if r.Error != nil && devicemodel.Code(r.Error.Code) == devicemodel.CodeUnavailable {
-				return errorf("CPE busy: %v", r.Error)
-			}
-			res = r
-			return nil
-		})
-		return res
-	}
+	startSim := func(t *testing.T, e *env, serial string) *cpe.CPE { return startConnReqSim(t, e, serial, user, pass) }
+	request := requestConnReq
 
 	t.Run("without shared credentials the CPE refuses", func(t *testing.T) {
 		e := newEnv(t, nil)
@@ -89,4 +54,47 @@ func TestSharedConnectionRequestCredentials(t *testing.T) {
 	if _, err := New(Options{Bus: newEnv(t, nil).bus, Auth: AuthNone, ConnReqUsername: "x"}); err == nil {
 		t.Error("ConnReqUsername without ConnReqPassword accepted")
 	}
+}
+
+// startConnReqSim starts a simulated CPE whose connection-request URL wants
+// user/pass, and waits for its bootstrap.
+func startConnReqSim(t *testing.T, e *env, serial, user, pass string) *cpe.CPE {
+	t.Helper()
+	sim, err := cpe.New(cpe.Options{
+		ACSURL: e.url, DataModelPath: "../../testdata/datamodel/tr181.json", Serial: serial,
+		ConnReqUsername: user, ConnReqPassword: pass,
+		PeriodicInterval: time.Hour, RetryMinWait: 50 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sim.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	e.waitEvent("bootstrap", sim.DeviceID(), nil)
+	return sim
+}
+
+// requestConnReq sends a connection request as the controller does,
+// retrying while the CPE is still busy closing its first session (503).
+func requestConnReq(t *testing.T, e *env, sim *cpe.CPE, cr *duetv1.ConnectionRequest) *duetv1.CommandResult {
+	t.Helper()
+	var res *duetv1.CommandResult
+	bustest.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		r, err := e.bus.Request(ctx, devicemodel.ProtocolCWMP, &duetv1.Command{DeviceId: sim.DeviceID(),
+			Op: &duetv1.Command_ConnectionRequest{ConnectionRequest: cr}})
+		if err != nil {
+			t.Fatalf("connection request: %v", err)
+		}
+		if r.Error != nil && devicemodel.Code(r.Error.Code) == devicemodel.CodeUnavailable {
+			return errorf("CPE busy: %v", r.Error)
+		}
+		res = r
+		return nil
+	})
+	return res
 }

@@ -26,6 +26,9 @@ var (
 	metricAuthFailures = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "duet_cwmp_auth_failures_total", Help: "CPE authentication failures, by scheme.",
 	}, []string{"scheme"})
+	metricConnReqFallbacks = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "duet_cwmp_connreq_fallbacks_total", Help: "Connection requests refused with an enrolment's new credentials and sent again with the old ones.",
+	})
 	metricAuthReplays = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "duet_cwmp_auth_replays_total", Help: "Digest credentials refused because their nonce count was reused (replays).",
 	})

@@ -38,10 +38,15 @@ type session struct {
 	reach    *duetv1.Reachability
 	ns       string
 	root     string // "Device." or "InternetGatewayDevice."
-	started  time.Time
-	lastSeen atomic.Int64
-	busy     atomic.Bool
-	endedF   atomic.Bool
+	// auth: the credentials the Inform authenticated with (kindShared,
+	// kindDevice, kindPending, "" when off); bootstrap: it carried
+	// 0 BOOTSTRAP.
+	auth      string
+	bootstrap bool
+	started   time.Time
+	lastSeen  atomic.Int64
+	busy      atomic.Bool
+	endedF    atomic.Bool
 
 	mu       sync.Mutex
 	state    int
@@ -174,7 +179,7 @@ func (a *ACS) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	s.busy.Store(true)
 	defer s.busy.Store(false)
 	s.touch()
-	if !a.authenticate(r.Context(), w, r, ci, s.deviceID, body) {
+	if _, ok := a.authenticate(r.Context(), w, r, ci, s.deviceID, body); !ok {
 		return
 	}
 	ci.setSession(s)
@@ -226,7 +231,9 @@ func (a *ACS) startSession(w http.ResponseWriter, r *http.Request, ci *connInfo,
 		shed(w, "source_rate", wait, "informing too often from this address")
 		return
 	}
-	if !a.authenticate(r.Context(), w, r, ci, deviceID, body) {
+	ci.forgetAuth()
+	auth, ok := a.authenticate(r.Context(), w, r, ci, deviceID, body)
+	if !ok {
 		return
 	}
 	// Per device only once the identity is authenticated, so nobody can
@@ -243,11 +250,13 @@ func (a *ACS) startSession(w http.ResponseWriter, r *http.Request, ci *connInfo,
 		return
 	}
 	s := &session{
-		id:       bus.NewID(),
-		deviceID: deviceID,
-		ns:       env.Namespace,
-		started:  now,
-		state:    stateCPE,
+		id:        bus.NewID(),
+		deviceID:  deviceID,
+		ns:        env.Namespace,
+		started:   now,
+		state:     stateCPE,
+		auth:      auth,
+		bootstrap: hasEvent(inf, cwmp.EventBootstrap),
 	}
 	s.touch()
 	s.ident, s.reach, s.root = identityFromInform(deviceID, inf, ci.remote)
@@ -434,6 +443,10 @@ func (a *ACS) askWork(ctx context.Context, s *session) ([]*duetv1.Command, error
 	ctx, cancel := context.WithTimeout(ctx, a.o.SessionTimeout)
 	defer cancel()
 	req := &duetv1.SessionWorkRequest{DeviceId: s.deviceID, SessionId: s.id, Round: s.round, Results: s.results}
+	if s.round == 0 {
+		// The controller's credential enrolment acts on these.
+		req.Auth, req.Bootstrap = s.auth, s.bootstrap
+	}
 	s.round++
 	s.results = nil
 	work, err := a.o.Bus.AskWork(ctx, req)

@@ -16,6 +16,7 @@ type connInfo struct {
 	mu         sync.Mutex
 	sess       *session
 	authDevice string // device the connection authenticated as; "" = not yet
+	authKind   string // with which credentials (kindShared, kindDevice, kindPending)
 	authFails  int
 }
 
@@ -190,4 +191,13 @@ func (c *informClock) purgeLocked(now time.Time) {
 			delete(c.last, d)
 		}
 	}
+}
+
+// forgetAuth makes the connection authenticate again: each session starts
+// with its own authentication, since a device's credentials may have
+// changed since the last (an enrolment, an operator's change).
+func (c *connInfo) forgetAuth() {
+	c.mu.Lock()
+	c.authDevice, c.authKind = "", ""
+	c.mu.Unlock()
 }

@@ -6,11 +6,13 @@ import (
 	"io"
 	"net"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/duet-dm/duet/controller"
+	"github.com/duet-dm/duet/controller/console"
 	"github.com/duet-dm/duet/pkg/store"
 )
 
@@ -96,6 +98,9 @@ func newSettings() *settings {
 	add("cwmp-auth", "DUET_CWMP_AUTH", "", "CPE authentication: none, shared or per-device (required when the cwmp component runs)")
 	add("cwmp-username", "DUET_CWMP_USERNAME", "", "CPE username in shared mode")
 	add("cwmp-password", "DUET_CWMP_PASSWORD", "", "CPE password in shared mode: at least 12 characters, at least 5 of them distinct")
+	add("cwmp-enrol", "DUET_CWMP_ENROL", "auto", "automatic per-device CPE credentials (docs/guide-cwmp.md, Enrolment): auto is on in the shared mode when DUET_CREDENTIALS_KEY is set; on (needs both); off")
+	add("cwmp-enrol-old-sessions", "DUET_CWMP_ENROL_OLD_SESSIONS", "3", "an enrolment is rolled back (the CPE stays on the shared credentials) when the CPE, after accepting its new password, opens this many sessions with the old one")
+	add("cwmp-enrol-window", "DUET_CWMP_ENROL_WINDOW", "24h", "an enrolment is also rolled back when the CPE opens a session with its old password this long after accepting the new one")
 	add("cwmp-realm", "DUET_CWMP_REALM", "Duet", "HTTP Digest realm of the ACS; per-device credentials are stored for it, so set it before storing them")
 	add("credentials-key", "DUET_CREDENTIALS_KEY", "", "base64 of 32 random bytes (openssl rand -base64 32) encrypting per-device connection-request passwords; unset, the device credentials API answers 503 and per-device auth finds no credentials")
 	add("cwmp-tls-cert", "DUET_CWMP_TLS_CERT", "", "PEM certificate file; enables HTTPS on the ACS")
@@ -292,6 +297,33 @@ type level struct {
 	source, what, whatFile string
 	v, vFile               string
 	ok, okFile             bool
+}
+
+// shown is the setting's value as Duet shows it (duet config check, the
+// console's settings page): a secret only as set or not, and the password
+// of any URL in a value (nats://user:password@host) as ***.
+func (st *setting) shown() string {
+	if st.secret {
+		if st.value == "" {
+			return ""
+		}
+		return "(secret, set)"
+	}
+	return urlPassword.ReplaceAllString(st.value, "${1}***@")
+}
+
+// urlPassword matches the user:password@ of a URL (RFC 3986 §3.2.1), in
+// a value that may list several.
+var urlPassword = regexp.MustCompile(`([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s,]*:)[^@/\s,]*@`)
+
+// consoleSettings is the effective configuration for the console's
+// settings page, masked here: the console never holds a secret.
+func (s *settings) consoleSettings() []console.Setting {
+	out := make([]console.Setting, 0, len(s.list))
+	for _, st := range s.list {
+		out = append(out, console.Setting{Name: st.flag, Env: st.env, Value: st.shown(), Source: st.source})
+	}
+	return out
 }
 
 // readSecretFile reads a secret from a file, without the line ending most

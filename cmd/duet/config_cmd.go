@@ -55,9 +55,9 @@ func (m *Main) config(ctx context.Context, args []string) error {
 		w := tabwriter.NewWriter(m.Stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(w, "SETTING\tVALUE\tFROM")
 		for _, st := range s.list {
-			v := fmt.Sprintf("%q", st.value)
+			v := fmt.Sprintf("%q", st.shown())
 			if st.secret && st.value != "" {
-				v = "(secret, set)"
+				v = st.shown()
 			}
 			fmt.Fprintf(w, "%s\t%s\t%s\n", st.flag, v, st.source)
 		}

@@ -87,3 +87,44 @@ func TestSharedConnReqSettings(t *testing.T) {
 		t.Error("cwmp-connreq-password is not a secret")
 	}
 }
+
+// TestEnrolSettings: DUET_CWMP_ENROL=auto is on in the shared mode with a
+// credentials key and off without one; on needs the shared mode (and the
+// key where the controller runs); the adapter follows the setting.
+func TestEnrolSettings(t *testing.T) {
+	const key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+	base := func(extra map[string]string) map[string]string {
+		m := map[string]string{"DUET_CWMP_PASSWORD": "a-Long-random-0ne"}
+		for k, v := range extra {
+			m[k] = v
+		}
+		return m
+	}
+	for name, c := range map[string]struct {
+		env  map[string]string
+		want bool
+		err  string
+	}{
+		"auto without key":               {base(nil), false, ""},
+		"auto with key":                  {base(map[string]string{"DUET_CREDENTIALS_KEY": key}), true, ""},
+		"auto per-device":                {base(map[string]string{"DUET_CREDENTIALS_KEY": key, "DUET_CWMP_AUTH": "per-device"}), false, ""},
+		"off with key":                   {base(map[string]string{"DUET_CREDENTIALS_KEY": key, "DUET_CWMP_ENROL": "off"}), false, ""},
+		"on, adapter only, no key":       {base(map[string]string{"DUET_CWMP_ENROL": "on"}), true, ""},
+		"on in per-device mode":          {base(map[string]string{"DUET_CWMP_ENROL": "on", "DUET_CWMP_AUTH": "per-device"}), false, "DUET_CWMP_AUTH=shared"},
+		"on with the controller, no key": {base(map[string]string{"DUET_CWMP_ENROL": "on", "DUET_ONLY": "cwmp,controller"}), false, "DUET_CREDENTIALS_KEY"},
+		"bad value":                      {base(map[string]string{"DUET_CWMP_ENROL": "yes"}), false, "DUET_CWMP_ENROL"},
+		"bad window":                     {base(map[string]string{"DUET_CWMP_ENROL_WINDOW": "1s"}), false, "DUET_CWMP_ENROL_WINDOW"},
+	} {
+		cfg, err := cwmpSettings(t, c.env)
+		switch {
+		case c.err != "":
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%s: %v, want an error naming %s", name, err, c.err)
+			}
+		case err != nil:
+			t.Errorf("%s: %v", name, err)
+		case cfg.enrol != c.want || cfg.cwmp.Enrol != c.want:
+			t.Errorf("%s: enrol %v, adapter %v, want %v", name, cfg.enrol, cfg.cwmp.Enrol, c.want)
+		}
+	}
+}

@@ -216,6 +216,21 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 			Sweep: cfg.policySweep, Logger: log})
 		// Before the queue starts: no finished policy task goes unheard.
 		tasks.OnFinished(rec.TaskFinished)
+		var enrol *controller.Enrolments
+		if cfg.enrol {
+			if enrol, err = controller.NewEnrolments(controller.EnrolmentOptions{Store: st, Tasks: tasks, Key: credKey,
+				Realm: realm, Username: s.str("cwmp-username"), Rules: cfg.enrolRules, Logger: log}); err != nil {
+				_ = hl.Close()
+				return s.errSetting("cwmp-enrol", "%v", err)
+			}
+			tasks.OnFinished(func(ctx context.Context, t store.Task) {
+				rec.TaskFinished(ctx, t)
+				enrol.TaskFinished(ctx, t)
+			})
+			log.Info("CWMP credential enrolment is on: CPEs on the shared credentials get their own (DUET_CWMP_ENROL)")
+		} else if s.str("cwmp-auth") == "shared" && s.str("cwmp-enrol") == "auto" {
+			log.Warn("CWMP credential enrolment is off: every CPE keeps the shared password; set DUET_CREDENTIALS_KEY to enrol them (DUET_CWMP_ENROL)")
+		}
 		presence, err := m.presenceSweeper(s, st, b, log)
 		if err != nil {
 			_ = hl.Close()
@@ -246,7 +261,7 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		rec.Start()
 		started.push(func(context.Context) { rec.Stop() })
 		desk, err := controller.StartAdapterDeskWith(controller.AdapterDeskOptions{
-			Bus: b, Tasks: tasks, Store: st, CredentialKey: credKey, Backlog: reg.Backlog, Logger: log})
+			Bus: b, Tasks: tasks, Store: st, CredentialKey: credKey, Enrolments: enrol, Backlog: reg.Backlog, Logger: log})
 		if err != nil {
 			_ = hl.Close()
 			return err
@@ -278,13 +293,14 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		}
 		started.push(func(context.Context) { apiStore.Close() })
 		apiServer = api.New(api.Options{Store: apiStore, Tokens: st, Tasks: tasks, Bulk: bulk, Bus: b, PolicyEnv: policyEnv,
-			CredentialKey: credKey, CWMPRealm: realm, SearchConcurrency: cfg.apiSearches, SecretParams: cfg.secretParams, Files: repo, Logger: log})
+			CredentialKey: credKey, CWMPRealm: realm, Enrolments: enrol, SearchConcurrency: cfg.apiSearches, SecretParams: cfg.secretParams, Files: repo, Logger: log})
 		if credKey == nil {
 			log.Warn("DUET_CREDENTIALS_KEY is not set: the device credentials API answers 503 and per-device CWMP auth finds no credentials")
 		}
 		mux.Handle("/api/v1/", apiServer)
 		// The web console answers every other path (issue 13).
-		con, err := console.New(console.Options{Store: st, Tasks: tasks, IdleTimeout: cfg.consoleIdle,
+		con, err := console.New(console.Options{Store: st, Tasks: tasks, Bulk: bulk, Settings: s.consoleSettings(), IdleTimeout: cfg.consoleIdle,
+			Credentials:     controller.NewCredentials(controller.CredentialsOptions{Store: st, Key: credKey, Realm: realm, Logger: log}),
 			SessionLifetime: cfg.consoleLifetime, OpenAPI: api.OpenAPIDocument(), SecretParams: cfg.secretParams, Logger: log,
 			Bus: b, PolicyEnv: policyEnv})
 		if err != nil {

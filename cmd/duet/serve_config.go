@@ -52,6 +52,9 @@ type serveConfig struct {
 	wsMaxConns                    int
 
 	cwmp cwmpadapter.Options // without Bus and Logger
+	// enrol: automatic per-device CPE credentials (DUET_CWMP_ENROL).
+	enrol      bool
+	enrolRules store.EnrolmentRules
 
 	tls *tlsConfig // every TLS surface (serve_tls.go)
 
@@ -184,6 +187,10 @@ func (s *settings) checkServe() (*serveConfig, error) {
 			return nil, err
 		}
 	}
+	if err := s.checkEnrol(c); err != nil {
+		return nil, err
+	}
+	c.cwmp.Enrol = c.enrol
 	if c.comps["usp-mqtt"] || c.comps["usp-stomp"] || c.comps["usp-ws"] {
 		if err := s.checkUSP(c); err != nil {
 			return nil, err
@@ -212,6 +219,37 @@ func (s *settings) checkServe() (*serveConfig, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// checkEnrol resolves DUET_CWMP_ENROL: auto is on in the shared mode when
+// a credentials key is set; on needs the shared mode, and the key where
+// the controller runs (it seals the new passwords).
+func (s *settings) checkEnrol(c *serveConfig) error {
+	mode, err := s.oneOf("cwmp-enrol", "auto", "on", "off")
+	if err != nil {
+		return err
+	}
+	shared := s.str("cwmp-auth") == cwmpadapter.AuthShared
+	switch mode {
+	case "on":
+		if !shared {
+			return s.errSetting("cwmp-enrol", "needs DUET_CWMP_AUTH=shared (CPEs are enrolled from the shared credentials)")
+		}
+		if c.comps["controller"] && c.credKey == nil {
+			return s.errSetting("cwmp-enrol", "needs DUET_CREDENTIALS_KEY (the new passwords are kept sealed)")
+		}
+		c.enrol = true
+	case "auto":
+		c.enrol = shared && c.credKey != nil
+	}
+	if c.comps["controller"] && c.enrol && s.str("cwmp-username") == "" {
+		return s.errSetting("cwmp-enrol", "needs DUET_CWMP_USERNAME (the username the CPEs keep)")
+	}
+	if c.enrolRules.MaxOldSessions, err = s.integer("cwmp-enrol-old-sessions", 1, 1000); err != nil {
+		return err
+	}
+	c.enrolRules.Window, err = s.duration("cwmp-enrol-window", time.Minute)
+	return err
 }
 
 func (s *settings) checkCWMP(realm string) (cwmpadapter.Options, error) {

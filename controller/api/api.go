@@ -71,6 +71,9 @@ type Options struct {
 	// CredentialKey seals connection-request passwords; without it the
 	// credentials routes answer 503.
 	CredentialKey *store.CredentialKey
+	// Enrolments runs automatic CWMP credential enrolment; without it
+	// POST …/credentials/enrolment answers 503.
+	Enrolments *controller.Enrolments
 	// CWMPRealm is the Digest realm the ACS challenges with; stored HA1s
 	// are computed for it. Default "Duet".
 	CWMPRealm string
@@ -118,6 +121,8 @@ func New(o Options) *Server {
 	a.route("PUT /api/v1/devices/{id}/credentials", a.putCredentials)
 	a.route("GET /api/v1/devices/{id}/credentials", a.getCredentials)
 	a.route("DELETE /api/v1/devices/{id}/credentials", a.deleteCredentials)
+	a.route("GET /api/v1/devices/{id}/credentials/enrolment", a.getEnrolment)
+	a.route("POST /api/v1/devices/{id}/credentials/enrolment", a.retryEnrolment)
 	a.registerUSPAgentRoutes() // uspagents_api.go
 	if o.Tasks != nil {
 		a.route("POST /api/v1/devices/{id}/tasks", a.createTask)
@@ -132,7 +137,7 @@ func New(o Options) *Server {
 	}
 	a.registerFileRoutes()
 	// Groups, policies (validate, preview) and the audit log (issue 6).
-	RegisterGroupRoutes(a.mux, GroupRoutesOptions{Store: a.store, Bus: o.Bus, Env: o.PolicyEnv, Logger: a.log}, a.route)
+	RegisterGroupRoutes(a.mux, GroupRoutesOptions{Store: a.store, Bus: o.Bus, Env: o.PolicyEnv, Secrets: a.secrets, Logger: a.log}, a.route)
 	a.route("GET /api/v1/openapi.json", func(w http.ResponseWriter, r *http.Request) (int, error) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusOK)
@@ -248,81 +253,24 @@ type DeviceList struct {
 // bulk task filter), free text q, repeatable param conditions, sort, and
 // keyset paging that follows the sort.
 func (a *Server) listDevices(w http.ResponseWriter, r *http.Request) (int, error) {
-	q, multi, limit, cursor, err := pageParamsMulti(r, []string{"param"}, "protocol", "online", "manufacturer", "product_class",
-		"software_version", "last_seen_after", "last_seen_before", "tag", "count", "q", "sort")
+	// pageParamsMulti refuses unknown and repeated parameters; the search
+	// itself is read by the parser the console shares.
+	q, multi, _, _, err := pageParamsMulti(r, []string{"param"}, controller.DeviceSearchKeys...)
 	if err != nil {
 		return 0, err
 	}
-	f := store.DeviceFilter{
-		Manufacturer:    q["manufacturer"],
-		ProductClass:    q["product_class"],
-		SoftwareVersion: q["software_version"],
-		Limit:           limit,
+	vals := url.Values{"param": multi["param"]}
+	for k, v := range q {
+		vals.Set(k, v)
 	}
-	if v := q["protocol"]; v != "" {
-		p, err := devicemodel.ParseProtocol(v)
-		if err != nil {
-			return 0, badParam("protocol", "must be cwmp or usp")
-		}
-		f.Protocol = p
+	s, err := controller.ParseDeviceSearch(vals)
+	if err != nil {
+		return 0, err
 	}
-	if v := q["online"]; v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return 0, badParam("online", "must be true or false")
-		}
-		f.Online = &b
-	}
-	for name, dst := range map[string]*time.Time{"last_seen_after": &f.LastSeenAfter, "last_seen_before": &f.LastSeenBefore} {
-		if v := q[name]; v != "" {
-			t, err := time.Parse(time.RFC3339Nano, v)
-			if err != nil {
-				return 0, badParam(name, "must be an RFC 3339 time (2026-01-02T15:04:05Z)")
-			}
-			*dst = t
-		}
-	}
-	f.Tag = q["tag"]
-	if err := store.CheckQuery(q["q"]); err != nil {
-		return 0, badParam("q", devicemodel.ErrorMessage(err))
-	}
-	f.Query = q["q"]
-	if n := len(multi["param"]); n > controller.MaxParamConditions {
-		// Each condition is a join PostgreSQL plans; 100 took 12 s and 300
-		// over two minutes (issue 15 §8).
-		return 0, badParam("param", fmt.Sprintf("%d conditions; at most %d", n, controller.MaxParamConditions))
-	}
-	for i, v := range multi["param"] {
-		c, err := store.ParseParamCondition(v)
-		if err != nil {
-			// The code stays: invalid_path (with the position) for a bad path.
-			return 0, devicemodel.Errorf(devicemodel.ErrorCode(err), "query parameter \"param\" #%d: %s", i+1, devicemodel.ErrorMessage(err))
-		}
-		f.Params = append(f.Params, c)
-	}
-	if v := q["sort"]; v != "" {
-		o, err := store.ParseDeviceSort(v)
-		if err != nil {
-			return 0, badParam("sort", devicemodel.ErrorMessage(err))
-		}
-		f.Sort = o
-	}
+	f := s.Filter
 	var count int64
-	if v := q["count"]; v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return 0, badParam("count", "must be true or false")
-		}
-		if b {
-			f.Count = &count
-		}
-	}
-	if v := cursor; v != "" {
-		after, key, err := store.DecodeDeviceCursor(f.Sort, v)
-		if err != nil {
-			return 0, badParam("cursor", devicemodel.ErrorMessage(err)+"; pass next_cursor from the previous page, with the same sort")
-		}
-		f.After, f.AfterKey = after, key
+	if s.Count {
+		f.Count = &count
 	}
 	release, err := a.acquireSearch(r)
 	if err != nil {

@@ -34,6 +34,8 @@ func TokenFrom(ctx context.Context) (store.Token, bool) {
 var adminRoutes = map[string]bool{
 	"PUT /api/v1/devices/{id}/credentials":    true,
 	"DELETE /api/v1/devices/{id}/credentials": true,
+	// Hands the CPE new secrets.
+	"POST /api/v1/devices/{id}/credentials/enrolment": true,
 }
 
 // RouteRole is the least role a route pattern ("METHOD /path") needs.

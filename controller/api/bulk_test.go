@@ -382,3 +382,35 @@ func TestBulkBatchRunsInOneReplica(t *testing.T) {
 		}
 	}
 }
+
+// TestBulkFilterIDs: filter.ids names the batch's devices (the console's
+// selection), with the other conditions; a bad ID or one with a group is
+// refused naming the field.
+func TestBulkFilterIDs(t *testing.T) {
+	e := newEnv(t)
+	withBulk(t, e, controller.BulkOptions{DefaultRate: 1000, PageSize: 2})
+	ids := deviceIDs("sel", 5)
+	seedOffline(t, e, ids, "1.0")
+	code, body := e.do(t, "POST", "/api/v1/tasks", `{"filter":{"ids":["sel-00","sel-02","sel-04","nobody"],"software_version":"1.0"},
+		"task":{"operation":"reboot"}}`)
+	var b api.TaskBatchJSON
+	if code != 202 || json.Unmarshal([]byte(body), &b) != nil {
+		t.Fatalf("POST: %d %s", code, body)
+	}
+	if done := e.waitBatch(t, b.ID, "done"); done.Matched != 3 || done.CreatedTasks != 3 {
+		t.Fatalf("done batch: %+v", done)
+	}
+	got := batchTasks(t, e, b.ID)
+	if len(got) != 3 || got["sel-00"] != 1 || got["sel-02"] != 1 || got["sel-04"] != 1 {
+		t.Fatalf("tasks by device: %v", got)
+	}
+	for body, want := range map[string]string{
+		`{"filter":{"ids":["sel-00",""]},"task":{"operation":"reboot"}}`:              "filter.ids[1]: device id is empty",
+		`{"filter":{"ids":["sel-00"],"group":"grp_x"},"task":{"operation":"reboot"}}`: "group selects the devices on its own",
+	} {
+		code, out := e.do(t, "POST", "/api/v1/tasks", body)
+		if code != 400 || !strings.Contains(out, want) {
+			t.Errorf("%s: %d %s, want 400 with %q", body, code, out, want)
+		}
+	}
+}

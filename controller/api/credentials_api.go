@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/duet-dm/duet/controller"
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
 )
@@ -121,4 +122,70 @@ func (a *Server) deleteCredentials(w http.ResponseWriter, r *http.Request) (int,
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return http.StatusNoContent, nil
+}
+
+// EnrolmentJSON is a device's credential status (docs/guide-cwmp.md,
+// "Enrolment"): state shared, pending, enrolled or failed (reason says
+// why), never a secret.
+type EnrolmentJSON struct {
+	DeviceID      string     `json:"device_id"`
+	State         string     `json:"state"`
+	Reason        string     `json:"reason,omitempty"`
+	TaskID        string     `json:"task_id,omitempty"`
+	SetAcceptedAt *time.Time `json:"set_accepted_at,omitempty"`
+	OldSessions   int        `json:"old_sessions"`
+	Attempts      int        `json:"attempts"`
+	UpdatedAt     *time.Time `json:"updated_at,omitempty"`
+	// Enabled says whether automatic enrolment runs (DUET_CWMP_ENROL).
+	Enabled bool `json:"enabled"`
+}
+
+func (a *Server) enrolmentJSON(id string, s controller.EnrolmentStatus) EnrolmentJSON {
+	utc := func(t *time.Time) *time.Time {
+		if t == nil {
+			return nil
+		}
+		u := t.UTC()
+		return &u
+	}
+	return EnrolmentJSON{DeviceID: id, State: s.State, Reason: s.Reason, TaskID: s.TaskID, SetAcceptedAt: utc(s.SetAt),
+		OldSessions: s.OldSessions, Attempts: s.Attempts, UpdatedAt: utc(s.UpdatedAt), Enabled: a.o.Enrolments != nil}
+}
+
+func (a *Server) getEnrolment(w http.ResponseWriter, r *http.Request) (int, error) {
+	id := r.PathValue("id")
+	if err := devicemodel.ValidateDeviceID(id); err != nil {
+		return 0, badParam("id", devicemodel.ErrorMessage(err))
+	}
+	s, err := controller.FindEnrolmentStatus(r.Context(), a.store, id)
+	if err != nil {
+		return 0, err
+	}
+	return writeJSON(w, http.StatusOK, a.enrolmentJSON(id, s)), nil
+}
+
+// retryEnrolment starts a device's enrolment again (after a failure, or
+// for a device never enrolled); its Set goes out with a connection request.
+func (a *Server) retryEnrolment(w http.ResponseWriter, r *http.Request) (int, error) {
+	id := r.PathValue("id")
+	if err := devicemodel.ValidateDeviceID(id); err != nil {
+		return 0, badParam("id", devicemodel.ErrorMessage(err))
+	}
+	if a.o.Enrolments == nil {
+		writeError(w, http.StatusServiceUnavailable, devicemodel.Errorf(devicemodel.CodeUnavailable,
+			"credential enrolment is off: it needs DUET_CWMP_AUTH=shared and DUET_CREDENTIALS_KEY (DUET_CWMP_ENROL)"))
+		return http.StatusServiceUnavailable, nil
+	}
+	who, err := actor(r)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := a.o.Enrolments.Retry(r.Context(), who, id); err != nil {
+		return 0, err
+	}
+	s, err := controller.FindEnrolmentStatus(r.Context(), a.store, id)
+	if err != nil {
+		return 0, err
+	}
+	return writeJSON(w, http.StatusAccepted, a.enrolmentJSON(id, s)), nil
 }

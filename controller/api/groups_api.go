@@ -23,6 +23,9 @@ const maxGroupBody = 64 << 10
 type groupRoutes struct {
 	store *store.Store
 	pol   *controller.Policies
+	// secrets hides secret values in policy specs, previews and the audit
+	// log, for every role (issue 15 §9).
+	secrets controller.SecretNames
 }
 
 // GroupRoutesOptions configure RegisterGroupRoutes.
@@ -31,8 +34,10 @@ type GroupRoutesOptions struct {
 	// Bus gets rollout progress events of operator actions (nil: none).
 	Bus *bus.Bus
 	// Env is what management policies need to know, for previews.
-	Env    policy.Env
-	Logger *slog.Logger
+	Env policy.Env
+	// Secrets decides which values are shown as "***".
+	Secrets controller.SecretNames
+	Logger  *slog.Logger
 }
 
 // RegisterGroupRoutes adds the group and audit routes. wrap registers one
@@ -56,7 +61,7 @@ func RegisterGroupRoutes(mux *http.ServeMux, o GroupRoutesOptions, wrap func(pat
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	g := &groupRoutes{store: o.Store,
+	g := &groupRoutes{store: o.Store, secrets: o.Secrets,
 		pol: controller.NewPolicies(controller.PoliciesOptions{Store: o.Store, Bus: o.Bus, Env: o.Env, Logger: o.Logger})}
 	wrap("POST /api/v1/groups", g.create)
 	wrap("GET /api/v1/groups", g.list)
@@ -250,5 +255,6 @@ func (g *groupRoutes) audit(w http.ResponseWriter, r *http.Request) (int, error)
 	if entries == nil {
 		entries = []store.AuditEntry{}
 	}
+	g.secrets.RedactAudit(entries)
 	return writeJSON(w, http.StatusOK, AuditList{Entries: entries, NextCursor: next}), nil
 }

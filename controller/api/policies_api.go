@@ -72,7 +72,7 @@ func (g *groupRoutes) createPolicy(w http.ResponseWriter, r *http.Request) (int,
 		return 0, err
 	}
 	w.Header().Set("Location", "/api/v1/policies/"+out.ID)
-	return writeJSON(w, http.StatusCreated, out), nil
+	return writeJSON(w, http.StatusCreated, g.secrets.RedactPolicy(out)), nil
 }
 
 func (g *groupRoutes) listPolicies(w http.ResponseWriter, r *http.Request) (int, error) {
@@ -90,6 +90,9 @@ func (g *groupRoutes) listPolicies(w http.ResponseWriter, r *http.Request) (int,
 	if ps == nil {
 		ps = []store.Policy{}
 	}
+	for i := range ps {
+		ps[i] = g.secrets.RedactPolicy(ps[i])
+	}
 	return writeJSON(w, http.StatusOK, PolicyList{Policies: ps}), nil
 }
 
@@ -98,7 +101,7 @@ func (g *groupRoutes) getPolicy(w http.ResponseWriter, r *http.Request) (int, er
 	if err != nil {
 		return 0, err
 	}
-	return writeJSON(w, http.StatusOK, p), nil
+	return writeJSON(w, http.StatusOK, g.secrets.RedactPolicy(p)), nil
 }
 
 func (g *groupRoutes) updatePolicy(w http.ResponseWriter, r *http.Request) (int, error) {
@@ -114,7 +117,7 @@ func (g *groupRoutes) updatePolicy(w http.ResponseWriter, r *http.Request) (int,
 	if err != nil {
 		return 0, err
 	}
-	return writeJSON(w, http.StatusOK, out), nil
+	return writeJSON(w, http.StatusOK, g.secrets.RedactPolicy(out)), nil
 }
 
 func (g *groupRoutes) deletePolicy(w http.ResponseWriter, r *http.Request) (int, error) {
@@ -138,7 +141,7 @@ func (g *groupRoutes) previewPolicy(w http.ResponseWriter, r *http.Request) (int
 	if err != nil {
 		return 0, err
 	}
-	return writeJSON(w, http.StatusOK, page), nil
+	return g.writeRedacted(w, page)
 }
 
 func (g *groupRoutes) previewUnsaved(w http.ResponseWriter, r *http.Request) (int, error) {
@@ -154,7 +157,7 @@ func (g *groupRoutes) previewUnsaved(w http.ResponseWriter, r *http.Request) (in
 	if err != nil {
 		return 0, err
 	}
-	return writeJSON(w, http.StatusOK, page), nil
+	return g.writeRedacted(w, page)
 }
 
 // previewParams are a preview's paging parameters, the cursor checked.
@@ -166,4 +169,15 @@ func previewParams(r *http.Request) (map[string]string, int, string, error) {
 		}
 	}
 	return q, limit, cursor, err
+}
+
+// writeRedacted answers 200 with v, its secret values hidden (a preview
+// shows the current and desired values of the parameters it would set).
+func (g *groupRoutes) writeRedacted(w http.ResponseWriter, v any) (int, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return 0, err
+	}
+	b, _ = g.secrets.RedactJSON(b)
+	return writeJSON(w, http.StatusOK, json.RawMessage(b)), nil
 }

@@ -55,6 +55,7 @@ func (c *Console) audit(w http.ResponseWriter, r *http.Request, sess *store.Sess
 	if d.Entries, d.Next, err = c.st.FindAudit(r.Context(), f); err != nil {
 		return err
 	}
+	c.secrets.RedactAudit(d.Entries)
 	c.render(w, r, sess, http.StatusOK, "audit", "Audit log", d)
 	return nil
 }

@@ -87,7 +87,11 @@ func safeNext(next string) string {
 const loginCookie = "duet_login"
 
 func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
-	c.showLogin(w, r, http.StatusOK, map[string]any{"Next": safeNext(r.URL.Query().Get("next"))})
+	data := map[string]any{"Next": safeNext(r.URL.Query().Get("next"))}
+	if r.URL.Query().Get("changed") != "" {
+		data["Notice"] = "Your password was changed. Log in with the new one."
+	}
+	c.showLogin(w, r, http.StatusOK, data)
 }
 
 func (c *Console) showLogin(w http.ResponseWriter, r *http.Request, code int, data map[string]any) {

@@ -39,8 +39,8 @@ func BenchmarkConsolePages(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer c.Close()
-	// The overview's figures are shared for LiveInterval; this console
-	// computes them on every request.
+	// The overview's figures and charts are shared for LiveInterval; this
+	// console computes them on every request.
 	cold, err := New(Options{Store: st, LiveInterval: time.Nanosecond})
 	if err != nil {
 		b.Fatal(err)
@@ -71,6 +71,14 @@ func BenchmarkConsolePages(b *testing.B) {
 		{"device-count-param-condition", "/devices/count?param=Device.X_Bench.P3:eq:v-" + strconv.Itoa(devices/2) + "-3", c},
 		{"device-count-param-condition-unindexed", "/devices/count?param=Device.X_Bench.P4:eq:v-" + strconv.Itoa(devices/2) + "-4", c},
 		{"device-page", "/devices/" + mid, c},
+		// The operations pages (tasks.go, charts.go) over two tasks a
+		// device, a fifth of them failed.
+		{"task-list", "/tasks", c},
+		{"task-list-failed", "/tasks?state=failed", c},
+		{"task-list-operation", "/tasks?operation=get", c},
+		{"batch-list", "/batches", c},
+		{"overview-charts-computed", "/overview/charts.json", cold},
+		{"overview-charts", "/overview/charts.json", c},
 	} {
 		b.Run(p.name, func(b *testing.B) {
 			var lat []time.Duration
@@ -146,6 +154,11 @@ func seedConsoleBench(b *testing.B, st *store.Store, devices, params int) {
 		}
 	}
 	exec(`ALTER TABLE device_parameters ADD PRIMARY KEY (device_id, path)`)
+	exec(`INSERT INTO tasks (id, device_id, operation, request, command, non_idempotent, state, created_at, finished_at, error_code, error_message)
+		SELECT 'task-' || i || '-' || n, 'dev-' || lpad(i::text, 6, '0'), CASE WHEN n = 1 THEN 'get' ELSE 'reboot' END, '{}', ''::bytea, n = 2,
+			CASE WHEN i % 5 = 0 THEN 'failed' ELSE 'succeeded' END, now() - (i % 1440) * interval '1 minute',
+			now() - (i % 1440) * interval '1 minute', CASE WHEN i % 5 = 0 THEN 'timeout' ELSE '' END, ''
+		FROM generate_series(1, $1::int) AS i, generate_series(1, 2) AS n`, devices)
 	exec(`VACUUM ANALYZE`)
 	// The path the param-condition pages filter on is a search path
 	// (DUET_SEARCH_PATHS); the "-unindexed" pages filter on another.

@@ -34,7 +34,7 @@ import (
 	"github.com/duet-dm/duet/pkg/store"
 )
 
-//go:embed templates/*.html
+//go:embed templates/*.html templates/parts/*.html
 var templateFS embed.FS
 
 //go:embed static
@@ -57,6 +57,16 @@ type Options struct {
 	// Tasks creates the tasks of the console's actions (reboot, set);
 	// without it those actions answer "not available".
 	Tasks *controller.TaskQueue
+	// Bulk creates task batches (the device list's selection or filter);
+	// without it the batch actions answer "not available".
+	Bulk *controller.BulkRunner
+	// Credentials stores CWMP devices' credentials (the API's service);
+	// without it the device page's credentials form answers "not
+	// available".
+	Credentials *controller.Credentials
+	// Settings are the effective configuration the settings page shows,
+	// secrets already masked by the caller (cmd/duet).
+	Settings []Setting
 	// IdleTimeout ends a session unused this long. Default 30 min.
 	IdleTimeout time.Duration
 	// SessionLifetime ends a session this long after login, used or not.
@@ -71,6 +81,9 @@ type Options struct {
 	// besides controller.DefaultSecretParams (the API's setting): the
 	// console never shows them.
 	SecretParams []string
+	// ActivityInterval is how often the overview's activity chart is
+	// sampled. Default 1 min, the chart's resolution.
+	ActivityInterval time.Duration
 	// LiveInterval is how often live parts of pages (the overview) are
 	// refreshed over Server-Sent Events. Default 5 s.
 	LiveInterval time.Duration
@@ -92,13 +105,19 @@ type Console struct {
 	pages    map[string]*template.Template
 	stop     chan struct{}
 	once     sync.Once
+	wg       sync.WaitGroup
 	secrets  controller.SecretNames
 	registry *controller.Devices
 	params   *controller.Parameters
+	creds    *controller.Credentials
 	pol      *controller.Policies
 
 	overviewMu sync.Mutex
 	overview   overviewData // the last figures computed (overviewData)
+
+	chartsMu   sync.Mutex
+	chartsData chartsData // the last chart data computed (charts.go)
+	chartsAt   time.Time
 }
 
 // New builds the console; a bad option is an error naming it.
@@ -124,11 +143,18 @@ func New(o Options) (*Console, error) {
 	if o.LiveInterval <= 0 {
 		o.LiveInterval = 5 * time.Second
 	}
+	if o.ActivityInterval <= 0 {
+		o.ActivityInterval = time.Minute
+	}
 	log := o.Logger.With("component", "console")
 	secrets := controller.NewSecretNames(o.SecretParams)
 	c := &Console{o: o, st: o.Store, log: log, rl: ratelog.New(log, 0, 0), mux: http.NewServeMux(), stop: make(chan struct{}),
 		secrets: secrets, registry: controller.NewDevices(o.Store),
 		params: controller.NewParameters(controller.ParametersOptions{Store: o.Store, Tasks: o.Tasks, Secrets: secrets, Logger: log})}
+	c.creds = o.Credentials
+	if c.creds == nil {
+		c.creds = controller.NewCredentials(controller.CredentialsOptions{Store: o.Store, Logger: log})
+	}
 	if err := c.parseTemplates(); err != nil {
 		return nil, err
 	}
@@ -164,18 +190,24 @@ func New(o Options) (*Console, error) {
 	c.route("GET /tokens", store.RoleAdmin, c.tokens)
 	c.route("POST /tokens", store.RoleAdmin, c.createToken)
 	c.route("POST /tokens/{id}/revoke", store.RoleAdmin, c.revokeToken)
+	c.registerOps() // ops.go
 	c.policyRoutes()
 	c.route("GET /api-docs", store.RoleViewer, c.apiDocs)
 	c.route("GET /api-docs/openapi.json", store.RoleViewer, c.openAPI)
 	c.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, nil, devicemodel.Errorf(devicemodel.CodeNotFound, "there is no page %s", r.URL.Path))
 	})
+	c.wg.Add(1)
+	go c.sampleActivity() // charts.go
 	return c, nil
 }
 
 // Close ends the live streams (which would hold a graceful shutdown
-// open). Safe to call twice.
-func (c *Console) Close() { c.once.Do(func() { close(c.stop) }) }
+// open) and the activity sampler. Safe to call twice.
+func (c *Console) Close() {
+	c.once.Do(func() { close(c.stop) })
+	c.wg.Wait()
+}
 
 func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"net/url"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -195,64 +194,38 @@ type devicesData struct {
 	Searched   bool
 	FormError  string
 	ThisCursor string
+	// Carry is the search, as hidden fields of the selection form: "act
+	// on every device the search matches" sends it on.
+	Carry []field
 }
 
-// deviceFilter reads the search form: the filters of GET /api/v1/devices.
+type field struct{ Name, Value string }
+
+// deviceFilter reads the search form: the search of GET /api/v1/devices
+// (controller.ParseDeviceSearch), its param conditions one a line, 50 a
+// page unless the form says otherwise.
 func deviceFilter(q url.Values) (store.DeviceFilter, error) {
-	f := store.DeviceFilter{Limit: 50, Tag: strings.TrimSpace(q.Get("tag")), Query: strings.TrimSpace(q.Get("q")),
-		SoftwareVersion: strings.TrimSpace(q.Get("software_version")), ProductClass: strings.TrimSpace(q.Get("product_class"))}
-	if v := q.Get("protocol"); v != "" {
-		p, err := devicemodel.ParseProtocol(v)
-		if err != nil {
-			return f, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "protocol must be TR-069 or USP")
-		}
-		f.Protocol = p
+	s, err := controller.ParseDeviceSearch(searchValues(q))
+	if err != nil {
+		return s.Filter, err
 	}
-	if v := q.Get("online"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return f, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "online must be yes or no")
-		}
-		f.Online = &b
+	if s.Filter.Limit == 0 {
+		s.Filter.Limit = 50
 	}
-	if err := store.CheckQuery(f.Query); err != nil {
-		return f, err
-	}
-	if f.Tag != "" {
-		if err := store.CheckTag(f.Tag); err != nil {
-			return f, err
+	return s.Filter, nil
+}
+
+// searchValues is the form's query as the API's: text fields trimmed,
+// the conditions' lines as repeated param values; other keys dropped.
+func searchValues(q url.Values) url.Values {
+	out := url.Values{}
+	for _, k := range controller.DeviceSearchKeys {
+		if v := strings.TrimSpace(q.Get(k)); v != "" && k != "param" {
+			out.Set(k, v)
 		}
 	}
-	// One condition a line, as the API's param=<path>:<op>:<value>.
-	for i, line := range strings.Split(q.Get("param"), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" {
-			continue
-		}
-		cond, err := store.ParseParamCondition(line)
-		if err != nil {
-			return f, devicemodel.Errorf(devicemodel.ErrorCode(err), "condition on line %d: %s", i+1, devicemodel.ErrorMessage(err))
-		}
-		f.Params = append(f.Params, cond)
-	}
-	if len(f.Params) > controller.MaxParamConditions {
-		return f, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "%d conditions; at most %d", len(f.Params), controller.MaxParamConditions)
-	}
-	if v := q.Get("sort"); v != "" {
-		o, err := store.ParseDeviceSort(v)
-		if err != nil {
-			return f, err
-		}
-		f.Sort = o
-	}
-	if v := q.Get("cursor"); v != "" {
-		after, key, err := store.DecodeDeviceCursor(f.Sort, v)
-		if err != nil {
-			return f, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "the page link is stale; search again")
-		}
-		f.After, f.AfterKey = after, key
-	}
-	return f, nil
+	out["param"] = lines(q.Get("param"))
+	return out
 }
 
 func (c *Console) devices(w http.ResponseWriter, r *http.Request, sess *store.Session) error {
@@ -281,6 +254,15 @@ func (c *Console) devices(w http.ResponseWriter, r *http.Request, sess *store.Se
 		d.Rows = append(d.Rows, deviceRow{Device: dev.Device, State: controller.DeviceState(dev.Device), Tags: dev.Tags})
 	}
 	d.Next, d.Searched = page.Next, true
+	for k, vs := range searchValues(q) {
+		if k == "cursor" || k == "limit" || k == "count" || k == "sort" {
+			continue
+		}
+		for _, v := range vs {
+			d.Carry = append(d.Carry, field{k, v})
+		}
+	}
+	sort.Slice(d.Carry, func(i, j int) bool { return d.Carry[i].Name < d.Carry[j].Name })
 	c.render(w, r, sess, http.StatusOK, "devices", "Devices", d)
 	return nil
 }
@@ -321,6 +303,7 @@ type deviceData struct {
 	NextParams string
 	Tasks      []store.Task
 	Events     []store.DeviceEvent
+	Extras     deviceExtras // device_extras.go
 }
 
 func (c *Console) device(w http.ResponseWriter, r *http.Request, sess *store.Session) error {
@@ -358,6 +341,9 @@ func (c *Console) device(w http.ResponseWriter, r *http.Request, sess *store.Ses
 	if r.URL.Query().Get("part") == "tasks" {
 		c.fragment(w, r, sess, "device", "tasks", d)
 		return nil
+	}
+	if d.Extras, err = c.deviceExtras(r.Context(), sess, id, dev.Protocol); err != nil {
+		return err
 	}
 	c.render(w, r, sess, http.StatusOK, "device", dev.ID, d)
 	return nil

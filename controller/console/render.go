@@ -59,19 +59,24 @@ var funcs = template.FuncMap{
 	"words":        func(s string) string { return strings.ReplaceAll(s, "_", " ") },
 	"protocolName": protocolName,
 	"list":         func(v ...string) []string { return v },
-	// pageQuery is the search form's query with another cursor.
-	"pageQuery": func(q url.Values, cursor string) string {
-		out := url.Values{}
-		for k, v := range q {
-			if k != "cursor" && len(v) > 0 && v[0] != "" {
-				out[k] = v
-			}
+	"pageQuery":    pageQuery,
+	// withData is the page's frame with other data, for a part shared by
+	// pages (templates/parts) that reads .Data.
+	"withData": func(l layout, d any) layout { l.Data = d; return l },
+}
+
+// pageQuery is a list form's query with another cursor.
+func pageQuery(q url.Values, cursor string) string {
+	out := url.Values{}
+	for k, v := range q {
+		if k != "cursor" && k != "part" && len(v) > 0 && v[0] != "" {
+			out[k] = v
 		}
-		if cursor != "" {
-			out.Set("cursor", cursor)
-		}
-		return out.Encode()
-	},
+	}
+	if cursor != "" {
+		out.Set("cursor", cursor)
+	}
+	return out.Encode()
 }
 
 // parseTemplates pairs each page template with the frame (base.html).
@@ -86,7 +91,7 @@ func (c *Console) parseTemplates() error {
 		if name == "base" {
 			continue
 		}
-		t, err := template.New(name).Funcs(funcs).ParseFS(templateFS, "templates/base.html", n)
+		t, err := template.New(name).Funcs(funcs).ParseFS(templateFS, "templates/base.html", "templates/parts/*.html", n)
 		if err != nil {
 			return fmt.Errorf("console: template %s: %w", n, err)
 		}

@@ -207,11 +207,14 @@ func TestRolePermissions(t *testing.T) {
 }
 
 // TestCredentialsCrossTheBusSealed: a client that reads every subject of
-// an open bus sees neither a device's HA1 nor a connection-request
-// password (issue 15 §4: anyone could ask duet.ctl.cwmp.credentials.<dev>
-// for the HA1), while the adapter gets both.
+// an open bus sees neither a device's HA1 (current or pending), nor a
+// connection-request password (or its fallback), nor a secret value of a
+// Set handed to a CWMP session (an enrolment's new passwords) (issue 15
+// §4: anyone could ask duet.ctl.cwmp.credentials.<dev> for the HA1),
+// while the adapter gets them all.
 func TestCredentialsCrossTheBusSealed(t *testing.T) {
 	const dev, ha1, password = "00D09E-SN1", "0123456789abcdef0123456789abcdef", "cr-secret-password"
+	const pendingHA1, fallback, setSecret = "fedcba9876543210fedcba9876543210", "cr-old-secret", "new-acs-secret"
 	srv := bustest.StartServer(t)
 	ctl, adapter := bustest.Connect(t, srv.URL()), bustest.Connect(t, srv.URL())
 	sniffer, err := nats.Connect(srv.URL())
@@ -226,29 +229,40 @@ func TestCredentialsCrossTheBusSealed(t *testing.T) {
 	_ = sniffer.Flush()
 
 	if _, err := ctl.ServeCredentials("duet-controller", func(ctx context.Context, id string) (*duetv1.Credentials, error) {
-		return &duetv1.Credentials{Found: true, Username: "cpe", DigestHa1: ha1, Realm: "Duet"}, nil
+		return &duetv1.Credentials{Found: true, Username: "cpe", DigestHa1: ha1, Realm: "Duet", PendingUsername: "cpe", PendingDigestHa1: pendingHA1}, nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	got := make(chan string, 1)
+	if _, err := ctl.ServeWork("duet-controller", func(ctx context.Context, req *duetv1.SessionWorkRequest) (*duetv1.SessionWork, error) {
+		return &duetv1.SessionWork{Commands: []*duetv1.Command{{DeviceId: dev, Op: &duetv1.Command_Set{Set: &duetv1.SetRequest{Params: []*duetv1.Parameter{
+			{Path: "Device.ManagementServer.Password", Value: setSecret, Secret: true},
+			{Path: "Device.ManagementServer.ConnectionRequestUsername", Value: "duet-cr"}}}}}}}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *duetv1.ConnectionRequest, 1)
 	if _, err := adapter.ServeCommands(bus.CommandSubject(devicemodel.ProtocolCWMP, dev), "", func(ctx context.Context, cmd *duetv1.Command) *duetv1.CommandResult {
-		got <- cmd.GetConnectionRequest().GetPassword()
+		got <- cmd.GetConnectionRequest()
 		return &duetv1.CommandResult{}
 	}); err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
 	c, err := adapter.AskCredentials(ctx, dev)
-	if err != nil || c.GetDigestHa1() != ha1 || !c.GetFound() {
-		t.Fatalf("adapter got %v, %v; want the HA1", c, err)
+	if err != nil || c.GetDigestHa1() != ha1 || !c.GetFound() || c.GetPendingDigestHa1() != pendingHA1 {
+		t.Fatalf("adapter got %v, %v; want the HA1s", c, err)
+	}
+	w, err := adapter.AskWork(ctx, &duetv1.SessionWorkRequest{DeviceId: dev})
+	if ps := w.GetCommands()[0].GetSet().GetParams(); err != nil || ps[0].GetValue() != setSecret || ps[1].GetValue() != "duet-cr" {
+		t.Fatalf("adapter got work %v, %v; want the secret value opened", w, err)
 	}
 	cmd := &duetv1.Command{DeviceId: dev, Op: &duetv1.Command_ConnectionRequest{ConnectionRequest: &duetv1.ConnectionRequest{
-		Url: "http://192.0.2.1:7547/", Username: "acs", Password: password}}}
+		Url: "http://192.0.2.1:7547/", Username: "acs", Password: password, Fallback: true, FallbackPassword: fallback}}}
 	if _, err := ctl.Request(ctx, devicemodel.ProtocolCWMP, cmd); err != nil {
 		t.Fatal(err)
 	}
-	if p := <-got; p != password {
-		t.Fatalf("adapter got connection-request password %q", p)
+	if cr := <-got; cr.GetPassword() != password || cr.GetFallbackPassword() != fallback {
+		t.Fatalf("adapter got connection-request passwords %q, %q", cr.GetPassword(), cr.GetFallbackPassword())
 	}
 	if cmd.GetConnectionRequest().GetPassword() != password {
 		t.Fatal("Request changed the caller's command")
@@ -260,7 +274,8 @@ func TestCredentialsCrossTheBusSealed(t *testing.T) {
 			break
 		}
 		n++
-		if bytes.Contains(m.Data, []byte(ha1)) || bytes.Contains(m.Data, []byte(password)) {
+		if bytes.Contains(m.Data, []byte(ha1)) || bytes.Contains(m.Data, []byte(password)) || bytes.Contains(m.Data, []byte(pendingHA1)) ||
+			bytes.Contains(m.Data, []byte(fallback)) || bytes.Contains(m.Data, []byte(setSecret)) {
 			t.Fatalf("a secret crossed the bus in clear on %s", m.Subject)
 		}
 	}

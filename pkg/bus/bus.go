@@ -562,15 +562,20 @@ func (b *Bus) Request(ctx context.Context, p devicemodel.Protocol, cmd *duetv1.C
 	if cmd.Id == "" {
 		cmd.Id = NewID()
 	}
-	if cr := cmd.GetConnectionRequest(); cr.GetPassword() != "" {
-		// The password crosses the bus sealed, never in clear (issue 15 §4).
+	if cr := cmd.GetConnectionRequest(); cr.GetPassword() != "" || cr.GetFallbackPassword() != "" {
+		// The passwords cross the bus sealed, never in clear (issue 15 §4).
 		if b.opts.SealKey == nil {
 			return nil, devicemodel.Errorf(devicemodel.CodeInternal, "bus: a connection-request password cannot be sent without a seal key (DUET_BUS_SEAL_KEY)")
 		}
 		cmd = proto.Clone(cmd).(*duetv1.Command)
 		cr = cmd.GetConnectionRequest()
-		cr.SealedPassword = b.opts.SealKey.Seal([]byte(cr.Password), purposeConnReq(cmd.DeviceId))
-		cr.Password = ""
+		if cr.Password != "" {
+			cr.SealedPassword = b.opts.SealKey.Seal([]byte(cr.Password), purposeConnReq(cmd.DeviceId))
+		}
+		if cr.FallbackPassword != "" {
+			cr.SealedFallbackPassword = b.opts.SealKey.Seal([]byte(cr.FallbackPassword), purposeConnReq(cmd.DeviceId))
+		}
+		cr.Password, cr.FallbackPassword = "", ""
 	}
 	if _, ok := ctx.Deadline(); !ok && cmd.Timeout != nil {
 		var cancel context.CancelFunc
@@ -645,7 +650,51 @@ func (b *Bus) AskWork(ctx context.Context, req *duetv1.SessionWorkRequest) (*due
 	if err := b.request(ctx, WorkSubject(req.DeviceId), req, res); err != nil {
 		return nil, err
 	}
+	for _, cmd := range res.GetCommands() {
+		if err := b.openParams(cmd); err != nil {
+			return nil, err
+		}
+	}
 	return res, nil
+}
+
+// sealParams moves a Set's secret values into sealed_value, so they never
+// cross the bus in clear (issue 15 §4).
+func (b *Bus) sealParams(cmd *duetv1.Command) error {
+	for _, p := range cmd.GetSet().GetParams() {
+		if !p.GetSecret() || p.GetValue() == "" {
+			continue
+		}
+		if b.opts.SealKey == nil {
+			return errors.New("no seal key (DUET_BUS_SEAL_KEY): secret values are not sent in clear")
+		}
+		p.SealedValue = b.opts.SealKey.Seal([]byte(p.Value), purposeParam(cmd.GetDeviceId()))
+		p.Value = ""
+	}
+	return nil
+}
+
+// openParams opens a Set's sealed values in place; a secret value that
+// arrives in clear is not believed.
+func (b *Bus) openParams(cmd *duetv1.Command) error {
+	for _, p := range cmd.GetSet().GetParams() {
+		if !p.GetSecret() {
+			continue
+		}
+		p.Value = ""
+		if len(p.SealedValue) == 0 {
+			return devicemodel.Errorf(devicemodel.CodeInternal, "bus: the secret value of %s arrived unsealed", p.GetPath())
+		}
+		if b.opts.SealKey == nil {
+			return devicemodel.Errorf(devicemodel.CodeUnavailable, "bus: a value arrives sealed and this process has no seal key (DUET_BUS_SEAL_KEY)")
+		}
+		v, err := b.opts.SealKey.Open(p.SealedValue, purposeParam(cmd.GetDeviceId()))
+		if err != nil {
+			return devicemodel.Errorf(devicemodel.CodeInternal, "bus: the secret value of %s: %v", p.GetPath(), err)
+		}
+		p.Value, p.SealedValue = string(v), nil
+	}
+	return nil
 }
 
 // WorkHandler decides the next commands for a CWMP session.
@@ -658,7 +707,13 @@ func (b *Bus) ServeWork(queue string, h WorkHandler) (*Subscription, error) {
 		if err := proto.Unmarshal(m.Data, req); err != nil {
 			return nil, fmt.Errorf("undecodable work request: %w", err)
 		}
-		return h(ctx, req)
+		w, err := h(ctx, req)
+		for _, cmd := range w.GetCommands() {
+			if err == nil {
+				err = b.sealParams(cmd)
+			}
+		}
+		return w, err
 	})
 }
 
@@ -688,6 +743,16 @@ func (b *Bus) AskCredentials(ctx context.Context, deviceID string) (*duetv1.Cred
 		b.log.Warn("the controller sent a device's HA1 in clear; ignored (upgrade it with the adapters)", "device", deviceID)
 		res.Found = false
 	}
+	if len(res.SealedPendingDigestHa1) > 0 {
+		if b.opts.SealKey == nil {
+			return nil, devicemodel.Errorf(devicemodel.CodeUnavailable, "bus: credentials arrive sealed and this process has no seal key (DUET_BUS_SEAL_KEY)")
+		}
+		ha1, err := b.opts.SealKey.Open(res.SealedPendingDigestHa1, purposeHA1(deviceID))
+		if err != nil {
+			return nil, devicemodel.Errorf(devicemodel.CodeUnavailable, "bus: pending credentials of %s: %v", deviceID, err)
+		}
+		res.PendingDigestHa1, res.SealedPendingDigestHa1 = string(ha1), nil
+	}
 	return res, nil
 }
 
@@ -702,37 +767,48 @@ func (b *Bus) ServeCredentials(queue string, h CredentialsHandler) (*Subscriptio
 			return nil, fmt.Errorf("undecodable credentials request: %w", err)
 		}
 		c, err := h(ctx, req.DeviceId)
-		if err != nil || c.GetDigestHa1() == "" {
+		if err != nil || c.GetDigestHa1() == "" && c.GetPendingDigestHa1() == "" {
 			return c, err
 		}
 		// HA1 is as good as the password for Digest: sealed, or not sent.
 		if b.opts.SealKey == nil {
 			return nil, errors.New("no seal key (DUET_BUS_SEAL_KEY): credentials are not sent in clear")
 		}
-		c.SealedDigestHa1 = b.opts.SealKey.Seal([]byte(c.DigestHa1), purposeHA1(req.DeviceId))
-		c.DigestHa1 = ""
+		if c.DigestHa1 != "" {
+			c.SealedDigestHa1 = b.opts.SealKey.Seal([]byte(c.DigestHa1), purposeHA1(req.DeviceId))
+		}
+		if c.PendingDigestHa1 != "" {
+			c.SealedPendingDigestHa1 = b.opts.SealKey.Seal([]byte(c.PendingDigestHa1), purposeHA1(req.DeviceId))
+		}
+		c.DigestHa1, c.PendingDigestHa1 = "", ""
 		return c, nil
 	})
 }
 
-// openConnReq opens a connection request's sealed password in place.
+// openConnReq opens a connection request's sealed passwords in place.
 func (b *Bus) openConnReq(cmd *duetv1.Command) error {
 	cr := cmd.GetConnectionRequest()
 	if cr == nil {
 		return nil
 	}
-	cr.Password = "" // only a sealed password is believed
-	if len(cr.SealedPassword) == 0 {
-		return nil
+	// Only sealed passwords are believed.
+	cr.Password, cr.FallbackPassword = "", ""
+	for _, f := range []struct {
+		sealed *[]byte
+		clear  *string
+	}{{&cr.SealedPassword, &cr.Password}, {&cr.SealedFallbackPassword, &cr.FallbackPassword}} {
+		if len(*f.sealed) == 0 {
+			continue
+		}
+		if b.opts.SealKey == nil {
+			return devicemodel.Errorf(devicemodel.CodeInternal, "the connection-request password is sealed and this adapter has no seal key (DUET_BUS_SEAL_KEY)")
+		}
+		p, err := b.opts.SealKey.Open(*f.sealed, purposeConnReq(cmd.DeviceId))
+		if err != nil {
+			return devicemodel.Errorf(devicemodel.CodeInternal, "connection-request password: %v", err)
+		}
+		*f.clear, *f.sealed = string(p), nil
 	}
-	if b.opts.SealKey == nil {
-		return devicemodel.Errorf(devicemodel.CodeInternal, "the connection-request password is sealed and this adapter has no seal key (DUET_BUS_SEAL_KEY)")
-	}
-	p, err := b.opts.SealKey.Open(cr.SealedPassword, purposeConnReq(cmd.DeviceId))
-	if err != nil {
-		return devicemodel.Errorf(devicemodel.CodeInternal, "connection-request password: %v", err)
-	}
-	cr.Password, cr.SealedPassword = string(p), nil
 	return nil
 }
 

@@ -133,6 +133,7 @@ func (k *SealKey) Open(sealed []byte, purpose string) ([]byte, error) {
 // Purposes of sealed values: the additional data binds each to its kind and
 // device.
 func purposeHA1(deviceID string) string { return "duet.v1.Credentials.digest_ha1\x00" + deviceID }
+func purposeParam(deviceID string) string { return "duet.v1.Parameter.value\x00" + deviceID }
 func purposeConnReq(deviceID string) string {
 	return "duet.v1.ConnectionRequest.password\x00" + deviceID
 }

@@ -190,6 +190,10 @@ func (s *Store) PutDeviceCredentials(ctx context.Context, actor string, key *Cre
 		if err != nil {
 			return err
 		}
+		// Credentials an operator sets win over an enrolment in progress.
+		if _, err := tx.Exec(ctx, `DELETE FROM cwmp_enrolments WHERE device_id = $1 AND state = 'pending'`, deviceID); err != nil {
+			return err
+		}
 		if err := tx.QueryRow(ctx, `
 			INSERT INTO device_credentials (device_id, username, realm, digest_ha1, conn_req_username, conn_req_password_sealed, updated_at)
 			VALUES ($1, $2, $3, $4, $5, $6, now())
@@ -272,6 +276,10 @@ func (s *Store) DeleteDeviceCredentials(ctx context.Context, actor, deviceID str
 			return devicemodel.Errorf(devicemodel.CodeNotFound, "no credentials are stored for device %q", deviceID)
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM device_credentials WHERE device_id = $1`, deviceID); err != nil {
+			return err
+		}
+		// Back on the shared credentials: the device may be enrolled again.
+		if _, err := tx.Exec(ctx, `DELETE FROM cwmp_enrolments WHERE device_id = $1`, deviceID); err != nil {
 			return err
 		}
 		return audit(ctx, tx, actor, AuditDelete, AuditDeviceCredentials, deviceID, before, nil)

@@ -285,6 +285,8 @@ type DeviceFilter struct {
 	Query string
 	// Params: devices whose cached parameters meet every condition.
 	Params []ParamCondition
+	// IDs: only these devices (a selection made in the console).
+	IDs []string
 	// Count, when set, receives the number of devices matching the
 	// filters (one more query).
 	Count *int64
@@ -378,6 +380,9 @@ func deviceConditions(f DeviceFilter, indexed map[string]string, args []any) (wh
 		// Lower-cased by PostgreSQL, as the indexed expression is, so both
 		// sides fold case the same way whatever the characters.
 		add(searchExpr+" LIKE ('%%' || lower($%d::text) || '%%')", likeEscape(f.Query))
+	}
+	if len(f.IDs) > 0 {
+		add("id = ANY($%d)", f.IDs)
 	}
 	for _, c := range f.Params {
 		var cond string

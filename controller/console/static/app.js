@@ -29,6 +29,12 @@
     var m = e.target.dataset && e.target.dataset.confirm;
     if (m && !window.confirm(m)) { e.preventDefault(); }
   });
+  // The device list's "select every device of this page".
+  document.addEventListener("change", function (e) {
+    if (e.target.id !== "select-all") { return; }
+    var boxes = document.querySelectorAll('#selection input[name="ids"]');
+    for (var i = 0; i < boxes.length; i++) { boxes[i].checked = e.target.checked; }
+  });
   document.addEventListener("htmx:sendError", function () {
     flash("The controller cannot be reached. Check the network; the page retries live parts by itself.");
   });

@@ -46,7 +46,16 @@ type Options struct {
 	SoftwareVersion string
 
 	// Username and Password answer the ACS's 401 (Digest or Basic, TR-069 §3.4.4).
+	// A SetParameterValues of ManagementServer.Username/Password replaces
+	// them from the next session on; reading the Password parameters
+	// returns "" (TR-098/TR-181: they read back empty).
 	Username, Password string
+	// CredentialsFailure rigs a Set of ManagementServer.Username, Password,
+	// ConnectionRequestUsername or ConnectionRequestPassword: "" applies
+	// it; "ignore" answers success but keeps the old credentials (a CPE
+	// that loses them, or never stores them); "fault" refuses the Set with
+	// 9001 (request denied).
+	CredentialsFailure string
 
 	// ConnReqAddr is the connection-request listen address, default
 	// "127.0.0.1:0". DisableConnReq turns the listener off.
@@ -183,6 +192,9 @@ type CPE struct {
 
 	stats struct{ sessions, failed, informs, rpcs, faults, crs, reboots atomic.Uint64 }
 
+	// acsUser, acsPass: the credentials sessions present (under mu).
+	acsUser, acsPass string
+
 	startOnce, closeOnce sync.Once
 	started              atomic.Bool
 	ctx                  context.Context
@@ -231,6 +243,11 @@ func New(opts Options) (*CPE, error) {
 	default:
 		return nil, fmt.Errorf("cpe: Options.Compression %q: want \"\", \"gzip\" or \"deflate\"", opts.Compression)
 	}
+	switch opts.CredentialsFailure {
+	case "", "ignore", "fault":
+	default:
+		return nil, fmt.Errorf("cpe: Options.CredentialsFailure %q: want \"\", \"ignore\" or \"fault\"", opts.CredentialsFailure)
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -238,8 +255,9 @@ func New(opts Options) (*CPE, error) {
 	c := &CPE{
 		opts: opts, m: m, enc: cwmp.Encoder{NumericBooleans: opts.NumericBooleans},
 		wake: make(chan struct{}, 1), kick: make(chan struct{}, 1),
-		auth: newDigestServer("duet-sim"),
-		tr:   &http.Transport{DisableKeepAlives: opts.NewConnectionPerPOST, MaxIdleConnsPerHost: 1, Proxy: nil},
+		auth:    newDigestServer("duet-sim"),
+		acsUser: opts.Username, acsPass: opts.Password,
+		tr: &http.Transport{DisableKeepAlives: opts.NewConnectionPerPOST, MaxIdleConnsPerHost: 1, Proxy: nil},
 	}
 	di, ms := m.root+"DeviceInfo.", m.root+"ManagementServer."
 	for path, v := range map[string]string{
@@ -765,10 +783,11 @@ func (s *httpSession) post(env *cwmp.Envelope) (*cwmp.Envelope, error) {
 		if resp.StatusCode == http.StatusUnauthorized {
 			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 			resp.Body.Close()
-			if attempt > 0 || s.c.opts.Username == "" {
+			user, pass := s.c.ACSCredentials()
+			if attempt > 0 || user == "" {
 				return nil, ErrUnauthorized
 			}
-			if s.auth = newClientAuth(s.c.opts.Username, s.c.opts.Password, resp.Header.Values("WWW-Authenticate")); s.auth == nil {
+			if s.auth = newClientAuth(user, pass, resp.Header.Values("WWW-Authenticate")); s.auth == nil {
 				return nil, fmt.Errorf("%w: no supported challenge in %q", ErrUnauthorized, resp.Header.Values("WWW-Authenticate"))
 			}
 			continue
@@ -785,6 +804,25 @@ func (s *httpSession) post(env *cwmp.Envelope) (*cwmp.Envelope, error) {
 		}
 		return cwmp.Decode(data, resp.Header.Get("Content-Type"))
 	}
+}
+
+// ACSCredentials are the username and password its sessions present to
+// the ACS (Options.Username/Password until a Set changes them).
+func (c *CPE) ACSCredentials() (user, pass string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.acsUser, c.acsPass
+}
+
+// ConnReqCredentials are the credentials its connection-request listener
+// wants (ManagementServer.ConnectionRequestUsername/Password).
+func (c *CPE) ConnReqCredentials() (user, pass string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ms := c.m.root + "ManagementServer."
+	user, _ = c.m.get(ms + "ConnectionRequestUsername")
+	pass, _ = c.m.get(ms + "ConnectionRequestPassword")
+	return user, pass
 }
 
 // serveConnReq is the connection-request listener (TR-069 §3.2.2).

@@ -191,7 +191,13 @@ func (m *model) getValues(names []string) ([]cwmp.ParameterValueStruct, *cwmp.Fa
 
 func (m *model) pvs(path string) cwmp.ParameterValueStruct {
 	p := m.params[path]
-	return cwmp.ParameterValueStruct{Name: path, Value: cwmp.Value{Type: p.typ, Data: p.value}}
+	v := p.value
+	if strings.HasSuffix(path, "Password") {
+		// Passwords read back empty (TR-098/TR-181 ManagementServer.Password,
+		// ConnectionRequestPassword, STUNPassword, Users.User.{i}.Password).
+		v = ""
+	}
+	return cwmp.ParameterValueStruct{Name: path, Value: cwmp.Value{Type: p.typ, Data: v}}
 }
 
 // setValues implements SetParameterValues atomically: every parameter is

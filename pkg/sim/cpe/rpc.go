@@ -42,8 +42,33 @@ func (c *CPE) handle(req cwmp.Message) cwmp.Message {
 		return &cwmp.GetParameterValuesResponse{ParameterList: l}
 	case *cwmp.SetParameterValues:
 		oldURL, _ := c.m.get(ms + "URL")
+		creds := setsCredentials(ms, r.ParameterList)
+		if creds && c.opts.CredentialsFailure == "fault" {
+			return fault(cwmp.FaultRequestDenied, "credentials are not writable here")
+		}
+		var keep map[string]string
+		if creds && c.opts.CredentialsFailure == "ignore" {
+			keep = map[string]string{}
+			for _, n := range credentialParams {
+				keep[ms+n], _ = c.m.get(ms + n)
+			}
+		}
 		if f := c.m.setValues(r.ParameterList); f != nil {
 			return f
+		}
+		for path, v := range keep {
+			c.m.set(path, v)
+		}
+		if creds && keep == nil {
+			// The CPE uses its new ACS credentials from its next session
+			// (this one authenticated already).
+			user, _ := c.m.get(ms + "Username")
+			pass, _ := c.m.get(ms + "Password")
+			c.actions = append(c.actions, func() {
+				c.mu.Lock()
+				c.acsUser, c.acsPass = user, pass
+				c.mu.Unlock()
+			})
 		}
 		c.m.set(ms+"ParameterKey", r.ParameterKey)
 		for _, pv := range r.ParameterList {
@@ -171,6 +196,21 @@ func (c *CPE) handle(req cwmp.Message) cwmp.Message {
 	return cwmp.NewFault(cwmp.FaultMethodNotSupported, req.MethodName()+" is not supported")
 }
 
+// credentialParams are the ManagementServer credentials
+// (Options.CredentialsFailure).
+var credentialParams = []string{"Username", "Password", "ConnectionRequestUsername", "ConnectionRequestPassword"}
+
+func setsCredentials(ms string, list []cwmp.ParameterValueStruct) bool {
+	for _, pv := range list {
+		for _, n := range credentialParams {
+			if pv.Name == ms+n {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func checkTransferURL(raw string) *cwmp.Fault {
 	u, err := url.Parse(strings.TrimSpace(raw))
 	if err != nil || u.Host == "" {
@@ -229,6 +269,7 @@ func (c *CPE) factoryReset() {
 	defer c.mu.Unlock()
 	c.goAway()
 	c.m = c.defaults.clone()
+	c.acsUser, c.acsPass = c.opts.Username, c.opts.Password // factory credentials
 	c.events, c.changed, c.transfers, c.pendingTC, c.pendingDU, c.scheduled = nil, nil, nil, nil, nil, nil
 	c.addEvent(cwmp.EventBootstrap, "")
 	c.addEvent(cwmp.EventBoot, "")

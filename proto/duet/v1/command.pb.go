@@ -1077,8 +1077,19 @@ type ConnectionRequest struct {
 	// The connection-request password sealed with the key the controller and
 	// the CWMP adapters share (AES-256-GCM, bound to the device ID).
 	SealedPassword []byte `protobuf:"bytes,5,opt,name=sealed_password,json=sealedPassword,proto3" json:"sealed_password,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// fallback: credentials to try when the CPE refuses the first ones with
+	// a 401: during a credential enrolment the CPE may or may not have
+	// applied the new password yet (docs/guide-cwmp.md, "Enrolment"). An
+	// empty fallback_username means the adapter's shared connection-request
+	// credentials, or none. The password travels in sealed_fallback_password
+	// (sealed like sealed_password); the receiving bus opens it into
+	// fallback_password, which is never sent.
+	Fallback               bool   `protobuf:"varint,6,opt,name=fallback,proto3" json:"fallback,omitempty"`
+	FallbackUsername       string `protobuf:"bytes,7,opt,name=fallback_username,json=fallbackUsername,proto3" json:"fallback_username,omitempty"`
+	FallbackPassword       string `protobuf:"bytes,8,opt,name=fallback_password,json=fallbackPassword,proto3" json:"fallback_password,omitempty"`
+	SealedFallbackPassword []byte `protobuf:"bytes,9,opt,name=sealed_fallback_password,json=sealedFallbackPassword,proto3" json:"sealed_fallback_password,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *ConnectionRequest) Reset() {
@@ -1142,6 +1153,34 @@ func (x *ConnectionRequest) GetAllowBasic() bool {
 func (x *ConnectionRequest) GetSealedPassword() []byte {
 	if x != nil {
 		return x.SealedPassword
+	}
+	return nil
+}
+
+func (x *ConnectionRequest) GetFallback() bool {
+	if x != nil {
+		return x.Fallback
+	}
+	return false
+}
+
+func (x *ConnectionRequest) GetFallbackUsername() string {
+	if x != nil {
+		return x.FallbackUsername
+	}
+	return ""
+}
+
+func (x *ConnectionRequest) GetFallbackPassword() string {
+	if x != nil {
+		return x.FallbackPassword
+	}
+	return ""
+}
+
+func (x *ConnectionRequest) GetSealedFallbackPassword() []byte {
+	if x != nil {
+		return x.SealedFallbackPassword
 	}
 	return nil
 }
@@ -2431,7 +2470,13 @@ type SessionWorkRequest struct {
 	// Number of times work was already asked for in this session.
 	Round uint32 `protobuf:"varint,3,opt,name=round,proto3" json:"round,omitempty"`
 	// Results of the previous round's commands, in order.
-	Results       []*CommandResult `protobuf:"bytes,4,rep,name=results,proto3" json:"results,omitempty"`
+	Results []*CommandResult `protobuf:"bytes,4,rep,name=results,proto3" json:"results,omitempty"`
+	// Set in round 0: which credentials the CPE authenticated with
+	// ("shared", "device", "pending" or "" when authentication is off), and
+	// whether its Inform carried 0 BOOTSTRAP. The controller's credential
+	// enrolment acts on them (docs/guide-cwmp.md, "Enrolment").
+	Auth          string `protobuf:"bytes,5,opt,name=auth,proto3" json:"auth,omitempty"`
+	Bootstrap     bool   `protobuf:"varint,6,opt,name=bootstrap,proto3" json:"bootstrap,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2492,6 +2537,20 @@ func (x *SessionWorkRequest) GetResults() []*CommandResult {
 		return x.Results
 	}
 	return nil
+}
+
+func (x *SessionWorkRequest) GetAuth() string {
+	if x != nil {
+		return x.Auth
+	}
+	return ""
+}
+
+func (x *SessionWorkRequest) GetBootstrap() bool {
+	if x != nil {
+		return x.Bootstrap
+	}
+	return false
 }
 
 // SessionWork answers a SessionWorkRequest. An empty list ends the session.
@@ -2598,8 +2657,19 @@ type Credentials struct {
 	// (AES-256-GCM, bound to the device ID): the password never crosses the
 	// bus, and HA1 only sealed.
 	SealedDigestHa1 []byte `protobuf:"bytes,5,opt,name=sealed_digest_ha1,json=sealedDigestHa1,proto3" json:"sealed_digest_ha1,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Credentials being enrolled (docs/guide-cwmp.md, "Enrolment"): accepted
+	// besides the current ones until the CPE has used them once. The HA1
+	// travels in sealed_pending_digest_ha1 (sealed like sealed_digest_ha1);
+	// the receiving bus opens it into pending_digest_ha1, never sent.
+	PendingUsername        string `protobuf:"bytes,6,opt,name=pending_username,json=pendingUsername,proto3" json:"pending_username,omitempty"`
+	PendingDigestHa1       string `protobuf:"bytes,7,opt,name=pending_digest_ha1,json=pendingDigestHa1,proto3" json:"pending_digest_ha1,omitempty"`
+	SealedPendingDigestHa1 []byte `protobuf:"bytes,8,opt,name=sealed_pending_digest_ha1,json=sealedPendingDigestHa1,proto3" json:"sealed_pending_digest_ha1,omitempty"`
+	// The device's credentials (found) came from an enrolment: in the
+	// shared mode the adapter then refuses the shared ones for it. Stored
+	// through the API in the shared mode, they are not used to authenticate.
+	Enrolled      bool `protobuf:"varint,9,opt,name=enrolled,proto3" json:"enrolled,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Credentials) Reset() {
@@ -2665,6 +2735,34 @@ func (x *Credentials) GetSealedDigestHa1() []byte {
 		return x.SealedDigestHa1
 	}
 	return nil
+}
+
+func (x *Credentials) GetPendingUsername() string {
+	if x != nil {
+		return x.PendingUsername
+	}
+	return ""
+}
+
+func (x *Credentials) GetPendingDigestHa1() string {
+	if x != nil {
+		return x.PendingDigestHa1
+	}
+	return ""
+}
+
+func (x *Credentials) GetSealedPendingDigestHa1() []byte {
+	if x != nil {
+		return x.SealedPendingDigestHa1
+	}
+	return nil
+}
+
+func (x *Credentials) GetEnrolled() bool {
+	if x != nil {
+		return x.Enrolled
+	}
+	return false
 }
 
 // RebootResult is the protocol-neutral result of a reboot or factory reset
@@ -2928,14 +3026,18 @@ const file_duet_v1_command_proto_rawDesc = "" +
 	"\x04args\x18\x02 \x03(\v2\x1a.duet.v1.CwmpRpc.ArgsEntryR\x04args\x1a7\n" +
 	"\tArgsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa7\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd7\x02\n" +
 	"\x11ConnectionRequest\x12\x10\n" +
 	"\x03url\x18\x01 \x01(\tR\x03url\x12\x1a\n" +
 	"\busername\x18\x02 \x01(\tR\busername\x12\x1a\n" +
 	"\bpassword\x18\x03 \x01(\tR\bpassword\x12\x1f\n" +
 	"\vallow_basic\x18\x04 \x01(\bR\n" +
 	"allowBasic\x12'\n" +
-	"\x0fsealed_password\x18\x05 \x01(\fR\x0esealedPassword\"\xc2\a\n" +
+	"\x0fsealed_password\x18\x05 \x01(\fR\x0esealedPassword\x12\x1a\n" +
+	"\bfallback\x18\x06 \x01(\bR\bfallback\x12+\n" +
+	"\x11fallback_username\x18\a \x01(\tR\x10fallbackUsername\x12+\n" +
+	"\x11fallback_password\x18\b \x01(\tR\x10fallbackPassword\x128\n" +
+	"\x18sealed_fallback_password\x18\t \x01(\fR\x16sealedFallbackPassword\"\xc2\a\n" +
 	"\rCommandResult\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x1b\n" +
@@ -3038,24 +3140,30 @@ const file_duet_v1_command_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\":\n" +
 	"\x17ConnectionRequestResult\x12\x1f\n" +
 	"\vhttp_status\x18\x01 \x01(\rR\n" +
-	"httpStatus\"\x98\x01\n" +
+	"httpStatus\"\xca\x01\n" +
 	"\x12SessionWorkRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x02 \x01(\tR\tsessionId\x12\x14\n" +
 	"\x05round\x18\x03 \x01(\rR\x05round\x120\n" +
-	"\aresults\x18\x04 \x03(\v2\x16.duet.v1.CommandResultR\aresults\";\n" +
+	"\aresults\x18\x04 \x03(\v2\x16.duet.v1.CommandResultR\aresults\x12\x12\n" +
+	"\x04auth\x18\x05 \x01(\tR\x04auth\x12\x1c\n" +
+	"\tbootstrap\x18\x06 \x01(\bR\tbootstrap\";\n" +
 	"\vSessionWork\x12,\n" +
 	"\bcommands\x18\x01 \x03(\v2\x10.duet.v1.CommandR\bcommands\"1\n" +
 	"\x12CredentialsRequest\x12\x1b\n" +
-	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"\xa0\x01\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"\xd0\x02\n" +
 	"\vCredentials\x12\x14\n" +
 	"\x05found\x18\x01 \x01(\bR\x05found\x12\x1a\n" +
 	"\busername\x18\x02 \x01(\tR\busername\x12\x1d\n" +
 	"\n" +
 	"digest_ha1\x18\x03 \x01(\tR\tdigestHa1\x12\x14\n" +
 	"\x05realm\x18\x04 \x01(\tR\x05realm\x12*\n" +
-	"\x11sealed_digest_ha1\x18\x05 \x01(\fR\x0fsealedDigestHa1\"\xce\x01\n" +
+	"\x11sealed_digest_ha1\x18\x05 \x01(\fR\x0fsealedDigestHa1\x12)\n" +
+	"\x10pending_username\x18\x06 \x01(\tR\x0fpendingUsername\x12,\n" +
+	"\x12pending_digest_ha1\x18\a \x01(\tR\x10pendingDigestHa1\x129\n" +
+	"\x19sealed_pending_digest_ha1\x18\b \x01(\fR\x16sealedPendingDigestHa1\x12\x1a\n" +
+	"\benrolled\x18\t \x01(\bR\benrolled\"\xce\x01\n" +
 	"\fRebootResult\x12\x1f\n" +
 	"\vcommand_key\x18\x01 \x01(\tR\n" +
 	"commandKey\x12#\n" +

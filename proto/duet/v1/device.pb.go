@@ -521,11 +521,18 @@ func (x *Reachability) GetAdapterId() string {
 
 // Parameter is one value learned from or sent to a device.
 type Parameter struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"` // full path, e.g. "Device.WiFi.SSID.1.SSID"
-	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
-	Type          ParamType              `protobuf:"varint,3,opt,name=type,proto3,enum=duet.v1.ParamType" json:"type,omitempty"`
-	Writable      Writability            `protobuf:"varint,4,opt,name=writable,proto3,enum=duet.v1.Writability" json:"writable,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Path     string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"` // full path, e.g. "Device.WiFi.SSID.1.SSID"
+	Value    string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Type     ParamType              `protobuf:"varint,3,opt,name=type,proto3,enum=duet.v1.ParamType" json:"type,omitempty"`
+	Writable Writability            `protobuf:"varint,4,opt,name=writable,proto3,enum=duet.v1.Writability" json:"writable,omitempty"`
+	// secret marks a value sent to a device that must not cross the bus in
+	// clear (the new passwords of a credential enrolment, docs/bus.md
+	// "Secrets on the bus"): the sending bus moves it into sealed_value
+	// (AES-256-GCM with the seal key, bound to the device ID), the
+	// receiving bus opens it back into value.
+	Secret        bool   `protobuf:"varint,5,opt,name=secret,proto3" json:"secret,omitempty"`
+	SealedValue   []byte `protobuf:"bytes,6,opt,name=sealed_value,json=sealedValue,proto3" json:"sealed_value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -586,6 +593,20 @@ func (x *Parameter) GetWritable() Writability {
 		return x.Writable
 	}
 	return Writability_WRITABILITY_UNKNOWN
+}
+
+func (x *Parameter) GetSecret() bool {
+	if x != nil {
+		return x.Secret
+	}
+	return false
+}
+
+func (x *Parameter) GetSealedValue() []byte {
+	if x != nil {
+		return x.SealedValue
+	}
+	return nil
 }
 
 // ParamError is the failure of one parameter or object in a larger request.
@@ -752,12 +773,14 @@ const file_duet_v1_device_proto_rawDesc = "" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x124\n" +
 	"\x16connection_request_url\x18\x03 \x01(\tR\x14connectionRequestUrl\x12\x1d\n" +
 	"\n" +
-	"adapter_id\x18\x04 \x01(\tR\tadapterId\"\x8f\x01\n" +
+	"adapter_id\x18\x04 \x01(\tR\tadapterId\"\xca\x01\n" +
 	"\tParameter\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\x12&\n" +
 	"\x04type\x18\x03 \x01(\x0e2\x12.duet.v1.ParamTypeR\x04type\x120\n" +
-	"\bwritable\x18\x04 \x01(\x0e2\x14.duet.v1.WritabilityR\bwritable\"\x85\x01\n" +
+	"\bwritable\x18\x04 \x01(\x0e2\x14.duet.v1.WritabilityR\bwritable\x12\x16\n" +
+	"\x06secret\x18\x05 \x01(\bR\x06secret\x12!\n" +
+	"\fsealed_value\x18\x06 \x01(\fR\vsealedValue\"\x85\x01\n" +
 	"\n" +
 	"ParamError\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12&\n" +
