@@ -50,8 +50,24 @@ type Devices struct{ store *store.Store }
 func NewDevices(st *store.Store) *Devices { return &Devices{store: st} }
 
 // Search finds the devices f matches, with their tags; f.Count, when set,
-// receives the number of matches.
+// receives the number of matches. The first page of a search with param
+// conditions also says how many devices could not be judged (Unknown).
 func (d *Devices) Search(ctx context.Context, f store.DeviceFilter) (DevicePage, error) {
+	out, err := d.Page(ctx, f)
+	if err != nil {
+		return DevicePage{}, err
+	}
+	if len(f.Params) > 0 && f.After == "" && f.AfterKey == "" {
+		if out.Unknown, err = d.store.CountDevicesWithoutParams(ctx, f); err != nil {
+			return DevicePage{}, err
+		}
+	}
+	return out, nil
+}
+
+// Page is Search without the Unknown counts, for a page that shows them
+// elsewhere: counting them reads every device matching the other filters.
+func (d *Devices) Page(ctx context.Context, f store.DeviceFilter) (DevicePage, error) {
 	if len(f.Params) > MaxParamConditions {
 		return DevicePage{}, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "%d param conditions; at most %d", len(f.Params), MaxParamConditions)
 	}
@@ -62,11 +78,6 @@ func (d *Devices) Search(ctx context.Context, f store.DeviceFilter) (DevicePage,
 	out := DevicePage{Devices: make([]TaggedDevice, 0, len(devs)), Next: next}
 	if out.Devices, err = d.withTags(ctx, devs); err != nil {
 		return DevicePage{}, err
-	}
-	if len(f.Params) > 0 && f.After == "" && f.AfterKey == "" {
-		if out.Unknown, err = d.store.CountDevicesWithoutParams(ctx, f); err != nil {
-			return DevicePage{}, err
-		}
 	}
 	return out, nil
 }

@@ -131,6 +131,16 @@ func TestFirstContactIsCached(t *testing.T) {
 		if len(ids) != 1 || ids[0] != dev {
 			t.Fatalf("param search found %v, want [%s]", ids, dev)
 		}
+		// HardwareVersion is a default search path (DUET_SEARCH_PATHS):
+		// the Inform's value is in its index at once.
+		hw := d.cachedParams(dev, "Device.DeviceInfo.HardwareVersion")["Device.DeviceInfo.HardwareVersion"]
+		if hw == "" {
+			t.Fatal("no HardwareVersion cached from the Inform")
+		}
+		ids = d.searchIDs("param=" + url.QueryEscape("Device.DeviceInfo.HardwareVersion:eq:"+hw))
+		if len(ids) != 1 || ids[0] != dev {
+			t.Fatalf("search on a search path found %v, want [%s]", ids, dev)
+		}
 	})
 	t.Run("usp", func(t *testing.T) {
 		a, _ := startAgent(t, env, "FCU1")

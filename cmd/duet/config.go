@@ -13,6 +13,7 @@ import (
 
 	"github.com/duet-dm/duet/controller"
 	"github.com/duet-dm/duet/controller/console"
+	"github.com/duet-dm/duet/pkg/store"
 )
 
 // setting is one configuration knob: a flag, a DUET_* variable and a key of
@@ -75,6 +76,7 @@ func newSettings() *settings {
 	add("api-db-conns", "DUET_API_DB_CONNS", "8", "PostgreSQL connections of the API's own pool, apart from the event, task and token-check pool")
 	add("api-query-timeout", "DUET_API_QUERY_TIMEOUT", "10s", "PostgreSQL cancels an API query running longer (503); searches take at most 16 param conditions")
 	add("api-search-concurrency", "DUET_API_SEARCH_CONCURRENCY", "4", "device searches (GET /api/v1/devices) run at once; more wait up to 5 s, then 429")
+	add("search-paths", "DUET_SEARCH_PATHS", store.DefaultSearchPaths, "comma list of parameters device searches (param=) find through an index of their own, each costing a little on every write of its value (docs/search.md); none for no index: conditions on other paths probe the parameter cache device by device")
 	add("secret-params", "DUET_SECRET_PARAMS", "", "comma list of parameter-name endings whose values the API shows as *** (besides Password, Passphrase, KeyPassphrase, PreSharedKey, Secret, WEPKey)")
 	add("reboot-timeout", "DUET_REBOOT_TIMEOUT", "10m", "a reboot or factory reset task fails with timeout when the device is not back (USP Boot!, CWMP 1 BOOT) within this")
 	add("transfer-timeout", "DUET_TRANSFER_TIMEOUT", "1h", "a download or upload the device accepted for later (Status 1) fails with timeout when no TransferComplete comes within this")

@@ -111,6 +111,21 @@ func (m *Main) serve(ctx context.Context, args []string) (err error) {
 		if _, err := st.Migrate(ctx); err != nil {
 			return err
 		}
+		if err := st.SetSearchPaths(ctx, cfg.searchPaths); err != nil {
+			return err
+		}
+		// Copying the cached values of a newly configured path can take
+		// minutes on a large registry; searches on it use the cache
+		// until it is done.
+		bctx, stopBackfill := context.WithCancel(ctx)
+		backfilled := make(chan struct{})
+		go func() {
+			defer close(backfilled)
+			if err := st.BackfillSearchPaths(bctx); err != nil && bctx.Err() == nil {
+				log.Error("search paths not indexed; searches on them use the parameter cache", "err", err)
+			}
+		}()
+		started.push(func(context.Context) { stopBackfill(); <-backfilled })
 		inst, err := st.Installation(ctx)
 		if err != nil {
 			return err

@@ -46,6 +46,7 @@ type serveConfig struct {
 	apiQueryTimeout               time.Duration
 	apiSearches                   int
 	secretParams                  []string
+	searchPaths                   []string
 	consoleIdle, consoleLifetime  time.Duration
 	wsPerIP                       int
 	wsMaxConns                    int
@@ -134,6 +135,9 @@ func (s *settings) checkServe() (*serveConfig, error) {
 			return nil, err
 		}
 		c.secretParams = strings.Split(s.str("secret-params"), ",")
+		if c.searchPaths, err = searchPaths(s); err != nil {
+			return nil, err
+		}
 		if c.consoleIdle, err = s.duration("console-idle-timeout", time.Minute); err != nil {
 			return nil, err
 		}
@@ -403,4 +407,23 @@ func (s *settings) checkUSP(c *serveConfig) error {
 		}
 	}
 	return s.checkUSPSecurity(c)
+}
+
+// searchPaths reads search-paths: parameter paths, or none.
+func searchPaths(s *settings) ([]string, error) {
+	out := []string{}
+	v := strings.TrimSpace(s.str("search-paths"))
+	if v == "none" {
+		return out, nil
+	}
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		if err := (store.ParamCondition{Path: p, Op: store.ParamEq}).Check(); err != nil {
+			return nil, s.errSetting("search-paths", "%s", devicemodel.ErrorMessage(err))
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }

@@ -339,8 +339,9 @@ func scanDevice(row pgx.Row) (devicemodel.Device, error) {
 
 // deviceConditions turns f's filters (not its cursor, limit, sort or
 // count) into WHERE conditions numbered after args. 0006_search.sql lists
-// the index serving each.
-func deviceConditions(f DeviceFilter, args []any) (where []string, _ []any) {
+// the index serving each; a param condition on a path of indexed
+// (Store.indexedPaths: path to partition) uses 0100's.
+func deviceConditions(f DeviceFilter, indexed map[string]string, args []any) (where []string, _ []any) {
 	add := func(cond string, v any) {
 		args = append(args, v)
 		where = append(where, fmt.Sprintf(cond, len(args)))
@@ -385,7 +386,7 @@ func deviceConditions(f DeviceFilter, args []any) (where []string, _ []any) {
 	}
 	for _, c := range f.Params {
 		var cond string
-		cond, args = c.sql(args)
+		cond, args = c.sql(args, indexed[c.Path])
 		where = append(where, cond)
 	}
 	return where, args
@@ -412,7 +413,11 @@ func (s *Store) FindDevices(ctx context.Context, f DeviceFilter) ([]devicemodel.
 	if limit > MaxPageSize {
 		limit = MaxPageSize
 	}
-	where, args := deviceConditions(f, nil)
+	indexed, err := s.indexedPaths(ctx, f.Params)
+	if err != nil {
+		return nil, "", err
+	}
+	where, args := deviceConditions(f, indexed, nil)
 	if f.Count != nil {
 		// The total ignores the cursor: it is the size of the whole result.
 		cq := "SELECT count(*) FROM devices"

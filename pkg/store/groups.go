@@ -577,7 +577,11 @@ type DeviceWithTags struct {
 // (which use the same indexes as FindDevices).
 func (s *Store) ScanDevices(ctx context.Context, f DeviceFilter) ([]DeviceWithTags, error) {
 	limit := PageFilter{Limit: f.Limit}.limit()
-	where, args := deviceConditions(f, []any{f.After})
+	indexed, err := s.indexedPaths(ctx, f.Params)
+	if err != nil {
+		return nil, err
+	}
+	where, args := deviceConditions(f, indexed, []any{f.After})
 	where = append(where, "id > $1")
 	args = append(args, limit)
 	return s.scanDevices(ctx, strings.Join(where, " AND ")+fmt.Sprintf(" ORDER BY id LIMIT $%d", len(args)), args, limit)

@@ -56,12 +56,14 @@ import (
 	"math/rand/v2"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
+	"github.com/duet-dm/duet/pkg/store/storetest"
 )
 
 const (
@@ -118,6 +120,10 @@ func BenchmarkParameterCache100kx500(b *testing.B) {
 	ctx := context.Background()
 	paths := cachePaths()
 	seedParameterCache(b, s, paths)
+	// The default search paths (four of them are in the seed: DeviceInfo's
+	// ModelName, HardwareVersion, ProvisioningCode; Device.ManagementServer
+	// is not): their values are copied on every write, as in production.
+	indexSearchPaths(b, s, strings.Split(store.DefaultSearchPaths, ","))
 
 	rng := rand.New(rand.NewPCG(5, 3))
 	device := func() (int, string) {
@@ -359,4 +365,103 @@ func reportPercentiles(b *testing.B, lat []time.Duration) {
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	b.ReportMetric(ms(lat[len(lat)/2]), "p50-ms")
 	b.ReportMetric(ms(lat[len(lat)*95/100]), "p95-ms")
+}
+
+// indexSearchPaths configures paths as search paths, backfills them and
+// logs the time and the size of their copy.
+func indexSearchPaths(b *testing.B, s *store.Store, paths []string) {
+	b.Helper()
+	ctx := context.Background()
+	start := time.Now()
+	if err := s.SetSearchPaths(ctx, paths); err != nil {
+		b.Fatal(err)
+	}
+	if err := s.BackfillSearchPaths(ctx); err != nil {
+		b.Fatal(err)
+	}
+	took := time.Since(start)
+	if _, err := s.Pool().Exec(ctx, "VACUUM ANALYZE device_parameter_search"); err != nil {
+		b.Fatal(err)
+	}
+	var n, total, heap int64
+	if err := s.Pool().QueryRow(ctx, `SELECT count(*),
+		coalesce(sum(pg_total_relation_size(i.inhrelid)), 0), coalesce(sum(pg_relation_size(i.inhrelid)), 0)
+		FROM pg_inherits i WHERE i.inhparent = 'device_parameter_search'::regclass`).Scan(&n, &total, &heap); err != nil {
+		b.Fatal(err)
+	}
+	var rows int64
+	if err := s.Pool().QueryRow(ctx, "SELECT count(*) FROM device_parameter_search").Scan(&rows); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("search paths: %d partitions, %d values copied in %s; %.1f MB (heap %.1f MB, indexes %.1f MB), %.0f bytes a value",
+		n, rows, took.Round(time.Millisecond), float64(total)/(1<<20), float64(heap)/(1<<20), float64(total-heap)/(1<<20),
+		float64(total)/float64(max(rows, 1)))
+}
+
+// BenchmarkInformSearchPathCost measures what search paths add to the
+// write of an Inform, side by side: two databases with the same 10k
+// devices x 100 cached parameters, one with no search path, one with the
+// defaults (DUET_SEARCH_PATHS; three of the Inform's 25 values are search
+// paths: DeviceInfo's ModelName, HardwareVersion, ProvisioningCode).
+// Every value written is new, the worst case for the copy (a real
+// Inform's model and hardware version do not change). Informs alternate
+// between the two, so both see the same machine load.
+//
+//	go test -run '^$' -bench InformSearchPathCost -benchtime 2000x ./pkg/store/
+func BenchmarkInformSearchPathCost(b *testing.B) {
+	const devices, params = 10_000, 100
+	paths := cachePaths()[:params]
+	var stores [2]*store.Store
+	for i := range stores {
+		s, _ := storetest.Open(b)
+		ctx := context.Background()
+		if _, err := s.Pool().Exec(ctx, `INSERT INTO devices (id, protocol, first_seen, last_seen, online, online_changed_at, facts_updated_at)
+			SELECT 'dev-' || lpad(i::text, 6, '0'), 'cwmp', now(), now(), true, now(), now() FROM generate_series(1, $1::int) AS i`, devices); err != nil {
+			b.Fatal(err)
+		}
+		p, t := make([]string, len(paths)), make([]string, len(paths))
+		for j, c := range paths {
+			p[j], t[j] = c.path, c.typ
+		}
+		if _, err := s.Pool().Exec(ctx, `INSERT INTO device_parameters (device_id, path, value, type, writable, updated_at)
+			SELECT 'dev-' || lpad(i::text, 6, '0'), p.path, 'value-' || i, p.type, 1, now() - interval '1 day'
+			FROM generate_series(1, $1::int) AS i, unnest($2::text[], $3::text[]) AS p(path, type) ORDER BY i`, devices, p, t); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := s.Pool().Exec(ctx, "VACUUM ANALYZE"); err != nil {
+			b.Fatal(err)
+		}
+		stores[i] = s
+	}
+	indexSearchPaths(b, stores[1], strings.Split(store.DefaultSearchPaths, ","))
+
+	inform := append(paths[:20:20], paths[12+64:12+64+5]...)
+	rng := rand.New(rand.NewPCG(5, 3))
+	var gen int
+	lat := [2][]time.Duration{}
+	ctx := context.Background()
+	for b.Loop() {
+		id := cacheDeviceID(1 + rng.IntN(devices))
+		for k, s := range stores {
+			now := time.Now()
+			o := store.Observation{EventID: fmt.Sprintf("bench-inform-%d-%d", gen, k), Kind: "inform", Time: now, Online: true,
+				Payload: []byte(`{}`), Device: devicemodel.Device{ID: id, Protocol: devicemodel.ProtocolCWMP}}
+			for _, p := range inform {
+				gen++
+				o.Params = append(o.Params, store.Parameter{DeviceID: id, Path: p.path, Value: "bench-" + strconv.Itoa(gen), Type: p.typ, UpdatedAt: now})
+			}
+			start := time.Now()
+			if err := s.ApplyObservations(ctx, []store.Observation{o}); err != nil {
+				b.Fatal(err)
+			}
+			lat[k] = append(lat[k], time.Since(start))
+		}
+	}
+	for k, name := range []string{"none", "default"} {
+		l := lat[k]
+		sort.Slice(l, func(i, j int) bool { return l[i] < l[j] })
+		ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+		b.ReportMetric(ms(l[len(l)/2]), name+"-p50-ms")
+		b.ReportMetric(ms(l[len(l)*95/100]), name+"-p95-ms")
+	}
 }

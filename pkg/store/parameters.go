@@ -100,7 +100,13 @@ func upsertParametersStatement(ps []Parameter) (string, []any) {
 	return upsertParametersSQL, []any{dev, path, val, typ, wr, at}
 }
 
-const upsertParametersSQL = `INSERT INTO device_parameters AS c (device_id, path, value, type, writable, updated_at)
+// upsertParametersSQL also copies each value it stores of a path in
+// parameter_search_paths into device_parameter_search (0100): from the
+// rows the upsert returns, so the copy holds exactly what the cache does,
+// and in the same statement, so it costs no round trip. An Inform with no
+// such path pays for the empty join only.
+const upsertParametersSQL = `WITH stored AS (
+		INSERT INTO device_parameters AS c (device_id, path, value, type, writable, updated_at)
 		SELECT u.d, u.p, u.v, u.t, u.w, u.a
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::timestamptz[]) AS u(d, p, v, t, w, a)
 		WHERE EXISTS (SELECT 1 FROM devices WHERE id = u.d)
@@ -111,7 +117,12 @@ const upsertParametersSQL = `INSERT INTO device_parameters AS c (device_id, path
 			type = CASE WHEN excluded.type <> '' THEN excluded.type ELSE c.type END,
 			writable = CASE WHEN excluded.writable <> 0 THEN excluded.writable ELSE c.writable END,
 			updated_at = excluded.updated_at
-		WHERE c.updated_at <= excluded.updated_at`
+		WHERE c.updated_at <= excluded.updated_at
+		RETURNING c.device_id, c.path, c.value)
+	INSERT INTO device_parameter_search AS s (device_id, path, value)
+		SELECT st.device_id, st.path, st.value FROM stored st JOIN parameter_search_paths sp ON sp.path = st.path
+		ON CONFLICT (device_id, path) DO UPDATE SET value = excluded.value
+		WHERE s.value <> excluded.value`
 
 // ParameterFilter selects cached parameters of one device.
 type ParameterFilter struct {

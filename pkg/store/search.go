@@ -131,9 +131,16 @@ func (c ParamCondition) Check() error {
 	return nil
 }
 
-// sql returns the condition as an EXISTS probe of device_parameters'
-// primary key, its arguments numbered after args.
-func (c ParamCondition) sql(args []any) (string, []any) {
+// sql returns the condition as an EXISTS probe of the table holding
+// Path's values, its arguments numbered after args: indexed (a path
+// configured and backfilled, see paramsearch.go) in
+// device_parameter_search, whose value indexes let the planner start from
+// the devices a selective condition matches, or else device_parameters,
+// probed by its key for each candidate device.
+func (c ParamCondition) sql(args []any, partition string) (string, []any) {
+	if partition != "" {
+		return c.indexedSQL(partition, args)
+	}
 	args = append(args, c.Path, c.Value)
 	pa, va := len(args)-1, len(args)
 	var cmp string
@@ -152,6 +159,43 @@ func (c ParamCondition) sql(args []any) (string, []any) {
 			numericRE, paramOpSQL[c.Op], va)
 	}
 	return fmt.Sprintf("EXISTS (SELECT 1 FROM device_parameters p WHERE p.device_id = devices.id AND p.path = $%d AND %s)", pa, cmp), args
+}
+
+// indexedSQL is sql's condition on partition, the path's partition of
+// device_parameter_search (0100). eq, ne and prefix compare vkey, the
+// value's first indexedPrefixLen characters, which the partition's
+// indexes hold: for an operand shorter than that, vkey decides alone
+// (vkey = x is value = x when x is shorter, and vkey starts with x when
+// value does), so the planner estimates from the index's own statistics
+// and the page reads no table row. A longer operand also compares the
+// whole value. lt, le, gt, ge compare num, the value as a number (NULL,
+// no match, for a value that is not one).
+func (c ParamCondition) indexedSQL(partition string, args []any) (string, []any) {
+	args = append(args, c.Path)
+	pa := len(args)
+	short := utf8.RuneCountInString(c.Value) < indexedPrefixLen
+	var cmp string
+	switch {
+	case c.Op == ParamPrefix && short:
+		args = append(args, likeEscape(c.Value)+"%")
+		cmp = fmt.Sprintf("s.vkey LIKE $%d", len(args))
+	case c.Op == ParamPrefix:
+		args = append(args, c.Value)
+		cmp = fmt.Sprintf("s.vkey = left($%[1]d, %[2]d) AND starts_with(s.value, $%[1]d)", len(args), indexedPrefixLen)
+	case (c.Op == ParamEq || c.Op == ParamNe) && short:
+		args = append(args, c.Value)
+		cmp = fmt.Sprintf("s.vkey %s $%d", map[ParamOp]string{ParamEq: "=", ParamNe: "<>"}[c.Op], len(args))
+	case c.Op == ParamEq:
+		args = append(args, c.Value)
+		cmp = fmt.Sprintf("s.vkey = left($%[1]d, %[2]d) AND s.value = $%[1]d", len(args), indexedPrefixLen)
+	case c.Op == ParamNe:
+		args = append(args, c.Value)
+		cmp = fmt.Sprintf("s.value <> $%d", len(args))
+	default:
+		args = append(args, c.Value)
+		cmp = fmt.Sprintf("s.num %s $%d::numeric", paramOpSQL[c.Op], len(args))
+	}
+	return fmt.Sprintf("EXISTS (SELECT 1 FROM %s s WHERE s.device_id = devices.id AND s.path = $%d AND %s)", partition, pa, cmp), args
 }
 
 // DeviceSort orders FindDevices. The zero value is by ID, ascending.
@@ -321,13 +365,35 @@ func (s *Store) CountDevicesWithoutParams(ctx context.Context, f DeviceFilter) (
 	out := map[string]int64{}
 	base := f
 	base.Params = nil
+	indexed, err := s.indexedPaths(ctx, f.Params)
+	if err != nil {
+		return nil, err
+	}
 	for _, c := range f.Params {
 		if _, done := out[c.Path]; done {
 			continue
 		}
-		where, args := deviceConditions(base, nil)
+		where, args := deviceConditions(base, nil, nil)
+		if t := indexed[c.Path]; t != "" && len(where) == 0 {
+			// Every device with a value has one row in the path's
+			// partition: the registry's size less the partition's is two
+			// index-only counts, not an anti-join over both.
+			var n int64
+			q := fmt.Sprintf("SELECT (SELECT count(*) FROM devices) - (SELECT count(*) FROM %s)", t)
+			if err := s.pool.QueryRow(ctx, q).Scan(&n); err != nil {
+				return nil, fmt.Errorf("store: count devices without %s: %w", c.Path, err)
+			}
+			out[c.Path] = n
+			continue
+		}
 		args = append(args, c.Path)
-		where = append(where, fmt.Sprintf("NOT EXISTS (SELECT 1 FROM device_parameters p WHERE p.device_id = devices.id AND p.path = $%d)", len(args)))
+		// device_parameter_search holds every cached value of an indexed
+		// path, numbers or not.
+		table := "device_parameters"
+		if t := indexed[c.Path]; t != "" {
+			table = t
+		}
+		where = append(where, fmt.Sprintf("NOT EXISTS (SELECT 1 FROM %s p WHERE p.device_id = devices.id AND p.path = $%d)", table, len(args)))
 		var n int64
 		q := "SELECT count(*) FROM devices WHERE " + strings.Join(where, " AND ")
 		if err := s.pool.QueryRow(ctx, q, append([]any{customPlan}, args...)...).Scan(&n); err != nil {

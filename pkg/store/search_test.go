@@ -82,9 +82,50 @@ func conds(t *testing.T, ss ...string) []store.ParamCondition {
 	return out
 }
 
+// searchModes runs test twice: with the parameter cache alone, and with
+// paths configured as search paths (device_parameter_search, 0100). The
+// first of paths is configured before test seeds (its values are copied
+// by the cache's write path), the others after (by the backfill). The
+// answers must be the same.
+func searchModes(t *testing.T, paths []string, test func(t *testing.T, s *store.Store, seeded func())) {
+	t.Run("cache", func(t *testing.T) {
+		s, _ := storetest.Open(t)
+		test(t, s, func() {})
+	})
+	t.Run("indexed", func(t *testing.T) {
+		s, _ := storetest.Open(t)
+		ctx := context.Background()
+		if err := s.SetSearchPaths(ctx, paths[:1]); err != nil {
+			t.Fatal(err)
+		}
+		test(t, s, func() {
+			if err := s.SetSearchPaths(ctx, paths); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.BackfillSearchPaths(ctx); err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.SearchPaths(ctx)
+			if err != nil || len(got) != len(paths) {
+				t.Fatalf("search paths %v, %v; want %d", got, err, len(paths))
+			}
+			for _, p := range got {
+				if !p.Ready {
+					t.Fatalf("%s not ready after the backfill", p.Path)
+				}
+			}
+		})
+	})
+}
+
 func TestFindDevicesFreeTextAndParams(t *testing.T) {
-	s, _ := storetest.Open(t)
+	searchModes(t, []string{"Device.DeviceInfo.ModelName", "Device.ManagementServer.PeriodicInformInterval", "Device.X.Value", "Device.Nothing"},
+		testFindDevicesFreeTextAndParams)
+}
+
+func testFindDevicesFreeTextAndParams(t *testing.T, s *store.Store, seeded func()) {
 	seedSearch(t, s)
+	seeded()
 	for _, c := range []struct {
 		f    store.DeviceFilter
 		want string
@@ -289,15 +330,19 @@ func TestDeviceTagsAddRemoveAudit(t *testing.T) {
 }
 
 // TestParamConditionsOnLongValues (issue 17): the value index holds a
-// value's first 128 characters, so eq and prefix must still compare the
-// whole value, also when the first 128 characters are shared and when
+// value's first 200 characters, so eq and prefix must still compare the
+// whole value, also when the first 200 characters are shared and when
 // they are multi-byte.
 func TestParamConditionsOnLongValues(t *testing.T) {
-	s, _ := storetest.Open(t)
+	searchModes(t, []string{"Device.X.Long"}, testParamConditionsOnLongValues)
+}
+
+func testParamConditionsOnLongValues(t *testing.T, s *store.Store, seeded func()) {
 	seedSearch(t, s)
+	seeded()
 	ctx := context.Background()
 	base := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	head := strings.Repeat("é", 128)  // 256 bytes
+	head := strings.Repeat("é", 200)  // 400 bytes
 	long := strings.Repeat("x", 3000) // past a btree entry's limit
 	ps := []store.Parameter{
 		{DeviceID: "00D09E-HG-A1", Path: "Device.X.Long", Value: head + "A-tail", UpdatedAt: base},
@@ -321,9 +366,97 @@ func TestParamConditionsOnLongValues(t *testing.T) {
 		// LIKE's wildcards are literal.
 		{"Device.X.Long:prefix:50%", "os::0011AA-C1"},
 		{"Device.X.Long:prefix:50_", ""},
+		// One character short of the indexed prefix: decided by it alone.
+		{"Device.X.Long:eq:" + strings.Repeat("é", 199), ""},
+		{"Device.X.Long:prefix:" + strings.Repeat("é", 199), "00259E-ZX-B1,00D09E-HG-A1,00D09E-HG-A2"},
+		{"Device.X.Long:ne:" + head, "00259E-ZX-B2,00D09E-HG-A1,00D09E-HG-A2,os::0011AA-C1"},
+		{"Device.X.Long:ne:" + head + "A-tail", "00259E-ZX-B1,00259E-ZX-B2,00D09E-HG-A2,os::0011AA-C1"},
+		{"Device.X.Long:ne:50%_off", "00259E-ZX-B1,00259E-ZX-B2,00D09E-HG-A1,00D09E-HG-A2"},
 	} {
 		if got := strings.Join(findIDs(t, s, store.DeviceFilter{Params: conds(t, c.cond)}), ","); got != c.want {
 			t.Errorf("%.40s…: %s, want %s", c.cond, got, c.want)
 		}
+	}
+}
+
+// TestSearchPathsFollowTheCache (issue 17): an indexed path's copy
+// (device_parameter_search) answers as the cache does through every
+// change of the cache: a newer value, an older one arriving late (which
+// the cache refuses), a deleted subtree, a forgotten device; and a path
+// taken out of the setting loses its partition and is searched in the
+// cache again.
+func TestSearchPathsFollowTheCache(t *testing.T) {
+	s, _ := storetest.Open(t)
+	seedSearch(t, s)
+	ctx := context.Background()
+	const path = "Device.IP.Interface.1.IPv4Address.1.IPAddress"
+	if err := s.SetSearchPaths(ctx, []string{path}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.BackfillSearchPaths(ctx); err != nil {
+		t.Fatal(err)
+	}
+	base := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	set := func(dev, value string, at time.Time) {
+		t.Helper()
+		if err := s.UpsertParameters(ctx, []store.Parameter{{DeviceID: dev, Path: path, Value: value, UpdatedAt: at}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	find := func(op, value string) string {
+		t.Helper()
+		return strings.Join(findIDs(t, s, store.DeviceFilter{Params: conds(t, path+":"+op+":"+value)}), ",")
+	}
+	set("00D09E-HG-A1", "10.0.0.1", base)
+	set("00D09E-HG-A2", "10.0.0.1", base)
+	if got := find("eq", "10.0.0.1"); got != "00D09E-HG-A1,00D09E-HG-A2" {
+		t.Fatalf("eq 10.0.0.1: %s", got)
+	}
+	set("00D09E-HG-A1", "10.0.0.2", base.Add(time.Minute))
+	set("00D09E-HG-A2", "10.0.0.9", base.Add(-time.Minute)) // older than the cached value: refused
+	for _, c := range []struct{ op, value, want string }{
+		{"eq", "10.0.0.1", "00D09E-HG-A2"},
+		{"eq", "10.0.0.2", "00D09E-HG-A1"},
+		{"eq", "10.0.0.9", ""},
+		{"prefix", "10.0.0.", "00D09E-HG-A1,00D09E-HG-A2"},
+	} {
+		if got := find(c.op, c.value); got != c.want {
+			t.Errorf("%s %s: %s, want %s", c.op, c.value, got, c.want)
+		}
+	}
+	// The interface is deleted on A1, A2 forgets everything in a factory
+	// reset: neither has a value any more, and both count as unknown.
+	if err := s.DeleteParameterSubtreesAt(ctx, "00D09E-HG-A1", []string{"Device.IP.Interface.1."}, base.Add(2*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ForgetDeviceState(ctx, map[string]time.Time{"00D09E-HG-A2": base.Add(2 * time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if got := find("prefix", "10."); got != "" {
+		t.Errorf("after the deletes, prefix 10.: %s", got)
+	}
+	unknown, err := s.CountDevicesWithoutParams(ctx, store.DeviceFilter{Params: conds(t, path+":eq:x")})
+	if err != nil || unknown[path] != 6 {
+		t.Errorf("unknown %v, %v; want 6", unknown, err)
+	}
+	var copies int
+	if err := s.Pool().QueryRow(ctx, "SELECT count(*) FROM device_parameter_search").Scan(&copies); err != nil || copies != 0 {
+		t.Errorf("%d copies left after the deletes, %v", copies, err)
+	}
+
+	// Out of the setting: the partition goes, the cache answers.
+	set("00259E-ZX-B1", "192.168.1.1", base.Add(3*time.Minute))
+	if err := s.SetSearchPaths(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	var partitions int
+	if err := s.Pool().QueryRow(ctx, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'device_parameter_search'::regclass").Scan(&partitions); err != nil || partitions != 0 {
+		t.Errorf("%d partitions left, %v", partitions, err)
+	}
+	if got := find("eq", "192.168.1.1"); got != "00259E-ZX-B1" {
+		t.Errorf("from the cache: %s", got)
+	}
+	if err := s.SetSearchPaths(ctx, []string{"Device.IP."}); err == nil {
+		t.Error("an object path was accepted as a search path")
 	}
 }
