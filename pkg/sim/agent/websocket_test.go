@@ -86,7 +86,9 @@ func TestWebSocket(t *testing.T) {
 	ws := newWSController(t)
 	a := newWireAgent(t, "WS:"+unique(t), "WebSocket")
 	url := "ws" + strings.TrimPrefix(ws.srv.URL, "http") + "/usp"
-	c, err := agent.DialWebSocket(context.Background(), a, agent.WebSocketConfig{URL: url, KeepAlive: 20 * time.Millisecond})
+	// A 250 ms keep-alive still shows Pings within the check's 5 s; at 20 ms a
+	// loaded -race run missed three Pongs (60 ms) and the agent reconnected.
+	c, err := agent.DialWebSocket(context.Background(), a, agent.WebSocketConfig{URL: url, KeepAlive: 250 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
