@@ -63,7 +63,9 @@ type Module struct {
 }
 
 // load asks the go command for go.mod's requirements and their directories
-// in the module cache.
+// in the module cache. `go mod download` fetches the requirements a build
+// never needed (a fresh machine's cache lacks them, and their licence files
+// with them) and prints each module's directory.
 func load() ([]Module, error) {
 	out, err := exec.Command("go", "mod", "edit", "-json").Output()
 	if err != nil {
@@ -78,7 +80,7 @@ func load() ([]Module, error) {
 	if err := json.Unmarshal(out, &gomod); err != nil {
 		return nil, err
 	}
-	args := []string{"list", "-m", "-json"}
+	args := []string{"mod", "download", "-json"}
 	for _, r := range gomod.Require {
 		args = append(args, r.Path+"@"+r.Version)
 	}
@@ -87,7 +89,7 @@ func load() ([]Module, error) {
 	cmd.Stderr = &stderr
 	out, err = cmd.Output()
 	if err != nil {
-		return nil, fmt.Errorf("go list -m: %v: %s", err, stderr.String())
+		return nil, fmt.Errorf("go mod download: %v: %s", err, stderr.String())
 	}
 	dirs := map[string]string{}
 	dec := json.NewDecoder(bytes.NewReader(out))
