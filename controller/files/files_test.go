@@ -2,17 +2,20 @@ package files_test
 
 import (
 	"bytes"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/duet-dm/duet/controller/files"
+	"github.com/duet-dm/duet/pkg/bus"
 	"github.com/duet-dm/duet/pkg/bus/bustest"
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
@@ -28,8 +31,14 @@ type rig struct {
 
 func newRig(t testing.TB, maxSize int64) *rig {
 	t.Helper()
-	st, _ := storetest.Open(t)
 	b, _ := bustest.Start(t)
+	return newRigOn(t, maxSize, b)
+}
+
+// newRigOn is newRig over a given bus (the machine's nats-server, say).
+func newRigOn(t testing.TB, maxSize int64, b *bus.Bus) *rig {
+	t.Helper()
+	st, _ := storetest.Open(t)
 	repo, err := files.NewRepository(t.Context(), files.RepositoryOptions{Store: st, Bus: b, MaxSize: maxSize})
 	if err != nil {
 		t.Fatal(err)
@@ -168,6 +177,33 @@ func TestServeRangeHeadAndTokens(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestRepositoryOnExternalNATS: the repository keeps its bytes in the
+// Object Store of an external nats-server (DUET_NATS_URL; the machine's
+// real server, docs/testing.md) as it does in the embedded one: a file put
+// there is served whole and by range through a signed URL.
+func TestRepositoryOnExternalNATS(t *testing.T) {
+	url := os.Getenv("DUET_TEST_NATS_URL")
+	if url == "" {
+		url = "nats://127.0.0.1:4222"
+	}
+	r := newRigOn(t, 0, bustest.Connect(t, url))
+	data := make([]byte, 1_000_000) // several 128 KiB chunks
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	f, err := r.repo.Put(t.Context(), files.Upload{Name: "ext.bin", Type: "other", UploadedBy: "t", ExpectedSize: int64(len(data)), ExpectedSHA256: sum(data)}, bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := r.urls.Download(f.ID, f.Name, "dev-ext")
+	if res, body := get(t, "GET", u, nil); res.StatusCode != 200 || !bytes.Equal(body, data) {
+		t.Fatalf("GET from the external object store: %d, %d bytes", res.StatusCode, len(body))
+	}
+	if res, body := get(t, "GET", u, map[string]string{"Range": "bytes=262100-262199"}); res.StatusCode != 206 || !bytes.Equal(body, data[262100:262200]) {
+		t.Fatalf("range from the external object store: %d, %d bytes", res.StatusCode, len(body))
+	}
 }
 
 // TestConcurrentDownloadsComplete: many devices fetching at once each get
