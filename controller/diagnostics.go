@@ -229,14 +229,44 @@ func (q *TaskQueue) resolveDiagnostic(r *TaskRequest, d devicemodel.Device) erro
 	if q.o.FileURLs == nil {
 		return devicemodel.Errorf(devicemodel.CodeUnavailable, "a %s test without url needs the file listener, which this controller does not run", dr.Kind)
 	}
-	size := int64(dr.Size)
+	// The token is made when the task is dispatched (signDiagnostic), as
+	// for file transfers (firmware.go): the task keeps the placeholder.
+	if dr.Kind == DiagDownload {
+		dr.ListenerURL = q.o.FileURLs.TestDownloadShape()
+	} else {
+		dr.ListenerURL = q.o.FileURLs.TestUploadShape()
+	}
+	return nil
+}
+
+// signDiagnostic puts a freshly signed file listener URL into the command
+// of a throughput test being dispatched, in place of the placeholder the
+// task keeps: nobody reading tasks gets a working URL, and the token's
+// life starts when the device is told.
+func (q *TaskQueue) signDiagnostic(t store.Task, cmd *duetv1.Command) error {
+	args := transferArgs(cmd)
+	name := "DownloadURL"
+	if !strings.Contains(args[name], files.TokenPlaceholder) {
+		name = "UploadURL"
+	}
+	if !strings.Contains(args[name], files.TokenPlaceholder) {
+		return nil // a URL of the operator's, or stored with its token
+	}
+	if q.o.FileURLs == nil {
+		return devicemodel.Errorf(devicemodel.CodeUnavailable, "this controller does not run the file listener, so the test URL was not signed before the command ran")
+	}
+	var r TaskRequest
+	if err := json.Unmarshal(t.Request, &r); err != nil || r.Diagnostic == nil {
+		return devicemodel.Errorf(devicemodel.CodeInternal, "stored diagnostic request is undecodable: %v", err)
+	}
+	size := int64(r.Diagnostic.Size)
 	if size == 0 {
 		size = defaultTestSize
 	}
-	if dr.Kind == DiagDownload {
-		dr.ListenerURL = q.o.FileURLs.TestDownload(d.ID, size)
+	if name == "DownloadURL" {
+		args[name] = q.o.FileURLs.TestDownload(t.DeviceID, size)
 	} else {
-		dr.ListenerURL = q.o.FileURLs.TestUpload(d.ID, size)
+		args[name] = q.o.FileURLs.TestUpload(t.DeviceID, size)
 	}
 	return nil
 }

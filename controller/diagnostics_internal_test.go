@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/duet-dm/duet/controller/files"
 	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
@@ -222,5 +223,40 @@ func TestDiagnosticInBatch(t *testing.T) {
 	}
 	if err := checkBulkTask(&TaskRequest{Operation: "diagnostic", Diagnostic: &DiagnosticRequest{Kind: "ping", Host: "ftp://x"}}); devicemodel.ErrorCode(err) != devicemodel.CodeInvalidArgument {
 		t.Fatalf("bad host: %v", err)
+	}
+}
+
+// TestDiagnosticTestURLSignedAtDispatch: a throughput test on the file
+// listener keeps the URL with files.TokenPlaceholder in its request and
+// command (so reading tasks gives no working URL, and a test queued for
+// an offline device longer than the URL's life does not get an expired
+// one); the command sent to the device carries a freshly signed URL.
+func TestDiagnosticTestURLSignedAtDispatch(t *testing.T) {
+	signer, err := files.NewSigner([]byte(strings.Repeat("k", 32)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := &TaskQueue{o: TaskQueueOptions{FileURLs: &files.URLs{Signer: signer, Base: "http://duet:7548", TTL: time.Hour}}}
+	for _, kind := range []string{DiagDownload, DiagUpload} {
+		r := TaskRequest{Operation: "diagnostic", Diagnostic: &DiagnosticRequest{Kind: kind, Size: 1000}}
+		if err := q.resolveDiagnostic(&r, devicemodel.Device{ID: "dev"}); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(r.Diagnostic.ListenerURL, files.TokenPlaceholder) {
+			t.Fatalf("%s: the task keeps a signed URL: %s", kind, r.Diagnostic.ListenerURL)
+		}
+		cmd := &duetv1.Command{}
+		if err := diagnosticCommand(cmd, &r, "Device.", "key"); err != nil {
+			t.Fatal(err)
+		}
+		req, _ := json.Marshal(r)
+		if err := q.signTransfer(t.Context(), store.Task{ID: "t", DeviceID: "dev", Operation: "diagnostic", Request: req}, cmd); err != nil {
+			t.Fatal(err)
+		}
+		args := cmd.GetOperate().InputArgs
+		sent := args["DownloadURL"] + args["UploadURL"]
+		if strings.Contains(sent, files.TokenPlaceholder) || !strings.HasPrefix(sent, "http://duet:7548/diagnostics/"+kind+"/") {
+			t.Fatalf("%s: the device is sent %q", kind, sent)
+		}
 	}
 }

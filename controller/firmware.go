@@ -113,6 +113,9 @@ func (q *TaskQueue) resolveFile(ctx context.Context, r *TaskRequest, d devicemod
 // files.TokenPlaceholder. A failure to sign is reported as a command that
 // never ran (the task goes back to the queue), a file gone as not_found.
 func (q *TaskQueue) signTransfer(ctx context.Context, t store.Task, cmd *duetv1.Command) error {
+	if t.Operation == "diagnostic" {
+		return q.signDiagnostic(t, cmd)
+	}
 	if _, ok := fileOperations[t.Operation]; !ok {
 		return nil
 	}

@@ -131,7 +131,12 @@ func TestDiagnosticsBothProtocols(t *testing.T) {
 					} `json:"request"`
 				}
 				_ = json.Unmarshal([]byte(body), &got)
-				listenerURL = got.Request.Diagnostic.ListenerURL
+				// The task shows the URL without its token (made when the
+				// task is dispatched); the device was sent a signed one.
+				if shown := got.Request.Diagnostic.ListenerURL; !strings.HasSuffix(shown, "/diagnostics/download/{token}") {
+					t.Fatalf("the task shows the test URL %q, want it without a token", shown)
+				}
+				listenerURL, _ = c181.Value("Device.IP.Diagnostics.DownloadDiagnostics.DownloadURL")
 			}
 		}
 	}

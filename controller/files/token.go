@@ -155,16 +155,25 @@ func (u *URLs) downloadURL(tok, name string) string {
 // TestDownload is the URL of a throughput test download of size generated
 // bytes for device (TR-143 DownloadDiagnostics.DownloadURL).
 func (u *URLs) TestDownload(deviceID string, size int64) string {
-	tok := u.Signer.Token(Grant{Kind: KindTestDownload, DeviceID: deviceID, Size: size, Expires: time.Now().Add(u.TTL)})
-	return strings.TrimRight(u.Base, "/") + "/diagnostics/download/" + tok
+	return u.testURL("download", u.Signer.Token(Grant{Kind: KindTestDownload, DeviceID: deviceID, Size: size, Expires: time.Now().Add(u.TTL)}))
 }
+
+// TestDownloadShape is TestDownload's URL with TokenPlaceholder for the
+// token, as a task keeps it until it is dispatched.
+func (u *URLs) TestDownloadShape() string { return u.testURL("download", TokenPlaceholder) }
 
 // TestUpload is the URL a throughput test upload of at most size bytes
 // goes to (TR-143 UploadDiagnostics.UploadURL); the bytes are counted and
 // discarded.
 func (u *URLs) TestUpload(deviceID string, size int64) string {
-	tok := u.Signer.Token(Grant{Kind: KindTestUpload, DeviceID: deviceID, Size: size, Expires: time.Now().Add(u.TTL)})
-	return strings.TrimRight(u.Base, "/") + "/diagnostics/upload/" + tok
+	return u.testURL("upload", u.Signer.Token(Grant{Kind: KindTestUpload, DeviceID: deviceID, Size: size, Expires: time.Now().Add(u.TTL)}))
+}
+
+// TestUploadShape is TestUpload's URL with TokenPlaceholder for the token.
+func (u *URLs) TestUploadShape() string { return u.testURL("upload", TokenPlaceholder) }
+
+func (u *URLs) testURL(direction, tok string) string {
+	return strings.TrimRight(u.Base, "/") + "/diagnostics/" + direction + "/" + tok
 }
 
 // Upload is the URL device delivers a file of fileType to.
