@@ -309,7 +309,7 @@ func TestConsoleTaskCancelRetry(t *testing.T) {
 	if !strings.Contains(a.body, `data-state="cancelled"`) || !strings.Contains(a.body, `id="retry-task"`) {
 		t.Fatalf("cancelled task's page:\n%s", a.body)
 	}
-	if a := otto.post(c, "/tasks/"+task.ID+"/cancel", nil); a.code != http.StatusConflict || !strings.Contains(a.body, "only a queued task can be cancelled") {
+	if a := otto.post(c, "/tasks/"+task.ID+"/cancel", nil); a.code != http.StatusConflict || !strings.Contains(a.body, "only a queued task, or a dispatched one awaiting its completion, can be cancelled") {
 		t.Fatalf("second cancel: %d", a.code)
 	}
 	a = otto.post(c, "/tasks/"+task.ID+"/retry", nil)

@@ -98,7 +98,8 @@ type taskData struct {
 	Redacted bool
 	History  []taskEvent
 	Error    string
-	// CanCancel / CanRetry: what the API allows in the task's state.
+	// CanCancel / CanRetry: what the API allows in the task's state (a
+	// dispatched task can be cancelled while it awaits its completion).
 	CanCancel, CanRetry bool
 }
 
@@ -119,7 +120,7 @@ func (c *Console) task(w http.ResponseWriter, r *http.Request, sess *store.Sessi
 // taskView is a task as its page shows it: secret values hidden as the
 // API's task JSON hides them (issue 15 §9).
 func (c *Console) taskView(t store.Task) taskData {
-	d := taskData{Task: t, CanCancel: t.State == store.TaskQueued,
+	d := taskData{Task: t, CanCancel: t.State == store.TaskQueued || t.State == store.TaskDispatched && t.SubState != "",
 		CanRetry: t.State == store.TaskFailed || t.State == store.TaskExpired || t.State == store.TaskCancelled}
 	req, hidden := c.secrets.RedactTaskRequest(t.Request)
 	d.Request, d.Redacted = indentJSON(req), hidden
