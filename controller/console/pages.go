@@ -131,50 +131,18 @@ func (c *Console) overviewPage(w http.ResponseWriter, r *http.Request, sess *sto
 // (event "overview", data: the figures' HTML), which the htmx SSE
 // extension swaps in. Every stream ends on Close, or when the session
 // ends (checked at each tick).
-func (c *Console) overviewLive(w http.ResponseWriter, r *http.Request, sess *store.Session) error {
-	rc := http.NewResponseController(w)
-	// Event streams are exempt from the write timeout (as the API's are).
-	_ = rc.SetWriteDeadline(time.Time{})
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusOK)
-	_ = rc.Flush()
-	tick := time.NewTicker(c.o.LiveInterval)
-	defer tick.Stop()
-	ck, _ := r.Cookie(sessionCookie)
-	for {
-		select {
-		case <-r.Context().Done():
-			return nil
-		case <-c.stop:
-			return nil
-		case <-tick.C:
-		}
-		if ck == nil {
-			return nil
-		}
-		if _, err := c.st.FindSession(r.Context(), ck.Value, c.o.IdleTimeout+c.o.LiveInterval, c.o.SessionLifetime); err != nil {
-			return nil // logged out or expired: the stream ends
-		}
-		d, err := c.overviewData(r.Context())
+func (c *Console) overviewLive(w http.ResponseWriter, r *http.Request, _ *store.Session) error {
+	return c.stream(w, r, func(ctx context.Context, send func(event, html string) error) error {
+		d, err := c.overviewData(ctx)
 		if err != nil {
-			c.rl.Warn("console overview stream: cannot read the figures", "err", err)
-			continue
+			return fmt.Errorf("cannot read the figures: %w", err)
 		}
 		var buf strings.Builder
 		if err := c.pages["overview"].ExecuteTemplate(&buf, "figures", layout{Data: d}); err != nil {
 			return err
 		}
-		// SSE: one data line per line of the payload.
-		fmt.Fprint(w, "event: overview\n")
-		for _, line := range strings.Split(buf.String(), "\n") {
-			fmt.Fprintf(w, "data: %s\n", line)
-		}
-		fmt.Fprint(w, "\n")
-		if err := rc.Flush(); err != nil {
-			return nil
-		}
-	}
+		return send("overview", buf.String())
+	})
 }
 
 // deviceRow is a device as the list shows it.
