@@ -111,15 +111,11 @@ type groupsData struct {
 
 func (c *Console) groups(w http.ResponseWriter, r *http.Request, sess *store.Session) error {
 	cursor := r.URL.Query().Get("cursor")
-	f := store.PageFilter{Limit: 50}
-	if cursor != "" {
-		after, err := store.DecodeCursor(cursor)
-		if err != nil {
-			return devicemodel.Errorf(devicemodel.CodeInvalidArgument, "the page link is stale; open the list again")
-		}
-		f.After = after
+	after, err := pageAfter(cursor, "open the list again")
+	if err != nil {
+		return err
 	}
-	gs, next, err := c.st.FindGroups(r.Context(), f)
+	gs, next, err := c.st.FindGroups(r.Context(), store.PageFilter{Limit: 50, After: after})
 	if err != nil {
 		return err
 	}
@@ -264,10 +260,8 @@ func (c *Console) groupMembers(w http.ResponseWriter, r *http.Request, _ *store.
 		return err
 	}
 	cursor := r.URL.Query().Get("cursor")
-	if cursor != "" {
-		if _, err := store.DecodeCursor(cursor); err != nil {
-			return devicemodel.Errorf(devicemodel.CodeInvalidArgument, "the page link is stale; open the group again")
-		}
+	if _, err := pageAfter(cursor, "open the group again"); err != nil {
+		return err
 	}
 	p, err := policy.Members(r.Context(), c.st, g, cursor, 50)
 	if err != nil {

@@ -69,15 +69,11 @@ type policiesData struct {
 
 func (c *Console) policies(w http.ResponseWriter, r *http.Request, sess *store.Session) error {
 	cursor := r.URL.Query().Get("cursor")
-	f := store.PageFilter{Limit: 50}
-	if cursor != "" {
-		after, err := store.DecodeCursor(cursor)
-		if err != nil {
-			return devicemodel.Errorf(devicemodel.CodeInvalidArgument, "the page link is stale; open the list again")
-		}
-		f.After = after
+	after, err := pageAfter(cursor, "open the list again")
+	if err != nil {
+		return err
 	}
-	ps, next, err := c.st.ListPolicies(r.Context(), f)
+	ps, next, err := c.st.ListPolicies(r.Context(), store.PageFilter{Limit: 50, After: after})
 	if err != nil {
 		return err
 	}
@@ -422,10 +418,8 @@ func (c *Console) previewPolicy(w http.ResponseWriter, r *http.Request, _ *store
 	if err == nil && in.GroupID == "" {
 		err = devicemodel.Errorf(devicemodel.CodeInvalidArgument, "choose the group first")
 	}
-	if err == nil && cursor != "" {
-		if _, cerr := store.DecodeCursor(cursor); cerr != nil {
-			err = devicemodel.Errorf(devicemodel.CodeInvalidArgument, "the page link is stale; preview again")
-		}
+	if err == nil {
+		_, err = pageAfter(cursor, "preview again")
 	}
 	var page policy.PreviewPage
 	if err == nil {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
 )
 
@@ -66,6 +67,19 @@ var funcs = template.FuncMap{
 }
 
 // pageQuery is a list form's query with another cursor.
+// pageAfter decodes a list page's cursor ("" for the first page); a
+// stale or forged one is an invalid argument that says what to do again.
+func pageAfter(cursor, again string) (string, error) {
+	if cursor == "" {
+		return "", nil
+	}
+	after, err := store.DecodeCursor(cursor)
+	if err != nil {
+		return "", devicemodel.Errorf(devicemodel.CodeInvalidArgument, "the page link is stale; %s", again)
+	}
+	return after, nil
+}
+
 func pageQuery(q url.Values, cursor string) string {
 	out := url.Values{}
 	for k, v := range q {

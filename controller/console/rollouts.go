@@ -176,16 +176,11 @@ func (c *Console) statuses(r *http.Request, id, status, cursor string) (statuses
 	if status != "" && !controller.ValidPolicyStatus(status) {
 		return d, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "status must be one of compliant, pending, applying, failed, conflicting")
 	}
-	f := store.StatusFilter{PolicyID: id, Status: status, Limit: 50}
-	if cursor != "" {
-		after, err := store.DecodeCursor(cursor)
-		if err != nil {
-			return d, devicemodel.Errorf(devicemodel.CodeInvalidArgument, "the page link is stale; filter again")
-		}
-		f.After = after
+	after, err := pageAfter(cursor, "filter again")
+	if err != nil {
+		return d, err
 	}
-	var err error
-	d.Statuses, d.Next, err = c.st.FindStatuses(r.Context(), f)
+	d.Statuses, d.Next, err = c.st.FindStatuses(r.Context(), store.StatusFilter{PolicyID: id, Status: status, Limit: 50, After: after})
 	return d, err
 }
 
