@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/duet-dm/duet/pkg/bus/bustest"
@@ -100,9 +99,9 @@ func cwmpSessionCPU(b *testing.B, name string, n int, interval, window time.Dura
 	// is what lag-growth/s reports.
 	time.Sleep(3 * time.Second)
 
-	pg := pgCPU(b, dbURL)
+	pg := storetest.NewBackendCPU(b, dbURL)
 	lag0 := d.consumerPending()
-	duet0, pg0, s0 := procCPU(b, d.cmd.Process.Pid), pg.cpu(), f.Stats()
+	duet0, pg0, s0 := procCPU(b, d.cmd.Process.Pid), pg.Used(), f.Stats()
 	t0 := time.Now()
 	var profiles chan error
 	if pprofDir != "" {
@@ -112,14 +111,14 @@ func cwmpSessionCPU(b *testing.B, name string, n int, interval, window time.Dura
 	b.StartTimer()
 	time.Sleep(window)
 	b.StopTimer()
-	duet1, pg1, s1 := procCPU(b, d.cmd.Process.Pid), pg.cpu(), f.Stats()
+	duet1, pg1, s1 := procCPU(b, d.cmd.Process.Pid), pg.Used(), f.Stats()
 	elapsed := time.Since(t0)
 	lag := d.consumerPending()
 	f.Stop()
 	t1 := time.Now()
 	d.eventsDrained(10 * time.Minute)
 	drain := time.Since(t1)
-	duet2, pg2 := procCPU(b, d.cmd.Process.Pid), pg.cpu()
+	duet2, pg2 := procCPU(b, d.cmd.Process.Pid), pg.Used()
 	if profiles != nil {
 		if err := <-profiles; err != nil {
 			b.Error(err)
@@ -142,93 +141,14 @@ func cwmpSessionCPU(b *testing.B, name string, n int, interval, window time.Dura
 	b.Logf("%s: %.0f sessions in %s; load average %s", name, sessions, elapsed.Round(time.Millisecond), loadAverage())
 }
 
-// procCPU is the user + system CPU time a process has used so far
-// (proc(5): fields 14 and 15 of /proc/<pid>/stat, in clock ticks of
-// 1/100 s on Linux).
+// procCPU is the user + system CPU time a process has used so far.
 func procCPU(tb testing.TB, pid int) time.Duration {
 	tb.Helper()
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		tb.Fatal(err)
+	d, ok := storetest.ProcCPU(pid)
+	if !ok {
+		tb.Fatalf("cannot read the CPU time of process %d", pid)
 	}
-	return statCPU(tb, string(data))
-}
-
-func statCPU(tb testing.TB, stat string) time.Duration {
-	// The command name (field 2) may hold spaces: fields count from the
-	// last ')'.
-	i := strings.LastIndexByte(stat, ')')
-	fields := strings.Fields(stat[i+1:])
-	if len(fields) < 13 {
-		tb.Fatalf("short /proc stat: %q", stat)
-	}
-	u, err1 := strconv.ParseInt(fields[11], 10, 64)
-	s, err2 := strconv.ParseInt(fields[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		tb.Fatalf("/proc stat: %q", stat)
-	}
-	return time.Duration(u+s) * 10 * time.Millisecond
-}
-
-// pgBackends sums the CPU of the PostgreSQL backends of one database.
-type pgBackends struct {
-	tb     testing.TB
-	conn   *pgx.Conn
-	seen   map[int]time.Duration // last CPU read of each backend
-	db     string
-	passed time.Duration // CPU of backends that exited since
-}
-
-func pgCPU(tb testing.TB, dbURL string) *pgBackends {
-	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { conn.Close(context.Background()) })
-	var db string
-	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&db); err != nil {
-		tb.Fatal(err)
-	}
-	return &pgBackends{tb: tb, conn: conn, seen: map[int]time.Duration{}, db: db}
-}
-
-// cpu is the CPU used so far by the database's backends other than this
-// reader's own. A backend that exits between two reads loses what it
-// used since the first; duet's pools keep theirs open.
-func (p *pgBackends) cpu() time.Duration {
-	p.tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	rows, err := p.conn.Query(ctx, "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", p.db)
-	if err != nil {
-		p.tb.Fatal(err)
-	}
-	pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
-	if err != nil {
-		p.tb.Fatal(err)
-	}
-	now := map[int]time.Duration{}
-	for _, pid := range pids {
-		data, err := os.ReadFile("/proc/" + strconv.Itoa(int(pid)) + "/stat")
-		if err != nil {
-			continue // gone meanwhile
-		}
-		now[int(pid)] = statCPU(p.tb, string(data))
-	}
-	for pid, c := range p.seen {
-		if _, ok := now[pid]; !ok {
-			p.passed += c
-		}
-	}
-	p.seen = now
-	total := p.passed
-	for _, c := range now {
-		total += c
-	}
-	return total
+	return d
 }
 
 // consumerPending is how many events the registry has not applied yet.

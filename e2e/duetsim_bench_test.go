@@ -105,13 +105,13 @@ func duetSimCWMP(b *testing.B, sim string, n int, interval, window time.Duration
 		k = metricSum(d, `duet_devices{protocol="cwmp",`)
 	}
 	known := metricSum(d, `duet_devices{protocol="cwmp",`)
-	pg := pgCPU(b, dbURL)
-	duet0, pg0, s0, lag0 := procCPU(b, d.cmd.Process.Pid), pg.cpu(), cwmpSessions(d), d.consumerPending()
+	pg := storetest.NewBackendCPU(b, dbURL)
+	duet0, pg0, s0, lag0 := procCPU(b, d.cmd.Process.Pid), pg.Used(), cwmpSessions(d), d.consumerPending()
 	t0 := time.Now()
 	b.StartTimer()
 	time.Sleep(window)
 	b.StopTimer()
-	duet1, pg1, s1, lag1 := procCPU(b, d.cmd.Process.Pid), pg.cpu(), cwmpSessions(d), d.consumerPending()
+	duet1, pg1, s1, lag1 := procCPU(b, d.cmd.Process.Pid), pg.Used(), cwmpSessions(d), d.consumerPending()
 	elapsed := time.Since(t0)
 	sessions := s1 - s0
 	if sessions <= 0 {
