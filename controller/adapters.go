@@ -5,7 +5,6 @@ import (
 	"log/slog"
 
 	"github.com/duet-dm/duet/pkg/bus"
-	"github.com/duet-dm/duet/pkg/devicemodel"
 	"github.com/duet-dm/duet/pkg/store"
 	duetv1 "github.com/duet-dm/duet/proto/duet/v1"
 )
@@ -115,24 +114,21 @@ func StartAdapterDeskWith(o AdapterDeskOptions) (*AdapterDesk, error) {
 // the old ones until the CPE uses them, docs/guide-cwmp.md "Enrolment").
 func lookUpCredentials(ctx context.Context, st *store.Store, deviceID string) (*duetv1.Credentials, error) {
 	out := &duetv1.Credentials{}
-	c, err := st.FindDeviceCredentials(ctx, deviceID)
-	switch {
-	case err == nil:
-		out.Found, out.Username, out.DigestHa1, out.Realm = true, c.Username, c.DigestHA1, c.Realm
-	case devicemodel.ErrorCode(err) != devicemodel.CodeNotFound:
+	c, e, err := st.CredentialsForAuth(ctx, deviceID)
+	if err != nil {
 		return nil, err
 	}
-	e, err := st.FindEnrolment(ctx, deviceID)
+	if c != nil {
+		out.Found, out.Username, out.DigestHa1, out.Realm = true, c.Username, c.DigestHA1, c.Realm
+	}
 	switch {
-	case err == nil && e.State == store.EnrolmentEnrolled:
+	case e != nil && e.State == store.EnrolmentEnrolled:
 		out.Enrolled = out.Found
-	case err == nil && e.State == store.EnrolmentPending && e.DigestHA1 != "":
+	case e != nil && e.State == store.EnrolmentPending && e.DigestHA1 != "":
 		out.PendingUsername, out.PendingDigestHa1 = e.Username, e.DigestHA1
 		if out.Realm == "" {
 			out.Realm = e.Realm
 		}
-	case err != nil && devicemodel.ErrorCode(err) != devicemodel.CodeNotFound:
-		return nil, err
 	}
 	return out, nil
 }

@@ -226,10 +226,7 @@ func (s *Store) PutDeviceCredentials(ctx context.Context, actor string, key *Cre
 // FindDeviceCredentials returns a device's stored credentials, or
 // CodeNotFound.
 func (s *Store) FindDeviceCredentials(ctx context.Context, deviceID string) (DeviceCredentials, error) {
-	c := DeviceCredentials{DeviceID: deviceID}
-	err := s.pool.QueryRow(ctx, `SELECT username, realm, digest_ha1, conn_req_username,
-		length(conn_req_password_sealed) > 0, updated_at FROM device_credentials WHERE device_id = $1`, deviceID).
-		Scan(&c.Username, &c.Realm, &c.DigestHA1, &c.ConnectionRequestUsername, &c.HasConnectionRequestPass, &c.UpdatedAt)
+	c, err := scanDeviceCredentials(s.pool.QueryRow(ctx, findCredentialsSQL, deviceID), deviceID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return c, devicemodel.Errorf(devicemodel.CodeNotFound, "no credentials are stored for device %q", deviceID)
 	}
@@ -237,6 +234,43 @@ func (s *Store) FindDeviceCredentials(ctx context.Context, deviceID string) (Dev
 		return c, fmt.Errorf("store: find credentials: %w", err)
 	}
 	return c, nil
+}
+
+const findCredentialsSQL = `SELECT username, realm, digest_ha1, conn_req_username,
+	length(conn_req_password_sealed) > 0, updated_at FROM device_credentials WHERE device_id = $1`
+
+func scanDeviceCredentials(row pgx.Row, deviceID string) (DeviceCredentials, error) {
+	c := DeviceCredentials{DeviceID: deviceID}
+	err := row.Scan(&c.Username, &c.Realm, &c.DigestHA1, &c.ConnectionRequestUsername, &c.HasConnectionRequestPass, &c.UpdatedAt)
+	return c, err
+}
+
+// CredentialsForAuth reads a device's stored credentials and its
+// enrolment in one round trip: a CWMP credential lookup, once per Inform.
+// Either is nil when the device has none.
+func (s *Store) CredentialsForAuth(ctx context.Context, deviceID string) (*DeviceCredentials, *Enrolment, error) {
+	b := &pgx.Batch{}
+	b.Queue(findCredentialsSQL, deviceID)
+	b.Queue(`SELECT `+enrolmentColumns+` FROM cwmp_enrolments WHERE device_id = $1`, deviceID)
+	br := s.pool.SendBatch(ctx, b)
+	defer br.Close()
+	var creds *DeviceCredentials
+	c, err := scanDeviceCredentials(br.QueryRow(), deviceID)
+	switch {
+	case err == nil:
+		creds = &c
+	case !errors.Is(err, pgx.ErrNoRows):
+		return nil, nil, fmt.Errorf("store: find credentials: %w", err)
+	}
+	var en *Enrolment
+	e, err := scanEnrolment(br.QueryRow())
+	switch {
+	case err == nil:
+		en = &e
+	case !errors.Is(err, pgx.ErrNoRows):
+		return nil, nil, fmt.Errorf("store: find enrolment: %w", err)
+	}
+	return creds, en, nil
 }
 
 // ConnectionRequestCredentials returns the decrypted connection-request
