@@ -232,6 +232,10 @@ type session struct {
 	// pending requests by msg_id; each channel has room for one reply.
 	pending map[string]chan reply
 	gone    bool
+	// subscribing is set while the command subscription is being made;
+	// sub stays nil when that failed, and the agent's next record tries
+	// again (a NATS failover can close the connection meanwhile).
+	subscribing bool
 	// lastHeard is when the agent last sent a valid record (unix nanos);
 	// probing is set while a keep-alive probe is out.
 	lastHeard atomic.Int64
@@ -547,43 +551,54 @@ func (e *Endpoint) openSession(mtp MTP, eid string, from Address, keepExisting b
 		return nil, false, false
 	}
 	s = e.agents[eid]
-	if s != nil && keepExisting {
-		e.mu.Unlock()
-		return s, false, true
-	}
 	if s != nil {
-		if s.mtp != mtp {
-			// The agent moved to another MTP: later requests follow it.
-			s.mtp = mtp
-			s.addr = from
-		} else if from.Reply != "" {
-			s.addr = from
+		if !keepExisting {
+			if s.mtp != mtp {
+				// The agent moved to another MTP: later requests follow it.
+				s.mtp = mtp
+				s.addr = from
+			} else if from.Reply != "" {
+				s.addr = from
+			}
 		}
+		retry := s.sub == nil && !s.subscribing && !s.gone
+		s.subscribing = s.subscribing || retry
 		e.mu.Unlock()
+		if retry {
+			e.serveCommands(s)
+		}
 		return s, false, true
 	}
-	s = &session{eid: eid, mtp: mtp, addr: from, sem: make(chan struct{}, e.opts.MaxInFlightPerAgent), pending: map[string]chan reply{}}
+	s = &session{eid: eid, mtp: mtp, addr: from, sem: make(chan struct{}, e.opts.MaxInFlightPerAgent), pending: map[string]chan reply{}, subscribing: true}
 	s.lastHeard.Store(time.Now().UnixNano())
 	e.agents[eid] = s
 	_, seen = e.known.get(eid)
 	e.mu.Unlock()
 	metricAgentsOnline.Inc()
+	e.serveCommands(s)
+	return s, true, seen
+}
 
-	sub, err := e.bus.ServeCommands(bus.CommandSubject(devicemodel.ProtocolUSP, eid), CommandQueue, func(ctx context.Context, cmd *duetv1.Command) *duetv1.CommandResult {
-		return e.execute(ctx, eid, cmd)
+// serveCommands subscribes to the agent's command subject. On failure
+// the session stays without one and the agent's next record tries again
+// (openSession): an agent that kept its connection through a NATS
+// failover must not stay unserved.
+func (e *Endpoint) serveCommands(s *session) {
+	sub, err := e.bus.ServeCommands(bus.CommandSubject(devicemodel.ProtocolUSP, s.eid), CommandQueue, func(ctx context.Context, cmd *duetv1.Command) *duetv1.CommandResult {
+		return e.execute(ctx, s.eid, cmd)
 	})
 	if err != nil {
-		e.log.Error("cannot serve commands for agent", "device", eid, "err", err)
+		e.log.Error("cannot serve commands for agent; its next record tries again", "device", s.eid, "err", err)
 	}
 	e.mu.Lock()
+	s.subscribing = false
 	if s.gone && sub != nil {
 		e.mu.Unlock()
 		sub.Stop()
-	} else {
-		s.sub = sub
-		e.mu.Unlock()
+		return
 	}
-	return s, true, seen
+	s.sub = sub
+	e.mu.Unlock()
 }
 
 // connected handles a Connect record. An agent onboarded before is
